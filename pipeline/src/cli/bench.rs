@@ -1,0 +1,151 @@
+//! `stockanomaly bench`: throughput figures for simulation and CSV ingestion.
+//! A report, not a pass/fail test: run it on a release build
+//! (`make bench`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use clap::Args;
+use indicatif::ProgressBar;
+
+use super::output::{count, rate};
+use super::simulate::simulate_to_lake;
+use crate::ingest::{ingest_csv, IngestOptions};
+use crate::lake::LakeRoot;
+use crate::sources::simulate::{SimConfig, SimKind, Simulator};
+use crate::tick::col;
+
+/// `stockanomaly bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Ticks to simulate and rows to ingest.
+    #[arg(long, env = "STOCKANOMALY_BENCH_ROWS", default_value_t = 10_000_000)]
+    pub rows: u64,
+
+    /// Scratch folder (a temporary one by default; removed afterwards).
+    #[arg(long, env = "STOCKANOMALY_BENCH_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; figures are meaningful only with --release");
+    }
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::tempdir().context("cannot create a scratch folder")?;
+            tmp.path().to_owned()
+        }
+    };
+    let symbols = 100;
+    let days = 5;
+    let config = SimConfig {
+        symbols,
+        days,
+        kind: SimKind::Trades,
+        seed: 1,
+        trades_per_day: args.rows as f64 / (symbols * days) as f64,
+        ..SimConfig::default()
+    };
+    let sim = Simulator::new(config);
+    println!(
+        "benchmark: {} target rows, scratch {}",
+        count(args.rows),
+        dir.display()
+    );
+
+    // 1. Simulation alone: generation into Arrow batches.
+    let started = Instant::now();
+    let mut n = 0u64;
+    for day in 0..sim.trading_days().len() {
+        n += sim.simulate_day(day).ticks.num_rows() as u64;
+    }
+    let gen = started.elapsed();
+    println!(
+        "simulate (generate)       {:>12} ticks  {:>7.2}s  {:>10}",
+        count(n),
+        gen.as_secs_f64(),
+        rate(n as f64, gen)
+    );
+
+    // 2. Simulation into a lake: generation, sort check, zstd Parquet, put.
+    let lake = LakeRoot::parse(dir.join("sim-lake").to_str().unwrap_or("sim-lake"))?;
+    let s = simulate_to_lake(&sim, &lake).await?;
+    let took = std::time::Duration::from_secs_f64(s.seconds);
+    println!(
+        "simulate -> lake          {:>12} ticks  {:>7.2}s  {:>10}",
+        count(s.ticks),
+        s.seconds,
+        rate(s.ticks as f64, took)
+    );
+
+    // 3. CSV ingestion of the same ticks (canonical layout, epoch-µs times).
+    let csv_path = dir.join("ticks.csv");
+    write_csv(&sim, &csv_path)?;
+    let size = std::fs::metadata(&csv_path)?.len();
+    let ingest_lake = LakeRoot::parse(dir.join("csv-lake").to_str().unwrap_or("csv-lake"))?;
+    let summary = ingest_csv(
+        &ingest_lake,
+        &[csv_path],
+        &IngestOptions::default(),
+        &ProgressBar::hidden(),
+    )
+    .await?;
+    println!(
+        "ingest csv -> lake        {:>12} rows   {:>7.2}s  {:>10}  ({:.0} MB/s)",
+        count(summary.rows()),
+        summary.elapsed.as_secs_f64(),
+        rate(summary.rows() as f64, summary.elapsed),
+        size as f64 / 1e6 / summary.elapsed.as_secs_f64().max(1e-9),
+    );
+    Ok(())
+}
+
+/// Writes the simulator's ticks as a canonical CSV with integer µs times
+/// (what a fast exporter would produce).
+fn write_csv(sim: &Simulator, path: &std::path::Path) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut w = arrow::csv::WriterBuilder::new()
+        .with_header(true)
+        .build(std::io::BufWriter::new(file));
+    for day in 0..sim.trading_days().len() {
+        let ticks = sim.simulate_day(day).ticks;
+        w.write(&for_csv(&ticks)?)?;
+    }
+    Ok(())
+}
+
+fn for_csv(ticks: &RecordBatch) -> anyhow::Result<RecordBatch> {
+    let keep = [
+        col::TS,
+        col::SYMBOL,
+        col::PRICE,
+        col::VOLUME,
+        col::BID,
+        col::ASK,
+        col::BID_SIZE,
+        col::ASK_SIZE,
+    ];
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for name in keep {
+        let i = ticks.schema().index_of(name)?;
+        let mut c = ticks.column(i).clone();
+        if name == col::TS {
+            c = arrow::compute::cast(&c, &DataType::Int64)?;
+        }
+        fields.push(Field::new(name, c.data_type().clone(), true));
+        columns.push(c);
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}

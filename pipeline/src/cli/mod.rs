@@ -1,0 +1,175 @@
+//! The `stockanomaly` command line: flags (clap derive, every flag also read
+//! from a `STOCKANOMALY_*` variable) and one module per command.
+
+mod bench;
+mod demo;
+mod ingest;
+mod output;
+mod simulate;
+mod sql;
+
+use std::fmt;
+
+use clap::{Parser, Subcommand};
+
+use crate::lake::{LakeError, LakeRoot, DEFAULT_LAKE};
+
+pub use bench::BenchArgs;
+pub use demo::DemoArgs;
+pub use ingest::{IngestArgs, IngestCommand, IngestCsvArgs};
+pub use simulate::SimulateArgs;
+pub use sql::{SqlArgs, SqlFormat};
+
+const LONG_ABOUT: &str = "\
+StockAnomaly detects anomalous and manipulative trading in market data.
+
+Ticks are stored in a Parquet lake (a folder, s3://bucket/prefix or
+memory://name); features are SQL files; every command reads the lake given by
+--lake or STOCKANOMALY_LAKE (default: ./parquet).";
+
+const AFTER_LONG_HELP: &str = "\
+Examples:
+  stockanomaly demo
+  stockanomaly simulate --symbols 50 --days 10 --seed 7
+  stockanomaly ingest csv data/sample-annotated.csv --format auto
+  stockanomaly sql \"SELECT symbol, count(*) FROM ticks GROUP BY symbol\"
+
+Exit status: 0 on success, 1 when a run fails, 2 on bad usage, configuration
+or query.";
+
+/// Command-line arguments of `stockanomaly`.
+#[derive(Debug, Parser)]
+#[command(name = "stockanomaly", version, about = "Detects anomalous and manipulative trading in market data.", long_about = LONG_ABOUT, after_long_help = AFTER_LONG_HELP)]
+pub struct Cli {
+    /// Root of the Parquet lake: a folder, file:///path, s3://bucket/prefix
+    /// (configured by the usual AWS_* variables, AWS_ENDPOINT_URL for another
+    /// server) or memory://name.
+    #[arg(long, global = true, env = "STOCKANOMALY_LAKE", default_value = DEFAULT_LAKE, value_name = "ROOT")]
+    pub lake: String,
+
+    /// Log filter (error, warn, info, debug, trace, or a tracing filter such as
+    /// `stockanomaly=debug`). Logs go to stderr.
+    #[arg(
+        long,
+        global = true,
+        env = "STOCKANOMALY_LOG",
+        default_value = "warn",
+        value_name = "FILTER"
+    )]
+    pub log: String,
+
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load ticks from files into the lake.
+    Ingest(IngestArgs),
+    /// Generate a synthetic market with labelled manipulation into the lake or a CSV file.
+    Simulate(SimulateArgs),
+    /// Run SQL over the lake (tables `ticks`, `labels`; all UDFs registered).
+    Sql(SqlArgs),
+    /// Run the whole pipeline on embedded defaults: no servers needed.
+    Demo(DemoArgs),
+    /// Measure ingestion and simulation throughput (build with --release).
+    Bench(BenchArgs),
+}
+
+/// A mistake in flags, configuration or a query: exit status 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// The exit status an error deserves: 2 for usage, configuration or query
+/// mistakes, 0 for a closed output pipe, 1 for everything else.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.downcast_ref::<UsageError>().is_some() {
+            return 2;
+        }
+        if let Some(LakeError::InvalidRoot { .. }) = cause.downcast_ref::<LakeError>() {
+            return 2;
+        }
+        if let Some(crate::sources::SourceError::Format { .. }) =
+            cause.downcast_ref::<crate::sources::SourceError>()
+        {
+            return 2;
+        }
+        if let Some(crate::ingest::IngestError::Source(crate::sources::SourceError::Format {
+            ..
+        })) = cause.downcast_ref::<crate::ingest::IngestError>()
+        {
+            return 2;
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::BrokenPipe {
+                return 0;
+            }
+        }
+    }
+    1
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Ingest(args) => ingest::run(&cli.lake, args).await,
+        Command::Simulate(args) => simulate::run(&cli.lake, args).await,
+        Command::Sql(args) => sql::run(&cli.lake, args).await,
+        Command::Demo(args) => demo::run(&cli.lake, args).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+/// Opens a lake root, with the root named in the error.
+pub(crate) fn open_lake(root: &str) -> anyhow::Result<LakeRoot> {
+    Ok(LakeRoot::parse(root)?)
+}
+
+/// A path argument that must exist.
+pub(crate) fn existing_file(p: &std::path::Path) -> anyhow::Result<()> {
+    if !p.exists() {
+        return Err(UsageError(format!("{}: no such file", p.display())).into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn lake_is_global_and_defaults_to_parquet() {
+        let cli = Cli::try_parse_from(["stockanomaly", "sql", "SELECT 1"]).unwrap();
+        assert_eq!(cli.lake, "parquet");
+        let cli = Cli::try_parse_from(["stockanomaly", "sql", "--lake", "memory://x", "SELECT 1"])
+            .unwrap();
+        assert_eq!(cli.lake, "memory://x");
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        let e = anyhow::Error::new(UsageError("bad".into()));
+        assert_eq!(exit_code(&e), 2);
+        let e = anyhow::anyhow!("boom");
+        assert_eq!(exit_code(&e), 1);
+        let e = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert_eq!(exit_code(&e), 0);
+    }
+}

@@ -1,0 +1,257 @@
+//! File ingestion: CSV files → validated ticks (and labels) → the lake, with
+//! rejects written beside and a summary of what happened.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::TimestampMicrosecondType;
+use indicatif::ProgressBar;
+
+use crate::lake::{AppendStats, Appender, AppenderOptions, LakeError, LakeRoot, TableSpec};
+use crate::sources::csv::{CsvFormat, CsvSource};
+use crate::sources::SourceError;
+use crate::tick::{col, Reject, RejectCounts, RejectWriter, Validator};
+
+/// How to ingest.
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    /// Layout of the files (`Auto` recognises each file's own).
+    pub format: CsvFormat,
+    /// One rejects file for every input; `None` writes `<input>.rejects.csv`
+    /// beside each input that has rejects.
+    pub rejects: Option<PathBuf>,
+    /// Stop at the first rejected record instead of writing it aside.
+    pub strict: bool,
+    /// Validation rules (the clock they judge "future" by).
+    pub validator: Validator,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        Self {
+            format: CsvFormat::Auto,
+            rejects: None,
+            strict: false,
+            validator: Validator::new(),
+        }
+    }
+}
+
+/// What one file gave.
+#[derive(Debug, Clone)]
+pub struct FileSummary {
+    /// The input.
+    pub path: PathBuf,
+    /// Its layout.
+    pub format: CsvFormat,
+    /// Data records read.
+    pub rows: u64,
+    /// Ticks accepted.
+    pub ticks: u64,
+    /// Label intervals it carried.
+    pub labels: u64,
+    /// Rejected records by reason.
+    pub rejects: RejectCounts,
+    /// Where its rejects were written, if it had any.
+    pub rejects_path: Option<PathBuf>,
+}
+
+/// What an ingestion did, over all files.
+#[derive(Debug, Clone, Default)]
+pub struct IngestSummary {
+    /// Per input file.
+    pub files: Vec<FileSummary>,
+    /// Distinct symbols among accepted ticks.
+    pub symbols: usize,
+    /// Earliest and latest accepted tick, µs since the epoch.
+    pub time_range: Option<(i64, i64)>,
+    /// Ticks written to the lake.
+    pub tick_files: AppendStats,
+    /// Labels written to the lake.
+    pub label_files: AppendStats,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl IngestSummary {
+    /// Records read over all files.
+    pub fn rows(&self) -> u64 {
+        self.files.iter().map(|f| f.rows).sum()
+    }
+
+    /// Ticks accepted over all files.
+    pub fn ticks(&self) -> u64 {
+        self.files.iter().map(|f| f.ticks).sum()
+    }
+
+    /// Labels over all files.
+    pub fn labels(&self) -> u64 {
+        self.files.iter().map(|f| f.labels).sum()
+    }
+
+    /// Rejects over all files, by reason.
+    pub fn rejects(&self) -> RejectCounts {
+        let mut all = RejectCounts::default();
+        for f in &self.files {
+            all.merge(&f.rejects);
+        }
+        all
+    }
+
+    /// Records per second.
+    pub fn rows_per_sec(&self) -> f64 {
+        self.rows() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Why an ingestion stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// An input could not be read or is not CSV of a known layout.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Writing the lake failed.
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    /// The rejects file could not be written.
+    #[error("rejects file {path}: {source}")]
+    Rejects {
+        /// The rejects file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `--strict` and a record was rejected.
+    #[error("{0}\n  (stopped by --strict; without it the row goes to the rejects file and ingestion continues)")]
+    Strict(Box<Reject>),
+}
+
+/// Ingests CSV files into the lake's `ticks` (and `labels`) tables.
+///
+/// Files are streamed in batches; memory stays bounded by the appender's
+/// buffers whatever the file size. `progress` advances by bytes read (its
+/// length should be the inputs' total size).
+pub async fn ingest_csv(
+    root: &LakeRoot,
+    files: &[PathBuf],
+    options: &IngestOptions,
+    progress: &ProgressBar,
+) -> Result<IngestSummary, IngestError> {
+    let started = Instant::now();
+    let mut ticks = Appender::new(root.clone(), TableSpec::ticks(), AppenderOptions::default());
+    let mut labels = Appender::new(
+        root.clone(),
+        TableSpec::labels(),
+        AppenderOptions::default(),
+    );
+    let mut shared_rejects = options.rejects.as_ref().map(RejectWriter::new);
+    let mut seen = SymbolTracker::default();
+    let mut summary = IngestSummary::default();
+    for path in files {
+        let mut source = CsvSource::open(path, options.format, options.validator)?;
+        let mut own_rejects = RejectWriter::new(default_rejects_path(path));
+        let mut file = FileSummary {
+            path: path.clone(),
+            format: source.format(),
+            rows: 0,
+            ticks: 0,
+            labels: 0,
+            rejects: RejectCounts::default(),
+            rejects_path: None,
+        };
+        let mut last_bytes = 0;
+        while let Some(batch) = source.read_batch()? {
+            let writer = shared_rejects.as_mut().unwrap_or(&mut own_rejects);
+            for r in &batch.rejects {
+                if options.strict {
+                    return Err(IngestError::Strict(Box::new(r.clone())));
+                }
+                writer.write(r).map_err(|source| IngestError::Rejects {
+                    path: writer.path().to_owned(),
+                    source,
+                })?;
+                file.rejects.add(r.reason);
+                file.rejects_path = Some(writer.path().to_owned());
+            }
+            file.ticks += batch.ticks.num_rows() as u64;
+            seen.observe(&batch.ticks);
+            ticks.append(batch.ticks).await?;
+            if let Some(l) = batch.labels {
+                file.labels += l.num_rows() as u64;
+                labels.append(l).await?;
+            }
+            let bytes = source.bytes_read();
+            progress.inc(bytes.saturating_sub(last_bytes));
+            last_bytes = bytes;
+        }
+        file.rows = source.rows_read();
+        own_rejects.flush().map_err(|source| IngestError::Rejects {
+            path: own_rejects.path().to_owned(),
+            source,
+        })?;
+        tracing::info!(
+            file = %path.display(),
+            format = %file.format,
+            rows = file.rows,
+            ticks = file.ticks,
+            rejects = file.rejects.total(),
+            "CSV file ingested."
+        );
+        summary.files.push(file);
+    }
+    if let Some(w) = shared_rejects.as_mut() {
+        w.flush().map_err(|source| IngestError::Rejects {
+            path: w.path().to_owned(),
+            source,
+        })?;
+    }
+    summary.tick_files = ticks.finish().await?;
+    summary.label_files = labels.finish().await?;
+    summary.symbols = seen.symbols.len();
+    summary.time_range = seen.range;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// `<input>.rejects.csv`, beside the input.
+pub fn default_rejects_path(input: &Path) -> PathBuf {
+    let mut name = input.file_name().unwrap_or_default().to_os_string();
+    name.push(".rejects.csv");
+    input.with_file_name(name)
+}
+
+/// Distinct symbols and the time range of accepted ticks.
+#[derive(Debug, Default)]
+pub struct SymbolTracker {
+    /// Symbols seen.
+    pub symbols: HashSet<String>,
+    /// Earliest and latest `ts`.
+    pub range: Option<(i64, i64)>,
+}
+
+impl SymbolTracker {
+    /// Accounts for a batch of ticks.
+    pub fn observe(&mut self, ticks: &RecordBatch) {
+        let Ok(i) = ticks.schema().index_of(col::SYMBOL) else {
+            return;
+        };
+        for s in ticks.column(i).as_string::<i32>().iter().flatten() {
+            if !self.symbols.contains(s) {
+                self.symbols.insert(s.to_owned());
+            }
+        }
+        let Ok(t) = ticks.schema().index_of(col::TS) else {
+            return;
+        };
+        let ts = ticks.column(t).as_primitive::<TimestampMicrosecondType>();
+        if let (Some(lo), Some(hi)) = (arrow::compute::min(ts), arrow::compute::max(ts)) {
+            self.range = Some(match self.range {
+                Some((a, b)) => (a.min(lo), b.max(hi)),
+                None => (lo, hi),
+            });
+        }
+    }
+}

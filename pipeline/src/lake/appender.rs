@@ -1,0 +1,306 @@
+//! Atomic, content-addressed appends of Arrow batches to a lake table.
+
+use std::collections::BTreeMap;
+
+use arrow::array::{ArrayRef, AsArray, RecordBatch};
+use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use arrow::datatypes::TimestampMicrosecondType;
+use object_store::{ObjectStoreExt, PutPayload};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::WriterProperties;
+use sha2::{Digest, Sha256};
+
+use super::{LakeError, LakeRoot, TableSpec};
+
+const DAY_US: i64 = 86_400_000_000;
+
+/// Tuning of an [`Appender`].
+#[derive(Debug, Clone, Copy)]
+pub struct AppenderOptions {
+    /// A date's buffer is written as a file once it holds this many rows.
+    pub max_rows_per_file: usize,
+    /// When all buffers together hold more rows, the largest is written:
+    /// this bounds memory whatever the input's date order.
+    pub max_buffered_rows: usize,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+}
+
+impl Default for AppenderOptions {
+    fn default() -> Self {
+        Self {
+            max_rows_per_file: 2_000_000,
+            max_buffered_rows: 4_000_000,
+            // 128k rows: large enough for zstd and statistics to pay off,
+            // small enough that a symbol/time filter skips most of a file.
+            row_group_rows: 128 * 1024,
+        }
+    }
+}
+
+/// What an [`Appender`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AppendStats {
+    /// Rows handed to the appender.
+    pub rows: u64,
+    /// Files written.
+    pub files_written: u64,
+    /// Files not written because the same content was already there.
+    pub files_existing: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+}
+
+/// Buffers batches per date and writes each date's rows as sorted, zstd
+/// Parquet files.
+///
+/// Every file is encoded in memory and put in one request: on a local folder
+/// `object_store` writes a staging file and renames it, on S3 a put is atomic,
+/// so a crash never leaves a half file under a visible name (a staging file
+/// does not end in `.parquet` and is never read). The file name is the hash
+/// of its content, so an append never rewrites an existing file and repeating
+/// an append adds nothing.
+pub struct Appender {
+    root: LakeRoot,
+    spec: TableSpec,
+    options: AppenderOptions,
+    props: WriterProperties,
+    buffers: BTreeMap<i32, (Vec<RecordBatch>, usize)>,
+    buffered: usize,
+    stats: AppendStats,
+}
+
+impl Appender {
+    /// An appender to `spec`'s table under `root`.
+    pub fn new(root: LakeRoot, spec: TableSpec, options: AppenderOptions) -> Self {
+        let sorting: Vec<SortingColumn> = spec
+            .sort_by
+            .iter()
+            .filter_map(|c| spec.schema.index_of(c).ok())
+            .map(|i| SortingColumn {
+                column_idx: i as i32,
+                descending: false,
+                nulls_first: false,
+            })
+            .collect();
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_max_row_group_row_count(Some(options.row_group_rows))
+            .set_sorting_columns(Some(sorting))
+            .build();
+        Self {
+            root,
+            spec,
+            options,
+            props,
+            buffers: BTreeMap::new(),
+            buffered: 0,
+            stats: AppendStats::default(),
+        }
+    }
+
+    /// The table appended to.
+    pub fn spec(&self) -> &TableSpec {
+        &self.spec
+    }
+
+    /// Adds a batch; writes files when buffers are full.
+    pub async fn append(&mut self, batch: RecordBatch) -> Result<(), LakeError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if batch.schema().fields() != self.spec.schema.fields() {
+            return Err(LakeError::Arrow {
+                table: self.spec.name.clone(),
+                source: arrow::error::ArrowError::SchemaError(format!(
+                    "batch schema {:?} does not match the table's {:?}",
+                    batch.schema(),
+                    self.spec.schema
+                )),
+            });
+        }
+        self.stats.rows += batch.num_rows() as u64;
+        for (day, part) in
+            split_by_day(&batch, self.spec.partition_ts).map_err(|source| LakeError::Arrow {
+                table: self.spec.name.clone(),
+                source,
+            })?
+        {
+            let rows = part.num_rows();
+            let entry = self.buffers.entry(day).or_default();
+            entry.0.push(part);
+            entry.1 += rows;
+            self.buffered += rows;
+            if entry.1 >= self.options.max_rows_per_file {
+                self.flush_day(day).await?;
+            }
+        }
+        while self.buffered > self.options.max_buffered_rows {
+            let Some(largest) = self
+                .buffers
+                .iter()
+                .max_by_key(|(_, (_, n))| *n)
+                .map(|(d, _)| *d)
+            else {
+                break;
+            };
+            self.flush_day(largest).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything still buffered and returns what was done.
+    pub async fn finish(mut self) -> Result<AppendStats, LakeError> {
+        let days: Vec<i32> = self.buffers.keys().copied().collect();
+        for day in days {
+            self.flush_day(day).await?;
+        }
+        Ok(self.stats)
+    }
+
+    async fn flush_day(&mut self, day: i32) -> Result<(), LakeError> {
+        let Some((batches, rows)) = self.buffers.remove(&day) else {
+            return Ok(());
+        };
+        self.buffered -= rows;
+        let arrow_err = |source| LakeError::Arrow {
+            table: self.spec.name.clone(),
+            source,
+        };
+        let batch = concat_batches(&self.spec.schema, &batches).map_err(arrow_err)?;
+        drop(batches);
+        let batch = sort_by(&batch, &self.spec.sort_by).map_err(arrow_err)?;
+        let date = date_string(day);
+        let bytes = encode_parquet(&batch, &self.props).map_err(|source| LakeError::Parquet {
+            path: format!("{}/date={date}", self.spec.name),
+            source,
+        })?;
+        let hash = Sha256::digest(&bytes);
+        let name: String = hash[..12].iter().map(|b| format!("{b:02x}")).collect();
+        let path = self.root.path(&format!(
+            "{}/date={date}/part-{name}.parquet",
+            self.spec.name
+        ));
+        let store = self.root.store();
+        match store.head(&path).await {
+            Ok(_) => {
+                self.stats.files_existing += 1;
+                tracing::debug!(path = %path, "Lake file already present, not rewritten.");
+                return Ok(());
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(source) => {
+                return Err(LakeError::Store {
+                    path: path.to_string(),
+                    source,
+                })
+            }
+        }
+        let len = bytes.len() as u64;
+        store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|source| LakeError::Store {
+                path: path.to_string(),
+                source,
+            })?;
+        self.stats.files_written += 1;
+        self.stats.bytes_written += len;
+        tracing::debug!(path = %path, rows = batch.num_rows(), "Lake file written.");
+        Ok(())
+    }
+}
+
+/// `YYYY-MM-DD` of a day number since the epoch.
+pub fn date_string(day: i32) -> String {
+    chrono::DateTime::from_timestamp(i64::from(day) * 86_400, 0)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| format!("day{day}"))
+}
+
+/// Splits a batch into one batch per UTC day of its `ts_col`.
+fn split_by_day(
+    batch: &RecordBatch,
+    ts_col: &str,
+) -> Result<Vec<(i32, RecordBatch)>, arrow::error::ArrowError> {
+    let idx = batch.schema().index_of(ts_col)?;
+    let ts = batch
+        .column(idx)
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| {
+            arrow::error::ArrowError::SchemaError(format!("{ts_col} is not a µs timestamp"))
+        })?;
+    let days: Vec<i32> = ts
+        .values()
+        .iter()
+        .map(|&t| t.div_euclid(DAY_US) as i32)
+        .collect();
+    let first = days.first().copied().unwrap_or(0);
+    if days.iter().all(|&d| d == first) {
+        return Ok(vec![(first, batch.clone())]);
+    }
+    let mut distinct = days.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    distinct
+        .into_iter()
+        .map(|day| {
+            let mask: arrow::array::BooleanArray = days.iter().map(|&d| Some(d == day)).collect();
+            Ok((day, arrow::compute::filter_record_batch(batch, &mask)?))
+        })
+        .collect()
+}
+
+/// Sorts a batch by `cols` ascending, skipping the work when it already is.
+pub fn sort_by(
+    batch: &RecordBatch,
+    cols: &[&str],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let arrays: Vec<ArrayRef> = cols
+        .iter()
+        .map(|c| batch.schema().index_of(c).map(|i| batch.column(i).clone()))
+        .collect::<Result<_, _>>()?;
+    if is_sorted(&arrays)? {
+        return Ok(batch.clone());
+    }
+    let sort_cols: Vec<SortColumn> = arrays
+        .into_iter()
+        .map(|values| SortColumn {
+            values,
+            options: None,
+        })
+        .collect();
+    let indices = lexsort_to_indices(&sort_cols, None)?;
+    take_record_batch(batch, &indices)
+}
+
+fn is_sorted(arrays: &[ArrayRef]) -> Result<bool, arrow::error::ArrowError> {
+    let comparators = arrays
+        .iter()
+        .map(|a| arrow::array::make_comparator(a.as_ref(), a.as_ref(), Default::default()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let n = arrays.first().map_or(0, |a| a.len());
+    for i in 1..n {
+        for cmp in &comparators {
+            match cmp(i - 1, i) {
+                std::cmp::Ordering::Less => break,
+                std::cmp::Ordering::Equal => continue,
+                std::cmp::Ordering::Greater => return Ok(false),
+            }
+        }
+    }
+    Ok(true)
+}
+
+fn encode_parquet(
+    batch: &RecordBatch,
+    props: &WriterProperties,
+) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+    let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 4);
+    let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props.clone()))?;
+    writer.write(batch)?;
+    writer.close()?;
+    Ok(buf)
+}

@@ -1,0 +1,105 @@
+//! The DataFusion session over a lake: every table registered as a listing
+//! table with `date` partition pruning, and every StockAnomaly UDF.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+
+use super::table::DATE_COLUMN;
+use super::{LakeError, LakeRoot, TableSpec};
+
+/// A session with the lake's standard tables (`ticks`, `labels`) and all
+/// UDFs registered.
+///
+/// A table with no files yet is registered empty with its schema, so queries
+/// over a new lake answer zero rows instead of failing.
+///
+/// ```
+/// # tokio_test_block_on(async {
+/// use stockanomaly::lake::{session_context, LakeRoot};
+/// let root = LakeRoot::parse("memory://doc-session").unwrap();
+/// let ctx = session_context(&root).await.unwrap();
+/// let n = ctx.sql("SELECT count(*) FROM ticks").await.unwrap().count().await.unwrap();
+/// assert_eq!(n, 1);
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Runtime::new().unwrap().block_on(f)
+/// # }
+/// ```
+pub async fn session_context(root: &LakeRoot) -> Result<SessionContext, LakeError> {
+    let config = SessionConfig::new().with_information_schema(true);
+    let ctx = SessionContext::new_with_config(config);
+    if root.store_url().scheme() != "file" {
+        ctx.register_object_store(root.store_url(), Arc::clone(root.store()));
+    }
+    stockanomaly_udfs::register_all(&ctx);
+    for spec in TableSpec::standard() {
+        register_table(&ctx, root, &spec).await?;
+    }
+    Ok(ctx)
+}
+
+/// Registers one table of the lake in `ctx` under its name.
+pub async fn register_table(
+    ctx: &SessionContext,
+    root: &LakeRoot,
+    spec: &TableSpec,
+) -> Result<(), LakeError> {
+    let df_err = |source| LakeError::DataFusion {
+        table: spec.name.clone(),
+        source,
+    };
+    let schema = with_date(&spec.schema);
+    let provider: Arc<dyn datafusion::catalog::TableProvider> =
+        if has_files(root.store().as_ref(), root, &spec.name).await? {
+            let url = ListingTableUrl::parse(root.table_url(&spec.name)).map_err(df_err)?;
+            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                .with_file_extension(".parquet")
+                .with_table_partition_cols(vec![(DATE_COLUMN.to_owned(), DataType::Utf8)]);
+            let config = ListingTableConfig::new(url)
+                .with_listing_options(options)
+                .with_schema(Arc::clone(&spec.schema));
+            Arc::new(ListingTable::try_new(config).map_err(df_err)?)
+        } else {
+            Arc::new(MemTable::try_new(schema, vec![vec![]]).map_err(df_err)?)
+        };
+    ctx.register_table(spec.name.as_str(), provider)
+        .map_err(df_err)?;
+    Ok(())
+}
+
+fn with_date(schema: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(DATE_COLUMN, DataType::Utf8, false));
+    Arc::new(Schema::new(fields))
+}
+
+async fn has_files(
+    store: &dyn ObjectStore,
+    root: &LakeRoot,
+    table: &str,
+) -> Result<bool, LakeError> {
+    let prefix = root.path(table);
+    let mut files = store.list(Some(&prefix));
+    loop {
+        match files.try_next().await {
+            Ok(Some(meta)) if meta.location.as_ref().ends_with(".parquet") => return Ok(true),
+            Ok(Some(_)) => continue,
+            Ok(None) => return Ok(false),
+            Err(source) => {
+                return Err(LakeError::Store {
+                    path: prefix.to_string(),
+                    source,
+                })
+            }
+        }
+    }
+}

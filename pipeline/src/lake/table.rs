@@ -1,0 +1,55 @@
+//! What the lake knows about each table: schema, the column its date
+//! partitions come from, and the key its files are sorted by.
+
+use arrow::datatypes::SchemaRef;
+
+use crate::labels::{self, label_schema};
+use crate::tick::{col, tick_schema};
+
+/// The description of a lake table.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    /// Folder name under the lake root, and the SQL table name.
+    pub name: String,
+    /// Schema of the files (without the `date` partition column).
+    pub schema: SchemaRef,
+    /// Timestamp column whose UTC date picks the `date=` partition.
+    pub partition_ts: &'static str,
+    /// Columns every file is sorted by, in order.
+    pub sort_by: Vec<&'static str>,
+}
+
+/// Name of the Hive partition column that every lake table carries.
+pub const DATE_COLUMN: &str = "date";
+
+impl TableSpec {
+    /// The `ticks` table, sorted by the tick key.
+    pub fn ticks() -> Self {
+        Self {
+            name: "ticks".into(),
+            schema: tick_schema(),
+            partition_ts: col::TS,
+            sort_by: vec![col::SYMBOL, col::TS, col::SEQ],
+        }
+    }
+
+    /// The `labels` table, sorted by symbol and start.
+    pub fn labels() -> Self {
+        Self {
+            name: "labels".into(),
+            schema: label_schema(),
+            partition_ts: labels::col::START_TS,
+            sort_by: vec![
+                labels::col::SYMBOL,
+                labels::col::START_TS,
+                labels::col::END_TS,
+                labels::col::KIND,
+            ],
+        }
+    }
+
+    /// The tables every session registers.
+    pub fn standard() -> Vec<Self> {
+        vec![Self::ticks(), Self::labels()]
+    }
+}

@@ -1,0 +1,14 @@
+//! StockAnomaly: detects anomalous and manipulative trading in market data.
+//!
+//! Data flows down the modules: [`sources`] decode outside data into
+//! [`tick`] batches, the [`lake`] stores them as Parquet, and the CLI in
+//! [`cli`] ties the stages into commands.
+
+pub mod cli;
+pub mod ingest;
+pub mod labels;
+pub mod lake;
+pub mod sources;
+pub mod tick;
+
+pub use stockanomaly_udfs as udfs;

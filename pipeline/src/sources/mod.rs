@@ -1,0 +1,87 @@
+//! Sources: everything that turns outside data into tick batches.
+//!
+//! Every adapter implements [`Source`], so the stages downstream (the lake
+//! writer, the streaming executor) never know which one they read.
+
+pub mod csv;
+pub mod simulate;
+
+use arrow::array::RecordBatch;
+
+use crate::tick::Reject;
+
+/// Where a source is, so that it can resume after the last committed batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Position {
+    /// A file read up to `line` (the last line consumed, 1-based) and `byte`.
+    File {
+        /// The file.
+        path: String,
+        /// Last line consumed.
+        line: u64,
+        /// Byte offset after it.
+        byte: u64,
+    },
+    /// The simulator after `day` trading days.
+    Simulated {
+        /// Days produced so far.
+        day: usize,
+    },
+}
+
+/// One batch from a source: valid ticks, labels the input carried (annotated
+/// formats, the simulator), the records it refused, and where it stands.
+#[derive(Debug, Clone)]
+pub struct SourceBatch {
+    /// Valid ticks, [`tick_schema`](crate::tick::tick_schema).
+    pub ticks: RecordBatch,
+    /// Label intervals, [`label_schema`](crate::labels::label_schema), if any.
+    pub labels: Option<RecordBatch>,
+    /// Refused records with their reasons.
+    pub rejects: Vec<Reject>,
+    /// The position after this batch.
+    pub position: Position,
+}
+
+/// Errors a source can end with (bad records are not errors: they are
+/// [`Reject`]s inside a batch).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Reading the input failed.
+    #[error("{origin}: {source}")]
+    Io {
+        /// File or endpoint.
+        origin: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The input is not in the expected format at all (as opposed to a bad
+    /// record inside a good file).
+    #[error("{origin}: {reason}")]
+    Format {
+        /// File or endpoint.
+        origin: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+}
+
+/// A source of tick batches.
+///
+/// Implement [`next_batch`](Source::next_batch) to decode the next chunk of
+/// input into Arrow batches (never a row at a time), and
+/// [`commit`](Source::commit) to make a position durable once everything
+/// downstream has accepted the batches before it. Sources that cannot resume
+/// (files read once) may ignore `commit`.
+#[async_trait::async_trait]
+pub trait Source: Send {
+    /// The next batch, or `None` at the end of a bounded input.
+    async fn next_batch(&mut self) -> Result<Option<SourceBatch>, SourceError>;
+
+    /// Marks everything up to `upto` as processed.
+    async fn commit(&mut self, upto: &Position) -> Result<(), SourceError> {
+        let _ = upto;
+        Ok(())
+    }
+}

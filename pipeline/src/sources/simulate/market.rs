@@ -1,0 +1,530 @@
+//! The market the simulator draws from: venues and their sessions, the symbol
+//! universe, the trading calendar, intraday seasonality and latent price
+//! paths.
+//!
+//! Randomness comes in two flavours, both keyed by what they describe rather
+//! than by the order things are computed in, so that any day of any symbol can
+//! be generated alone, on any thread, with the same result:
+//!
+//! - daily quantities (a day's return, its overnight gap, its volatility
+//!   level) are hashed from `(seed, what, symbol or venue, day)`, so the open
+//!   of day 40 is a sum of 40 cheap hashes, not 40 simulated days;
+//! - intraday paths use a [`ChaCha8Rng`] stream seeded the same way, and are
+//!   pinned (a variance-weighted bridge) to end on the hashed daily return, so
+//!   tomorrow's open continues today's close plus an overnight gap.
+
+use std::collections::HashSet;
+use std::f64::consts::TAU;
+
+use chrono::{Datelike, Days, NaiveDate, NaiveTime, TimeZone, Weekday};
+use chrono_tz::Tz;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Exp1, StandardNormal};
+
+/// Stream tags: each kind of randomness gets its own stream, so that, say,
+/// changing the trade rate does not move the price path or the events.
+pub(crate) const TAG_UNIVERSE: u64 = 1;
+const TAG_MARKET_DAILY: u64 = 2;
+const TAG_SYMBOL_DAILY: u64 = 3;
+const TAG_MARKET_PATH: u64 = 4;
+pub(crate) const TAG_PATH: u64 = 5;
+pub(crate) const TAG_EVENTS: u64 = 6;
+pub(crate) const TAG_TICKS: u64 = 7;
+
+/// Trading days per year, to turn annualised volatility into daily.
+const TRADING_DAYS_PER_YEAR: f64 = 252.0;
+/// Annualised volatility of each venue's market factor (a broad index).
+const MARKET_VOL: f64 = 0.16;
+/// Share of a day's variance that falls between one close and the next open;
+/// about a fifth for large caps.
+const OVERNIGHT_SHARE: f64 = 0.2;
+/// Lognormal spread of a day's volatility level around the symbol's average:
+/// volatility comes in calm and busy days, not as a constant.
+const DAY_VOL_DISPERSION: f64 = 0.25;
+/// Floor of a symbol's own (non-market) annualised volatility, so that a high
+/// beta never leaves it with none.
+const MIN_IDIO_VOL: f64 = 0.05;
+/// Share of symbols listed on the NSE rather than the NYSE.
+const NSE_SHARE: f64 = 0.2;
+/// Largest move, in standard deviations, a single step may take. Student-t
+/// draws are unbounded; this keeps one freak draw from overflowing `exp`.
+const MAX_SHOCK: f64 = 15.0;
+
+/// A venue the simulator lists symbols on.
+#[derive(Debug)]
+pub(crate) struct Venue {
+    /// ISO 10383 market identifier.
+    pub mic: &'static str,
+    /// The venue's time zone: sessions are local times.
+    pub tz: Tz,
+    /// Continuous session open, local `(hour, minute)`.
+    pub open: (u32, u32),
+    /// Continuous session close, local `(hour, minute)`.
+    pub close: (u32, u32),
+    /// Shares per round lot.
+    pub lot_size: f64,
+    /// Median trade size, in lots.
+    pub trade_lots: f64,
+    /// Median size displayed at the best bid or ask, in lots.
+    pub quote_lots: f64,
+}
+
+/// The venues, indexed by [`SymbolSpec::venue`]. NSE trades in single shares
+/// and bigger clips; NYSE in 100-share lots.
+pub(crate) const VENUES: [Venue; 2] = [
+    Venue {
+        mic: "XNYS",
+        tz: chrono_tz::America::New_York,
+        open: (9, 30),
+        close: (16, 0),
+        lot_size: 100.0,
+        trade_lots: 1.5,
+        quote_lots: 6.0,
+    },
+    Venue {
+        mic: "XNSE",
+        tz: chrono_tz::Asia::Kolkata,
+        open: (9, 15),
+        close: (15, 30),
+        lot_size: 1.0,
+        trade_lots: 40.0,
+        quote_lots: 500.0,
+    },
+];
+
+impl Venue {
+    /// Length of the continuous session in seconds (no venue here changes
+    /// clocks during a session).
+    pub const fn session_s(&self) -> u32 {
+        (self.close.0 * 60 + self.close.1 - self.open.0 * 60 - self.open.1) * 60
+    }
+
+    /// `[open, close)` of the session on local date `date`, in UTC
+    /// microseconds; `None` if a local time does not exist that day.
+    pub fn session(&self, date: NaiveDate) -> Option<(i64, i64)> {
+        let at = |(h, m): (u32, u32)| -> Option<i64> {
+            let t = NaiveTime::from_hms_opt(h, m, 0)?;
+            let local = self.tz.from_local_datetime(&date.and_time(t)).earliest()?;
+            Some(local.timestamp_micros())
+        };
+        Some((at(self.open)?, at(self.close)?))
+    }
+}
+
+/// One simulated instrument and the parameters its ticks are drawn with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SymbolSpec {
+    /// Synthetic ticker: 3 or 4 uppercase letters, unique in the universe.
+    pub symbol: String,
+    /// Market identifier of its venue: `XNYS` or `XNSE`.
+    pub exchange: &'static str,
+    /// The venue's time zone; sessions are in local time.
+    pub timezone: Tz,
+    /// Price on the first simulated day's open (lognormal, 5 to 2000).
+    pub price: f64,
+    /// Annualised volatility (0.15 to 0.80); cheap stocks tend to be wilder.
+    pub volatility: f64,
+    /// Sensitivity to its venue's market factor.
+    pub beta: f64,
+    /// Trade rate multiplier (lognormal, mean 1).
+    pub liquidity: f64,
+    /// Typical quoted spread in basis points, before the one-tick minimum.
+    pub spread_bps: f64,
+    /// Shares per round lot.
+    pub lot_size: f64,
+    /// Median trade size, in lots.
+    pub trade_lots: f64,
+    /// Median size shown at the best bid or ask, in lots.
+    pub quote_lots: f64,
+    /// Index into [`VENUES`].
+    pub(crate) venue: usize,
+}
+
+impl SymbolSpec {
+    /// `[open, close)` of the symbol's session on `date`, in UTC microseconds
+    /// (the close is exclusive: no tick is stamped at the closing instant).
+    /// `None` on weekends and where a local time does not exist.
+    pub fn session(&self, date: NaiveDate) -> Option<(i64, i64)> {
+        if !is_weekday(date) {
+            return None;
+        }
+        VENUES[self.venue].session(date)
+    }
+
+    /// Length of the continuous session in seconds.
+    pub fn session_seconds(&self) -> u32 {
+        VENUES[self.venue].session_s()
+    }
+
+    /// Annualised volatility not explained by the market factor.
+    fn idio_vol(&self) -> f64 {
+        (self.volatility.powi(2) - (self.beta * MARKET_VOL).powi(2))
+            .max(MIN_IDIO_VOL * MIN_IDIO_VOL)
+            .sqrt()
+    }
+}
+
+/// `n` symbols with their parameters, sorted by ticker so that symbol order
+/// is tick order.
+pub(crate) fn universe(seed: u64, n: usize) -> Vec<SymbolSpec> {
+    let mut rng = stream(&[seed, TAG_UNIVERSE]);
+    // `n` is input: never reserve more than a modest amount up front.
+    let cap = n.min(1 << 16);
+    let mut seen = HashSet::with_capacity(cap);
+    let mut specs = Vec::with_capacity(cap);
+    let mut extra_letters = 0;
+    for _ in 0..n {
+        let symbol = ticker(&mut rng, &mut seen, &mut extra_letters);
+        let venue = usize::from(rng.random_bool(NSE_SHARE));
+        let v = &VENUES[venue];
+        let mut z = || -> f64 { rng.sample(StandardNormal) };
+        // Median 60, most between 10 and 400; the clamp keeps the tails sane.
+        let price = (60f64.ln() + 1.1 * z()).exp().clamp(5.0, 2000.0);
+        let volatility = (0.40 - 0.06 * (price / 60.0).ln() + 0.10 * z()).clamp(0.15, 0.80);
+        let beta = (1.0 + 0.3 * z()).clamp(0.3, 2.0);
+        // exp(0.6 z - 0.18) has mean 1, so `trades_per_day` stays the mean.
+        let liquidity = (0.6 * z() - 0.18).exp().clamp(0.1, 8.0);
+        // Liquid names quote tighter.
+        let spread_bps = (3.0 / liquidity.sqrt() * (0.3 * z()).exp()).clamp(0.5, 30.0);
+        let trade_lots = (v.trade_lots * (0.3 * z()).exp()).max(1.0);
+        let quote_lots = (v.quote_lots * (0.3 * z()).exp()).max(1.0);
+        specs.push(SymbolSpec {
+            symbol,
+            exchange: v.mic,
+            timezone: v.tz,
+            price,
+            volatility,
+            beta,
+            liquidity,
+            spread_bps,
+            lot_size: v.lot_size,
+            trade_lots,
+            quote_lots,
+            venue,
+        });
+    }
+    specs.sort_by(|a, b| a.symbol.cmp(&b.symbol));
+    specs
+}
+
+/// A fresh random ticker of 3 or 4 letters (more once short ones run out).
+fn ticker(rng: &mut ChaCha8Rng, seen: &mut HashSet<String>, extra: &mut usize) -> String {
+    loop {
+        for _ in 0..64 {
+            let len = 3 + usize::from(rng.random_bool(0.6)) + *extra;
+            let s: String = (0..len)
+                .map(|_| char::from(b'A' + rng.random_range(0..26u8)))
+                .collect();
+            if seen.insert(s.clone()) {
+                return s;
+            }
+        }
+        // 64 collisions in a row: the short names are nearly all taken.
+        *extra += 1;
+    }
+}
+
+/// Whether `d` is a Monday to Friday.
+pub(crate) fn is_weekday(d: NaiveDate) -> bool {
+    !matches!(d.weekday(), Weekday::Sat | Weekday::Sun)
+}
+
+/// The `n`th (0-based) weekday on or after `start`, or `None` past the end of
+/// the calendar. Constant time, so a large `n` costs nothing.
+pub(crate) fn nth_weekday(start: NaiveDate, n: usize) -> Option<NaiveDate> {
+    let mut d = start;
+    while !is_weekday(d) {
+        d = d.succ_opt()?;
+    }
+    let weeks = u64::try_from(n / 5).ok()?;
+    d = d.checked_add_days(Days::new(weeks.checked_mul(7)?))?;
+    for _ in 0..n % 5 {
+        d = d.succ_opt()?;
+        while !is_weekday(d) {
+            d = d.succ_opt()?;
+        }
+    }
+    Some(d)
+}
+
+/// Intraday seasonality of one venue's session on a grid of `step_s` steps.
+///
+/// Trading is busiest at the open and into the close, quietest at lunch (the
+/// "U"); volatility follows, with the open wilder than the close; spreads are
+/// wide for the first minutes while the book fills.
+#[derive(Debug, Clone)]
+pub(crate) struct Shape {
+    /// Seconds per step.
+    pub step_s: u32,
+    /// Trade-rate multiplier per step, mean 1.
+    pub rate: Vec<f64>,
+    /// Volatility multiplier per step, mean square 1.
+    pub vol: Vec<f64>,
+    /// Spread multiplier per step, 1 after the opening minutes.
+    pub widen: Vec<f64>,
+}
+
+impl Shape {
+    /// The shape of a `session_s`-second session on `step_s`-second steps.
+    pub fn new(session_s: u32, step_s: u32) -> Self {
+        let step_s = step_s.max(1);
+        let n = (session_s / step_s) as usize;
+        let x = |i: usize| (i as f64 + 0.5) / n as f64;
+        let mut rate: Vec<f64> = (0..n)
+            .map(|i| {
+                let x = x(i);
+                0.55 + 2.4 * (-x / 0.035).exp() + 1.8 * (-(1.0 - x) / 0.045).exp()
+            })
+            .collect();
+        let mut vol: Vec<f64> = (0..n)
+            .map(|i| {
+                let x = x(i);
+                0.75 + 1.6 * (-x / 0.04).exp() + 0.5 * (-(1.0 - x) / 0.05).exp()
+            })
+            .collect();
+        let widen = (0..n).map(|i| 1.0 + 1.5 * (-x(i) / 0.02).exp()).collect();
+        if n > 0 {
+            let mean = rate.iter().sum::<f64>() / n as f64;
+            rate.iter_mut().for_each(|r| *r /= mean);
+            let rms = (vol.iter().map(|v| v * v).sum::<f64>() / n as f64).sqrt();
+            vol.iter_mut().for_each(|v| *v /= rms);
+        }
+        Self {
+            step_s,
+            rate,
+            vol,
+            widen,
+        }
+    }
+
+    /// Steps in the session.
+    pub fn steps(&self) -> usize {
+        self.rate.len()
+    }
+}
+
+/// A venue's market factor over one day.
+#[derive(Debug, Clone)]
+pub(crate) struct MarketDay {
+    /// Cumulative log return since the open at each step boundary
+    /// (`steps + 1` points, starting at 0).
+    pub path: Vec<f64>,
+    /// Standard deviation of one step's return at volatility multiplier 1.
+    pub sigma_step: f64,
+}
+
+/// Daily draws of one venue's market factor or one symbol's own component.
+#[derive(Debug, Clone, Copy)]
+struct Daily {
+    /// Open-to-close log return.
+    intraday: f64,
+    /// Log return from the previous close to this open.
+    gap: f64,
+    /// The day's volatility level relative to average.
+    vol: f64,
+}
+
+fn daily(key: &[u64], annual_vol: f64) -> Daily {
+    let k = mix(key);
+    let vol = (DAY_VOL_DISPERSION * hashed_normal(k) - DAY_VOL_DISPERSION.powi(2) / 2.0).exp();
+    let sd = annual_vol / TRADING_DAYS_PER_YEAR.sqrt() * vol;
+    Daily {
+        intraday: sd * (1.0 - OVERNIGHT_SHARE).sqrt() * hashed_t4(splitmix64(k ^ 1)),
+        gap: sd * OVERNIGHT_SHARE.sqrt() * hashed_t4(splitmix64(k ^ 2)),
+        vol,
+    }
+}
+
+fn market_daily(seed: u64, venue: usize, day: usize) -> Daily {
+    daily(
+        &[seed, TAG_MARKET_DAILY, venue as u64, day as u64],
+        MARKET_VOL,
+    )
+}
+
+fn symbol_daily(seed: u64, symbol: usize, spec: &SymbolSpec, day: usize) -> Daily {
+    daily(
+        &[seed, TAG_SYMBOL_DAILY, symbol as u64, day as u64],
+        spec.idio_vol(),
+    )
+}
+
+/// The intraday market factor of `venue` on day `day`, ending on its hashed
+/// daily return.
+pub(crate) fn market_day(seed: u64, venue: usize, day: usize, shape: &Shape) -> MarketDay {
+    let d = market_daily(seed, venue, day);
+    let n = shape.steps();
+    let sigma_step = step_sigma(MARKET_VOL * d.vol, n);
+    let mut rng = stream(&[seed, TAG_MARKET_PATH, venue as u64, day as u64]);
+    let mut path = Vec::with_capacity(n + 1);
+    let mut cum_var = Vec::with_capacity(n + 1);
+    let (mut x, mut v) = (0.0, 0.0);
+    path.push(x);
+    cum_var.push(v);
+    for &u in &shape.vol {
+        x += sigma_step * u * t4(&mut rng);
+        v += (sigma_step * u).powi(2);
+        path.push(x);
+        cum_var.push(v);
+    }
+    bridge(&mut path, &cum_var, d.intraday);
+    MarketDay { path, sigma_step }
+}
+
+/// Where one symbol starts a day and where its path must end.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SymbolDay {
+    /// Log price at the open.
+    pub open_log: f64,
+    /// Open-to-close log return the path is bridged to.
+    pub intraday: f64,
+    /// Standard deviation of one step of the symbol's own component.
+    pub idio_sigma_step: f64,
+}
+
+/// Day `day`'s anchors for symbol number `symbol`. Costs `O(day)` hashes: the
+/// open is the first price compounded by every earlier day and night.
+pub(crate) fn symbol_day(
+    seed: u64,
+    symbol: usize,
+    spec: &SymbolSpec,
+    day: usize,
+    steps: usize,
+) -> SymbolDay {
+    let beta = spec.beta;
+    let mut open_log = spec.price.ln();
+    for j in 0..day {
+        let (m, s) = (
+            market_daily(seed, spec.venue, j),
+            symbol_daily(seed, symbol, spec, j),
+        );
+        let (m1, s1) = (
+            market_daily(seed, spec.venue, j + 1),
+            symbol_daily(seed, symbol, spec, j + 1),
+        );
+        open_log += beta * m.intraday + s.intraday + beta * m1.gap + s1.gap;
+    }
+    let (m, s) = (
+        market_daily(seed, spec.venue, day),
+        symbol_daily(seed, symbol, spec, day),
+    );
+    SymbolDay {
+        open_log,
+        intraday: beta * m.intraday + s.intraday,
+        idio_sigma_step: step_sigma(spec.idio_vol() * s.vol, steps),
+    }
+}
+
+/// A symbol's intraday path, with the buffers it is built in (reused from
+/// one symbol-day to the next).
+#[derive(Debug, Default)]
+pub(crate) struct Path {
+    /// Log return since the open at each step boundary (`steps + 1` points).
+    pub points: Vec<f64>,
+    cum_var: Vec<f64>,
+}
+
+impl Path {
+    /// Builds the path: beta times the market's moves plus the symbol's own
+    /// Student-t shocks, each step scaled by the seasonality and by
+    /// `vol_mult` (events), bridged to end on `day.intraday`.
+    pub fn build(
+        &mut self,
+        rng: &mut ChaCha8Rng,
+        shape: &Shape,
+        market: &MarketDay,
+        beta: f64,
+        day: &SymbolDay,
+        vol_mult: &[f64],
+    ) {
+        self.points.clear();
+        self.cum_var.clear();
+        let (mut x, mut v) = (0.0, 0.0);
+        self.points.push(x);
+        self.cum_var.push(v);
+        let var_unit = (beta * market.sigma_step).powi(2) + day.idio_sigma_step.powi(2);
+        let steps = shape.vol.iter().zip(vol_mult).zip(market.path.windows(2));
+        for ((&u, &k), m) in steps {
+            x += k * (beta * (m[1] - m[0]) + day.idio_sigma_step * u * t4(rng));
+            v += (k * u).powi(2) * var_unit;
+            self.points.push(x);
+            self.cum_var.push(v);
+        }
+        bridge(&mut self.points, &self.cum_var, day.intraday);
+    }
+}
+
+/// Moves a random walk so it ends on `target`, spreading the correction in
+/// proportion to each step's variance: the Brownian-bridge mean, which leaves
+/// quiet stretches (lunch, a pinned price) quiet.
+fn bridge(path: &mut [f64], cum_var: &[f64], target: f64) {
+    let (Some(&end), Some(&total)) = (path.last(), cum_var.last()) else {
+        return;
+    };
+    if total > 0.0 {
+        let miss = end - target;
+        for (p, v) in path.iter_mut().zip(cum_var) {
+            *p -= v / total * miss;
+        }
+    }
+}
+
+/// Per-step standard deviation giving `annual_vol` over the session's
+/// intraday share of a day, with `steps` steps of mean square multiplier 1.
+fn step_sigma(annual_vol: f64, steps: usize) -> f64 {
+    annual_vol / TRADING_DAYS_PER_YEAR.sqrt() * (1.0 - OVERNIGHT_SHARE).sqrt()
+        / (steps.max(1) as f64).sqrt()
+}
+
+/// A Student-t draw with ν = 4, scaled to unit variance: `Z / sqrt(G)` with
+/// `G ~ Gamma(2, 1)` (two unit exponentials) is exactly that, and cheaper
+/// than a general t sampler.
+pub(crate) fn t4(rng: &mut ChaCha8Rng) -> f64 {
+    let z: f64 = rng.sample(StandardNormal);
+    let e1: f64 = rng.sample(Exp1);
+    let e2: f64 = rng.sample(Exp1);
+    (z / (e1 + e2).max(1e-9).sqrt()).clamp(-MAX_SHOCK, MAX_SHOCK)
+}
+
+/// A standard normal draw.
+pub(crate) fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    rng.sample(StandardNormal)
+}
+
+/// [`t4`] from a hash instead of a stream.
+fn hashed_t4(key: u64) -> f64 {
+    let g = -(unit(splitmix64(key ^ 0x10)).ln() + unit(splitmix64(key ^ 0x20)).ln());
+    (hashed_normal(key) / g.max(1e-9).sqrt()).clamp(-MAX_SHOCK, MAX_SHOCK)
+}
+
+/// A standard normal from a hash (Box-Muller).
+fn hashed_normal(key: u64) -> f64 {
+    let (u1, u2) = (unit(splitmix64(key ^ 0x30)), unit(splitmix64(key ^ 0x40)));
+    (-2.0 * u1.ln()).sqrt() * (TAU * u2).cos()
+}
+
+/// A uniform in the open interval (0, 1) from 53 bits of `h`.
+fn unit(h: u64) -> f64 {
+    ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+}
+
+/// SplitMix64's output function: a bijective 64-bit mixer.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// One 64-bit key from several, order-sensitive.
+pub(crate) fn mix(parts: &[u64]) -> u64 {
+    parts
+        .iter()
+        .fold(0x243F_6A88_85A3_08D3, |h, &p| splitmix64(h ^ splitmix64(p)))
+}
+
+/// A random stream for whatever `parts` name, independent of every other.
+pub(crate) fn stream(parts: &[u64]) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(mix(parts))
+}

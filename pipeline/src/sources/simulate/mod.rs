@@ -1,0 +1,1011 @@
+//! A deterministic market simulator with labelled manipulation, for training
+//! and testing detectors without real data.
+//!
+//! # The model
+//!
+//! - **Universe.** Synthetic 3-4 letter tickers, about 80% on the NYSE
+//!   (`XNYS`, 09:30-16:00 New York time, 100-share lots) and 20% on the NSE
+//!   (`XNSE`, 09:15-15:30 Kolkata time, single shares). Each symbol draws a
+//!   lognormal price level (5 to 2000), an annualised volatility (15% to 80%,
+//!   cheap stocks wilder), a beta to its venue's market factor, a liquidity
+//!   (trade-rate multiplier) and a typical spread (tighter when liquid).
+//! - **Calendar.** Weekdays from [`SimConfig::start`], sessions in each venue's
+//!   local time (daylight saving included), timestamps in UTC microseconds.
+//! - **Prices.** Log price = beta × market factor + the symbol's own component,
+//!   both with Student-t (ν = 4, unit variance) shocks on a fixed step grid,
+//!   scaled by a U-shaped intraday volatility (wild open, calm lunch, busier
+//!   close) and by a day-level volatility that varies from day to day. Each
+//!   day ends on a return drawn in advance, and the next opens after an
+//!   overnight gap, so days chain without simulating their predecessors.
+//! - **Trades.** Poisson arrivals with U-shaped intensity; each order prints at
+//!   the bid (a sell) or the ask (a buy), sides persisting a little; a few
+//!   orders fill in several prints at one timestamp. Spreads are whole cents,
+//!   at least one, wider at the open; displayed sizes drift; trade sizes are
+//!   lognormal in round lots.
+//! - **Bars.** One per session minute, stamped at its start: open, high, low,
+//!   close (the `price`) of the path over the minute, and the volume of a
+//!   Poisson number of trades. No quotes.
+//! - **Manipulation.** A Poisson number of events per symbol-day, kinds drawn
+//!   uniformly, never overlapping on a symbol (see [`EventKind`] for what each
+//!   does). Each becomes a label interval covering exactly the ticks it
+//!   altered. Price pushes are transient: the price returns to its path when
+//!   the event ends.
+//!
+//! # Determinism and speed
+//!
+//! Every random draw comes from a stream keyed by `(seed, purpose, symbol,
+//! day)` (see `market`), so a day's output depends on nothing but the
+//! configuration: not on threads, not on which days were simulated before.
+//! Symbols of a day are generated in parallel straight into Arrow builders and
+//! concatenated in ticker order, so a day's batch is sorted by `(symbol, ts)`.
+
+mod events;
+mod generate;
+mod market;
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
+use arrow::datatypes::SchemaRef;
+use chrono::NaiveDate;
+
+pub use events::EventKind;
+pub use market::SymbolSpec;
+
+use super::{Position, Source, SourceBatch, SourceError};
+use crate::labels::{label_schema, LabelBuilder};
+use crate::tick::{tick_schema, Reject, TickBuilder, Validator};
+use events::Event;
+use market::{MarketDay, Path, Shape};
+
+/// Every manipulation kind the simulator injects, as label `kind` strings.
+pub const EVENT_KINDS: [&str; 7] = [
+    "price_spike",
+    "volume_burst",
+    "pump_and_dump",
+    "spoofing",
+    "wash_trading",
+    "marking_close",
+    "quote_stuffing",
+];
+
+/// The `source` of simulated ticks and labels.
+pub(crate) const SOURCE: &str = "simulator";
+
+/// The validator's "now": simulated dates may lie anywhere in the future, so
+/// the future check must never fire (the validator saturates, no overflow).
+const FAR_FUTURE_US: i64 = i64::MAX / 4;
+
+/// The validator refuses ticks before 1990; earlier starts are moved here.
+const EARLIEST_START: NaiveDate = match NaiveDate::from_ymd_opt(1990, 1, 1) {
+    Some(d) => d,
+    None => panic!("1990-01-01 is a date"),
+};
+
+/// [`SimConfig::start`]'s default, the first trading day of 2024.
+const DEFAULT_START: NaiveDate = match NaiveDate::from_ymd_opt(2024, 1, 2) {
+    Some(d) => d,
+    None => panic!("2024-01-02 is a date"),
+};
+
+/// Seconds per latent-path step. Trades sample the path between steps, so one
+/// second is fine enough; bars need only enough points per minute for a
+/// realistic high and low.
+const TRADES_STEP_S: u32 = 1;
+const BARS_STEP_S: u32 = 5;
+
+/// Cap on [`SimConfig::trades_per_day`], far beyond any real stock.
+const MAX_TRADES_PER_DAY: f64 = 1e8;
+
+/// Trades (with bid/ask quotes) or one-minute bars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SimKind {
+    /// Every trade, with the best bid and ask and their sizes.
+    Trades,
+    /// One OHLCV bar per session minute, no quotes.
+    Bars,
+}
+
+/// What to simulate. The same configuration always gives the same output.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Number of symbols.
+    pub symbols: usize,
+    /// Trading days (weekdays only) starting at `start`.
+    pub days: usize,
+    /// Trades or bars.
+    pub kind: SimKind,
+    /// Random seed.
+    pub seed: u64,
+    /// First trading day (the next weekday if it falls on a weekend; dates
+    /// before 1990-01-01, which the tick validator refuses, move there).
+    pub start: NaiveDate,
+    /// Mean trades per symbol per trading day (the trades kind; bars use it
+    /// for their volume). Zero, negative or NaN means no trades and no
+    /// events; capped at 10^8.
+    pub trades_per_day: f64,
+    /// Mean injected manipulation events per symbol per day (at most 32 a
+    /// symbol-day are placed). Zero or less: a clean market.
+    pub events_per_symbol_day: f64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            symbols: 20,
+            days: 5,
+            kind: SimKind::Trades,
+            seed: 42,
+            start: DEFAULT_START,
+            trades_per_day: 20_000.0,
+            events_per_symbol_day: 0.5,
+        }
+    }
+}
+
+/// One simulated trading day.
+#[derive(Debug, Clone)]
+pub struct SimDay {
+    /// The trading day (each symbol's local date).
+    pub date: NaiveDate,
+    /// Every symbol's ticks, [`tick_schema`], sorted by `(symbol, ts)`.
+    pub ticks: RecordBatch,
+    /// The day's injected events, [`label_schema`], sorted by
+    /// `(symbol, start_ts)`.
+    pub labels: RecordBatch,
+    /// Ticks the validator refused. Always empty unless the simulator has a
+    /// bug; kept rather than dropped so that one would show.
+    pub rejects: Vec<Reject>,
+}
+
+/// The simulator: a fixed universe of symbols over a fixed calendar, any day
+/// of which can be generated on demand.
+///
+/// ```
+/// use stockanomaly::sources::simulate::{SimConfig, Simulator};
+///
+/// let sim = Simulator::new(SimConfig { symbols: 3, days: 1, trades_per_day: 500.0, ..SimConfig::default() });
+/// let day = sim.simulate_day(0);
+/// assert_eq!(day.date, sim.trading_days()[0]);
+/// assert!(day.ticks.num_rows() > 0);
+/// ```
+#[derive(Debug)]
+pub struct Simulator {
+    config: SimConfig,
+    /// `config.start`, moved to the earliest date the validator accepts.
+    start: NaiveDate,
+    symbols: Vec<SymbolSpec>,
+    /// Per venue, on the kind's step grid.
+    shapes: Vec<Shape>,
+    threads: Option<usize>,
+}
+
+impl Simulator {
+    /// A simulator for `config`: draws the universe (cheap); days are
+    /// generated by [`simulate_day`](Self::simulate_day).
+    pub fn new(config: SimConfig) -> Self {
+        let start = config.start.max(EARLIEST_START);
+        if start != config.start {
+            tracing::warn!(
+                start = %config.start,
+                using = %start,
+                "Simulation start is before 1990, which ticks may not be; starting in 1990."
+            );
+        }
+        let step = match config.kind {
+            SimKind::Trades => TRADES_STEP_S,
+            SimKind::Bars => BARS_STEP_S,
+        };
+        let shapes = market::VENUES
+            .iter()
+            .map(|v| Shape::new(v.session_s(), step))
+            .collect();
+        Self {
+            symbols: market::universe(config.seed, config.symbols),
+            start,
+            shapes,
+            config,
+            threads: None,
+        }
+    }
+
+    /// Uses at most `threads` threads per day (default: one per core). The
+    /// output does not depend on it.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads.max(1));
+        self
+    }
+
+    /// The configuration it was made with.
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    /// The symbols, sorted by ticker.
+    pub fn symbols(&self) -> &[SymbolSpec] {
+        &self.symbols
+    }
+
+    /// The trading days, in order.
+    pub fn trading_days(&self) -> Vec<NaiveDate> {
+        (0..self.config.days)
+            .map_while(|d| self.trading_day(d))
+            .collect()
+    }
+
+    /// Trading day number `day` (0-based), or `None` outside the configured
+    /// days.
+    pub fn trading_day(&self, day: usize) -> Option<NaiveDate> {
+        if day >= self.config.days {
+            return None;
+        }
+        market::nth_weekday(self.start, day)
+    }
+
+    /// All symbols' ticks for trading day `day` (0-based), sorted by
+    /// `(symbol, ts)`, plus that day's label intervals. A day outside the
+    /// configuration gives empty batches (its `date` is where the day would
+    /// fall, or the last representable date past the calendar's end).
+    pub fn simulate_day(&self, day: usize) -> SimDay {
+        let empty = |date: NaiveDate| SimDay {
+            date,
+            ticks: RecordBatch::new_empty(tick_schema()),
+            labels: RecordBatch::new_empty(label_schema()),
+            rejects: Vec::new(),
+        };
+        let Some(date) = self.trading_day(day) else {
+            return empty(market::nth_weekday(self.start, day).unwrap_or(NaiveDate::MAX));
+        };
+        if self.symbols.is_empty() {
+            return empty(date);
+        }
+        let markets: Vec<MarketDay> = self
+            .shapes
+            .iter()
+            .enumerate()
+            .map(|(venue, shape)| market::market_day(self.config.seed, venue, day, shape))
+            .collect();
+        let parts = self.symbol_days(day, date, &markets);
+        let ticks = concat(tick_schema(), parts.iter().map(|p| &p.ticks));
+        let labels = concat(label_schema(), parts.iter().map(|p| &p.labels));
+        let rejects: Vec<Reject> = parts.into_iter().flat_map(|p| p.rejects).collect();
+        tracing::debug!(
+            day,
+            %date,
+            ticks = ticks.num_rows(),
+            labels = labels.num_rows(),
+            rejects = rejects.len(),
+            "Simulated a trading day."
+        );
+        SimDay {
+            date,
+            ticks,
+            labels,
+            rejects,
+        }
+    }
+
+    /// Every symbol's output for one day, in symbol order. Threads take the
+    /// next symbol from a shared counter, which balances liquid and
+    /// illiquid names; the output is keyed by symbol, not by thread.
+    fn symbol_days(&self, day: usize, date: NaiveDate, markets: &[MarketDay]) -> Vec<SymbolOutput> {
+        let n = self.symbols.len();
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
+            .clamp(1, n.max(1));
+        let next = AtomicUsize::new(0);
+        let work = || {
+            let mut scratch = Scratch::default();
+            let mut done = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return done;
+                }
+                done.push((i, self.symbol_day(i, day, date, markets, &mut scratch)));
+            }
+        };
+        let parts: Vec<Vec<(usize, SymbolOutput)>> = if threads == 1 {
+            vec![work()]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            })
+        };
+        let mut slots: Vec<Option<SymbolOutput>> = (0..n).map(|_| None).collect();
+        for (i, out) in parts.into_iter().flatten() {
+            slots[i] = Some(out);
+        }
+        slots.into_iter().flatten().collect()
+    }
+
+    /// Symbol number `i` on day number `day`.
+    fn symbol_day(
+        &self,
+        i: usize,
+        day: usize,
+        date: NaiveDate,
+        markets: &[MarketDay],
+        scratch: &mut Scratch,
+    ) -> SymbolOutput {
+        let spec = &self.symbols[i];
+        let mut ticks = TickBuilder::with_validator(SOURCE, Validator::with_now(FAR_FUTURE_US));
+        let mut labels = LabelBuilder::new(SOURCE);
+        let mut rejects = Vec::new();
+        let (shape, market) = (&self.shapes[spec.venue], &markets[spec.venue]);
+        if let Some((open_us, close_us)) = spec.session(date) {
+            let seed = self.config.seed;
+            let key = |tag| market::stream(&[seed, tag, i as u64, day as u64]);
+            let steps = shape.steps();
+            let session_s = spec.session_seconds();
+            let bars = self.config.kind == SimKind::Bars;
+            let trades_per_day = self.trades_per_day();
+            let kinds: &[EventKind] = if bars {
+                &EventKind::BARS
+            } else {
+                &EventKind::ALL
+            };
+            // With no trades there is nothing for an event to alter.
+            let mean_events = if trades_per_day > 0.0 {
+                self.config.events_per_symbol_day
+            } else {
+                0.0
+            };
+            events::schedule(
+                &mut key(market::TAG_EVENTS),
+                mean_events,
+                kinds,
+                session_s,
+                bars,
+                spec.trade_lots,
+                &mut scratch.events,
+            );
+
+            let base_rate = trades_per_day * spec.liquidity / f64::from(session_s);
+            scratch.rate.clear();
+            scratch
+                .rate
+                .extend(shape.rate.iter().map(|r| r * base_rate));
+            scratch.vol.clear();
+            scratch.vol.resize(steps, 1.0);
+            let step_s = shape.step_s;
+            for e in &scratch.events {
+                let first = (e.start_s / step_s) as usize;
+                let end = (e.end_s.div_ceil(step_s) as usize).min(steps);
+                for s in first..end {
+                    let t = (s as f64 + 0.5) * f64::from(step_s);
+                    scratch.rate[s] = e.rate(t, scratch.rate[s]);
+                    scratch.vol[s] *= e.vol_mult();
+                }
+            }
+
+            let anchors = market::symbol_day(seed, i, spec, day, steps);
+            scratch.path.build(
+                &mut key(market::TAG_PATH),
+                shape,
+                market,
+                spec.beta,
+                &anchors,
+                &scratch.vol,
+            );
+            let d = generate::Day {
+                spec,
+                open_us,
+                close_us,
+                open_price: anchors.open_log.exp(),
+                shape,
+                path: &scratch.path.points,
+                rate: &scratch.rate,
+            };
+            let mut rng = key(market::TAG_TICKS);
+            let mut out = generate::Out::new(&mut ticks, &mut rejects);
+            if bars {
+                generate::bars(&d, &mut rng, &mut scratch.events, &mut out);
+            } else {
+                generate::trades(&d, &mut rng, &mut scratch.events, &mut out);
+            }
+            for e in &scratch.events {
+                if let Some((first, last)) = e.span() {
+                    labels.push(&spec.symbol, first, last, e.kind.name());
+                }
+            }
+        }
+        if let Some(first) = rejects.first() {
+            tracing::error!(
+                symbol = %spec.symbol,
+                %date,
+                rejected = rejects.len(),
+                first = %first,
+                "Simulator made ticks the validator refuses; they are in the day's rejects."
+            );
+        }
+        SymbolOutput {
+            ticks: ticks.finish(),
+            labels: labels.finish(),
+            rejects,
+        }
+    }
+
+    /// [`SimConfig::trades_per_day`], made safe to compute with.
+    fn trades_per_day(&self) -> f64 {
+        let t = self.config.trades_per_day;
+        if t > 0.0 {
+            t.min(MAX_TRADES_PER_DAY)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Buffers one thread reuses from one symbol-day to the next.
+#[derive(Debug, Default)]
+struct Scratch {
+    events: Vec<Event>,
+    rate: Vec<f64>,
+    vol: Vec<f64>,
+    path: Path,
+}
+
+/// One symbol-day's output.
+struct SymbolOutput {
+    ticks: RecordBatch,
+    labels: RecordBatch,
+    rejects: Vec<Reject>,
+}
+
+fn concat<'a>(schema: SchemaRef, parts: impl IntoIterator<Item = &'a RecordBatch>) -> RecordBatch {
+    // Every part comes from our builders with this schema: failing is our bug.
+    concat_batches(&schema, parts)
+        .unwrap_or_else(|e| panic!("simulated batches do not concatenate: {e}"))
+}
+
+/// The simulator as a [`Source`]: one [`SourceBatch`] per trading day, with
+/// its labels, at [`Position::Simulated`] `{ day: index + 1 }`.
+///
+/// Days are generated on tokio's blocking pool, so a busy day does not stall
+/// the runtime; it must run inside a tokio runtime.
+pub struct SimulatorSource {
+    sim: Arc<Simulator>,
+    next_day: usize,
+}
+
+impl SimulatorSource {
+    /// Yields every configured day of `sim`, from the first.
+    pub fn new(sim: Simulator) -> Self {
+        Self {
+            sim: Arc::new(sim),
+            next_day: 0,
+        }
+    }
+
+    /// Resumes after a committed [`Position::Simulated`] `{ day }`: the next
+    /// batch is day number `day` (0-based), i.e. the first not yet produced.
+    pub fn starting_at(mut self, day: usize) -> Self {
+        self.next_day = day;
+        self
+    }
+
+    /// The simulator behind the source.
+    pub fn simulator(&self) -> &Simulator {
+        &self.sim
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for SimulatorSource {
+    async fn next_batch(&mut self) -> Result<Option<SourceBatch>, SourceError> {
+        let day = self.next_day;
+        if self.sim.symbols().is_empty() || self.sim.trading_day(day).is_none() {
+            return Ok(None);
+        }
+        let sim = Arc::clone(&self.sim);
+        let simulated = match tokio::task::spawn_blocking(move || sim.simulate_day(day)).await {
+            Ok(d) => d,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => {
+                return Err(SourceError::Io {
+                    origin: SOURCE.to_owned(),
+                    source: std::io::Error::other(e),
+                })
+            }
+        };
+        self.next_day = day + 1;
+        Ok(Some(SourceBatch {
+            ticks: simulated.ticks,
+            labels: Some(simulated.labels),
+            rejects: simulated.rejects,
+            position: Position::Simulated { day: day + 1 },
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
+    use chrono::{Datelike, Weekday};
+
+    use super::*;
+    use crate::labels::col as lcol;
+    use crate::tick::col;
+
+    fn small(kind: SimKind) -> SimConfig {
+        SimConfig {
+            symbols: 6,
+            days: 2,
+            kind,
+            trades_per_day: 2000.0,
+            events_per_symbol_day: 1.0,
+            ..SimConfig::default()
+        }
+    }
+
+    fn f64s<'a>(b: &'a RecordBatch, name: &str) -> &'a arrow::array::Float64Array {
+        b.column_by_name(name)
+            .unwrap()
+            .as_primitive::<Float64Type>()
+    }
+
+    fn times<'a>(b: &'a RecordBatch, name: &str) -> &'a arrow::array::TimestampMicrosecondArray {
+        b.column_by_name(name)
+            .unwrap()
+            .as_primitive::<TimestampMicrosecondType>()
+    }
+
+    fn strs<'a>(b: &'a RecordBatch, name: &str) -> &'a arrow::array::StringArray {
+        b.column_by_name(name).unwrap().as_string::<i32>()
+    }
+
+    fn spec<'a>(sim: &'a Simulator, symbol: &str) -> &'a SymbolSpec {
+        let i = sim
+            .symbols()
+            .binary_search_by(|s| s.symbol.as_str().cmp(symbol))
+            .unwrap();
+        &sim.symbols()[i]
+    }
+
+    /// Checks the invariants every day's ticks must hold.
+    fn check_ticks(sim: &Simulator, day: &SimDay) {
+        let t = &day.ticks;
+        assert_eq!(t.schema(), tick_schema());
+        assert!(day.rejects.is_empty(), "{:?}", day.rejects.first());
+        assert!(!matches!(day.date.weekday(), Weekday::Sat | Weekday::Sun));
+        let (ts, sym) = (times(t, col::TS), strs(t, col::SYMBOL));
+        let price = f64s(t, col::PRICE);
+        let (bid, ask) = (f64s(t, col::BID), f64s(t, col::ASK));
+        let (high, low) = (f64s(t, col::HIGH), f64s(t, col::LOW));
+        let volume = f64s(t, col::VOLUME);
+        for i in 0..t.num_rows() {
+            if i > 0 {
+                let prev = (sym.value(i - 1), ts.value(i - 1));
+                assert!(prev <= (sym.value(i), ts.value(i)), "row {i} out of order");
+            }
+            let (open, close) = spec(sim, sym.value(i)).session(day.date).unwrap();
+            assert!(
+                (open..close).contains(&ts.value(i)),
+                "row {i} outside the session"
+            );
+            assert!(price.value(i) > 0.0 && volume.value(i) >= 0.0);
+            match sim.config().kind {
+                SimKind::Trades => {
+                    assert!(
+                        bid.value(i) > 0.0 && bid.value(i) <= ask.value(i),
+                        "row {i}"
+                    );
+                    assert!(high.is_null(i));
+                }
+                SimKind::Bars => {
+                    assert!(bid.is_null(i) && ask.is_null(i));
+                    assert!(high.value(i) >= low.value(i) && low.value(i) > 0.0);
+                    assert!((low.value(i)..=high.value(i)).contains(&price.value(i)));
+                }
+            }
+        }
+    }
+
+    /// Checks a day's labels against its ticks; returns the kinds seen.
+    fn check_labels(sim: &Simulator, day: &SimDay, kinds: &mut BTreeMap<String, usize>) {
+        let l = &day.labels;
+        assert_eq!(l.schema(), label_schema());
+        let (sym, start, end) = (
+            strs(l, lcol::SYMBOL),
+            times(l, lcol::START_TS),
+            times(l, lcol::END_TS),
+        );
+        let kind = strs(l, lcol::KIND);
+        let (tsym, tts) = (strs(&day.ticks, col::SYMBOL), times(&day.ticks, col::TS));
+        let mut last_end: BTreeMap<&str, i64> = BTreeMap::new();
+        for i in 0..l.num_rows() {
+            let (s, a, b) = (sym.value(i), start.value(i), end.value(i));
+            assert!(a <= b);
+            assert!(EVENT_KINDS.contains(&kind.value(i)));
+            assert_eq!(strs(l, lcol::SOURCE).value(i), SOURCE);
+            let (open, close) = spec(sim, s).session(day.date).unwrap();
+            assert!(open <= a && b < close, "label {i} outside the session");
+            if let Some(prev) = last_end.insert(s, b) {
+                assert!(prev < a, "labels overlap on {s}");
+            }
+            let inside = (0..day.ticks.num_rows())
+                .filter(|&j| tsym.value(j) == s && (a..=b).contains(&tts.value(j)))
+                .count();
+            assert!(inside > 0, "label {i} ({}) covers no tick", kind.value(i));
+            *kinds.entry(kind.value(i).to_owned()).or_default() += 1;
+        }
+    }
+
+    #[test]
+    fn event_kinds_match_the_enum() {
+        let names: Vec<_> = EventKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(names, EVENT_KINDS);
+        assert!(EventKind::BARS.iter().all(|k| EventKind::ALL.contains(k)));
+    }
+
+    #[test]
+    fn same_seed_same_output_different_seed_different() {
+        let a = Simulator::new(small(SimKind::Trades)).simulate_day(1);
+        let b = Simulator::new(small(SimKind::Trades)).simulate_day(1);
+        assert_eq!(a.ticks, b.ticks);
+        assert_eq!(a.labels, b.labels);
+        let c = Simulator::new(SimConfig {
+            seed: 43,
+            ..small(SimKind::Trades)
+        })
+        .simulate_day(1);
+        assert_ne!(a.ticks, c.ticks);
+    }
+
+    #[test]
+    fn output_does_not_depend_on_threads_or_day_order() {
+        let one = Simulator::new(small(SimKind::Trades)).with_threads(1);
+        let three = Simulator::new(small(SimKind::Trades)).with_threads(3);
+        let later = three.simulate_day(1);
+        let first = three.simulate_day(0);
+        assert_eq!(one.simulate_day(0).ticks, first.ticks);
+        assert_eq!(one.simulate_day(1).ticks, later.ticks);
+        assert_eq!(one.simulate_day(1).labels, later.labels);
+    }
+
+    #[test]
+    fn trades_are_sorted_in_session_and_valid_with_ties() {
+        let sim = Simulator::new(small(SimKind::Trades));
+        let mut ties = 0;
+        for (d, date) in sim.trading_days().into_iter().enumerate() {
+            let day = sim.simulate_day(d);
+            assert_eq!(day.date, date);
+            assert!(
+                day.ticks.num_rows() > 6 * 500,
+                "{} ticks",
+                day.ticks.num_rows()
+            );
+            check_ticks(&sim, &day);
+            check_labels(&sim, &day, &mut BTreeMap::new());
+            let (sym, ts) = (strs(&day.ticks, col::SYMBOL), times(&day.ticks, col::TS));
+            ties += (1..day.ticks.num_rows())
+                .filter(|&i| sym.value(i) == sym.value(i - 1) && ts.value(i) == ts.value(i - 1))
+                .count();
+            let seq = day.ticks.column_by_name(col::SEQ).unwrap();
+            let seq = seq.as_primitive::<arrow::datatypes::UInt32Type>();
+            assert!((0..seq.len()).any(|i| seq.value(i) > 0), "ties get seq > 0");
+        }
+        assert!(ties > 10, "{ties} ties");
+    }
+
+    #[test]
+    fn bars_are_one_per_session_minute() {
+        let sim = Simulator::new(small(SimKind::Bars));
+        for d in 0..2 {
+            let day = sim.simulate_day(d);
+            check_ticks(&sim, &day);
+            check_labels(&sim, &day, &mut BTreeMap::new());
+            let sym = strs(&day.ticks, col::SYMBOL);
+            for s in sim.symbols() {
+                let n = (0..sym.len()).filter(|&i| sym.value(i) == s.symbol).count();
+                assert_eq!(n as u32, s.session_seconds() / 60, "{}", s.symbol);
+            }
+            let ts = times(&day.ticks, col::TS);
+            assert!((0..ts.len()).all(|i| ts.value(i) % 60_000_000 == 0));
+        }
+    }
+
+    #[test]
+    fn every_kind_appears_over_a_default_run() {
+        for (kind, expected) in [
+            (SimKind::Trades, &EVENT_KINDS[..]),
+            (
+                SimKind::Bars,
+                &[
+                    "price_spike",
+                    "volume_burst",
+                    "pump_and_dump",
+                    "wash_trading",
+                    "marking_close",
+                ][..],
+            ),
+        ] {
+            let sim = Simulator::new(SimConfig {
+                kind,
+                trades_per_day: 300.0,
+                ..SimConfig::default()
+            });
+            let mut kinds = BTreeMap::new();
+            for d in 0..sim.config().days {
+                let day = sim.simulate_day(d);
+                check_labels(&sim, &day, &mut kinds);
+            }
+            let seen: BTreeSet<&str> = kinds.keys().map(String::as_str).collect();
+            let want: BTreeSet<&str> = expected.iter().copied().collect();
+            assert_eq!(seen, want, "{kind:?}: {kinds:?}");
+        }
+    }
+
+    #[test]
+    fn labels_cover_exactly_the_altered_ticks() {
+        // A fat-finger print is alone on its timestamp, far from its quote.
+        let sim = Simulator::new(SimConfig {
+            trades_per_day: 300.0,
+            events_per_symbol_day: 3.0,
+            symbols: 6,
+            days: 2,
+            ..SimConfig::default()
+        });
+        let mut spikes = 0;
+        for d in 0..2 {
+            let day = sim.simulate_day(d);
+            let l = &day.labels;
+            let t = &day.ticks;
+            let (tsym, tts, price) = (strs(t, col::SYMBOL), times(t, col::TS), f64s(t, col::PRICE));
+            let (bid, ask) = (f64s(t, col::BID), f64s(t, col::ASK));
+            for i in 0..l.num_rows() {
+                if strs(l, lcol::KIND).value(i) != "price_spike" {
+                    continue;
+                }
+                spikes += 1;
+                let (s, a) = (
+                    strs(l, lcol::SYMBOL).value(i),
+                    times(l, lcol::START_TS).value(i),
+                );
+                assert_eq!(a, times(l, lcol::END_TS).value(i));
+                let rows: Vec<usize> = (0..t.num_rows())
+                    .filter(|&j| tsym.value(j) == s && tts.value(j) == a)
+                    .collect();
+                assert_eq!(rows.len(), 1);
+                let j = rows[0];
+                let mid = (bid.value(j) + ask.value(j)) / 2.0;
+                assert!(
+                    (price.value(j) / mid - 1.0).abs() > 0.025,
+                    "spike only {}",
+                    price.value(j) / mid
+                );
+            }
+        }
+        assert!(spikes > 0);
+    }
+
+    #[test]
+    fn intraday_activity_is_u_shaped_and_returns_fat_tailed() {
+        let sim = Simulator::new(SimConfig {
+            symbols: 4,
+            days: 1,
+            trades_per_day: 5000.0,
+            events_per_symbol_day: 0.0,
+            ..SimConfig::default()
+        });
+        let day = sim.simulate_day(0);
+        let (sym, ts) = (strs(&day.ticks, col::SYMBOL), times(&day.ticks, col::TS));
+        let (mut edges, mut middle) = (0, 0);
+        for i in 0..ts.len() {
+            let s = spec(&sim, sym.value(i));
+            let (open, close) = s.session(day.date).unwrap();
+            let half_hour = 30 * 60 * 1_000_000;
+            if ts.value(i) < open + half_hour || ts.value(i) >= close - half_hour {
+                edges += 1;
+            } else if (ts.value(i) - open - (close - open) / 2).abs() < half_hour {
+                middle += 1;
+            }
+        }
+        // Two edge half-hours against one middle hour.
+        assert!(edges > 2 * middle, "edges {edges}, middle {middle}");
+
+        // Kurtosis of one-second mid-price changes, pooled over symbols.
+        let bars = Simulator::new(SimConfig {
+            kind: SimKind::Bars,
+            events_per_symbol_day: 0.0,
+            ..SimConfig::default()
+        })
+        .simulate_day(0);
+        let (p, s) = (
+            f64s(&bars.ticks, col::PRICE),
+            strs(&bars.ticks, col::SYMBOL),
+        );
+        let r: Vec<f64> = (1..p.len())
+            .filter(|&i| s.value(i) == s.value(i - 1))
+            .map(|i| (p.value(i) / p.value(i - 1)).ln())
+            .collect();
+        let n = r.len() as f64;
+        let mean = r.iter().sum::<f64>() / n;
+        let var = r.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+        let kurt = r.iter().map(|x| (x - mean).powi(4)).sum::<f64>() / n / var.powi(2);
+        assert!(
+            kurt > 4.0,
+            "minute returns should be fat-tailed, kurtosis {kurt}"
+        );
+    }
+
+    #[test]
+    fn universe_is_unique_and_mixes_venues() {
+        let sim = Simulator::new(SimConfig {
+            symbols: 300,
+            days: 0,
+            ..SimConfig::default()
+        });
+        let syms = sim.symbols();
+        assert_eq!(syms.len(), 300);
+        assert!(
+            syms.windows(2).all(|w| w[0].symbol < w[1].symbol),
+            "sorted and unique"
+        );
+        assert!(syms.iter().all(|s| (3..=4).contains(&s.symbol.len())
+            && s.symbol.bytes().all(|b| b.is_ascii_uppercase())));
+        let nse = syms.iter().filter(|s| s.exchange == "XNSE").count();
+        assert!((30..=90).contains(&nse), "{nse} on the NSE");
+        assert!(syms
+            .iter()
+            .all(|s| (5.0..=2000.0).contains(&s.price) && (0.15..=0.80).contains(&s.volatility)));
+        let nse = syms.iter().find(|s| s.exchange == "XNSE").unwrap();
+        assert_eq!(nse.timezone, chrono_tz::Asia::Kolkata);
+        assert_eq!(nse.session_seconds(), 375 * 60);
+    }
+
+    #[test]
+    fn trading_days_skip_weekends() {
+        let sim = Simulator::new(SimConfig {
+            start: NaiveDate::from_ymd_opt(2024, 1, 6).unwrap(), // a Saturday
+            days: 6,
+            symbols: 0,
+            ..SimConfig::default()
+        });
+        let days: Vec<String> = sim.trading_days().iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            days,
+            [
+                "2024-01-08",
+                "2024-01-09",
+                "2024-01-10",
+                "2024-01-11",
+                "2024-01-12",
+                "2024-01-15"
+            ]
+        );
+        assert_eq!(sim.trading_day(6), None);
+    }
+
+    #[test]
+    fn sessions_follow_local_time() {
+        let sim = Simulator::new(SimConfig {
+            symbols: 50,
+            days: 0,
+            ..SimConfig::default()
+        });
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .timestamp_micros()
+        };
+        let nyse = sim.symbols().iter().find(|s| s.exchange == "XNYS").unwrap();
+        let winter = NaiveDate::from_ymd_opt(2024, 1, 2).unwrap();
+        let summer = NaiveDate::from_ymd_opt(2024, 7, 2).unwrap();
+        assert_eq!(
+            nyse.session(winter),
+            Some((at("2024-01-02T14:30:00Z"), at("2024-01-02T21:00:00Z")))
+        );
+        assert_eq!(
+            nyse.session(summer),
+            Some((at("2024-07-02T13:30:00Z"), at("2024-07-02T20:00:00Z")))
+        );
+        let nse = sim.symbols().iter().find(|s| s.exchange == "XNSE").unwrap();
+        assert_eq!(
+            nse.session(winter),
+            Some((at("2024-01-02T03:45:00Z"), at("2024-01-02T10:00:00Z")))
+        );
+        assert_eq!(
+            nse.session(NaiveDate::from_ymd_opt(2024, 1, 6).unwrap()),
+            None
+        );
+    }
+
+    #[test]
+    fn degenerate_configs_give_empty_output() {
+        for config in [
+            SimConfig {
+                symbols: 0,
+                ..small(SimKind::Trades)
+            },
+            SimConfig {
+                days: 0,
+                ..small(SimKind::Trades)
+            },
+            SimConfig {
+                trades_per_day: f64::NAN,
+                events_per_symbol_day: f64::INFINITY,
+                ..small(SimKind::Trades)
+            },
+            SimConfig {
+                trades_per_day: -1.0,
+                ..small(SimKind::Trades)
+            },
+        ] {
+            let sim = Simulator::new(config);
+            let day = sim.simulate_day(0);
+            assert_eq!(day.ticks.num_rows(), 0);
+            assert_eq!(day.labels.num_rows(), 0);
+            assert_eq!(day.ticks.schema(), tick_schema());
+        }
+        let sim = Simulator::new(small(SimKind::Trades));
+        assert_eq!(sim.simulate_day(usize::MAX).ticks.num_rows(), 0);
+        let old = Simulator::new(SimConfig {
+            start: NaiveDate::from_ymd_opt(1970, 1, 1).unwrap(),
+            symbols: 2,
+            days: 1,
+            trades_per_day: 100.0,
+            ..SimConfig::default()
+        });
+        let day = old.simulate_day(0);
+        assert!(day.rejects.is_empty() && day.ticks.num_rows() > 0);
+        assert_eq!(day.date, NaiveDate::from_ymd_opt(1990, 1, 1).unwrap());
+    }
+
+    #[test]
+    fn many_events_stay_apart() {
+        let sim = Simulator::new(SimConfig {
+            events_per_symbol_day: 1e9,
+            trades_per_day: 500.0,
+            symbols: 3,
+            days: 1,
+            ..SimConfig::default()
+        });
+        let day = sim.simulate_day(0);
+        check_labels(&sim, &day, &mut BTreeMap::new());
+        assert!(day.labels.num_rows() > 3 * 5);
+    }
+
+    #[tokio::test]
+    async fn source_yields_one_batch_per_day_then_ends() {
+        let mut src = SimulatorSource::new(Simulator::new(small(SimKind::Bars)));
+        let expected = src.simulator().simulate_day(1);
+        let mut positions = Vec::new();
+        let mut last = None;
+        while let Some(b) = src.next_batch().await.unwrap() {
+            assert!(b.labels.is_some() && b.rejects.is_empty());
+            positions.push(b.position.clone());
+            last = Some(b);
+        }
+        assert_eq!(
+            positions,
+            [
+                Position::Simulated { day: 1 },
+                Position::Simulated { day: 2 }
+            ]
+        );
+        assert_eq!(last.unwrap().ticks, expected.ticks);
+        let mut resumed = SimulatorSource::new(Simulator::new(small(SimKind::Bars))).starting_at(1);
+        let b = resumed.next_batch().await.unwrap().unwrap();
+        assert_eq!(b.position, Position::Simulated { day: 2 });
+        assert_eq!(b.ticks, expected.ticks);
+        assert!(resumed.next_batch().await.unwrap().is_none());
+        let mut empty = SimulatorSource::new(Simulator::new(SimConfig {
+            symbols: 0,
+            ..SimConfig::default()
+        }));
+        assert!(empty.next_batch().await.unwrap().is_none());
+    }
+}

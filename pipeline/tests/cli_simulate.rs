@@ -1,0 +1,247 @@
+//! `stockanomaly simulate`, `sql` and `demo` end to end.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::{ok, run, sql_number};
+
+fn lake_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(
+                    p.strip_prefix(dir).unwrap().display().to_string(),
+                    std::fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+const SIM: [&str; 7] = [
+    "simulate",
+    "--symbols",
+    "8",
+    "--days",
+    "3",
+    "--trades-per-day",
+    "800",
+];
+
+#[test]
+fn one_seed_gives_identical_lakes_and_another_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lakes = Vec::new();
+    for (name, seed) in [("a", "11"), ("b", "11"), ("c", "12")] {
+        let lake = dir.path().join(name);
+        let mut args = SIM.to_vec();
+        args.extend(["--seed", seed, "--lake", lake.to_str().unwrap()]);
+        ok(dir.path(), &args);
+        lakes.push(lake_files(&lake));
+    }
+    assert!(
+        lakes[0].len() >= 6,
+        "3 days of ticks and labels: {:?}",
+        lakes[0].keys()
+    );
+    assert_eq!(lakes[0], lakes[1], "same seed, same bytes");
+    assert_ne!(lakes[0], lakes[2], "another seed, another market");
+}
+
+#[test]
+fn every_injected_kind_is_labelled_and_covers_ticks() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake").display().to_string();
+    let out = ok(
+        dir.path(),
+        &[
+            "simulate",
+            "--symbols",
+            "20",
+            "--days",
+            "5",
+            "--trades-per-day",
+            "1500",
+            "--lake",
+            &lake,
+        ],
+    );
+    for kind in [
+        "price_spike",
+        "volume_burst",
+        "pump_and_dump",
+        "spoofing",
+        "wash_trading",
+        "marking_close",
+        "quote_stuffing",
+    ] {
+        let n = sql_number(
+            dir.path(),
+            &lake,
+            &format!("SELECT count(*) FROM labels WHERE kind = '{kind}'"),
+        );
+        assert!(n > 0, "no {kind} label:\n{out}");
+        assert!(out.contains(kind), "summary lists {kind}:\n{out}");
+    }
+    // Every label interval holds at least one tick of its symbol.
+    let empty = sql_number(
+        dir.path(),
+        &lake,
+        "SELECT count(*) FROM labels l WHERE NOT EXISTS (SELECT 1 FROM ticks t WHERE t.symbol = l.symbol \
+         AND t.ts BETWEEN l.start_ts AND l.end_ts)",
+    );
+    assert_eq!(empty, 0);
+}
+
+#[test]
+fn sql_writes_csv_json_and_parquet() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake").display().to_string();
+    let mut args = SIM.to_vec();
+    args.extend(["--lake", &lake]);
+    ok(dir.path(), &args);
+    let q = "SELECT symbol, count(*) AS n FROM ticks GROUP BY symbol ORDER BY symbol";
+    let csv = ok(dir.path(), &["sql", "--lake", &lake, "--format", "csv", q]);
+    assert_eq!(csv.lines().count(), 9, "{csv}");
+    assert!(csv.starts_with("symbol,n\n"));
+    let json = ok(dir.path(), &["sql", "--lake", &lake, "--format", "json", q]);
+    let rows: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 8);
+    let table = ok(dir.path(), &["sql", "--lake", &lake, q]);
+    assert!(table.contains("| symbol"), "{table}");
+    let pq = dir.path().join("out.parquet");
+    ok(
+        dir.path(),
+        &[
+            "sql",
+            "--lake",
+            &lake,
+            "--format",
+            "parquet",
+            "--output",
+            pq.to_str().unwrap(),
+            q,
+        ],
+    );
+    let reader =
+        parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&pq).unwrap())
+            .unwrap();
+    use parquet::file::reader::FileReader;
+    assert_eq!(reader.metadata().file_metadata().num_rows(), 8);
+
+    // Bad queries and bad flags are usage errors (exit 2).
+    let bad = run(
+        dir.path(),
+        &["sql", "--lake", &lake, "SELECT nope FROM ticks"],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("nope"));
+    let bad = run(
+        dir.path(),
+        &["sql", "--lake", &lake, "--format", "parquet", q],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn sql_on_an_empty_lake_answers_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        sql_number(dir.path(), "empty", "SELECT count(*) FROM ticks"),
+        0
+    );
+    assert_eq!(
+        sql_number(dir.path(), "empty", "SELECT count(*) FROM labels"),
+        0
+    );
+}
+
+#[test]
+fn lake_comes_from_the_environment_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("envlake");
+    let out = common::bin()
+        .current_dir(dir.path())
+        .env("STOCKANOMALY_LAKE", &lake)
+        .args([
+            "simulate",
+            "--symbols",
+            "1",
+            "--days",
+            "1",
+            "--trades-per-day",
+            "50",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(lake.join("ticks").is_dir());
+}
+
+#[test]
+fn simulate_to_csv_round_trips_through_ingest() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("sim.csv");
+    ok(
+        dir.path(),
+        &[
+            "simulate",
+            "--symbols",
+            "3",
+            "--days",
+            "1",
+            "--trades-per-day",
+            "300",
+            "--csv",
+            csv.to_str().unwrap(),
+        ],
+    );
+    let lake = dir.path().join("lake").display().to_string();
+    let out = ok(
+        dir.path(),
+        &["ingest", "csv", "--lake", &lake, csv.to_str().unwrap()],
+    );
+    assert!(
+        out.contains("canonical") && out.contains(" 0 rejected"),
+        "{out}"
+    );
+    let lines = std::fs::read_to_string(&csv).unwrap().lines().count() as i64;
+    assert_eq!(
+        sql_number(dir.path(), &lake, "SELECT count(*) FROM ticks"),
+        lines - 1
+    );
+    assert!(dir.path().join("sim.csv.labels.csv").exists());
+}
+
+#[test]
+fn demo_runs_on_embedded_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(
+        dir.path(),
+        &[
+            "demo",
+            "--symbols",
+            "4",
+            "--days",
+            "2",
+            "--trades-per-day",
+            "500",
+        ],
+    );
+    assert!(out.contains("== 2. what the lake holds"), "{out}");
+    assert!(
+        dir.path().join("parquet/ticks").is_dir(),
+        "the default lake is ./parquet"
+    );
+}

@@ -1,0 +1,67 @@
+//! Helpers shared by the integration tests: run the binary, find fixtures,
+//! read the services the test command started.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The fixture file `name` under `tests/fixtures/`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The `stockanomaly` binary, with logs quiet and no lake inherited from
+/// the environment.
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_stockanomaly"));
+    c.env_remove("STOCKANOMALY_LAKE")
+        .env("STOCKANOMALY_LOG", "warn");
+    c
+}
+
+/// Runs the binary with `args` in `dir` and returns its output.
+pub fn run(dir: &Path, args: &[&str]) -> Output {
+    bin()
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run stockanomaly: {e}"))
+}
+
+/// Runs the binary and asserts it succeeded; returns stdout.
+pub fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = run(dir, args);
+    assert!(
+        out.status.success(),
+        "stockanomaly {args:?} failed with {}:\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A single number answered by `stockanomaly sql` (CSV output, one cell).
+pub fn sql_number(dir: &Path, lake: &str, query: &str) -> i64 {
+    let out = ok(dir, &["sql", "--lake", lake, "--format", "csv", query]);
+    let cell = out
+        .lines()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no row in {out:?}"));
+    cell.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{cell:?} is not a number: {e}"))
+}
+
+/// A variable the test command (`make test`) exports. Missing means the
+/// suite was started some other way: fail, never skip.
+pub fn service_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: run the suite with `make test` (scripts/test.sh), \
+             which starts PostgreSQL, the Kafka broker and the S3 server and exports it"
+        )
+    })
+}
