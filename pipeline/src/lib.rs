@@ -5,6 +5,7 @@
 //! [`cli`] ties the stages into commands.
 
 pub mod cli;
+pub mod features;
 pub mod ingest;
 pub mod labels;
 pub mod lake;

@@ -241,7 +241,13 @@ fn demo_runs_on_embedded_defaults() {
     );
     assert!(out.contains("== 2. what the lake holds"), "{out}");
     assert!(
+        out.contains("== 3. backfill") && out.contains("2 dates computed"),
+        "{out}"
+    );
+    assert!(out.contains("(normal)"), "{out}");
+    assert!(
         dir.path().join("parquet/ticks").is_dir(),
         "the default lake is ./parquet"
     );
+    assert!(dir.path().join("parquet/features").is_dir());
 }

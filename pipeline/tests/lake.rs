@@ -181,25 +181,11 @@ async fn memory_roots_are_shared_by_name() {
     assert_eq!(count(&same, "SELECT count(*) FROM labels").await, 0);
 }
 
-/// Creates a bucket on the S3-compatible test server (a path-style PUT).
-fn create_bucket(endpoint: &str, bucket: &str) {
-    use std::io::{Read, Write};
-    let hostport = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let mut s = std::net::TcpStream::connect(hostport).unwrap();
-    write!(s, "PUT /{bucket} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    assert!(
-        resp.starts_with("HTTP/1.1 200"),
-        "bucket creation failed: {resp}"
-    );
-}
-
 #[test]
 fn s3_root_holds_the_same_lake_as_a_local_folder() {
     let endpoint = service_env("STOCKANOMALY_TEST_S3_ENDPOINT");
     let bucket = format!("lake-{}", std::process::id());
-    create_bucket(&endpoint, &bucket);
+    common::create_bucket(&endpoint, &bucket);
     let dir = tempfile::tempdir().unwrap();
     let s3 = format!("s3://{bucket}/some/prefix");
     let local = dir.path().join("local").display().to_string();

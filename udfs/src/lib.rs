@@ -1,13 +1,24 @@
 //! DataFusion UDFs for market data, and [`register_all`], which registers
 //! every one of them in a session.
 //!
-//! Feature files in `queries/` call these by their SQL names.
+//! Feature files in `queries/` call these by their SQL names. The rolling
+//! window UDFs (`rolling_std(x, ts, INTERVAL '5 minutes') OVER (PARTITION BY
+//! symbol ORDER BY ts)` and friends) live in [`window`], with the exactness
+//! argument behind their backfill/stream parity and [`window::lookback_of`].
 
 use datafusion::prelude::SessionContext;
 
+mod day_fraction;
 mod log_return;
+pub mod window;
 
+pub use day_fraction::{day_fraction, DayFractionUdf};
 pub use log_return::LogReturnUdf;
+pub use window::{
+    lookback_of, EwmZscoreUdf, Lookback, RollingCountUdf, RollingFirstUdf, RollingMaxUdf,
+    RollingMeanUdf, RollingMinUdf, RollingStdUdf, RollingSumUdf, RollingVarUdf, RollingVwapUdf,
+    RollingZscoreUdf,
+};
 
 /// Registers every StockAnomaly UDF in `ctx`.
 ///
@@ -15,9 +26,16 @@ pub use log_return::LogReturnUdf;
 /// let ctx = datafusion::prelude::SessionContext::new();
 /// stockanomaly_udfs::register_all(&ctx);
 /// assert!(ctx.state().scalar_functions().contains_key("log_return"));
+/// assert!(ctx.state().window_functions().contains_key("rolling_std"));
 /// ```
 pub fn register_all(ctx: &SessionContext) {
     ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(
         LogReturnUdf::new(),
     ));
+    ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(
+        DayFractionUdf::new(),
+    ));
+    for udf in window::window_udfs() {
+        ctx.register_udwf(udf);
+    }
 }

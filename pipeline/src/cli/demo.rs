@@ -3,9 +3,13 @@
 
 use clap::Args;
 
-use super::open_lake;
+use std::path::Path;
+
+use super::output::count_bar;
 use super::simulate::{print_summary, simulate_to_lake, SimulateArgs};
 use super::sql::{query_to, SqlFormat};
+use super::{open_lake, UsageError};
+use crate::features::{backfill, training_session, BackfillOptions, Catalog, DEFAULT_QUERIES};
 use crate::lake::session_context;
 use crate::sources::simulate::{SimKind, Simulator};
 
@@ -13,7 +17,7 @@ use crate::sources::simulate::{SimKind, Simulator};
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Symbols to simulate.
-    #[arg(long, env = "STOCKANOMALY_DEMO_SYMBOLS", default_value_t = 12)]
+    #[arg(long, env = "STOCKANOMALY_DEMO_SYMBOLS", default_value_t = 8)]
     pub symbols: usize,
 
     /// Trading days to simulate.
@@ -64,12 +68,45 @@ pub(crate) async fn run(lake: &str, args: DemoArgs) -> anyhow::Result<()> {
     query_to(
         &ctx,
         "SELECT kind, count(*) AS events, count(DISTINCT symbol) AS symbols, \
-         min(end_ts - start_ts) AS shortest, max(end_ts - start_ts) AS longest \
+         round(min(date_part('epoch', end_ts) - date_part('epoch', start_ts)), 1) AS shortest_s, \
+         round(max(date_part('epoch', end_ts) - date_part('epoch', start_ts)), 1) AS longest_s \
          FROM labels GROUP BY kind ORDER BY kind",
         SqlFormat::Table,
         stdout(),
     )
     .await?;
-    println!("\nNext: stockanomaly sql --lake {root} \"SELECT * FROM ticks LIMIT 10\"");
+
+    println!("\n== 3. backfill the feature pack over the lake");
+    let catalog = Catalog::load_or_embedded(Path::new(DEFAULT_QUERIES))
+        .await
+        .map_err(|e| UsageError(e.to_string()))?;
+    let bar = count_bar(0, "backfill dates");
+    let s = backfill(&root, &catalog, &BackfillOptions::default(), &bar).await;
+    bar.finish_and_clear();
+    let s = s?;
+    println!(
+        "feature set {}: {} features from {} files, lookback {}; {} dates computed ({} already done), {} rows",
+        catalog.hash(),
+        catalog.feature_names().len(),
+        catalog.files().len(),
+        catalog.lookback(),
+        s.dates_done.len(),
+        s.dates_skipped.len(),
+        s.rows
+    );
+    println!("\nHow the features tell manipulation from normal trading (mean per label kind):");
+    let ctx = training_session(&root, &catalog).await?;
+    query_to(
+        &ctx,
+        "SELECT coalesce(kind, '(normal)') AS kind, count(*) AS ticks, \
+         round(avg(abs(price_z_30m)), 2) AS abs_price_z, round(avg(abs(ret_ewm_z)), 2) AS abs_ret_ewm_z, \
+         round(avg(volume_share_5m), 2) AS volume_share_5m, round(avg(burst_ratio), 2) AS burst_ratio, \
+         round(avg(abs(imbalance_1m)), 2) AS abs_imbalance_1m, round(avg(range_5m) * 1e4, 1) AS range_5m_bps \
+         FROM training GROUP BY kind ORDER BY kind",
+        SqlFormat::Table,
+        stdout(),
+    )
+    .await?;
+    println!("\nNext: stockanomaly sql --lake {root} \"SELECT * FROM training WHERE label = 1 LIMIT 10\"");
     Ok(())
 }

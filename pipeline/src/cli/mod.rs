@@ -1,8 +1,10 @@
 //! The `stockanomaly` command line: flags (clap derive, every flag also read
 //! from a `STOCKANOMALY_*` variable) and one module per command.
 
+mod backfill;
 mod bench;
 mod demo;
+mod features;
 mod ingest;
 mod output;
 mod simulate;
@@ -14,8 +16,10 @@ use clap::{Parser, Subcommand};
 
 use crate::lake::{LakeError, LakeRoot, DEFAULT_LAKE};
 
+pub use backfill::BackfillArgs;
 pub use bench::BenchArgs;
 pub use demo::DemoArgs;
+pub use features::{FeaturesArgs, FeaturesCommand};
 pub use ingest::{IngestArgs, IngestCommand, IngestCsvArgs};
 pub use simulate::SimulateArgs;
 pub use sql::{SqlArgs, SqlFormat};
@@ -70,11 +74,15 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Generate a synthetic market with labelled manipulation into the lake or a CSV file.
     Simulate(SimulateArgs),
+    /// Compute the feature files over the lake's ticks into a feature snapshot.
+    Backfill(BackfillArgs),
+    /// List, check and explain the SQL feature files.
+    Features(FeaturesArgs),
     /// Run SQL over the lake (tables `ticks`, `labels`; all UDFs registered).
     Sql(SqlArgs),
     /// Run the whole pipeline on embedded defaults: no servers needed.
     Demo(DemoArgs),
-    /// Measure ingestion and simulation throughput (build with --release).
+    /// Measure simulation, CSV ingestion and feature backfill throughput (build with --release).
     Bench(BenchArgs),
 }
 
@@ -126,6 +134,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest(args) => ingest::run(&cli.lake, args).await,
         Command::Simulate(args) => simulate::run(&cli.lake, args).await,
         Command::Sql(args) => sql::run(&cli.lake, args).await,
+        Command::Features(args) => features::run(args).await,
+        Command::Backfill(args) => backfill::run(&cli.lake, args).await,
         Command::Demo(args) => demo::run(&cli.lake, args).await,
         Command::Bench(args) => bench::run(args).await,
     }

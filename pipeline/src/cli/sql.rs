@@ -11,6 +11,7 @@ use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
 use super::{open_lake, UsageError};
+use crate::features::{training_session, Catalog, DEFAULT_QUERIES};
 use crate::lake::session_context;
 
 /// Output formats of `sql`.
@@ -30,8 +31,10 @@ pub enum SqlFormat {
 #[derive(Debug, Args)]
 #[command(after_long_help = "\
 Tables: ticks (ts, symbol, seq, price, volume, open, high, low, bid, ask,
-bid_size, ask_size, source, date) and labels (symbol, start_ts, end_ts, kind,
-source, date). Filtering on `date` ('YYYY-MM-DD') reads only those partitions.
+bid_size, ask_size, source, date), labels (symbol, start_ts, end_ts, kind,
+source, date), features (the backfilled snapshot of the current feature set:
+the tick key and one column per feature) and training (features with
+label 0/1 and kind). Filtering on `date` ('YYYY-MM-DD') reads only those partitions.
 
 Examples:
   stockanomaly sql \"SELECT symbol, count(*) AS n FROM ticks GROUP BY symbol ORDER BY n DESC\"
@@ -45,6 +48,10 @@ pub struct SqlArgs {
     #[arg(long, env = "STOCKANOMALY_SQL_FORMAT", value_enum, default_value_t = SqlFormat::Table)]
     pub format: SqlFormat,
 
+    /// Folder holding `features/*.sql` (for the `features` and `training` tables).
+    #[arg(long, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
+    pub queries: std::path::PathBuf,
+
     /// Write to this file instead of standard output.
     #[arg(long, short, env = "STOCKANOMALY_SQL_OUTPUT", value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -55,7 +62,15 @@ pub(crate) async fn run(lake: &str, args: SqlArgs) -> anyhow::Result<()> {
         return Err(UsageError("--format parquet needs --output FILE".into()).into());
     }
     let root = open_lake(lake)?;
-    let ctx = session_context(&root).await?;
+    // With a valid feature catalog, `features` (its snapshot) and `training`
+    // (features x labels) are there too.
+    let ctx = match Catalog::load_or_embedded(&args.queries).await {
+        Ok(catalog) => training_session(&root, &catalog).await?,
+        Err(e) => {
+            tracing::warn!(error = %e, "Feature catalog not loaded; `features` and `training` are not available.");
+            session_context(&root).await?
+        }
+    };
     let out: Box<dyn Write + Send> = match &args.output {
         Some(p) => Box::new(BufWriter::new(
             File::create(p).with_context(|| format!("cannot create {}", p.display()))?,

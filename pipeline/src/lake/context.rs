@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::TableReference;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -47,6 +48,20 @@ pub async fn session_context(root: &LakeRoot) -> Result<SessionContext, LakeErro
     Ok(ctx)
 }
 
+/// A session with every lake table registered empty (schemas only) and all
+/// UDFs: for planning and validating queries without touching data.
+pub fn schema_session() -> SessionContext {
+    let ctx = SessionContext::new();
+    stockanomaly_udfs::register_all(&ctx);
+    for spec in TableSpec::standard() {
+        // A MemTable over a well-formed schema cannot fail to build.
+        if let Ok(t) = MemTable::try_new(with_date(&spec.schema), vec![vec![]]) {
+            let _ = ctx.register_table(spec.name.as_str(), Arc::new(t));
+        }
+    }
+    ctx
+}
+
 /// Registers one table of the lake in `ctx` under its name.
 pub async fn register_table(
     ctx: &SessionContext,
@@ -71,7 +86,8 @@ pub async fn register_table(
         } else {
             Arc::new(MemTable::try_new(schema, vec![vec![]]).map_err(df_err)?)
         };
-    ctx.register_table(spec.name.as_str(), provider)
+    // Bare: a feature snapshot's name (`features/<hash>`) is not an identifier.
+    ctx.register_table(TableReference::bare(spec.name.clone()), provider)
         .map_err(df_err)?;
     Ok(())
 }

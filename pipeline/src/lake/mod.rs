@@ -14,7 +14,7 @@ mod root;
 mod table;
 
 pub use appender::{AppendStats, Appender, AppenderOptions};
-pub use context::session_context;
+pub use context::{register_table, schema_session, session_context};
 pub use error::LakeError;
 pub use root::LakeRoot;
 pub use table::TableSpec;

@@ -10,7 +10,7 @@
 
 mod builder;
 mod reject;
-mod schema;
+pub mod schema;
 mod seq;
 mod validate;
 

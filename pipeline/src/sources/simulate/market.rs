@@ -394,21 +394,24 @@ pub(crate) fn symbol_day(
 ) -> SymbolDay {
     let beta = spec.beta;
     let mut open_log = spec.price.ln();
+    // Every earlier day's open-to-close, and every night up to this open.
     for j in 0..day {
         let (m, s) = (
             market_daily(seed, spec.venue, j),
             symbol_daily(seed, symbol, spec, j),
         );
-        let (m1, s1) = (
-            market_daily(seed, spec.venue, j + 1),
-            symbol_daily(seed, symbol, spec, j + 1),
-        );
-        open_log += beta * m.intraday + s.intraday + beta * m1.gap + s1.gap;
+        open_log += beta * m.intraday + s.intraday;
+        if j > 0 {
+            open_log += beta * m.gap + s.gap;
+        }
     }
     let (m, s) = (
         market_daily(seed, spec.venue, day),
         symbol_daily(seed, symbol, spec, day),
     );
+    if day > 0 {
+        open_log += beta * m.gap + s.gap;
+    }
     SymbolDay {
         open_log,
         intraday: beta * m.intraday + s.intraday,

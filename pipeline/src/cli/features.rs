@@ -1,0 +1,82 @@
+//! `stockanomaly features list|check|explain`
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::UsageError;
+use crate::features::{Catalog, DEFAULT_QUERIES};
+use crate::lake::schema_session;
+
+/// `stockanomaly features`.
+#[derive(Debug, Args)]
+pub struct FeaturesArgs {
+    /// Folder holding `features/*.sql` (the built-in pack is used when the
+    /// default folder does not exist).
+    #[arg(long, global = true, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
+    pub queries: PathBuf,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: FeaturesCommand,
+}
+
+/// `features` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum FeaturesCommand {
+    /// Print every feature, in model order, with its file.
+    List,
+    /// Validate the feature files; exit 2 with located messages when one is broken.
+    Check,
+    /// Show each file's plan and derived lookback.
+    Explain,
+}
+
+pub(crate) async fn run(args: FeaturesArgs) -> anyhow::Result<()> {
+    let catalog = Catalog::load_or_embedded(&args.queries)
+        .await
+        .map_err(|e| UsageError(e.to_string()))?;
+    match args.command {
+        FeaturesCommand::List => {
+            for f in catalog.files() {
+                for name in &f.features {
+                    println!("{name:<20} {}", f.path.display());
+                }
+            }
+        }
+        FeaturesCommand::Check => {
+            println!(
+                "ok: {} files, {} features, feature set {}, lookback {}",
+                catalog.files().len(),
+                catalog.feature_names().len(),
+                catalog.hash(),
+                catalog.lookback()
+            );
+        }
+        FeaturesCommand::Explain => {
+            let ctx = schema_session();
+            for f in catalog.files() {
+                println!("== {} ({})", f.name, f.path.display());
+                if let Some(d) = &f.description {
+                    println!("{d}");
+                }
+                println!("features: {}", f.features.join(", "));
+                match f.lookback_override {
+                    Some(o) => println!(
+                        "lookback: {o} (header override; derived {})",
+                        f.derived_lookback
+                    ),
+                    None => println!("lookback: {} (derived from the plan)", f.derived_lookback),
+                }
+                let plan = ctx.state().create_logical_plan(&f.sql).await?;
+                println!("{}\n", plan.display_indent());
+            }
+            println!(
+                "feature set {}: lookback {}",
+                catalog.hash(),
+                catalog.lookback()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,372 @@
+//! Backfill: the catalog's queries over the lake's `ticks`, one date at a
+//! time with the lookback of history before it, written to
+//! `features/<feature-set hash>/date=.../`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType};
+use chrono::NaiveDate;
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+use indicatif::ProgressBar;
+use object_store::{ObjectStoreExt, PutPayload};
+
+use super::Catalog;
+use crate::lake::{
+    register_table, session_context, Appender, AppenderOptions, LakeError, LakeRoot, TableSpec,
+};
+use crate::tick::{col, schema::ts_type};
+
+const DAY_US: i64 = 86_400_000_000;
+
+/// How far back, in days, backfill searches for the tick-count part of a
+/// lookback (a symbol with fewer ticks than that in this span is taken with
+/// all of them).
+pub const ROWS_SEARCH_DAYS: i64 = 10;
+
+/// What to backfill.
+#[derive(Debug, Clone, Default)]
+pub struct BackfillOptions {
+    /// First date (inclusive); the lake's first by default.
+    pub from: Option<NaiveDate>,
+    /// Last date (inclusive); the lake's last by default.
+    pub to: Option<NaiveDate>,
+    /// Only these symbols (all by default).
+    pub symbols: Vec<String>,
+    /// Recompute dates already done.
+    pub force: bool,
+}
+
+/// What a backfill did.
+#[derive(Debug, Clone, Default)]
+pub struct BackfillSummary {
+    /// Dates computed.
+    pub dates_done: Vec<NaiveDate>,
+    /// Dates skipped because already done.
+    pub dates_skipped: Vec<NaiveDate>,
+    /// Feature rows written.
+    pub rows: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Why a backfill stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    /// The lake failed.
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    /// A query failed while running.
+    #[error("backfill of {date}: {source}")]
+    Query {
+        /// The date being computed.
+        date: NaiveDate,
+        /// DataFusion's error.
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+}
+
+/// The lake table of a feature set: the tick key and one `Float64` column
+/// per feature, in catalog order.
+pub fn features_table(catalog: &Catalog) -> TableSpec {
+    let mut fields = vec![
+        Field::new(col::TS, ts_type(), false),
+        Field::new(col::SYMBOL, DataType::Utf8, false),
+        Field::new(col::SEQ, DataType::UInt32, false),
+    ];
+    fields.extend(
+        catalog
+            .feature_names()
+            .into_iter()
+            .map(|n| Field::new(n, DataType::Float64, true)),
+    );
+    TableSpec {
+        name: format!("features/{}", catalog.hash()),
+        schema: Arc::new(Schema::new(fields)),
+        partition_ts: col::TS,
+        sort_by: vec![col::SYMBOL, col::TS, col::SEQ],
+    }
+}
+
+/// A session over the lake where `features` is the current feature set's
+/// snapshot and `training` joins it with `labels` point in time: `label` is
+/// 1 when the tick lies inside a label interval of its symbol, and `kind`
+/// names the (alphabetically first) such label.
+pub async fn training_session(
+    root: &LakeRoot,
+    catalog: &Catalog,
+) -> Result<SessionContext, LakeError> {
+    let ctx = session_context(root).await?;
+    let spec = features_table(catalog);
+    register_table(
+        &ctx,
+        root,
+        &TableSpec {
+            name: spec.name.clone(),
+            ..spec.clone()
+        },
+    )
+    .await?;
+    let df_err = |source| LakeError::DataFusion {
+        table: "training".into(),
+        source,
+    };
+    let quoted = format!("\"{}\"", spec.name);
+    ctx.sql(&format!("CREATE VIEW features AS SELECT * FROM {quoted}"))
+        .await
+        .map_err(df_err)?;
+    ctx.sql(
+        "CREATE VIEW training AS \
+         SELECT f.*, CASE WHEN l.kind IS NULL THEN 0 ELSE 1 END AS label, l.kind AS kind \
+         FROM features f LEFT JOIN ( \
+             SELECT f2.symbol, f2.ts, f2.seq, min(lb.kind) AS kind \
+             FROM features f2 JOIN labels lb ON f2.symbol = lb.symbol \
+              AND f2.ts >= lb.start_ts AND f2.ts <= lb.end_ts \
+             GROUP BY f2.symbol, f2.ts, f2.seq) l \
+         ON f.symbol = l.symbol AND f.ts = l.ts AND f.seq = l.seq",
+    )
+    .await
+    .map_err(df_err)?;
+    Ok(ctx)
+}
+
+/// Runs the catalog over the lake's ticks and writes the feature snapshot.
+pub async fn backfill(
+    root: &LakeRoot,
+    catalog: &Catalog,
+    options: &BackfillOptions,
+    progress: &ProgressBar,
+) -> Result<BackfillSummary, BackfillError> {
+    let started = Instant::now();
+    let lake = session_context(root).await?;
+    let dates = tick_dates(&lake, options).await?;
+    progress.set_length(dates.len() as u64);
+    let spec = features_table(catalog);
+    let mut summary = BackfillSummary::default();
+    for date in dates {
+        let marker = root.path(&format!("{}/date={date}/_SUCCESS", spec.name));
+        let done = root.store().head(&marker).await.is_ok();
+        if done && !options.force {
+            summary.dates_skipped.push(date);
+            progress.inc(1);
+            continue;
+        }
+        if done {
+            remove_date(root, &spec, date).await?;
+        }
+        let rows = backfill_date(root, catalog, &spec, date, options).await?;
+        root.store()
+            .put(&marker, PutPayload::from_static(b""))
+            .await
+            .map_err(|source| LakeError::Store {
+                path: marker.to_string(),
+                source,
+            })?;
+        tracing::info!(%date, rows, "Features backfilled.");
+        summary.rows += rows;
+        summary.dates_done.push(date);
+        progress.inc(1);
+    }
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+async fn tick_dates(
+    ctx: &SessionContext,
+    o: &BackfillOptions,
+) -> Result<Vec<NaiveDate>, BackfillError> {
+    let q_err = |source| BackfillError::Query {
+        date: NaiveDate::MIN,
+        source,
+    };
+    let mut sql = "SELECT DISTINCT date FROM ticks WHERE true".to_owned();
+    if let Some(f) = o.from {
+        sql.push_str(&format!(" AND date >= '{f}'"));
+    }
+    if let Some(t) = o.to {
+        sql.push_str(&format!(" AND date <= '{t}'"));
+    }
+    sql.push_str(" ORDER BY date");
+    let batches = ctx
+        .sql(&sql)
+        .await
+        .map_err(q_err)?
+        .collect()
+        .await
+        .map_err(q_err)?;
+    let mut out = Vec::new();
+    for b in &batches {
+        for d in b.column(0).as_string::<i32>().iter().flatten() {
+            if let Ok(d) = NaiveDate::parse_from_str(d, "%Y-%m-%d") {
+                out.push(d);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn day_start_us(d: NaiveDate) -> i64 {
+    d.and_hms_opt(0, 0, 0)
+        .map_or(0, |t| t.and_utc().timestamp_micros())
+}
+
+fn sql_ts(us: i64) -> String {
+    format!("to_timestamp_micros({us}) AT TIME ZONE 'UTC'")
+}
+
+/// Computes one date: history from the lookback before it, every feature
+/// file as a view, joined on the tick key, only the date's rows kept.
+async fn backfill_date(
+    root: &LakeRoot,
+    catalog: &Catalog,
+    spec: &TableSpec,
+    date: NaiveDate,
+    o: &BackfillOptions,
+) -> Result<u64, BackfillError> {
+    let q_err = |source| BackfillError::Query { date, source };
+    let ctx = session_context(root).await?;
+    let start = day_start_us(date);
+    let end = start + DAY_US;
+    let lookback = catalog.lookback();
+    let time_start = start - i64::try_from(lookback.time.as_micros()).unwrap_or(i64::MAX / 2);
+    let symbol_filter = if o.symbols.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = o
+            .symbols
+            .iter()
+            .map(|s| format!("'{}'", s.replace('\'', "''")))
+            .collect();
+        format!(" AND symbol IN ({})", list.join(", "))
+    };
+    let first_date =
+        |us: i64| chrono::DateTime::from_timestamp_micros(us).map_or(date, |t| t.date_naive());
+    let history_start = if lookback.rows == 0 {
+        time_start
+    } else {
+        let search_from = first_date(time_start - ROWS_SEARCH_DAYS * DAY_US);
+        let sql = format!(
+            "SELECT min(ts) FROM (SELECT ts, row_number() OVER (PARTITION BY symbol ORDER BY ts DESC, seq DESC) AS rn \
+             FROM ticks WHERE date >= '{search_from}' AND date <= '{date}' AND ts < {}{symbol_filter}) WHERE rn <= {}",
+            sql_ts(time_start),
+            lookback.rows
+        );
+        let b = ctx
+            .sql(&sql)
+            .await
+            .map_err(q_err)?
+            .collect()
+            .await
+            .map_err(q_err)?;
+        b.first()
+            .map(|b| b.column(0).as_primitive::<TimestampMicrosecondType>())
+            .filter(|a| a.null_count() == 0 && !a.is_empty())
+            .map_or(time_start, |a| a.value(0).min(time_start))
+    };
+    let view = format!(
+        "CREATE VIEW ticks_window AS SELECT * FROM ticks WHERE date >= '{}' AND date <= '{date}' \
+         AND ts >= {} AND ts < {}{symbol_filter}",
+        first_date(history_start),
+        sql_ts(history_start),
+        sql_ts(end)
+    );
+    ctx.sql(&view).await.map_err(q_err)?;
+    // The feature files read `ticks`: point it at the window.
+    let window = ctx.table("ticks_window").await.map_err(q_err)?.into_view();
+    ctx.deregister_table("ticks").map_err(q_err)?;
+    ctx.register_table("ticks", window).map_err(q_err)?;
+    let mut selects = vec![
+        "f0.symbol".to_owned(),
+        "f0.ts".to_owned(),
+        "f0.seq".to_owned(),
+    ];
+    let mut joins = String::new();
+    for (i, f) in catalog.files().iter().enumerate() {
+        let df = ctx.sql(&f.sql).await.map_err(q_err)?;
+        ctx.register_table(format!("f{i}").as_str(), df.into_view())
+            .map_err(q_err)?;
+        for name in &f.features {
+            selects.push(format!("CAST(f{i}.\"{name}\" AS DOUBLE) AS \"{name}\""));
+        }
+        if i > 0 {
+            joins.push_str(&format!(
+                " JOIN f{i} ON f{i}.symbol = f0.symbol AND f{i}.ts = f0.ts AND f{i}.seq = f0.seq"
+            ));
+        }
+    }
+    let sql = format!(
+        "SELECT {} FROM f0{joins} WHERE f0.ts >= {} AND f0.ts < {}",
+        selects.join(", "),
+        sql_ts(start),
+        sql_ts(end)
+    );
+    let mut stream = ctx
+        .sql(&sql)
+        .await
+        .map_err(q_err)?
+        .execute_stream()
+        .await
+        .map_err(q_err)?;
+    let mut appender = Appender::new(root.clone(), spec.clone(), AppenderOptions::default());
+    let mut rows = 0;
+    while let Some(batch) = stream.next().await {
+        let batch = conform(&batch.map_err(q_err)?, &spec.schema).map_err(|source| {
+            BackfillError::Lake(LakeError::Arrow {
+                table: spec.name.clone(),
+                source,
+            })
+        })?;
+        rows += batch.num_rows() as u64;
+        appender.append(batch).await?;
+    }
+    appender.finish().await?;
+    Ok(rows)
+}
+
+/// Gives a result batch the table's exact schema (names, order, nullability).
+fn conform(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let i = batch.schema().index_of(f.name())?;
+            let c = batch.column(i);
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                arrow::compute::cast(c, f.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema.clone(), columns)
+}
+
+async fn remove_date(root: &LakeRoot, spec: &TableSpec, date: NaiveDate) -> Result<(), LakeError> {
+    use futures::TryStreamExt;
+    let prefix = root.path(&format!("{}/date={date}", spec.name));
+    let store = root.store();
+    let files: Vec<_> = store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|source| LakeError::Store {
+            path: prefix.to_string(),
+            source,
+        })?;
+    for f in files {
+        store
+            .delete(&f.location)
+            .await
+            .map_err(|source| LakeError::Store {
+                path: f.location.to_string(),
+                source,
+            })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! Loading and validating the feature files.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use arrow::datatypes::DataType;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use sha2::{Digest, Sha256};
+
+use super::error::CatalogErrors;
+use super::header::Header;
+use super::lookback::{self, Lookback};
+use super::CatalogError;
+use crate::lake::schema_session;
+use crate::tick::col;
+
+/// Environment variable naming the queries folder.
+pub const QUERIES_ENV: &str = "STOCKANOMALY_QUERIES";
+
+/// The queries folder used when none is given.
+pub const DEFAULT_QUERIES: &str = "queries";
+
+/// The default feature pack, built into the binary so that it runs from any
+/// folder. `queries/features/` in the repository holds the same files.
+const EMBEDDED: &[(&str, &str)] = &[
+    (
+        "returns.sql",
+        include_str!("../../../queries/features/returns.sql"),
+    ),
+    (
+        "zscores.sql",
+        include_str!("../../../queries/features/zscores.sql"),
+    ),
+    (
+        "bar_quote.sql",
+        include_str!("../../../queries/features/bar_quote.sql"),
+    ),
+    (
+        "activity.sql",
+        include_str!("../../../queries/features/activity.sql"),
+    ),
+    (
+        "manipulation.sql",
+        include_str!("../../../queries/features/manipulation.sql"),
+    ),
+];
+
+/// One validated feature file.
+#[derive(Debug, Clone)]
+pub struct FeatureFile {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The header's name, or the file stem.
+    pub name: String,
+    /// The header's description.
+    pub description: Option<String>,
+    /// The query text.
+    pub sql: String,
+    /// Feature columns in output order (the key columns excluded).
+    pub features: Vec<String>,
+    /// History derived from the plan's windows.
+    pub derived_lookback: Lookback,
+    /// The header's override, if any.
+    pub lookback_override: Option<Lookback>,
+}
+
+impl FeatureFile {
+    /// The lookback in force: the header's override, else the derived one.
+    pub fn lookback(&self) -> Lookback {
+        self.lookback_override.unwrap_or(self.derived_lookback)
+    }
+}
+
+/// The validated set of feature files, in file-name order.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    files: Vec<FeatureFile>,
+    hash: String,
+}
+
+impl Catalog {
+    /// Loads `<queries>/features/*.sql`. `Err` lists every problem found.
+    pub async fn load(queries: &Path) -> Result<Self, CatalogErrors> {
+        let dir = queries.join("features");
+        let entries = std::fs::read_dir(&dir).map_err(|e| {
+            CatalogErrors(vec![CatalogError::new(
+                &dir,
+                None,
+                format!("cannot read the feature folder: {e}"),
+            )])
+        })?;
+        let mut sources = Vec::new();
+        let mut errors = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("sql") {
+                continue;
+            }
+            match std::fs::read_to_string(&path) {
+                Ok(sql) => sources.push((path, sql)),
+                Err(e) => errors.push(CatalogError::new(&path, None, format!("cannot read: {e}"))),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(CatalogErrors(errors));
+        }
+        if sources.is_empty() {
+            return Err(CatalogErrors(vec![CatalogError::new(
+                &dir,
+                None,
+                "no .sql feature files",
+            )]));
+        }
+        Self::from_sources(sources).await
+    }
+
+    /// The default pack built into the binary.
+    pub async fn embedded() -> Result<Self, CatalogErrors> {
+        let sources = EMBEDDED
+            .iter()
+            .map(|(name, sql)| (Path::new("queries/features").join(name), (*sql).to_owned()))
+            .collect();
+        Self::from_sources(sources).await
+    }
+
+    /// Loads `queries` when its `features/` folder exists, else the embedded
+    /// pack when `queries` is the default (a binary run outside a checkout).
+    pub async fn load_or_embedded(queries: &Path) -> Result<Self, CatalogErrors> {
+        if !queries.join("features").exists() && queries == Path::new(DEFAULT_QUERIES) {
+            tracing::info!("No queries/features folder here; using the built-in feature pack.");
+            return Self::embedded().await;
+        }
+        Self::load(queries).await
+    }
+
+    /// Validates feature files given as `(path, sql)`.
+    pub async fn from_sources(mut sources: Vec<(PathBuf, String)>) -> Result<Self, CatalogErrors> {
+        sources.sort_by(|a, b| a.0.cmp(&b.0));
+        let ctx = schema_session();
+        let mut files = Vec::new();
+        let mut errors = Vec::new();
+        for (path, sql) in sources {
+            match check_file(&ctx, &path, &sql).await {
+                Ok(f) => files.push(f),
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        let mut owner: HashMap<&str, &Path> = HashMap::new();
+        for f in &files {
+            for name in &f.features {
+                if let Some(first) = owner.insert(name, &f.path) {
+                    errors.push(CatalogError::new(
+                        &f.path,
+                        locate(&f.sql, name),
+                        format!(
+                            "feature `{name}` is also defined in {}; feature names must be unique",
+                            first.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(CatalogErrors(errors));
+        }
+        let mut h = Sha256::new();
+        for f in &files {
+            h.update(
+                f.path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
+            h.update([0]);
+            h.update(f.sql.as_bytes());
+            h.update([0]);
+        }
+        let hash = h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(Self { files, hash })
+    }
+
+    /// The files, in order.
+    pub fn files(&self) -> &[FeatureFile] {
+        &self.files
+    }
+
+    /// Every feature name, in the order a model is trained on.
+    pub fn feature_names(&self) -> Vec<&str> {
+        self.files
+            .iter()
+            .flat_map(|f| f.features.iter().map(String::as_str))
+            .collect()
+    }
+
+    /// Content hash of the feature set (file names and texts): the name of
+    /// its snapshot in the lake, and what a model records.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// The history every file needs, together.
+    pub fn lookback(&self) -> Lookback {
+        self.files
+            .iter()
+            .fold(Lookback::default(), |a, f| a.max(f.lookback()))
+    }
+}
+
+async fn check_file(
+    ctx: &SessionContext,
+    path: &Path,
+    sql: &str,
+) -> Result<FeatureFile, Vec<CatalogError>> {
+    let err = |at, msg: String| vec![CatalogError::new(path, at, msg)];
+    let header = Header::parse(sql).map_err(|(line, m)| err(Some((line, 1)), m))?;
+    let plan = ctx.state().create_logical_plan(sql).await.map_err(|e| {
+        // sqlparser gives no position for a query that ends too early.
+        let at = error_location(&e).or_else(|| {
+            e.to_string()
+                .contains("found: EOF")
+                .then(|| (sql.trim_end().lines().count().max(1), 1))
+        });
+        err(at, clean_message(&e))
+    })?;
+    let features = check_schema(&plan).map_err(|m| err(None, m))?;
+    let derived = lookback::derive(&plan).map_err(|problems| {
+        problems
+            .into_iter()
+            .map(|p| CatalogError::new(path, locate(sql, &p.needle), p.message))
+            .collect::<Vec<_>>()
+    })?;
+    Ok(FeatureFile {
+        path: path.to_owned(),
+        name: header.name.unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        }),
+        description: header.description,
+        sql: sql.to_owned(),
+        features,
+        derived_lookback: derived,
+        lookback_override: header.lookback,
+    })
+}
+
+/// Checks the key columns and that every other column is numeric; returns
+/// the feature names.
+fn check_schema(plan: &LogicalPlan) -> Result<Vec<String>, String> {
+    let schema = plan.schema();
+    let fields = schema.fields();
+    for key in [col::SYMBOL, col::TS, col::SEQ] {
+        if !fields.iter().any(|f| f.name() == key) {
+            return Err(format!(
+                "the query does not return the key column `{key}`: select symbol, ts and seq beside the features"
+            ));
+        }
+    }
+    let mut features = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for f in fields {
+        let name = f.name();
+        if !seen.insert(name.clone()) {
+            return Err(format!("column `{name}` appears twice in the output"));
+        }
+        if [col::SYMBOL, col::TS, col::SEQ].contains(&name.as_str()) {
+            continue;
+        }
+        if !(f.data_type().is_numeric() || *f.data_type() == DataType::Boolean) {
+            return Err(format!(
+                "feature `{name}` is {}; features must be numeric (CAST it, or leave it out)",
+                f.data_type()
+            ));
+        }
+        features.push(name.clone());
+    }
+    if features.is_empty() {
+        return Err("the query returns no feature column".into());
+    }
+    Ok(features)
+}
+
+/// Line and column of a DataFusion error: from its diagnostic span, else
+/// from sqlparser's "Line: X, Column: Y".
+fn error_location(e: &DataFusionError) -> Option<(usize, usize)> {
+    if let Some(span) = e.diagnostic().and_then(|d| d.span) {
+        return Some((span.start.line as usize, span.start.column as usize));
+    }
+    let text = e.to_string();
+    let at = text.rfind("Line: ")?;
+    let rest = &text[at + 6..];
+    let line: usize = rest.split(',').next()?.trim().parse().ok()?;
+    let col_at = rest.find("Column: ")?;
+    let col: usize = rest[col_at + 8..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()?;
+    Some((line, col))
+}
+
+fn clean_message(e: &DataFusionError) -> String {
+    e.to_string()
+        .replace("Error during planning: ", "")
+        .replace("SQL error: ", "")
+}
+
+/// The first place `needle` occurs (case-insensitive) outside comments.
+fn locate(sql: &str, needle: &str) -> Option<(usize, usize)> {
+    let needle = needle.to_ascii_lowercase();
+    for (i, line) in sql.lines().enumerate() {
+        let code = line.split("--").next().unwrap_or("");
+        if let Some(c) = code.to_ascii_lowercase().find(&needle) {
+            return Some((i + 1, c + 1));
+        }
+    }
+    None
+}

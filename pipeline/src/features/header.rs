@@ -1,0 +1,146 @@
+//! Header comments of a feature file: `-- name:`, `-- description:`,
+//! `-- lookback:`.
+
+use std::time::Duration;
+
+use super::Lookback;
+
+/// Metadata from a feature file's leading `--` comments.
+///
+/// ```sql
+/// -- name: returns
+/// -- description: Log returns over the last tick and the trailing 5 minutes.
+/// -- lookback: 5 minutes
+/// SELECT ...
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Header {
+    /// Short name (defaults to the file stem).
+    pub name: Option<String>,
+    /// What the features mean; continuation lines are joined.
+    pub description: Option<String>,
+    /// A lookback that replaces the derived one (for history the plan cannot
+    /// show, such as a join to another table).
+    pub lookback: Option<Lookback>,
+}
+
+impl Header {
+    /// Parses the leading comment block; `Err((line, message))` on a bad
+    /// value.
+    pub fn parse(sql: &str) -> Result<Self, (usize, String)> {
+        let mut h = Header::default();
+        let mut last_key: Option<&str> = None;
+        for (i, raw) in sql.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let Some(comment) = line.strip_prefix("--") else {
+                break;
+            };
+            let comment = comment.trim();
+            let (key, value) = match comment.split_once(':') {
+                Some((k, v)) if is_key(k.trim()) => (k.trim(), v.trim()),
+                _ => {
+                    if last_key == Some("description") && !comment.is_empty() {
+                        if let Some(d) = h.description.as_mut() {
+                            d.push(' ');
+                            d.push_str(comment);
+                        }
+                    }
+                    continue;
+                }
+            };
+            last_key = Some(match key {
+                "name" => {
+                    h.name = Some(value.to_owned());
+                    "name"
+                }
+                "description" => {
+                    h.description = Some(value.to_owned());
+                    "description"
+                }
+                _ => {
+                    h.lookback = Some(parse_lookback(value).map_err(|m| (i + 1, m))?);
+                    "lookback"
+                }
+            });
+        }
+        Ok(h)
+    }
+}
+
+fn is_key(k: &str) -> bool {
+    matches!(k, "name" | "description" | "lookback")
+}
+
+/// Parses `30 minutes`, `5m`, `200 ticks`, `1h, 50 ticks`.
+pub fn parse_lookback(s: &str) -> Result<Lookback, String> {
+    let mut lb = Lookback::default();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let split = part
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(part.len());
+        let (num, unit) = part.split_at(split);
+        let n: f64 = num.trim().parse().map_err(|_| {
+            format!(
+                "lookback {part:?}: expected a number and a unit, e.g. `30 minutes` or `200 ticks`"
+            )
+        })?;
+        let secs = match unit.trim().to_ascii_lowercase().as_str() {
+            "ticks" | "tick" | "rows" | "row" => {
+                lb.rows = lb.rows.max(n.ceil() as u64);
+                continue;
+            }
+            "ms" | "millisecond" | "milliseconds" => n / 1e3,
+            "s" | "sec" | "secs" | "second" | "seconds" => n,
+            "m" | "min" | "mins" | "minute" | "minutes" => n * 60.0,
+            "h" | "hour" | "hours" => n * 3600.0,
+            "d" | "day" | "days" => n * 86_400.0,
+            other => return Err(format!(
+                "lookback {part:?}: unknown unit {other:?} (ms, s, minutes, hours, days or ticks)"
+            )),
+        };
+        lb.time = lb.time.max(Duration::from_secs_f64(secs));
+    }
+    Ok(lb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_leading_comments_only() {
+        let h = Header::parse(
+            "-- name: returns\n-- description: Log returns\n--   over two horizons.\n-- lookback: 5 minutes, 3 ticks\n\nSELECT 1 -- name: ignored\n",
+        )
+        .unwrap();
+        assert_eq!(h.name.as_deref(), Some("returns"));
+        assert_eq!(
+            h.description.as_deref(),
+            Some("Log returns over two horizons.")
+        );
+        assert_eq!(
+            h.lookback,
+            Some(Lookback {
+                time: Duration::from_secs(300),
+                rows: 3
+            })
+        );
+        assert_eq!(Header::parse("SELECT 1").unwrap(), Header::default());
+    }
+
+    #[test]
+    fn bad_lookbacks_name_the_line() {
+        let err = Header::parse("-- name: x\n-- lookback: 5 fortnights\nSELECT 1").unwrap_err();
+        assert_eq!(err.0, 2);
+        assert!(err.1.contains("fortnights"), "{}", err.1);
+        assert!(parse_lookback("soon").is_err());
+        assert_eq!(parse_lookback("90s").unwrap().time, Duration::from_secs(90));
+        assert_eq!(
+            parse_lookback("1.5h").unwrap().time,
+            Duration::from_secs(5400)
+        );
+    }
+}

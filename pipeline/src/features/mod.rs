@@ -1,0 +1,25 @@
+//! Features: the catalog of SQL feature files in `queries/features/`, what
+//! history each needs (its lookback), and running them over the lake.
+//!
+//! A feature file is one DataFusion SQL query over the table `ticks` that
+//! returns the tick key (`symbol`, `ts`, `seq`) plus numeric feature columns.
+//! The same files drive backfills and the streaming detector, so the catalog
+//! refuses anything whose value for a tick could depend on more than a
+//! bounded stretch of that symbol's past: frames that look into the future,
+//! unbounded frames, position-dependent functions, and `RANGE` frames whose
+//! bare number DataFusion would silently read as months.
+
+mod backfill;
+mod catalog;
+mod error;
+mod header;
+mod lookback;
+
+pub use backfill::{
+    backfill, features_table, training_session, BackfillError, BackfillOptions, BackfillSummary,
+    ROWS_SEARCH_DAYS,
+};
+pub use catalog::{Catalog, FeatureFile, DEFAULT_QUERIES, QUERIES_ENV};
+pub use error::CatalogError;
+pub use header::Header;
+pub use lookback::Lookback;

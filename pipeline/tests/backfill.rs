@@ -1,0 +1,277 @@
+//! Backfill: features per date with the lookback before it equal features
+//! over the whole history, bit for bit; resumable; the same over S3.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Float64Type, TimestampMicrosecondType, UInt32Type};
+use indicatif::ProgressBar;
+use stockanomaly::features::{backfill, training_session, BackfillOptions, Catalog};
+use stockanomaly::lake::{session_context, LakeRoot};
+
+use common::{ok, service_env, sql_number};
+
+fn queries() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../queries")
+}
+
+type Key = (String, i64, u32);
+
+/// Rows of a feature result keyed by tick key, values as bit patterns (None
+/// for NULL) so that comparison is exact.
+fn rows(batches: &[RecordBatch], features: &[&str]) -> BTreeMap<Key, Vec<Option<u64>>> {
+    let mut out = BTreeMap::new();
+    for b in batches {
+        let s = b.column_by_name("symbol").unwrap().as_string::<i32>();
+        let t = b
+            .column_by_name("ts")
+            .unwrap()
+            .as_primitive::<TimestampMicrosecondType>();
+        let q = b
+            .column_by_name("seq")
+            .unwrap()
+            .as_primitive::<UInt32Type>();
+        let cols: Vec<_> = features
+            .iter()
+            .map(|f| {
+                b.column_by_name(f)
+                    .unwrap_or_else(|| panic!("no column {f}"))
+                    .as_primitive::<Float64Type>()
+            })
+            .collect();
+        for i in 0..b.num_rows() {
+            let vals = cols
+                .iter()
+                .map(|c| (!c.is_null(i)).then(|| c.value(i).to_bits()))
+                .collect();
+            out.insert((s.value(i).to_owned(), t.value(i), q.value(i)), vals);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn each_date_equals_the_whole_history_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    ok(
+        dir.path(),
+        &[
+            "simulate",
+            "--lake",
+            lake.to_str().unwrap(),
+            "--symbols",
+            "3",
+            "--days",
+            "3",
+            "--trades-per-day",
+            "1500",
+            "--seed",
+            "3",
+        ],
+    );
+    let root = LakeRoot::parse(lake.to_str().unwrap()).unwrap();
+    let catalog = Catalog::load(&queries()).await.unwrap();
+    let summary = backfill(
+        &root,
+        &catalog,
+        &BackfillOptions::default(),
+        &ProgressBar::hidden(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.dates_done.len(), 3);
+
+    // The whole history at once, each file over all ticks, cast as backfill does.
+    let ctx = session_context(&root).await.unwrap();
+    let mut full: BTreeMap<Key, Vec<Option<u64>>> = BTreeMap::new();
+    for f in catalog.files() {
+        let casts: Vec<String> = f
+            .features
+            .iter()
+            .map(|n| format!("CAST(\"{n}\" AS DOUBLE) AS \"{n}\""))
+            .collect();
+        let sql = format!(
+            "SELECT symbol, ts, seq, {} FROM ({})",
+            casts.join(", "),
+            f.sql
+        );
+        let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+        let names: Vec<&str> = f.features.iter().map(String::as_str).collect();
+        for (k, mut v) in rows(&batches, &names) {
+            full.entry(k).or_default().append(&mut v);
+        }
+    }
+    let tctx = training_session(&root, &catalog).await.unwrap();
+    let batches = tctx
+        .sql("SELECT * FROM features")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let backfilled = rows(&batches, &catalog.feature_names());
+    assert_eq!(backfilled.len(), full.len(), "one feature row per tick");
+    let names = catalog.feature_names();
+    let mut compared = 0;
+    for (k, v) in &backfilled {
+        let w = &full[k];
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(
+                v[i].map(f64::from_bits),
+                w[i].map(f64::from_bits),
+                "{name} differs at {k:?} between per-date backfill and whole history"
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared > 10_000);
+    // Features are not all NULL (range_ratio is for bars; these are trades).
+    for (i, name) in names
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n != "range_ratio")
+    {
+        assert!(
+            backfilled.values().any(|v| v[i].is_some()),
+            "{name} is always NULL"
+        );
+    }
+    // The training view marks ticks inside label intervals.
+    let positives = sql_number(
+        dir.path(),
+        lake.to_str().unwrap(),
+        "SELECT count(*) FROM training WHERE label = 1",
+    );
+    let inside = sql_number(
+        dir.path(),
+        lake.to_str().unwrap(),
+        "SELECT count(*) FROM (SELECT DISTINCT t.symbol, t.ts, t.seq FROM ticks t JOIN labels l \
+         ON t.symbol = l.symbol AND t.ts BETWEEN l.start_ts AND l.end_ts)",
+    );
+    assert!(positives > 0);
+    assert_eq!(positives, inside);
+}
+
+#[test]
+fn backfill_resumes_and_force_recomputes() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake").display().to_string();
+    ok(
+        dir.path(),
+        &[
+            "simulate",
+            "--lake",
+            &lake,
+            "--symbols",
+            "2",
+            "--days",
+            "2",
+            "--trades-per-day",
+            "300",
+        ],
+    );
+    let q = queries().display().to_string();
+    let first = ok(
+        dir.path(),
+        &[
+            "backfill",
+            "--lake",
+            &lake,
+            "--queries",
+            &q,
+            "--to",
+            "2024-01-02",
+        ],
+    );
+    assert!(
+        first.contains("1 dates computed, 0 already done"),
+        "{first}"
+    );
+    let second = ok(dir.path(), &["backfill", "--lake", &lake, "--queries", &q]);
+    assert!(
+        second.contains("1 dates computed, 1 already done"),
+        "{second}"
+    );
+    let forced = ok(
+        dir.path(),
+        &["backfill", "--lake", &lake, "--queries", &q, "--force"],
+    );
+    assert!(
+        forced.contains("2 dates computed, 0 already done"),
+        "{forced}"
+    );
+    let ticks = sql_number(dir.path(), &lake, "SELECT count(*) FROM ticks");
+    let features = ok(
+        dir.path(),
+        &[
+            "sql",
+            "--lake",
+            &lake,
+            "--queries",
+            &q,
+            "--format",
+            "csv",
+            "SELECT count(*) FROM features",
+        ],
+    );
+    assert_eq!(
+        features.lines().nth(1).unwrap().parse::<i64>().unwrap(),
+        ticks
+    );
+}
+
+#[test]
+fn backfill_over_s3_equals_a_local_folder() {
+    let endpoint = service_env("STOCKANOMALY_TEST_S3_ENDPOINT");
+    let bucket = format!("backfill-{}", std::process::id());
+    common::create_bucket(&endpoint, &bucket);
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = format!("s3://{bucket}/lake");
+    let local = dir.path().join("local").display().to_string();
+    let q = queries().display().to_string();
+    let run = |lake: &str, args: &[&str]| -> String {
+        let out = common::bin()
+            .current_dir(dir.path())
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("STOCKANOMALY_LAKE", lake)
+            .env("STOCKANOMALY_QUERIES", &q)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for lake in [&s3, &local] {
+        run(
+            lake,
+            &[
+                "simulate",
+                "--symbols",
+                "2",
+                "--days",
+                "2",
+                "--trades-per-day",
+                "400",
+                "--seed",
+                "8",
+            ],
+        );
+        run(lake, &["backfill"]);
+    }
+    let query = "SELECT * FROM features ORDER BY symbol, ts, seq";
+    let a = run(&s3, &["sql", "--format", "csv", query]);
+    let b = run(&local, &["sql", "--format", "csv", query]);
+    assert!(a.lines().count() > 500);
+    assert_eq!(a, b);
+}

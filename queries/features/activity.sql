@@ -1,0 +1,14 @@
+-- name: activity
+-- description: How busy the symbol is: tick_rate_1m = ticks in the trailing
+--   minute; burst_ratio = ticks in the trailing 10 seconds against the
+--   trailing 5 minutes' rate per 10 seconds (quote stuffing, bursts);
+--   tod_sin, tod_cos = time of day in the exchange's time zone on the unit
+--   circle (New York for the default pack).
+SELECT symbol, ts, seq,
+       CAST(rolling_count(price, ts, INTERVAL '1 minute') OVER w AS DOUBLE) AS tick_rate_1m,
+       CAST(rolling_count(price, ts, INTERVAL '10 seconds') OVER w AS DOUBLE)
+         / (CAST(rolling_count(price, ts, INTERVAL '5 minutes') OVER w AS DOUBLE) / 30.0) AS burst_ratio,
+       sin(2 * pi() * day_fraction(ts, 'America/New_York')) AS tod_sin,
+       cos(2 * pi() * day_fraction(ts, 'America/New_York')) AS tod_cos
+FROM ticks
+WINDOW w AS (PARTITION BY symbol ORDER BY ts, seq)

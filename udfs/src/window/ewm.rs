@@ -1,0 +1,247 @@
+//! `ewm_zscore(x, halflife_ticks, max_ticks)`: the z-score of each row
+//! against an exponentially weighted mean and variance of the rows before it.
+//!
+//! # Determinism
+//!
+//! The usual recursive EWM (`m ← α·x + (1 − α)·m`) makes every value depend
+//! on the whole history: recomputed from a later start it never matches.
+//! Here each row is computed from scratch from its own last `max_ticks` rows
+//! only, in a fixed order (nearest first), so its value depends only on those
+//! rows: a backfill that starts `max_ticks` rows earlier reproduces it bit for
+//! bit. It costs `O(max_ticks)` per row.
+//!
+//! Deviations are taken from the current value (`d = x_j − x_i`, exact for
+//! nearby prices by Sterbenz's lemma) so prices near 1000 with tiny noise keep
+//! their precision: `z = −mean(d) / std(d)`.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Float64Builder};
+use arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
+use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
+use datafusion::logical_expr::function::{
+    ExpressionArgs, PartitionEvaluatorArgs, WindowUDFFieldArgs,
+};
+use datafusion::logical_expr::{PartitionEvaluator, Signature, Volatility, WindowUDFImpl};
+use datafusion::physical_expr::PhysicalExpr;
+
+use super::frame;
+
+/// Largest `max_ticks` accepted (the weights are a table of that length and
+/// each row costs that many steps).
+pub const EWM_MAX_TICKS: u64 = 1_000_000;
+
+const NAME: &str = "ewm_zscore";
+const USAGE: &str = "ewm_zscore(x, 20, 200) OVER (PARTITION BY symbol ORDER BY ts)";
+
+/// `ewm_zscore(x, halflife_ticks, max_ticks)`: the z-score of `x` against the
+/// exponentially weighted mean and variance of the non-NULL `x` among the
+/// previous `max_ticks` rows of the partition (rows, in the `ORDER BY` order).
+///
+/// The row `k` rows back (`k = 1` for the previous row) weighs
+/// `0.5^(k / halflife_ticks)`. With weights `w`, `W = Σw`, mean
+/// `m = Σw·x / W` and variance `Σw·(x − m)² / (W − Σw²/W)` (unbiased for
+/// reliability weights; the sample variance when all weights are equal).
+/// NULL when `x` is NULL, with fewer than two previous values or a zero
+/// variance; NaN when `x` or a previous value is NaN or infinite.
+/// `halflife_ticks` (> 0) and `max_ticks` (1 to [`EWM_MAX_TICKS`]) are
+/// literals; the lookback is `max_ticks` rows.
+///
+/// ```sql
+/// SELECT ewm_zscore(price, 20, 200) OVER (PARTITION BY symbol ORDER BY ts) AS z FROM ticks
+/// ```
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct EwmZscoreUdf {
+    signature: Signature,
+}
+
+impl Default for EwmZscoreUdf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EwmZscoreUdf {
+    /// The UDF, ready to register.
+    pub fn new() -> Self {
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+/// A positive literal number, as `f64`.
+fn positive(value: &ScalarValue) -> Option<f64> {
+    let v = match value {
+        ScalarValue::Int8(Some(v)) => *v as f64,
+        ScalarValue::Int16(Some(v)) => *v as f64,
+        ScalarValue::Int32(Some(v)) => *v as f64,
+        ScalarValue::Int64(Some(v)) => *v as f64,
+        ScalarValue::UInt8(Some(v)) => *v as f64,
+        ScalarValue::UInt16(Some(v)) => *v as f64,
+        ScalarValue::UInt32(Some(v)) => *v as f64,
+        ScalarValue::UInt64(Some(v)) => *v as f64,
+        ScalarValue::Float32(Some(v)) => *v as f64,
+        ScalarValue::Float64(Some(v)) => *v,
+        _ => return None,
+    };
+    (v.is_finite() && v > 0.0).then_some(v)
+}
+
+/// `max_ticks` from its literal, if it is a whole number in range.
+pub(crate) fn max_ticks_of(value: &ScalarValue) -> Option<u64> {
+    let v = positive(value)?;
+    (v.fract() == 0.0 && v <= EWM_MAX_TICKS as f64).then_some(v as u64)
+}
+
+impl WindowUDFImpl for EwmZscoreUdf {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        let [x, halflife, max_ticks] = arg_types else {
+            return plan_err!(
+                "{NAME} takes 3 arguments, got {}: write {USAGE}",
+                arg_types.len()
+            );
+        };
+        let x = frame::coerce_value(NAME, "x", x)?;
+        for (t, what) in [(halflife, "halflife_ticks"), (max_ticks, "max_ticks")] {
+            if !t.is_numeric() {
+                return plan_err!(
+                    "{NAME}: `{what}` must be a literal number, got {t}: write {USAGE}"
+                );
+            }
+        }
+        Ok(vec![x, halflife.clone(), max_ticks.clone()])
+    }
+
+    fn expressions(&self, expr_args: ExpressionArgs) -> Vec<Arc<dyn PhysicalExpr>> {
+        expr_args.input_exprs().iter().take(1).cloned().collect()
+    }
+
+    fn partition_evaluator(
+        &self,
+        args: PartitionEvaluatorArgs,
+    ) -> Result<Box<dyn PartitionEvaluator>> {
+        let exprs = args.input_exprs();
+        let halflife = frame::literal_arg(NAME, exprs, 1, "halflife_ticks")?;
+        let Some(halflife) = positive(halflife) else {
+            return plan_err!(
+                "{NAME}: halflife_ticks must be a number > 0, got {halflife}: write {USAGE}"
+            );
+        };
+        let max_ticks = frame::literal_arg(NAME, exprs, 2, "max_ticks")?;
+        let Some(max_ticks) = max_ticks_of(max_ticks) else {
+            return plan_err!(
+                "{NAME}: max_ticks must be a whole number from 1 to {EWM_MAX_TICKS}, got {max_ticks}: write {USAGE}"
+            );
+        };
+        let weights = (1..=max_ticks)
+            .map(|k| (-(k as f64) / halflife).exp2())
+            .collect();
+        Ok(Box::new(EwmZscoreEvaluator { weights }))
+    }
+
+    fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
+        Ok(Arc::new(Field::new(
+            field_args.name(),
+            DataType::Float64,
+            true,
+        )))
+    }
+}
+
+#[derive(Debug)]
+struct EwmZscoreEvaluator {
+    /// `weights[k − 1]` = 0.5^(k / halflife).
+    weights: Vec<f64>,
+}
+
+impl PartitionEvaluator for EwmZscoreEvaluator {
+    /// The width argument is the frame: DataFusion's `OVER` frame is
+    /// ignored, and `evaluate_all` gets the whole sorted partition (measured
+    /// 20× faster than per-row `evaluate` over a RANGE frame, TOOLING.md).
+    fn uses_window_frame(&self) -> bool {
+        false
+    }
+
+    fn supports_bounded_execution(&self) -> bool {
+        false
+    }
+
+    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
+        let Some(x) = values
+            .first()
+            .and_then(|a| a.as_primitive_opt::<Float64Type>())
+        else {
+            return exec_err!("{NAME}: expected a Float64 value column");
+        };
+        if x.len() != num_rows {
+            return exec_err!("{NAME}: {num_rows} rows but {} values", x.len());
+        }
+        let v = x.values();
+        let valid = |j: usize| x.is_valid(j);
+        let mut out = Float64Builder::with_capacity(num_rows);
+        for i in 0..num_rows {
+            if !valid(i) {
+                out.append_null();
+                continue;
+            }
+            let xi = v[i];
+            let back = self.weights.len().min(i);
+            // Pass 1: weighted mean of the deviations from x_i.
+            let (mut w_sum, mut wd_sum, mut count, mut finite) = (0.0, 0.0, 0usize, xi.is_finite());
+            let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+            for (k, &w) in self.weights[..back].iter().enumerate() {
+                let j = i - 1 - k;
+                if valid(j) {
+                    let d = v[j] - xi;
+                    finite &= d.is_finite();
+                    lo = lo.min(d);
+                    hi = hi.max(d);
+                    w_sum += w;
+                    wd_sum += w * d;
+                    count += 1;
+                }
+            }
+            if count < 2 {
+                out.append_null();
+                continue;
+            }
+            if !finite {
+                out.append_value(f64::NAN);
+                continue;
+            }
+            if lo == hi {
+                // All previous values equal: the variance is exactly zero
+                // (the weighted mean below could round off it).
+                out.append_null();
+                continue;
+            }
+            let mean = wd_sum / w_sum;
+            // Pass 2: weighted squared deviations from that mean.
+            let (mut m2, mut w2_sum) = (0.0, 0.0);
+            for (k, &w) in self.weights[..back].iter().enumerate() {
+                let j = i - 1 - k;
+                if valid(j) {
+                    let e = (v[j] - xi) - mean;
+                    m2 += w * e * e;
+                    w2_sum += w * w;
+                }
+            }
+            let var = m2 / (w_sum - w2_sum / w_sum);
+            if var > 0.0 && var.is_finite() {
+                out.append_value(-mean / var.sqrt());
+            } else {
+                out.append_null();
+            }
+        }
+        Ok(Arc::new(out.finish()))
+    }
+}
