@@ -233,24 +233,13 @@ fn backfill_over_s3_equals_a_local_folder() {
     let s3 = format!("s3://{bucket}/lake");
     let local = dir.path().join("local").display().to_string();
     let q = queries().display().to_string();
-    let run = |lake: &str, args: &[&str]| -> String {
-        let out = common::bin()
-            .current_dir(dir.path())
-            .env("AWS_ENDPOINT_URL", &endpoint)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
-            .env("STOCKANOMALY_LAKE", lake)
-            .env("STOCKANOMALY_QUERIES", &q)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+    let run = |lake: &str, args: &[&str]| {
+        common::ok_s3(
+            dir.path(),
+            &endpoint,
+            &[("STOCKANOMALY_LAKE", lake), ("STOCKANOMALY_QUERIES", &q)],
+            args,
+        )
     };
     for lake in [&s3, &local] {
         run(

@@ -2,29 +2,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
 use common::{ok, run, sql_number};
-
-fn lake_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(
-                    p.strip_prefix(dir).unwrap().display().to_string(),
-                    std::fs::read(&p).unwrap(),
-                );
-            }
-        }
-    }
-    out
-}
 
 const SIM: [&str; 7] = [
     "simulate",
@@ -45,7 +23,7 @@ fn one_seed_gives_identical_lakes_and_another_does_not() {
         let mut args = SIM.to_vec();
         args.extend(["--seed", seed, "--lake", lake.to_str().unwrap()]);
         ok(dir.path(), &args);
-        lakes.push(lake_files(&lake));
+        lakes.push(common::files_under(&lake));
     }
     assert!(
         lakes[0].len() >= 6,

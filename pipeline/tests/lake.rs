@@ -41,23 +41,6 @@ async fn count(root: &LakeRoot, sql: &str) -> i64 {
         .value(0)
 }
 
-fn parquet_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().display().to_string();
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn appends_are_sorted_partitioned_and_never_rewrite() {
     let dir = tempfile::tempdir().unwrap();
@@ -71,7 +54,7 @@ async fn appends_are_sorted_partitioned_and_never_rewrite() {
         (39, 2, 0)
     );
 
-    let files = parquet_files(dir.path());
+    let files = common::files_under(dir.path());
     let names: Vec<&String> = files.keys().collect();
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(names[0].starts_with("ticks/date=2024-01-02/part-") && names[0].ends_with(".parquet"));
@@ -107,7 +90,7 @@ async fn appends_are_sorted_partitioned_and_never_rewrite() {
 }
 
 fn walk_mtimes(dir: &Path) -> Vec<(String, std::time::SystemTime)> {
-    parquet_files(dir)
+    common::files_under(dir)
         .keys()
         .map(|k| {
             (
@@ -200,23 +183,7 @@ fn s3_root_holds_the_same_lake_as_a_local_folder() {
         "--seed",
         "5",
     ];
-    let with_s3 = |args: &[&str]| -> String {
-        let out = common::bin()
-            .current_dir(dir.path())
-            .env("AWS_ENDPOINT_URL", &endpoint)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let with_s3 = |args: &[&str]| common::ok_s3(dir.path(), &endpoint, &[], args);
     let mut a: Vec<&str> = sim.to_vec();
     a.extend(["--lake", &s3]);
     with_s3(&a);

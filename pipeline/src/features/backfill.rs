@@ -178,10 +178,6 @@ async fn tick_dates(
     ctx: &SessionContext,
     o: &BackfillOptions,
 ) -> Result<Vec<NaiveDate>, BackfillError> {
-    let q_err = |source| BackfillError::Query {
-        date: NaiveDate::MIN,
-        source,
-    };
     let mut sql = "SELECT DISTINCT date FROM ticks WHERE true".to_owned();
     if let Some(f) = o.from {
         sql.push_str(&format!(" AND date >= '{f}'"));
@@ -190,13 +186,7 @@ async fn tick_dates(
         sql.push_str(&format!(" AND date <= '{t}'"));
     }
     sql.push_str(" ORDER BY date");
-    let batches = ctx
-        .sql(&sql)
-        .await
-        .map_err(q_err)?
-        .collect()
-        .await
-        .map_err(q_err)?;
+    let batches = collect(ctx, &sql, NaiveDate::MIN).await?;
     let mut out = Vec::new();
     for b in &batches {
         for d in b.column(0).as_string::<i32>().iter().flatten() {
@@ -206,6 +196,21 @@ async fn tick_dates(
         }
     }
     Ok(out)
+}
+
+/// Runs a query to completion, errors naming the date being computed.
+async fn collect(
+    ctx: &SessionContext,
+    sql: &str,
+    date: NaiveDate,
+) -> Result<Vec<RecordBatch>, BackfillError> {
+    let q_err = |source| BackfillError::Query { date, source };
+    ctx.sql(sql)
+        .await
+        .map_err(q_err)?
+        .collect()
+        .await
+        .map_err(q_err)
 }
 
 fn day_start_us(d: NaiveDate) -> i64 {
@@ -254,13 +259,7 @@ async fn backfill_date(
             sql_ts(time_start),
             lookback.rows
         );
-        let b = ctx
-            .sql(&sql)
-            .await
-            .map_err(q_err)?
-            .collect()
-            .await
-            .map_err(q_err)?;
+        let b = collect(&ctx, &sql, date).await?;
         b.first()
             .map(|b| b.column(0).as_primitive::<TimestampMicrosecondType>())
             .filter(|a| a.null_count() == 0 && !a.is_empty())

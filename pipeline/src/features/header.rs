@@ -97,9 +97,11 @@ pub fn parse_lookback(s: &str) -> Result<Lookback, String> {
             "m" | "min" | "mins" | "minute" | "minutes" => n * 60.0,
             "h" | "hour" | "hours" => n * 3600.0,
             "d" | "day" | "days" => n * 86_400.0,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "lookback {part:?}: unknown unit {other:?} (ms, s, minutes, hours, days or ticks)"
-            )),
+            ))
+            }
         };
         lb.time = lb.time.max(Duration::from_secs_f64(secs));
     }
