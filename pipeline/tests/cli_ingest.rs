@@ -276,3 +276,23 @@ fn unknown_layout_is_a_usage_error_with_a_hint() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.csv: no such file"));
 }
+
+#[test]
+fn the_shipped_sample_ingests_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = lake(&dir);
+    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sample-trades.csv");
+    let out = ok(
+        dir.path(),
+        &["ingest", "csv", "--lake", &lake, sample.to_str().unwrap()],
+    );
+    assert!(
+        out.contains("canonical") && out.contains(" 0 rejected"),
+        "{out}"
+    );
+    let rows = std::fs::read_to_string(&sample).unwrap().lines().count() as i64 - 1;
+    assert_eq!(
+        sql_number(dir.path(), &lake, "SELECT count(*) FROM ticks"),
+        rows
+    );
+}

@@ -109,6 +109,11 @@ async fn each_broken_kind_is_refused_with_file_and_line() {
             "SELECT symbol, ts, seq, CAST(row_number() OVER (PARTITION BY symbol ORDER BY ts) AS DOUBLE) AS f FROM ticks",
             &["rownum.sql", "where the history starts"],
         ),
+        (
+            "drift.sql",
+            "SELECT symbol, ts, seq,\n  avg(price) OVER (PARTITION BY symbol ORDER BY ts ROWS BETWEEN 20 PRECEDING AND CURRENT ROW) AS f\nFROM ticks",
+            &["drift.sql: line 2", "retracting floating-point"],
+        ),
         ("header.sql", "-- lookback: 3 fortnights\nSELECT 1", &["header.sql: line 1", "fortnights"]),
     ];
     for (file, sql, wants) in cases {

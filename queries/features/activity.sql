@@ -5,10 +5,11 @@
 --   tod_sin, tod_cos = time of day in the exchange's time zone on the unit
 --   circle (New York for the default pack).
 SELECT symbol, ts, seq,
-       CAST(rolling_count(price, ts, INTERVAL '1 minute') OVER w AS DOUBLE) AS tick_rate_1m,
-       CAST(rolling_count(price, ts, INTERVAL '10 seconds') OVER w AS DOUBLE)
-         / (CAST(rolling_count(price, ts, INTERVAL '5 minutes') OVER w AS DOUBLE) / 30.0) AS burst_ratio,
+       CAST(count(price) OVER w1m AS DOUBLE) AS tick_rate_1m,
+       CAST(count(price) OVER w10s AS DOUBLE) / (CAST(count(price) OVER w5m AS DOUBLE) / 30.0) AS burst_ratio,
        sin(2 * pi() * day_fraction(ts, 'America/New_York')) AS tod_sin,
        cos(2 * pi() * day_fraction(ts, 'America/New_York')) AS tod_cos
 FROM ticks
-WINDOW w AS (PARTITION BY symbol ORDER BY ts, seq)
+WINDOW w10s AS (PARTITION BY symbol ORDER BY ts RANGE BETWEEN INTERVAL '10 seconds' PRECEDING AND CURRENT ROW),
+       w1m AS (PARTITION BY symbol ORDER BY ts RANGE BETWEEN INTERVAL '1 minute' PRECEDING AND CURRENT ROW),
+       w5m AS (PARTITION BY symbol ORDER BY ts RANGE BETWEEN INTERVAL '5 minutes' PRECEDING AND CURRENT ROW)

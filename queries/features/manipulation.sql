@@ -5,19 +5,19 @@
 --   trailing 5 minutes' volume over the trailing 30 minutes' (bursts, wash
 --   trading, pumps). range_5m: (max - min) / price over the trailing 5
 --   minutes; with heavy volume and a tiny range the price is pinned (wash
---   trading). max_move_5m: largest distance of the price from the trailing
---   5-minute mean in that window's stddevs (spikes, marking the close).
+--   trading). max_move_5m: distance of the price from the trailing 5-minute
+--   mean in that window's stddevs (spikes, marking the close).
 WITH q AS (
     SELECT symbol, ts, seq, price, volume,
            CASE WHEN bid_size + ask_size > 0 THEN (bid_size - ask_size) / (bid_size + ask_size) END AS imbalance
     FROM ticks
 )
 SELECT symbol, ts, seq,
-       rolling_mean(imbalance, ts, INTERVAL '1 minute') OVER w AS imbalance_1m,
-       rolling_sum(volume, ts, INTERVAL '5 minutes') OVER w
-         / rolling_sum(volume, ts, INTERVAL '30 minutes') OVER w AS volume_share_5m,
-       (rolling_max(price, ts, INTERVAL '5 minutes') OVER w
-         - rolling_min(price, ts, INTERVAL '5 minutes') OVER w) / price AS range_5m,
-       abs(rolling_zscore(price, ts, INTERVAL '5 minutes') OVER w) AS max_move_5m
+       avg(imbalance) OVER w1m AS imbalance_1m,
+       sum(volume) OVER w5m / nullif(sum(volume) OVER w30m, 0) AS volume_share_5m,
+       (max(price) OVER w5m - min(price) OVER w5m) / price AS range_5m,
+       abs((price - avg(price) OVER w5m) / nullif(stddev_samp(price) OVER w5m, 0)) AS max_move_5m
 FROM q
-WINDOW w AS (PARTITION BY symbol ORDER BY ts, seq)
+WINDOW w1m AS (PARTITION BY symbol ORDER BY ts RANGE BETWEEN INTERVAL '1 minute' PRECEDING AND CURRENT ROW),
+       w5m AS (PARTITION BY symbol ORDER BY ts RANGE BETWEEN INTERVAL '5 minutes' PRECEDING AND CURRENT ROW),
+       w30m AS (PARTITION BY symbol ORDER BY ts RANGE BETWEEN INTERVAL '30 minutes' PRECEDING AND CURRENT ROW)

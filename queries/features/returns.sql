@@ -12,8 +12,8 @@ WITH r AS (
 )
 SELECT symbol, ts, seq,
        ret_1,
-       log_return(price, rolling_first(price, ts, INTERVAL '5 minutes') OVER w) AS ret_5m,
-       rolling_std(ret_1, ts, INTERVAL '5 minutes') OVER w AS vol_5m,
-       ewm_zscore(ret_1, 20, 200) OVER w AS ret_ewm_z
+       log_return(price, first_value(price) OVER w5m) AS ret_5m,
+       stddev_samp(ret_1) OVER w5m AS vol_5m,
+       ewm_zscore(ret_1, 20, 200) OVER (PARTITION BY symbol ORDER BY ts, seq) AS ret_ewm_z
 FROM r
-WINDOW w AS (PARTITION BY symbol ORDER BY ts, seq)
+WINDOW w5m AS (PARTITION BY symbol ORDER BY ts RANGE BETWEEN INTERVAL '5 minutes' PRECEDING AND CURRENT ROW)

@@ -38,4 +38,5 @@ pub fn register_all(ctx: &SessionContext) {
     for udf in window::window_udfs() {
         ctx.register_udwf(udf);
     }
+    ctx.add_analyzer_rule(std::sync::Arc::new(window::ExactRangeWindowsRule::new()));
 }

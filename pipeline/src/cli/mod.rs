@@ -35,7 +35,7 @@ const AFTER_LONG_HELP: &str = "\
 Examples:
   stockanomaly demo
   stockanomaly simulate --symbols 50 --days 10 --seed 7
-  stockanomaly ingest csv data/sample-annotated.csv --format auto
+  stockanomaly ingest csv data/sample-trades.csv
   stockanomaly sql \"SELECT symbol, count(*) FROM ticks GROUP BY symbol\"
 
 Exit status: 0 on success, 1 when a run fails, 2 on bad usage, configuration

@@ -228,12 +228,24 @@ async fn check_file(
         err(at, clean_message(&e))
     })?;
     let features = check_schema(&plan).map_err(|m| err(None, m))?;
-    let derived = lookback::derive(&plan).map_err(|problems| {
+    // Frames are typed (an '5 minutes' string becomes an interval) and
+    // standard window aggregates rewritten to the exact UDFs only by the
+    // analyzer, so lookback and drift are judged on the analyzed plan.
+    let analyzed = ctx
+        .state()
+        .optimize(&plan)
+        .map_err(|e| err(error_location(&e), clean_message(&e)))?;
+    let located = |problems: Vec<lookback::Problem>| {
         problems
             .into_iter()
             .map(|p| CatalogError::new(path, locate(sql, &p.needle), p.message))
             .collect::<Vec<_>>()
-    })?;
+    };
+    let derived = lookback::derive(&analyzed).map_err(located)?;
+    let drift = lookback::drifting(&analyzed);
+    if !drift.is_empty() {
+        return Err(located(drift));
+    }
     Ok(FeatureFile {
         path: path.to_owned(),
         name: header.name.unwrap_or_else(|| {

@@ -237,3 +237,33 @@ fn interval(v: &ScalarValue) -> Result<Duration, String> {
         .map(Duration::from_nanos)
         .map_err(|_| format!("negative interval {v}; {HINT}"))
 }
+
+/// Window aggregates that would still run on DataFusion's sliding
+/// accumulators after the exact-window rewrite: floating-point add and
+/// retract makes their value depend on history before the window, so
+/// backfill and streaming could disagree in the last bits.
+pub(crate) fn drifting(analyzed: &LogicalPlan) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let _ = analyzed.apply_with_subqueries(|node| {
+        if let LogicalPlan::Window(w) = node {
+            for wf in w.window_expr.iter().filter_map(window_function) {
+                let exact = matches!(wf.fun.name(), "min" | "max" | "count");
+                let sliding = !matches!(wf.params.window_frame.start_bound, WindowFrameBound::CurrentRow);
+                if matches!(wf.fun, WindowFunctionDefinition::AggregateUDF(_)) && sliding && !exact {
+                    let name = wf.fun.name().to_owned();
+                    problems.push(Problem {
+                        needle: name.clone(),
+                        message: format!(
+                            "{name} over a sliding frame is computed by adding and retracting floating-point \
+                             values, so its last bits depend on the history before the window and backfill and \
+                             streaming could disagree; use a RANGE BETWEEN INTERVAL '...' PRECEDING AND CURRENT ROW \
+                             frame ordered by ts alone (run exactly) or a rolling_* function"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    problems
+}

@@ -48,10 +48,12 @@ use datafusion::logical_expr::WindowUDF;
 mod ewm;
 mod exact_sum;
 mod frame;
+mod rewrite;
 mod rolling;
 
 pub use ewm::{EwmZscoreUdf, EWM_MAX_TICKS};
 pub use exact_sum::{two_prod, ExactSum, MOMENT_LIMIT, MOMENT_TINY, SUM_LIMIT};
+pub use rewrite::ExactRangeWindowsRule;
 pub use rolling::{
     RollingCountUdf, RollingFirstUdf, RollingMaxUdf, RollingMeanUdf, RollingMinUdf, RollingStdUdf,
     RollingSumUdf, RollingVarUdf, RollingVwapUdf, RollingZscoreUdf,
