@@ -1,0 +1,332 @@
+//! Every feature of the shipped pack against an independent computation on
+//! hand-made ticks: a first tick, ties on `ts`, gaps longer than the
+//! windows, zero variance, bars and trades, missing quotes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Float64Type, TimestampMicrosecondType, UInt32Type};
+use datafusion::datasource::MemTable;
+use stockanomaly::features::Catalog;
+use stockanomaly::lake::schema_session;
+use stockanomaly::tick::{TickBuilder, TickRecord, Validator};
+
+const T0: i64 = 1_704_205_800_000_000; // 2024-01-02T14:30:00Z = 09:30 New York
+const S: i64 = 1_000_000;
+const MIN: i64 = 60 * S;
+
+#[derive(Debug, Clone, Copy)]
+struct T {
+    sym: &'static str,
+    ts: i64,
+    seq: u32,
+    price: f64,
+    volume: f64,
+    bar: Option<(f64, f64, f64)>,
+    quote: Option<(f64, f64, f64, f64)>,
+}
+
+fn ticks() -> Vec<T> {
+    let q = |b: f64, a: f64, bs: f64, as_: f64| Some((b, a, bs, as_));
+    let trade = |ts, seq, price, volume, quote| T {
+        sym: "AAA",
+        ts,
+        seq,
+        price,
+        volume,
+        bar: None,
+        quote,
+    };
+    let bar = |ts, price, volume, o, h, l| T {
+        sym: "BBB",
+        ts,
+        seq: 0,
+        price,
+        volume,
+        bar: Some((o, h, l)),
+        quote: None,
+    };
+    vec![
+        trade(T0, 0, 100.0, 10.0, q(99.9, 100.1, 100.0, 300.0)),
+        trade(T0, 1, 100.5, 20.0, q(99.9, 100.1, 100.0, 300.0)),
+        trade(T0 + 30 * S, 0, 100.2, 5.0, None),
+        trade(T0 + 2 * MIN, 0, 100.2, 5.0, q(100.1, 100.3, 0.0, 0.0)),
+        trade(
+            T0 + 2 * MIN + 5 * S,
+            0,
+            100.4,
+            0.0,
+            q(100.3, 100.5, 500.0, 100.0),
+        ),
+        trade(T0 + 10 * MIN, 0, 101.0, 50.0, q(100.9, 101.1, 200.0, 200.0)),
+        trade(
+            T0 + 10 * MIN + S,
+            0,
+            101.0,
+            50.0,
+            q(100.9, 101.1, 200.0, 200.0),
+        ),
+        trade(
+            T0 + 10 * MIN + S,
+            1,
+            101.0,
+            50.0,
+            q(100.9, 101.1, 200.0, 200.0),
+        ),
+        trade(T0 + 50 * MIN, 0, 99.0, 1.0, q(98.9, 99.1, 10.0, 30.0)),
+        trade(
+            T0 + 50 * MIN + 4 * S,
+            0,
+            99.5,
+            3.0,
+            q(99.4, 99.6, 10.0, 30.0),
+        ),
+        bar(T0, 20.0, 1000.0, 19.5, 20.5, 19.0),
+        bar(T0 + MIN, 20.2, 0.0, 20.0, 20.4, 19.9),
+        bar(T0 + 2 * MIN, 20.1, 300.0, 20.2, 20.3, 20.0),
+    ]
+}
+
+fn batch(ts: &[T]) -> RecordBatch {
+    let mut b = TickBuilder::with_validator("test", Validator::with_now(T0 + 86_400_000_000));
+    for t in ts {
+        let mut r = TickRecord::trade(t.ts, t.sym, t.price, t.volume);
+        if let Some((o, h, l)) = t.bar {
+            (r.open, r.high, r.low) = (Some(o), Some(h), Some(l));
+        }
+        if let Some((bid, ask, bs, as_)) = t.quote {
+            (r.bid, r.ask, r.bid_size, r.ask_size) = (Some(bid), Some(ask), Some(bs), Some(as_));
+        }
+        b.push(&r).unwrap();
+    }
+    b.finish()
+}
+
+type Row = BTreeMap<String, Option<f64>>;
+
+async fn computed(ts: &[T]) -> BTreeMap<(String, i64, u32), Row> {
+    let catalog = Catalog::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../queries"))
+        .await
+        .unwrap();
+    let ctx = schema_session();
+    ctx.deregister_table("ticks").unwrap();
+    let b = batch(ts);
+    ctx.register_table(
+        "ticks",
+        Arc::new(MemTable::try_new(b.schema(), vec![vec![b]]).unwrap()),
+    )
+    .unwrap();
+    let mut out: BTreeMap<(String, i64, u32), Row> = BTreeMap::new();
+    for f in catalog.files() {
+        let casts: Vec<String> = f
+            .features
+            .iter()
+            .map(|n| format!("CAST(\"{n}\" AS DOUBLE) AS \"{n}\""))
+            .collect();
+        let sql = format!(
+            "SELECT symbol, ts, seq, {} FROM ({})",
+            casts.join(", "),
+            f.sql
+        );
+        for b in ctx.sql(&sql).await.unwrap().collect().await.unwrap() {
+            let s = b.column(0).as_string::<i32>();
+            let t = b.column(1).as_primitive::<TimestampMicrosecondType>();
+            let q = b.column(2).as_primitive::<UInt32Type>();
+            for i in 0..b.num_rows() {
+                let row = out
+                    .entry((s.value(i).to_owned(), t.value(i), q.value(i)))
+                    .or_default();
+                for (c, name) in f.features.iter().enumerate() {
+                    let col = b.column(3 + c).as_primitive::<Float64Type>();
+                    row.insert(name.clone(), (!col.is_null(i)).then(|| col.value(i)));
+                }
+            }
+        }
+    }
+    out
+}
+
+// ---- the independent computation: plain loops over one symbol's ticks ----
+
+fn mean(x: &[f64]) -> Option<f64> {
+    (!x.is_empty()).then(|| x.iter().sum::<f64>() / x.len() as f64)
+}
+
+fn sd(x: &[f64]) -> Option<f64> {
+    if x.len() < 2 {
+        return None;
+    }
+    let m = mean(x)?;
+    Some((x.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (x.len() - 1) as f64).sqrt())
+}
+
+fn nonzero(v: Option<f64>) -> Option<f64> {
+    v.filter(|v| *v != 0.0)
+}
+
+fn expected(all: &[T]) -> BTreeMap<(String, i64, u32), Row> {
+    let mut out = BTreeMap::new();
+    for sym in ["AAA", "BBB"] {
+        let mut s: Vec<T> = all.iter().copied().filter(|t| t.sym == sym).collect();
+        s.sort_by_key(|t| (t.ts, t.seq));
+        let ret1: Vec<Option<f64>> = (0..s.len())
+            .map(|i| (i > 0).then(|| (s[i].price / s[i - 1].price).ln()))
+            .collect();
+        let imbalance: Vec<Option<f64>> = s
+            .iter()
+            .map(|t| {
+                t.quote
+                    .and_then(|(_, _, b, a)| (b + a > 0.0).then(|| (b - a) / (b + a)))
+            })
+            .collect();
+        for (i, t) in s.iter().enumerate() {
+            // RANGE frames: same symbol, ts in [t - w, t], peers with equal ts included.
+            let window = |w: i64| -> Vec<usize> {
+                (0..s.len())
+                    .filter(|&j| s[j].ts >= t.ts - w && s[j].ts <= t.ts)
+                    .collect()
+            };
+            let vals = |idx: &[usize], f: &dyn Fn(usize) -> Option<f64>| -> Vec<f64> {
+                idx.iter().filter_map(|&j| f(j)).collect()
+            };
+            let w5 = window(5 * MIN);
+            let w30 = window(30 * MIN);
+            let w1 = window(MIN);
+            let w10s = window(10 * S);
+            let mut r = Row::new();
+            r.insert("ret_1".into(), ret1[i]);
+            r.insert("ret_5m".into(), Some((t.price / s[w5[0]].price).ln()));
+            r.insert("vol_5m".into(), sd(&vals(&w5, &|j| ret1[j])));
+            // EWMA of the previous up-to-200 ticks' ret_1, half-life 20 ticks.
+            let prev: Vec<(f64, f64)> = (1..=200usize.min(i))
+                .filter_map(|k| ret1[i - k].map(|x| (0.5f64.powf(k as f64 / 20.0), x)))
+                .collect();
+            let ewm = if prev.len() < 2 || ret1[i].is_none() {
+                None
+            } else {
+                let w: f64 = prev.iter().map(|p| p.0).sum();
+                let w2: f64 = prev.iter().map(|p| p.0 * p.0).sum();
+                let m = prev.iter().map(|p| p.0 * p.1).sum::<f64>() / w;
+                let var = prev.iter().map(|p| p.0 * (p.1 - m).powi(2)).sum::<f64>() / (w - w2 / w);
+                (var > 0.0).then(|| (ret1[i].unwrap_or(0.0) - m) / var.sqrt())
+            };
+            r.insert("ret_ewm_z".into(), ewm);
+            let z = |x: f64, xs: &[f64]| -> Option<f64> {
+                nonzero(sd(xs)).map(|d| (x - mean(xs).unwrap_or(0.0)) / d)
+            };
+            r.insert(
+                "volume_z_30m".into(),
+                z(t.volume, &vals(&w30, &|j| Some(s[j].volume))),
+            );
+            r.insert(
+                "price_z_30m".into(),
+                z(t.price, &vals(&w30, &|j| Some(s[j].price))),
+            );
+            let pv: f64 = w30.iter().map(|&j| s[j].price * s[j].volume).sum();
+            let v: f64 = w30.iter().map(|&j| s[j].volume).sum();
+            r.insert(
+                "vwap_dev_30m".into(),
+                nonzero(Some(v)).map(|v| t.price / (pv / v) - 1.0),
+            );
+            r.insert(
+                "range_ratio".into(),
+                t.bar.map(|(_, h, l)| (h - l) / t.price),
+            );
+            r.insert(
+                "spread_bps".into(),
+                t.quote.and_then(|(b, a, _, _)| {
+                    (b > 0.0 && a > 0.0).then(|| (a - b) / ((a + b) / 2.0) * 1e4)
+                }),
+            );
+            r.insert("quote_imbalance".into(), imbalance[i]);
+            r.insert("tick_rate_1m".into(), Some(w1.len() as f64));
+            r.insert(
+                "burst_ratio".into(),
+                Some(w10s.len() as f64 / (w5.len() as f64 / 30.0)),
+            );
+            let ny = chrono::DateTime::from_timestamp_micros(t.ts)
+                .unwrap()
+                .with_timezone(&chrono_tz::America::New_York);
+            let frac = (chrono::Timelike::num_seconds_from_midnight(&ny) as f64
+                + f64::from(chrono::Timelike::nanosecond(&ny)) / 1e9)
+                / 86_400.0;
+            r.insert(
+                "tod_sin".into(),
+                Some((2.0 * std::f64::consts::PI * frac).sin()),
+            );
+            r.insert(
+                "tod_cos".into(),
+                Some((2.0 * std::f64::consts::PI * frac).cos()),
+            );
+            r.insert("imbalance_1m".into(), mean(&vals(&w1, &|j| imbalance[j])));
+            let v5: f64 = w5.iter().map(|&j| s[j].volume).sum();
+            r.insert(
+                "volume_share_5m".into(),
+                nonzero(Some(v)).map(|v30| v5 / v30),
+            );
+            let p5 = vals(&w5, &|j| Some(s[j].price));
+            let (hi, lo) = p5
+                .iter()
+                .fold((f64::MIN, f64::MAX), |a, &p| (a.0.max(p), a.1.min(p)));
+            r.insert("range_5m".into(), Some((hi - lo) / t.price));
+            r.insert("max_move_5m".into(), z(t.price, &p5).map(f64::abs));
+            out.insert((sym.to_owned(), t.ts, t.seq), r);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_feature_matches_an_independent_computation() {
+    let ts = ticks();
+    let got = computed(&ts).await;
+    let want = expected(&ts);
+    assert_eq!(got.len(), want.len());
+    let catalog = Catalog::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../queries"))
+        .await
+        .unwrap();
+    for name in catalog.feature_names() {
+        assert!(
+            want.values().next().unwrap().contains_key(name),
+            "no independent computation for {name}"
+        );
+    }
+    for (key, w) in &want {
+        let g = &got[key];
+        for (name, wv) in w {
+            let gv = g[name];
+            match (gv, wv) {
+                (None, None) => {}
+                (Some(a), Some(b)) => {
+                    let tol = 1e-9 * b.abs().max(1.0);
+                    assert!((a - b).abs() <= tol, "{name} at {key:?}: got {a}, want {b}");
+                }
+                _ => panic!("{name} at {key:?}: got {gv:?}, want {wv:?}"),
+            }
+        }
+    }
+    // Spot checks of the cases the fixture is built for.
+    let first = &got[&("AAA".to_owned(), T0, 0)];
+    assert_eq!(first["ret_1"], None, "first tick has no previous price");
+    assert_eq!(
+        first["tick_rate_1m"],
+        Some(2.0),
+        "a tick sees its peer with the same ts"
+    );
+    let after_gap = &got[&("AAA".to_owned(), T0 + 50 * MIN, 0)];
+    assert_eq!(
+        after_gap["price_z_30m"], None,
+        "alone in its window after a 40-minute gap"
+    );
+    let flat = &got[&("AAA".to_owned(), T0 + 10 * MIN + S, 1)];
+    assert_eq!(
+        flat["max_move_5m"], None,
+        "zero variance in the 5-minute window"
+    );
+    assert_eq!(
+        got[&("BBB".to_owned(), T0 + MIN, 0)]["range_ratio"],
+        Some(0.5 / 20.2)
+    );
+}
