@@ -272,6 +272,39 @@ fn expected(all: &[T]) -> BTreeMap<(String, i64, u32), Row> {
                 .fold((f64::MIN, f64::MAX), |a, &p| (a.0.max(p), a.1.min(p)));
             r.insert("range_5m".into(), Some((hi - lo) / t.price));
             r.insert("max_move_5m".into(), z(t.price, &p5).map(f64::abs));
+            let signed: Vec<Option<f64>> = (0..s.len())
+                .map(|j| {
+                    (j > 0).then(|| {
+                        let d = s[j].price - s[j - 1].price;
+                        if d > 0.0 {
+                            s[j].volume
+                        } else if d < 0.0 {
+                            -s[j].volume
+                        } else {
+                            0.0
+                        }
+                    })
+                })
+                .collect();
+            let sv5: f64 = vals(&w5, &|j| signed[j]).iter().sum();
+            r.insert(
+                "flow_imbalance_5m".into(),
+                nonzero(Some(v5)).map(|v| sv5 / v),
+            );
+            let open = (9 * 60 + 30) as f64;
+            let minute = (chrono::Timelike::num_seconds_from_midnight(&ny) as f64
+                + f64::from(chrono::Timelike::nanosecond(&ny)) / 1e9)
+                / 60.0;
+            let to_close = 390.0 - (minute - open);
+            r.insert("minutes_to_close".into(), Some(to_close));
+            r.insert(
+                "close_move_5m".into(),
+                Some(if to_close <= 15.0 {
+                    (t.price / s[w5[0]].price).ln()
+                } else {
+                    0.0
+                }),
+            );
             out.insert((sym.to_owned(), t.ts, t.seq), r);
         }
     }

@@ -10,10 +10,12 @@ use datafusion::prelude::SessionContext;
 
 mod day_fraction;
 mod log_return;
+mod session;
 pub mod window;
 
 pub use day_fraction::{day_fraction, DayFractionUdf};
 pub use log_return::LogReturnUdf;
+pub use session::{session_minute, signed_volume, SessionMinuteUdf, SignedVolumeUdf};
 pub use window::{
     lookback_of, EwmZscoreUdf, Lookback, RollingCountUdf, RollingFirstUdf, RollingMaxUdf,
     RollingMeanUdf, RollingMinUdf, RollingStdUdf, RollingSumUdf, RollingVarUdf, RollingVwapUdf,
@@ -34,6 +36,12 @@ pub fn register_all(ctx: &SessionContext) {
     ));
     ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(
         DayFractionUdf::new(),
+    ));
+    ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(
+        SessionMinuteUdf::new(),
+    ));
+    ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(
+        SignedVolumeUdf::new(),
     ));
     for udf in window::window_udfs() {
         ctx.register_udwf(udf);
