@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/stockanomaly-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# XGBoost's C library, linked by xgboost_lib-sys (see scripts/xgboost-lib.sh).
+XGBOOST_LIB_DIR="$(scripts/xgboost-lib.sh)"
+export XGBOOST_LIB_DIR
 
 . scripts/test-env.sh
 trap test_env_stop EXIT

@@ -9,6 +9,7 @@ pub mod features;
 pub mod ingest;
 pub mod labels;
 pub mod lake;
+pub mod model;
 pub mod sources;
 pub mod tick;
 
