@@ -5,6 +5,11 @@
 CARGO_TARGET_DIR ?= /var/tmp/stockanomaly-target
 export CARGO_TARGET_DIR
 
+# XGBoost's C library (3.4.1, from PyPI's xgboost-cpu wheel), downloaded once
+# into /var/tmp/stockanomaly; xgboost_lib-sys links it and pipeline/build.rs
+# bakes the folder into the binaries' rpath.
+export XGBOOST_LIB_DIR := $(shell scripts/xgboost-lib.sh)
+
 .PHONY: demo test bench build fmt lint
 
 demo:
@@ -13,8 +18,10 @@ demo:
 test:
 	scripts/test.sh
 
+# Backfill rows/s against DuckDB on the same SQL, then `stockanomaly bench`
+# (scripts/bench.sh --quick for a smoke run).
 bench:
-	cargo run --locked --release -p stockanomaly -- bench
+	scripts/bench.sh
 
 build:
 	cargo build --locked

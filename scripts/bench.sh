@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# `make bench`: feature backfill throughput of stockanomaly against DuckDB
+# running the same SQL, then `stockanomaly bench` (simulation and ingestion).
+#
+#   scripts/bench.sh            release build; >= 1.56M minute bars and
+#                               >= 10M trade ticks
+#   scripts/bench.sh --quick    ~100k rows per dataset, no `stockanomaly bench`
+#                               (a smoke run; fine with a debug build)
+#
+# Environment:
+#   STOCKANOMALY_BIN       binary to run; when set, nothing is built
+#                          (e.g. $CARGO_TARGET_DIR/debug/stockanomaly)
+#   BENCH_DUCKDB_THREADS   DuckDB threads (default: nproc, as DataFusion uses)
+#   TMPDIR                 where the scratch lakes go (removed at exit)
+#
+# For each dataset: simulate into a scratch lake, `stockanomaly backfill
+# --force` of queries/ (its own timing), then scripts/bench-duckdb.py over the
+# same lake (DuckDB from the project venv, scripts/test-env.sh setup_python),
+# and a table of rows/s and the ratio stockanomaly / duckdb (> 1: faster).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+say() { printf 'bench: %s\n' "$*" >&2; }
+die() {
+  printf 'bench: error: %s\n' "$*" >&2
+  exit 1
+}
+
+QUICK=0
+for arg in "$@"; do
+  case "$arg" in
+  --quick) QUICK=1 ;;
+  -h | --help)
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+    exit 0
+    ;;
+  *) die "unknown argument '$arg' (usage: scripts/bench.sh [--quick])" ;;
+  esac
+done
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/stockanomaly-target}"
+THREADS="${BENCH_DUCKDB_THREADS:-$(nproc)}"
+
+# --- binary ------------------------------------------------------------------
+if [ -n "${STOCKANOMALY_BIN:-}" ]; then
+  BIN="$STOCKANOMALY_BIN"
+  [ -x "$BIN" ] || die "STOCKANOMALY_BIN=$BIN is not an executable file"
+  say "using $BIN (STOCKANOMALY_BIN; not building)"
+else
+  command -v cargo >/dev/null || die "cargo not found (or set STOCKANOMALY_BIN to a built binary)"
+  say "building the release binary (cargo build --release --locked -p stockanomaly)"
+  cargo build --release --locked -p stockanomaly || die "the release build failed"
+  BIN="$CARGO_TARGET_DIR/release/stockanomaly"
+  [ -x "$BIN" ] || die "no binary at $BIN after the build"
+fi
+
+# --- Python venv with DuckDB ---------------------------------------------------
+# test-env.sh makes a scratch folder (SA_RUN) when sourced; test_env_stop
+# removes it, and the trap below calls it.
+# shellcheck source=scripts/test-env.sh
+. "$ROOT/scripts/test-env.sh"
+SCRATCH=""
+cleanup() {
+  local rc=$?
+  [ -n "$SCRATCH" ] && rm -rf "$SCRATCH"
+  test_env_stop >/dev/null 2>&1 || true
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+command -v python3 >/dev/null || die "python3 not found (needed for the DuckDB venv)"
+python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv ||
+  die "python3-venv is missing and could not be installed"
+setup_python || die "could not set up the Python venv in $SA_VENV (see pip's output above)"
+PY="$SA_VENV/bin/python"
+"$PY" -c 'import duckdb' 2>/dev/null || die "duckdb does not import in $SA_VENV; remove $SA_VENV and rerun"
+
+SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/stockanomaly-bench.XXXXXX")"
+
+# --- datasets -------------------------------------------------------------------
+# name|simulate flags|minimum rows. Minute bars: 390 per symbol and XNYS day.
+if [ "$QUICK" = 1 ]; then
+  DATASETS=(
+    "minute bars|--kind bars --symbols 16 --days 16|90000"
+    "trade ticks|--kind trades --symbols 10 --days 5 --trades-per-day 2000|80000"
+  )
+else
+  DATASETS=(
+    "minute bars|--kind bars --symbols 200 --days 20|1560000"
+    "trade ticks|--kind trades --symbols 100 --days 5 --trades-per-day 20000|10000000"
+  )
+fi
+
+# Thousands separators for an integer or a float (rounded).
+fmt_int() { LC_ALL=C awk -v n="$1" 'BEGIN { s = sprintf("%.0f", n); o = ""; while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) } print s o }'; }
+
+RESULTS=()
+NOT_COMPUTED=""
+for ds in "${DATASETS[@]}"; do
+  IFS='|' read -r name flags min_rows <<<"$ds"
+  lake="$SCRATCH/lake"
+  rm -rf "$lake"
+  say "== $name: simulate $flags"
+  # shellcheck disable=SC2086
+  sim_out="$("$BIN" simulate --lake "$lake" $flags --seed 1)" || die "$name: simulate failed"
+  printf '%s\n' "$sim_out" | sed -n 1p >&2
+  ticks="$(printf '%s\n' "$sim_out" | sed -n 's/.*: \([0-9,]*\) ticks,.*/\1/p' | head -n 1 | tr -d ,)"
+  [ -n "$ticks" ] || die "$name: cannot read the tick count from simulate's output"
+  if [ "$ticks" -lt "$min_rows" ]; then
+    say "WARNING: $name: only $(fmt_int "$ticks") ticks simulated, below the $(fmt_int "$min_rows") aimed at"
+  fi
+
+  say "== $name: stockanomaly backfill --force"
+  bf_out="$("$BIN" backfill --lake "$lake" --queries "$ROOT/queries" --force)" ||
+    die "$name: stockanomaly backfill failed"
+  printf '%s\n' "$bf_out" >&2
+  # "  5 dates computed, 0 already done; 10,012,345 rows in 12.34s, 811.2k/s"
+  line="$(printf '%s\n' "$bf_out" | grep -E '[0-9,]+ rows in [0-9.]+s' | tail -n 1)" ||
+    die "$name: cannot find 'N rows in S s' in the backfill's output"
+  sa_rows="$(printf '%s\n' "$line" | sed -E 's/.* ([0-9,]+) rows in ([0-9.]+)s.*/\1/' | tr -d ,)"
+  sa_secs="$(printf '%s\n' "$line" | sed -E 's/.* ([0-9,]+) rows in ([0-9.]+)s.*/\2/')"
+  sa_rate="$(LC_ALL=C awk -v r="$sa_rows" -v s="$sa_secs" 'BEGIN { if (s <= 0) s = 0.005; printf "%.1f", r / s }')"
+  [ "$sa_rows" = "$ticks" ] || say "note: backfill wrote $(fmt_int "$sa_rows") rows for $(fmt_int "$ticks") ticks"
+
+  say "== $name: DuckDB, same SQL ($THREADS threads)"
+  duck_log="$SCRATCH/duckdb.log"
+  TMPDIR="$SCRATCH" "$PY" "$ROOT/scripts/bench-duckdb.py" "$lake" "$ROOT/queries" --threads "$THREADS" \
+    >"$duck_log" 2>&1 || {
+    cat "$duck_log" >&2
+    die "$name: scripts/bench-duckdb.py failed"
+  }
+  grep -v '^DUCKDB_ROWS_PER_SEC=' "$duck_log" >&2 || true
+  duck_rate="$(sed -n 's/^DUCKDB_ROWS_PER_SEC=//p' "$duck_log" | tail -n 1)"
+  [ -n "$duck_rate" ] || die "$name: no DUCKDB_ROWS_PER_SEC line from scripts/bench-duckdb.py"
+  ratio="$(LC_ALL=C awk -v a="$sa_rate" -v b="$duck_rate" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
+  RESULTS+=("$name|$sa_rows|$sa_rate|$duck_rate|$ratio")
+  NOT_COMPUTED="$(sed -n 's/^bench-duckdb: note: \([A-Za-z0-9_]*\) .*NOT computed.*/\1/p' "$duck_log" | paste -sd, -)"
+  rm -rf "$lake"
+done
+
+echo
+echo "Feature backfill, default pack (queries/features), $(basename "$BIN") $("$BIN" --version 2>/dev/null | awk '{print $NF}') vs DuckDB $("$PY" -c 'import duckdb; print(duckdb.__version__)') ($THREADS threads)"
+[ -z "$NOT_COMPUTED" ] || echo "(not computed by DuckDB, no equivalent of ewm_zscore: $NOT_COMPUTED)"
+printf '%-12s %12s %20s %15s %8s\n' dataset rows "stockanomaly rows/s" "duckdb rows/s" ratio
+for r in "${RESULTS[@]}"; do
+  IFS='|' read -r name rows sa duck ratio <<<"$r"
+  printf '%-12s %12s %20s %15s %8s\n' "$name" "$(fmt_int "$rows")" "$(fmt_int "$sa")" "$(fmt_int "$duck")" "$ratio"
+done
+echo "ratio = stockanomaly rows/s / duckdb rows/s (> 1: stockanomaly is faster); both write zstd Parquet."
+echo "stockanomaly computes one date at a time, re-reading the lookback before each; DuckDB the whole lake in one query."
+case "$BIN" in
+*/debug/*) echo "(debug binary: these figures say nothing about performance; use make bench)" ;;
+esac
+[ "$QUICK" = 0 ] || echo "(--quick: a smoke run on ~100k rows, not a measurement)"
+
+if [ "$QUICK" = 0 ]; then
+  echo
+  say "== stockanomaly bench (simulation, backfill, CSV ingestion)"
+  TMPDIR="$SCRATCH" "$BIN" bench || die "stockanomaly bench failed"
+fi
