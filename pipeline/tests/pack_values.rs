@@ -286,10 +286,12 @@ fn expected(all: &[T]) -> BTreeMap<(String, i64, u32), Row> {
                     })
                 })
                 .collect();
-            let sv5: f64 = vals(&w5, &|j| signed[j]).iter().sum();
+            // SQL's sum of nothing but NULLs is NULL.
+            let sv5 = vals(&w5, &|j| signed[j]);
+            let sv5 = (!sv5.is_empty()).then(|| sv5.iter().sum::<f64>());
             r.insert(
                 "flow_imbalance_5m".into(),
-                nonzero(Some(v5)).map(|v| sv5 / v),
+                sv5.zip(nonzero(Some(v5))).map(|(a, v)| a / v),
             );
             let open = (9 * 60 + 30) as f64;
             let minute = (chrono::Timelike::num_seconds_from_midnight(&ny) as f64
