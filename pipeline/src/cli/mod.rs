@@ -9,6 +9,7 @@ mod ingest;
 mod output;
 mod simulate;
 mod sql;
+mod train;
 
 use std::fmt;
 
@@ -23,6 +24,7 @@ pub use features::{FeaturesArgs, FeaturesCommand};
 pub use ingest::{IngestArgs, IngestCommand, IngestCsvArgs};
 pub use simulate::SimulateArgs;
 pub use sql::{SqlArgs, SqlFormat};
+pub use train::{EvaluateArgs, TrainArgs};
 
 const LONG_ABOUT: &str = "\
 StockAnomaly detects anomalous and manipulative trading in market data.
@@ -78,6 +80,10 @@ pub enum Command {
     Backfill(BackfillArgs),
     /// List, check and explain the SQL feature files.
     Features(FeaturesArgs),
+    /// Train an XGBoost model on the feature snapshot and labels, split by time.
+    Train(TrainArgs),
+    /// Print a trained model's metrics on a labelled date range.
+    Evaluate(EvaluateArgs),
     /// Run SQL over the lake (tables `ticks`, `labels`; all UDFs registered).
     Sql(SqlArgs),
     /// Run the whole pipeline on embedded defaults: no servers needed.
@@ -136,6 +142,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sql(args) => sql::run(&cli.lake, args).await,
         Command::Features(args) => features::run(args).await,
         Command::Backfill(args) => backfill::run(&cli.lake, args).await,
+        Command::Train(args) => train::run_train(&cli.lake, args).await,
+        Command::Evaluate(args) => train::run_evaluate(&cli.lake, args).await,
         Command::Demo(args) => demo::run(&cli.lake, args).await,
         Command::Bench(args) => bench::run(args).await,
     }

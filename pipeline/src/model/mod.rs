@@ -5,7 +5,17 @@
 //! training one round at a time, predictions, SHAP contributions and models in
 //! XGBoost's JSON format, which Python's `xgboost` loads. All the `unsafe` of
 //! the crate's XGBoost use lives there.
+//!
+//! [`mod@train`] splits the `training` view by time, trains with early stopping
+//! and writes an artifact folder (`model.json`, [`manifest`]); [`metrics`]
+//! scores a model against labels.
 
+pub mod manifest;
+pub mod metrics;
+pub mod train;
 pub mod xgb;
 
+pub use manifest::{Manifest, ManifestError};
+pub use metrics::Metrics;
+pub use train::{evaluate, train, TrainError, TrainOptions};
 pub use xgb::{Booster, DMatrix, EvalMetric, FeatureScore, PredictKind, XgbError};

@@ -1,0 +1,344 @@
+//! `stockanomaly train` and `stockanomaly evaluate`: a model from the
+//! feature snapshot and labels, and its metrics on any labelled range.
+
+use std::path::PathBuf;
+
+use chrono::NaiveDate;
+use clap::Args;
+
+use super::output::{count, count_bar};
+use super::{open_lake, UsageError};
+use crate::features::{Catalog, DEFAULT_QUERIES};
+use crate::model::manifest::{Manifest, ThresholdRule, MANIFEST_FILE, MODEL_FILE};
+use crate::model::{evaluate, train, Metrics, TrainError, TrainOptions};
+
+/// `stockanomaly train`.
+#[derive(Debug, Args)]
+#[command(after_long_help = "\
+Trains an XGBoost model (binary:logistic, hist trees) on the current feature
+set's snapshot joined with the labels (the `training` view), split by time
+on its dates: the earliest train, the next --valid-days validate (early
+stopping on aucpr, the alert threshold), the last --test-days test. Rows of
+validation and test within the feature set's lookback after the previous
+split's last tick are dropped (embargo). scale_pos_weight defaults to the
+training negatives over positives.
+
+Writes DIR/model.json (XGBoost's JSON, loadable by Python's xgboost; predict
+with iteration_range=(0, best_iteration + 1)) and DIR/manifest.json.
+
+Examples:
+  stockanomaly backfill && stockanomaly train
+  stockanomaly train --valid-days 2 --test-days 2 --params max_depth=4 eta=0.05
+  stockanomaly train --target-precision 0.8 --out model/artifacts/precise")]
+pub struct TrainArgs {
+    /// First date to use (YYYY-MM-DD; default: the snapshot's first).
+    #[arg(long, env = "STOCKANOMALY_FROM")]
+    pub from: Option<NaiveDate>,
+
+    /// Last date to use, inclusive (default: the snapshot's last).
+    #[arg(long, env = "STOCKANOMALY_TO")]
+    pub to: Option<NaiveDate>,
+
+    /// Dates in the validation split (after the training dates).
+    #[arg(
+        long,
+        env = "STOCKANOMALY_VALID_DAYS",
+        default_value_t = 1,
+        value_name = "N"
+    )]
+    pub valid_days: usize,
+
+    /// Dates in the test split (the last ones).
+    #[arg(
+        long,
+        env = "STOCKANOMALY_TEST_DAYS",
+        default_value_t = 1,
+        value_name = "N"
+    )]
+    pub test_days: usize,
+
+    /// XGBoost parameters replacing the defaults, as key=value (e.g.
+    /// max_depth=4 eta=0.05 scale_pos_weight=10).
+    #[arg(long, env = "STOCKANOMALY_PARAMS", num_args = 1.., value_name = "K=V", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+
+    /// Maximum boosting rounds.
+    #[arg(
+        long,
+        env = "STOCKANOMALY_ROUNDS",
+        default_value_t = 300,
+        value_name = "N"
+    )]
+    pub rounds: u32,
+
+    /// Stop after this many rounds without a better validation aucpr.
+    #[arg(
+        long,
+        env = "STOCKANOMALY_PATIENCE",
+        default_value_t = 20,
+        value_name = "N"
+    )]
+    pub patience: u32,
+
+    /// XGBoost's random seed.
+    #[arg(
+        long,
+        env = "STOCKANOMALY_SEED",
+        default_value_t = 42,
+        value_name = "S"
+    )]
+    pub seed: u64,
+
+    /// Alert threshold: the lowest reaching this validation precision
+    /// (default: the best validation F1).
+    #[arg(long, env = "STOCKANOMALY_TARGET_PRECISION", value_name = "P")]
+    pub target_precision: Option<f64>,
+
+    /// Artifact folder (default: model/artifacts/<feature-set hash>).
+    #[arg(long, env = "STOCKANOMALY_OUT", value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// Folder holding `features/*.sql`.
+    #[arg(long, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
+    pub queries: PathBuf,
+}
+
+/// `stockanomaly evaluate`.
+#[derive(Debug, Args)]
+#[command(after_long_help = "\
+Scores the labelled feature rows of a date range with a trained model (the
+trees up to its best iteration, its threshold) and prints the metrics.
+Refuses a model whose feature names or feature-set hash differ from the
+catalog's.
+
+Examples:
+  stockanomaly evaluate --model model/artifacts/1a2b3c4d
+  stockanomaly evaluate --model DIR --from 2024-02-01 --to 2024-02-29")]
+pub struct EvaluateArgs {
+    /// Artifact folder written by `stockanomaly train`.
+    #[arg(long, env = "STOCKANOMALY_MODEL", value_name = "DIR")]
+    pub model: PathBuf,
+
+    /// First date to score (default: the snapshot's first).
+    #[arg(long, env = "STOCKANOMALY_FROM")]
+    pub from: Option<NaiveDate>,
+
+    /// Last date to score, inclusive (default: the snapshot's last).
+    #[arg(long, env = "STOCKANOMALY_TO")]
+    pub to: Option<NaiveDate>,
+
+    /// Folder holding `features/*.sql`.
+    #[arg(long, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
+    pub queries: PathBuf,
+}
+
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(format!("expected key=value, found {s:?}")),
+    }
+}
+
+fn check_range(from: Option<NaiveDate>, to: Option<NaiveDate>) -> anyhow::Result<()> {
+    if let (Some(f), Some(t)) = (from, to) {
+        if f > t {
+            return Err(UsageError(format!("--from {f} is after --to {t}")).into());
+        }
+    }
+    Ok(())
+}
+
+/// A usage mistake exits 2, anything else 1.
+fn classify(e: TrainError) -> anyhow::Error {
+    if e.is_usage() {
+        UsageError(e.to_string()).into()
+    } else {
+        e.into()
+    }
+}
+
+pub(crate) async fn run_train(lake: &str, args: TrainArgs) -> anyhow::Result<()> {
+    check_range(args.from, args.to)?;
+    if let Some(p) = args.target_precision {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(UsageError(format!("--target-precision {p}: expected 0 < P <= 1")).into());
+        }
+    }
+    if args.rounds == 0 {
+        return Err(UsageError("--rounds must be at least 1".into()).into());
+    }
+    let catalog = Catalog::load_or_embedded(&args.queries)
+        .await
+        .map_err(|e| UsageError(e.to_string()))?;
+    let root = open_lake(lake)?;
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from("model/artifacts").join(catalog.hash()));
+    let options = TrainOptions {
+        from: args.from,
+        to: args.to,
+        valid_days: args.valid_days,
+        test_days: args.test_days,
+        params: args.params,
+        rounds: args.rounds,
+        patience: args.patience,
+        seed: args.seed,
+        target_precision: args.target_precision,
+    };
+    let bar = count_bar(u64::from(args.rounds), "train rounds");
+    let started = std::time::Instant::now();
+    let manifest = train(&root, &catalog, &options, &out, &bar).await;
+    bar.finish_and_clear();
+    let manifest = manifest.map_err(classify)?;
+    println!(
+        "trained on feature set {} ({} features) from {root} in {:.2}s: {} rounds, best round {} \
+         (valid aucpr {:.4}), stopped {}",
+        manifest.feature_set,
+        manifest.features.len(),
+        started.elapsed().as_secs_f64(),
+        manifest.rounds_trained,
+        manifest.best_iteration,
+        manifest.best_valid_aucpr,
+        if manifest.rounds_trained < manifest.max_rounds {
+            format!("after {} rounds without improvement", manifest.patience)
+        } else {
+            "at --rounds".to_owned()
+        }
+    );
+    let rows: Vec<(String, String, &Metrics)> = manifest
+        .splits
+        .iter()
+        .filter_map(|s| {
+            let m = manifest.metrics.get(&s.name)?;
+            Some((s.name.clone(), format!("{}..{}", s.from, s.to), m))
+        })
+        .collect();
+    print_table(&rows);
+    let embargoed: u64 = manifest.splits.iter().map(|s| s.embargoed_rows).sum();
+    println!(
+        "threshold {:.6} ({}); embargo {}s dropped {} rows",
+        manifest.threshold,
+        rule(&manifest.threshold_rule),
+        manifest.embargo_secs,
+        count(embargoed)
+    );
+    println!(
+        "wrote {} and {}",
+        out.join(MODEL_FILE).display(),
+        out.join(MANIFEST_FILE).display()
+    );
+    Ok(())
+}
+
+pub(crate) async fn run_evaluate(lake: &str, args: EvaluateArgs) -> anyhow::Result<()> {
+    check_range(args.from, args.to)?;
+    let catalog = Catalog::load_or_embedded(&args.queries)
+        .await
+        .map_err(|e| UsageError(e.to_string()))?;
+    let root = open_lake(lake)?;
+    if !args.model.join(MANIFEST_FILE).exists() {
+        return Err(UsageError(format!(
+            "{}: no {MANIFEST_FILE} (is this a folder written by `stockanomaly train`?)",
+            args.model.display()
+        ))
+        .into());
+    }
+    let (manifest, from, to, metrics): (Manifest, _, _, _) =
+        evaluate(&root, &catalog, &args.model, args.from, args.to)
+            .await
+            .map_err(classify)?;
+    println!(
+        "evaluated {} (feature set {}, best round {}) on {root}",
+        args.model.display(),
+        manifest.feature_set,
+        manifest.best_iteration
+    );
+    print_table(&[("eval".to_owned(), format!("{from}..{to}"), &metrics)]);
+    println!(
+        "threshold {:.6} ({})",
+        manifest.threshold,
+        rule(&manifest.threshold_rule)
+    );
+    Ok(())
+}
+
+fn rule(r: &ThresholdRule) -> String {
+    match r {
+        ThresholdRule::BestF1 => "best validation F1".to_owned(),
+        ThresholdRule::TargetPrecision { target } => {
+            format!("lowest reaching validation precision {target}")
+        }
+        ThresholdRule::BestF1TargetMissed { target } => {
+            format!("best validation F1: precision {target} was not reached")
+        }
+    }
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"))
+}
+
+/// The metrics table: one row per split, then recall per label kind.
+fn print_table(rows: &[(String, String, &Metrics)]) {
+    println!(
+        "{:<6} {:<22} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9}",
+        "split", "dates", "rows", "pos", "roc_auc", "pr_auc", "p@pos", "p@100", "precision",
+        "recall", "f1", "tp", "fp", "fn", "tn"
+    );
+    for (name, dates, m) in rows {
+        let c = &m.confusion;
+        println!(
+            "{:<6} {:<22} {:>9} {:>7} {:>7} {:>7} {:>7.4} {:>7.4} {:>9.4} {:>7.4} {:>7.4} {:>7} {:>7} {:>7} {:>9}",
+            name, dates, m.rows, m.positives, opt(m.roc_auc), opt(m.pr_auc),
+            m.precision_at_positives, m.precision_at_100, m.precision, m.recall, m.f1,
+            c.tp, c.fp, c.fn_, c.tn
+        );
+    }
+    for (name, _, m) in rows {
+        if m.recall_by_kind.is_empty() {
+            continue;
+        }
+        let kinds: Vec<String> = m
+            .recall_by_kind
+            .iter()
+            .map(|(k, r)| format!("{k} {}/{} ({:.2})", r.detected, r.positives, r.recall))
+            .collect();
+        println!("recall by kind, {name}: {}", kinds.join(", "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    #[test]
+    fn parses_train_flags() {
+        let cli = Cli::try_parse_from([
+            "stockanomaly",
+            "train",
+            "--params",
+            "max_depth=4",
+            "eta=0.05",
+            "--rounds",
+            "10",
+            "--out",
+            "m",
+        ])
+        .unwrap();
+        let Command::Train(a) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            a.params,
+            [
+                ("max_depth".to_owned(), "4".to_owned()),
+                ("eta".to_owned(), "0.05".to_owned())
+            ]
+        );
+        assert_eq!((a.rounds, a.patience, a.seed), (10, 20, 42));
+        assert_eq!((a.valid_days, a.test_days), (1, 1));
+        assert!(Cli::try_parse_from(["stockanomaly", "train", "--params", "oops"]).is_err());
+        assert!(Cli::try_parse_from(["stockanomaly", "evaluate"]).is_err());
+    }
+}

@@ -1,0 +1,609 @@
+//! Training and evaluating a model on the lake's `training` view (the
+//! current feature set's snapshot joined with the labels).
+//!
+//! Splits are by time on the snapshot's distinct dates, never shuffled:
+//! the earliest dates train, the next `valid_days` validate (early stopping
+//! and the threshold), the last `test_days` test. Embargo: a split's first
+//! rows whose time is within the feature set's time lookback after the
+//! previous split's last tick are dropped, so no kept row's feature window
+//! reaches back into the previous split. (The tick-count part of a
+//! lookback is not embargoed: with day-sized splits it only reaches across
+//! the overnight gap.)
+//!
+//! Rows are read in tick-key order (`symbol`, `ts`, `seq`) into Arrow
+//! `Float64` columns in catalog order and handed to XGBoost as columns; with
+//! the same data, parameters and seed, `model.json` is byte-identical.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use arrow::array::{AsArray, Float64Array, RecordBatch, StringArray};
+use arrow::compute::{cast, concat_batches};
+use arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type};
+use chrono::NaiveDate;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+use indicatif::ProgressBar;
+
+use super::manifest::{
+    Manifest, ManifestError, SplitInfo, ThresholdRule, MODEL_FILE, XGBOOST_VERSION,
+};
+use super::metrics::{best_f1_threshold, threshold_for_precision, Metrics};
+use super::xgb::{Booster, DMatrix, PredictKind, XgbError};
+use crate::features::{training_session, Catalog};
+use crate::lake::{LakeError, LakeRoot};
+
+/// What to train.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// First date to use (inclusive); the snapshot's first by default.
+    pub from: Option<NaiveDate>,
+    /// Last date to use (inclusive); the snapshot's last by default.
+    pub to: Option<NaiveDate>,
+    /// Dates in the validation split.
+    pub valid_days: usize,
+    /// Dates in the test split.
+    pub test_days: usize,
+    /// XGBoost parameters that replace the defaults ([`params`]).
+    pub params: Vec<(String, String)>,
+    /// Maximum boosting rounds.
+    pub rounds: u32,
+    /// Rounds without a better validation `aucpr` before stopping.
+    pub patience: u32,
+    /// XGBoost's `seed`.
+    pub seed: u64,
+    /// Choose the lowest threshold reaching this validation precision
+    /// instead of the best F1.
+    pub target_precision: Option<f64>,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            from: None,
+            to: None,
+            valid_days: 1,
+            test_days: 1,
+            params: Vec::new(),
+            rounds: 300,
+            patience: 20,
+            seed: 42,
+            target_precision: None,
+        }
+    }
+}
+
+/// Why training or evaluation stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Nothing backfilled for this feature set.
+    #[error(
+        "no feature snapshot for feature set {feature_set} in {lake}: \
+         run `stockanomaly backfill` first"
+    )]
+    NoSnapshot { feature_set: String, lake: String },
+    /// Too few dates for the splits.
+    #[error(
+        "the feature snapshot has {have} date(s) in range, the splits need at least {need} \
+         ({valid} validation, {test} test and one training): backfill more dates or lower \
+         --valid-days/--test-days"
+    )]
+    NotEnoughDates {
+        have: usize,
+        need: usize,
+        valid: usize,
+        test: usize,
+    },
+    /// A split without positive labels cannot train, stop early or be scored.
+    #[error(
+        "the {split} split ({from}..{to}) has no positive labels: check the lake's \
+         `labels` table covers these dates (or choose other dates)"
+    )]
+    NoPositives {
+        split: String,
+        from: NaiveDate,
+        to: NaiveDate,
+    },
+    /// No rows in the evaluated range.
+    #[error("no feature rows between {from} and {to}")]
+    NoRows { from: NaiveDate, to: NaiveDate },
+    /// A parameter XGBoost or we refused.
+    #[error("parameter {name}={value}: {reason}")]
+    BadParam {
+        name: String,
+        value: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    #[error("reading the training view: {0}")]
+    Query(#[from] DataFusionError),
+    #[error("reading the training view: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error(transparent)]
+    Xgb(#[from] XgbError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
+impl TrainError {
+    /// A mistake of the user's (flags, data not prepared) rather than a
+    /// failure of the run.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            TrainError::NoSnapshot { .. }
+                | TrainError::NotEnoughDates { .. }
+                | TrainError::NoPositives { .. }
+                | TrainError::NoRows { .. }
+                | TrainError::BadParam { .. }
+                | TrainError::Manifest(ManifestError::Mismatch { .. })
+        )
+    }
+}
+
+/// One date of the snapshot: its first and last tick (µs) and row count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DateSpan {
+    pub date: NaiveDate,
+    pub first_us: i64,
+    pub last_us: i64,
+    pub rows: u64,
+}
+
+/// A split to read: dates `from..=to`, rows with `ts > after_us`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitPlan {
+    pub name: &'static str,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    /// Rows at or before this time (µs) are embargoed.
+    pub after_us: Option<i64>,
+    /// Rows of the split's dates before the embargo.
+    pub rows: u64,
+}
+
+/// Train, validation and test plans over `dates` (sorted): the last
+/// `test_days` dates test, the `valid_days` before them validate, the rest
+/// trains; validation and test drop rows within `embargo_us` after the
+/// previous split's last tick.
+pub fn plan_splits(
+    dates: &[DateSpan],
+    valid_days: usize,
+    test_days: usize,
+    embargo_us: i64,
+) -> Result<[SplitPlan; 3], TrainError> {
+    let need = valid_days + test_days + 1;
+    if valid_days == 0 || test_days == 0 || dates.len() < need {
+        return Err(TrainError::NotEnoughDates {
+            have: dates.len(),
+            need: need.max(3),
+            valid: valid_days,
+            test: test_days,
+        });
+    }
+    let n_train = dates.len() - valid_days - test_days;
+    let parts = [
+        ("train", &dates[..n_train]),
+        ("valid", &dates[n_train..n_train + valid_days]),
+        ("test", &dates[n_train + valid_days..]),
+    ];
+    let mut prev_end: Option<i64> = None;
+    Ok(parts.map(|(name, span)| {
+        let plan = SplitPlan {
+            name,
+            from: span[0].date,
+            to: span[span.len() - 1].date,
+            after_us: prev_end.map(|end| end.saturating_add(embargo_us)),
+            rows: span.iter().map(|d| d.rows).sum(),
+        };
+        prev_end = span.iter().map(|d| d.last_us).max();
+        plan
+    }))
+}
+
+/// The snapshot's dates with their first and last tick, in order.
+pub async fn date_spans(ctx: &SessionContext) -> Result<Vec<DateSpan>, TrainError> {
+    let batches = ctx
+        .sql(
+            "SELECT date, min(CAST(ts AS BIGINT)), max(CAST(ts AS BIGINT)), count(*) \
+             FROM features GROUP BY date ORDER BY date",
+        )
+        .await?
+        .collect()
+        .await?;
+    let mut out = Vec::new();
+    for b in &batches {
+        let date = cast(b.column(0), &DataType::Utf8)?;
+        let date = date.as_string::<i32>();
+        let first = b.column(1).as_primitive::<Int64Type>();
+        let last = b.column(2).as_primitive::<Int64Type>();
+        let rows = b.column(3).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            let d = NaiveDate::parse_from_str(date.value(i), "%Y-%m-%d").map_err(|e| {
+                DataFusionError::Execution(format!("partition date={:?}: {e}", date.value(i)))
+            })?;
+            out.push(DateSpan {
+                date: d,
+                first_us: first.value(i),
+                last_us: last.value(i),
+                rows: rows.value(i) as u64,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Feature rows with labels, column by column.
+#[derive(Debug)]
+pub struct Dataset {
+    /// One column per feature, in catalog order.
+    pub columns: Vec<Float64Array>,
+    /// 1.0 for rows inside a label interval, else 0.0.
+    pub label: Vec<f32>,
+    /// The label kind of positive rows (NULL for negatives).
+    pub kind: StringArray,
+}
+
+impl Dataset {
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.label.len()
+    }
+
+    /// Rows labelled positive.
+    pub fn positives(&self) -> u64 {
+        self.label.iter().filter(|&&l| l > 0.5).count() as u64
+    }
+
+    /// The label kind per row.
+    pub fn kinds(&self) -> Vec<Option<&str>> {
+        self.kind.iter().collect()
+    }
+
+    /// An XGBoost matrix of these columns and labels, columns named.
+    pub fn matrix(&self, names: &[&str]) -> Result<DMatrix, XgbError> {
+        let refs: Vec<&Float64Array> = self.columns.iter().collect();
+        let mut m = DMatrix::from_columns(&refs, Some(&self.label), None)?;
+        m.set_feature_names(names)?;
+        Ok(m)
+    }
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Reads the `training` rows of dates `from..=to` with `ts > after_us`, in
+/// tick-key order.
+pub async fn read_rows(
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    from: NaiveDate,
+    to: NaiveDate,
+    after_us: Option<i64>,
+) -> Result<Dataset, TrainError> {
+    let names = catalog.feature_names();
+    let mut select: Vec<String> = names.iter().map(|n| quote(n)).collect();
+    select.push("CAST(label AS FLOAT) AS label".into());
+    select.push("kind".into());
+    let embargo = after_us
+        .map(|t| format!(" AND CAST(ts AS BIGINT) > {t}"))
+        .unwrap_or_default();
+    let sql = format!(
+        "SELECT {} FROM training WHERE date >= '{from}' AND date <= '{to}'{embargo} \
+         ORDER BY symbol, ts, seq",
+        select.join(", ")
+    );
+    let df = ctx.sql(&sql).await?;
+    let schema = df.schema().inner().clone();
+    let batches: Vec<RecordBatch> = df.collect().await?;
+    let batch = concat_batches(&schema, &batches).map_err(DataFusionError::from)?;
+    let n = names.len();
+    let columns = (0..n)
+        .map(|i| -> Result<Float64Array, TrainError> {
+            let c = cast(batch.column(i), &DataType::Float64)?;
+            Ok(c.as_primitive::<Float64Type>().clone())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let label = batch
+        .column(n)
+        .as_primitive::<Float32Type>()
+        .values()
+        .to_vec();
+    let kind = cast(batch.column(n + 1), &DataType::Utf8)?
+        .as_string::<i32>()
+        .clone();
+    Ok(Dataset {
+        columns,
+        label,
+        kind,
+    })
+}
+
+/// The default parameters for `seed`: `binary:logistic` on `hist` trees,
+/// depth 6, eta 0.1, evaluated by `auc` and `aucpr`.
+pub fn default_params(seed: u64) -> BTreeMap<String, String> {
+    [
+        ("objective", "binary:logistic".to_owned()),
+        ("tree_method", "hist".to_owned()),
+        ("eval_metric", "auc,aucpr".to_owned()),
+        ("seed", seed.to_string()),
+        ("max_depth", "6".to_owned()),
+        ("eta", "0.1".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// Sets `params` on `booster` in key order; `eval_metric` may list several
+/// metrics, comma-separated.
+fn set_params(booster: &mut Booster, params: &BTreeMap<String, String>) -> Result<(), TrainError> {
+    for (k, v) in params {
+        let values: Vec<&str> = if k == "eval_metric" {
+            v.split(',').map(str::trim).collect()
+        } else {
+            vec![v.as_str()]
+        };
+        for value in values {
+            booster
+                .set_param(k, value)
+                .map_err(|e| TrainError::BadParam {
+                    name: k.clone(),
+                    value: value.to_owned(),
+                    reason: e.to_string(),
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// Trains on the lake's training view and writes `out/model.json` and
+/// `out/manifest.json`; `bar` counts boosting rounds.
+pub async fn train(
+    root: &LakeRoot,
+    catalog: &Catalog,
+    options: &TrainOptions,
+    out: &Path,
+    bar: &ProgressBar,
+) -> Result<Manifest, TrainError> {
+    let ctx = training_session(root, catalog).await?;
+    let all = date_spans(&ctx).await?;
+    if all.is_empty() {
+        return Err(TrainError::NoSnapshot {
+            feature_set: catalog.hash().to_owned(),
+            lake: root.to_string(),
+        });
+    }
+    let dates: Vec<DateSpan> = all
+        .into_iter()
+        .filter(|d| options.from.is_none_or(|f| d.date >= f))
+        .filter(|d| options.to.is_none_or(|t| d.date <= t))
+        .collect();
+    let embargo = catalog.lookback().time;
+    let embargo_us = i64::try_from(embargo.as_micros()).unwrap_or(i64::MAX);
+    let plans = plan_splits(&dates, options.valid_days, options.test_days, embargo_us)?;
+    let mut data = Vec::with_capacity(3);
+    for plan in &plans {
+        let d = read_rows(&ctx, catalog, plan.from, plan.to, plan.after_us).await?;
+        if d.positives() == 0 && plan.name != "test" {
+            return Err(TrainError::NoPositives {
+                split: plan.name.to_owned(),
+                from: plan.from,
+                to: plan.to,
+            });
+        }
+        data.push(d);
+    }
+    let names = catalog.feature_names();
+    let (train_set, valid_set, test_set) = (&data[0], &data[1], &data[2]);
+
+    let mut params = default_params(options.seed);
+    let positives = train_set.positives();
+    let negatives = train_set.rows() as u64 - positives;
+    params.insert(
+        "scale_pos_weight".into(),
+        (negatives as f64 / positives as f64).to_string(),
+    );
+    for (k, v) in &options.params {
+        params.insert(k.clone(), v.clone());
+    }
+    let metrics_set = params.entry("eval_metric".into()).or_default();
+    if !metrics_set.split(',').any(|m| m.trim() == "aucpr") {
+        // Early stopping reads the validation aucpr.
+        if !metrics_set.is_empty() {
+            metrics_set.push(',');
+        }
+        metrics_set.push_str("aucpr");
+    }
+
+    let dtrain = train_set.matrix(&names)?;
+    let dvalid = valid_set.matrix(&names)?;
+    let dtest = test_set.matrix(&names)?;
+    let mut booster = Booster::new(&[&dtrain, &dvalid])?;
+    set_params(&mut booster, &params)?;
+    booster.set_feature_names(&names)?;
+
+    bar.set_length(u64::from(options.rounds));
+    let (mut best_round, mut best_aucpr) = (0u32, f64::NEG_INFINITY);
+    let mut trained = 0u32;
+    for round in 0..options.rounds {
+        booster.update(round, &dtrain)?;
+        trained = round + 1;
+        let evals = booster.eval(round, &[(&dvalid, "valid")])?;
+        let aucpr = evals
+            .iter()
+            .find(|m| m.metric == "aucpr")
+            .map_or(f64::NAN, |m| m.value);
+        if aucpr > best_aucpr {
+            (best_round, best_aucpr) = (round, aucpr);
+        }
+        bar.inc(1);
+        bar.set_message(format!(
+            "train rounds: valid aucpr {aucpr:.4} (best {best_aucpr:.4} at round {best_round})"
+        ));
+        if round - best_round >= options.patience {
+            break;
+        }
+    }
+    let best_range = Some((0, best_round + 1));
+    let score = |m: &DMatrix| -> Result<Vec<f32>, XgbError> {
+        Ok(booster.predict_with(m, PredictKind::Value, best_range)?.0)
+    };
+    let valid_scores = score(&dvalid)?;
+    let best_f1 = best_f1_threshold(&valid_scores, &valid_set.label).map_or(0.5, |(t, _)| t);
+    let (threshold, threshold_rule) = match options.target_precision {
+        None => (best_f1, ThresholdRule::BestF1),
+        Some(target) => match threshold_for_precision(&valid_scores, &valid_set.label, target) {
+            Some((t, _)) => (t, ThresholdRule::TargetPrecision { target }),
+            None => {
+                tracing::warn!(
+                    target_precision = target,
+                    "Target precision not reached on validation; using the best F1 threshold."
+                );
+                (best_f1, ThresholdRule::BestF1TargetMissed { target })
+            }
+        },
+    };
+    let mut metrics = BTreeMap::new();
+    for ((plan, set), scores) in
+        plans
+            .iter()
+            .zip(&data)
+            .zip([score(&dtrain)?, valid_scores, score(&dtest)?])
+    {
+        metrics.insert(
+            plan.name.to_owned(),
+            Metrics::compute(&scores, &set.label, &set.kinds(), threshold),
+        );
+    }
+
+    std::fs::create_dir_all(out).map_err(|source| ManifestError::Io {
+        path: out.to_owned(),
+        source,
+    })?;
+    booster.save_json(&out.join(MODEL_FILE))?;
+    let manifest = Manifest {
+        features: names.iter().map(|n| (*n).to_owned()).collect(),
+        feature_set: catalog.hash().to_owned(),
+        lake: root.to_string(),
+        splits: plans
+            .iter()
+            .zip(&data)
+            .map(|(p, d)| SplitInfo {
+                name: p.name.to_owned(),
+                from: p.from,
+                to: p.to,
+                embargoed_rows: p.rows.saturating_sub(d.rows() as u64),
+                rows: d.rows() as u64,
+            })
+            .collect(),
+        embargo_secs: embargo.as_secs_f64(),
+        params,
+        max_rounds: options.rounds,
+        patience: options.patience,
+        rounds_trained: trained,
+        best_iteration: best_round,
+        best_valid_aucpr: if best_aucpr.is_finite() {
+            best_aucpr
+        } else {
+            0.0
+        },
+        threshold,
+        threshold_rule,
+        metrics,
+        created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        xgboost_version: XGBOOST_VERSION.to_owned(),
+    };
+    manifest.write(out)?;
+    Ok(manifest)
+}
+
+/// The model in `model_dir` scored on the training rows of `from..=to`
+/// (the whole snapshot by default) at its threshold, using the trees up to
+/// its best iteration. Refuses a model whose features differ from the
+/// catalog's.
+pub async fn evaluate(
+    root: &LakeRoot,
+    catalog: &Catalog,
+    model_dir: &Path,
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+) -> Result<(Manifest, NaiveDate, NaiveDate, Metrics), TrainError> {
+    let manifest = Manifest::read(model_dir)?;
+    manifest.check_catalog(catalog)?;
+    let booster = Booster::load_json(&model_dir.join(MODEL_FILE))?;
+    let ctx = training_session(root, catalog).await?;
+    let dates = date_spans(&ctx).await?;
+    let (Some(first), Some(last)) = (dates.first(), dates.last()) else {
+        return Err(TrainError::NoSnapshot {
+            feature_set: catalog.hash().to_owned(),
+            lake: root.to_string(),
+        });
+    };
+    let from = from.unwrap_or(first.date);
+    let to = to.unwrap_or(last.date);
+    let set = read_rows(&ctx, catalog, from, to, None).await?;
+    if set.rows() == 0 {
+        return Err(TrainError::NoRows { from, to });
+    }
+    let names = catalog.feature_names();
+    let m = set.matrix(&names)?;
+    let (scores, _) = booster.predict_with(
+        &m,
+        PredictKind::Value,
+        Some((0, manifest.best_iteration + 1)),
+    )?;
+    let metrics = Metrics::compute(&scores, &set.label, &set.kinds(), manifest.threshold);
+    Ok((manifest, from, to, metrics))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(d: u32, first: i64, last: i64, rows: u64) -> DateSpan {
+        DateSpan {
+            date: NaiveDate::from_ymd_opt(2024, 1, d).unwrap(),
+            first_us: first,
+            last_us: last,
+            rows,
+        }
+    }
+
+    #[test]
+    fn splits_are_in_time_order_with_an_embargo() {
+        let dates: Vec<DateSpan> = (1..=5)
+            .map(|d| day(d, i64::from(d) * 100, i64::from(d) * 100 + 50, 10))
+            .collect();
+        let [train, valid, test] = plan_splits(&dates, 1, 1, 7).unwrap();
+        assert_eq!((train.from.day0(), train.to.day0()), (0, 2));
+        assert_eq!(train.after_us, None);
+        assert_eq!(train.rows, 30);
+        assert_eq!((valid.from.day0(), valid.to.day0()), (3, 3));
+        // Train ends at day 3's last tick (350), plus the embargo.
+        assert_eq!(valid.after_us, Some(357));
+        assert_eq!((test.from.day0(), test.to.day0()), (4, 4));
+        assert_eq!(test.after_us, Some(457));
+
+        let [train, valid, test] = plan_splits(&dates, 2, 2, 0).unwrap();
+        assert_eq!((train.from, train.to), (dates[0].date, dates[0].date));
+        assert_eq!((valid.from, valid.to), (dates[1].date, dates[2].date));
+        assert_eq!((test.from, test.to), (dates[3].date, dates[4].date));
+
+        let err = plan_splits(&dates[..2], 1, 1, 0).unwrap_err();
+        assert!(err.to_string().contains("2 date(s)"), "{err}");
+        assert!(plan_splits(&dates, 0, 1, 0).is_err());
+    }
+
+    #[test]
+    fn defaults_evaluate_auc_and_aucpr() {
+        let p = default_params(7);
+        assert_eq!(p["seed"], "7");
+        assert_eq!(p["eval_metric"], "auc,aucpr");
+        assert_eq!(p["objective"], "binary:logistic");
+    }
+
+    use chrono::Datelike;
+}
