@@ -211,7 +211,7 @@ def main() -> None:
 
 
 def run(duckdb, lake, tick_glob, files, scratch, args) -> None:
-    con = duckdb.connect(os.path.join(scratch, "bench.duckdb"))
+    con = duckdb.connect(":memory:")
     con.execute(f"SET threads = {int(args.threads)}")
     con.execute("SET TimeZone = 'UTC'")
     con.execute(f"SET temp_directory = {sql_str(os.path.join(scratch, 'spill'))}")
@@ -231,7 +231,10 @@ def run(duckdb, lake, tick_glob, files, scratch, args) -> None:
         name = os.path.basename(path)
         with open(path, encoding="utf-8") as fh:
             sql = strip_comments(fh.read()).strip().rstrip(";").strip()
-        sql, dropped = drop_ewm_zscore(sql)
+        try:
+            sql, dropped = drop_ewm_zscore(sql)
+        except ValueError as e:
+            die(f"{name}: cannot rewrite ewm_zscore(...) OVER (...): {e}")
         try:
             con.execute(f"CREATE TEMP VIEW f{i} AS\n{sql}\n")
             cols = [r[0] for r in con.execute(f"DESCRIBE f{i}").fetchall()]

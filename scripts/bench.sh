@@ -50,6 +50,11 @@ if [ -n "${STOCKANOMALY_BIN:-}" ]; then
   say "using $BIN (STOCKANOMALY_BIN; not building)"
 else
   command -v cargo >/dev/null || die "cargo not found (or set STOCKANOMALY_BIN to a built binary)"
+  # The Makefile exports XGBOOST_LIB_DIR for builds; do the same when run directly.
+  if [ -z "${XGBOOST_LIB_DIR:-}" ] && [ -x "$ROOT/scripts/xgboost-lib.sh" ]; then
+    XGBOOST_LIB_DIR="$("$ROOT/scripts/xgboost-lib.sh")" || die "scripts/xgboost-lib.sh failed"
+    export XGBOOST_LIB_DIR
+  fi
   say "building the release binary (cargo build --release --locked -p stockanomaly)"
   cargo build --release --locked -p stockanomaly || die "the release build failed"
   BIN="$CARGO_TARGET_DIR/release/stockanomaly"

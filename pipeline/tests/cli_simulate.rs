@@ -212,17 +212,19 @@ fn demo_runs_on_embedded_defaults() {
             "--symbols",
             "4",
             "--days",
-            "2",
+            "4",
             "--trades-per-day",
             "500",
         ],
     );
     assert!(out.contains("== 2. what the lake holds"), "{out}");
     assert!(
-        out.contains("== 3. backfill") && out.contains("2 dates computed"),
+        out.contains("== 3. backfill") && out.contains("4 dates computed"),
         "{out}"
     );
     assert!(out.contains("(normal)"), "{out}");
+    assert!(out.contains("== 4. train"), "{out}");
+    assert!(dir.path().join("model/artifacts").is_dir());
     assert!(
         dir.path().join("parquet/ticks").is_dir(),
         "the default lake is ./parquet"

@@ -8,9 +8,11 @@ use std::path::Path;
 use super::output::count_bar;
 use super::simulate::{print_summary, simulate_to_lake, SimulateArgs};
 use super::sql::{query_to, SqlFormat};
+use super::train::{classify, print_table};
 use super::{open_lake, UsageError};
 use crate::features::{backfill, training_session, BackfillOptions, Catalog, DEFAULT_QUERIES};
 use crate::lake::session_context;
+use crate::model::{train, Metrics, TrainOptions};
 use crate::sources::simulate::{SimKind, Simulator};
 
 /// `stockanomaly demo`.
@@ -32,6 +34,11 @@ pub struct DemoArgs {
     )]
     pub trades_per_day: f64,
 
+    /// Mean injected manipulation events per symbol per day (enough that every
+    /// split of the demo's training holds some).
+    #[arg(long, env = "STOCKANOMALY_DEMO_EVENTS", default_value_t = 1.0)]
+    pub events_per_symbol_day: f64,
+
     /// Random seed.
     #[arg(long, env = "STOCKANOMALY_DEMO_SEED", default_value_t = 42)]
     pub seed: u64,
@@ -47,7 +54,7 @@ pub(crate) async fn run(lake: &str, args: DemoArgs) -> anyhow::Result<()> {
         seed: args.seed,
         start: chrono::NaiveDate::from_ymd_opt(2024, 1, 2).unwrap_or_default(),
         trades_per_day: args.trades_per_day,
-        events_per_symbol_day: 0.5,
+        events_per_symbol_day: args.events_per_symbol_day,
         csv: None,
     };
     let sim = Simulator::new(sim_args.config());
@@ -107,6 +114,34 @@ pub(crate) async fn run(lake: &str, args: DemoArgs) -> anyhow::Result<()> {
         stdout(),
     )
     .await?;
-    println!("\nNext: stockanomaly sql --lake {root} \"SELECT * FROM training WHERE label = 1 LIMIT 10\"");
+
+    println!("\n== 4. train XGBoost on the earlier days, evaluate on the held-out last day");
+    let out = Path::new("model/artifacts").join(catalog.hash());
+    let options = TrainOptions {
+        rounds: 150,
+        patience: 15,
+        ..TrainOptions::default()
+    };
+    let bar = count_bar(u64::from(options.rounds), "train rounds");
+    let manifest = train(&root, &catalog, &options, &out, &bar).await;
+    bar.finish_and_clear();
+    let manifest = manifest.map_err(classify)?;
+    let rows: Vec<(String, String, &Metrics)> = manifest
+        .splits
+        .iter()
+        .filter_map(|s| {
+            let m = manifest.metrics.get(&s.name)?;
+            Some((s.name.clone(), format!("{}..{}", s.from, s.to), m))
+        })
+        .collect();
+    print_table(&rows);
+    println!(
+        "best round {} of {}, threshold {:.4}; model and manifest in {}",
+        manifest.best_iteration,
+        manifest.rounds_trained,
+        manifest.threshold,
+        out.display()
+    );
+    println!("\nNext: stockanomaly evaluate --model {}", out.display());
     Ok(())
 }

@@ -149,7 +149,7 @@ fn check_range(from: Option<NaiveDate>, to: Option<NaiveDate>) -> anyhow::Result
 }
 
 /// A usage mistake exits 2, anything else 1.
-fn classify(e: TrainError) -> anyhow::Error {
+pub(crate) fn classify(e: TrainError) -> anyhow::Error {
     if e.is_usage() {
         UsageError(e.to_string()).into()
     } else {
@@ -279,7 +279,7 @@ fn opt(v: Option<f64>) -> String {
 }
 
 /// The metrics table: one row per split, then recall per label kind.
-fn print_table(rows: &[(String, String, &Metrics)]) {
+pub(crate) fn print_table(rows: &[(String, String, &Metrics)]) {
     println!(
         "{:<6} {:<22} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9}",
         "split", "dates", "rows", "pos", "roc_auc", "pr_auc", "p@pos", "p@100", "precision",
