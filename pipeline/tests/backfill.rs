@@ -18,7 +18,7 @@ fn queries() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../queries")
 }
 
-type Key = (String, i64, u32);
+use common::Key;
 
 /// Rows of a feature result keyed by tick key, values as bit patterns (None
 /// for NULL) so that comparison is exact.
@@ -87,24 +87,11 @@ async fn each_date_equals_the_whole_history_bit_for_bit() {
 
     // The whole history at once, each file over all ticks, cast as backfill does.
     let ctx = session_context(&root).await.unwrap();
-    let mut full: BTreeMap<Key, Vec<Option<u64>>> = BTreeMap::new();
-    for f in catalog.files() {
-        let casts: Vec<String> = f
-            .features
-            .iter()
-            .map(|n| format!("CAST(\"{n}\" AS DOUBLE) AS \"{n}\""))
-            .collect();
-        let sql = format!(
-            "SELECT symbol, ts, seq, {} FROM ({})",
-            casts.join(", "),
-            f.sql
-        );
-        let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
-        let names: Vec<&str> = f.features.iter().map(String::as_str).collect();
-        for (k, mut v) in rows(&batches, &names) {
-            full.entry(k).or_default().append(&mut v);
-        }
-    }
+    let full: BTreeMap<Key, Vec<Option<u64>>> = common::pack_features(&ctx, &catalog)
+        .await
+        .into_iter()
+        .map(|(k, v)| (k, v.into_iter().map(|x| x.map(f64::to_bits)).collect()))
+        .collect();
     let tctx = training_session(&root, &catalog).await.unwrap();
     let batches = tctx
         .sql("SELECT * FROM features")

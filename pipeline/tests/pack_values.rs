@@ -2,15 +2,13 @@
 //! hand-made ticks: a first tick, ties on `ts`, gaps longer than the
 //! windows, zero variance, bars and trades, missing quotes.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Float64Type, TimestampMicrosecondType, UInt32Type};
-use datafusion::datasource::MemTable;
+use arrow::array::RecordBatch;
 use stockanomaly::features::Catalog;
-use stockanomaly::lake::schema_session;
 use stockanomaly::tick::{TickBuilder, TickRecord, Validator};
 
 const T0: i64 = 1_704_205_800_000_000; // 2024-01-02T14:30:00Z = 09:30 New York
@@ -110,42 +108,12 @@ async fn computed(ts: &[T]) -> BTreeMap<(String, i64, u32), Row> {
     let catalog = Catalog::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../queries"))
         .await
         .unwrap();
-    let ctx = schema_session();
-    ctx.deregister_table("ticks").unwrap();
-    let b = batch(ts);
-    ctx.register_table(
-        "ticks",
-        Arc::new(MemTable::try_new(b.schema(), vec![vec![b]]).unwrap()),
-    )
-    .unwrap();
-    let mut out: BTreeMap<(String, i64, u32), Row> = BTreeMap::new();
-    for f in catalog.files() {
-        let casts: Vec<String> = f
-            .features
-            .iter()
-            .map(|n| format!("CAST(\"{n}\" AS DOUBLE) AS \"{n}\""))
-            .collect();
-        let sql = format!(
-            "SELECT symbol, ts, seq, {} FROM ({})",
-            casts.join(", "),
-            f.sql
-        );
-        for b in ctx.sql(&sql).await.unwrap().collect().await.unwrap() {
-            let s = b.column(0).as_string::<i32>();
-            let t = b.column(1).as_primitive::<TimestampMicrosecondType>();
-            let q = b.column(2).as_primitive::<UInt32Type>();
-            for i in 0..b.num_rows() {
-                let row = out
-                    .entry((s.value(i).to_owned(), t.value(i), q.value(i)))
-                    .or_default();
-                for (c, name) in f.features.iter().enumerate() {
-                    let col = b.column(3 + c).as_primitive::<Float64Type>();
-                    row.insert(name.clone(), (!col.is_null(i)).then(|| col.value(i)));
-                }
-            }
-        }
-    }
-    out
+    let names = catalog.feature_names();
+    common::pack_features(&common::session_over(batch(ts)), &catalog)
+        .await
+        .into_iter()
+        .map(|(k, v)| (k, names.iter().map(|n| n.to_string()).zip(v).collect()))
+        .collect()
 }
 
 // ---- the independent computation: plain loops over one symbol's ticks ----

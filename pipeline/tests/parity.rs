@@ -3,21 +3,20 @@
 //! features computed over the whole history. Random series (ties on `ts`,
 //! gaps, missing quotes, several symbols), random cut points.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Float64Type, TimestampMicrosecondType, UInt32Type};
-use datafusion::datasource::MemTable;
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::TimestampMicrosecondType;
 use proptest::prelude::*;
 use stockanomaly::features::Catalog;
-use stockanomaly::lake::schema_session;
 use stockanomaly::tick::{TickBuilder, TickRecord, Validator};
 
 const T0: i64 = 1_704_205_800_000_000; // 2024-01-02T14:30:00Z
 
-type Key = (String, i64, u32);
+use common::Key;
 type Rows = BTreeMap<Key, Vec<Option<u64>>>;
 
 #[derive(Debug, Clone)]
@@ -74,38 +73,11 @@ fn build(ticks: &[Tick]) -> RecordBatch {
 }
 
 async fn features(catalog: &Catalog, ticks: RecordBatch) -> Rows {
-    let ctx = schema_session();
-    ctx.deregister_table("ticks").unwrap();
-    let table = MemTable::try_new(ticks.schema(), vec![vec![ticks]]).unwrap();
-    ctx.register_table("ticks", Arc::new(table)).unwrap();
-    let mut out: Rows = BTreeMap::new();
-    for f in catalog.files() {
-        let casts: Vec<String> = f
-            .features
-            .iter()
-            .map(|n| format!("CAST(\"{n}\" AS DOUBLE) AS \"{n}\""))
-            .collect();
-        let sql = format!(
-            "SELECT symbol, ts, seq, {} FROM ({})",
-            casts.join(", "),
-            f.sql
-        );
-        for b in ctx.sql(&sql).await.unwrap().collect().await.unwrap() {
-            let s = b.column(0).as_string::<i32>();
-            let t = b.column(1).as_primitive::<TimestampMicrosecondType>();
-            let q = b.column(2).as_primitive::<UInt32Type>();
-            for i in 0..b.num_rows() {
-                let row = out
-                    .entry((s.value(i).to_owned(), t.value(i), q.value(i)))
-                    .or_default();
-                for c in 3..b.num_columns() {
-                    let col = b.column(c).as_primitive::<Float64Type>();
-                    row.push((!col.is_null(i)).then(|| col.value(i).to_bits()));
-                }
-            }
-        }
-    }
-    out
+    common::pack_features(&common::session_over(ticks), catalog)
+        .await
+        .into_iter()
+        .map(|(k, v)| (k, v.into_iter().map(|x| x.map(f64::to_bits)).collect()))
+        .collect()
 }
 
 fn suffix(ticks: &RecordBatch, cut_us: i64) -> RecordBatch {

@@ -122,3 +122,55 @@ pub fn ok_s3(dir: &Path, endpoint: &str, envs: &[(&str, &str)], args: &[&str]) -
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A tick's key: symbol, ts (µs), seq.
+pub type Key = (String, i64, u32);
+
+/// A session (schemas and UDFs of the lake) whose `ticks` is `batch`.
+pub fn session_over(batch: arrow::array::RecordBatch) -> datafusion::prelude::SessionContext {
+    let ctx = stockanomaly::lake::schema_session();
+    ctx.deregister_table("ticks").unwrap();
+    let table =
+        datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
+    ctx.register_table("ticks", std::sync::Arc::new(table))
+        .unwrap();
+    ctx
+}
+
+/// Every feature of `catalog` over the session's `ticks`, each file run as
+/// written and cast to DOUBLE as backfill does, in catalog order, by key.
+pub async fn pack_features(
+    ctx: &datafusion::prelude::SessionContext,
+    catalog: &stockanomaly::features::Catalog,
+) -> std::collections::BTreeMap<Key, Vec<Option<f64>>> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, TimestampMicrosecondType, UInt32Type};
+    let mut out: std::collections::BTreeMap<Key, Vec<Option<f64>>> = Default::default();
+    for f in catalog.files() {
+        let casts: Vec<String> = f
+            .features
+            .iter()
+            .map(|n| format!("CAST(\"{n}\" AS DOUBLE) AS \"{n}\""))
+            .collect();
+        let sql = format!(
+            "SELECT symbol, ts, seq, {} FROM ({})",
+            casts.join(", "),
+            f.sql
+        );
+        for b in ctx.sql(&sql).await.unwrap().collect().await.unwrap() {
+            let s = b.column(0).as_string::<i32>();
+            let t = b.column(1).as_primitive::<TimestampMicrosecondType>();
+            let q = b.column(2).as_primitive::<UInt32Type>();
+            for i in 0..b.num_rows() {
+                let row = out
+                    .entry((s.value(i).to_owned(), t.value(i), q.value(i)))
+                    .or_default();
+                for c in 3..b.num_columns() {
+                    let col = b.column(c).as_primitive::<Float64Type>();
+                    row.push((!col.is_null(i)).then(|| col.value(i)));
+                }
+            }
+        }
+    }
+    out
+}
