@@ -2,11 +2,12 @@
 //! time with the lookback of history before it, written to
 //! `features/<feature-set hash>/date=.../`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use chrono::NaiveDate;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
@@ -252,18 +253,49 @@ async fn backfill_date(
     let history_start = if lookback.rows == 0 {
         time_start
     } else {
+        // Ticks before the time lookback, per symbol and date (an aggregate:
+        // no sort). Walking back from the latest date, each symbol needs
+        // whole dates until it has `rows` ticks; history starts at the
+        // earliest such date over all symbols. Whole dates read a little
+        // more than needed, which changes no feature.
+        let time_date = first_date(time_start);
         let search_from = first_date(time_start - ROWS_SEARCH_DAYS * DAY_US);
         let sql = format!(
-            "SELECT min(ts) FROM (SELECT ts, row_number() OVER (PARTITION BY symbol ORDER BY ts DESC, seq DESC) AS rn \
-             FROM ticks WHERE date >= '{search_from}' AND date <= '{date}' AND ts < {}{symbol_filter}) WHERE rn <= {}",
-            sql_ts(time_start),
-            lookback.rows
+            "SELECT symbol, date, count(*) FROM ticks WHERE date >= '{search_from}' \
+             AND date <= '{time_date}' AND ts < {}{symbol_filter} GROUP BY symbol, date",
+            sql_ts(time_start)
         );
-        let b = collect(&ctx, &sql, date).await?;
-        b.first()
-            .map(|b| b.column(0).as_primitive::<TimestampMicrosecondType>())
-            .filter(|a| a.null_count() == 0 && !a.is_empty())
-            .map_or(time_start, |a| a.value(0).min(time_start))
+        let mut counts: HashMap<String, Vec<(String, i64)>> = HashMap::new();
+        for b in collect(&ctx, &sql, date).await? {
+            let sym = b.column(0).as_string::<i32>();
+            let day = b.column(1).as_string::<i32>();
+            let n = b.column(2).as_primitive::<Int64Type>();
+            for i in 0..b.num_rows() {
+                counts
+                    .entry(sym.value(i).to_owned())
+                    .or_default()
+                    .push((day.value(i).to_owned(), n.value(i)));
+            }
+        }
+        let needed = counts
+            .into_values()
+            .filter_map(|mut days| {
+                days.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+                let mut seen = 0u64;
+                let mut first = None;
+                for (day, n) in days {
+                    seen += u64::try_from(n).unwrap_or(0);
+                    first = Some(day);
+                    if seen >= lookback.rows {
+                        break;
+                    }
+                }
+                first
+            })
+            .min();
+        needed
+            .and_then(|d| NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok())
+            .map_or(time_start, |d| day_start_us(d).min(time_start))
     };
     let view = format!(
         "CREATE VIEW ticks_window AS SELECT * FROM ticks WHERE date >= '{}' AND date <= '{date}' \
