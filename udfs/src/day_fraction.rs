@@ -47,11 +47,16 @@ impl DayFractionUdf {
 
 /// The fraction of the local day at `ts_us` in zone `tz`.
 pub fn day_fraction(ts_us: i64, tz: &chrono_tz::Tz) -> Option<f64> {
-    let utc = chrono::DateTime::from_timestamp_micros(ts_us)?;
-    let local = utc.with_timezone(tz);
-    let secs = f64::from(local.num_seconds_from_midnight())
-        + f64::from(local.nanosecond() % 1_000_000_000) / 1e9;
-    Some(secs / 86_400.0)
+    local_seconds(ts_us, tz).map(|s| s / 86_400.0)
+}
+
+/// Seconds since local midnight in `tz` at `ts_us` (fractional).
+pub(crate) fn local_seconds(ts_us: i64, tz: &chrono_tz::Tz) -> Option<f64> {
+    let local = chrono::DateTime::from_timestamp_micros(ts_us)?.with_timezone(tz);
+    Some(
+        f64::from(local.num_seconds_from_midnight())
+            + f64::from(local.nanosecond() % 1_000_000_000) / 1e9,
+    )
 }
 
 impl ScalarUDFImpl for DayFractionUdf {

@@ -49,9 +49,7 @@ impl SessionMinuteUdf {
 
 /// Minutes from `open` (local time in `tz`) to `ts_us` on the same local day.
 pub fn session_minute(ts_us: i64, tz: &chrono_tz::Tz, open: NaiveTime) -> Option<f64> {
-    let local = chrono::DateTime::from_timestamp_micros(ts_us)?.with_timezone(tz);
-    let now = f64::from(local.num_seconds_from_midnight())
-        + f64::from(local.nanosecond() % 1_000_000_000) / 1e9;
+    let now = crate::day_fraction::local_seconds(ts_us, tz)?;
     Some((now - f64::from(open.num_seconds_from_midnight())) / 60.0)
 }
 

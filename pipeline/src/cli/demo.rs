@@ -8,11 +8,11 @@ use std::path::Path;
 use super::output::count_bar;
 use super::simulate::{print_summary, simulate_to_lake, SimulateArgs};
 use super::sql::{query_to, SqlFormat};
-use super::train::{classify, print_table};
+use super::train::{classify, print_split_metrics};
 use super::{open_lake, UsageError};
 use crate::features::{backfill, training_session, BackfillOptions, Catalog, DEFAULT_QUERIES};
 use crate::lake::session_context;
-use crate::model::{train, Metrics, TrainOptions};
+use crate::model::{train, TrainOptions};
 use crate::sources::simulate::{SimKind, Simulator};
 
 /// `stockanomaly demo`.
@@ -126,15 +126,7 @@ pub(crate) async fn run(lake: &str, args: DemoArgs) -> anyhow::Result<()> {
     let manifest = train(&root, &catalog, &options, &out, &bar).await;
     bar.finish_and_clear();
     let manifest = manifest.map_err(classify)?;
-    let rows: Vec<(String, String, &Metrics)> = manifest
-        .splits
-        .iter()
-        .filter_map(|s| {
-            let m = manifest.metrics.get(&s.name)?;
-            Some((s.name.clone(), format!("{}..{}", s.from, s.to), m))
-        })
-        .collect();
-    print_table(&rows);
+    print_split_metrics(&manifest);
     println!(
         "best round {} of {}, threshold {:.4}; model and manifest in {}",
         manifest.best_iteration,

@@ -205,15 +205,7 @@ pub(crate) async fn run_train(lake: &str, args: TrainArgs) -> anyhow::Result<()>
             "at --rounds".to_owned()
         }
     );
-    let rows: Vec<(String, String, &Metrics)> = manifest
-        .splits
-        .iter()
-        .filter_map(|s| {
-            let m = manifest.metrics.get(&s.name)?;
-            Some((s.name.clone(), format!("{}..{}", s.from, s.to), m))
-        })
-        .collect();
-    print_table(&rows);
+    print_split_metrics(&manifest);
     let embargoed: u64 = manifest.splits.iter().map(|s| s.embargoed_rows).sum();
     println!(
         "threshold {:.6} ({}); embargo {}s dropped {} rows",
@@ -279,7 +271,20 @@ fn opt(v: Option<f64>) -> String {
 }
 
 /// The metrics table: one row per split, then recall per label kind.
-pub(crate) fn print_table(rows: &[(String, String, &Metrics)]) {
+/// The metrics table of every split a manifest records.
+pub(crate) fn print_split_metrics(manifest: &Manifest) {
+    let rows: Vec<(String, String, &Metrics)> = manifest
+        .splits
+        .iter()
+        .filter_map(|s| {
+            let m = manifest.metrics.get(&s.name)?;
+            Some((s.name.clone(), format!("{}..{}", s.from, s.to), m))
+        })
+        .collect();
+    print_table(&rows);
+}
+
+fn print_table(rows: &[(String, String, &Metrics)]) {
     println!(
         "{:<6} {:<22} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9}",
         "split", "dates", "rows", "pos", "roc_auc", "pr_auc", "p@pos", "p@100", "precision",
