@@ -105,6 +105,11 @@ fmt_int() { LC_ALL=C awk -v n="$1" 'BEGIN { s = sprintf("%.0f", n); o = ""; whil
 
 RESULTS=()
 NOT_COMPUTED=""
+XGB_DONE=""
+XGB_LINES=""
+XGB_ROWS=""
+if [ "$QUICK" = 1 ]; then XGB_ROUNDS=10; else XGB_ROUNDS=50; fi
+xgb_val() { printf '%s\n' "$XGB_LINES" | sed -n "s/^$1=//p" | tail -n 1; }
 for ds in "${DATASETS[@]}"; do
   IFS='|' read -r name flags min_rows <<<"$ds"
   lake="$SCRATCH/lake"
@@ -144,6 +149,20 @@ for ds in "${DATASETS[@]}"; do
   ratio="$(LC_ALL=C awk -v a="$sa_rate" -v b="$duck_rate" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
   RESULTS+=("$name|$sa_rows|$sa_rate|$duck_rate|$ratio")
   NOT_COMPUTED="$(sed -n 's/^bench-duckdb: note: \([A-Za-z0-9_]*\) .*NOT computed.*/\1/p' "$duck_log" | paste -sd, -)"
+
+  # XGBoost on the first dataset's training view (features x labels).
+  if [ -z "$XGB_DONE" ]; then
+    XGB_DONE=1
+    say "== $name: XGBoost, stockanomaly vs Python's xgboost.train on the same matrix ($XGB_ROUNDS rounds)"
+    xgb_rs="$("$BIN" bench --xgboost "$lake" --rounds "$XGB_ROUNDS" --export "$SCRATCH/matrix.parquet")" ||
+      die "$name: stockanomaly bench --xgboost failed"
+    printf '%s\n' "$xgb_rs" | grep -v '^XGB_' >&2 || true
+    xgb_py="$("$PY" "$ROOT/scripts/bench-xgboost.py" "$SCRATCH/matrix.parquet" "$XGB_ROUNDS")" ||
+      die "$name: scripts/bench-xgboost.py failed"
+    XGB_LINES="$xgb_rs"$'\n'"$xgb_py"
+    XGB_ROWS="$(printf '%s\n' "$xgb_rs" | sed -n 's/^xgboost benchmark: \([0-9,]*\) rows.*/\1/p')"
+    rm -f "$SCRATCH/matrix.parquet"
+  fi
   rm -rf "$lake"
 done
 
@@ -161,6 +180,23 @@ case "$BIN" in
 */debug/*) echo "(debug binary: these figures say nothing about performance; use make bench)" ;;
 esac
 [ "$QUICK" = 0 ] || echo "(--quick: a smoke run on ~100k rows, not a measurement)"
+
+if [ -n "$XGB_LINES" ]; then
+  echo
+  echo "XGBoost 3.4.1, $XGB_ROWS rows of the first dataset's training view, $XGB_ROUNDS rounds, same parameters (hist, depth 6)"
+  printf '%-34s %14s %14s %8s\n' measure stockanomaly "python xgboost" ratio
+  ratio_of() { LC_ALL=C awk -v a="$1" -v b="$2" -v inv="$3" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", (inv ? b / a : a / b); else print "-" }'; }
+  printf '%-34s %14s %14s %8s\n' "DMatrix build (s)" "$(xgb_val XGB_RUST_DMATRIX_SECS)" "$(xgb_val XGB_PY_DMATRIX_SECS)" \
+    "$(ratio_of "$(xgb_val XGB_RUST_DMATRIX_SECS)" "$(xgb_val XGB_PY_DMATRIX_SECS)" 1)"
+  printf '%-34s %14s %14s %8s\n' "training (s)" "$(xgb_val XGB_RUST_TRAIN_SECS)" "$(xgb_val XGB_PY_TRAIN_SECS)" \
+    "$(ratio_of "$(xgb_val XGB_RUST_TRAIN_SECS)" "$(xgb_val XGB_PY_TRAIN_SECS)" 1)"
+  printf '%-34s %14s %14s %8s\n' "scoring rows/s" "$(fmt_int "$(xgb_val XGB_RUST_PREDICT_ROWS_PER_SEC)")" \
+    "$(fmt_int "$(xgb_val XGB_PY_PREDICT_ROWS_PER_SEC)")" \
+    "$(ratio_of "$(xgb_val XGB_RUST_PREDICT_ROWS_PER_SEC)" "$(xgb_val XGB_PY_PREDICT_ROWS_PER_SEC)" 0)"
+  echo "scoring: stockanomaly builds a DMatrix from the Arrow columns and predicts; Python calls inplace_predict on a NumPy array."
+  echo "mean score: stockanomaly $(xgb_val XGB_RUST_MEAN_SCORE), python $(xgb_val XGB_PY_MEAN_SCORE) (same data and seed: equal)"
+  echo "ratio > 1: stockanomaly is faster."
+fi
 
 if [ "$QUICK" = 0 ]; then
   echo

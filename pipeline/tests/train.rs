@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+
 use std::path::{Path, PathBuf};
 
 use stockanomaly::features::Catalog;
@@ -158,6 +160,171 @@ async fn trains_evaluates_and_refuses_a_mismatched_model() {
         "{eval}"
     );
 
+    // The manifest records the version, importance and the rule baseline.
+    assert!(
+        manifest["version"].as_str().unwrap().starts_with("xgb-"),
+        "{manifest}"
+    );
+    assert_eq!(
+        manifest["importance"].as_array().unwrap().len(),
+        names.len()
+    );
+    assert!(
+        manifest["importance"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(
+                |i| i["gain"].as_f64().unwrap() > 0.0 && i["mean_abs_shap"].as_f64().unwrap() > 0.0
+            ),
+        "{manifest}"
+    );
+    assert_eq!(
+        manifest["baselines"]["zscore_4"]["rows"], test["rows"],
+        "the rule is scored on the model's test rows"
+    );
+    assert!(out.contains("rule:zscore_4"), "{out}");
+
+    // The report renders every plot, each with something drawn.
+    let html = std::fs::read_to_string(m1.join("report.html")).unwrap();
+    let drawn = plots_drawn(&html);
+    for plot in stockanomaly::model::report::PLOTS {
+        assert!(
+            drawn.get(plot).copied().unwrap_or(0) > 0,
+            "plot {plot} missing or empty: {drawn:?}"
+        );
+    }
+
+    // Evaluate runs the rules like a model.
+    let eval = ok(
+        dir.path(),
+        &[
+            "evaluate",
+            "--lake",
+            lake,
+            "--queries",
+            q,
+            "--model",
+            "m1",
+            "--rules",
+            "--from",
+            test_day,
+        ],
+    );
+    assert_eq!(
+        table_cell(&eval, "rule:zscore_4", "pr_auc"),
+        format!(
+            "{:.4}",
+            manifest["baselines"]["zscore_4"]["pr_auc"]
+                .as_f64()
+                .unwrap()
+        ),
+        "{eval}"
+    );
+
+    // Score writes one row per feature row and detector, reasons on alerts.
+    let scored = ok(
+        dir.path(),
+        &[
+            "score",
+            "--lake",
+            lake,
+            "--queries",
+            q,
+            "--model",
+            "m1",
+            "--rules",
+            "--top-shap",
+            "2",
+        ],
+    );
+    assert!(scored.contains("rule zscore_4"), "{scored}");
+    assert_eq!(
+        sql_number(
+            dir.path(),
+            lake,
+            "SELECT count(DISTINCT model_version) FROM scores"
+        ),
+        2
+    );
+    assert_eq!(
+        sql_number(dir.path(), lake, "SELECT count(*) FROM scores"),
+        2 * rows
+    );
+    assert_eq!(
+        sql_number(
+            dir.path(),
+            lake,
+            "SELECT count(*) FROM scores WHERE alert AND (reason IS NULL OR score < threshold)"
+        ),
+        0
+    );
+    assert_eq!(
+        sql_number(
+            dir.path(),
+            lake,
+            "SELECT count(*) FROM scores WHERE NOT alert AND (reason IS NOT NULL OR score >= threshold)"
+        ),
+        0
+    );
+    let version = manifest["version"].as_str().unwrap();
+    let model_alerts = sql_number(
+        dir.path(),
+        lake,
+        &format!("SELECT count(*) FROM scores WHERE model_version = '{version}' AND alert"),
+    );
+    assert!(model_alerts > 0);
+    assert_eq!(
+        sql_number(
+            dir.path(),
+            lake,
+            &format!(
+                "SELECT count(*) FROM scores WHERE model_version = '{version}' AND alert \
+                 AND top_shap IS NOT NULL AND reason LIKE 'model: %'"
+            ),
+        ),
+        model_alerts
+    );
+    let shap = ok(
+        dir.path(),
+        &[
+            "sql",
+            "--lake",
+            lake,
+            "--format",
+            "json",
+            &format!(
+                "SELECT top_shap FROM scores WHERE model_version = '{version}' AND alert LIMIT 5"
+            ),
+        ],
+    );
+    for line in shap.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let top: serde_json::Value =
+            serde_json::from_str(row["top_shap"].as_str().unwrap()).unwrap();
+        let top = top.as_array().unwrap();
+        assert_eq!(top.len(), 2, "{row}");
+        let c: Vec<f64> = top
+            .iter()
+            .map(|t| t["contribution"].as_f64().unwrap().abs())
+            .collect();
+        assert!(c[0] >= c[1], "largest contribution first: {row}");
+        assert!(names.contains(&top[0]["feature"].as_str().unwrap()));
+    }
+    // Scoring again replaces the rows instead of adding to them.
+    ok(
+        dir.path(),
+        &["score", "--lake", lake, "--queries", q, "--model", "m1"],
+    );
+    assert_eq!(
+        sql_number(
+            dir.path(),
+            lake,
+            &format!("SELECT count(*) FROM scores WHERE model_version = '{version}'")
+        ),
+        rows
+    );
+
     // A manifest whose feature list differs is refused, naming the feature.
     let mut tampered = manifest.clone();
     tampered["features"][2] = "renamed_feature".into();
@@ -174,6 +341,105 @@ async fn trains_evaluates_and_refuses_a_mismatched_model() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("`renamed_feature`"), "{stderr}");
     assert!(stderr.contains(&format!("`{}`", names[2])), "{stderr}");
+}
+
+/// Elements drawn (`path`, `rect`, `line`) inside each `<svg data-plot=...>`
+/// of the report, which must be well-formed XML.
+fn plots_drawn(html: &str) -> BTreeMap<String, usize> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(html);
+    let mut drawn = BTreeMap::new();
+    let mut current: Option<String> = None;
+    loop {
+        match reader.read_event().expect("report.html is well-formed XML") {
+            Event::Start(e) | Event::Empty(e) => {
+                let name = e.name().as_ref().to_vec();
+                if name == b"svg" {
+                    let plot = e
+                        .try_get_attribute("data-plot")
+                        .unwrap()
+                        .map(|a| String::from_utf8(a.value.to_vec()).unwrap());
+                    current = plot.clone();
+                    if let Some(p) = plot {
+                        drawn.entry(p).or_insert(0);
+                    }
+                } else if matches!(name.as_slice(), b"path" | b"rect" | b"line") {
+                    if let Some(p) = &current {
+                        *drawn.entry(p.clone()).or_insert(0) += 1;
+                    }
+                }
+            }
+            Event::End(e) if e.name().as_ref() == b"svg" => current = None,
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    drawn
+}
+
+#[test]
+fn early_stopping_stops_after_patience_rounds_without_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let lake = lake.to_str().unwrap();
+    let q = queries();
+    let q = q.to_str().unwrap();
+    ok(
+        dir.path(),
+        &[
+            "simulate",
+            "--lake",
+            lake,
+            "--symbols",
+            "3",
+            "--days",
+            "4",
+            "--trades-per-day",
+            "600",
+            "--events-per-symbol-day",
+            "3",
+            "--seed",
+            "9",
+        ],
+    );
+    ok(dir.path(), &["backfill", "--lake", lake, "--queries", q]);
+    ok(
+        dir.path(),
+        &[
+            "train",
+            "--lake",
+            lake,
+            "--queries",
+            q,
+            "--rounds",
+            "300",
+            "--patience",
+            "3",
+            "--params",
+            "eta=0.5",
+            "--out",
+            "m",
+        ],
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("m/manifest.json")).unwrap())
+            .unwrap();
+    let best = manifest["best_iteration"].as_u64().unwrap();
+    let trained = manifest["rounds_trained"].as_u64().unwrap();
+    assert!(trained < 300, "did not stop early: {manifest}");
+    assert_eq!(
+        trained,
+        best + 3 + 1,
+        "stops 3 rounds after the best: {manifest}"
+    );
+    // The model file holds every trained round; scoring uses up to the best.
+    let model: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("m/model.json")).unwrap()).unwrap();
+    let trees = model["learner"]["gradient_booster"]["model"]["trees"]
+        .as_array()
+        .unwrap()
+        .len() as u64;
+    assert_eq!(trees, trained);
 }
 
 #[test]

@@ -1,20 +1,23 @@
 //! `day_fraction(ts, zone)`: the time of day in a time zone, as a fraction
 //! of the day.
 
-use std::str::FromStr;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, Float64Array};
-use arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType};
+use arrow::array::{Array, AsArray, Float64Builder};
+use arrow::datatypes::{DataType, TimestampMicrosecondType};
 use chrono::Timelike;
-use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
+use datafusion::common::{exec_err, Result};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
+use crate::text_arg::{coerce_ts_and_text, parse_zone, TextArg};
+
 /// `day_fraction(ts, 'America/New_York')` = seconds since local midnight /
 /// 86400, in `[0, 1)`, daylight saving time included. Feature files turn it
 /// into `sin`/`cos` of the time of day, or into the minute of the session.
+/// The zone may be a column (each symbol's exchange zone, joined from the
+/// `symbols` table); a NULL zone gives NULL, an unknown one an error.
 ///
 /// ```sql
 /// SELECT sin(2 * pi() * day_fraction(ts, 'Asia/Kolkata')) FROM ticks
@@ -34,13 +37,7 @@ impl DayFractionUdf {
     /// The UDF, ready to register.
     pub fn new() -> Self {
         Self {
-            signature: Signature::exact(
-                vec![
-                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                    DataType::Utf8,
-                ],
-                Volatility::Immutable,
-            ),
+            signature: Signature::user_defined(Volatility::Immutable),
         }
     }
 }
@@ -72,33 +69,27 @@ impl ScalarUDFImpl for DayFractionUdf {
         Ok(DataType::Float64)
     }
 
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        coerce_ts_and_text("day_fraction(ts, zone)", arg_types, 2)
+    }
+
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let zone = match args.args.get(1) {
-            Some(ColumnarValue::Scalar(ScalarValue::Utf8(Some(z)))) => z.clone(),
-            _ => {
-                return plan_err!(
-                "day_fraction(ts, zone): zone must be a constant string such as 'America/New_York'"
-            )
-            }
-        };
-        let Ok(tz) = chrono_tz::Tz::from_str(&zone) else {
-            return plan_err!("day_fraction: unknown time zone {zone:?} (use an IANA name such as 'America/New_York')");
-        };
+        const UDF: &str = "day_fraction(ts, zone)";
+        let mut zone = TextArg::new(&args.args, 1, UDF, "time zone", parse_zone)?;
         let Some(ts) = args.args.first() else {
-            return exec_err!("day_fraction takes 2 arguments");
+            return exec_err!("{UDF} takes 2 arguments");
         };
         let ts = ts.to_array(args.number_rows)?;
         let ts = ts.as_primitive::<TimestampMicrosecondType>();
-        let out: Float64Array = (0..ts.len())
-            .map(|i| {
-                if ts.is_null(i) {
-                    None
-                } else {
-                    day_fraction(ts.value(i), &tz)
-                }
-            })
-            .collect();
-        Ok(ColumnarValue::Array(Arc::new(out)))
+        let mut out = Float64Builder::with_capacity(ts.len());
+        for i in 0..ts.len() {
+            let tz = zone.get(i, UDF, "time zone", parse_zone)?;
+            match tz {
+                Some(tz) if !ts.is_null(i) => out.append_option(day_fraction(ts.value(i), &tz)),
+                _ => out.append_null(),
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
     }
 }
 

@@ -11,7 +11,17 @@ use datafusion::prelude::SessionContext;
 mod day_fraction;
 mod log_return;
 mod session;
+mod text_arg;
 pub mod window;
+
+/// The tick timestamp type the UDFs take: microseconds, UTC.
+pub(crate) static TS_TYPE: std::sync::LazyLock<arrow::datatypes::DataType> =
+    std::sync::LazyLock::new(|| {
+        arrow::datatypes::DataType::Timestamp(
+            arrow::datatypes::TimeUnit::Microsecond,
+            Some("UTC".into()),
+        )
+    });
 
 pub use day_fraction::{day_fraction, DayFractionUdf};
 pub use log_return::LogReturnUdf;

@@ -1,21 +1,23 @@
 //! Exchange-time helpers: `session_minute(ts, zone, open)` and
 //! `signed_volume(price, previous_price, volume)`.
 
-use std::str::FromStr;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, Float64Array};
-use arrow::datatypes::{DataType, Float64Type, TimeUnit, TimestampMicrosecondType};
+use arrow::array::{Array, AsArray, Float64Array, Float64Builder};
+use arrow::datatypes::{DataType, Float64Type, TimestampMicrosecondType};
 use chrono::{NaiveTime, Timelike};
-use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
+use datafusion::common::{exec_err, Result};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
+use crate::text_arg::{coerce_ts_and_text, parse_hhmm, parse_zone, TextArg};
+
 /// `session_minute(ts, 'America/New_York', '09:30')`: minutes since the
 /// session opened on the tick's local day (fractional; negative before the
 /// open), daylight saving time included. `390 - session_minute(...)` is the
-/// time to a 16:00 close.
+/// time to a 16:00 close, and `-session_minute(ts, zone, '16:00')` too. The
+/// zone and the time may be columns (joined from the `symbols` table).
 ///
 /// ```sql
 /// SELECT 390 - session_minute(ts, 'America/New_York', '09:30') AS minutes_to_close FROM ticks
@@ -35,14 +37,7 @@ impl SessionMinuteUdf {
     /// The UDF, ready to register.
     pub fn new() -> Self {
         Self {
-            signature: Signature::exact(
-                vec![
-                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                    DataType::Utf8,
-                    DataType::Utf8,
-                ],
-                Volatility::Immutable,
-            ),
+            signature: Signature::user_defined(Volatility::Immutable),
         }
     }
 }
@@ -51,13 +46,6 @@ impl SessionMinuteUdf {
 pub fn session_minute(ts_us: i64, tz: &chrono_tz::Tz, open: NaiveTime) -> Option<f64> {
     let now = crate::day_fraction::local_seconds(ts_us, tz)?;
     Some((now - f64::from(open.num_seconds_from_midnight())) / 60.0)
-}
-
-fn constant_str(args: &[ColumnarValue], i: usize, what: &str) -> Result<String> {
-    match args.get(i) {
-        Some(ColumnarValue::Scalar(ScalarValue::Utf8(Some(s)))) => Ok(s.clone()),
-        _ => plan_err!("session_minute(ts, zone, open): {what} must be a constant string"),
-    }
 }
 
 impl ScalarUDFImpl for SessionMinuteUdf {
@@ -73,30 +61,31 @@ impl ScalarUDFImpl for SessionMinuteUdf {
         Ok(DataType::Float64)
     }
 
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        coerce_ts_and_text("session_minute(ts, zone, open)", arg_types, 3)
+    }
+
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let zone = constant_str(&args.args, 1, "zone")?;
-        let Ok(tz) = chrono_tz::Tz::from_str(&zone) else {
-            return plan_err!("session_minute: unknown time zone {zone:?} (an IANA name such as 'America/New_York')");
-        };
-        let open_text = constant_str(&args.args, 2, "open")?;
-        let Ok(open) = NaiveTime::parse_from_str(&open_text, "%H:%M") else {
-            return plan_err!("session_minute: open {open_text:?} is not HH:MM (e.g. '09:30')");
-        };
+        const UDF: &str = "session_minute(ts, zone, open)";
+        let mut zone = TextArg::new(&args.args, 1, UDF, "time zone", parse_zone)?;
+        let mut open = TextArg::new(&args.args, 2, UDF, "open (HH:MM)", parse_hhmm)?;
         let Some(ts) = args.args.first() else {
-            return exec_err!("session_minute takes 3 arguments");
+            return exec_err!("{UDF} takes 3 arguments");
         };
         let ts = ts.to_array(args.number_rows)?;
         let ts = ts.as_primitive::<TimestampMicrosecondType>();
-        let out: Float64Array = (0..ts.len())
-            .map(|i| {
-                if ts.is_null(i) {
-                    None
-                } else {
-                    session_minute(ts.value(i), &tz, open)
+        let mut out = Float64Builder::with_capacity(ts.len());
+        for i in 0..ts.len() {
+            let tz = zone.get(i, UDF, "time zone", parse_zone)?;
+            let at = open.get(i, UDF, "open (HH:MM)", parse_hhmm)?;
+            match (tz, at) {
+                (Some(tz), Some(at)) if !ts.is_null(i) => {
+                    out.append_option(session_minute(ts.value(i), &tz, at))
                 }
-            })
-            .collect();
-        Ok(ColumnarValue::Array(Arc::new(out)))
+                _ => out.append_null(),
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
     }
 }
 

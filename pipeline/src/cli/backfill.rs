@@ -7,13 +7,14 @@ use clap::Args;
 
 use super::output::{count, count_bar, rate};
 use super::{open_lake, UsageError};
-use crate::features::{backfill, BackfillOptions, Catalog, DEFAULT_QUERIES};
+use crate::features::{backfill, BackfillOptions, Catalog, CHUNK_TICKS, DEFAULT_QUERIES};
 
 /// `stockanomaly backfill`.
 #[derive(Debug, Args)]
 #[command(after_long_help = "\
-Computes every feature file over the lake's ticks, one date at a time with
-the feature set's lookback of history before it, and writes
+Computes every feature file over the lake's ticks, consecutive dates
+together up to --chunk-ticks ticks, with the feature set's lookback of
+history before them, and writes
 features/<feature-set hash>/date=YYYY-MM-DD/. Finished dates are skipped, so
 an interrupted backfill resumes where it stopped; --force recomputes them.
 
@@ -37,6 +38,12 @@ pub struct BackfillArgs {
     #[arg(long, env = "STOCKANOMALY_FORCE")]
     pub force: bool,
 
+    /// Most ticks computed in one pass: consecutive dates are computed
+    /// together up to this many ticks (a date is never split), which reads
+    /// each pass's lookback once. Bounds memory.
+    #[arg(long, env = "STOCKANOMALY_CHUNK_TICKS", default_value_t = CHUNK_TICKS, value_name = "N")]
+    pub chunk_ticks: u64,
+
     /// Folder holding `features/*.sql`.
     #[arg(long, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
     pub queries: PathBuf,
@@ -57,6 +64,7 @@ pub(crate) async fn run(lake: &str, args: BackfillArgs) -> anyhow::Result<()> {
         to: args.to,
         symbols: args.symbols,
         force: args.force,
+        chunk_ticks: args.chunk_ticks,
     };
     let bar = count_bar(0, "backfill dates");
     let s = backfill(&root, &catalog, &options, &bar).await;

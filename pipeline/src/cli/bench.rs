@@ -30,11 +30,29 @@ pub struct BenchArgs {
     /// Scratch folder (a temporary one by default; removed afterwards).
     #[arg(long, env = "STOCKANOMALY_BENCH_DIR", value_name = "DIR")]
     pub dir: Option<PathBuf>,
+
+    /// Instead: time XGBoost training and scoring on this lake's training
+    /// view (backfilled, with labels), for scripts/bench-xgboost.py to
+    /// compare with Python's xgboost on the same matrix.
+    #[arg(long, env = "STOCKANOMALY_BENCH_XGBOOST", value_name = "ROOT")]
+    pub xgboost: Option<String>,
+
+    /// Boosting rounds of the XGBoost benchmark (no early stopping).
+    #[arg(long, env = "STOCKANOMALY_BENCH_ROUNDS", default_value_t = 50)]
+    pub rounds: u32,
+
+    /// Write the XGBoost benchmark's matrix (feature columns and `label`)
+    /// to this Parquet file, with the parameters beside it as FILE.params.json.
+    #[arg(long, env = "STOCKANOMALY_BENCH_EXPORT", value_name = "FILE")]
+    pub export: Option<PathBuf>,
 }
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build; figures are meaningful only with --release");
+    }
+    if let Some(lake) = &args.xgboost {
+        return run_xgboost(lake, args.rounds, args.export.as_deref()).await;
     }
     let tmp;
     let dir = match &args.dir {
@@ -168,4 +186,104 @@ fn for_csv(ticks: &RecordBatch) -> anyhow::Result<RecordBatch> {
         Arc::new(Schema::new(fields)),
         columns,
     )?)
+}
+
+/// XGBoost training and prediction on a lake's whole training view, timed;
+/// prints `XGB_RUST_*=` lines for scripts/bench-xgboost.py's comparison.
+async fn run_xgboost(
+    lake: &str,
+    rounds: u32,
+    export: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use crate::model::train::{date_spans, default_params, read_rows};
+    use crate::model::{Booster, DMatrix};
+
+    let root = LakeRoot::parse(lake)?;
+    let catalog = Catalog::embedded()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ctx = crate::features::training_session(&root, &catalog).await?;
+    let dates = date_spans(&ctx).await?;
+    let (Some(first), Some(last)) = (dates.first(), dates.last()) else {
+        anyhow::bail!("{lake}: no feature snapshot; run `stockanomaly backfill` first");
+    };
+    let started = Instant::now();
+    let set = read_rows(&ctx, &catalog, first.date, last.date, None).await?;
+    let read = started.elapsed();
+    let names = catalog.feature_names();
+    let mut params = default_params(1);
+    params.remove("eval_metric");
+    let pos = set.positives().max(1);
+    params.insert(
+        "scale_pos_weight".into(),
+        format!("{}", (set.rows() as u64 - pos) as f64 / pos as f64),
+    );
+    println!(
+        "xgboost benchmark: {} rows x {} features ({} positives) read in {:.2}s; {rounds} rounds",
+        count(set.rows() as u64),
+        names.len(),
+        count(set.positives()),
+        read.as_secs_f64()
+    );
+    if let Some(path) = export {
+        export_matrix(&set, &names, path)?;
+        let params_path = path.with_extension("params.json");
+        std::fs::write(&params_path, serde_json::to_vec_pretty(&params)?)
+            .with_context(|| format!("cannot write {}", params_path.display()))?;
+    }
+
+    let started = Instant::now();
+    let dtrain = set.matrix(&names)?;
+    let build = started.elapsed();
+    let started = Instant::now();
+    let mut booster = Booster::new(&[&dtrain])?;
+    for (k, v) in &params {
+        booster.set_param(k, v)?;
+    }
+    for round in 0..rounds {
+        booster.update(round, &dtrain)?;
+    }
+    let train = started.elapsed();
+    let refs: Vec<&arrow::array::Float64Array> = set.columns.iter().collect();
+    let started = Instant::now();
+    let m = DMatrix::from_columns(&refs, None, None)?;
+    let scores = booster.predict(&m)?;
+    let predict = started.elapsed();
+    let mean = scores.iter().map(|&s| f64::from(s)).sum::<f64>() / scores.len().max(1) as f64;
+    println!("XGB_RUST_DMATRIX_SECS={:.4}", build.as_secs_f64());
+    println!("XGB_RUST_TRAIN_SECS={:.4}", train.as_secs_f64());
+    println!(
+        "XGB_RUST_PREDICT_ROWS_PER_SEC={:.1}",
+        scores.len() as f64 / predict.as_secs_f64().max(1e-9)
+    );
+    println!("XGB_RUST_MEAN_SCORE={mean:.9}");
+    Ok(())
+}
+
+/// The feature columns (catalog order) and `label` as a Parquet file.
+fn export_matrix(
+    set: &crate::model::train::Dataset,
+    names: &[&str],
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let mut fields: Vec<Field> = names
+        .iter()
+        .map(|n| Field::new(*n, DataType::Float64, true))
+        .collect();
+    fields.push(Field::new("label", DataType::Float32, false));
+    let mut columns: Vec<ArrayRef> = set
+        .columns
+        .iter()
+        .map(|c| Arc::new(c.clone()) as ArrayRef)
+        .collect();
+    columns.push(Arc::new(arrow::array::Float32Array::from(
+        set.label.clone(),
+    )));
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)?;
+    w.write(&batch)?;
+    w.close()?;
+    Ok(())
 }

@@ -8,10 +8,11 @@ use std::path::Path;
 use super::output::count_bar;
 use super::simulate::{print_summary, simulate_to_lake, SimulateArgs};
 use super::sql::{query_to, SqlFormat};
-use super::train::{classify, print_split_metrics};
+use super::train::{baseline_rules, classify, print_baselines, print_split_metrics};
 use super::{open_lake, UsageError};
 use crate::features::{backfill, training_session, BackfillOptions, Catalog, DEFAULT_QUERIES};
 use crate::lake::session_context;
+use crate::model::report::REPORT_FILE;
 use crate::model::{train, TrainOptions};
 use crate::sources::simulate::{SimKind, Simulator};
 
@@ -120,6 +121,7 @@ pub(crate) async fn run(lake: &str, args: DemoArgs) -> anyhow::Result<()> {
     let options = TrainOptions {
         rounds: 150,
         patience: 15,
+        rules: baseline_rules(Path::new(DEFAULT_QUERIES), &catalog).await,
         ..TrainOptions::default()
     };
     let bar = count_bar(u64::from(options.rounds), "train rounds");
@@ -128,12 +130,18 @@ pub(crate) async fn run(lake: &str, args: DemoArgs) -> anyhow::Result<()> {
     let manifest = manifest.map_err(classify)?;
     print_split_metrics(&manifest);
     println!(
-        "best round {} of {}, threshold {:.4}; model and manifest in {}",
-        manifest.best_iteration,
-        manifest.rounds_trained,
-        manifest.threshold,
+        "best round {} of {}, threshold {:.4}; model version {}",
+        manifest.best_iteration, manifest.rounds_trained, manifest.threshold, manifest.version
+    );
+    println!("\n== 5. the model against the prototype's rule on the held-out day");
+    print_baselines(&manifest);
+    println!(
+        "\nModel, manifest and report: {}",
+        out.join(REPORT_FILE).display()
+    );
+    println!(
+        "Next: stockanomaly score --model {} --rules --top-shap 3",
         out.display()
     );
-    println!("\nNext: stockanomaly evaluate --model {}", out.display());
     Ok(())
 }

@@ -7,6 +7,7 @@ mod demo;
 mod features;
 mod ingest;
 mod output;
+mod score;
 mod simulate;
 mod sql;
 mod train;
@@ -22,6 +23,7 @@ pub use bench::BenchArgs;
 pub use demo::DemoArgs;
 pub use features::{FeaturesArgs, FeaturesCommand};
 pub use ingest::{IngestArgs, IngestCommand, IngestCsvArgs};
+pub use score::ScoreArgs;
 pub use simulate::SimulateArgs;
 pub use sql::{SqlArgs, SqlFormat};
 pub use train::{EvaluateArgs, TrainArgs};
@@ -82,9 +84,11 @@ pub enum Command {
     Features(FeaturesArgs),
     /// Train an XGBoost model on the feature snapshot and labels, split by time.
     Train(TrainArgs),
-    /// Print a trained model's metrics on a labelled date range.
+    /// Print a trained model's (or the rules') metrics on a labelled date range.
     Evaluate(EvaluateArgs),
-    /// Run SQL over the lake (tables `ticks`, `labels`; all UDFs registered).
+    /// Score the feature snapshot with a model and/or rules into the lake's `scores` table.
+    Score(ScoreArgs),
+    /// Run SQL over the lake (tables `ticks`, `labels`, `scores`; all UDFs registered).
     Sql(SqlArgs),
     /// Run the whole pipeline on embedded defaults: no servers needed.
     Demo(DemoArgs),
@@ -144,6 +148,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backfill(args) => backfill::run(&cli.lake, args).await,
         Command::Train(args) => train::run_train(&cli.lake, args).await,
         Command::Evaluate(args) => train::run_evaluate(&cli.lake, args).await,
+        Command::Score(args) => score::run(&cli.lake, args).await,
         Command::Demo(args) => demo::run(&cli.lake, args).await,
         Command::Bench(args) => bench::run(args).await,
     }

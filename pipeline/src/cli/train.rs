@@ -10,7 +10,11 @@ use super::output::{count, count_bar};
 use super::{open_lake, UsageError};
 use crate::features::{Catalog, DEFAULT_QUERIES};
 use crate::model::manifest::{Manifest, ThresholdRule, MANIFEST_FILE, MODEL_FILE};
-use crate::model::{evaluate, train, Metrics, TrainError, TrainOptions};
+use crate::model::report::REPORT_FILE;
+use crate::model::{
+    evaluate, evaluate_rules, train, Detector, Metrics, ModelDetector, Rule, RuleSet, TrainError,
+    TrainOptions,
+};
 
 /// `stockanomaly train`.
 #[derive(Debug, Args)]
@@ -24,7 +28,10 @@ split's last tick are dropped (embargo). scale_pos_weight defaults to the
 training negatives over positives.
 
 Writes DIR/model.json (XGBoost's JSON, loadable by Python's xgboost; predict
-with iteration_range=(0, best_iteration + 1)) and DIR/manifest.json.
+with iteration_range=(0, best_iteration + 1)), DIR/manifest.json and
+DIR/report.html (metrics, PR and ROC curves, score distributions, feature
+importance by gain and mean |SHAP|). The rules of queries/rules/ are scored
+on the same test rows as baselines.
 
 Examples:
   stockanomaly backfill && stockanomaly train
@@ -107,17 +114,29 @@ pub struct TrainArgs {
 #[derive(Debug, Args)]
 #[command(after_long_help = "\
 Scores the labelled feature rows of a date range with a trained model (the
-trees up to its best iteration, its threshold) and prints the metrics.
+trees up to its best iteration, its threshold) and/or the rule files of
+queries/rules/ (--rules), and prints the metrics, one row per detector.
 Refuses a model whose feature names or feature-set hash differ from the
 catalog's.
 
 Examples:
   stockanomaly evaluate --model model/artifacts/1a2b3c4d
-  stockanomaly evaluate --model DIR --from 2024-02-01 --to 2024-02-29")]
+  stockanomaly evaluate --model DIR --rules --from 2024-02-01 --to 2024-02-29
+  stockanomaly evaluate --rules")]
 pub struct EvaluateArgs {
     /// Artifact folder written by `stockanomaly train`.
-    #[arg(long, env = "STOCKANOMALY_MODEL", value_name = "DIR")]
-    pub model: PathBuf,
+    #[arg(
+        long,
+        env = "STOCKANOMALY_MODEL",
+        value_name = "DIR",
+        required_unless_present = "rules"
+    )]
+    pub model: Option<PathBuf>,
+
+    /// Also evaluate the rule files of <queries>/rules/ (built-in rules when
+    /// the folder is missing), each at its own threshold.
+    #[arg(long, env = "STOCKANOMALY_RULES")]
+    pub rules: bool,
 
     /// First date to score (default: the snapshot's first).
     #[arg(long, env = "STOCKANOMALY_FROM")]
@@ -127,7 +146,7 @@ pub struct EvaluateArgs {
     #[arg(long, env = "STOCKANOMALY_TO")]
     pub to: Option<NaiveDate>,
 
-    /// Folder holding `features/*.sql`.
+    /// Folder holding `features/*.sql` and `rules/*.sql`.
     #[arg(long, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
     pub queries: PathBuf,
 }
@@ -139,7 +158,7 @@ fn parse_param(s: &str) -> Result<(String, String), String> {
     }
 }
 
-fn check_range(from: Option<NaiveDate>, to: Option<NaiveDate>) -> anyhow::Result<()> {
+pub(crate) fn check_range(from: Option<NaiveDate>, to: Option<NaiveDate>) -> anyhow::Result<()> {
     if let (Some(f), Some(t)) = (from, to) {
         if f > t {
             return Err(UsageError(format!("--from {f} is after --to {t}")).into());
@@ -184,6 +203,7 @@ pub(crate) async fn run_train(lake: &str, args: TrainArgs) -> anyhow::Result<()>
         patience: args.patience,
         seed: args.seed,
         target_precision: args.target_precision,
+        rules: baseline_rules(&args.queries, &catalog).await,
     };
     let bar = count_bar(u64::from(args.rounds), "train rounds");
     let started = std::time::Instant::now();
@@ -214,10 +234,13 @@ pub(crate) async fn run_train(lake: &str, args: TrainArgs) -> anyhow::Result<()>
         manifest.embargo_secs,
         count(embargoed)
     );
+    print_baselines(&manifest);
     println!(
-        "wrote {} and {}",
+        "wrote {}, {} and {} (model version {})",
         out.join(MODEL_FILE).display(),
-        out.join(MANIFEST_FILE).display()
+        out.join(MANIFEST_FILE).display(),
+        out.join(REPORT_FILE).display(),
+        manifest.version
     );
     Ok(())
 }
@@ -228,30 +251,118 @@ pub(crate) async fn run_evaluate(lake: &str, args: EvaluateArgs) -> anyhow::Resu
         .await
         .map_err(|e| UsageError(e.to_string()))?;
     let root = open_lake(lake)?;
-    if !args.model.join(MANIFEST_FILE).exists() {
+    let mut rows: Vec<(String, String, Metrics)> = Vec::new();
+    let mut threshold_line = None;
+    if let Some(model) = &args.model {
+        check_artifact(model)?;
+        let (manifest, from, to, metrics): (Manifest, _, _, _) =
+            evaluate(&root, &catalog, model, args.from, args.to)
+                .await
+                .map_err(classify)?;
+        println!(
+            "evaluated {} (model {}, feature set {}, best round {}) on {root}",
+            model.display(),
+            manifest.version,
+            manifest.feature_set,
+            manifest.best_iteration
+        );
+        rows.push(("eval".to_owned(), format!("{from}..{to}"), metrics));
+        threshold_line = Some(format!(
+            "threshold {:.6} ({})",
+            manifest.threshold,
+            rule(&manifest.threshold_rule)
+        ));
+    }
+    if args.rules {
+        let rules = RuleSet::load(&args.queries, &catalog)
+            .await
+            .map_err(|e| UsageError(e.to_string()))?;
+        let (from, to, metrics) =
+            evaluate_rules(&root, &catalog, rules.rules(), args.from, args.to)
+                .await
+                .map_err(classify)?;
+        for (name, m) in metrics {
+            rows.push((format!("rule:{name}"), format!("{from}..{to}"), m));
+        }
+    }
+    let refs: Vec<(String, String, &Metrics)> = rows
+        .iter()
+        .map(|(a, b, m)| (a.clone(), b.clone(), m))
+        .collect();
+    print_table(&refs);
+    if let Some(line) = threshold_line {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn check_artifact(dir: &std::path::Path) -> anyhow::Result<()> {
+    if !dir.join(MANIFEST_FILE).exists() {
         return Err(UsageError(format!(
             "{}: no {MANIFEST_FILE} (is this a folder written by `stockanomaly train`?)",
-            args.model.display()
+            dir.display()
         ))
         .into());
     }
-    let (manifest, from, to, metrics): (Manifest, _, _, _) =
-        evaluate(&root, &catalog, &args.model, args.from, args.to)
-            .await
-            .map_err(classify)?;
-    println!(
-        "evaluated {} (feature set {}, best round {}) on {root}",
-        args.model.display(),
-        manifest.feature_set,
-        manifest.best_iteration
-    );
-    print_table(&[("eval".to_owned(), format!("{from}..{to}"), &metrics)]);
-    println!(
-        "threshold {:.6} ({})",
-        manifest.threshold,
-        rule(&manifest.threshold_rule)
-    );
     Ok(())
+}
+
+/// The detectors of `score`: the model in `model` (if any), then the rules
+/// when `rules` is set.
+pub(crate) async fn load_detectors(
+    catalog: &Catalog,
+    model: Option<&std::path::Path>,
+    rules: bool,
+    queries: &std::path::Path,
+) -> anyhow::Result<Vec<Detector>> {
+    let mut out = Vec::new();
+    if let Some(dir) = model {
+        check_artifact(dir)?;
+        out.push(Detector::Model(Box::new(
+            ModelDetector::load(dir, catalog).map_err(classify)?,
+        )));
+    }
+    if rules {
+        let set = RuleSet::load(queries, catalog)
+            .await
+            .map_err(|e| UsageError(e.to_string()))?;
+        out.extend(set.rules().iter().cloned().map(Detector::Rule));
+    }
+    Ok(out)
+}
+
+/// The rules of `queries` as training baselines; a broken rule file is
+/// reported and training goes on without baselines.
+pub(crate) async fn baseline_rules(queries: &std::path::Path, catalog: &Catalog) -> Vec<Rule> {
+    match RuleSet::load(queries, catalog).await {
+        Ok(set) => set.rules().to_vec(),
+        Err(e) => {
+            tracing::warn!("Rules not evaluated as baselines: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// The test split's baselines beside the model's test metrics.
+pub(crate) fn print_baselines(manifest: &Manifest) {
+    let Some(test) = manifest.splits.iter().find(|s| s.name == "test") else {
+        return;
+    };
+    let mut rows = Vec::new();
+    if let Some(m) = manifest.metrics.get("test") {
+        rows.push(("model".to_owned(), format!("{}..{}", test.from, test.to), m));
+    }
+    for (name, m) in &manifest.baselines {
+        rows.push((
+            format!("rule:{name}"),
+            format!("{}..{}", test.from, test.to),
+            m,
+        ));
+    }
+    if rows.len() > 1 {
+        println!("test split, model against the rules:");
+        print_table(&rows);
+    }
 }
 
 fn rule(r: &ThresholdRule) -> String {
@@ -284,16 +395,16 @@ pub(crate) fn print_split_metrics(manifest: &Manifest) {
     print_table(&rows);
 }
 
-fn print_table(rows: &[(String, String, &Metrics)]) {
+pub(crate) fn print_table(rows: &[(String, String, &Metrics)]) {
     println!(
-        "{:<6} {:<22} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9}",
+        "{:<16} {:<22} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>9}",
         "split", "dates", "rows", "pos", "roc_auc", "pr_auc", "p@pos", "p@100", "precision",
         "recall", "f1", "tp", "fp", "fn", "tn"
     );
     for (name, dates, m) in rows {
         let c = &m.confusion;
         println!(
-            "{:<6} {:<22} {:>9} {:>7} {:>7} {:>7} {:>7.4} {:>7.4} {:>9.4} {:>7.4} {:>7.4} {:>7} {:>7} {:>7} {:>9}",
+            "{:<16} {:<22} {:>9} {:>7} {:>7} {:>7} {:>7.4} {:>7.4} {:>9.4} {:>7.4} {:>7.4} {:>7} {:>7} {:>7} {:>9}",
             name, dates, m.rows, m.positives, opt(m.roc_auc), opt(m.pr_auc),
             m.precision_at_positives, m.precision_at_100, m.precision, m.recall, m.f1,
             c.tp, c.fp, c.fn_, c.tn

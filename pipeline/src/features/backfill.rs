@@ -1,5 +1,6 @@
-//! Backfill: the catalog's queries over the lake's `ticks`, one date at a
-//! time with the lookback of history before it, written to
+//! Backfill: the catalog's queries over the lake's `ticks`, a run of
+//! consecutive dates at a time (at most [`CHUNK_TICKS`] ticks, or one date)
+//! with the lookback of history before it, written to
 //! `features/<feature-set hash>/date=.../`.
 
 use std::collections::HashMap;
@@ -38,6 +39,9 @@ pub struct BackfillOptions {
     pub symbols: Vec<String>,
     /// Recompute dates already done.
     pub force: bool,
+    /// Most ticks computed in one pass ([`CHUNK_TICKS`] when 0); a date is
+    /// never split.
+    pub chunk_ticks: u64,
 }
 
 /// What a backfill did.
@@ -89,6 +93,7 @@ pub fn features_table(catalog: &Catalog) -> TableSpec {
         schema: Arc::new(Schema::new(fields)),
         partition_ts: col::TS,
         sort_by: vec![col::SYMBOL, col::TS, col::SEQ],
+        outer_partition: None,
     }
 }
 
@@ -99,6 +104,17 @@ pub fn features_table(catalog: &Catalog) -> TableSpec {
 pub async fn training_session(
     root: &LakeRoot,
     catalog: &Catalog,
+) -> Result<SessionContext, LakeError> {
+    snapshot_session(root, catalog, None).await
+}
+
+/// [`training_session`] with `features` (and so `training`) holding only
+/// the dates `from..=to` when `dates` is given: what a query over
+/// `features` (a rule, say) sees of one date range.
+pub async fn snapshot_session(
+    root: &LakeRoot,
+    catalog: &Catalog,
+    dates: Option<(NaiveDate, NaiveDate)>,
 ) -> Result<SessionContext, LakeError> {
     let ctx = session_context(root).await?;
     let spec = features_table(catalog);
@@ -116,9 +132,14 @@ pub async fn training_session(
         source,
     };
     let quoted = format!("\"{}\"", spec.name);
-    ctx.sql(&format!("CREATE VIEW features AS SELECT * FROM {quoted}"))
-        .await
-        .map_err(df_err)?;
+    let range = dates
+        .map(|(from, to)| format!(" WHERE date >= '{from}' AND date <= '{to}'"))
+        .unwrap_or_default();
+    ctx.sql(&format!(
+        "CREATE VIEW features AS SELECT * FROM {quoted}{range}"
+    ))
+    .await
+    .map_err(df_err)?;
     ctx.sql(
         "CREATE VIEW training AS \
          SELECT f.*, CASE WHEN l.kind IS NULL THEN 0 ELSE 1 END AS label, l.kind AS kind \
@@ -147,52 +168,89 @@ pub async fn backfill(
     progress.set_length(dates.len() as u64);
     let spec = features_table(catalog);
     let mut summary = BackfillSummary::default();
-    for date in dates {
+    // Consecutive dates to compute go in chunks of at most CHUNK_TICKS
+    // ticks (a date alone may hold more): one pass over a chunk reads its
+    // lookback and plans the queries once instead of once per date.
+    let mut chunks: Vec<Vec<NaiveDate>> = Vec::new();
+    let limit = if options.chunk_ticks == 0 {
+        CHUNK_TICKS
+    } else {
+        options.chunk_ticks
+    };
+    let mut chunk_ticks = 0u64;
+    let mut previous_pending = false;
+    for &(date, ticks) in &dates {
         let marker = root.path(&format!("{}/date={date}/_SUCCESS", spec.name));
         let done = root.store().head(&marker).await.is_ok();
         if done && !options.force {
             summary.dates_skipped.push(date);
             progress.inc(1);
+            previous_pending = false;
             continue;
         }
         if done {
             remove_date(root, &spec, date).await?;
         }
-        let rows = backfill_date(root, catalog, &spec, date, options).await?;
-        root.store()
-            .put(&marker, PutPayload::from_static(b""))
-            .await
-            .map_err(|source| LakeError::Store {
-                path: marker.to_string(),
-                source,
-            })?;
-        tracing::info!(%date, rows, "Features backfilled.");
+        match chunks.last_mut() {
+            Some(chunk) if previous_pending && chunk_ticks + ticks <= limit => {
+                chunk.push(date);
+                chunk_ticks += ticks;
+            }
+            _ => {
+                chunks.push(vec![date]);
+                chunk_ticks = ticks;
+            }
+        }
+        previous_pending = true;
+    }
+    for chunk in chunks {
+        let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
+        let rows = backfill_dates(root, catalog, &spec, first, last, options).await?;
+        // Markers only once every date of the chunk is written.
+        for date in &chunk {
+            let marker = root.path(&format!("{}/date={date}/_SUCCESS", spec.name));
+            root.store()
+                .put(&marker, PutPayload::from_static(b""))
+                .await
+                .map_err(|source| LakeError::Store {
+                    path: marker.to_string(),
+                    source,
+                })?;
+        }
+        tracing::info!(%first, %last, rows, "Features backfilled.");
         summary.rows += rows;
-        summary.dates_done.push(date);
-        progress.inc(1);
+        summary.dates_done.extend(&chunk);
+        progress.inc(chunk.len() as u64);
     }
     summary.elapsed = started.elapsed();
     Ok(summary)
 }
 
+/// Most ticks backfilled in one pass (more only when one date holds more):
+/// bounds memory whatever the lake's size.
+pub const CHUNK_TICKS: u64 = 2_000_000;
+
+/// The lake's dates in range, in order, with their tick counts.
 async fn tick_dates(
     ctx: &SessionContext,
     o: &BackfillOptions,
-) -> Result<Vec<NaiveDate>, BackfillError> {
-    let mut sql = "SELECT DISTINCT date FROM ticks WHERE true".to_owned();
+) -> Result<Vec<(NaiveDate, u64)>, BackfillError> {
+    let mut sql = "SELECT date, count(*) FROM ticks WHERE true".to_owned();
     if let Some(f) = o.from {
         sql.push_str(&format!(" AND date >= '{f}'"));
     }
     if let Some(t) = o.to {
         sql.push_str(&format!(" AND date <= '{t}'"));
     }
-    sql.push_str(" ORDER BY date");
+    sql.push_str(" GROUP BY date ORDER BY date");
     let batches = collect(ctx, &sql, NaiveDate::MIN).await?;
     let mut out = Vec::new();
     for b in &batches {
-        for d in b.column(0).as_string::<i32>().iter().flatten() {
-            if let Ok(d) = NaiveDate::parse_from_str(d, "%Y-%m-%d") {
-                out.push(d);
+        let dates = b.column(0).as_string::<i32>();
+        let counts = b.column(1).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            if let Ok(d) = NaiveDate::parse_from_str(dates.value(i), "%Y-%m-%d") {
+                out.push((d, u64::try_from(counts.value(i)).unwrap_or(0)));
             }
         }
     }
@@ -223,19 +281,21 @@ fn sql_ts(us: i64) -> String {
     format!("to_timestamp_micros({us}) AT TIME ZONE 'UTC'")
 }
 
-/// Computes one date: history from the lookback before it, every feature
-/// file as a view, joined on the tick key, only the date's rows kept.
-async fn backfill_date(
+/// Computes the dates `date..=last`: history from the lookback before
+/// `date`, every feature file as a view, joined on the tick key, only the
+/// rows of the dates kept.
+async fn backfill_dates(
     root: &LakeRoot,
     catalog: &Catalog,
     spec: &TableSpec,
     date: NaiveDate,
+    last: NaiveDate,
     o: &BackfillOptions,
 ) -> Result<u64, BackfillError> {
     let q_err = |source| BackfillError::Query { date, source };
     let ctx = session_context(root).await?;
     let start = day_start_us(date);
-    let end = start + DAY_US;
+    let end = day_start_us(last) + DAY_US;
     let lookback = catalog.lookback();
     let time_start = start - i64::try_from(lookback.time.as_micros()).unwrap_or(i64::MAX / 2);
     let symbol_filter = if o.symbols.is_empty() {
@@ -298,7 +358,7 @@ async fn backfill_date(
             .map_or(time_start, |d| day_start_us(d).min(time_start))
     };
     let view = format!(
-        "CREATE VIEW ticks_window AS SELECT * FROM ticks WHERE date >= '{}' AND date <= '{date}' \
+        "CREATE VIEW ticks_window AS SELECT * FROM ticks WHERE date >= '{}' AND date <= '{last}' \
          AND ts >= {} AND ts < {}{symbol_filter}",
         first_date(history_start),
         sql_ts(history_start),
@@ -378,7 +438,12 @@ fn conform(
     RecordBatch::try_new(schema.clone(), columns)
 }
 
-async fn remove_date(root: &LakeRoot, spec: &TableSpec, date: NaiveDate) -> Result<(), LakeError> {
+/// Deletes every file of `spec`'s partition for `date`.
+pub(crate) async fn remove_date(
+    root: &LakeRoot,
+    spec: &TableSpec,
+    date: NaiveDate,
+) -> Result<(), LakeError> {
     use futures::TryStreamExt;
     let prefix = root.path(&format!("{}/date={date}", spec.name));
     let store = root.store();

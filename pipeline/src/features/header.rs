@@ -1,5 +1,5 @@
-//! Header comments of a feature file: `-- name:`, `-- description:`,
-//! `-- lookback:`.
+//! Header comments of a feature or rule file: `-- name:`,
+//! `-- description:`, `-- lookback:`, `-- threshold:` (rules).
 
 use std::time::Duration;
 
@@ -22,6 +22,9 @@ pub struct Header {
     /// A lookback that replaces the derived one (for history the plan cannot
     /// show, such as a join to another table).
     pub lookback: Option<Lookback>,
+    /// A rule file's alert threshold: a tick alerts when its score is at
+    /// least this.
+    pub threshold: Option<f64>,
 }
 
 impl Header {
@@ -60,6 +63,17 @@ impl Header {
                     h.description = Some(value.to_owned());
                     "description"
                 }
+                "threshold" => {
+                    let t: f64 = value
+                        .parse()
+                        .ok()
+                        .filter(|t: &f64| t.is_finite())
+                        .ok_or_else(|| {
+                            (i + 1, format!("threshold {value:?}: expected a number"))
+                        })?;
+                    h.threshold = Some(t);
+                    "threshold"
+                }
                 _ => {
                     h.lookback = Some(parse_lookback(value).map_err(|m| (i + 1, m))?);
                     "lookback"
@@ -71,7 +85,7 @@ impl Header {
 }
 
 fn is_key(k: &str) -> bool {
-    matches!(k, "name" | "description" | "lookback")
+    matches!(k, "name" | "description" | "lookback" | "threshold")
 }
 
 /// Parses `30 minutes`, `5m`, `200 ticks`, `1h, 50 ticks`.

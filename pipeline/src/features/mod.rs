@@ -15,11 +15,12 @@ mod error;
 mod header;
 mod lookback;
 
+pub(crate) use backfill::remove_date;
 pub use backfill::{
-    backfill, features_table, training_session, BackfillError, BackfillOptions, BackfillSummary,
-    ROWS_SEARCH_DAYS,
+    backfill, features_table, snapshot_session, training_session, BackfillError, BackfillOptions,
+    BackfillSummary, CHUNK_TICKS, ROWS_SEARCH_DAYS,
 };
 pub use catalog::{Catalog, FeatureFile, DEFAULT_QUERIES, QUERIES_ENV};
-pub use error::CatalogError;
+pub use error::{CatalogError, CatalogErrors};
 pub use header::Header;
 pub use lookback::Lookback;

@@ -17,7 +17,7 @@ use object_store::ObjectStore;
 use super::table::DATE_COLUMN;
 use super::{LakeError, LakeRoot, TableSpec};
 
-/// A session with the lake's standard tables (`ticks`, `labels`) and all
+/// A session with the lake's standard tables (`ticks`, `labels`, `scores`) and all
 /// UDFs registered.
 ///
 /// A table with no files yet is registered empty with its schema, so queries
@@ -55,7 +55,7 @@ pub fn schema_session() -> SessionContext {
     stockanomaly_udfs::register_all(&ctx);
     for spec in TableSpec::standard() {
         // A MemTable over a well-formed schema cannot fail to build.
-        if let Ok(t) = MemTable::try_new(with_date(&spec.schema), vec![vec![]]) {
+        if let Ok(t) = MemTable::try_new(with_partitions(&spec), vec![vec![]]) {
             let _ = ctx.register_table(spec.name.as_str(), Arc::new(t));
         }
     }
@@ -72,13 +72,13 @@ pub async fn register_table(
         table: spec.name.clone(),
         source,
     };
-    let schema = with_date(&spec.schema);
+    let schema = with_partitions(spec);
     let provider: Arc<dyn datafusion::catalog::TableProvider> =
         if has_files(root.store().as_ref(), root, &spec.name).await? {
             let url = ListingTableUrl::parse(root.table_url(&spec.name)).map_err(df_err)?;
             let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(".parquet")
-                .with_table_partition_cols(vec![(DATE_COLUMN.to_owned(), DataType::Utf8)]);
+                .with_table_partition_cols(partition_cols(spec));
             let config = ListingTableConfig::new(url)
                 .with_listing_options(options)
                 .with_schema(Arc::clone(&spec.schema));
@@ -92,9 +92,25 @@ pub async fn register_table(
     Ok(())
 }
 
-fn with_date(schema: &SchemaRef) -> SchemaRef {
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new(DATE_COLUMN, DataType::Utf8, false));
+/// The Hive partition columns of `spec`, outermost first.
+fn partition_cols(spec: &TableSpec) -> Vec<(String, DataType)> {
+    spec.outer_partition
+        .into_iter()
+        .chain([DATE_COLUMN])
+        .map(|c| (c.to_owned(), DataType::Utf8))
+        .collect()
+}
+
+fn with_partitions(spec: &TableSpec) -> SchemaRef {
+    let mut fields: Vec<Field> = spec
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    for (name, ty) in partition_cols(spec) {
+        fields.push(Field::new(name, ty, false));
+    }
     Arc::new(Schema::new(fields))
 }
 

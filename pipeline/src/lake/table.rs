@@ -17,6 +17,10 @@ pub struct TableSpec {
     pub partition_ts: &'static str,
     /// Columns every file is sorted by, in order.
     pub sort_by: Vec<&'static str>,
+    /// A Hive partition column above `date` (`name/<col>=<value>/date=.../`),
+    /// read from the folder names; writers append to the sub-table
+    /// `name/<col>=<value>` (see [`TableSpec::sub_table`]).
+    pub outer_partition: Option<&'static str>,
 }
 
 /// Name of the Hive partition column that every lake table carries.
@@ -30,6 +34,7 @@ impl TableSpec {
             schema: tick_schema(),
             partition_ts: col::TS,
             sort_by: vec![col::SYMBOL, col::TS, col::SEQ],
+            outer_partition: None,
         }
     }
 
@@ -45,11 +50,37 @@ impl TableSpec {
                 labels::col::END_TS,
                 labels::col::KIND,
             ],
+            outer_partition: None,
+        }
+    }
+
+    /// The `scores` table: one row per scored tick and detector, under
+    /// `scores/model_version=<version>/date=.../`.
+    pub fn scores() -> Self {
+        Self {
+            name: "scores".into(),
+            schema: crate::model::score::scores_schema(),
+            partition_ts: col::TS,
+            sort_by: vec![col::SYMBOL, col::TS, col::SEQ],
+            outer_partition: Some(crate::model::score::col::MODEL_VERSION),
+        }
+    }
+
+    /// The folder of one value of the outer partition, as a table of its
+    /// own (what an [`Appender`](super::Appender) writes to).
+    pub fn sub_table(&self, value: &str) -> Self {
+        match self.outer_partition {
+            Some(c) => Self {
+                name: format!("{}/{c}={value}", self.name),
+                outer_partition: None,
+                ..self.clone()
+            },
+            None => self.clone(),
         }
     }
 
     /// The tables every session registers.
     pub fn standard() -> Vec<Self> {
-        vec![Self::ticks(), Self::labels()]
+        vec![Self::ticks(), Self::labels(), Self::scores()]
     }
 }

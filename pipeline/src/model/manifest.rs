@@ -80,6 +80,27 @@ pub struct Manifest {
     /// When training finished (RFC 3339, UTC).
     pub created: String,
     pub xgboost_version: String,
+    /// The model version (`xgb-` + a hash of `model.json`), as recorded
+    /// with its scores and alerts.
+    #[serde(default)]
+    pub version: String,
+    /// Importance per feature, in catalog order.
+    #[serde(default)]
+    pub importance: Vec<Importance>,
+    /// Metrics of the rules (`queries/rules/`) on the same test rows, by
+    /// rule name: the baseline the model should beat.
+    #[serde(default)]
+    pub baselines: BTreeMap<String, Metrics>,
+}
+
+/// How much the model uses one feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Importance {
+    pub feature: String,
+    /// Average gain of the splits on the feature (0 when never split on).
+    pub gain: f64,
+    /// Mean |SHAP contribution| over the test split's rows.
+    pub mean_abs_shap: f64,
 }
 
 /// A manifest that cannot be read or does not fit the catalog.

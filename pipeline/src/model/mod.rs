@@ -10,12 +10,18 @@
 //! and writes an artifact folder (`model.json`, [`manifest`]); [`metrics`]
 //! scores a model against labels.
 
+pub mod curves;
 pub mod manifest;
 pub mod metrics;
+pub mod report;
+pub mod rules;
+pub mod score;
 pub mod train;
 pub mod xgb;
 
 pub use manifest::{Manifest, ManifestError};
 pub use metrics::Metrics;
-pub use train::{evaluate, train, TrainError, TrainOptions};
+pub use rules::{Rule, RuleSet};
+pub use score::{score, Detector, ModelDetector, ScoreOptions, ScoreSummary};
+pub use train::{evaluate, evaluate_rules, train, TrainError, TrainOptions};
 pub use xgb::{Booster, DMatrix, EvalMetric, FeatureScore, PredictKind, XgbError};

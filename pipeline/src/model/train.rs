@@ -25,12 +25,16 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use indicatif::ProgressBar;
 
+use super::curves::Curves;
 use super::manifest::{
-    Manifest, ManifestError, SplitInfo, ThresholdRule, MODEL_FILE, XGBOOST_VERSION,
+    Importance, Manifest, ManifestError, SplitInfo, ThresholdRule, MODEL_FILE, XGBOOST_VERSION,
 };
 use super::metrics::{best_f1_threshold, threshold_for_precision, Metrics};
+use super::report::{self, ReportInput, REPORT_FILE};
+use super::rules::Rule;
+use super::score::{model_version, run_rule, ModelDetector};
 use super::xgb::{Booster, DMatrix, PredictKind, XgbError};
-use crate::features::{training_session, Catalog};
+use crate::features::{snapshot_session, training_session, Catalog};
 use crate::lake::{LakeError, LakeRoot};
 
 /// What to train.
@@ -55,6 +59,8 @@ pub struct TrainOptions {
     /// Choose the lowest threshold reaching this validation precision
     /// instead of the best F1.
     pub target_precision: Option<f64>,
+    /// Rules evaluated on the test rows beside the model (the baselines).
+    pub rules: Vec<Rule>,
 }
 
 impl Default for TrainOptions {
@@ -69,6 +75,7 @@ impl Default for TrainOptions {
             patience: 20,
             seed: 42,
             target_precision: None,
+            rules: Vec::new(),
         }
     }
 }
@@ -479,11 +486,59 @@ pub async fn train(
         );
     }
 
-    std::fs::create_dir_all(out).map_err(|source| ManifestError::Io {
-        path: out.to_owned(),
-        source,
-    })?;
-    booster.save_json(&out.join(MODEL_FILE))?;
+    // Rules on exactly the model's test rows: the baseline it should beat.
+    let test_plan = &plans[2];
+    let mut baselines = BTreeMap::new();
+    if !options.rules.is_empty() {
+        let ctx = snapshot_session(root, catalog, Some((test_plan.from, test_plan.to))).await?;
+        for rule in &options.rules {
+            let scores = rule_scores(&ctx, rule, test_set.rows(), test_plan.after_us).await?;
+            baselines.insert(
+                rule.name.clone(),
+                Metrics::compute(
+                    &scores,
+                    &test_set.label,
+                    &test_set.kinds(),
+                    rule.threshold as f32,
+                ),
+            );
+        }
+    }
+
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ManifestError::Io { path, source }
+    };
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    let model_json = booster.save_to_buffer("json")?;
+    let model_path = out.join(MODEL_FILE);
+    std::fs::write(&model_path, &model_json).map_err(io_err(&model_path))?;
+    let version = model_version(&model_json);
+
+    let gain = booster.feature_importance_gain()?;
+    let shap = mean_abs_shap(&booster, test_set, best_range)?;
+    let importance: Vec<Importance> = names
+        .iter()
+        .zip(&shap)
+        .map(|(name, &mean_abs_shap)| Importance {
+            feature: (*name).to_owned(),
+            gain: gain
+                .iter()
+                .find(|g| g.feature == *name)
+                .map_or(0.0, |g| f64::from(g.score)),
+            mean_abs_shap,
+        })
+        .collect();
+    let curves = vec![
+        (
+            "valid".to_owned(),
+            Curves::compute(&score(&dvalid)?, &valid_set.label),
+        ),
+        (
+            "test".to_owned(),
+            Curves::compute(&score(&dtest)?, &test_set.label),
+        ),
+    ];
     let manifest = Manifest {
         features: names.iter().map(|n| (*n).to_owned()).collect(),
         feature_set: catalog.hash().to_owned(),
@@ -515,9 +570,133 @@ pub async fn train(
         metrics,
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         xgboost_version: XGBOOST_VERSION.to_owned(),
+        version: version.clone(),
+        importance,
+        baselines,
     };
     manifest.write(out)?;
+    let by = |f: fn(&Importance) -> f64| {
+        let mut v: Vec<(String, f64)> = manifest
+            .importance
+            .iter()
+            .map(|i| (i.feature.clone(), f(i)))
+            .collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
+    };
+    let report_path = out.join(REPORT_FILE);
+    report::write(
+        out,
+        &ReportInput {
+            manifest: &manifest,
+            version: &version,
+            curves,
+            gain: by(|i| i.gain),
+            shap: by(|i| i.mean_abs_shap),
+            baselines: manifest
+                .baselines
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        },
+    )
+    .map_err(io_err(&report_path))?;
     Ok(manifest)
+}
+
+/// Rows sampled for mean |SHAP|: enough for stable means, bounded time.
+const SHAP_SAMPLE_ROWS: usize = 100_000;
+
+/// Mean |SHAP contribution| per feature over `set` (an even sample of at
+/// most [`SHAP_SAMPLE_ROWS`] rows), using the trees of `rounds`.
+fn mean_abs_shap(
+    booster: &Booster,
+    set: &Dataset,
+    rounds: Option<(u32, u32)>,
+) -> Result<Vec<f64>, TrainError> {
+    let n = set.rows();
+    let step = n.div_ceil(SHAP_SAMPLE_ROWS).max(1);
+    let take: arrow::array::UInt64Array = (0..n as u64).step_by(step).map(Some).collect();
+    let cols: Vec<Float64Array> = set
+        .columns
+        .iter()
+        .map(|c| {
+            Ok(arrow::compute::take(c, &take, None)?
+                .as_primitive::<Float64Type>()
+                .clone())
+        })
+        .collect::<Result<_, TrainError>>()?;
+    let refs: Vec<&Float64Array> = cols.iter().collect();
+    let m = DMatrix::from_columns(&refs, None, None)?;
+    let (contribs, width) = booster.predict_with(&m, PredictKind::Contribs, rounds)?;
+    let mut sums = vec![0.0f64; set.columns.len()];
+    let mut rows = 0usize;
+    for row in contribs.chunks(width.max(1)) {
+        for (s, c) in sums.iter_mut().zip(row) {
+            *s += f64::from(c.abs());
+        }
+        rows += 1;
+    }
+    Ok(sums.into_iter().map(|s| s / rows.max(1) as f64).collect())
+}
+
+/// A rule's scores for the rows `read_rows` reads from the session's
+/// `features` view (the same order), NULL scoring lowest.
+async fn rule_scores(
+    ctx: &SessionContext,
+    rule: &Rule,
+    rows: usize,
+    after_us: Option<i64>,
+) -> Result<Vec<f32>, TrainError> {
+    let (scores, _) = run_rule(ctx, rule, rows, after_us).await?;
+    Ok(scores
+        .iter()
+        .map(|s| s.map_or(f32::NEG_INFINITY, |s| s as f32))
+        .collect())
+}
+
+/// Every rule's metrics on the labelled rows of `from..=to` (the whole
+/// snapshot by default), each at its own threshold.
+pub async fn evaluate_rules(
+    root: &LakeRoot,
+    catalog: &Catalog,
+    rules: &[Rule],
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+) -> Result<(NaiveDate, NaiveDate, Vec<(String, Metrics)>), TrainError> {
+    let (from, to) = resolve_range(root, catalog, from, to).await?;
+    let ctx = snapshot_session(root, catalog, Some((from, to))).await?;
+    let set = read_rows(&ctx, catalog, from, to, None).await?;
+    if set.rows() == 0 {
+        return Err(TrainError::NoRows { from, to });
+    }
+    let mut out = Vec::new();
+    for rule in rules {
+        let scores = rule_scores(&ctx, rule, set.rows(), None).await?;
+        out.push((
+            rule.name.clone(),
+            Metrics::compute(&scores, &set.label, &set.kinds(), rule.threshold as f32),
+        ));
+    }
+    Ok((from, to, out))
+}
+
+/// `from..=to` with the snapshot's first and last dates as defaults.
+async fn resolve_range(
+    root: &LakeRoot,
+    catalog: &Catalog,
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+) -> Result<(NaiveDate, NaiveDate), TrainError> {
+    let ctx = training_session(root, catalog).await?;
+    let dates = date_spans(&ctx).await?;
+    let (Some(first), Some(last)) = (dates.first(), dates.last()) else {
+        return Err(TrainError::NoSnapshot {
+            feature_set: catalog.hash().to_owned(),
+            lake: root.to_string(),
+        });
+    };
+    Ok((from.unwrap_or(first.date), to.unwrap_or(last.date)))
 }
 
 /// The model in `model_dir` scored on the training rows of `from..=to`
@@ -531,32 +710,17 @@ pub async fn evaluate(
     from: Option<NaiveDate>,
     to: Option<NaiveDate>,
 ) -> Result<(Manifest, NaiveDate, NaiveDate, Metrics), TrainError> {
-    let manifest = Manifest::read(model_dir)?;
-    manifest.check_catalog(catalog)?;
-    let booster = Booster::load_json(&model_dir.join(MODEL_FILE))?;
+    let model = ModelDetector::load(model_dir, catalog)?;
+    let (from, to) = resolve_range(root, catalog, from, to).await?;
     let ctx = training_session(root, catalog).await?;
-    let dates = date_spans(&ctx).await?;
-    let (Some(first), Some(last)) = (dates.first(), dates.last()) else {
-        return Err(TrainError::NoSnapshot {
-            feature_set: catalog.hash().to_owned(),
-            lake: root.to_string(),
-        });
-    };
-    let from = from.unwrap_or(first.date);
-    let to = to.unwrap_or(last.date);
     let set = read_rows(&ctx, catalog, from, to, None).await?;
     if set.rows() == 0 {
         return Err(TrainError::NoRows { from, to });
     }
-    let names = catalog.feature_names();
-    let m = set.matrix(&names)?;
-    let (scores, _) = booster.predict_with(
-        &m,
-        PredictKind::Value,
-        Some((0, manifest.best_iteration + 1)),
-    )?;
-    let metrics = Metrics::compute(&scores, &set.label, &set.kinds(), manifest.threshold);
-    Ok((manifest, from, to, metrics))
+    let refs: Vec<&Float64Array> = set.columns.iter().collect();
+    let scores = model.predict(&refs)?;
+    let metrics = Metrics::compute(&scores, &set.label, &set.kinds(), model.manifest.threshold);
+    Ok((model.manifest, from, to, metrics))
 }
 
 #[cfg(test)]

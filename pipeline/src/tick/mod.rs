@@ -16,6 +16,6 @@ mod validate;
 
 pub use builder::{TickBuilder, TickRecord};
 pub use reject::{Reject, RejectCounts, RejectWriter};
-pub use schema::{col, tick_schema, TICK_KEY};
+pub use schema::{col, tick_schema, ts_type, TICK_KEY};
 pub use seq::SeqAssigner;
 pub use validate::{RejectReason, Rejection, Validator, MIN_TS_US};

@@ -1,0 +1,497 @@
+//! Batch scoring: a model or rules over the feature snapshot, written to the
+//! lake's `scores` table.
+//!
+//! Each detector's scores of a date go to
+//! `scores/model_version=<version>/date=<date>/`, one row per feature row:
+//! the tick key, the score, whether it reaches the detector's threshold, and
+//! for alerts the reason (a rule's text, or the model's largest SHAP
+//! contributions). Scoring a date again replaces that detector's files for
+//! the date. Dates are scored one at a time, so memory holds one date.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray,
+};
+use arrow::compute::{cast, concat_batches, filter};
+use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
+use chrono::NaiveDate;
+use datafusion::error::DataFusionError;
+use indicatif::ProgressBar;
+use sha2::{Digest, Sha256};
+
+use super::manifest::{Manifest, MODEL_FILE};
+use super::rules::{hex, Rule};
+use super::train::{date_spans, TrainError};
+use super::xgb::{Booster, DMatrix, PredictKind, XgbError};
+use crate::features::{remove_date, snapshot_session, Catalog};
+use crate::lake::{Appender, AppenderOptions, LakeRoot, TableSpec};
+use crate::tick::{col as tick_col, ts_type};
+
+/// Column names of the `scores` table.
+pub mod col {
+    /// The detector's score (a probability for models; rules choose).
+    pub const SCORE: &str = "score";
+    /// Whether the score reaches the threshold.
+    pub const ALERT: &str = "alert";
+    /// The detector's threshold.
+    pub const THRESHOLD: &str = "threshold";
+    /// `model` or `rule`.
+    pub const DETECTOR: &str = "detector";
+    /// Why an alert fired (NULL for other rows).
+    pub const REASON: &str = "reason";
+    /// A model alert's largest SHAP contributions, as JSON (NULL otherwise).
+    pub const TOP_SHAP: &str = "top_shap";
+    /// The detector version (a partition column: `model_version=...`).
+    pub const MODEL_VERSION: &str = "model_version";
+}
+
+/// Schema of the `scores` files (the `model_version` and `date` partition
+/// columns come from folder names).
+pub fn scores_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(tick_col::TS, ts_type(), false),
+        Field::new(tick_col::SYMBOL, DataType::Utf8, false),
+        Field::new(tick_col::SEQ, DataType::UInt32, false),
+        Field::new(col::SCORE, DataType::Float64, true),
+        Field::new(col::ALERT, DataType::Boolean, false),
+        Field::new(col::THRESHOLD, DataType::Float64, false),
+        Field::new(col::DETECTOR, DataType::Utf8, false),
+        Field::new(col::REASON, DataType::Utf8, true),
+        Field::new(col::TOP_SHAP, DataType::Utf8, true),
+    ]))
+}
+
+/// The version of a model: `xgb-` and the first 12 hex digits of the
+/// SHA-256 of its `model.json`. The same trees give the same version,
+/// whoever trained them.
+pub fn model_version(model_json: &[u8]) -> String {
+    format!("xgb-{}", &hex(&Sha256::digest(model_json))[..12])
+}
+
+/// A trained model ready to score: its booster, manifest and version.
+#[derive(Debug)]
+pub struct ModelDetector {
+    /// The artifact's manifest.
+    pub manifest: Manifest,
+    /// The trees.
+    pub booster: Booster,
+    /// [`model_version`] of its `model.json`.
+    pub version: String,
+}
+
+impl ModelDetector {
+    /// Loads the artifact folder `dir` (`model.json`, `manifest.json`) and
+    /// refuses it unless its features are the catalog's.
+    pub fn load(dir: &Path, catalog: &Catalog) -> Result<Self, TrainError> {
+        let manifest = Manifest::read(dir)?;
+        manifest.check_catalog(catalog)?;
+        let path = dir.join(MODEL_FILE);
+        let bytes = std::fs::read(&path).map_err(|source| super::ManifestError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let booster = Booster::load_from_buffer(&bytes)?;
+        Ok(ModelDetector {
+            manifest,
+            booster,
+            version: model_version(&bytes),
+        })
+    }
+
+    /// The trees used for scoring: up to the best iteration.
+    pub fn rounds(&self) -> (u32, u32) {
+        (0, self.manifest.best_iteration + 1)
+    }
+
+    /// Scores feature columns (catalog order).
+    pub fn predict(&self, columns: &[&Float64Array]) -> Result<Vec<f32>, XgbError> {
+        let m = DMatrix::from_columns(columns, None, None)?;
+        Ok(self
+            .booster
+            .predict_with(&m, PredictKind::Value, Some(self.rounds()))?
+            .0)
+    }
+
+    /// The `k` largest SHAP contributions (by magnitude) of each row, with
+    /// the feature's value, as one JSON array per row.
+    pub fn top_contributions(
+        &self,
+        columns: &[&Float64Array],
+        names: &[&str],
+        k: usize,
+    ) -> Result<Vec<String>, XgbError> {
+        let m = DMatrix::from_columns(columns, None, None)?;
+        let (contribs, width) =
+            self.booster
+                .predict_with(&m, PredictKind::Contribs, Some(self.rounds()))?;
+        let mut out = Vec::with_capacity(m.num_rows()?);
+        for (row, c) in contribs.chunks(width.max(1)).enumerate() {
+            // The last entry is the bias, not a feature.
+            let mut idx: Vec<usize> = (0..width.saturating_sub(1)).collect();
+            idx.sort_by(|&a, &b| c[b].abs().total_cmp(&c[a].abs()).then(a.cmp(&b)));
+            let top: Vec<serde_json::Value> = idx
+                .into_iter()
+                .take(k)
+                .map(|i| {
+                    let col = columns[i];
+                    let value = (!col.is_null(row)).then(|| col.value(row));
+                    serde_json::json!({
+                        "feature": names.get(i).copied().unwrap_or("?"),
+                        "value": value,
+                        "contribution": c[i],
+                    })
+                })
+                .collect();
+            out.push(serde_json::Value::Array(top).to_string());
+        }
+        Ok(out)
+    }
+}
+
+/// What scores ticks: a model or a rule.
+#[derive(Debug)]
+pub enum Detector {
+    /// An XGBoost model.
+    Model(Box<ModelDetector>),
+    /// A rule file.
+    Rule(Rule),
+}
+
+impl Detector {
+    /// The version written with its scores.
+    pub fn version(&self) -> String {
+        match self {
+            Detector::Model(m) => m.version.clone(),
+            Detector::Rule(r) => r.version(),
+        }
+    }
+
+    /// `model` or `rule`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Detector::Model(_) => "model",
+            Detector::Rule(_) => "rule",
+        }
+    }
+
+    /// A score at or above this alerts.
+    pub fn threshold(&self) -> f64 {
+        match self {
+            Detector::Model(m) => f64::from(m.manifest.threshold),
+            Detector::Rule(r) => r.threshold,
+        }
+    }
+
+    /// A name for tables and logs: the rule's name, or `model`.
+    pub fn label(&self) -> String {
+        match self {
+            Detector::Model(m) => format!("model {}", m.version),
+            Detector::Rule(r) => format!("rule {}", r.name),
+        }
+    }
+}
+
+/// What to score.
+#[derive(Debug, Clone, Default)]
+pub struct ScoreOptions {
+    /// First date (the snapshot's first by default).
+    pub from: Option<NaiveDate>,
+    /// Last date, inclusive (the snapshot's last by default).
+    pub to: Option<NaiveDate>,
+    /// SHAP contributions kept per model alert (0: none).
+    pub top_shap: usize,
+}
+
+/// What a scoring run did, per detector.
+#[derive(Debug, Clone, Default)]
+pub struct ScoreSummary {
+    /// `(detector label, version, rows scored, alerts)`.
+    pub detectors: Vec<(String, String, u64, u64)>,
+    /// Dates scored.
+    pub dates: Vec<NaiveDate>,
+}
+
+/// Scores the snapshot's dates in range with every detector and writes
+/// `scores/`; `bar` counts dates.
+pub async fn score(
+    root: &LakeRoot,
+    catalog: &Catalog,
+    detectors: &[Detector],
+    options: &ScoreOptions,
+    bar: &ProgressBar,
+) -> Result<ScoreSummary, TrainError> {
+    let all = date_spans(&snapshot_session(root, catalog, None).await?).await?;
+    if all.is_empty() {
+        return Err(TrainError::NoSnapshot {
+            feature_set: catalog.hash().to_owned(),
+            lake: root.to_string(),
+        });
+    }
+    let dates: Vec<NaiveDate> = all
+        .iter()
+        .map(|d| d.date)
+        .filter(|d| options.from.is_none_or(|f| *d >= f))
+        .filter(|d| options.to.is_none_or(|t| *d <= t))
+        .collect();
+    if dates.is_empty() {
+        return Err(TrainError::NoRows {
+            from: options.from.unwrap_or(all[0].date),
+            to: options.to.unwrap_or(all[all.len() - 1].date),
+        });
+    }
+    bar.set_length(dates.len() as u64);
+    let mut summary = ScoreSummary {
+        detectors: detectors
+            .iter()
+            .map(|d| (d.label(), d.version(), 0, 0))
+            .collect(),
+        dates: Vec::new(),
+    };
+    let table = TableSpec::scores();
+    for date in dates {
+        let ctx = snapshot_session(root, catalog, Some((date, date))).await?;
+        let features = read_features(&ctx, catalog).await?;
+        for (detector, totals) in detectors.iter().zip(&mut summary.detectors) {
+            let batch = score_batch(&ctx, catalog, detector, &features, options.top_shap).await?;
+            let alerts = batch.column(4).as_boolean().true_count();
+            totals.2 += batch.num_rows() as u64;
+            totals.3 += alerts as u64;
+            let spec = table.sub_table(&detector.version());
+            remove_date(root, &spec, date).await?;
+            let mut appender = Appender::new(root.clone(), spec, AppenderOptions::default());
+            appender.append(batch).await?;
+            appender.finish().await?;
+        }
+        tracing::info!(%date, rows = features.num_rows(), "Scored.");
+        summary.dates.push(date);
+        bar.inc(1);
+    }
+    Ok(summary)
+}
+
+/// The key and feature columns of the `features` view, in key order.
+async fn read_features(
+    ctx: &datafusion::prelude::SessionContext,
+    catalog: &Catalog,
+) -> Result<RecordBatch, TrainError> {
+    let mut select = vec![
+        tick_col::TS.to_owned(),
+        tick_col::SYMBOL.to_owned(),
+        tick_col::SEQ.to_owned(),
+    ];
+    select.extend(
+        catalog
+            .feature_names()
+            .iter()
+            .map(|n| format!("\"{}\"", n.replace('"', "\"\""))),
+    );
+    let df = ctx
+        .sql(&format!(
+            "SELECT {} FROM features ORDER BY symbol, ts, seq",
+            select.join(", ")
+        ))
+        .await?;
+    let schema = df.schema().inner().clone();
+    let batches = df.collect().await?;
+    Ok(concat_batches(&schema, &batches)?)
+}
+
+fn rows_err(detail: String) -> TrainError {
+    TrainError::Query(DataFusionError::Execution(detail))
+}
+
+/// One detector's `scores` rows for `features` (key + features).
+async fn score_batch(
+    ctx: &datafusion::prelude::SessionContext,
+    catalog: &Catalog,
+    detector: &Detector,
+    features: &RecordBatch,
+    top_shap: usize,
+) -> Result<RecordBatch, TrainError> {
+    let n = features.num_rows();
+    let threshold = detector.threshold();
+    let (score, reason, shap): (Float64Array, StringArray, StringArray) = match detector {
+        Detector::Model(model) => {
+            let cols: Vec<Float64Array> = features.columns()[3..]
+                .iter()
+                .map(|c| {
+                    Ok(cast(c, &DataType::Float64)?
+                        .as_primitive::<Float64Type>()
+                        .clone())
+                })
+                .collect::<Result<_, TrainError>>()?;
+            let refs: Vec<&Float64Array> = cols.iter().collect();
+            let scores = model.predict(&refs)?;
+            // Compare in f32, as training chose the threshold among f32s.
+            let t32 = model.manifest.threshold;
+            let alert: BooleanArray = scores.iter().map(|&s| Some(s >= t32)).collect();
+            let (reason, shap) = if top_shap > 0 && alert.true_count() > 0 {
+                let picked: Vec<Float64Array> = cols
+                    .iter()
+                    .map(|c| Ok(filter(c, &alert)?.as_primitive::<Float64Type>().clone()))
+                    .collect::<Result<_, TrainError>>()?;
+                let picked_refs: Vec<&Float64Array> = picked.iter().collect();
+                let names = catalog.feature_names();
+                let top = model.top_contributions(&picked_refs, &names, top_shap)?;
+                let mut top = top.into_iter();
+                let mut reasons: Vec<Option<String>> = Vec::with_capacity(n);
+                let mut shaps: Vec<Option<String>> = Vec::with_capacity(n);
+                for a in alert.values().iter() {
+                    // The contributions are of the alert rows, in order.
+                    match if a { top.next() } else { None } {
+                        Some(json) => {
+                            reasons.push(Some(shap_reason(&json)));
+                            shaps.push(Some(json));
+                        }
+                        None => {
+                            reasons.push(None);
+                            shaps.push(None);
+                        }
+                    }
+                }
+                (StringArray::from(reasons), StringArray::from(shaps))
+            } else {
+                let reasons: StringArray = alert
+                    .values()
+                    .iter()
+                    .map(|a| a.then(|| format!("model score at or above {t32}")))
+                    .collect();
+                (reasons, StringArray::new_null(n))
+            };
+            let score: Float64Array = scores.iter().map(|&s| Some(f64::from(s))).collect();
+            (score, reason, shap)
+        }
+        Detector::Rule(rule) => {
+            let (score, reason) = run_rule(ctx, rule, n, None).await?;
+            (score, reason, StringArray::new_null(n))
+        }
+    };
+    let alert: BooleanArray = match detector {
+        Detector::Model(m) => score
+            .iter()
+            .map(|s| Some(s.is_some_and(|s| s as f32 >= m.manifest.threshold)))
+            .collect(),
+        Detector::Rule(_) => score
+            .iter()
+            .map(|s| Some(s.is_some_and(|s| s >= threshold)))
+            .collect(),
+    };
+    // Reasons only for alerts.
+    let reason: StringArray = reason
+        .iter()
+        .zip(alert.values().iter())
+        .map(|(r, a)| if a { r } else { None })
+        .collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::clone(features.column(0)),
+        Arc::clone(features.column(1)),
+        Arc::clone(features.column(2)),
+        Arc::new(score),
+        Arc::new(alert),
+        Arc::new(Float64Array::from(vec![threshold; n])),
+        Arc::new(StringArray::from(vec![detector.kind(); n])),
+        Arc::new(reason),
+        Arc::new(shap),
+    ];
+    Ok(RecordBatch::try_new(scores_schema(), columns)?)
+}
+
+/// "price_z_30m +1.23, volume_z_30m +0.80": the contributions of a
+/// [`ModelDetector::top_contributions`] row in words.
+fn shap_reason(json: &str) -> String {
+    let parsed: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
+    let parts: Vec<String> = parsed
+        .iter()
+        .map(|v| {
+            format!(
+                "{} {:+.2}",
+                v["feature"].as_str().unwrap_or("?"),
+                v["contribution"].as_f64().unwrap_or(f64::NAN)
+            )
+        })
+        .collect();
+    format!("model: {}", parts.join(", "))
+}
+
+/// A rule's score and reason for every row of the session's `features`
+/// view, in key order (NULL where the rule returns nothing).
+pub async fn run_rule(
+    ctx: &datafusion::prelude::SessionContext,
+    rule: &Rule,
+    expected_rows: usize,
+    after_us: Option<i64>,
+) -> Result<(Float64Array, StringArray), TrainError> {
+    let rule_err =
+        |e: DataFusionError| rows_err(format!("rule {} ({}): {e}", rule.name, rule.path.display()));
+    let view = ctx.sql(&rule.sql).await.map_err(rule_err)?.into_view();
+    let name = "rule_output";
+    ctx.deregister_table(name).map_err(rule_err)?;
+    ctx.register_table(name, view).map_err(rule_err)?;
+    let embargo = after_us
+        .map(|t| format!(" WHERE CAST(f.ts AS BIGINT) > {t}"))
+        .unwrap_or_default();
+    let batches = ctx
+        .sql(&format!(
+            "SELECT CAST(r.score AS DOUBLE) AS score, CAST(r.reason AS VARCHAR) AS reason \
+             FROM features f LEFT JOIN rule_output r \
+             ON f.symbol = r.symbol AND f.ts = r.ts AND f.seq = r.seq{embargo} \
+             ORDER BY f.symbol, f.ts, f.seq"
+        ))
+        .await
+        .map_err(rule_err)?
+        .collect()
+        .await
+        .map_err(rule_err)?;
+    let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("score", DataType::Float64, true),
+            Field::new("reason", DataType::Utf8, true),
+        ]))
+    });
+    let all = concat_batches(&schema, &batches)?;
+    if all.num_rows() != expected_rows {
+        return Err(rows_err(format!(
+            "rule {} ({}) returns some ticks more than once ({} rows for {} ticks): \
+             it must return each tick key at most once",
+            rule.name,
+            rule.path.display(),
+            all.num_rows(),
+            expected_rows
+        )));
+    }
+    let score = all.column(0).as_primitive::<Float64Type>().clone();
+    let reason = cast(all.column(1), &DataType::Utf8)?
+        .as_string::<i32>()
+        .clone();
+    Ok((score, reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_name_the_trees() {
+        let a = model_version(b"{\"trees\": 1}");
+        assert!(a.starts_with("xgb-") && a.len() == 16, "{a}");
+        assert_ne!(a, model_version(b"{\"trees\": 2}"));
+        assert_eq!(a, model_version(b"{\"trees\": 1}"));
+    }
+
+    #[test]
+    fn shap_reasons_read_the_json() {
+        let r = shap_reason(
+            r#"[{"feature":"price_z_30m","value":5.0,"contribution":1.5},{"feature":"ret_1","value":null,"contribution":-0.25}]"#,
+        );
+        assert_eq!(r, "model: price_z_30m +1.50, ret_1 -0.25");
+    }
+
+    #[test]
+    fn the_schema_has_the_key_first() {
+        let s = scores_schema();
+        let names: Vec<&str> = s.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(&names[..5], &["ts", "symbol", "seq", "score", "alert"]);
+    }
+}
