@@ -222,6 +222,18 @@ def run(duckdb, lake, tick_glob, files, scratch, args) -> None:
     con.execute(
         f"CREATE VIEW ticks AS SELECT * FROM read_parquet({sql_str(tick_glob)}, hive_partitioning = true)"
     )
+    # The `symbols` reference table (exchange zone and session per symbol),
+    # empty when the lake has none, as the project's session registers it.
+    symbols_glob = os.path.join(lake, "symbols", "**", "*.parquet")
+    if glob.glob(os.path.join(lake, "symbols", "*", "*.parquet")):
+        con.execute(
+            f"CREATE VIEW symbols AS SELECT * FROM read_parquet({sql_str(symbols_glob)}, hive_partitioning = true)"
+        )
+    else:
+        con.execute(
+            "CREATE TABLE symbols (listed TIMESTAMPTZ, symbol VARCHAR, exchange VARCHAR, "
+            "timezone VARCHAR, session_open VARCHAR, session_close VARCHAR, date VARCHAR)"
+        )
 
     selects = [f"f0.{k}" for k in KEY]
     joins = []

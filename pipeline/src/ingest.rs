@@ -24,6 +24,10 @@ pub struct IngestOptions {
     pub rejects: Option<PathBuf>,
     /// Stop at the first rejected record instead of writing it aside.
     pub strict: bool,
+    /// Market identifier code of the listing venue of every ingested
+    /// symbol (`XNYS`, `XNSE`, ... see [`crate::symbols::EXCHANGES`]),
+    /// recorded in the `symbols` table; NSE files default to `XNSE`.
+    pub exchange: Option<String>,
     /// Validation rules (the clock they judge "future" by).
     pub validator: Validator,
 }
@@ -34,6 +38,7 @@ impl Default for IngestOptions {
             format: CsvFormat::Auto,
             rejects: None,
             strict: false,
+            exchange: None,
             validator: Validator::new(),
         }
     }
@@ -127,6 +132,14 @@ pub enum IngestError {
     /// `--strict` and a record was rejected.
     #[error("{0}\n  (stopped by --strict; without it the row goes to the rejects file and ingestion continues)")]
     Strict(Box<Reject>),
+    /// `--exchange` names a venue the project does not know.
+    #[error("unknown exchange {mic:?}: expected a market identifier code among {known}")]
+    UnknownExchange {
+        /// The code given.
+        mic: String,
+        /// The codes known.
+        known: String,
+    },
 }
 
 /// Ingests CSV files into the lake's `ticks` (and `labels`) tables.
@@ -147,6 +160,17 @@ pub async fn ingest_csv(
         TableSpec::labels(),
         AppenderOptions::default(),
     );
+    if let Some(mic) = &options.exchange {
+        if crate::symbols::listing("", mic).is_none() {
+            let known: Vec<&str> = crate::symbols::EXCHANGES.iter().map(|e| e.0).collect();
+            return Err(IngestError::UnknownExchange {
+                mic: mic.clone(),
+                known: known.join(", "),
+            });
+        }
+    }
+    // Symbol -> the venue it is listed on, for the `symbols` table.
+    let mut listings: std::collections::BTreeMap<String, String> = Default::default();
     let mut shared_rejects = options.rejects.as_ref().map(RejectWriter::new);
     let mut seen = SymbolTracker::default();
     let mut summary = IngestSummary::default();
@@ -178,6 +202,19 @@ pub async fn ingest_csv(
             }
             file.ticks += batch.ticks.num_rows() as u64;
             seen.observe(&batch.ticks);
+            let mic = options
+                .exchange
+                .clone()
+                .or_else(|| (source.format() == CsvFormat::NseBhavcopy).then(|| "XNSE".to_owned()));
+            if let Some(mic) = mic {
+                if let Ok(i) = batch.ticks.schema().index_of(col::SYMBOL) {
+                    for sym in batch.ticks.column(i).as_string::<i32>().iter().flatten() {
+                        if !listings.contains_key(sym) {
+                            listings.insert(sym.to_owned(), mic.clone());
+                        }
+                    }
+                }
+            }
             ticks.append(batch.ticks).await?;
             if let Some(l) = batch.labels {
                 file.labels += l.num_rows() as u64;
@@ -210,6 +247,25 @@ pub async fn ingest_csv(
     }
     summary.tick_files = ticks.finish().await?;
     summary.label_files = labels.finish().await?;
+    if !listings.is_empty() {
+        let rows: Vec<crate::symbols::SymbolInfo<'_>> = listings
+            .iter()
+            .filter_map(|(sym, mic)| crate::symbols::listing(sym, mic))
+            .collect();
+        // Valid from the day of the earliest tick ingested.
+        let listed = seen
+            .range
+            .map_or(0, |(lo, _)| lo - lo.rem_euclid(86_400_000_000));
+        let mut symbols = Appender::new(
+            root.clone(),
+            TableSpec::symbols(),
+            AppenderOptions::default(),
+        );
+        symbols
+            .append(crate::symbols::symbols_batch(listed, &rows))
+            .await?;
+        symbols.finish().await?;
+    }
     summary.symbols = seen.symbols.len();
     summary.time_range = seen.range;
     summary.elapsed = started.elapsed();

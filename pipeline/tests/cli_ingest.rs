@@ -203,6 +203,67 @@ fn nse_bhavcopy_with_trailing_comma_closes_at_1530_ist() {
         ),
         4_518_233
     );
+    // Listed on NSE: the symbols table gives them Kolkata's clock.
+    assert_eq!(
+        sql_number(
+            dir.path(),
+            &lake,
+            "SELECT count(*) FROM symbols WHERE exchange = 'XNSE' AND timezone = 'Asia/Kolkata' \
+             AND session_close = '15:30'"
+        ),
+        4
+    );
+}
+
+#[test]
+fn exchange_flag_lists_the_symbols_and_refuses_unknown_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = lake(&dir);
+    let f = fixture("canonical.csv");
+    ok(
+        dir.path(),
+        &[
+            "ingest",
+            "csv",
+            "--lake",
+            &lake,
+            "--exchange",
+            "XLON",
+            f.to_str().unwrap(),
+        ],
+    );
+    let symbols = sql_number(
+        dir.path(),
+        &lake,
+        "SELECT count(DISTINCT symbol) FROM ticks",
+    );
+    assert!(symbols > 0);
+    assert_eq!(
+        sql_number(
+            dir.path(),
+            &lake,
+            "SELECT count(*) FROM symbols WHERE exchange = 'XLON' AND timezone = 'Europe/London'"
+        ),
+        symbols
+    );
+    let out = common::run(
+        dir.path(),
+        &[
+            "ingest",
+            "csv",
+            "--lake",
+            &lake,
+            "--exchange",
+            "MARS",
+            f.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown exchange \"MARS\"") && err.contains("XNSE"),
+        "{err}"
+    );
 }
 
 #[test]

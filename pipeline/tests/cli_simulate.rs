@@ -77,6 +77,21 @@ fn every_injected_kind_is_labelled_and_covers_ticks() {
          AND t.ts BETWEEN l.start_ts AND l.end_ts)",
     );
     assert_eq!(empty, 0);
+    // Every symbol is listed with its venue's clock.
+    assert_eq!(
+        sql_number(dir.path(), &lake, "SELECT count(*) FROM symbols"),
+        20
+    );
+    assert_eq!(
+        sql_number(
+            dir.path(),
+            &lake,
+            "SELECT count(*) FROM symbols WHERE NOT ((exchange = 'XNYS' AND timezone = 'America/New_York' \
+             AND session_close = '16:00') OR (exchange = 'XNSE' AND timezone = 'Asia/Kolkata' \
+             AND session_close = '15:30'))"
+        ),
+        0
+    );
 }
 
 #[test]

@@ -109,11 +109,53 @@ async fn computed(ts: &[T]) -> BTreeMap<(String, i64, u32), Row> {
         .await
         .unwrap();
     let names = catalog.feature_names();
-    common::pack_features(&common::session_over(batch(ts)), &catalog)
+    // BBB is listed in Mumbai (Kolkata time, close 15:30); AAA has no row
+    // and is taken as New York.
+    let ctx = common::session_over(batch(ts));
+    let symbols = stockanomaly::symbols::symbols_batch(
+        0,
+        &[stockanomaly::symbols::SymbolInfo {
+            symbol: "BBB",
+            exchange: "XNSE",
+            timezone: "Asia/Kolkata",
+            open: (9, 15),
+            close: (15, 30),
+        }],
+    );
+    let symbols = with_date(symbols);
+    ctx.deregister_table("symbols").unwrap();
+    ctx.register_table(
+        "symbols",
+        std::sync::Arc::new(
+            datafusion::datasource::MemTable::try_new(symbols.schema(), vec![vec![symbols]])
+                .unwrap(),
+        ),
+    )
+    .unwrap();
+    common::pack_features(&ctx, &catalog)
         .await
         .into_iter()
         .map(|(k, v)| (k, names.iter().map(|n| n.to_string()).zip(v).collect()))
         .collect()
+}
+
+/// `batch` with the lake's `date` partition column, as sessions register it.
+fn with_date(batch: RecordBatch) -> RecordBatch {
+    use arrow::array::{ArrayRef, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("date", DataType::Utf8, false));
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    columns.push(std::sync::Arc::new(StringArray::from(vec![
+        "1970-01-01";
+        batch.num_rows()
+    ])));
+    RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns).unwrap()
 }
 
 // ---- the independent computation: plain loops over one symbol's ticks ----
@@ -214,9 +256,15 @@ fn expected(all: &[T]) -> BTreeMap<(String, i64, u32), Row> {
                 "burst_ratio".into(),
                 Some(w10s.len() as f64 / (w5.len() as f64 / 30.0)),
             );
+            // The exchange's clock: BBB trades in Kolkata, AAA in New York.
+            let (zone, close) = if sym == "BBB" {
+                (chrono_tz::Asia::Kolkata, (15 * 60 + 30) as f64)
+            } else {
+                (chrono_tz::America::New_York, (16 * 60) as f64)
+            };
             let ny = chrono::DateTime::from_timestamp_micros(t.ts)
                 .unwrap()
-                .with_timezone(&chrono_tz::America::New_York);
+                .with_timezone(&zone);
             let frac = (chrono::Timelike::num_seconds_from_midnight(&ny) as f64
                 + f64::from(chrono::Timelike::nanosecond(&ny)) / 1e9)
                 / 86_400.0;
@@ -261,11 +309,10 @@ fn expected(all: &[T]) -> BTreeMap<(String, i64, u32), Row> {
                 "flow_imbalance_5m".into(),
                 sv5.zip(nonzero(Some(v5))).map(|(a, v)| a / v),
             );
-            let open = (9 * 60 + 30) as f64;
             let minute = (chrono::Timelike::num_seconds_from_midnight(&ny) as f64
                 + f64::from(chrono::Timelike::nanosecond(&ny)) / 1e9)
                 / 60.0;
-            let to_close = 390.0 - (minute - open);
+            let to_close = close - minute;
             r.insert("minutes_to_close".into(), Some(to_close));
             r.insert(
                 "close_move_5m".into(),

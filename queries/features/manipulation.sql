@@ -8,14 +8,11 @@
 --   trading). max_move_5m: distance of the price from the trailing 5-minute
 --   mean in that window's stddevs (spikes). flow_imbalance_5m: tick-rule
 --   signed volume over total volume in the trailing 5 minutes (one-sided
---   pressure: pumps, dumps). minutes_to_close and close_move_5m: time left in
---   the New York session, and the 5-minute log return inside its last 15
---   minutes (0 before; marking the close).
+--   pressure: pumps, dumps). (Marking the close: see session.sql.)
 WITH q AS (
     SELECT symbol, ts, seq, price, volume,
            CASE WHEN bid_size + ask_size > 0 THEN (bid_size - ask_size) / (bid_size + ask_size) END AS imbalance,
-           signed_volume(price, lag(price) OVER (PARTITION BY symbol ORDER BY ts, seq), volume) AS signed_vol,
-           390 - session_minute(ts, 'America/New_York', '09:30') AS minutes_to_close
+           signed_volume(price, lag(price) OVER (PARTITION BY symbol ORDER BY ts, seq), volume) AS signed_vol
     FROM ticks
 )
 SELECT symbol, ts, seq,
@@ -23,9 +20,7 @@ SELECT symbol, ts, seq,
        sum(volume) OVER w5m / nullif(sum(volume) OVER w30m, 0) AS volume_share_5m,
        (max(price) OVER w5m - min(price) OVER w5m) / price AS range_5m,
        abs((price - avg(price) OVER w5m) / nullif(stddev_samp(price) OVER w5m, 0)) AS max_move_5m,
-       sum(signed_vol) OVER w5m / nullif(sum(volume) OVER w5m, 0) AS flow_imbalance_5m,
-       minutes_to_close,
-       CASE WHEN minutes_to_close <= 15 THEN log_return(price, first_value(price) OVER w5m) ELSE 0.0 END AS close_move_5m
+       sum(signed_vol) OVER w5m / nullif(sum(volume) OVER w5m, 0) AS flow_imbalance_5m
 FROM q
 WINDOW w1m AS (PARTITION BY symbol ORDER BY ts RANGE BETWEEN INTERVAL '1 minute' PRECEDING AND CURRENT ROW),
        w5m AS (PARTITION BY symbol ORDER BY ts RANGE BETWEEN INTERVAL '5 minutes' PRECEDING AND CURRENT ROW),

@@ -53,6 +53,14 @@ pub struct IngestCsvArgs {
     /// Stop at the first bad row (exit 1) instead of setting it aside.
     #[arg(long, env = "STOCKANOMALY_STRICT")]
     pub strict: bool,
+
+    /// Market identifier code of the venue the symbols are listed on (XNYS,
+    /// XNAS, XNSE, XBOM, XLON, XETR, XPAR, XTKS, XHKG, XASX, XTSE, ARCX,
+    /// BATS, IEXG), recorded in the `symbols` table so that time-of-day
+    /// features use its clock. NSE files default to XNSE; otherwise symbols
+    /// without a listing are taken as New York.
+    #[arg(long, env = "STOCKANOMALY_EXCHANGE", value_name = "MIC")]
+    pub exchange: Option<String>,
 }
 
 pub(crate) async fn run(lake: &str, args: IngestArgs) -> anyhow::Result<()> {
@@ -71,6 +79,7 @@ async fn run_csv(lake: &str, args: IngestCsvArgs) -> anyhow::Result<()> {
             .len();
     }
     let options = IngestOptions {
+        exchange: args.exchange,
         format: args.format,
         rejects: args.rejects,
         strict: args.strict,

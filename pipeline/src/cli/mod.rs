@@ -88,7 +88,7 @@ pub enum Command {
     Evaluate(EvaluateArgs),
     /// Score the feature snapshot with a model and/or rules into the lake's `scores` table.
     Score(ScoreArgs),
-    /// Run SQL over the lake (tables `ticks`, `labels`, `scores`; all UDFs registered).
+    /// Run SQL over the lake (tables `ticks`, `labels`, `symbols`, `scores`; all UDFs registered).
     Sql(SqlArgs),
     /// Run the whole pipeline on embedded defaults: no servers needed.
     Demo(DemoArgs),
@@ -126,6 +126,11 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if let Some(crate::ingest::IngestError::Source(crate::sources::SourceError::Format {
             ..
         })) = cause.downcast_ref::<crate::ingest::IngestError>()
+        {
+            return 2;
+        }
+        if let Some(crate::ingest::IngestError::UnknownExchange { .. }) =
+            cause.downcast_ref::<crate::ingest::IngestError>()
         {
             return 2;
         }

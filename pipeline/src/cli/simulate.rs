@@ -134,7 +134,8 @@ fn count_kinds(labels: &RecordBatch, into: &mut BTreeMap<String, u64>) {
     }
 }
 
-/// Simulates every day into the lake's `ticks` and `labels`.
+/// Simulates every day into the lake's `ticks` and `labels`, and the
+/// universe into `symbols`.
 pub(crate) async fn simulate_to_lake(
     sim: &Simulator,
     root: &LakeRoot,
@@ -158,13 +159,20 @@ pub(crate) async fn simulate_to_lake(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let mut symbols = Appender::new(
+        root.clone(),
+        TableSpec::symbols(),
+        AppenderOptions::default(),
+    );
+    symbols.append(sim.symbols_table()).await?;
     let t = ticks.finish().await?;
     let l = labels.finish().await?;
+    let s = symbols.finish().await?;
     summary.files = AppendStats {
-        rows: t.rows + l.rows,
-        files_written: t.files_written + l.files_written,
-        files_existing: t.files_existing + l.files_existing,
-        bytes_written: t.bytes_written + l.bytes_written,
+        rows: t.rows + l.rows + s.rows,
+        files_written: t.files_written + l.files_written + s.files_written,
+        files_existing: t.files_existing + l.files_existing + s.files_existing,
+        bytes_written: t.bytes_written + l.bytes_written + s.bytes_written,
     };
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)

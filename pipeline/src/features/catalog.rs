@@ -45,6 +45,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         "manipulation.sql",
         include_str!("../../../queries/features/manipulation.sql"),
     ),
+    (
+        "session.sql",
+        include_str!("../../../queries/features/session.sql"),
+    ),
 ];
 
 /// One validated feature file.

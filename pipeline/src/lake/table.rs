@@ -54,6 +54,18 @@ impl TableSpec {
         }
     }
 
+    /// The `symbols` reference table (exchange, time zone, session per
+    /// symbol), partitioned by the date each row became valid.
+    pub fn symbols() -> Self {
+        Self {
+            name: "symbols".into(),
+            schema: crate::symbols::symbol_schema(),
+            partition_ts: crate::symbols::col::LISTED,
+            sort_by: vec![crate::symbols::col::SYMBOL],
+            outer_partition: None,
+        }
+    }
+
     /// The `scores` table: one row per scored tick and detector, under
     /// `scores/model_version=<version>/date=.../`.
     pub fn scores() -> Self {
@@ -81,6 +93,11 @@ impl TableSpec {
 
     /// The tables every session registers.
     pub fn standard() -> Vec<Self> {
-        vec![Self::ticks(), Self::labels(), Self::scores()]
+        vec![
+            Self::ticks(),
+            Self::labels(),
+            Self::symbols(),
+            Self::scores(),
+        ]
     }
 }

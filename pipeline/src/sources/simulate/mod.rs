@@ -229,6 +229,30 @@ impl Simulator {
         &self.symbols
     }
 
+    /// The `symbols` rows of the universe (exchange, zone, session), valid
+    /// from the first trading day.
+    pub fn symbols_table(&self) -> arrow::array::RecordBatch {
+        let listed = self
+            .trading_day(0)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map_or(0, |t| t.and_utc().timestamp_micros());
+        let rows: Vec<crate::symbols::SymbolInfo<'_>> = self
+            .symbols
+            .iter()
+            .map(|s| {
+                let v = &market::VENUES[s.venue];
+                crate::symbols::SymbolInfo {
+                    symbol: &s.symbol,
+                    exchange: v.mic,
+                    timezone: v.tz.name(),
+                    open: v.open,
+                    close: v.close,
+                }
+            })
+            .collect();
+        crate::symbols::symbols_batch(listed, &rows)
+    }
+
     /// The trading days, in order.
     pub fn trading_days(&self) -> Vec<NaiveDate> {
         (0..self.config.days)
