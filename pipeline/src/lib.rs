@@ -11,6 +11,7 @@ pub mod labels;
 pub mod lake;
 pub mod model;
 pub mod sources;
+pub mod stream;
 pub mod symbols;
 pub mod tick;
 

@@ -60,9 +60,13 @@ pub struct SymbolInfo<'a> {
     pub close: (u32, u32),
 }
 
+/// A venue: market identifier code, IANA time zone, local open and close
+/// `(hour, minute)`.
+pub type Exchange = (&'static str, &'static str, (u32, u32), (u32, u32));
+
 /// The venues StockAnomaly knows by market identifier code: time zone and
 /// continuous session (local `(hour, minute)` open and close).
-pub const EXCHANGES: &[(&str, &str, (u32, u32), (u32, u32))] = &[
+pub const EXCHANGES: &[Exchange] = &[
     ("XNYS", "America/New_York", (9, 30), (16, 0)),
     ("XNAS", "America/New_York", (9, 30), (16, 0)),
     ("ARCX", "America/New_York", (9, 30), (16, 0)),

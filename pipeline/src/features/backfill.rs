@@ -369,31 +369,13 @@ async fn backfill_dates(
     let window = ctx.table("ticks_window").await.map_err(q_err)?.into_view();
     ctx.deregister_table("ticks").map_err(q_err)?;
     ctx.register_table("ticks", window).map_err(q_err)?;
-    let mut selects = vec![
-        "f0.symbol".to_owned(),
-        "f0.ts".to_owned(),
-        "f0.seq".to_owned(),
-    ];
-    let mut joins = String::new();
-    for (i, f) in catalog.files().iter().enumerate() {
-        let df = ctx.sql(&f.sql).await.map_err(q_err)?;
-        ctx.register_table(format!("f{i}").as_str(), df.into_view())
-            .map_err(q_err)?;
-        for name in &f.features {
-            selects.push(format!("CAST(f{i}.\"{name}\" AS DOUBLE) AS \"{name}\""));
-        }
-        if i > 0 {
-            joins.push_str(&format!(
-                " JOIN f{i} ON f{i}.symbol = f0.symbol AND f{i}.ts = f0.ts AND f{i}.seq = f0.seq"
-            ));
-        }
-    }
-    let sql = format!(
-        "SELECT {} FROM f0{joins} WHERE f0.ts >= {} AND f0.ts < {}",
-        selects.join(", "),
-        sql_ts(start),
-        sql_ts(end)
-    );
+    let sql = feature_query(
+        &ctx,
+        catalog,
+        &format!("f0.ts >= {} AND f0.ts < {}", sql_ts(start), sql_ts(end)),
+    )
+    .await
+    .map_err(q_err)?;
     let mut stream = ctx
         .sql(&sql)
         .await
@@ -417,8 +399,47 @@ async fn backfill_dates(
     Ok(rows)
 }
 
+/// Registers every feature file of `catalog` as a view over the session's
+/// `ticks` and returns the query joining them on the tick key: the key and
+/// every feature as `DOUBLE`, in catalog order, rows kept where `filter`
+/// (over `f0.symbol`, `f0.ts`, `f0.seq`) holds. Backfill and the streaming
+/// executor both compute features through this, which is what makes their
+/// values the same.
+pub async fn feature_query(
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    filter: &str,
+) -> Result<String, datafusion::error::DataFusionError> {
+    let mut selects = vec![
+        "f0.ts".to_owned(),
+        "f0.symbol".to_owned(),
+        "f0.seq".to_owned(),
+    ];
+    let mut joins = String::new();
+    for (i, f) in catalog.files().iter().enumerate() {
+        let name = format!("f{i}");
+        let df = ctx.sql(&f.sql).await?;
+        ctx.deregister_table(name.as_str())?;
+        ctx.register_table(name.as_str(), df.into_view())?;
+        for feature in &f.features {
+            selects.push(format!(
+                "CAST(f{i}.\"{feature}\" AS DOUBLE) AS \"{feature}\""
+            ));
+        }
+        if i > 0 {
+            joins.push_str(&format!(
+                " JOIN f{i} ON f{i}.symbol = f0.symbol AND f{i}.ts = f0.ts AND f{i}.seq = f0.seq"
+            ));
+        }
+    }
+    Ok(format!(
+        "SELECT {} FROM f0{joins} WHERE {filter}",
+        selects.join(", ")
+    ))
+}
+
 /// Gives a result batch the table's exact schema (names, order, nullability).
-fn conform(
+pub(crate) fn conform(
     batch: &RecordBatch,
     schema: &SchemaRef,
 ) -> Result<RecordBatch, arrow::error::ArrowError> {

@@ -15,11 +15,11 @@ mod error;
 mod header;
 mod lookback;
 
-pub(crate) use backfill::remove_date;
 pub use backfill::{
-    backfill, features_table, snapshot_session, training_session, BackfillError, BackfillOptions,
-    BackfillSummary, CHUNK_TICKS, ROWS_SEARCH_DAYS,
+    backfill, feature_query, features_table, snapshot_session, training_session, BackfillError,
+    BackfillOptions, BackfillSummary, CHUNK_TICKS, ROWS_SEARCH_DAYS,
 };
+pub(crate) use backfill::{conform, remove_date};
 pub use catalog::{Catalog, FeatureFile, DEFAULT_QUERIES, QUERIES_ENV};
 pub use error::{CatalogError, CatalogErrors};
 pub use header::Header;

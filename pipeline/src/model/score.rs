@@ -303,7 +303,7 @@ fn rows_err(detail: String) -> TrainError {
 }
 
 /// One detector's `scores` rows for `features` (key + features).
-async fn score_batch(
+pub(crate) async fn score_batch(
     ctx: &datafusion::prelude::SessionContext,
     catalog: &Catalog,
     detector: &Detector,

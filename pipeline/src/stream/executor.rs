@@ -1,0 +1,635 @@
+//! The micro-batch executor: ticks in, per-symbol history kept to the
+//! catalog's lookback, features computed over history ∪ batch by the same
+//! query as backfill, scored by the same code as `score`.
+//!
+//! **Emission.** Ticks sharing `(symbol, ts)` are peers in `RANGE` frames:
+//! they see each other, so a group is emitted only once complete — when a
+//! later tick of the symbol arrives, after the symbol has been idle for
+//! [`ExecutorConfig::idle_timeout`], or at the end of the stream. A tick
+//! older than its symbol's newest tick, or with the timestamp of a group
+//! already emitted, is **late**: it is refused with reason `late` (the
+//! caller sends it to the dead letters) and changes nothing.
+//!
+//! **Positions.** Every tick carries its source partition and offset. After
+//! each step the executor reports, per partition, the next offset to resume
+//! from (the first tick not yet emitted) and the warm-up offset (the first
+//! tick still held as history): replaying the partition from the warm-up
+//! offset to the next offset without emitting ([`Executor::warm_up`])
+//! restores exactly this state.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch};
+use arrow::compute::{concat_batches, filter_record_batch, lexsort_to_indices, take, SortColumn};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+
+use crate::features::{feature_query, features_table, Catalog, Lookback};
+use crate::lake::schema_session;
+use crate::model::score::score_batch;
+use crate::model::{Detector, TrainError};
+use crate::tick::{col, tick_schema};
+
+/// Column of a held tick's source partition.
+const PARTITION: &str = "_partition";
+/// Column of a held tick's source offset.
+const OFFSET: &str = "_offset";
+
+/// Tuning of an [`Executor`].
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// A symbol idle this long has its last `(symbol, ts)` group emitted.
+    pub idle_timeout: Duration,
+    /// SHAP contributions kept per model alert.
+    pub top_shap: usize,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            idle_timeout: Duration::from_secs(2),
+            top_shap: 3,
+        }
+    }
+}
+
+/// Ticks handed to the executor, with where each came from.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// Validated ticks ([`tick_schema`]), in arrival order.
+    pub ticks: RecordBatch,
+    /// Source partition of each tick.
+    pub partitions: Int32Array,
+    /// Source offset of each tick.
+    pub offsets: Int64Array,
+}
+
+/// A tick refused as late.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LateTick {
+    pub symbol: String,
+    pub ts_us: i64,
+    pub partition: i32,
+    pub offset: i64,
+    /// Why, in words.
+    pub detail: String,
+}
+
+/// Where a partition stands after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionPosition {
+    /// First offset not fully processed: resume here.
+    pub next_offset: i64,
+    /// First offset still held as history: warm up from here.
+    pub warmup_offset: i64,
+}
+
+/// What one step emitted.
+#[derive(Debug, Default)]
+pub struct Step {
+    /// Feature rows of the emitted ticks (the feature snapshot's schema), in
+    /// key order.
+    pub features: Option<RecordBatch>,
+    /// Per detector, the `scores` rows of the emitted ticks.
+    pub scores: Vec<RecordBatch>,
+    /// Source partition and offset of each emitted tick, aligned with
+    /// `features`.
+    pub sources: Vec<(i32, i64)>,
+    /// Ticks refused as late.
+    pub late: Vec<LateTick>,
+    /// Positions of every partition seen, after this step.
+    pub positions: BTreeMap<i32, PartitionPosition>,
+}
+
+impl Step {
+    /// Ticks emitted.
+    pub fn emitted(&self) -> usize {
+        self.features.as_ref().map_or(0, RecordBatch::num_rows)
+    }
+}
+
+/// Why a step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error("computing features: {0}")]
+    Features(#[from] datafusion::error::DataFusionError),
+    #[error("scoring: {0}")]
+    Score(#[from] TrainError),
+    #[error("arranging ticks: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+}
+
+#[derive(Debug, Default, Clone)]
+struct Book {
+    /// Newest `ts` seen.
+    newest: i64,
+    /// Newest `ts` emitted.
+    emitted: Option<i64>,
+    /// When the newest tick arrived.
+    arrived: Option<Instant>,
+}
+
+/// The streaming executor (see the module documentation).
+pub struct Executor {
+    catalog: Catalog,
+    detectors: Vec<Detector>,
+    config: ExecutorConfig,
+    lookback: Lookback,
+    symbols: RecordBatch,
+    held_schema: SchemaRef,
+    /// Held ticks (history and pending), sorted by symbol, ts, seq.
+    held: RecordBatch,
+    books: HashMap<String, Book>,
+    /// Last offset seen per partition.
+    seen: BTreeMap<i32, i64>,
+}
+
+impl Executor {
+    /// An executor computing `catalog`'s features and scoring them with
+    /// `detectors`; `symbols` is the lake's `symbols` table (exchange zones)
+    /// with its `date` column, or `None` for none.
+    pub fn new(
+        catalog: Catalog,
+        detectors: Vec<Detector>,
+        symbols: Option<RecordBatch>,
+        config: ExecutorConfig,
+    ) -> Result<Self, ExecutorError> {
+        let mut fields: Vec<Field> = tick_schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(PARTITION, DataType::Int32, false));
+        fields.push(Field::new(OFFSET, DataType::Int64, false));
+        let held_schema = Arc::new(Schema::new(fields));
+        let symbols = match symbols {
+            Some(s) => s,
+            None => {
+                let mut fields: Vec<Field> = crate::symbols::symbol_schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                fields.push(Field::new("date", DataType::Utf8, false));
+                RecordBatch::new_empty(Arc::new(Schema::new(fields)))
+            }
+        };
+        Ok(Executor {
+            lookback: catalog.lookback(),
+            catalog,
+            detectors,
+            config,
+            symbols,
+            held: RecordBatch::new_empty(Arc::clone(&held_schema)),
+            held_schema,
+            books: HashMap::new(),
+            seen: BTreeMap::new(),
+        })
+    }
+
+    /// The detectors.
+    pub fn detectors(&self) -> &[Detector] {
+        &self.detectors
+    }
+
+    /// The feature catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Ticks held (history and pending).
+    pub fn held(&self) -> usize {
+        self.held.num_rows()
+    }
+
+    /// Adds ticks and emits every group now complete.
+    pub async fn step(&mut self, input: Input) -> Result<Step, ExecutorError> {
+        let late = self.admit(input, true)?;
+        let mut step = self.emit(false).await?;
+        step.late = late;
+        Ok(step)
+    }
+
+    /// Emits the groups of symbols idle for the configured time (or of
+    /// every symbol when `all`: the end of a stream).
+    pub async fn flush(&mut self, all: bool) -> Result<Step, ExecutorError> {
+        self.emit(all).await
+    }
+
+    /// Replays already-processed ticks into the state without emitting:
+    /// after a restart or a new partition assignment, the ticks from the
+    /// warm-up offset to the next offset. They are taken as emitted.
+    pub fn warm_up(&mut self, input: Input) -> Result<Vec<LateTick>, ExecutorError> {
+        let late = self.admit(input, false)?;
+        for book in self.books.values_mut() {
+            book.emitted = Some(book.newest);
+        }
+        self.prune()?;
+        Ok(late)
+    }
+
+    /// Accounts for a message that never became a tick (undecodable or
+    /// invalid: the caller dead-letters it), so positions move past it.
+    pub fn observe(&mut self, partition: i32, offset: i64) {
+        let seen = self.seen.entry(partition).or_insert(offset);
+        *seen = (*seen).max(offset);
+    }
+
+    /// Positions of every partition seen.
+    pub fn positions(&self) -> BTreeMap<i32, PartitionPosition> {
+        let parts = self
+            .held
+            .column(self.held.num_columns() - 2)
+            .as_primitive::<arrow::datatypes::Int32Type>();
+        let offs = self
+            .held
+            .column(self.held.num_columns() - 1)
+            .as_primitive::<arrow::datatypes::Int64Type>();
+        let syms = self.held.column(1).as_string::<i32>();
+        let ts = self
+            .held
+            .column(0)
+            .as_primitive::<TimestampMicrosecondType>();
+        let mut out: BTreeMap<i32, PartitionPosition> = self
+            .seen
+            .iter()
+            .map(|(&p, &last)| {
+                (
+                    p,
+                    PartitionPosition {
+                        next_offset: last + 1,
+                        warmup_offset: last + 1,
+                    },
+                )
+            })
+            .collect();
+        for i in 0..self.held.num_rows() {
+            let Some(pos) = out.get_mut(&parts.value(i)) else {
+                continue;
+            };
+            let o = offs.value(i);
+            pos.warmup_offset = pos.warmup_offset.min(o);
+            let pending = self
+                .books
+                .get(syms.value(i))
+                .is_none_or(|b| b.emitted.is_none_or(|e| ts.value(i) > e));
+            if pending {
+                pos.next_offset = pos.next_offset.min(o);
+            }
+        }
+        out
+    }
+
+    /// Appends `input`'s in-order ticks to the held ones; returns the late.
+    fn admit(&mut self, input: Input, timed: bool) -> Result<Vec<LateTick>, ExecutorError> {
+        let n = input.ticks.num_rows();
+        let syms = input.ticks.column(1).as_string::<i32>();
+        let ts = input
+            .ticks
+            .column(0)
+            .as_primitive::<TimestampMicrosecondType>();
+        let now = Instant::now();
+        let mut keep = Vec::with_capacity(n);
+        let mut late = Vec::new();
+        for i in 0..n {
+            let (p, o) = (input.partitions.value(i), input.offsets.value(i));
+            let seen = self.seen.entry(p).or_insert(o);
+            *seen = (*seen).max(o);
+            let sym = syms.value(i);
+            let t = ts.value(i);
+            let book = match self.books.get_mut(sym) {
+                Some(b) => b,
+                None => self.books.entry(sym.to_owned()).or_insert(Book {
+                    newest: t,
+                    emitted: None,
+                    arrived: None,
+                }),
+            };
+            let refused = if t < book.newest {
+                Some(format!(
+                    "ts {t} is before its symbol's newest tick ({})",
+                    book.newest
+                ))
+            } else if book.emitted.is_some_and(|e| t <= e) {
+                Some(format!(
+                    "ts {t} belongs to a group already emitted (idle timeout)"
+                ))
+            } else {
+                None
+            };
+            match refused {
+                Some(detail) => {
+                    late.push(LateTick {
+                        symbol: sym.to_owned(),
+                        ts_us: t,
+                        partition: p,
+                        offset: o,
+                        detail,
+                    });
+                    keep.push(false);
+                }
+                None => {
+                    book.newest = t;
+                    if timed {
+                        book.arrived = Some(now);
+                    }
+                    keep.push(true);
+                }
+            }
+        }
+        let mut columns: Vec<ArrayRef> = input.ticks.columns().to_vec();
+        columns.push(Arc::new(input.partitions));
+        columns.push(Arc::new(input.offsets));
+        let batch = RecordBatch::try_new(Arc::clone(&self.held_schema), columns)?;
+        let batch = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+        if batch.num_rows() > 0 {
+            let all = concat_batches(&self.held_schema, [&self.held, &batch])?;
+            self.held = sort_by_key(&all)?;
+        }
+        Ok(late)
+    }
+
+    /// Emits complete groups (all pending groups of idle symbols, or of
+    /// every symbol when `all`), then prunes history.
+    async fn emit(&mut self, all: bool) -> Result<Step, ExecutorError> {
+        let now = Instant::now();
+        // Per symbol: emit ticks with emitted < ts <= cutoff.
+        let mut cutoffs: HashMap<&str, (Option<i64>, i64)> = HashMap::new();
+        let syms = self.held.column(1).as_string::<i32>();
+        let ts = self
+            .held
+            .column(0)
+            .as_primitive::<TimestampMicrosecondType>();
+        for i in 0..self.held.num_rows() {
+            let sym = syms.value(i);
+            let t = ts.value(i);
+            let Some(book) = self.books.get(sym) else {
+                continue;
+            };
+            if book.emitted.is_some_and(|e| t <= e) {
+                continue;
+            }
+            let idle = book
+                .arrived
+                .is_none_or(|a| now.duration_since(a) >= self.config.idle_timeout);
+            let complete = t < book.newest || all || idle;
+            if complete {
+                let entry = cutoffs.entry(sym).or_insert((book.emitted, t));
+                entry.1 = entry.1.max(t);
+            }
+        }
+        let mut step = Step::default();
+        if !cutoffs.is_empty() {
+            // History ∪ pending of the symbols emitting, through the same
+            // feature query as backfill.
+            let mask: BooleanArray = (0..self.held.num_rows())
+                .map(|i| Some(cutoffs.contains_key(syms.value(i))))
+                .collect();
+            let input = filter_record_batch(&self.held, &mask)?;
+            let features = self.features(&input).await?;
+            let fsyms = features.column(1).as_string::<i32>();
+            let fts = features
+                .column(0)
+                .as_primitive::<TimestampMicrosecondType>();
+            let emit: BooleanArray = (0..features.num_rows())
+                .map(|i| {
+                    let (from, to) = cutoffs[fsyms.value(i)];
+                    let t = fts.value(i);
+                    Some(from.is_none_or(|f| t > f) && t <= to)
+                })
+                .collect();
+            let features = filter_record_batch(&features, &emit)?;
+            step.sources = self.sources_of(&input, &features);
+            let ctx = self.session_over(None)?;
+            ctx.register_table(
+                "features",
+                Arc::new(MemTable::try_new(
+                    features.schema(),
+                    vec![vec![features.clone()]],
+                )?),
+            )?;
+            for d in &self.detectors {
+                step.scores.push(
+                    score_batch(&ctx, &self.catalog, d, &features, self.config.top_shap).await?,
+                );
+            }
+            let done: Vec<(String, i64)> = cutoffs
+                .into_iter()
+                .map(|(s, (_, to))| (s.to_owned(), to))
+                .collect();
+            for (s, to) in done {
+                if let Some(b) = self.books.get_mut(&s) {
+                    b.emitted = Some(to);
+                }
+            }
+            step.features = Some(features);
+        }
+        self.prune()?;
+        step.positions = self.positions();
+        Ok(step)
+    }
+
+    /// Source partition and offset of each feature row.
+    fn sources_of(&self, input: &RecordBatch, features: &RecordBatch) -> Vec<(i32, i64)> {
+        let key = |b: &RecordBatch, i: usize| {
+            (
+                b.column(1).as_string::<i32>().value(i).to_owned(),
+                b.column(0)
+                    .as_primitive::<TimestampMicrosecondType>()
+                    .value(i),
+                b.column(2)
+                    .as_primitive::<arrow::datatypes::UInt32Type>()
+                    .value(i),
+            )
+        };
+        let parts = input
+            .column(input.num_columns() - 2)
+            .as_primitive::<arrow::datatypes::Int32Type>();
+        let offs = input
+            .column(input.num_columns() - 1)
+            .as_primitive::<arrow::datatypes::Int64Type>();
+        let index: HashMap<(String, i64, u32), usize> =
+            (0..input.num_rows()).map(|i| (key(input, i), i)).collect();
+        (0..features.num_rows())
+            .map(|i| {
+                index
+                    .get(&key(features, i))
+                    .map_or((-1, -1), |&j| (parts.value(j), offs.value(j)))
+            })
+            .collect()
+    }
+
+    /// A session with the UDFs, `symbols`, and `ticks` = `ticks` (when given).
+    fn session_over(&self, ticks: Option<&RecordBatch>) -> Result<SessionContext, ExecutorError> {
+        let ctx = schema_session();
+        ctx.deregister_table("symbols")?;
+        ctx.register_table(
+            "symbols",
+            Arc::new(MemTable::try_new(
+                self.symbols.schema(),
+                vec![vec![self.symbols.clone()]],
+            )?),
+        )?;
+        if let Some(t) = ticks {
+            ctx.deregister_table("ticks")?;
+            ctx.register_table(
+                "ticks",
+                Arc::new(MemTable::try_new(t.schema(), vec![vec![t.clone()]])?),
+            )?;
+        }
+        Ok(ctx)
+    }
+
+    /// The catalog's features of every tick of `held` (key order).
+    async fn features(&self, held: &RecordBatch) -> Result<RecordBatch, ExecutorError> {
+        // The lake's `ticks` has a `date` column; feature files may not use
+        // it, but the schema must match what they were planned against.
+        let ticks = with_date(&project_ticks(held)?)?;
+        let ctx = self.session_over(Some(&ticks))?;
+        let sql = feature_query(&ctx, &self.catalog, "true").await?;
+        let df = ctx
+            .sql(&format!("{sql} ORDER BY f0.symbol, f0.ts, f0.seq"))
+            .await?;
+        let schema = df.schema().inner().clone();
+        let batches = df.collect().await?;
+        let spec = features_table(&self.catalog);
+        let all = concat_batches(&schema, &batches)?;
+        Ok(crate::features::conform(&all, &spec.schema)?)
+    }
+
+    /// Drops history no future tick needs: per symbol, ticks older than
+    /// both the lookback time before its oldest pending tick and its last
+    /// `lookback.rows` ticks before that.
+    fn prune(&mut self) -> Result<(), ExecutorError> {
+        let n = self.held.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let syms = self.held.column(1).as_string::<i32>();
+        let ts = self
+            .held
+            .column(0)
+            .as_primitive::<TimestampMicrosecondType>();
+        let span = i64::try_from(self.lookback.time.as_micros()).unwrap_or(i64::MAX / 4);
+        let rows = usize::try_from(self.lookback.rows).unwrap_or(usize::MAX);
+        let mut keep = vec![true; n];
+        let mut start = 0;
+        while start < n {
+            let sym = syms.value(start);
+            let mut end = start;
+            while end < n && syms.value(end) == sym {
+                end += 1;
+            }
+            // The first tick a future emission will compute: the first
+            // after the emitted groups.
+            let emitted = self.books.get(sym).and_then(|b| b.emitted);
+            let first_pending = (start..end)
+                .find(|&i| emitted.is_none_or(|e| ts.value(i) > e))
+                .unwrap_or(end);
+            let horizon = emitted.map_or(i64::MIN, |e| e.saturating_sub(span));
+            // Keep `rows` ticks (one spare) before the first pending one,
+            // never half of a (symbol, ts) group (replaying part of one
+            // would renumber its `seq`), and every tick within the time
+            // lookback of the newest emitted.
+            let mut by_rows = first_pending
+                .saturating_sub(rows.saturating_add(1))
+                .max(start);
+            while by_rows > start && ts.value(by_rows - 1) == ts.value(by_rows) {
+                by_rows -= 1;
+            }
+            // A time cut too must not split a group: `ts >= horizon` keeps
+            // whole groups by construction.
+            for (i, k) in keep.iter_mut().enumerate().take(by_rows).skip(start) {
+                *k = ts.value(i) >= horizon;
+            }
+            start = end;
+        }
+        if keep.iter().all(|&k| k) {
+            return Ok(());
+        }
+        self.held = filter_record_batch(&self.held, &BooleanArray::from(keep))?;
+        Ok(())
+    }
+}
+
+/// Held ticks without the position columns.
+fn project_ticks(held: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let n = tick_schema().fields().len();
+    RecordBatch::try_new(tick_schema(), held.columns()[..n].to_vec())
+}
+
+/// `batch` with a `date` column (the partition column lake sessions carry).
+fn with_date(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let ts = batch.column(0).as_primitive::<TimestampMicrosecondType>();
+    let date: arrow::array::StringArray = ts
+        .iter()
+        .map(|t| {
+            t.and_then(chrono::DateTime::from_timestamp_micros)
+                .map(|d| d.date_naive().to_string())
+        })
+        .collect();
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("date", DataType::Utf8, false));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(date));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+/// Sorted by the tick key (symbol, ts, seq); arrival order among equal keys.
+fn sort_by_key(b: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let idx = |name: &str| b.schema().index_of(name);
+    let cols = [col::SYMBOL, col::TS, col::SEQ]
+        .into_iter()
+        .map(|c| {
+            Ok(SortColumn {
+                values: Arc::clone(b.column(idx(c)?)),
+                options: None,
+            })
+        })
+        .collect::<Result<Vec<_>, arrow::error::ArrowError>>()?;
+    let order = lexsort_to_indices(&cols, None)?;
+    let columns = b
+        .columns()
+        .iter()
+        .map(|c| take(c, &order, None))
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(b.schema(), columns)
+}
+
+/// The distinct symbols of a tick batch.
+pub fn symbols_of(ticks: &RecordBatch) -> HashSet<String> {
+    ticks
+        .column(1)
+        .as_string::<i32>()
+        .iter()
+        .flatten()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The lake's `symbols` table (with its `date` column), for
+/// [`Executor::new`].
+pub async fn load_symbols(
+    root: &crate::lake::LakeRoot,
+) -> Result<RecordBatch, crate::lake::LakeError> {
+    let ctx = crate::lake::session_context(root).await?;
+    let df_err = |source| crate::lake::LakeError::DataFusion {
+        table: "symbols".into(),
+        source,
+    };
+    let df = ctx.sql("SELECT * FROM symbols").await.map_err(df_err)?;
+    let schema = df.schema().inner().clone();
+    let batches = df.collect().await.map_err(df_err)?;
+    concat_batches(&schema, &batches).map_err(|source| crate::lake::LakeError::Arrow {
+        table: "symbols".into(),
+        source,
+    })
+}
