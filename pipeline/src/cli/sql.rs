@@ -136,3 +136,19 @@ pub(crate) async fn query_to(
     out.flush()?;
     Ok(())
 }
+
+/// The first column of the first row of `sql`, as an integer (0 for no
+/// rows or NULL).
+pub(crate) async fn scalar_i64(
+    ctx: &datafusion::prelude::SessionContext,
+    sql: &str,
+) -> anyhow::Result<i64> {
+    use arrow::array::{Array, AsArray};
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let Some(b) = batches.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(0);
+    };
+    let c = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Int64)?;
+    let c = c.as_primitive::<arrow::datatypes::Int64Type>();
+    Ok(if c.is_null(0) { 0 } else { c.value(0) })
+}

@@ -78,6 +78,15 @@ impl TableSpec {
         }
     }
 
+    /// The `alerts` table: the `scores` rows of alerts raised by the
+    /// streaming executor, under `alerts/model_version=<version>/date=.../`.
+    pub fn alerts() -> Self {
+        Self {
+            name: "alerts".into(),
+            ..Self::scores()
+        }
+    }
+
     /// The folder of one value of the outer partition, as a table of its
     /// own (what an [`Appender`](super::Appender) writes to).
     pub fn sub_table(&self, value: &str) -> Self {
@@ -98,6 +107,7 @@ impl TableSpec {
             Self::labels(),
             Self::symbols(),
             Self::scores(),
+            Self::alerts(),
         ]
     }
 }

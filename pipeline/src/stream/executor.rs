@@ -633,3 +633,37 @@ pub async fn load_symbols(
         source,
     })
 }
+
+/// The lake's ticks of dates `from..=to` in arrival order: by time, each
+/// symbol's in (ts, seq) order — how a feed delivers them.
+pub async fn ticks_in_arrival_order(
+    root: &crate::lake::LakeRoot,
+    from: chrono::NaiveDate,
+    to: chrono::NaiveDate,
+) -> Result<RecordBatch, crate::lake::LakeError> {
+    let ctx = crate::lake::session_context(root).await?;
+    let names: Vec<String> = tick_schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let df_err = |source| crate::lake::LakeError::DataFusion {
+        table: "ticks".into(),
+        source,
+    };
+    let df = ctx
+        .sql(&format!(
+            "SELECT {} FROM ticks WHERE date >= '{from}' AND date <= '{to}' ORDER BY ts, symbol, seq",
+            names.join(", ")
+        ))
+        .await
+        .map_err(df_err)?;
+    let schema = df.schema().inner().clone();
+    let batches = df.collect().await.map_err(df_err)?;
+    let arrow_err = |source| crate::lake::LakeError::Arrow {
+        table: "ticks".into(),
+        source,
+    };
+    let all = concat_batches(&schema, &batches).map_err(arrow_err)?;
+    RecordBatch::try_new(tick_schema(), all.columns().to_vec()).map_err(arrow_err)
+}

@@ -6,5 +6,6 @@
 pub mod executor;
 
 pub use executor::{
-    load_symbols, Executor, ExecutorConfig, ExecutorError, Input, LateTick, PartitionPosition, Step,
+    load_symbols, ticks_in_arrival_order, Executor, ExecutorConfig, ExecutorError, Input, LateTick,
+    PartitionPosition, Step,
 };
