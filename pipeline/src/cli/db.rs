@@ -12,10 +12,11 @@ The detector stores alerts, dead letters, Kafka offsets and statistics in
 PostgreSQL. `migrate` brings the schema up to date (safe to run again, and
 from several processes at once); `status` lists the applied migrations.
 
-TLS follows sslmode in the URL or PGSSLMODE (disable, prefer, require;
-default prefer); the server certificate is verified against PGSSLROOTCERT
-(PEM) or the system's roots. The password comes from the URL or
-PGPASSWORD, set from a secret store: never commit it.
+TLS follows sslmode in the URL or PGSSLMODE as in libpq: disable, prefer
+(default), require encrypt without checking the certificate unless
+PGSSLROOTCERT names a CA file; PGSSLMODE=verify-full checks chain and host
+name. The password comes from the URL or PGPASSWORD, set from a secret
+store: never commit it.
 
 Examples:
   DATABASE_URL=postgres://detector@db:5432/stockanomaly stockanomaly db migrate
