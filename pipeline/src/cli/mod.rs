@@ -3,6 +3,7 @@
 
 mod backfill;
 mod bench;
+mod db;
 mod demo;
 mod features;
 mod ingest;
@@ -20,6 +21,7 @@ use crate::lake::{LakeError, LakeRoot, DEFAULT_LAKE};
 
 pub use backfill::BackfillArgs;
 pub use bench::BenchArgs;
+pub use db::{DbArgs, DbCommand, DbUrlArgs};
 pub use demo::DemoArgs;
 pub use features::{FeaturesArgs, FeaturesCommand};
 pub use ingest::{IngestArgs, IngestCommand, IngestCsvArgs};
@@ -94,6 +96,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Measure simulation, CSV ingestion and feature backfill throughput (build with --release).
     Bench(BenchArgs),
+    /// Migrate the PostgreSQL schema of alerts and offsets, or list its migrations.
+    Db(DbArgs),
 }
 
 /// A mistake in flags, configuration or a query: exit status 2.
@@ -156,6 +160,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Score(args) => score::run(&cli.lake, args).await,
         Command::Demo(args) => demo::run(&cli.lake, args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Db(args) => db::run(args).await,
     }
 }
 

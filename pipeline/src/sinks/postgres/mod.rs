@@ -1,0 +1,21 @@
+//! PostgreSQL sink: connection ([`connect`]), embedded versioned migrations
+//! ([`migrate`]) and the writes the streaming detector makes
+//! ([`commit_batch`], [`load_offsets`], [`register_model`], [`write_stats`]).
+//!
+//! Every fallible call returns [`DbError`]; [`DbError::is_retryable`] tells a
+//! lost or refused connection (reconnect and retry the batch) from a schema
+//! or data mistake (retrying will not help).
+
+mod connect;
+mod error;
+mod migrate;
+mod sink;
+mod tls;
+
+pub use connect::{connect, describe_target};
+pub use error::DbError;
+pub use migrate::{applied_migrations, migrate, AppliedMigration, Migration, MIGRATIONS};
+pub use sink::{
+    commit_batch, load_offsets, register_model, write_stats, AlertRow, CommitStats, DeadLetterRow,
+    OffsetRow, StatsRow,
+};

@@ -1,0 +1,601 @@
+//! The PostgreSQL sink against the real server the test command starts:
+//! migrations, the detector's batch commit, partitions. Each test works in
+//! its own database, dropped at the end.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use common::service_env;
+use serde_json::json;
+use stockanomaly::sinks::postgres::{
+    applied_migrations, commit_batch, connect, load_offsets, migrate, register_model, write_stats,
+    AlertRow, DbError, DeadLetterRow, OffsetRow, StatsRow, MIGRATIONS,
+};
+
+/// A database of its own for one test; dropped (connections forced off)
+/// when the value goes, even when the test panics.
+struct TestDb {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    async fn new(tag: &str) -> TestDb {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let admin_url = service_env("STOCKANOMALY_TEST_DATABASE_URL");
+        let name = format!(
+            "sa_test_{tag}_{}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed),
+            chrono::Utc::now().timestamp_micros() % 1_000_000
+        );
+        let admin = connect(&admin_url).await.unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&admin_url).unwrap();
+        url.set_path(&name);
+        TestDb {
+            admin_url,
+            name,
+            url: url.to_string(),
+        }
+    }
+
+    async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url).await.unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs inside the test's runtime: a thread with its own runtime
+        // can block on the DROP without stalling it.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(c) = connect(&admin_url).await {
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn alert(symbol: &str, ts_us: i64, seq: u32) -> AlertRow {
+    AlertRow {
+        model_version: "xgb-abc".into(),
+        detector: "model",
+        symbol: symbol.into(),
+        ts_us,
+        seq,
+        score: 0.93,
+        threshold: 0.5,
+        reason: Some("spoofing pattern".into()),
+        top_features: Some(json!([{"name": "imbalance", "value": 3.5}])),
+        features: Some(json!({"imbalance": 3.5, "z": -1.25})),
+        evidence_start_us: Some(ts_us - 60_000_000),
+        evidence_end_us: Some(ts_us),
+        source: "ticks".into(),
+        source_partition: Some(0),
+        source_offset: Some(i64::from(seq)),
+    }
+}
+
+fn offset(partition: i32, next: i64, warmup: i64) -> OffsetRow {
+    OffsetRow {
+        consumer_group: "detector".into(),
+        topic: "ticks".into(),
+        partition,
+        next_offset: next,
+        warmup_offset: warmup,
+    }
+}
+
+async fn count(c: &tokio_postgres::Client, table: &str) -> i64 {
+    c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn migrate_applies_once_and_creates_the_schema() {
+    let db = TestDb::new("migrate").await;
+    let mut c = db.client().await;
+    assert!(applied_migrations(&c).await.unwrap().is_empty());
+
+    let first = migrate(&mut c).await.unwrap();
+    assert_eq!(first, vec!["0001_init".to_owned()]);
+    let second = migrate(&mut c).await.unwrap();
+    assert!(second.is_empty(), "{second:?}");
+
+    let applied = applied_migrations(&c).await.unwrap();
+    assert_eq!(applied.len(), MIGRATIONS.len());
+    assert_eq!(applied[0].version, 1);
+    assert_eq!(applied[0].name, "init");
+    assert_eq!(applied[0].checksum, MIGRATIONS[0].checksum());
+
+    for table in [
+        "models",
+        "alerts",
+        "dead_letters",
+        "detector_offsets",
+        "detector_stats",
+        "ticks",
+        "ticks_default",
+    ] {
+        let exists: bool = c
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(exists, "table {table} missing");
+    }
+    // The unique and primary keys the sink's ON CONFLICT clauses rely on.
+    let keys: Vec<String> = c
+        .query(
+            "SELECT conrelid::regclass::text || ' ' || pg_get_constraintdef(oid) \
+             FROM pg_constraint WHERE contype IN ('u', 'p') ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for want in [
+        "alerts UNIQUE (model_version, symbol, ts, seq)",
+        "dead_letters UNIQUE (source, source_partition, source_offset)",
+        "detector_offsets PRIMARY KEY (consumer_group, topic, partition)",
+        "models PRIMARY KEY (version)",
+        "ticks PRIMARY KEY (symbol, ts, seq)",
+        "schema_migrations PRIMARY KEY (version)",
+    ] {
+        assert!(keys.iter().any(|k| k == want), "{want} not in {keys:?}");
+    }
+    let indexes: Vec<String> = c
+        .query(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'alerts'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        indexes.iter().any(|i| i.ends_with("USING btree (ts)")),
+        "{indexes:?}"
+    );
+    assert!(
+        indexes
+            .iter()
+            .any(|i| i.ends_with("USING btree (symbol, ts)")),
+        "{indexes:?}"
+    );
+}
+
+#[tokio::test]
+async fn changed_migration_is_refused() {
+    let db = TestDb::new("checksum").await;
+    let mut c = db.client().await;
+    migrate(&mut c).await.unwrap();
+    c.execute(
+        "UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1",
+        &[],
+    )
+    .await
+    .unwrap();
+    let e = migrate(&mut c).await.unwrap_err();
+    assert!(
+        matches!(e, DbError::ChecksumMismatch { version: 1, .. }),
+        "{e}"
+    );
+    assert!(!e.is_retryable());
+}
+
+#[tokio::test]
+async fn concurrent_migrations_both_succeed() {
+    let db = TestDb::new("concurrent").await;
+    let (mut a, mut b) = (db.client().await, db.client().await);
+    let (ra, rb) = tokio::join!(migrate(&mut a), migrate(&mut b));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    // Exactly one of them applied the migration; the other found it done.
+    let mut all = ra.clone();
+    all.extend(rb.clone());
+    assert_eq!(all, vec!["0001_init".to_owned()], "{ra:?} {rb:?}");
+    assert_eq!(count(&a, "schema_migrations").await, 1);
+}
+
+#[tokio::test]
+async fn cli_migrate_and_status() {
+    let db = TestDb::new("cli").await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::ok(dir.path(), &["db", "migrate", "--database-url", &db.url]);
+    assert!(out.contains("applied 0001_init"), "{out}");
+    // The URL from the environment, as deployments pass it.
+    let out = common::bin()
+        .current_dir(dir.path())
+        .env("DATABASE_URL", &db.url)
+        .args(["db", "migrate"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("up to date"), "{stdout}");
+    let out = common::ok(dir.path(), &["db", "status", "--database-url", &db.url]);
+    assert!(out.contains("0001_init  applied"), "{out}");
+
+    // A malformed URL is a usage error (2) and is not echoed.
+    let out = common::run(
+        dir.path(),
+        &[
+            "db",
+            "migrate",
+            "--database-url",
+            "postgres://u:topsecret@127.0.0.1/x?sslmode=nonsense",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("topsecret"), "{stderr}");
+    // An unreachable server names host and database, never the password.
+    let out = common::run(
+        dir.path(),
+        &[
+            "db",
+            "status",
+            "--database-url",
+            "postgres://u:topsecret@127.0.0.1:1/nowhere?sslmode=disable",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("u@127.0.0.1:1/nowhere"), "{stderr}");
+    assert!(!stderr.contains("topsecret"), "{stderr}");
+}
+
+#[tokio::test]
+async fn commit_batch_stores_everything_once() {
+    let db = TestDb::new("commit").await;
+    let mut c = db.client().await;
+    migrate(&mut c).await.unwrap();
+    register_model(&c, "xgb-abc", "model", &json!({"features": 42}))
+        .await
+        .unwrap();
+
+    let base = 1_704_205_800_123_457; // 2024-01-02 14:30:00.123457 UTC
+    let alerts: Vec<AlertRow> = (0..2000)
+        .map(|i| alert(if i % 2 == 0 { "AAPL" } else { "MSFT" }, base + i as i64, i))
+        .collect();
+    let dead = vec![DeadLetterRow {
+        source: "ticks".into(),
+        source_partition: Some(0),
+        source_offset: Some(99),
+        payload: b"\x00not json\xff".to_vec(),
+        reason: "decode".into(),
+        detail: "expected value at line 1".into(),
+    }];
+    let offsets = vec![offset(0, 2000, 1500), offset(1, 10, 0)];
+    let s = commit_batch(&mut c, &alerts, &dead, &offsets)
+        .await
+        .unwrap();
+    assert_eq!(s.alerts_inserted, 2000);
+    assert_eq!(s.alerts_existing, 0);
+    assert_eq!(s.dead_letters_inserted, 1);
+
+    // A replay (the detector restarted before its Kafka commit) adds nothing
+    // and moves the offsets.
+    let offsets2 = vec![offset(0, 2100, 1600)];
+    let s = commit_batch(&mut c, &alerts, &dead, &offsets2)
+        .await
+        .unwrap();
+    assert_eq!(s.alerts_inserted, 0);
+    assert_eq!(s.alerts_existing, 2000);
+    assert_eq!(s.dead_letters_inserted, 0);
+    assert_eq!(count(&c, "alerts").await, 2000);
+    assert_eq!(count(&c, "dead_letters").await, 1);
+    let stored = load_offsets(&c, "detector", "ticks").await.unwrap();
+    assert_eq!(
+        stored.into_iter().collect::<Vec<_>>(),
+        vec![(0, (2100, 1600)), (1, (10, 0))]
+    );
+    assert!(load_offsets(&c, "other", "ticks").await.unwrap().is_empty());
+
+    // Columns round-trip: payload bytes, JSON, µs timestamps.
+    let row = c
+        .query_one(
+            "SELECT ts, evidence_start, seq, features, reason, detector FROM alerts \
+             WHERE symbol = 'MSFT' AND seq = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ts: chrono::DateTime<chrono::Utc> = row.get(0);
+    assert_eq!(ts.timestamp_micros(), base + 1);
+    let start: chrono::DateTime<chrono::Utc> = row.get(1);
+    assert_eq!(start.timestamp_micros(), base + 1 - 60_000_000);
+    assert_eq!(row.get::<_, i32>(2), 1);
+    assert_eq!(
+        row.get::<_, serde_json::Value>(3),
+        json!({"imbalance": 3.5, "z": -1.25})
+    );
+    assert_eq!(row.get::<_, &str>(4), "spoofing pattern");
+    assert_eq!(row.get::<_, &str>(5), "model");
+    let payload: Vec<u8> = c
+        .query_one("SELECT payload FROM dead_letters", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(payload, b"\x00not json\xff");
+
+    // register_model is idempotent, and refuses another manifest.
+    register_model(&c, "xgb-abc", "model", &json!({"features": 42}))
+        .await
+        .unwrap();
+    let e = register_model(&c, "xgb-abc", "model", &json!({"features": 7}))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DbError::ModelConflict { .. }), "{e}");
+    assert_eq!(count(&c, "models").await, 1);
+
+    write_stats(
+        &c,
+        &StatsRow {
+            instance: "host-1".into(),
+            consumer_group: Some("detector".into()),
+            ticks: 5000,
+            ticks_per_s: Some(1234.5),
+            batches: 3,
+            alerts: 2000,
+            dead_letters: 1,
+            lag: Some(17),
+            batch_p50_ms: Some(4.5),
+            batch_p99_ms: Some(20.0),
+            e2e_p50_ms: None,
+            e2e_p99_ms: None,
+        },
+    )
+    .await
+    .unwrap();
+    let row = c
+        .query_one(
+            "SELECT instance, ticks, alerts, lag, ticks_per_s, e2e_p50_ms FROM detector_stats",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, &str>(0), "host-1");
+    assert_eq!(row.get::<_, i64>(1), 5000);
+    assert_eq!(row.get::<_, i64>(2), 2000);
+    assert_eq!(row.get::<_, Option<i64>>(3), Some(17));
+    assert_eq!(row.get::<_, Option<f64>>(4), Some(1234.5));
+    assert_eq!(row.get::<_, Option<f64>>(5), None);
+}
+
+#[tokio::test]
+async fn failing_row_rolls_back_the_whole_batch() {
+    let db = TestDb::new("atomic").await;
+    let mut c = db.client().await;
+    migrate(&mut c).await.unwrap();
+    // An earlier batch, which the failing one must leave as it is.
+    commit_batch(&mut c, &[alert("IBM", 5, 0)], &[], &[offset(0, 5, 1)])
+        .await
+        .unwrap();
+    let mut alerts: Vec<AlertRow> = (0..10)
+        .map(|i| alert("AAPL", 1_000_000 + i, i as u32))
+        .collect();
+    alerts[7].detector = "bogus"; // violates the CHECK on detector
+    let dead = vec![DeadLetterRow {
+        source: "ticks".into(),
+        source_partition: Some(0),
+        source_offset: Some(1),
+        payload: vec![1, 2, 3],
+        reason: "decode".into(),
+        detail: String::new(),
+    }];
+    let e = commit_batch(&mut c, &alerts, &dead, &[offset(0, 11, 0)])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DbError::Query { .. }), "{e}");
+    assert!(e.to_string().contains("alerts"), "{e}");
+    assert!(!e.is_retryable(), "a CHECK violation is not transient: {e}");
+    assert_eq!(count(&c, "alerts").await, 1);
+    assert_eq!(count(&c, "dead_letters").await, 0);
+    let stored = load_offsets(&c, "detector", "ticks").await.unwrap();
+    assert_eq!(
+        stored.get(&0),
+        Some(&(5, 1)),
+        "offset moved by a failed batch"
+    );
+
+    // The client is still usable and the corrected batch goes in whole.
+    alerts[7].detector = "rule";
+    let s = commit_batch(&mut c, &alerts, &dead, &[offset(0, 11, 0)])
+        .await
+        .unwrap();
+    assert_eq!(s.alerts_inserted, 10);
+    assert_eq!(s.dead_letters_inserted, 1);
+    let stored = load_offsets(&c, "detector", "ticks").await.unwrap();
+    assert_eq!(stored.get(&0), Some(&(11, 0)));
+}
+
+#[tokio::test]
+async fn timestamps_round_trip_at_microseconds() {
+    let db = TestDb::new("micros").await;
+    let mut c = db.client().await;
+    migrate(&mut c).await.unwrap();
+    // Session time zone must not matter.
+    c.batch_execute("SET TimeZone = 'America/New_York'")
+        .await
+        .unwrap();
+    let stamps = [
+        0_i64,
+        1,
+        -1,
+        1_704_205_800_000_001,
+        1_704_205_800_999_999,
+        -2_208_988_800_000_000,  // 1900-01-01
+        253_402_300_799_999_999, // 9999-12-31 23:59:59.999999
+    ];
+    let alerts: Vec<AlertRow> = stamps
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| alert("IBM", t, i as u32))
+        .collect();
+    commit_batch(&mut c, &alerts, &[], &[]).await.unwrap();
+    let rows = c
+        .query(
+            "SELECT seq, ts, (extract(epoch FROM ts) * 1000000)::bigint FROM alerts ORDER BY seq",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), stamps.len());
+    for (r, &want) in rows.iter().zip(&stamps) {
+        let ts: chrono::DateTime<chrono::Utc> = r.get(1);
+        assert_eq!(ts.timestamp_micros(), want);
+        assert_eq!(
+            r.get::<_, i64>(2),
+            want,
+            "server-side epoch of seq {}",
+            r.get::<_, i32>(0)
+        );
+    }
+}
+
+#[tokio::test]
+async fn tick_partitions_are_created_and_take_their_day() {
+    let db = TestDb::new("partition").await;
+    let mut c = db.client().await;
+    migrate(&mut c).await.unwrap();
+    c.batch_execute("SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    let insert = "INSERT INTO ticks (symbol, ts, seq, price, volume, source) \
+                  VALUES ($1, $2::text::timestamptz, 0, 10.0, 100.0, 'test')";
+    // A tick of 2024-01-02 before its partition exists lands in the default.
+    c.execute(insert, &[&"AAPL", &"2024-01-02 10:00:00+00"])
+        .await
+        .unwrap();
+    let created: bool = c
+        .query_one(
+            "SELECT stockanomaly_ensure_tick_partition('2024-01-02')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(created);
+    let again: bool = c
+        .query_one(
+            "SELECT stockanomaly_ensure_tick_partition('2024-01-02')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!again, "second call must find the partition");
+    // The day's edges by UTC, whatever the session's zone.
+    for ts in [
+        "2024-01-02 00:00:00+00",
+        "2024-01-02 23:59:59.999999+00",
+        "2024-01-03 00:00:00+00",
+    ] {
+        c.execute(insert, &[&"MSFT", &ts]).await.unwrap();
+    }
+    let where_: Vec<(String, String)> = c
+        .query(
+            "SELECT tableoid::regclass::text, symbol || ' ' || to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') \
+             FROM ticks ORDER BY ts",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        where_,
+        vec![
+            (
+                "ticks_20240102".into(),
+                "MSFT 2024-01-02 00:00:00.000000".into()
+            ),
+            (
+                "ticks_20240102".into(),
+                "AAPL 2024-01-02 10:00:00.000000".into()
+            ),
+            (
+                "ticks_20240102".into(),
+                "MSFT 2024-01-02 23:59:59.999999".into()
+            ),
+            (
+                "ticks_default".into(),
+                "MSFT 2024-01-03 00:00:00.000000".into()
+            ),
+        ]
+    );
+    let bound: String = c
+        .query_one(
+            "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = 'ticks_20240102'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        bound.starts_with("FOR VALUES FROM ('2024-01-02 09:00:00+09')"),
+        "{bound}"
+    );
+    // The partition has the primary key (duplicates refused).
+    let dup = c
+        .execute(insert, &[&"MSFT", &"2024-01-02 00:00:00+00"])
+        .await;
+    assert!(dup.is_err());
+}
+
+#[tokio::test]
+async fn ssl_modes_follow_the_url() {
+    let db = TestDb::new("tls").await;
+    let with = |mode: &str| {
+        let sep = if db.url.contains('?') { '&' } else { '?' };
+        format!("{}{sep}sslmode={mode}", db.url)
+    };
+    let uses_tls = |c: tokio_postgres::Client| async move {
+        c.query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    };
+    let plain = connect(&with("disable")).await.unwrap();
+    let server_ssl: String = plain.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+    assert!(!uses_tls(plain).await, "sslmode=disable used TLS");
+
+    // The machine's own server has TLS on (a self-signed certificate, which
+    // prefer and require accept as libpq does); the fallback test server
+    // has it off.
+    let preferred = connect(&with("prefer")).await.unwrap();
+    assert_eq!(uses_tls(preferred).await, server_ssl == "on");
+    let required = connect(&with("require")).await;
+    if server_ssl == "on" {
+        assert!(uses_tls(required.unwrap()).await);
+    } else {
+        let e = required.err().unwrap();
+        assert!(matches!(e, DbError::Connect { .. }), "{e}");
+    }
+}
