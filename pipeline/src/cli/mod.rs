@@ -7,6 +7,7 @@ mod demo;
 mod features;
 mod ingest;
 mod output;
+mod produce;
 mod score;
 mod simulate;
 mod sql;
@@ -23,6 +24,7 @@ pub use bench::BenchArgs;
 pub use demo::DemoArgs;
 pub use features::{FeaturesArgs, FeaturesCommand};
 pub use ingest::{IngestArgs, IngestCommand, IngestCsvArgs};
+pub use produce::ProduceArgs;
 pub use score::ScoreArgs;
 pub use simulate::SimulateArgs;
 pub use sql::{SqlArgs, SqlFormat};
@@ -94,6 +96,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Measure simulation, CSV ingestion and feature backfill throughput (build with --release).
     Bench(BenchArgs),
+    /// Publish ticks (lake, CSV or simulator) to a Kafka topic as JSON keyed by symbol, in event-time order.
+    Produce(ProduceArgs),
 }
 
 /// A mistake in flags, configuration or a query: exit status 2.
@@ -156,6 +160,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Score(args) => score::run(&cli.lake, args).await,
         Command::Demo(args) => demo::run(&cli.lake, args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Produce(args) => produce::run(&cli.lake, args).await,
     }
 }
 
