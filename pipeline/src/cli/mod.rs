@@ -8,6 +8,7 @@ mod demo;
 mod features;
 mod ingest;
 mod output;
+mod produce;
 mod score;
 mod simulate;
 mod sql;
@@ -25,6 +26,7 @@ pub use db::{DbArgs, DbCommand, DbUrlArgs};
 pub use demo::DemoArgs;
 pub use features::{FeaturesArgs, FeaturesCommand};
 pub use ingest::{IngestArgs, IngestCommand, IngestCsvArgs};
+pub use produce::ProduceArgs;
 pub use score::ScoreArgs;
 pub use simulate::SimulateArgs;
 pub use sql::{SqlArgs, SqlFormat};
@@ -98,6 +100,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Migrate the PostgreSQL schema of alerts and offsets, or list its migrations.
     Db(DbArgs),
+    /// Publish ticks (lake, CSV or simulator) to a Kafka topic as JSON keyed by symbol, in event-time order.
+    Produce(ProduceArgs),
 }
 
 /// A mistake in flags, configuration or a query: exit status 2.
@@ -161,6 +165,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(&cli.lake, args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Db(args) => db::run(args).await,
+        Command::Produce(args) => produce::run(&cli.lake, args).await,
     }
 }
 

@@ -4,6 +4,8 @@
 //! writer, the streaming executor) never know which one they read.
 
 pub mod csv;
+pub mod kafka;
+pub mod replay;
 pub mod simulate;
 
 use arrow::array::RecordBatch;
@@ -26,6 +28,18 @@ pub enum Position {
     Simulated {
         /// Days produced so far.
         day: usize,
+    },
+    /// A lake replay up to its `ticks`-th tick, the last one returned,
+    /// `(symbol, ts_us, seq)`.
+    Replay {
+        /// Event time of the last tick returned, µs.
+        ts_us: i64,
+        /// Its `seq`.
+        seq: u32,
+        /// Its symbol.
+        symbol: String,
+        /// Ticks returned so far.
+        ticks: u64,
     },
 }
 
@@ -64,6 +78,15 @@ pub enum SourceError {
         origin: String,
         /// What is wrong and how to fix it.
         reason: String,
+    },
+    /// Reading the lake failed (replays).
+    #[error("{origin}: {source}")]
+    Lake {
+        /// The lake table.
+        origin: String,
+        /// The lake's error.
+        #[source]
+        source: crate::lake::LakeError,
     },
 }
 

@@ -4,8 +4,8 @@
 //! Layouts are in [`CsvFormat`]. Every record becomes a tick or a [`Reject`]
 //! naming its line and reason; annotated layouts also yield label intervals.
 
-mod format;
-mod parse;
+pub(crate) mod format;
+pub(crate) mod parse;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};

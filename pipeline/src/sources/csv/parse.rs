@@ -76,7 +76,7 @@ pub(crate) fn timestamp(col: &str, s: &str, format: TsFormat) -> Result<i64, Str
 
 /// An epoch number in seconds, ms, µs or ns, told apart by magnitude (any
 /// date between 1973 and 5138 is unambiguous this way).
-fn epoch_auto(v: f64) -> Option<i64> {
+pub(crate) fn epoch_auto(v: f64) -> Option<i64> {
     let a = v.abs();
     let us = if a < 1e11 {
         v * 1e6

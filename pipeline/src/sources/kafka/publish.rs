@@ -1,0 +1,367 @@
+//! Publishing tick batches to a topic: one JSON message per tick, keyed by
+//! symbol, through an idempotent producer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Message};
+
+use super::json::{NotTickBatch, TickColumns};
+use crate::tick::schema;
+
+/// What went wrong talking to the broker; each names the topic (and the
+/// partition, offset or tick involved when there is one).
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// The client could not be configured or created.
+    #[error("kafka {brokers}: cannot create a client: {source}")]
+    Client {
+        /// The bootstrap servers.
+        brokers: String,
+        /// rdkafka's error (boxed: it is large, and errors are rare).
+        #[source]
+        source: Box<KafkaError>,
+    },
+    /// The topic does not exist and could not be created.
+    #[error("kafka topic {topic}: cannot create it: {reason}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// The broker's answer.
+        reason: String,
+    },
+    /// The topic's metadata could not be read.
+    #[error("kafka topic {topic}: cannot read its metadata: {reason}")]
+    Metadata {
+        /// The topic.
+        topic: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A message could not be queued for sending.
+    #[error("kafka topic {topic}: cannot send the tick of {symbol} at {ts}: {source}")]
+    Enqueue {
+        /// The topic.
+        topic: String,
+        /// The tick's symbol (the message key).
+        symbol: String,
+        /// The tick's event time.
+        ts: String,
+        /// rdkafka's error (boxed: it is large, and errors are rare).
+        #[source]
+        source: Box<KafkaError>,
+    },
+    /// The broker refused or lost messages (after the producer's retries).
+    #[error(
+        "kafka topic {topic}: {failed} message(s) not delivered; the first, to partition \
+         {partition}: {first}"
+    )]
+    Delivery {
+        /// The topic.
+        topic: String,
+        /// Messages that failed.
+        failed: u64,
+        /// Partition of the first failure.
+        partition: i32,
+        /// The first failure.
+        first: String,
+    },
+    /// Waiting for outstanding messages failed or timed out.
+    #[error("kafka topic {topic}: flush: {source}")]
+    Flush {
+        /// The topic.
+        topic: String,
+        /// rdkafka's error (boxed: it is large, and errors are rare).
+        #[source]
+        source: Box<KafkaError>,
+    },
+    /// The batch handed in is not a tick batch (a caller's bug).
+    #[error(transparent)]
+    NotTickBatch(#[from] NotTickBatch),
+}
+
+/// The topic as [`ensure_topic`] left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicStatus {
+    /// Whether this call created it.
+    pub created: bool,
+    /// Its partitions (an existing topic keeps its own count).
+    pub partitions: usize,
+}
+
+/// Creates `topic` with `partitions` partitions (replication 1) unless it
+/// exists, and answers how many partitions it has.
+pub async fn ensure_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<TopicStatus, ProduceError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|source| ProduceError::Client {
+            brokers: brokers.to_owned(),
+            source: Box::new(source),
+        })?;
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .map_err(|e| ProduceError::CreateTopic {
+            topic: topic.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let mut created = false;
+    for r in results {
+        match r {
+            Ok(_) => created = true,
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => {
+                return Err(ProduceError::CreateTopic {
+                    topic: topic.to_owned(),
+                    reason: code.to_string(),
+                })
+            }
+        }
+    }
+    // A new topic's partitions can take a moment to show in the metadata.
+    let mut last = String::from("no partitions");
+    for _ in 0..50 {
+        match admin
+            .inner()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+        {
+            Ok(md) => {
+                let n = md
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .map_or(0, |t| t.partitions().len());
+                if n > 0 {
+                    return Ok(TopicStatus {
+                        created,
+                        partitions: n,
+                    });
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(ProduceError::Metadata {
+        topic: topic.to_owned(),
+        reason: last,
+    })
+}
+
+/// Counts delivery reports; librdkafka calls it from the producer's thread.
+#[derive(Debug, Default)]
+pub struct DeliveryTracker {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    first_failure: Mutex<Option<(i32, String)>>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, msg)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut first) = self.first_failure.lock() {
+                    first.get_or_insert_with(|| {
+                        let key = msg.key().map(String::from_utf8_lossy).unwrap_or_default();
+                        (msg.partition(), format!("key {key}: {e}"))
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Messages and payload bytes sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishStats {
+    /// Messages queued.
+    pub messages: u64,
+    /// Payload bytes queued (keys not counted).
+    pub bytes: u64,
+    /// Messages the broker acknowledged so far.
+    pub delivered: u64,
+}
+
+/// Publishes ticks as JSON ([`TickColumns::encode`]) keyed by symbol.
+///
+/// The producer is idempotent with `acks=all`: a retried batch is not
+/// duplicated and messages of one partition keep their order, which the
+/// consumer's `seq` assignment relies on. Callers publish each symbol's ticks
+/// in `(ts, seq)` order; the key sends them all to one partition.
+pub struct TickPublisher {
+    producer: ThreadedProducer<DeliveryTracker>,
+    topic: String,
+    buf: Vec<u8>,
+    stats: PublishStats,
+}
+
+impl TickPublisher {
+    /// A publisher to `topic` on `brokers`; `options` are librdkafka settings
+    /// applied over the defaults (`enable.idempotence=true`, `acks=all`,
+    /// `compression.type=zstd`, `linger.ms=20`).
+    pub fn new(brokers: &str, topic: &str, options: &[(&str, &str)]) -> Result<Self, ProduceError> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "zstd")
+            .set("linger.ms", "20")
+            .set("message.timeout.ms", "120000");
+        for (k, v) in options {
+            config.set(*k, *v);
+        }
+        let producer = config
+            .create_with_context(DeliveryTracker::default())
+            .map_err(|source| ProduceError::Client {
+                brokers: brokers.to_owned(),
+                source: Box::new(source),
+            })?;
+        Ok(Self {
+            producer,
+            topic: topic.to_owned(),
+            buf: Vec::with_capacity(512),
+            stats: PublishStats::default(),
+        })
+    }
+
+    /// The topic published to.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Publishes row `row` of `cols`. Waits (without blocking the runtime)
+    /// while the producer's queue is full; fails as soon as a delivery has
+    /// failed, so a dead broker stops the run instead of filling memory.
+    pub async fn publish(
+        &mut self,
+        cols: &TickColumns<'_>,
+        row: usize,
+    ) -> Result<(), ProduceError> {
+        self.check_deliveries()?;
+        self.buf.clear();
+        cols.encode(row, &mut self.buf);
+        let symbol = cols.symbol(row);
+        loop {
+            let record = BaseRecord::to(&self.topic)
+                .key(symbol)
+                .payload(&self.buf[..]);
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((source, _)) => {
+                    return Err(ProduceError::Enqueue {
+                        topic: self.topic.clone(),
+                        symbol: symbol.to_owned(),
+                        ts: fmt_ts(cols.ts_us(row)),
+                        source: Box::new(source),
+                    })
+                }
+            }
+        }
+        self.stats.messages += 1;
+        self.stats.bytes += self.buf.len() as u64;
+        Ok(())
+    }
+
+    /// Publishes every row of a tick batch, in row order.
+    pub async fn publish_batch(&mut self, batch: &RecordBatch) -> Result<(), ProduceError> {
+        let cols = TickColumns::new(batch)?;
+        for row in 0..cols.len() {
+            self.publish(&cols, row).await?;
+        }
+        Ok(())
+    }
+
+    /// What was sent so far.
+    pub fn stats(&self) -> PublishStats {
+        PublishStats {
+            delivered: self.producer.context().delivered.load(Ordering::Relaxed),
+            ..self.stats
+        }
+    }
+
+    /// Waits up to `timeout` until every message is acknowledged (this
+    /// blocks the calling thread) and fails if any was not.
+    pub fn flush(&self, timeout: Duration) -> Result<PublishStats, ProduceError> {
+        self.producer
+            .flush(timeout)
+            .map_err(|source| ProduceError::Flush {
+                topic: self.topic.clone(),
+                source: Box::new(source),
+            })?;
+        self.check_deliveries()?;
+        Ok(self.stats())
+    }
+
+    fn check_deliveries(&self) -> Result<(), ProduceError> {
+        let ctx = self.producer.context();
+        let failed = ctx.failed.load(Ordering::Relaxed);
+        if failed == 0 {
+            return Ok(());
+        }
+        let (partition, first) = ctx
+            .first_failure
+            .lock()
+            .ok()
+            .and_then(|f| f.clone())
+            .unwrap_or((-1, "unknown".into()));
+        Err(ProduceError::Delivery {
+            topic: self.topic.clone(),
+            failed,
+            partition,
+            first,
+        })
+    }
+}
+
+/// Orders a tick batch for publishing: by `ts`, then `seq`, then `symbol`
+/// (the last only for a deterministic order across symbols), so that every
+/// symbol's ticks leave in key order.
+pub fn sort_event_time(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+    use arrow::compute::{lexsort_to_indices, take_record_batch, SortColumn};
+    let column = |name: &str| -> Result<SortColumn, arrow::error::ArrowError> {
+        let i = batch.schema_ref().index_of(name)?;
+        Ok(SortColumn {
+            values: batch.column(i).clone(),
+            options: None,
+        })
+    };
+    let keys = [
+        column(schema::col::TS)?,
+        column(schema::col::SEQ)?,
+        column(schema::col::SYMBOL)?,
+    ];
+    let indices = lexsort_to_indices(&keys, None)?;
+    take_record_batch(batch, &indices)
+}
+
+fn fmt_ts(ts_us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(ts_us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_else(|| format!("{ts_us}µs"))
+}
