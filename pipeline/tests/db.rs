@@ -4,73 +4,12 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
-use common::service_env;
+use common::TestDb;
 use serde_json::json;
 use stockanomaly::sinks::postgres::{
     applied_migrations, commit_batch, connect, load_offsets, migrate, register_model, write_stats,
     AlertRow, DbError, DeadLetterRow, OffsetRow, StatsRow, MIGRATIONS,
 };
-
-/// A database of its own for one test; dropped (connections forced off)
-/// when the value goes, even when the test panics.
-struct TestDb {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl TestDb {
-    async fn new(tag: &str) -> TestDb {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let admin_url = service_env("STOCKANOMALY_TEST_DATABASE_URL");
-        let name = format!(
-            "sa_test_{tag}_{}_{}_{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed),
-            chrono::Utc::now().timestamp_micros() % 1_000_000
-        );
-        let admin = connect(&admin_url).await.unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let mut url = url::Url::parse(&admin_url).unwrap();
-        url.set_path(&name);
-        TestDb {
-            admin_url,
-            name,
-            url: url.to_string(),
-        }
-    }
-
-    async fn client(&self) -> tokio_postgres::Client {
-        connect(&self.url).await.unwrap()
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        // Drop runs inside the test's runtime: a thread with its own runtime
-        // can block on the DROP without stalling it.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(c) = connect(&admin_url).await {
-                    let _ = c
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
 
 fn alert(symbol: &str, ts_us: i64, seq: u32) -> AlertRow {
     AlertRow {

@@ -5,6 +5,7 @@ mod backfill;
 mod bench;
 mod db;
 mod demo;
+mod detect;
 mod features;
 mod ingest;
 mod output;
@@ -24,6 +25,7 @@ pub use backfill::BackfillArgs;
 pub use bench::BenchArgs;
 pub use db::{DbArgs, DbCommand, DbUrlArgs};
 pub use demo::DemoArgs;
+pub use detect::DetectArgs;
 pub use features::{FeaturesArgs, FeaturesCommand};
 pub use ingest::{IngestArgs, IngestCommand, IngestCsvArgs};
 pub use produce::ProduceArgs;
@@ -102,6 +104,8 @@ pub enum Command {
     Db(DbArgs),
     /// Publish ticks (lake, CSV or simulator) to a Kafka topic as JSON keyed by symbol, in event-time order.
     Produce(ProduceArgs),
+    /// Score a Kafka tick stream with a model and/or rules; alerts and offsets to PostgreSQL, exactly once.
+    Detect(DetectArgs),
 }
 
 /// A mistake in flags, configuration or a query: exit status 2.
@@ -166,6 +170,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args).await,
         Command::Db(args) => db::run(args).await,
         Command::Produce(args) => produce::run(&cli.lake, args).await,
+        Command::Detect(args) => detect::run(&cli.lake, args).await,
     }
 }
 

@@ -205,6 +205,22 @@ impl Executor {
         self.held.num_rows()
     }
 
+    /// Ticks held and not yet emitted.
+    pub fn pending(&self) -> usize {
+        let syms = self.held.column(1).as_string::<i32>();
+        let ts = self
+            .held
+            .column(0)
+            .as_primitive::<TimestampMicrosecondType>();
+        (0..self.held.num_rows())
+            .filter(|&i| {
+                self.books
+                    .get(syms.value(i))
+                    .is_none_or(|b| b.emitted.is_none_or(|e| ts.value(i) > e))
+            })
+            .count()
+    }
+
     /// Adds ticks and emits every group now complete.
     pub async fn step(&mut self, input: Input) -> Result<Step, ExecutorError> {
         let late = self.admit(input, true)?;

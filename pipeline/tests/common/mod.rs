@@ -174,3 +174,70 @@ pub async fn pack_features(
     }
     out
 }
+
+/// A database of its own for one test; dropped (connections forced off)
+/// when the value goes, even when the test panics.
+pub struct TestDb {
+    admin_url: String,
+    /// The database's name.
+    pub name: String,
+    /// Its URL.
+    pub url: String,
+}
+
+impl TestDb {
+    /// Creates the database.
+    pub async fn new(tag: &str) -> TestDb {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let admin_url = service_env("STOCKANOMALY_TEST_DATABASE_URL");
+        let name = format!(
+            "sa_test_{tag}_{}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            chrono::Utc::now().timestamp_micros() % 1_000_000
+        );
+        let admin = stockanomaly::sinks::postgres::connect(&admin_url)
+            .await
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&admin_url).unwrap();
+        url.set_path(&name);
+        TestDb {
+            admin_url,
+            name,
+            url: url.to_string(),
+        }
+    }
+
+    /// A connection to it.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        stockanomaly::sinks::postgres::connect(&self.url)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs inside the test's runtime: a thread with its own runtime
+        // can block on the DROP without stalling it.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(c) = stockanomaly::sinks::postgres::connect(&admin_url).await {
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}

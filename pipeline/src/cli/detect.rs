@@ -1,0 +1,187 @@
+//! `stockanomaly detect`: the streaming detector, Kafka to PostgreSQL.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::train::load_detectors;
+use super::{open_lake, UsageError};
+use crate::features::{Catalog, DEFAULT_QUERIES};
+use crate::model::Detector;
+use crate::sinks::postgres::{connect, migrate, register_model};
+use crate::stream::{detect, load_symbols, DetectOptions, Executor, ExecutorConfig};
+
+/// `stockanomaly detect`.
+#[derive(Debug, Args)]
+#[command(after_long_help = "\
+Consumes ticks (JSON, keyed by symbol) from a Kafka topic in a consumer
+group, computes the feature catalog over each symbol's lookback of history
+plus the micro-batch (the same query as backfill), scores with the model
+and/or the rules, and writes alerts, dead letters and the partitions'
+offsets to PostgreSQL in one transaction per batch. A (symbol, ts) group is
+emitted once complete: when a later tick of the symbol arrives, or after
+--idle-timeout-ms; a tick older than its symbol's newest goes to
+dead_letters as `late`, as do undecodable and invalid messages.
+
+On start (and on each new partition) it resumes from the offsets stored in
+PostgreSQL, first replaying the history still needed without emitting; alerts
+are keyed (model version + tick key), so a replay never writes one twice.
+The lake (--lake) provides the `symbols` table (exchange time zones).
+
+Examples:
+  stockanomaly detect --model model/artifacts/1a2b3c4d --rules \\
+      --source kafka://localhost:9092/ticks --group surveillance
+  DATABASE_URL=postgres://detector@db/stockanomaly stockanomaly detect --model DIR --source kafka://k1:9092,k2:9092/ticks")]
+pub struct DetectArgs {
+    /// Artifact folder written by `stockanomaly train`.
+    #[arg(
+        long,
+        env = "STOCKANOMALY_MODEL",
+        value_name = "DIR",
+        required_unless_present = "rules"
+    )]
+    pub model: Option<PathBuf>,
+
+    /// Also run the rule files of <queries>/rules/.
+    #[arg(long, env = "STOCKANOMALY_RULES")]
+    pub rules: bool,
+
+    /// kafka://BROKER[,BROKER...]/TOPIC
+    #[arg(long, env = "STOCKANOMALY_SOURCE", value_name = "URL")]
+    pub source: String,
+
+    /// Consumer group; also keys the offsets stored in PostgreSQL.
+    #[arg(
+        long,
+        env = "STOCKANOMALY_GROUP",
+        default_value = "stockanomaly-detect"
+    )]
+    pub group: String,
+
+    /// PostgreSQL URL (password from the URL or PGPASSWORD; never printed).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: String,
+
+    /// Most ticks per micro-batch.
+    #[arg(long, env = "STOCKANOMALY_BATCH_ROWS", default_value_t = 10_000)]
+    pub batch_rows: usize,
+
+    /// Longest wait to fill a micro-batch, in milliseconds.
+    #[arg(long, env = "STOCKANOMALY_BATCH_MS", default_value_t = 200)]
+    pub batch_ms: u64,
+
+    /// A symbol quiet this long has its last (symbol, ts) group emitted, in
+    /// milliseconds; a tick arriving later with that timestamp is late.
+    #[arg(long, env = "STOCKANOMALY_IDLE_TIMEOUT_MS", default_value_t = 2_000)]
+    pub idle_timeout_ms: u64,
+
+    /// SHAP contributions kept per model alert.
+    #[arg(long, env = "STOCKANOMALY_TOP_SHAP", default_value_t = 3)]
+    pub top_shap: usize,
+
+    /// Exit once nothing arrived for this many seconds and nothing is
+    /// pending (replays and tests); run until SIGINT/SIGTERM otherwise.
+    #[arg(long, env = "STOCKANOMALY_EXIT_WHEN_IDLE", value_name = "SECS")]
+    pub exit_when_idle: Option<f64>,
+
+    /// Folder holding `features/*.sql` and `rules/*.sql`.
+    #[arg(long, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
+    pub queries: PathBuf,
+}
+
+/// `kafka://brokers/topic` → (brokers, topic).
+fn parse_source(url: &str) -> Result<(String, String), UsageError> {
+    let rest = url.strip_prefix("kafka://").ok_or_else(|| {
+        UsageError(format!(
+            "--source {url:?}: expected kafka://BROKER[,BROKER...]/TOPIC"
+        ))
+    })?;
+    match rest.split_once('/') {
+        Some((b, t)) if !b.is_empty() && !t.is_empty() && !t.contains('/') => {
+            Ok((b.to_owned(), t.to_owned()))
+        }
+        _ => Err(UsageError(format!(
+            "--source {url:?}: expected kafka://BROKER[,BROKER...]/TOPIC"
+        ))),
+    }
+}
+
+pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
+    let (brokers, topic) = parse_source(&args.source)?;
+    if args.batch_rows == 0 {
+        return Err(UsageError("--batch-rows must be at least 1".into()).into());
+    }
+    let catalog = Catalog::load_or_embedded(&args.queries)
+        .await
+        .map_err(|e| UsageError(e.to_string()))?;
+    let detectors =
+        load_detectors(&catalog, args.model.as_deref(), args.rules, &args.queries).await?;
+    let root = open_lake(lake)?;
+    let symbols = load_symbols(&root).await?;
+    let mut db = connect(&args.database_url).await?;
+    let applied = migrate(&mut db).await?;
+    if !applied.is_empty() {
+        println!("migrated the database: {}", applied.join(", "));
+    }
+    for d in &detectors {
+        let (kind, manifest) = match d {
+            Detector::Model(m) => ("model", serde_json::to_value(&m.manifest)?),
+            Detector::Rule(r) => (
+                "rule",
+                serde_json::json!({"name": r.name, "sql": r.sql, "threshold": r.threshold, "path": r.path}),
+            ),
+        };
+        register_model(&db, &d.version(), kind, &manifest).await?;
+    }
+    let labels: Vec<String> = detectors.iter().map(|d| d.label()).collect();
+    let executor = Executor::new(
+        catalog,
+        detectors,
+        Some(symbols),
+        ExecutorConfig {
+            idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+            top_shap: args.top_shap,
+        },
+    )?;
+    let options = DetectOptions {
+        brokers,
+        topic: topic.clone(),
+        group: args.group.clone(),
+        batch_rows: args.batch_rows,
+        batch_wait: Duration::from_millis(args.batch_ms),
+        exit_when_idle: args.exit_when_idle.map(Duration::from_secs_f64),
+    };
+    eprintln!(
+        "detect: {} on {topic} (group {}), alerts to PostgreSQL",
+        labels.join(", "),
+        args.group
+    );
+    let started = std::time::Instant::now();
+    let s = detect(executor, &mut db, &options).await?;
+    println!(
+        "detect: {} messages, {} ticks emitted, {} alerts and {} dead letters written in {} batches, {:.1}s",
+        s.messages,
+        s.emitted,
+        s.alerts,
+        s.dead_letters,
+        s.batches,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_kafka_urls() {
+        assert_eq!(
+            parse_source("kafka://a:1,b:2/ticks").unwrap(),
+            ("a:1,b:2".to_owned(), "ticks".to_owned())
+        );
+        assert!(parse_source("kafka://a:1").is_err());
+        assert!(parse_source("http://a/ticks").is_err());
+    }
+}
