@@ -284,3 +284,162 @@ async fn streamed_alerts_equal_batch_scores_and_poison_is_dead_lettered() {
         .get(0);
     assert_eq!(again as usize, want.len() + rule_alerts as usize);
 }
+
+#[tokio::test]
+async fn killed_and_restarted_detectors_write_exactly_the_alerts_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake_path = dir.path().join("lake");
+    let lake = lake_path.to_str().unwrap();
+    let q = queries();
+    let q = q.to_str().unwrap();
+    let brokers = service_env("STOCKANOMALY_TEST_KAFKA");
+    ok(
+        dir.path(),
+        &[
+            "simulate",
+            "--lake",
+            lake,
+            "--symbols",
+            "3",
+            "--days",
+            "3",
+            "--trades-per-day",
+            "500",
+            "--events-per-symbol-day",
+            "4",
+            "--seed",
+            "41",
+        ],
+    );
+    ok(dir.path(), &["backfill", "--lake", lake, "--queries", q]);
+    ok(
+        dir.path(),
+        &[
+            "train",
+            "--lake",
+            lake,
+            "--queries",
+            q,
+            "--rounds",
+            "10",
+            "--out",
+            "m",
+        ],
+    );
+    ok(
+        dir.path(),
+        &["score", "--lake", lake, "--queries", q, "--model", "m"],
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("m/manifest.json")).unwrap())
+            .unwrap();
+    let version = manifest["version"].as_str().unwrap().to_owned();
+    let want = batch_alerts(dir.path(), lake, &version);
+    assert!(want.len() > 20, "{}", want.len());
+    let topic = format!(
+        "crash-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros()
+    );
+    ok(
+        dir.path(),
+        &[
+            "produce",
+            "--lake",
+            lake,
+            "--topic",
+            &topic,
+            "--brokers",
+            &brokers,
+            "--partitions",
+            "3",
+        ],
+    );
+    let db = TestDb::new("crash").await;
+    let client = db.client().await;
+    let args = vec![
+        "detect".to_owned(),
+        "--lake".into(),
+        lake.into(),
+        "--queries".into(),
+        q.into(),
+        "--model".into(),
+        "m".into(),
+        "--source".into(),
+        format!("kafka://{brokers}/{topic}"),
+        "--group".into(),
+        "crash".into(),
+        "--database-url".into(),
+        db.url.clone(),
+        "--batch-rows".into(),
+        "150".into(),
+        "--idle-timeout-ms".into(),
+        "300".into(),
+        "--exit-when-idle".into(),
+        "4".into(),
+    ];
+    let count = || async {
+        client
+            .query_one("SELECT count(*) FROM alerts", &[])
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0)
+    };
+    // SIGKILL at three points of the stream: after a third, after two thirds
+    // of the alerts (counted from what is committed), and during warm-up of
+    // a restart.
+    for target in [want.len() / 3, 2 * want.len() / 3, 0] {
+        let mut child = common::bin()
+            .current_dir(dir.path())
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        loop {
+            let n = count().await as usize;
+            let waited = started.elapsed();
+            if (target > 0 && n >= target) || (target == 0 && waited > Duration::from_millis(1500))
+            {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("detect exited ({status}) before the kill point; {n} alerts");
+            }
+            assert!(waited < Duration::from_secs(240), "no progress: {n} alerts");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    // The last run goes to the end.
+    let last: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(dir.path(), &last);
+    let rows = client
+        .query(
+            "SELECT symbol, (extract(epoch FROM ts) * 1000000)::bigint, seq, score FROM alerts \
+             WHERE model_version = $1",
+            &[&version],
+        )
+        .await
+        .unwrap();
+    let got: BTreeMap<Key, f64> = rows
+        .iter()
+        .map(|r| {
+            (
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, i64>(1),
+                    r.get::<_, i32>(2) as u32,
+                ),
+                r.get::<_, f64>(3),
+            )
+        })
+        .collect();
+    assert_eq!(rows.len(), got.len(), "an alert written twice");
+    assert_eq!(
+        got, want,
+        "after kills and restarts, the alerts differ from score's"
+    );
+}
