@@ -175,7 +175,7 @@ for r in "${RESULTS[@]}"; do
   printf '%-12s %12s %20s %15s %8s\n' "$name" "$(fmt_int "$rows")" "$(fmt_int "$sa")" "$(fmt_int "$duck")" "$ratio"
 done
 echo "ratio = stockanomaly rows/s / duckdb rows/s (> 1: stockanomaly is faster); both write zstd Parquet."
-echo "stockanomaly computes one date at a time, re-reading the lookback before each; DuckDB the whole lake in one query."
+echo "stockanomaly computes runs of dates (up to --chunk-ticks ticks) with the lookback before each run; DuckDB the whole lake in one query."
 case "$BIN" in
 */debug/*) echo "(debug binary: these figures say nothing about performance; use make bench)" ;;
 esac

@@ -5,48 +5,54 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::{ok, service_env, TestDb};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-fn queries() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../queries")
-}
-
-type Key = (String, i64, u32);
+use common::{queries, Key};
 
 /// `scores` rows of `version` that alert, by key → score.
 fn batch_alerts(dir: &Path, lake: &str, version: &str) -> BTreeMap<Key, f64> {
-    let out = ok(
+    common::sql_json(
         dir,
-        &[
-            "sql",
-            "--lake",
-            lake,
-            "--format",
-            "json",
-            &format!(
-                "SELECT symbol, CAST(ts AS BIGINT) AS ts, seq, score FROM scores \
-                 WHERE model_version = '{version}' AND alert"
-            ),
-        ],
-    );
-    out.lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        lake,
+        &format!(
+            "SELECT symbol, CAST(ts AS BIGINT) AS ts, seq, score FROM scores \
+             WHERE model_version = '{version}' AND alert"
+        ),
+    )
+    .iter()
+    .map(|v| (common::json_key(v), v["score"].as_f64().unwrap()))
+    .collect()
+}
+
+/// The alerts of `version` in PostgreSQL: how many rows, and by key → score.
+async fn pg_alerts(client: &tokio_postgres::Client, version: &str) -> (usize, BTreeMap<Key, f64>) {
+    let rows = client
+        .query(
+            "SELECT symbol, (extract(epoch FROM ts) * 1000000)::bigint, seq, score FROM alerts \
+             WHERE model_version = $1",
+            &[&version],
+        )
+        .await
+        .unwrap();
+    let by_key = rows
+        .iter()
+        .map(|r| {
             (
                 (
-                    v["symbol"].as_str().unwrap().to_owned(),
-                    v["ts"].as_i64().unwrap(),
-                    v["seq"].as_u64().unwrap() as u32,
+                    r.get::<_, String>(0),
+                    r.get::<_, i64>(1),
+                    r.get::<_, i32>(2) as u32,
                 ),
-                v["score"].as_f64().unwrap(),
+                r.get::<_, f64>(3),
             )
         })
-        .collect()
+        .collect();
+    (rows.len(), by_key)
 }
 
 #[tokio::test]
@@ -57,28 +63,9 @@ async fn streamed_alerts_equal_batch_scores_and_poison_is_dead_lettered() {
     let q = queries();
     let q = q.to_str().unwrap();
     let brokers = service_env("STOCKANOMALY_TEST_KAFKA");
-    ok(
-        dir.path(),
-        &[
-            "simulate",
-            "--lake",
-            lake,
-            "--symbols",
-            "3",
-            "--days",
-            "2",
-            "--trades-per-day",
-            "500",
-            "--events-per-symbol-day",
-            "4",
-            "--seed",
-            "31",
-        ],
-    );
-    ok(dir.path(), &["backfill", "--lake", lake, "--queries", q]);
-    // Two days: train on the first with the second validating and testing
-    // is not possible, so train on a three-day lake's model? Keep it simple:
-    // rules only need no training; the model comes from a separate lake.
+    common::simulate_backfill(dir.path(), lake, ["3", "2", "500", "4", "31"]);
+    // Two days are too few for train/valid/test splits: the model is
+    // trained on another lake with the same features.
     let model_lake = dir.path().join("model-lake");
     let model_lake = model_lake.to_str().unwrap();
     ok(
@@ -207,27 +194,7 @@ async fn streamed_alerts_equal_batch_scores_and_poison_is_dead_lettered() {
     assert!(out.contains("detect:"), "{out}");
 
     let client = db.client().await;
-    let rows = client
-        .query(
-            "SELECT symbol, (extract(epoch FROM ts) * 1000000)::bigint, seq, score FROM alerts \
-             WHERE model_version = $1",
-            &[&version],
-        )
-        .await
-        .unwrap();
-    let got: BTreeMap<Key, f64> = rows
-        .iter()
-        .map(|r| {
-            (
-                (
-                    r.get::<_, String>(0),
-                    r.get::<_, i64>(1),
-                    r.get::<_, i32>(2) as u32,
-                ),
-                r.get::<_, f64>(3),
-            )
-        })
-        .collect();
+    let (_, got) = pg_alerts(&client, &version).await;
     assert_eq!(got.len(), want.len(), "alert count: streamed vs batch");
     assert_eq!(got, want, "streamed alerts differ from `score`'s");
     let rule_alerts: i64 = client
@@ -293,25 +260,7 @@ async fn killed_and_restarted_detectors_write_exactly_the_alerts_once() {
     let q = queries();
     let q = q.to_str().unwrap();
     let brokers = service_env("STOCKANOMALY_TEST_KAFKA");
-    ok(
-        dir.path(),
-        &[
-            "simulate",
-            "--lake",
-            lake,
-            "--symbols",
-            "3",
-            "--days",
-            "3",
-            "--trades-per-day",
-            "500",
-            "--events-per-symbol-day",
-            "4",
-            "--seed",
-            "41",
-        ],
-    );
-    ok(dir.path(), &["backfill", "--lake", lake, "--queries", q]);
+    common::simulate_backfill(dir.path(), lake, ["3", "3", "500", "4", "41"]);
     ok(
         dir.path(),
         &[
@@ -416,28 +365,8 @@ async fn killed_and_restarted_detectors_write_exactly_the_alerts_once() {
     // The last run goes to the end.
     let last: Vec<&str> = args.iter().map(String::as_str).collect();
     ok(dir.path(), &last);
-    let rows = client
-        .query(
-            "SELECT symbol, (extract(epoch FROM ts) * 1000000)::bigint, seq, score FROM alerts \
-             WHERE model_version = $1",
-            &[&version],
-        )
-        .await
-        .unwrap();
-    let got: BTreeMap<Key, f64> = rows
-        .iter()
-        .map(|r| {
-            (
-                (
-                    r.get::<_, String>(0),
-                    r.get::<_, i64>(1),
-                    r.get::<_, i32>(2) as u32,
-                ),
-                r.get::<_, f64>(3),
-            )
-        })
-        .collect();
-    assert_eq!(rows.len(), got.len(), "an alert written twice");
+    let (rows, got) = pg_alerts(&client, &version).await;
+    assert_eq!(rows, got.len(), "an alert written twice");
     assert_eq!(
         got, want,
         "after kills and restarts, the alerts differ from score's"

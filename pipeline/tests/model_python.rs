@@ -8,12 +8,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::{ok, service_env};
+use common::{ok, queries, service_env};
 use stockanomaly::features::Catalog;
-
-fn queries() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../queries")
-}
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/xgb_parity.py")
@@ -36,34 +32,18 @@ fn python(dir: &Path, args: &[&str]) -> serde_json::Value {
 }
 
 /// `(symbol, ts µs, seq)` → score, from `scores` rows of one version.
-fn rust_scores(dir: &Path, lake: &str, version: &str) -> BTreeMap<(String, i64, u32), f64> {
-    let out = ok(
+fn rust_scores(dir: &Path, lake: &str, version: &str) -> BTreeMap<common::Key, f64> {
+    common::sql_json(
         dir,
-        &[
-            "sql",
-            "--lake",
-            lake,
-            "--format",
-            "json",
-            &format!(
-                "SELECT symbol, CAST(ts AS BIGINT) AS ts, seq, score FROM scores \
-                 WHERE model_version = '{version}'"
-            ),
-        ],
-    );
-    out.lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                (
-                    v["symbol"].as_str().unwrap().to_owned(),
-                    v["ts"].as_i64().unwrap(),
-                    v["seq"].as_u64().unwrap() as u32,
-                ),
-                v["score"].as_f64().unwrap(),
-            )
-        })
-        .collect()
+        lake,
+        &format!(
+            "SELECT symbol, CAST(ts AS BIGINT) AS ts, seq, score FROM scores \
+             WHERE model_version = '{version}'"
+        ),
+    )
+    .iter()
+    .map(|v| (common::json_key(v), v["score"].as_f64().unwrap()))
+    .collect()
 }
 
 #[tokio::test]
@@ -73,25 +53,7 @@ async fn python_and_rust_xgboost_agree_both_ways() {
     let lake = lake_path.to_str().unwrap();
     let q = queries();
     let q = q.to_str().unwrap();
-    ok(
-        dir.path(),
-        &[
-            "simulate",
-            "--lake",
-            lake,
-            "--symbols",
-            "4",
-            "--days",
-            "4",
-            "--trades-per-day",
-            "800",
-            "--events-per-symbol-day",
-            "3",
-            "--seed",
-            "11",
-        ],
-    );
-    ok(dir.path(), &["backfill", "--lake", lake, "--queries", q]);
+    common::simulate_backfill(dir.path(), lake, ["4", "4", "800", "3", "11"]);
     ok(
         dir.path(),
         &[

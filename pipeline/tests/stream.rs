@@ -5,22 +5,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use arrow::array::{AsArray, Int32Array, Int64Array, RecordBatch};
 use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
 use arrow::datatypes::{Float64Type, TimestampMicrosecondType, UInt32Type};
-use common::ok;
+use common::{ok, queries, Key};
 use stockanomaly::features::{training_session, Catalog};
 use stockanomaly::lake::{session_context, LakeRoot};
 use stockanomaly::model::{Detector, ModelDetector, RuleSet};
 use stockanomaly::stream::{load_symbols, Executor, ExecutorConfig, Input};
-
-fn queries() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../queries")
-}
-
-type Key = (String, i64, u32);
 
 fn key(b: &RecordBatch, i: usize) -> Key {
     (
@@ -89,25 +82,7 @@ async fn micro_batches_equal_backfill_and_score() {
     let lake = lake_path.to_str().unwrap();
     let q = queries();
     let q = q.to_str().unwrap();
-    ok(
-        dir.path(),
-        &[
-            "simulate",
-            "--lake",
-            lake,
-            "--symbols",
-            "3",
-            "--days",
-            "3",
-            "--trades-per-day",
-            "600",
-            "--events-per-symbol-day",
-            "3",
-            "--seed",
-            "21",
-        ],
-    );
-    ok(dir.path(), &["backfill", "--lake", lake, "--queries", q]);
+    common::simulate_backfill(dir.path(), lake, ["3", "3", "600", "3", "21"]);
     ok(
         dir.path(),
         &[

@@ -88,28 +88,7 @@ impl Catalog {
     /// Loads `<queries>/features/*.sql`. `Err` lists every problem found.
     pub async fn load(queries: &Path) -> Result<Self, CatalogErrors> {
         let dir = queries.join("features");
-        let entries = std::fs::read_dir(&dir).map_err(|e| {
-            CatalogErrors(vec![CatalogError::new(
-                &dir,
-                None,
-                format!("cannot read the feature folder: {e}"),
-            )])
-        })?;
-        let mut sources = Vec::new();
-        let mut errors = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("sql") {
-                continue;
-            }
-            match std::fs::read_to_string(&path) {
-                Ok(sql) => sources.push((path, sql)),
-                Err(e) => errors.push(CatalogError::new(&path, None, format!("cannot read: {e}"))),
-            }
-        }
-        if !errors.is_empty() {
-            return Err(CatalogErrors(errors));
-        }
+        let sources = read_sql_folder(&dir, "feature")?;
         if sources.is_empty() {
             return Err(CatalogErrors(vec![CatalogError::new(
                 &dir,
@@ -337,4 +316,36 @@ fn locate(sql: &str, needle: &str) -> Option<(usize, usize)> {
         }
     }
     None
+}
+
+/// Every `*.sql` file of `dir` as `(path, text)`; `what` names the folder's
+/// kind in errors ("feature", "rule"). `Err` lists every unreadable file.
+pub(crate) fn read_sql_folder(
+    dir: &Path,
+    what: &str,
+) -> Result<Vec<(PathBuf, String)>, CatalogErrors> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        CatalogErrors(vec![CatalogError::new(
+            dir,
+            None,
+            format!("cannot read the {what} folder: {e}"),
+        )])
+    })?;
+    let mut sources = Vec::new();
+    let mut errors = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("sql") {
+            continue;
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(sql) => sources.push((path, sql)),
+            Err(e) => errors.push(CatalogError::new(&path, None, format!("cannot read: {e}"))),
+        }
+    }
+    if errors.is_empty() {
+        Ok(sources)
+    } else {
+        Err(CatalogErrors(errors))
+    }
 }

@@ -20,6 +20,7 @@ pub use backfill::{
     BackfillOptions, BackfillSummary, CHUNK_TICKS, ROWS_SEARCH_DAYS,
 };
 pub(crate) use backfill::{conform, remove_date};
+pub(crate) use catalog::read_sql_folder;
 pub use catalog::{Catalog, FeatureFile, DEFAULT_QUERIES, QUERIES_ENV};
 pub use error::{CatalogError, CatalogErrors};
 pub use header::Header;

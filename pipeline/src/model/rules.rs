@@ -89,7 +89,7 @@ impl RuleSet {
     pub async fn load(queries: &Path, catalog: &Catalog) -> Result<Self, CatalogErrors> {
         let dir = queries.join("rules");
         let sources = if dir.is_dir() {
-            read_sources(&dir)?
+            crate::features::read_sql_folder(&dir, "rule")?
         } else {
             tracing::info!(folder = %dir.display(), "No rules folder; using the built-in rules.");
             EMBEDDED
@@ -153,33 +153,6 @@ impl RuleSet {
     /// The rules, in file-name order.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
-    }
-}
-
-fn read_sources(dir: &Path) -> Result<Vec<(PathBuf, String)>, CatalogErrors> {
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        CatalogErrors(vec![CatalogError::new(
-            dir,
-            None,
-            format!("cannot read the rules folder: {e}"),
-        )])
-    })?;
-    let mut sources = Vec::new();
-    let mut errors = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("sql") {
-            continue;
-        }
-        match std::fs::read_to_string(&path) {
-            Ok(sql) => sources.push((path, sql)),
-            Err(e) => errors.push(CatalogError::new(&path, None, format!("cannot read: {e}"))),
-        }
-    }
-    if errors.is_empty() {
-        Ok(sources)
-    } else {
-        Err(CatalogErrors(errors))
     }
 }
 

@@ -117,7 +117,6 @@ pub async fn detect(
         .subscribe(&[options.topic.as_str()])
         .map_err(kafka(&format!("subscribing to {}", options.topic)))?;
 
-    let stored = load_offsets(db, &options.group, &options.topic).await?;
     let mut phases: HashMap<i32, Phase> = HashMap::new();
     // Offset of the last message taken from each partition: after a seek,
     // messages fetched before it may still arrive and are skipped.
@@ -153,7 +152,10 @@ pub async fn detect(
                 Some(ph) => *ph,
                 None => {
                     // First message of this partition here: resume where
-                    // PostgreSQL says, warming up first.
+                    // PostgreSQL says (read now, not at start: another
+                    // detector of the group may have moved it since),
+                    // warming up first.
+                    let stored = load_offsets(db, &options.group, &options.topic).await?;
                     let ph = match stored.get(&p) {
                         Some(&(next, warm)) if warm < next => Phase::WarmingUp { next },
                         _ => Phase::Live,

@@ -683,3 +683,92 @@ pub async fn ticks_in_arrival_order(
     let all = concat_batches(&schema, &batches).map_err(arrow_err)?;
     RecordBatch::try_new(tick_schema(), all.columns().to_vec()).map_err(arrow_err)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RuleSet;
+    use crate::tick::{TickBuilder, TickRecord};
+
+    const T0: i64 = 1_704_205_800_000_000;
+
+    fn input(ticks: &[(i64, f64)], first_offset: i64, b: &mut TickBuilder) -> Input {
+        for &(ts, price) in ticks {
+            b.push(&TickRecord::trade(ts, "AAA", price, 10.0)).unwrap();
+        }
+        let n = ticks.len() as i64;
+        Input {
+            ticks: b.finish(),
+            partitions: Int32Array::from(vec![0; ticks.len()]),
+            offsets: Int64Array::from_iter_values(first_offset..first_offset + n),
+        }
+    }
+
+    #[tokio::test]
+    async fn groups_wait_for_a_later_tick_and_late_ticks_are_refused() {
+        let catalog = Catalog::embedded().await.unwrap();
+        let rules = RuleSet::load(std::path::Path::new("/nonexistent"), &catalog)
+            .await
+            .unwrap();
+        let detectors = rules.rules().iter().cloned().map(Detector::Rule).collect();
+        let mut ex = Executor::new(
+            catalog,
+            detectors,
+            None,
+            ExecutorConfig {
+                idle_timeout: Duration::from_secs(3600),
+                top_shap: 0,
+            },
+        )
+        .unwrap();
+        let mut b = TickBuilder::new("test");
+        // Two ticks share T0 + 1 s: nothing after them yet, so only T0 is
+        // complete.
+        let step = ex
+            .step(input(
+                &[(T0, 10.0), (T0 + 1_000_000, 10.5), (T0 + 1_000_000, 10.6)],
+                0,
+                &mut b,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(step.emitted(), 1);
+        assert_eq!(
+            step.positions[&0].next_offset, 1,
+            "resume at the open group"
+        );
+        assert_eq!(ex.pending(), 2);
+        // A tick before the newest is late; a later one completes the group.
+        let step = ex
+            .step(input(
+                &[(T0 + 500_000, 9.0), (T0 + 2_000_000, 10.7)],
+                3,
+                &mut b,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(step.late.len(), 1);
+        assert_eq!(step.late[0].offset, 3);
+        assert_eq!(step.emitted(), 2, "the T0 + 1 s group, both ticks");
+        let seqs: Vec<u32> = step
+            .features
+            .as_ref()
+            .unwrap()
+            .column(2)
+            .as_primitive::<arrow::datatypes::UInt32Type>()
+            .values()
+            .to_vec();
+        assert_eq!(seqs, [0, 1]);
+        assert_eq!(step.scores.len(), 1, "one rule");
+        let step = ex.flush(true).await.unwrap();
+        assert_eq!(step.emitted(), 1);
+        assert_eq!(step.positions[&0].next_offset, 5, "everything done");
+        assert_eq!(ex.pending(), 0);
+        // The emitted group's timestamp is now closed.
+        let step = ex
+            .step(input(&[(T0 + 2_000_000, 10.8)], 5, &mut b))
+            .await
+            .unwrap();
+        assert_eq!(step.late.len(), 1);
+    }
+}

@@ -241,3 +241,55 @@ impl Drop for TestDb {
         .join();
     }
 }
+
+/// The repository's `queries/` folder.
+pub fn queries() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../queries")
+}
+
+/// `simulate` into `lake` (symbols, days, trades per day, events per
+/// symbol-day, seed), then `backfill` it with the repository's queries.
+pub fn simulate_backfill(dir: &Path, lake: &str, sim: [&str; 5]) {
+    let [symbols, days, trades, events, seed] = sim;
+    ok(
+        dir,
+        &[
+            "simulate",
+            "--lake",
+            lake,
+            "--symbols",
+            symbols,
+            "--days",
+            days,
+            "--trades-per-day",
+            trades,
+            "--events-per-symbol-day",
+            events,
+            "--seed",
+            seed,
+        ],
+    );
+    let q = queries();
+    ok(
+        dir,
+        &["backfill", "--lake", lake, "--queries", q.to_str().unwrap()],
+    );
+}
+
+/// The rows of `query` over `lake`, from `stockanomaly sql --format json`.
+pub fn sql_json(dir: &Path, lake: &str, query: &str) -> Vec<serde_json::Value> {
+    ok(dir, &["sql", "--lake", lake, "--format", "json", query])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `(symbol, ts µs, seq)` of a JSON row with those fields (`ts` cast to
+/// BIGINT by the query).
+pub fn json_key(v: &serde_json::Value) -> Key {
+    (
+        v["symbol"].as_str().unwrap().to_owned(),
+        v["ts"].as_i64().unwrap(),
+        v["seq"].as_u64().unwrap() as u32,
+    )
+}
