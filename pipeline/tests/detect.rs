@@ -239,6 +239,19 @@ async fn streamed_alerts_equal_batch_scores_and_poison_is_dead_lettered() {
         .unwrap()
         .get(0);
     assert_eq!(models, 2, "the model and the rule are registered");
+    let stats = client
+        .query_one(
+            "SELECT count(*), max(ticks), max(alerts) FROM detector_stats",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(stats.get::<_, i64>(0) >= 1, "a detector_stats row at exit");
+    assert!(stats.get::<_, i64>(1) > 0);
+    assert_eq!(
+        stats.get::<_, i64>(2) as usize,
+        want.len() + rule_alerts as usize
+    );
 
     // A restart of the same group resumes from PostgreSQL's offsets and
     // writes nothing again.

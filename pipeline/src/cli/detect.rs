@@ -85,6 +85,15 @@ pub struct DetectArgs {
     #[arg(long, env = "STOCKANOMALY_EXIT_WHEN_IDLE", value_name = "SECS")]
     pub exit_when_idle: Option<f64>,
 
+    /// Seconds between `detector_stats` rows (one more at exit).
+    #[arg(
+        long,
+        env = "STOCKANOMALY_STATS_EVERY",
+        default_value_t = 10.0,
+        value_name = "SECS"
+    )]
+    pub stats_every: f64,
+
     /// Folder holding `features/*.sql` and `rules/*.sql`.
     #[arg(long, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
     pub queries: PathBuf,
@@ -151,6 +160,7 @@ pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
         batch_rows: args.batch_rows,
         batch_wait: Duration::from_millis(args.batch_ms),
         exit_when_idle: args.exit_when_idle.map(Duration::from_secs_f64),
+        stats_every: Duration::from_secs_f64(args.stats_every.max(0.1)),
     };
     eprintln!(
         "detect: {} on {topic} (group {}), alerts to PostgreSQL",

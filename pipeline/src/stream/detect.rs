@@ -25,7 +25,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::executor::{Executor, Step};
 use crate::sinks::postgres::{
-    commit_batch, load_offsets, AlertRow, DbError, DeadLetterRow, OffsetRow,
+    commit_batch, load_offsets, write_stats, AlertRow, DbError, DeadLetterRow, OffsetRow, StatsRow,
 };
 use crate::sources::kafka::JsonTickDecoder;
 use crate::tick::{RejectReason, TickBuilder};
@@ -46,6 +46,8 @@ pub struct DetectOptions {
     /// Stop after this long without a message once nothing is pending
     /// (tests and replays); run until a signal otherwise.
     pub exit_when_idle: Option<Duration>,
+    /// How often a `detector_stats` row is written (and once at exit).
+    pub stats_every: Duration,
 }
 
 /// What a `detect` run did.
@@ -126,6 +128,34 @@ pub async fn detect(
     let mut summary = DetectSummary::default();
     let mut last_message = Instant::now();
     let mut shutdown = Box::pin(shutdown_signal());
+    let started = Instant::now();
+    let mut last_stats = Instant::now();
+    let mut batch_ms: Vec<f64> = Vec::new();
+    let instance = format!(
+        "{}:{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "detect".to_owned()),
+        std::process::id()
+    );
+    let stats = |summary: &DetectSummary, batch_ms: &mut Vec<f64>| {
+        batch_ms.sort_by(f64::total_cmp);
+        let pct = |q: f64| {
+            (!batch_ms.is_empty()).then(|| batch_ms[((batch_ms.len() - 1) as f64 * q) as usize])
+        };
+        let row = StatsRow {
+            instance: instance.clone(),
+            consumer_group: Some(options.group.clone()),
+            ticks: summary.messages,
+            ticks_per_s: Some(summary.messages as f64 / started.elapsed().as_secs_f64().max(1e-3)),
+            batches: summary.batches,
+            alerts: summary.alerts,
+            dead_letters: summary.dead_letters,
+            batch_p50_ms: pct(0.5),
+            batch_p99_ms: pct(0.99),
+            ..StatsRow::default()
+        };
+        batch_ms.clear();
+        row
+    };
 
     loop {
         // Fill a micro-batch.
@@ -229,6 +259,7 @@ pub async fn detect(
             }
         }
 
+        let batch_started = Instant::now();
         // Warm-up ticks first (history), then the live ones.
         let ticks = builder.finish();
         let mut steps: Vec<Step> = Vec::new();
@@ -309,6 +340,16 @@ pub async fn detect(
                 tracing::warn!(error = %e, "Kafka offset commit failed (monitoring only).");
             }
         }
+        if !pending.is_empty() {
+            batch_ms.push(batch_started.elapsed().as_secs_f64() * 1e3);
+        }
+        if last_stats.elapsed() >= options.stats_every {
+            let row = stats(&summary, &mut batch_ms);
+            if let Err(e) = write_stats(db, &row).await {
+                tracing::warn!(error = %e, "Could not write detector_stats.");
+            }
+            last_stats = Instant::now();
+        }
         if stop {
             tracing::info!("Signal received: batch committed, leaving the group.");
             break;
@@ -325,6 +366,10 @@ pub async fn detect(
                 break;
             }
         }
+    }
+    let row = stats(&summary, &mut batch_ms);
+    if let Err(e) = write_stats(db, &row).await {
+        tracing::warn!(error = %e, "Could not write detector_stats.");
     }
     Ok(summary)
 }
