@@ -29,8 +29,8 @@ fn batch_alerts(dir: &Path, lake: &str, version: &str) -> BTreeMap<Key, f64> {
     .collect()
 }
 
-/// The alerts of `version` in PostgreSQL: how many rows, and by key → score.
-async fn pg_alerts(client: &tokio_postgres::Client, version: &str) -> (usize, BTreeMap<Key, f64>) {
+/// The alerts of `version` in PostgreSQL, by key → score.
+async fn pg_alerts(client: &tokio_postgres::Client, version: &str) -> BTreeMap<Key, f64> {
     let rows = client
         .query(
             "SELECT symbol, (extract(epoch FROM ts) * 1000000)::bigint, seq, score FROM alerts \
@@ -39,8 +39,7 @@ async fn pg_alerts(client: &tokio_postgres::Client, version: &str) -> (usize, BT
         )
         .await
         .unwrap();
-    let by_key = rows
-        .iter()
+    rows.iter()
         .map(|r| {
             (
                 (
@@ -51,8 +50,7 @@ async fn pg_alerts(client: &tokio_postgres::Client, version: &str) -> (usize, BT
                 r.get::<_, f64>(3),
             )
         })
-        .collect();
-    (rows.len(), by_key)
+        .collect()
 }
 
 #[tokio::test]
@@ -194,7 +192,7 @@ async fn streamed_alerts_equal_batch_scores_and_poison_is_dead_lettered() {
     assert!(out.contains("detect:"), "{out}");
 
     let client = db.client().await;
-    let (_, got) = pg_alerts(&client, &version).await;
+    let got = pg_alerts(&client, &version).await;
     assert_eq!(got.len(), want.len(), "alert count: streamed vs batch");
     assert_eq!(got, want, "streamed alerts differ from `score`'s");
     let rule_alerts: i64 = client
@@ -256,7 +254,13 @@ async fn streamed_alerts_equal_batch_scores_and_poison_is_dead_lettered() {
     // A restart of the same group resumes from PostgreSQL's offsets and
     // writes nothing again.
     let out = ok(dir.path(), &args);
-    assert!(out.contains(" 0 alerts and 0 dead letters"), "{out}");
+    // Resumed past everything: the warm-up replays history without
+    // emitting, so no tick is scored again (re-scoring would be hidden by
+    // the alerts' unique key, so count emissions, not inserts).
+    assert!(
+        out.contains(" 0 ticks emitted, 0 alerts and 0 dead letters"),
+        "{out}"
+    );
     let again: i64 = client
         .query_one("SELECT count(*) FROM alerts", &[])
         .await
@@ -378,8 +382,7 @@ async fn killed_and_restarted_detectors_write_exactly_the_alerts_once() {
     // The last run goes to the end.
     let last: Vec<&str> = args.iter().map(String::as_str).collect();
     ok(dir.path(), &last);
-    let (rows, got) = pg_alerts(&client, &version).await;
-    assert_eq!(rows, got.len(), "an alert written twice");
+    let got = pg_alerts(&client, &version).await;
     assert_eq!(
         got, want,
         "after kills and restarts, the alerts differ from score's"

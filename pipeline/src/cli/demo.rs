@@ -194,20 +194,22 @@ async fn stream_test_day(
     );
     let (mut emitted, mut raised) = (0usize, 0usize);
     let batch = 5_000;
-    let mut start = 0;
+    // The day in micro-batches, then one flush for the groups still open.
+    let mut offsets = (0..total).step_by(batch).peekable();
     loop {
-        let step = if start < total {
-            let len = batch.min(total - start);
-            let input = Input {
-                ticks: ticks.slice(start, len),
-                partitions: Int32Array::from(vec![0; len]),
-                offsets: Int64Array::from_iter_values((n + start) as i64..(n + start + len) as i64),
-            };
-            start += len;
-            bar.inc(len as u64);
-            ex.step(input).await?
-        } else {
-            ex.flush(true).await?
+        let step = match offsets.next() {
+            Some(start) => {
+                let len = batch.min(total - start);
+                bar.inc(len as u64);
+                let first = (n + start) as i64;
+                ex.step(Input {
+                    ticks: ticks.slice(start, len),
+                    partitions: Int32Array::from(vec![0; len]),
+                    offsets: Int64Array::from_iter_values(first..first + len as i64),
+                })
+                .await?
+            }
+            None => ex.flush(true).await?,
         };
         emitted += step.emitted();
         for scores in step.scores {
@@ -216,12 +218,7 @@ async fn stream_test_day(
             raised += picked.num_rows();
             alerts.append(picked).await?;
         }
-        if start >= total
-            && step
-                .positions
-                .get(&0)
-                .is_none_or(|p| p.next_offset >= (n + total) as i64)
-        {
+        if ex.pending() == 0 && offsets.peek().is_none() {
             break;
         }
     }

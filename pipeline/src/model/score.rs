@@ -312,72 +312,67 @@ pub(crate) async fn score_batch(
 ) -> Result<RecordBatch, TrainError> {
     let n = features.num_rows();
     let threshold = detector.threshold();
-    let (score, reason, shap): (Float64Array, StringArray, StringArray) = match detector {
-        Detector::Model(model) => {
-            let cols: Vec<Float64Array> = features.columns()[3..]
-                .iter()
-                .map(|c| {
-                    Ok(cast(c, &DataType::Float64)?
-                        .as_primitive::<Float64Type>()
-                        .clone())
-                })
-                .collect::<Result<_, TrainError>>()?;
-            let refs: Vec<&Float64Array> = cols.iter().collect();
-            let scores = model.predict(&refs)?;
-            // Compare in f32, as training chose the threshold among f32s.
-            let t32 = model.manifest.threshold;
-            let alert: BooleanArray = scores.iter().map(|&s| Some(s >= t32)).collect();
-            let (reason, shap) = if top_shap > 0 && alert.true_count() > 0 {
-                let picked: Vec<Float64Array> = cols
+    let (score, alert, reason, shap): (Float64Array, BooleanArray, StringArray, StringArray) =
+        match detector {
+            Detector::Model(model) => {
+                let cols: Vec<Float64Array> = features.columns()[3..]
                     .iter()
-                    .map(|c| Ok(filter(c, &alert)?.as_primitive::<Float64Type>().clone()))
+                    .map(|c| {
+                        Ok(cast(c, &DataType::Float64)?
+                            .as_primitive::<Float64Type>()
+                            .clone())
+                    })
                     .collect::<Result<_, TrainError>>()?;
-                let picked_refs: Vec<&Float64Array> = picked.iter().collect();
-                let names = catalog.feature_names();
-                let top = model.top_contributions(&picked_refs, &names, top_shap)?;
-                let mut top = top.into_iter();
-                let mut reasons: Vec<Option<String>> = Vec::with_capacity(n);
-                let mut shaps: Vec<Option<String>> = Vec::with_capacity(n);
-                for a in alert.values().iter() {
-                    // The contributions are of the alert rows, in order.
-                    match if a { top.next() } else { None } {
-                        Some(json) => {
-                            reasons.push(Some(shap_reason(&json)));
-                            shaps.push(Some(json));
-                        }
-                        None => {
-                            reasons.push(None);
-                            shaps.push(None);
+                let refs: Vec<&Float64Array> = cols.iter().collect();
+                let scores = model.predict(&refs)?;
+                // Compare in f32, as training chose the threshold among f32s.
+                let t32 = model.manifest.threshold;
+                let alert: BooleanArray = scores.iter().map(|&s| Some(s >= t32)).collect();
+                let (reason, shap) = if top_shap > 0 && alert.true_count() > 0 {
+                    let picked: Vec<Float64Array> = cols
+                        .iter()
+                        .map(|c| Ok(filter(c, &alert)?.as_primitive::<Float64Type>().clone()))
+                        .collect::<Result<_, TrainError>>()?;
+                    let picked_refs: Vec<&Float64Array> = picked.iter().collect();
+                    let names = catalog.feature_names();
+                    let top = model.top_contributions(&picked_refs, &names, top_shap)?;
+                    let mut top = top.into_iter();
+                    let mut reasons: Vec<Option<String>> = Vec::with_capacity(n);
+                    let mut shaps: Vec<Option<String>> = Vec::with_capacity(n);
+                    for a in alert.values().iter() {
+                        // The contributions are of the alert rows, in order.
+                        match if a { top.next() } else { None } {
+                            Some(json) => {
+                                reasons.push(Some(shap_reason(&json)));
+                                shaps.push(Some(json));
+                            }
+                            None => {
+                                reasons.push(None);
+                                shaps.push(None);
+                            }
                         }
                     }
-                }
-                (StringArray::from(reasons), StringArray::from(shaps))
-            } else {
-                let reasons: StringArray = alert
-                    .values()
+                    (StringArray::from(reasons), StringArray::from(shaps))
+                } else {
+                    let reasons: StringArray = alert
+                        .values()
+                        .iter()
+                        .map(|a| a.then(|| format!("model score at or above {t32}")))
+                        .collect();
+                    (reasons, StringArray::new_null(n))
+                };
+                let score: Float64Array = scores.iter().map(|&s| Some(f64::from(s))).collect();
+                (score, alert, reason, shap)
+            }
+            Detector::Rule(rule) => {
+                let (score, reason) = run_rule(ctx, rule, n, None).await?;
+                let alert: BooleanArray = score
                     .iter()
-                    .map(|a| a.then(|| format!("model score at or above {t32}")))
+                    .map(|s| Some(s.is_some_and(|s| s >= threshold)))
                     .collect();
-                (reasons, StringArray::new_null(n))
-            };
-            let score: Float64Array = scores.iter().map(|&s| Some(f64::from(s))).collect();
-            (score, reason, shap)
-        }
-        Detector::Rule(rule) => {
-            let (score, reason) = run_rule(ctx, rule, n, None).await?;
-            (score, reason, StringArray::new_null(n))
-        }
-    };
-    let alert: BooleanArray = match detector {
-        Detector::Model(m) => score
-            .iter()
-            .map(|s| Some(s.is_some_and(|s| s as f32 >= m.manifest.threshold)))
-            .collect(),
-        Detector::Rule(_) => score
-            .iter()
-            .map(|s| Some(s.is_some_and(|s| s >= threshold)))
-            .collect(),
-    };
+                (score, alert, reason, StringArray::new_null(n))
+            }
+        };
     // Reasons only for alerts.
     let reason: StringArray = reason
         .iter()

@@ -94,6 +94,9 @@ struct Pending {
     partition: i32,
     offset: i64,
     warm: bool,
+    /// Its payload in the batch's payload buffer (for a late tick's dead
+    /// letter): one growing buffer per batch, not an allocation per tick.
+    payload: std::ops::Range<usize>,
 }
 
 /// Runs the detector until a signal (or idleness, see
@@ -160,7 +163,7 @@ pub async fn detect(
     loop {
         // Fill a micro-batch.
         let mut pending: Vec<Pending> = Vec::new();
-        let mut payloads: HashMap<(i32, i64), Vec<u8>> = HashMap::new();
+        let mut payloads: Vec<u8> = Vec::new();
         let mut dead: Vec<DeadLetterRow> = Vec::new();
         let deadline = Instant::now() + options.batch_wait;
         let mut stop = false;
@@ -236,12 +239,14 @@ pub async fn detect(
             let decoded = decoder.decode(payload).and_then(|r| builder.push(&r));
             match decoded {
                 Ok(()) => {
+                    let start = payloads.len();
+                    payloads.extend_from_slice(payload);
                     pending.push(Pending {
                         partition: p,
                         offset: o,
                         warm,
+                        payload: start..payloads.len(),
                     });
-                    payloads.insert((p, o), payload.to_vec());
                 }
                 Err(rejection) => {
                     executor.observe(p, o);
@@ -303,9 +308,10 @@ pub async fn detect(
                     source: options.topic.clone(),
                     source_partition: Some(late.partition),
                     source_offset: Some(late.offset),
-                    payload: payloads
-                        .get(&(late.partition, late.offset))
-                        .cloned()
+                    payload: pending
+                        .iter()
+                        .find(|x| (x.partition, x.offset) == (late.partition, late.offset))
+                        .map(|x| payloads[x.payload.clone()].to_vec())
                         .unwrap_or_default(),
                     reason: RejectReason::Late.code().to_owned(),
                     detail: late.detail.clone(),

@@ -17,7 +17,7 @@
 //! offset to the next offset without emitting ([`Executor::warm_up`])
 //! restores exactly this state.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -417,8 +417,32 @@ impl Executor {
                     Some(from.is_none_or(|f| t > f) && t <= to)
                 })
                 .collect();
+            // One feature row per held tick, both in key order: the rows
+            // line up, so the same mask picks the emitted ticks' positions.
+            if features.num_rows() != input.num_rows() {
+                return Err(ExecutorError::Features(
+                    datafusion::error::DataFusionError::Execution(format!(
+                        "the feature query returned {} rows for {} ticks: a feature file \
+                         drops or repeats ticks",
+                        features.num_rows(),
+                        input.num_rows()
+                    )),
+                ));
+            }
             let features = filter_record_batch(&features, &emit)?;
-            step.sources = self.sources_of(&input, &features);
+            let picked = filter_record_batch(&input, &emit)?;
+            let parts = picked
+                .column(picked.num_columns() - 2)
+                .as_primitive::<arrow::datatypes::Int32Type>();
+            let offs = picked
+                .column(picked.num_columns() - 1)
+                .as_primitive::<arrow::datatypes::Int64Type>();
+            step.sources = parts
+                .values()
+                .iter()
+                .copied()
+                .zip(offs.values().iter().copied())
+                .collect();
             let ctx = self.session_over(None)?;
             ctx.register_table(
                 "features",
@@ -446,36 +470,6 @@ impl Executor {
         self.prune()?;
         step.positions = self.positions();
         Ok(step)
-    }
-
-    /// Source partition and offset of each feature row.
-    fn sources_of(&self, input: &RecordBatch, features: &RecordBatch) -> Vec<(i32, i64)> {
-        let key = |b: &RecordBatch, i: usize| {
-            (
-                b.column(1).as_string::<i32>().value(i).to_owned(),
-                b.column(0)
-                    .as_primitive::<TimestampMicrosecondType>()
-                    .value(i),
-                b.column(2)
-                    .as_primitive::<arrow::datatypes::UInt32Type>()
-                    .value(i),
-            )
-        };
-        let parts = input
-            .column(input.num_columns() - 2)
-            .as_primitive::<arrow::datatypes::Int32Type>();
-        let offs = input
-            .column(input.num_columns() - 1)
-            .as_primitive::<arrow::datatypes::Int64Type>();
-        let index: HashMap<(String, i64, u32), usize> =
-            (0..input.num_rows()).map(|i| (key(input, i), i)).collect();
-        (0..features.num_rows())
-            .map(|i| {
-                index
-                    .get(&key(features, i))
-                    .map_or((-1, -1), |&j| (parts.value(j), offs.value(j)))
-            })
-            .collect()
     }
 
     /// A session with the UDFs, `symbols`, and `ticks` = `ticks` (when given).
@@ -618,17 +612,6 @@ fn sort_by_key(b: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError>
         .map(|c| take(c, &order, None))
         .collect::<Result<Vec<_>, _>>()?;
     RecordBatch::try_new(b.schema(), columns)
-}
-
-/// The distinct symbols of a tick batch.
-pub fn symbols_of(ticks: &RecordBatch) -> HashSet<String> {
-    ticks
-        .column(1)
-        .as_string::<i32>()
-        .iter()
-        .flatten()
-        .map(str::to_owned)
-        .collect()
 }
 
 /// The lake's `symbols` table (with its `date` column), for
