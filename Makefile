@@ -18,10 +18,12 @@ demo:
 test:
 	scripts/test.sh
 
-# Backfill rows/s against DuckDB on the same SQL, then `stockanomaly bench`
-# (scripts/bench.sh --quick for a smoke run).
+# Backfill rows/s against DuckDB on the same SQL, then `stockanomaly bench`,
+# then the streaming detector (scripts/bench.sh --quick and
+# scripts/bench-detect.sh --quick for smoke runs).
 bench:
 	scripts/bench.sh
+	scripts/bench-detect.sh
 
 build:
 	cargo build --locked

@@ -53,6 +53,37 @@ async fn pg_alerts(client: &tokio_postgres::Client, version: &str) -> BTreeMap<K
         .collect()
 }
 
+/// The keys of every message on an alert topic (each message's JSON `key`
+/// must equal its Kafka key).
+async fn topic_alerts(brokers: &str, topic: &str) -> std::collections::BTreeSet<String> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut keys = std::collections::BTreeSet::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
+            Ok(Ok(m)) => {
+                let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+                let body: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                assert_eq!(body["key"].as_str(), Some(key.as_str()));
+                assert!(body["score"].as_f64().unwrap() >= body["threshold"].as_f64().unwrap());
+                keys.insert(key);
+            }
+            Ok(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) => panic!("reading {topic}: nothing for 30 s"),
+        }
+    }
+    keys
+}
+
 #[tokio::test]
 async fn streamed_alerts_equal_batch_scores_and_poison_is_dead_lettered() {
     let dir = tempfile::tempdir().unwrap();
@@ -184,6 +215,9 @@ async fn streamed_alerts_equal_batch_scores_and_poison_is_dead_lettered() {
             "300".into(),
             "--exit-when-idle".into(),
             "4".into(),
+            "--alerts-topic".into(),
+            format!("{topic}-alerts"),
+            "--alerts-to-lake".into(),
         ]
     };
     let args = detect("g1");
@@ -206,6 +240,26 @@ async fn streamed_alerts_equal_batch_scores_and_poison_is_dead_lettered() {
         "SELECT count(*) FROM scores WHERE detector = 'rule' AND alert",
     );
     assert_eq!(rule_alerts, rule_want, "rule alerts streamed vs batch");
+    // The same alerts on the alert topic (keyed) and in the lake.
+    let on_topic = topic_alerts(&brokers, &format!("{topic}-alerts")).await;
+    let pg_keys: std::collections::BTreeSet<String> = client
+        .query(
+            "SELECT model_version || '|' || symbol || '|' || \
+             (extract(epoch FROM ts) * 1000000)::bigint || '|' || seq FROM alerts",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    assert_eq!(on_topic, pg_keys, "alert topic keys vs PostgreSQL");
+    let lake_alerts = common::sql_number(
+        dir.path(),
+        lake,
+        &format!("SELECT count(DISTINCT (symbol, ts, seq)) FROM alerts WHERE model_version = '{version}'"),
+    );
+    assert_eq!(lake_alerts as usize, want.len(), "lake alerts of the model");
     // Alerts carry their evidence.
     let with_shap: i64 = client
         .query_one(

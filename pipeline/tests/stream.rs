@@ -172,6 +172,7 @@ async fn micro_batches_equal_backfill_and_score() {
                 // Groups complete only by a later tick or the end of the stream.
                 idle_timeout: std::time::Duration::from_secs(3600),
                 top_shap: 3,
+                ..ExecutorConfig::default()
             },
         )
         .unwrap();
@@ -184,6 +185,7 @@ async fn micro_batches_equal_backfill_and_score() {
                 ticks: all.slice(start, len),
                 partitions: Int32Array::from(vec![0; len]),
                 offsets: Int64Array::from_iter_values((start as i64)..(start + len) as i64),
+                arrived_us: None,
             };
             let step = ex.step(input).await.unwrap();
             assert!(step.late.is_empty(), "{:?}", step.late);
@@ -247,6 +249,72 @@ async fn micro_batches_equal_backfill_and_score() {
             assert_eq!(
                 got, want,
                 "batch size {batch_rows}: {version} scores differ"
+            );
+        }
+    }
+
+    // Out of order within the allowed lateness: blocks of 50 ticks arrive
+    // reversed; with a lateness covering each block's time span, the
+    // reorder buffer restores event order and the features are unchanged.
+    let block = 50;
+    let ts = all.column(0).as_primitive::<TimestampMicrosecondType>();
+    let mut lateness_us = 0;
+    let mut shuffled: Vec<u64> = Vec::with_capacity(n);
+    for start in (0..n).step_by(block) {
+        let end = (start + block).min(n);
+        lateness_us = lateness_us.max(ts.value(end - 1) - ts.value(start));
+        shuffled.extend((start..end).rev().map(|i| i as u64));
+    }
+    let reordered = take_record_batch(&all, &arrow::array::UInt64Array::from(shuffled)).unwrap();
+    let mut ex = Executor::new(
+        catalog.clone(),
+        Vec::new(),
+        Some(symbols.clone()),
+        ExecutorConfig {
+            idle_timeout: std::time::Duration::from_secs(3600),
+            top_shap: 0,
+            allowed_lateness: std::time::Duration::from_micros(lateness_us as u64 + 1),
+        },
+    )
+    .unwrap();
+    let mut features = Vec::new();
+    let mut start = 0;
+    let mut out_of_order = 0;
+    while start < n {
+        let len = 333.min(n - start);
+        let step = ex
+            .step(Input {
+                ticks: reordered.slice(start, len),
+                partitions: Int32Array::from(vec![0; len]),
+                offsets: Int64Array::from_iter_values((start as i64)..(start + len) as i64),
+                arrived_us: None,
+            })
+            .await
+            .unwrap();
+        assert!(step.late.is_empty(), "within the lateness: {:?}", step.late);
+        features.extend(step.features);
+        start += len;
+    }
+    features.extend(ex.flush(true).await.unwrap().features);
+    let rts = reordered
+        .column(0)
+        .as_primitive::<TimestampMicrosecondType>();
+    let rsym = reordered.column(1).as_string::<i32>();
+    for i in 1..n {
+        if rsym.value(i) == rsym.value(i - 1) && rts.value(i) < rts.value(i - 1) {
+            out_of_order += 1;
+        }
+    }
+    assert!(out_of_order > n / 10, "the input is really out of order");
+    let got = rows(&features, &names);
+    assert_eq!(got.len(), n, "reordered: one feature row per tick");
+    for (k, w) in &want_features {
+        let g = &got[k];
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(
+                g[i].map(f64::from_bits),
+                w[i].map(f64::from_bits),
+                "reordered: {name} differs at {k:?}"
             );
         }
     }

@@ -41,6 +41,20 @@ pub struct BenchArgs {
     #[arg(long, env = "STOCKANOMALY_BENCH_ROUNDS", default_value_t = 50)]
     pub rounds: u32,
 
+    /// Instead: time the streaming executor in process on this lake's ticks
+    /// (every date, in arrival order, in micro-batches of --batch-rows),
+    /// scoring with the rules, or with --model.
+    #[arg(long, env = "STOCKANOMALY_BENCH_STREAM", value_name = "ROOT")]
+    pub stream: Option<String>,
+
+    /// Model for the streaming benchmark (artifact folder of `train`).
+    #[arg(long, env = "STOCKANOMALY_BENCH_MODEL", value_name = "DIR")]
+    pub model: Option<PathBuf>,
+
+    /// Micro-batch size of the streaming benchmark.
+    #[arg(long, env = "STOCKANOMALY_BENCH_BATCH_ROWS", default_value_t = 10_000)]
+    pub batch_rows: usize,
+
     /// Write the XGBoost benchmark's matrix (feature columns and `label`)
     /// to this Parquet file, with the parameters beside it as FILE.params.json.
     #[arg(long, env = "STOCKANOMALY_BENCH_EXPORT", value_name = "FILE")]
@@ -53,6 +67,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(lake) = &args.xgboost {
         return run_xgboost(lake, args.rounds, args.export.as_deref()).await;
+    }
+    if let Some(lake) = &args.stream {
+        return run_stream(lake, args.model.as_deref(), args.batch_rows.max(1)).await;
     }
     let tmp;
     let dir = match &args.dir {
@@ -190,6 +207,99 @@ fn for_csv(ticks: &RecordBatch) -> anyhow::Result<RecordBatch> {
 
 /// XGBoost training and prediction on a lake's whole training view, timed;
 /// prints `XGB_RUST_*=` lines for scripts/bench-xgboost.py's comparison.
+/// The streaming executor's own throughput, no broker or database: the
+/// lake's ticks in arrival order through [`Executor`](crate::stream::Executor)
+/// in micro-batches, then a final flush.
+async fn run_stream(
+    lake: &str,
+    model: Option<&std::path::Path>,
+    batch_rows: usize,
+) -> anyhow::Result<()> {
+    use crate::stream::{load_symbols, ticks_in_arrival_order, Executor, ExecutorConfig, Input};
+    use arrow::array::{Int32Array, Int64Array};
+
+    let root = LakeRoot::parse(lake)?;
+    let catalog = Catalog::embedded()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let queries = std::path::Path::new(crate::features::DEFAULT_QUERIES);
+    let detectors = super::train::load_detectors(&catalog, model, model.is_none(), queries).await?;
+    let labels: Vec<String> = detectors.iter().map(|d| d.label()).collect();
+    let mut ex = Executor::new(
+        catalog,
+        detectors,
+        Some(load_symbols(&root).await?),
+        ExecutorConfig::default(),
+    )?;
+    let ctx = crate::lake::session_context(&root).await?;
+    let first = super::sql::scalar_string(&ctx, "SELECT min(date) FROM ticks").await?;
+    let last = super::sql::scalar_string(&ctx, "SELECT max(date) FROM ticks").await?;
+    let (Some(first), Some(last)) = (first, last) else {
+        anyhow::bail!("{lake}: the lake has no ticks");
+    };
+    let parse = |d: &str| {
+        chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+            .with_context(|| format!("{lake}: bad date partition {d:?}"))
+    };
+    let ticks = ticks_in_arrival_order(&root, parse(&first)?, parse(&last)?).await?;
+    let total = ticks.num_rows();
+    println!(
+        "streaming benchmark: {} ticks of {first}..{last}, micro-batches of {}, {}",
+        count(total as u64),
+        count(batch_rows as u64),
+        labels.join(", ")
+    );
+    let bar = super::output::count_bar(total as u64, "stream ticks");
+    let started = Instant::now();
+    let mut step_ms: Vec<f64> = Vec::new();
+    let (mut emitted, mut alerts) = (0usize, 0usize);
+    for start in (0..total).step_by(batch_rows) {
+        let len = batch_rows.min(total - start);
+        let t = Instant::now();
+        let step = ex
+            .step(Input {
+                ticks: ticks.slice(start, len),
+                partitions: Int32Array::from(vec![0; len]),
+                offsets: Int64Array::from_iter_values(start as i64..(start + len) as i64),
+                arrived_us: None,
+            })
+            .await?;
+        step_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        emitted += step.emitted();
+        alerts += step
+            .scores
+            .iter()
+            .map(|s| {
+                use arrow::array::AsArray;
+                s.column(4).as_boolean().true_count()
+            })
+            .sum::<usize>();
+        bar.inc(len as u64);
+    }
+    let last_step = ex.flush(true).await?;
+    emitted += last_step.emitted();
+    bar.finish_and_clear();
+    let took = started.elapsed();
+    step_ms.sort_by(f64::total_cmp);
+    let pct = |q: f64| {
+        step_ms
+            .get(((step_ms.len().max(1) - 1) as f64 * q) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    println!(
+        "streaming executor: {} ticks in {:.2}s = {}; {} emitted, {} alerts; step p50 {:.1} ms, p99 {:.1} ms",
+        count(total as u64),
+        took.as_secs_f64(),
+        rate(total as f64, took),
+        count(emitted as u64),
+        count(alerts as u64),
+        pct(0.5),
+        pct(0.99)
+    );
+    Ok(())
+}
+
 async fn run_xgboost(
     lake: &str,
     rounds: u32,

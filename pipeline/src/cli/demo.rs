@@ -182,6 +182,7 @@ async fn stream_test_day(
         ticks: history,
         partitions: Int32Array::from(vec![0; n]),
         offsets: Int64Array::from_iter_values(0..n as i64),
+        arrived_us: None,
     })?;
     let ticks = ticks_in_arrival_order(root, test.from, test.to).await?;
     let total = ticks.num_rows();
@@ -206,6 +207,7 @@ async fn stream_test_day(
                     ticks: ticks.slice(start, len),
                     partitions: Int32Array::from(vec![0; len]),
                     offsets: Int64Array::from_iter_values(first..first + len as i64),
+                    arrived_us: None,
                 })
                 .await?
             }

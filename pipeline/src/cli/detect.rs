@@ -3,14 +3,15 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
 
 use super::train::load_detectors;
 use super::{open_lake, UsageError};
 use crate::features::{Catalog, DEFAULT_QUERIES};
 use crate::model::Detector;
-use crate::sinks::postgres::{connect, migrate, register_model};
-use crate::stream::{detect, load_symbols, DetectOptions, Executor, ExecutorConfig};
+use crate::sinks::postgres::{connect, migrate, register_model, Reconnecting};
+use crate::stream::{detect, load_symbols, DetectOptions, Executor, ExecutorConfig, Metrics};
 
 /// `stockanomaly detect`.
 #[derive(Debug, Args)]
@@ -27,12 +28,17 @@ dead_letters as `late`, as do undecodable and invalid messages.
 On start (and on each new partition) it resumes from the offsets stored in
 PostgreSQL, first replaying the history still needed without emitting; alerts
 are keyed (model version + tick key), so a replay never writes one twice.
+Partitions the group moves to another member are dropped from the state;
+while PostgreSQL is unreachable the batch is retried (reconnecting, with
+backoff) and no offset moves. With --allowed-lateness-ms, ticks up to that
+far behind their symbol's newest are put in order instead of refused.
 The lake (--lake) provides the `symbols` table (exchange time zones).
 
 Examples:
   stockanomaly detect --model model/artifacts/1a2b3c4d --rules \\
       --source kafka://localhost:9092/ticks --group surveillance
-  DATABASE_URL=postgres://detector@db/stockanomaly stockanomaly detect --model DIR --source kafka://k1:9092,k2:9092/ticks")]
+  DATABASE_URL=postgres://detector@db/stockanomaly stockanomaly detect --model DIR --source kafka://k1:9092,k2:9092/ticks \\
+      --alerts-topic alerts --metrics-addr 0.0.0.0:9187")]
 pub struct DetectArgs {
     /// Artifact folder written by `stockanomaly train`.
     #[arg(
@@ -94,6 +100,28 @@ pub struct DetectArgs {
     )]
     pub stats_every: f64,
 
+    /// How far behind its symbol's newest tick a tick may arrive and still be
+    /// used, in milliseconds: ticks are held in a reorder buffer this long
+    /// (in event time) before their group is emitted. 0: any tick older than
+    /// its symbol's newest goes to dead_letters as `late`.
+    #[arg(long, env = "STOCKANOMALY_ALLOWED_LATENESS_MS", default_value_t = 0)]
+    pub allowed_lateness_ms: u64,
+
+    /// Also publish each alert as JSON to this Kafka topic (same brokers),
+    /// keyed by the alert key; at least once, before the PostgreSQL commit.
+    #[arg(long, env = "STOCKANOMALY_ALERTS_TOPIC", value_name = "TOPIC")]
+    pub alerts_topic: Option<String>,
+
+    /// Also write alerts to the lake's `alerts` table
+    /// (alerts/model_version=V/date=D/), before the PostgreSQL commit.
+    #[arg(long, env = "STOCKANOMALY_ALERTS_TO_LAKE")]
+    pub alerts_to_lake: bool,
+
+    /// Serve Prometheus metrics on this address (GET /metrics), e.g.
+    /// 127.0.0.1:9187.
+    #[arg(long, env = "STOCKANOMALY_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// Folder holding `features/*.sql` and `rules/*.sql`.
     #[arg(long, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
     pub queries: PathBuf,
@@ -151,6 +179,7 @@ pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
         ExecutorConfig {
             idle_timeout: Duration::from_millis(args.idle_timeout_ms),
             top_shap: args.top_shap,
+            allowed_lateness: Duration::from_millis(args.allowed_lateness_ms),
         },
     )?;
     let options = DetectOptions {
@@ -161,14 +190,25 @@ pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
         batch_wait: Duration::from_millis(args.batch_ms),
         exit_when_idle: args.exit_when_idle.map(Duration::from_secs_f64),
         stats_every: Duration::from_secs_f64(args.stats_every.max(0.1)),
+        alerts_topic: args.alerts_topic.clone(),
+        alerts_lake: args.alerts_to_lake.then(|| root.clone()),
     };
+    let metrics = Metrics::default();
+    if let Some(addr) = args.metrics_addr {
+        let (bound, _task) = metrics
+            .serve(addr)
+            .await
+            .with_context(|| format!("--metrics-addr {addr}: cannot listen"))?;
+        eprintln!("detect: metrics on http://{bound}/metrics");
+    }
     eprintln!(
         "detect: {} on {topic} (group {}), alerts to PostgreSQL",
         labels.join(", "),
         args.group
     );
     let started = std::time::Instant::now();
-    let s = detect(executor, &mut db, &options).await?;
+    let mut db = Reconnecting::new(&args.database_url, db);
+    let s = detect(executor, &mut db, &options, &metrics).await?;
     println!(
         "detect: {} messages, {} ticks emitted, {} alerts and {} dead letters written in {} batches, {:.1}s",
         s.messages,

@@ -137,6 +137,22 @@ pub(crate) async fn query_to(
     Ok(())
 }
 
+/// The first column of the first row of `sql` as text (`None` for no rows
+/// or NULL).
+pub(crate) async fn scalar_string(
+    ctx: &datafusion::prelude::SessionContext,
+    sql: &str,
+) -> anyhow::Result<Option<String>> {
+    use arrow::array::{Array, AsArray};
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let Some(b) = batches.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(None);
+    };
+    let c = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
+    let c = c.as_string::<i32>();
+    Ok((!c.is_null(0)).then(|| c.value(0).to_owned()))
+}
+
 /// The first column of the first row of `sql`, as an integer (0 for no
 /// rows or NULL).
 pub(crate) async fn scalar_i64(

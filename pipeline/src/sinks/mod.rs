@@ -1,4 +1,6 @@
 //! Where the detector's results go outside the lake: alerts, dead letters,
-//! offsets and statistics in PostgreSQL ([`postgres`]).
+//! offsets and statistics in PostgreSQL ([`postgres`]), and alerts to a
+//! Kafka topic ([`alert_topic`]).
 
+pub mod alert_topic;
 pub mod postgres;

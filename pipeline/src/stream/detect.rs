@@ -10,22 +10,38 @@
 //! symbols' history (and their `seq` numbering) exactly; alerts already
 //! written are keyed, so a replayed alert is not written twice.
 //!
-//! While PostgreSQL is down the batch is retried with backoff and nothing
-//! moves on: no offset is ever stored past an unwritten alert.
+//! **Rebalances.** Partitions revoked from this member (another member
+//! joined, or the group shrank and grew) are dropped from the state at the
+//! end of the batch in flight: their ticks, books, `seq` numbering and
+//! positions. A partition assigned later starts again from PostgreSQL's
+//! offsets with a warm-up, whoever had it before.
+//!
+//! While PostgreSQL is down the batch is retried with backoff, reconnecting,
+//! and nothing moves on: no offset is ever stored past an unwritten alert.
+//! Alerts also go to an optional Kafka topic and to the lake, both written
+//! **before** the transaction (at least once, keyed by the alert key).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, BooleanArray, Int32Array, Int64Array};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Float64Type, TimestampMicrosecondType, UInt32Type};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use super::executor::{Executor, Step};
+use super::metrics::{BatchMetrics, Metrics};
+use crate::lake::{Appender, AppenderOptions, LakeRoot, TableSpec};
+use crate::sinks::alert_topic::{AlertTopic, AlertTopicError};
 use crate::sinks::postgres::{
-    commit_batch, load_offsets, write_stats, AlertRow, DbError, DeadLetterRow, OffsetRow, StatsRow,
+    commit_batch, load_offsets, write_stats, AlertRow, DbError, DeadLetterRow, OffsetRow,
+    Reconnecting, StatsRow,
 };
 use crate::sources::kafka::JsonTickDecoder;
 use crate::tick::{RejectReason, TickBuilder};
@@ -48,6 +64,10 @@ pub struct DetectOptions {
     pub exit_when_idle: Option<Duration>,
     /// How often a `detector_stats` row is written (and once at exit).
     pub stats_every: Duration,
+    /// Also publish alerts to this Kafka topic (same brokers).
+    pub alerts_topic: Option<String>,
+    /// Also write alerts to this lake's `alerts` table.
+    pub alerts_lake: Option<LakeRoot>,
 }
 
 /// What a `detect` run did.
@@ -63,6 +83,8 @@ pub struct DetectSummary {
     pub dead_letters: u64,
     /// Transactions committed.
     pub batches: u64,
+    /// Partitions dropped because the group took them away.
+    pub revoked: u64,
 }
 
 /// Why `detect` stopped.
@@ -77,6 +99,12 @@ pub enum DetectError {
     Db(#[from] DbError),
     #[error(transparent)]
     Executor(#[from] super::ExecutorError),
+    #[error(transparent)]
+    AlertTopic(#[from] AlertTopicError),
+    #[error(transparent)]
+    Lake(#[from] crate::lake::LakeError),
+    #[error("stopped by a signal while PostgreSQL was unreachable; the batch in flight was not committed and will be read again")]
+    ShutdownDuringOutage,
 }
 
 /// A partition's phase.
@@ -94,55 +122,149 @@ struct Pending {
     partition: i32,
     offset: i64,
     warm: bool,
+    arrived_us: i64,
     /// Its payload in the batch's payload buffer (for a late tick's dead
     /// letter): one growing buffer per batch, not an allocation per tick.
     payload: std::ops::Range<usize>,
 }
 
+/// What the consumer's callbacks saw, for the main loop.
+#[derive(Debug, Default)]
+struct GroupEvents {
+    /// Partitions revoked since the main loop last looked, and assigned
+    /// since, in order: `(partition, assigned)`.
+    changes: Vec<(i32, bool)>,
+    /// Consumer lag per partition from librdkafka's statistics.
+    lag: BTreeMap<i32, i64>,
+}
+
+/// The consumer's context: records rebalances and lag (the callbacks run
+/// inside `recv`, so they only note things down).
+struct DetectContext {
+    topic: String,
+    events: Arc<Mutex<GroupEvents>>,
+}
+
+impl DetectContext {
+    fn with(&self, f: impl FnOnce(&mut GroupEvents)) {
+        let mut g = match self.events.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut g);
+    }
+}
+
+impl ClientContext for DetectContext {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let lag: BTreeMap<i32, i64> = topic
+            .partitions
+            .iter()
+            // -1 is the internal UA partition; a negative lag is unknown.
+            .filter(|(p, part)| **p >= 0 && part.consumer_lag >= 0)
+            .map(|(p, part)| (*p, part.consumer_lag))
+            .collect();
+        self.with(|e| e.lag = lag);
+    }
+}
+
+impl ConsumerContext for DetectContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let (tpl, assigned) = match rebalance {
+            Rebalance::Assign(tpl) => (*tpl, true),
+            Rebalance::Revoke(tpl) => (*tpl, false),
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "Rebalance error.");
+                return;
+            }
+        };
+        let parts: Vec<i32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        tracing::info!(partitions = ?parts, assigned, "Rebalance.");
+        self.with(|e| e.changes.extend(parts.iter().map(|&p| (p, assigned))));
+    }
+}
+
+/// Resolves once a shutdown was asked for (and at once if it already was).
+async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
 /// Runs the detector until a signal (or idleness, see
-/// [`DetectOptions::exit_when_idle`]).
+/// [`DetectOptions::exit_when_idle`]). `metrics` are updated as it goes.
 pub async fn detect(
     mut executor: Executor,
-    db: &mut tokio_postgres::Client,
+    db: &mut Reconnecting,
     options: &DetectOptions,
+    metrics: &Metrics,
 ) -> Result<DetectSummary, DetectError> {
     let kafka = |context: &str| {
         let context = context.to_owned();
         move |source| DetectError::Kafka { context, source }
     };
-    let consumer: StreamConsumer = ClientConfig::new()
+    let events = Arc::new(Mutex::new(GroupEvents::default()));
+    let consumer: StreamConsumer<DetectContext> = ClientConfig::new()
         .set("bootstrap.servers", &options.brokers)
         .set("group.id", &options.group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
-        .create()
+        // Rebalances are noticed within a second, and a member that stops
+        // polling (a batch stuck on an outage) is not waited for forever.
+        .set("heartbeat.interval.ms", "1000")
+        .set("max.poll.interval.ms", "120000")
+        .set("statistics.interval.ms", "1000")
+        .create_with_context(DetectContext {
+            topic: options.topic.clone(),
+            events: Arc::clone(&events),
+        })
         .map_err(kafka("creating the consumer"))?;
     consumer
         .subscribe(&[options.topic.as_str()])
         .map_err(kafka(&format!("subscribing to {}", options.topic)))?;
+    let alert_topic = match &options.alerts_topic {
+        Some(t) => Some(AlertTopic::new(&options.brokers, t).await?),
+        None => None,
+    };
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
 
     let mut phases: HashMap<i32, Phase> = HashMap::new();
     // Offset of the last message taken from each partition: after a seek,
     // messages fetched before it may still arrive and are skipped.
     let mut cursor: HashMap<i32, i64> = HashMap::new();
+    // Partitions currently assigned to this member, as the callbacks said.
+    let mut owned: BTreeSet<i32> = BTreeSet::new();
     let mut decoder = JsonTickDecoder::default();
     let mut builder = TickBuilder::new(&format!("kafka:{}", options.topic));
     let mut summary = DetectSummary::default();
-    let mut last_message = Instant::now();
-    let mut shutdown = Box::pin(shutdown_signal());
+    // Time spent waiting on the topic with nothing arriving, since the last
+    // message (not wall time: a batch stuck on a PostgreSQL outage is not
+    // idleness).
+    let mut quiet = Duration::ZERO;
     let started = Instant::now();
     let mut last_stats = Instant::now();
     let mut batch_ms: Vec<f64> = Vec::new();
+    let mut e2e_ms: Vec<f64> = Vec::new();
     let instance = format!(
         "{}:{}",
         std::env::var("HOSTNAME").unwrap_or_else(|_| "detect".to_owned()),
         std::process::id()
     );
-    let stats = |summary: &DetectSummary, batch_ms: &mut Vec<f64>| {
-        batch_ms.sort_by(f64::total_cmp);
-        let pct = |q: f64| {
-            (!batch_ms.is_empty()).then(|| batch_ms[((batch_ms.len() - 1) as f64 * q) as usize])
+    let stats = |summary: &DetectSummary, batch_ms: &mut Vec<f64>, e2e_ms: &mut Vec<f64>| {
+        let pct = |v: &mut Vec<f64>, q: f64| {
+            v.sort_by(f64::total_cmp);
+            (!v.is_empty()).then(|| v[((v.len() - 1) as f64 * q) as usize])
         };
         let row = StatsRow {
             instance: instance.clone(),
@@ -152,11 +274,14 @@ pub async fn detect(
             batches: summary.batches,
             alerts: summary.alerts,
             dead_letters: summary.dead_letters,
-            batch_p50_ms: pct(0.5),
-            batch_p99_ms: pct(0.99),
-            ..StatsRow::default()
+            lag: metrics.total_lag(),
+            batch_p50_ms: pct(batch_ms, 0.5),
+            batch_p99_ms: pct(batch_ms, 0.99),
+            e2e_p50_ms: pct(e2e_ms, 0.5),
+            e2e_p99_ms: pct(e2e_ms, 0.99),
         };
         batch_ms.clear();
+        e2e_ms.clear();
         row
     };
 
@@ -165,8 +290,10 @@ pub async fn detect(
         let mut pending: Vec<Pending> = Vec::new();
         let mut payloads: Vec<u8> = Vec::new();
         let mut dead: Vec<DeadLetterRow> = Vec::new();
-        let deadline = Instant::now() + options.batch_wait;
+        let fill_started = Instant::now();
+        let deadline = fill_started + options.batch_wait;
         let mut stop = false;
+        let messages_before = summary.messages;
         while pending.len() < options.batch_rows {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -174,11 +301,10 @@ pub async fn detect(
             }
             let msg = tokio::select! {
                 m = tokio::time::timeout(left, consumer.recv()) => m,
-                _ = &mut shutdown => { stop = true; break; }
+                _ = stopped(&mut stop_rx) => { stop = true; break; }
             };
             let Ok(msg) = msg else { break };
             let msg = msg.map_err(kafka("receiving"))?;
-            last_message = Instant::now();
             summary.messages += 1;
             let (p, o) = (msg.partition(), msg.offset());
             let phase = match phases.get(&p) {
@@ -188,7 +314,17 @@ pub async fn detect(
                     // PostgreSQL says (read now, not at start: another
                     // detector of the group may have moved it since),
                     // warming up first.
-                    let stored = load_offsets(db, &options.group, &options.topic).await?;
+                    let stored = loop {
+                        let attempt = match db.client().await {
+                            Ok(c) => load_offsets(c, &options.group, &options.topic).await,
+                            Err(e) => Err(e),
+                        };
+                        match attempt {
+                            Ok(s) => break s,
+                            Err(e) => db.failed(e).await?,
+                        }
+                    };
+                    db.succeeded();
                     let ph = match stored.get(&p) {
                         Some(&(next, warm)) if warm < next => Phase::WarmingUp { next },
                         _ => Phase::Live,
@@ -200,14 +336,21 @@ pub async fn detect(
                     };
                     cursor.insert(p, start - 1);
                     if start != o {
-                        consumer
-                            .seek(
-                                &options.topic,
-                                p,
-                                Offset::Offset(start),
-                                Duration::from_secs(10),
-                            )
-                            .map_err(kafka(&format!("seeking partition {p} to {start}")))?;
+                        let sought = consumer.seek(
+                            &options.topic,
+                            p,
+                            Offset::Offset(start),
+                            Duration::from_secs(10),
+                        );
+                        if let Err(e) = sought {
+                            // A message fetched just before a rebalance took
+                            // the partition away: whoever owns it now resumes
+                            // it; here it is forgotten.
+                            tracing::warn!(partition = p, error = %e, "Cannot seek (partition no longer assigned?); skipping it.");
+                            phases.remove(&p);
+                            cursor.remove(&p);
+                            continue;
+                        }
                         tracing::info!(
                             partition = p,
                             from = start,
@@ -245,6 +388,7 @@ pub async fn detect(
                         partition: p,
                         offset: o,
                         warm,
+                        arrived_us: super::now_us(),
                         payload: start..payloads.len(),
                     });
                 }
@@ -264,6 +408,11 @@ pub async fn detect(
             }
         }
 
+        if summary.messages == messages_before {
+            quiet += fill_started.elapsed();
+        } else {
+            quiet = Duration::ZERO;
+        }
         let batch_started = Instant::now();
         // Warm-up ticks first (history), then the live ones.
         let ticks = builder.finish();
@@ -273,22 +422,18 @@ pub async fn detect(
             let live: BooleanArray = pending.iter().map(|x| Some(!x.warm)).collect();
             let input = |mask: &BooleanArray| -> Result<super::Input, DetectError> {
                 let t = filter_record_batch(&ticks, mask).map_err(super::ExecutorError::from)?;
-                let parts: Int32Array = pending
-                    .iter()
-                    .zip(mask.values().iter())
-                    .filter(|(_, m)| *m)
-                    .map(|(x, _)| x.partition)
-                    .collect();
-                let offs: Int64Array = pending
-                    .iter()
-                    .zip(mask.values().iter())
-                    .filter(|(_, m)| *m)
-                    .map(|(x, _)| x.offset)
-                    .collect();
+                let picked = || {
+                    pending
+                        .iter()
+                        .zip(mask.values().iter())
+                        .filter(|(_, m)| *m)
+                        .map(|(x, _)| x)
+                };
                 Ok(super::Input {
                     ticks: t,
-                    partitions: parts,
-                    offsets: offs,
+                    partitions: picked().map(|x| x.partition).collect::<Int32Array>(),
+                    offsets: picked().map(|x| x.offset).collect::<Int64Array>(),
+                    arrived_us: Some(picked().map(|x| x.arrived_us).collect::<Int64Array>()),
                 })
             };
             if warm.true_count() > 0 {
@@ -299,6 +444,29 @@ pub async fn detect(
             }
         }
         steps.push(executor.flush(false).await?);
+
+        // Partitions the group took away during this batch (and did not
+        // give back): their alerts are still written, their offsets are
+        // not (the new owner's are authoritative), then they are dropped.
+        let lost: Vec<i32> = {
+            let changes = {
+                let mut g = match events.lock() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                metrics.set_lag(&g.lag);
+                std::mem::take(&mut g.changes)
+            };
+            let before = owned.clone();
+            for (p, assigned) in changes {
+                if assigned {
+                    owned.insert(p);
+                } else {
+                    owned.remove(&p);
+                }
+            }
+            before.difference(&owned).copied().collect()
+        };
 
         let mut alerts = Vec::new();
         for step in &steps {
@@ -322,6 +490,7 @@ pub async fn detect(
         let positions = executor.positions();
         let offsets: Vec<OffsetRow> = positions
             .iter()
+            .filter(|(p, _)| !lost.contains(p))
             .map(|(&p, pos)| OffsetRow {
                 consumer_group: options.group.clone(),
                 topic: options.topic.clone(),
@@ -331,8 +500,35 @@ pub async fn detect(
             })
             .collect();
         let progressed = !pending.is_empty() || steps.iter().any(|s| s.emitted() > 0);
+        let mut committed = false;
         if !alerts.is_empty() || !dead.is_empty() || (progressed && !offsets.is_empty()) {
-            let stats = commit_with_retry(db, &alerts, &dead, &offsets).await?;
+            // The other outputs first: a crash before the transaction
+            // replays this batch and writes them again, under the same keys.
+            if let Some(t) = &alert_topic {
+                if !alerts.is_empty() {
+                    t.publish(&alerts).await?;
+                }
+            }
+            if let Some(root) = &options.alerts_lake {
+                write_lake_alerts(root, &executor, &steps).await?;
+            }
+            let stats = loop {
+                let attempt = match db.client().await {
+                    Ok(c) => commit_batch(c, &alerts, &dead, &offsets).await,
+                    Err(e) => Err(e),
+                };
+                match attempt {
+                    Ok(s) => break s,
+                    Err(e) => {
+                        tokio::select! {
+                            r = db.failed(e) => r?,
+                            _ = stopped(&mut stop_rx) => return Err(DetectError::ShutdownDuringOutage),
+                        }
+                    }
+                }
+            };
+            db.succeeded();
+            committed = true;
             summary.alerts += stats.alerts_inserted;
             summary.dead_letters += stats.dead_letters_inserted;
             summary.batches += 1;
@@ -342,18 +538,59 @@ pub async fn detect(
                 let _ =
                     tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.next_offset));
             }
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                tracing::warn!(error = %e, "Kafka offset commit failed (monitoring only).");
+            if tpl.count() > 0 {
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                    tracing::warn!(error = %e, "Kafka offset commit failed (monitoring only).");
+                }
             }
         }
-        if !pending.is_empty() {
-            batch_ms.push(batch_started.elapsed().as_secs_f64() * 1e3);
+        let commit_us = super::now_us();
+        let mut arrival_s: Vec<f64> = Vec::new();
+        let mut event_s: Vec<f64> = Vec::new();
+        if committed {
+            for step in &steps {
+                arrival_s.extend(
+                    step.arrived_us
+                        .iter()
+                        .map(|&a| (commit_us - a) as f64 / 1e6),
+                );
+                if let Some(f) = &step.features {
+                    let ts = f.column(0).as_primitive::<TimestampMicrosecondType>();
+                    event_s.extend(ts.values().iter().map(|&t| (commit_us - t) as f64 / 1e6));
+                }
+            }
+        }
+        e2e_ms.extend(arrival_s.iter().map(|s| s * 1e3));
+        let batch_s = (!pending.is_empty()).then(|| batch_started.elapsed().as_secs_f64());
+        if let Some(s) = batch_s {
+            batch_ms.push(s * 1e3);
+        }
+        let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+        metrics.record(&BatchMetrics {
+            messages: summary.messages - messages_before,
+            emitted: steps.iter().map(|s| s.emitted() as u64).sum(),
+            alerts: if committed { alerts.len() as u64 } else { 0 },
+            dead_letters: if committed { &reasons } else { &[] },
+            batch_seconds: batch_s,
+            arrival_to_commit: &arrival_s,
+            event_to_commit: &event_s,
+            held: executor.held() as u64,
+        });
+
+        if !lost.is_empty() {
+            for symbol in executor.forget_partitions(&lost)? {
+                builder.forget_symbol(&symbol);
+            }
+            for p in &lost {
+                phases.remove(p);
+                cursor.remove(p);
+            }
+            summary.revoked += lost.len() as u64;
+            tracing::info!(partitions = ?lost, "Partitions revoked: state dropped.");
         }
         if last_stats.elapsed() >= options.stats_every {
-            let row = stats(&summary, &mut batch_ms);
-            if let Err(e) = write_stats(db, &row).await {
-                tracing::warn!(error = %e, "Could not write detector_stats.");
-            }
+            let row = stats(&summary, &mut batch_ms, &mut e2e_ms);
+            write_stats_once(db, &row).await;
             last_stats = Instant::now();
         }
         if stop {
@@ -361,44 +598,70 @@ pub async fn detect(
             break;
         }
         if let Some(idle) = options.exit_when_idle {
-            // Joining a group can take seconds: before the first message,
-            // wait at least 30 s.
-            let quiet = if summary.messages == 0 {
-                idle.max(Duration::from_secs(30))
+            // Joining a group can take many seconds on a loaded machine:
+            // before the first message, wait at least 60 s.
+            let limit = if summary.messages == 0 {
+                idle.max(Duration::from_secs(60))
             } else {
                 idle
             };
-            if last_message.elapsed() >= quiet && executor.pending() == 0 {
+            if quiet >= limit && executor.pending() == 0 {
                 break;
             }
         }
     }
-    let row = stats(&summary, &mut batch_ms);
-    if let Err(e) = write_stats(db, &row).await {
-        tracing::warn!(error = %e, "Could not write detector_stats.");
-    }
+    let row = stats(&summary, &mut batch_ms, &mut e2e_ms);
+    write_stats_once(db, &row).await;
+    // Leave the group now rather than at drop, so the partitions move to
+    // the other members without waiting for the session timeout.
+    consumer.unsubscribe();
     Ok(summary)
 }
 
-/// Commits, retrying with backoff while PostgreSQL is unreachable.
-async fn commit_with_retry(
-    db: &mut tokio_postgres::Client,
-    alerts: &[AlertRow],
-    dead: &[DeadLetterRow],
-    offsets: &[OffsetRow],
-) -> Result<crate::sinks::postgres::CommitStats, DetectError> {
-    let mut wait = Duration::from_millis(200);
-    loop {
-        match commit_batch(db, alerts, dead, offsets).await {
-            Ok(s) => return Ok(s),
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, retry_in = ?wait, "PostgreSQL unavailable; retrying the batch.");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(10));
+/// Writes a `detector_stats` row; statistics are best effort, so a failure
+/// is logged and the stream goes on.
+async fn write_stats_once(db: &mut Reconnecting, row: &StatsRow) {
+    let result = match db.client().await {
+        Ok(c) => write_stats(c, row).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "Could not write detector_stats.");
+    }
+}
+
+/// Appends the steps' alerting `scores` rows to the lake's `alerts` table
+/// (content-addressed files: a replayed batch rewrites nothing).
+async fn write_lake_alerts(
+    root: &LakeRoot,
+    executor: &Executor,
+    steps: &[Step],
+) -> Result<(), DetectError> {
+    for (d, detector) in executor.detectors().iter().enumerate() {
+        let mut appender: Option<Appender> = None;
+        for step in steps {
+            let Some(scores) = step.scores.get(d) else {
+                continue;
+            };
+            let mask = scores.column(4).as_boolean();
+            if mask.true_count() == 0 {
+                continue;
             }
-            Err(e) => return Err(e.into()),
+            let picked = filter_record_batch(scores, mask).map_err(super::ExecutorError::from)?;
+            let a = appender.get_or_insert_with(|| {
+                Appender::new(
+                    root.clone(),
+                    TableSpec::alerts().sub_table(&detector.version()),
+                    AppenderOptions::default(),
+                )
+            });
+            a.append(picked).await?;
+        }
+        if let Some(a) = appender {
+            a.finish().await?;
         }
     }
+    Ok(())
 }
 
 /// The alerts of a step, one row per alerting tick and detector.

@@ -37,6 +37,10 @@ use crate::tick::{col, tick_schema};
 const PARTITION: &str = "_partition";
 /// Column of a held tick's source offset.
 const OFFSET: &str = "_offset";
+/// Column of a held tick's arrival (wall clock, µs since the epoch).
+const ARRIVED: &str = "_arrived";
+/// Columns the executor adds after the tick columns.
+const EXTRA: usize = 3;
 
 /// Tuning of an [`Executor`].
 #[derive(Debug, Clone)]
@@ -45,6 +49,11 @@ pub struct ExecutorConfig {
     pub idle_timeout: Duration,
     /// SHAP contributions kept per model alert.
     pub top_shap: usize,
+    /// How far behind its symbol's newest tick a tick may arrive and still
+    /// be computed in order (the reorder buffer): a group is emitted once a
+    /// tick more than this past it has arrived. Zero: a tick older than its
+    /// symbol's newest is late.
+    pub allowed_lateness: Duration,
 }
 
 impl Default for ExecutorConfig {
@@ -52,6 +61,7 @@ impl Default for ExecutorConfig {
         ExecutorConfig {
             idle_timeout: Duration::from_secs(2),
             top_shap: 3,
+            allowed_lateness: Duration::ZERO,
         }
     }
 }
@@ -65,6 +75,9 @@ pub struct Input {
     pub partitions: Int32Array,
     /// Source offset of each tick.
     pub offsets: Int64Array,
+    /// When each tick arrived (wall clock, µs since the epoch), for the
+    /// end-to-end latency; `None`: now.
+    pub arrived_us: Option<Int64Array>,
 }
 
 /// A tick refused as late.
@@ -98,6 +111,9 @@ pub struct Step {
     /// Source partition and offset of each emitted tick, aligned with
     /// `features`.
     pub sources: Vec<(i32, i64)>,
+    /// Arrival of each emitted tick (µs since the epoch), aligned with
+    /// `features`.
+    pub arrived_us: Vec<i64>,
     /// Ticks refused as late.
     pub late: Vec<LateTick>,
     /// Positions of every partition seen, after this step.
@@ -130,6 +146,9 @@ struct Book {
     emitted: Option<i64>,
     /// When the newest tick arrived.
     arrived: Option<Instant>,
+    /// The source partition the symbol comes from (keyed topics put a
+    /// symbol in one partition).
+    partition: i32,
 }
 
 /// The streaming executor (see the module documentation).
@@ -164,6 +183,7 @@ impl Executor {
             .collect();
         fields.push(Field::new(PARTITION, DataType::Int32, false));
         fields.push(Field::new(OFFSET, DataType::Int64, false));
+        fields.push(Field::new(ARRIVED, DataType::Int64, false));
         let held_schema = Arc::new(Schema::new(fields));
         let symbols = match symbols {
             Some(s) => s,
@@ -254,16 +274,39 @@ impl Executor {
         *seen = (*seen).max(offset);
     }
 
+    /// Drops everything held for `partitions` (revoked from this consumer):
+    /// their ticks, their symbols' books and their positions. Returns the
+    /// symbols dropped, so the caller can forget their `seq` numbering too.
+    /// Whoever takes the partitions over warms up from the stored offsets.
+    pub fn forget_partitions(&mut self, partitions: &[i32]) -> Result<Vec<String>, ExecutorError> {
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (parts, _, _) = sources_of(&self.held);
+        let keep: BooleanArray = parts
+            .values()
+            .iter()
+            .map(|p| Some(!partitions.contains(p)))
+            .collect();
+        self.held = filter_record_batch(&self.held, &keep)?;
+        let dropped: Vec<String> = self
+            .books
+            .iter()
+            .filter(|(_, b)| partitions.contains(&b.partition))
+            .map(|(s, _)| s.clone())
+            .collect();
+        for s in &dropped {
+            self.books.remove(s);
+        }
+        for p in partitions {
+            self.seen.remove(p);
+        }
+        Ok(dropped)
+    }
+
     /// Positions of every partition seen.
     pub fn positions(&self) -> BTreeMap<i32, PartitionPosition> {
-        let parts = self
-            .held
-            .column(self.held.num_columns() - 2)
-            .as_primitive::<arrow::datatypes::Int32Type>();
-        let offs = self
-            .held
-            .column(self.held.num_columns() - 1)
-            .as_primitive::<arrow::datatypes::Int64Type>();
+        let (parts, offs, _) = sources_of(&self.held);
         let syms = self.held.column(1).as_string::<i32>();
         let ts = self
             .held
@@ -308,6 +351,7 @@ impl Executor {
             .column(0)
             .as_primitive::<TimestampMicrosecondType>();
         let now = Instant::now();
+        let lateness = duration_us(self.config.allowed_lateness);
         let mut keep = Vec::with_capacity(n);
         let mut late = Vec::new();
         for i in 0..n {
@@ -322,13 +366,22 @@ impl Executor {
                     newest: t,
                     emitted: None,
                     arrived: None,
+                    partition: p,
                 }),
             };
-            let refused = if t < book.newest {
-                Some(format!(
-                    "ts {t} is before its symbol's newest tick ({})",
-                    book.newest
-                ))
+            let refused = if t < book.newest.saturating_sub(lateness) {
+                Some(if lateness == 0 {
+                    format!(
+                        "ts {t} is before its symbol's newest tick ({})",
+                        book.newest
+                    )
+                } else {
+                    format!(
+                        "ts {t} is more than the allowed lateness ({lateness} µs) before its \
+                         symbol's newest tick ({})",
+                        book.newest
+                    )
+                })
             } else if book.emitted.is_some_and(|e| t <= e) {
                 Some(format!(
                     "ts {t} belongs to a group already emitted (idle timeout)"
@@ -348,7 +401,8 @@ impl Executor {
                     keep.push(false);
                 }
                 None => {
-                    book.newest = t;
+                    book.newest = book.newest.max(t);
+                    book.partition = p;
                     if timed {
                         book.arrived = Some(now);
                     }
@@ -356,9 +410,14 @@ impl Executor {
                 }
             }
         }
+        let arrived = match input.arrived_us {
+            Some(a) => a,
+            None => Int64Array::from_value(crate::stream::now_us(), n),
+        };
         let mut columns: Vec<ArrayRef> = input.ticks.columns().to_vec();
         columns.push(Arc::new(input.partitions));
         columns.push(Arc::new(input.offsets));
+        columns.push(Arc::new(arrived));
         let batch = RecordBatch::try_new(Arc::clone(&self.held_schema), columns)?;
         let batch = filter_record_batch(&batch, &BooleanArray::from(keep))?;
         if batch.num_rows() > 0 {
@@ -372,6 +431,7 @@ impl Executor {
     /// every symbol when `all`), then prunes history.
     async fn emit(&mut self, all: bool) -> Result<Step, ExecutorError> {
         let now = Instant::now();
+        let lateness = duration_us(self.config.allowed_lateness);
         // Per symbol: emit ticks with emitted < ts <= cutoff.
         let mut cutoffs: HashMap<&str, (Option<i64>, i64)> = HashMap::new();
         let syms = self.held.column(1).as_string::<i32>();
@@ -391,7 +451,8 @@ impl Executor {
             let idle = book
                 .arrived
                 .is_none_or(|a| now.duration_since(a) >= self.config.idle_timeout);
-            let complete = t < book.newest || all || idle;
+            // No tick at or before `t` can still arrive.
+            let complete = t < book.newest.saturating_sub(lateness) || all || idle;
             if complete {
                 let entry = cutoffs.entry(sym).or_insert((book.emitted, t));
                 entry.1 = entry.1.max(t);
@@ -431,18 +492,14 @@ impl Executor {
             }
             let features = filter_record_batch(&features, &emit)?;
             let picked = filter_record_batch(&input, &emit)?;
-            let parts = picked
-                .column(picked.num_columns() - 2)
-                .as_primitive::<arrow::datatypes::Int32Type>();
-            let offs = picked
-                .column(picked.num_columns() - 1)
-                .as_primitive::<arrow::datatypes::Int64Type>();
+            let (parts, offs, arrived) = sources_of(&picked);
             step.sources = parts
                 .values()
                 .iter()
                 .copied()
                 .zip(offs.values().iter().copied())
                 .collect();
+            step.arrived_us = arrived.values().to_vec();
             let ctx = self.session_over(None)?;
             ctx.register_table(
                 "features",
@@ -565,6 +622,29 @@ impl Executor {
     }
 }
 
+/// The partition, offset and arrival columns of held ticks.
+fn sources_of(
+    held: &RecordBatch,
+) -> (
+    &arrow::array::Int32Array,
+    &arrow::array::Int64Array,
+    &arrow::array::Int64Array,
+) {
+    let n = held.num_columns() - EXTRA;
+    (
+        held.column(n).as_primitive::<arrow::datatypes::Int32Type>(),
+        held.column(n + 1)
+            .as_primitive::<arrow::datatypes::Int64Type>(),
+        held.column(n + 2)
+            .as_primitive::<arrow::datatypes::Int64Type>(),
+    )
+}
+
+/// A duration in whole microseconds, saturating.
+fn duration_us(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4)
+}
+
 /// Held ticks without the position columns.
 fn project_ticks(held: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
     let n = tick_schema().fields().len();
@@ -684,6 +764,7 @@ mod tests {
             ticks: b.finish(),
             partitions: Int32Array::from(vec![0; ticks.len()]),
             offsets: Int64Array::from_iter_values(first_offset..first_offset + n),
+            arrived_us: None,
         }
     }
 
@@ -701,6 +782,7 @@ mod tests {
             ExecutorConfig {
                 idle_timeout: Duration::from_secs(3600),
                 top_shap: 0,
+                allowed_lateness: Duration::ZERO,
             },
         )
         .unwrap();
@@ -753,5 +835,76 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(step.late.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn allowed_lateness_reorders_and_forgotten_partitions_start_afresh() {
+        let catalog = Catalog::embedded().await.unwrap();
+        let mut ex = Executor::new(
+            catalog,
+            Vec::new(),
+            None,
+            ExecutorConfig {
+                idle_timeout: Duration::from_secs(3600),
+                top_shap: 0,
+                allowed_lateness: Duration::from_secs(2),
+            },
+        )
+        .unwrap();
+        let mut b = TickBuilder::new("test");
+        // T0 + 3 s arrives before T0 + 2 s and T0 + 1.5 s: within the 2 s of
+        // lateness both are taken; only groups more than 2 s behind the
+        // newest (T0) are complete.
+        let step = ex
+            .step(input(
+                &[(T0, 10.0), (T0 + 3_000_000, 10.3), (T0 + 2_000_000, 10.2)],
+                0,
+                &mut b,
+            ))
+            .await
+            .unwrap();
+        assert!(step.late.is_empty(), "{:?}", step.late);
+        assert_eq!(step.emitted(), 1, "T0 only");
+        let step = ex
+            .step(input(
+                &[(T0 + 1_500_000, 10.1), (T0 + 500_000, 9.9)],
+                3,
+                &mut b,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            step.late.len(),
+            1,
+            "T0 + 0.5 s: before the emitted T0 + ... horizon"
+        );
+        assert_eq!(step.late[0].offset, 4);
+        assert_eq!(step.emitted(), 0);
+        let step = ex.flush(true).await.unwrap();
+        let ts: Vec<i64> = step
+            .features
+            .as_ref()
+            .unwrap()
+            .column(0)
+            .as_primitive::<TimestampMicrosecondType>()
+            .values()
+            .to_vec();
+        assert_eq!(
+            ts,
+            [T0 + 1_500_000, T0 + 2_000_000, T0 + 3_000_000],
+            "emitted in event order"
+        );
+        assert_eq!(step.positions[&0].next_offset, 5);
+        // Forgetting the partition drops its symbols and positions.
+        assert_eq!(ex.forget_partitions(&[0]).unwrap(), ["AAA".to_owned()]);
+        assert_eq!(ex.held(), 0);
+        assert!(ex.positions().is_empty());
+        // The symbol starts afresh: an old timestamp is no longer late.
+        let step = ex
+            .step(input(&[(T0, 10.0), (T0 + 10_000_000, 10.0)], 0, &mut b))
+            .await
+            .unwrap();
+        assert!(step.late.is_empty());
+        assert_eq!(step.emitted(), 1);
     }
 }

@@ -5,9 +5,19 @@
 
 pub mod detect;
 pub mod executor;
+pub mod metrics;
 
 pub use detect::{detect, DetectError, DetectOptions, DetectSummary};
 pub use executor::{
     load_symbols, ticks_in_arrival_order, Executor, ExecutorConfig, ExecutorError, Input, LateTick,
     PartitionPosition, Step,
 };
+pub use metrics::Metrics;
+
+/// Wall-clock time in µs since the epoch (arrival and commit stamps).
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

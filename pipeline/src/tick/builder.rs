@@ -120,6 +120,11 @@ impl TickBuilder {
         }
     }
 
+    /// Forgets `symbol`'s `seq` numbering (see [`SeqAssigner::forget`]).
+    pub fn forget_symbol(&mut self, symbol: &str) {
+        self.seqs.forget(symbol);
+    }
+
     /// Validates `r` and appends it; a rejected record leaves the builder
     /// unchanged and takes no `seq`.
     pub fn push(&mut self, r: &TickRecord<'_>) -> Result<(), Rejection> {

@@ -43,6 +43,12 @@ impl SeqAssigner {
     pub fn clear(&mut self) {
         self.symbols.clear();
     }
+
+    /// Forgets `symbol`: its ticks will be numbered afresh, as after a
+    /// restart (a stream replaying a partition it lost and got back).
+    pub fn forget(&mut self, symbol: &str) {
+        self.symbols.remove(symbol);
+    }
 }
 
 impl Recent {

@@ -9,12 +9,14 @@
 mod connect;
 mod error;
 mod migrate;
+mod reconnect;
 mod sink;
 mod tls;
 
 pub use connect::{connect, describe_target};
 pub use error::DbError;
 pub use migrate::{applied_migrations, migrate, AppliedMigration, Migration, MIGRATIONS};
+pub use reconnect::Reconnecting;
 pub use sink::{
     commit_batch, load_offsets, register_model, write_stats, AlertRow, CommitStats, DeadLetterRow,
     OffsetRow, StatsRow,

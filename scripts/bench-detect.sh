@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Streaming benchmark: end-to-end ticks/s from a topic holding N ticks to
+# committed alerts (Kafka -> detect -> PostgreSQL), the executor's own
+# ticks/s in process (no broker, no database), and arrival-to-commit
+# latency p50/p99 at a fixed offered rate. Figures, not a pass/fail test.
+#
+#   scripts/bench-detect.sh            release build; ~1M ticks, 100k ticks/s offered
+#   scripts/bench-detect.sh --quick    ~60k ticks, 5k ticks/s offered (a smoke run)
+#
+# Environment: STOCKANOMALY_BIN (binary to run; when set, nothing is built),
+# TMPDIR (scratch lake, removed at exit). PostgreSQL and the tansu broker are
+# started as for the tests (scripts/test-env.sh).
+#
+# Read the end-to-end figure knowing that one consumer gets ~150k messages/s
+# out of tansu on this machine whatever the detector does (TOOLING.md): the
+# in-process figure is the executor's own.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+say() { printf 'bench-detect: %s\n' "$*" >&2; }
+die() {
+  printf 'bench-detect: error: %s\n' "$*" >&2
+  exit 1
+}
+
+QUICK=0
+for arg in "$@"; do
+  case "$arg" in
+  --quick) QUICK=1 ;;
+  -h | --help)
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+    exit 0
+    ;;
+  *) die "unknown argument '$arg' (usage: scripts/bench-detect.sh [--quick])" ;;
+  esac
+done
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/stockanomaly-target}"
+if [ -n "${STOCKANOMALY_BIN:-}" ]; then
+  BIN="$STOCKANOMALY_BIN"
+  [ -x "$BIN" ] || die "STOCKANOMALY_BIN=$BIN is not an executable file"
+else
+  if [ -z "${XGBOOST_LIB_DIR:-}" ]; then
+    XGBOOST_LIB_DIR="$("$ROOT/scripts/xgboost-lib.sh")" || die "scripts/xgboost-lib.sh failed"
+    export XGBOOST_LIB_DIR
+  fi
+  say "building the release binary"
+  cargo build --release --locked -p stockanomaly || die "the release build failed"
+  BIN="$CARGO_TARGET_DIR/release/stockanomaly"
+fi
+
+# shellcheck source=scripts/test-env.sh
+. "$ROOT/scripts/test-env.sh"
+SCRATCH=""
+DETECT_PID=""
+cleanup() {
+  local rc=$?
+  [ -n "$DETECT_PID" ] && kill "$DETECT_PID" 2>/dev/null || true
+  [ -n "$SCRATCH" ] && rm -rf "$SCRATCH"
+  test_env_stop >/dev/null 2>&1 || true
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+test_env_start >&2 || die "could not start PostgreSQL and the broker"
+SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/stockanomaly-bench-detect.XXXXXX")"
+LAKE="$SCRATCH/lake"
+
+if [ "$QUICK" = 1 ]; then
+  SIM=(--symbols 12 --days 3 --trades-per-day 1700)
+  RATE=5000
+else
+  SIM=(--symbols 50 --days 2 --trades-per-day 10000)
+  RATE=100000
+fi
+
+say "simulate ${SIM[*]}, backfill, train"
+"$BIN" simulate --lake "$LAKE" "${SIM[@]}" --seed 7 >&2
+"$BIN" backfill --lake "$LAKE" --queries "$ROOT/queries" >&2
+"$BIN" train --lake "$LAKE" --queries "$ROOT/queries" --rounds 30 --out "$SCRATCH/model" >&2
+TICKS="$("$BIN" sql --lake "$LAKE" --format csv "SELECT count(*) AS n FROM ticks" | tail -n 1)"
+
+say "in process: the executor alone"
+INPROC="$("$BIN" bench --stream "$LAKE" --model "$SCRATCH/model" --batch-rows 10000)"
+printf '%s\n' "$INPROC" >&2
+
+psql_url="$STOCKANOMALY_TEST_DATABASE_URL"
+db="bench_detect_$$"
+psql "$psql_url" -qc "CREATE DATABASE $db" >/dev/null
+DB_URL="${psql_url%/*}/$db"
+
+say "end to end: $TICKS ticks on a 6-partition topic, then detect until idle"
+TOPIC="bench-$$"
+"$BIN" produce --lake "$LAKE" --topic "$TOPIC" --brokers "$STOCKANOMALY_TEST_KAFKA" --partitions 6 >&2
+start=$(date +%s.%N)
+E2E="$("$BIN" detect --lake "$LAKE" --queries "$ROOT/queries" --model "$SCRATCH/model" \
+  --source "kafka://$STOCKANOMALY_TEST_KAFKA/$TOPIC" --group bench --database-url "$DB_URL" \
+  --exit-when-idle 3 --batch-rows 10000)"
+end=$(date +%s.%N)
+printf '%s\n' "$E2E" >&2
+E2E_RATE="$(LC_ALL=C awk -v n="$TICKS" -v a="$start" -v b="$end" 'BEGIN { printf "%.0f", n / (b - a - 3) }')"
+
+say "latency: the same ticks offered at $RATE ticks/s to a live detector"
+LTOPIC="bench-latency-$$"
+"$BIN" detect --lake "$LAKE" --queries "$ROOT/queries" --model "$SCRATCH/model" \
+  --source "kafka://$STOCKANOMALY_TEST_KAFKA/$LTOPIC" --group bench-latency --database-url "$DB_URL" \
+  --exit-when-idle 5 --batch-rows 10000 --batch-ms 20 --stats-every 1 >"$SCRATCH/latency.out" 2>"$SCRATCH/latency.err" &
+DETECT_PID=$!
+sleep 2
+"$BIN" produce --lake "$LAKE" --topic "$LTOPIC" --brokers "$STOCKANOMALY_TEST_KAFKA" --partitions 6 \
+  --rate "$RATE" >&2
+wait "$DETECT_PID" || die "the latency detector failed: $(tail -n 20 "$SCRATCH/latency.err")"
+DETECT_PID=""
+LAT="$(psql "$DB_URL" -Atc "SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY e2e_p50_ms)::numeric, 1), \
+  round(max(e2e_p99_ms)::numeric, 1), round(max(ticks_per_s)::numeric) FROM detector_stats WHERE e2e_p50_ms IS NOT NULL \
+  AND consumer_group = 'bench-latency'")"
+IFS='|' read -r P50 P99 _ <<<"$LAT"
+
+echo
+echo "Streaming detector, $(basename "$BIN") ($TICKS ticks, model + default feature pack)"
+echo "in process (executor only):  $(printf '%s\n' "$INPROC" | sed -n 's/^streaming executor: //p')"
+echo "end to end (tansu -> detect -> PostgreSQL): $E2E_RATE ticks/s (wall time minus the 3 s idle exit)"
+echo "latency at $RATE ticks/s offered: arrival -> alerts committed p50 ${P50:-?} ms (median of 1 s windows), p99 ${P99:-?} ms (worst 1 s window)"
+case "$BIN" in
+*/debug/*) echo "(debug binary: these figures say nothing about performance)" ;;
+esac
