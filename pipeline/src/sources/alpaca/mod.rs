@@ -1,5 +1,6 @@
-//! Alpaca Market Data v2: the stream's frame decoder and, in [`rest`], the
-//! history pages of `/v2/stocks/bars` and `/v2/stocks/trades`.
+//! Alpaca Market Data v2: the stream's frame decoder, its handshake for the
+//! connection loop in [`stream`], and, in [`rest`], the history pages of
+//! `/v2/stocks/bars` and `/v2/stocks/trades`.
 //!
 //! Every stream frame is a JSON array; control messages come one per array
 //! and data arrays mix types, so each element is dispatched on its `T`:
@@ -20,6 +21,7 @@
 //! microsecond. Trade ids are read as `u64` (crypto ids exceed 2^53).
 
 pub mod rest;
+pub mod stream;
 
 use std::time::Duration;
 

@@ -5,8 +5,8 @@
 //!
 //! Decoders are pure: bytes of one WebSocket frame (or one REST page) in,
 //! rows appended to Arrow builders and events out. The connection loop that
-//! owns sockets, reconnects and backoff lives apart, so decoding is tested
-//! without a network and benchmarked without one.
+//! owns sockets, reconnects and backoff lives apart, in [`connect`], so
+//! decoding is tested without a network and benchmarked without one.
 //!
 //! Quotes do not become ticks of their own: the tick model carries quotes as
 //! the `bid`/`ask` columns of trades (as the simulator produces them), so a
@@ -16,6 +16,7 @@
 
 pub mod amend;
 pub(crate) mod bars;
+pub mod connect;
 pub(crate) mod json;
 
 use std::collections::HashMap;
