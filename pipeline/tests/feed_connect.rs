@@ -1,7 +1,8 @@
 //! The live-feed connection loop against a WebSocket server the test runs
 //! on loopback, scripted from Alpaca's documented handshake (feeds.md §1):
-//! a drop mid-stream, a silent stall, a 406 connection limit and a 402 auth
-//! failure, in that order, over four connections.
+//! a drop mid-stream, a data stall (pings still answered), a dead path (no
+//! pongs), a 406 connection limit and a 402 auth failure, in that order,
+//! over five connections.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -95,13 +96,24 @@ async fn server(l: TcpListener, seen: Arc<Mutex<Seen>>) {
     }
     drop(ws);
 
-    // 2: one trade, then silence: nothing sent and nothing read (so no
-    // pong either) until the client gives up on this connection.
+    // 2: one trade, then no data while pings are still answered, until
+    // the client's watchdog leaves.
+    let mut ws = accept(&l).await;
+    handshake(&mut ws, &seen).await;
+    send(&mut ws, &format!("[{}]", trade(3))).await;
+    while let Some(Ok(m)) = ws.next().await {
+        if m.is_ping() {
+            seen.lock().unwrap().pings += 1;
+        }
+    }
+
+    // 3: one trade, then nothing sent and nothing read (so no pong
+    // either), until the client gives up on this connection.
     let mut stalled = accept(&l).await;
     handshake(&mut stalled, &seen).await;
-    send(&mut stalled, &format!("[{}]", trade(3))).await;
+    send(&mut stalled, &format!("[{}]", trade(4))).await;
 
-    // 3: the client came back on its own; refuse with 406.
+    // 4: the client came back on its own; refuse with 406.
     let mut ws = accept(&l).await;
     drop(stalled);
     send(&mut ws, r#"[{"T":"success","msg":"connected"}]"#).await;
@@ -112,7 +124,7 @@ async fn server(l: TcpListener, seen: Arc<Mutex<Seen>>) {
     )
     .await;
 
-    // 4: the credentials are refused.
+    // 5: the credentials are refused.
     let mut ws = accept(&l).await;
     send(&mut ws, r#"[{"T":"success","msg":"connected"}]"#).await;
     recv(&mut ws, &seen).await;
@@ -175,13 +187,13 @@ async fn reconnects_reauthenticates_watches_and_stops_on_fatal_errors() {
     let text = err.to_string();
     assert!(text.contains("APCA_API_KEY_ID"), "{text}");
     assert!(!text.contains("test-secret"), "{text}");
-    assert_eq!(ticks, 3, "every trade sent, once");
+    assert_eq!(ticks, 4, "every trade sent, once");
     assert_eq!(rejects.len(), 1, "{rejects:?}");
     assert_eq!(client.counters().unknown.get("mystery"), 1);
     let stats = client.stats().clone();
-    assert_eq!(stats.connects, 4, "{stats:?}");
-    assert_eq!(stats.reconnects, 3, "{stats:?}");
-    assert_eq!(stats.stalls + stats.pong_timeouts, 1, "{stats:?}");
+    assert_eq!(stats.connects, 5, "{stats:?}");
+    assert_eq!(stats.reconnects, 4, "{stats:?}");
+    assert_eq!((stats.stalls, stats.pong_timeouts), (1, 1), "{stats:?}");
     assert_eq!(stats.faults, 2, "{stats:?}");
     server.await.unwrap();
     let seen = seen.lock().unwrap();
@@ -191,7 +203,7 @@ async fn reconnects_reauthenticates_watches_and_stops_on_fatal_errors() {
         .iter()
         .filter(|t| t.contains("\"subscribe\""))
         .count();
-    assert_eq!((auths, subs), (4, 2), "re-authenticated every time");
+    assert_eq!((auths, subs), (5, 3), "re-authenticated every time");
     assert!(seen.pings >= 2);
 }
 
@@ -228,4 +240,61 @@ async fn gives_up_after_the_allowed_failures() {
     );
     assert!(!text.contains("SECRET"), "{text}");
     assert_eq!(client.stats().failed_attempts, 4);
+}
+
+// The handshake callback's `Result<Response, ErrorResponse>` is
+// tungstenite's signature, not ours to shrink.
+#[allow(clippy::result_large_err)]
+#[tokio::test]
+async fn finnhub_token_in_the_url_subscribes_on_open() {
+    use stockanomaly::sources::finnhub::stream::FinnhubStream;
+    use stockanomaly::sources::finnhub::FinnhubDecoder;
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("ws://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut query = String::new();
+        let mut ws = tokio_tungstenite::accept_hdr_async(tcp, |req: &Request, resp: Response| {
+            query = req.uri().query().unwrap_or("").to_owned();
+            Ok(resp)
+        })
+        .await
+        .unwrap();
+        let seen = Mutex::new(Seen::default());
+        let a = recv(&mut ws, &seen).await;
+        let b = recv(&mut ws, &seen).await;
+        send(
+            &mut ws,
+            r#"{"type":"trade","data":[{"s":"AAPL","p":189.42,"t":1741012201123,"v":100,"c":["1"]},{"s":"MSFT","p":412.07,"t":1741012201124,"v":5}]}"#,
+        )
+        .await;
+        send(&mut ws, r#"{"type":"ping"}"#).await;
+        ws.close(None).await.unwrap();
+        (query, a, b)
+    });
+    let protocol = FinnhubStream::new(&base, "tok123", vec!["AAPL".into(), "MSFT".into()]).unwrap();
+    let mut client = FeedClient::new(
+        protocol,
+        FinnhubDecoder::new(Validator::new()),
+        ConnectOptions::default(),
+    );
+    let mut ticks = 0;
+    while ticks < 2 {
+        let b = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.next_batch(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        ticks += b.ticks.num_rows();
+    }
+    let (query, a, b) = server.await.unwrap();
+    assert_eq!(query, "token=tok123");
+    assert!(a.contains("\"subscribe\"") && a.contains("AAPL"), "{a}");
+    assert!(b.contains("MSFT"), "{b}");
+    assert_eq!(client.counters().controls, 1, "the ping");
+    client.close().await;
 }

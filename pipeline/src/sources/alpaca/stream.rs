@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::sources::feed::connect::{FeedError, FeedProtocol};
+use crate::sources::feed::connect::{credential, FeedError, FeedProtocol};
 use crate::sources::feed::{Feed, FeedEvent};
 
 /// The stream's host; a feed name (`iex`, `sip`, `delayed_sip`, `test`) is
@@ -30,18 +30,9 @@ impl AlpacaCredentials {
     /// The pair from `APCA_API_KEY_ID` and `APCA_API_SECRET_KEY`, the only
     /// place credentials are read from.
     pub fn from_env() -> Result<Self, FeedError> {
-        let var = |name: &'static str| {
-            std::env::var(name)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .ok_or(FeedError::MissingCredential {
-                    feed: Feed::Alpaca,
-                    var: name,
-                })
-        };
         Ok(Self::new(
-            var("APCA_API_KEY_ID")?,
-            var("APCA_API_SECRET_KEY")?,
+            credential(Feed::Alpaca, "APCA_API_KEY_ID")?,
+            credential(Feed::Alpaca, "APCA_API_SECRET_KEY")?,
         ))
     }
 }

@@ -13,8 +13,10 @@
 //! - **Re-authenticate and re-subscribe** on every connection: the
 //!   [`FeedProtocol`] answers the feed's greeting with credentials and the
 //!   acknowledgement with the subscription.
-//! - **A no-data watchdog.** Feeds stall silently (Finnhub-API #517, #272):
-//!   no frame of any kind for `watchdog` means reconnect.
+//! - **A no-data watchdog.** Feeds stall silently (Finnhub-API #517, #272)
+//!   while the WebSocket itself still answers pings: no text or binary
+//!   frame (data, or the feed's own keepalive such as Finnhub's `ping`) for
+//!   `watchdog` means reconnect. Pongs do not count as data.
 //! - **WebSocket ping/pong.** A ping every `ping_every`; no pong within
 //!   `pong_timeout` means the path is dead (the Go SDK's 10 s and 5 s).
 //! - **Fatal faults stop** with the fault's message (bad credentials, a plan
@@ -66,6 +68,21 @@ pub trait FeedProtocol: Send {
     fn is_ready(&self, event: &FeedEvent) -> bool {
         matches!(event, FeedEvent::Subscribed { .. })
     }
+
+    /// Whether an open WebSocket is already a working session (feeds that
+    /// acknowledge nothing, such as Finnhub).
+    fn ready_on_open(&self) -> bool {
+        false
+    }
+}
+
+/// Reads a credential from the environment, the only place credentials
+/// come from.
+pub fn credential(feed: Feed, var: &'static str) -> Result<String, FeedError> {
+    std::env::var(var)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .ok_or(FeedError::MissingCredential { feed, var })
 }
 
 /// Timings of the connection loop.
@@ -80,7 +97,10 @@ pub struct ConnectOptions {
     pub max_failures: u32,
     /// Time allowed for TCP, TLS and the WebSocket handshake.
     pub connect_timeout: Duration,
-    /// Reconnect after this long without any frame.
+    /// Reconnect after this long without a text or binary frame (pongs do
+    /// not count). Set it above the quietest normal gap of the subscription:
+    /// minute bars arrive every minute in session, Finnhub pings every 1-2
+    /// minutes.
     pub watchdog: Duration,
     /// Send a WebSocket ping this often.
     pub ping_every: Duration,
@@ -114,7 +134,7 @@ pub struct ConnectionStats {
     pub reconnects: u64,
     /// Attempts that failed to open.
     pub failed_attempts: u64,
-    /// Reconnects because no frame came within the watchdog.
+    /// Reconnects because no data came within the watchdog.
     pub stalls: u64,
     /// Reconnects because a ping went unanswered.
     pub pong_timeouts: u64,
@@ -184,6 +204,8 @@ pub struct FeedClient<P, D> {
     ready: bool,
     /// The next attempt waits at least this (a fault's request).
     min_delay: Duration,
+    /// When the next connection attempt is due, once scheduled.
+    next_attempt: Option<Instant>,
     last_error: String,
     last_frame: Instant,
     last_ping: Instant,
@@ -206,6 +228,7 @@ impl<P: FeedProtocol, D: FrameDecoder> FeedClient<P, D> {
             failures: 0,
             ready: false,
             min_delay: Duration::ZERO,
+            next_attempt: None,
             last_error: String::new(),
             last_frame: now,
             last_ping: now,
@@ -219,12 +242,35 @@ impl<P: FeedProtocol, D: FrameDecoder> FeedClient<P, D> {
 
     /// Reads the feed for up to `max_wait` (connecting, reconnecting and
     /// answering control messages as needed) and returns what was decoded.
-    /// Errors only when the feed cannot go on.
+    /// Errors only when the feed cannot go on; what was decoded before the
+    /// error is still held: take it with [`finish`](Self::finish).
     pub async fn next_batch(&mut self, max_wait: Duration) -> Result<FeedBatch, FeedError> {
         let deadline = Instant::now() + max_wait;
         loop {
             if self.ws.is_none() {
-                self.connect().await?;
+                // One attempt at a time, never sleeping past the deadline:
+                // what was decoded before a drop is handed over on time even
+                // while the feed is down.
+                let at = match self.next_attempt {
+                    Some(at) => at,
+                    None => {
+                        let at = Instant::now() + self.delay();
+                        self.min_delay = Duration::ZERO;
+                        self.next_attempt = Some(at);
+                        at
+                    }
+                };
+                if at > deadline {
+                    tokio::time::sleep_until(deadline).await;
+                    return Ok(self.decoder.finish());
+                }
+                tokio::time::sleep_until(at).await;
+                self.next_attempt = None;
+                self.attempt().await?;
+                if Instant::now() >= deadline {
+                    return Ok(self.decoder.finish());
+                }
+                continue;
             }
             let timer = self.next_timer().min(deadline);
             let wake = match self.ws.as_mut() {
@@ -298,10 +344,15 @@ impl<P: FeedProtocol, D: FrameDecoder> FeedClient<P, D> {
     }
 
     async fn on_message(&mut self, msg: Message) -> Result<(), FeedError> {
-        self.last_frame = Instant::now();
         match msg {
-            Message::Text(t) => self.decoder.decode(t.as_bytes(), &mut self.events),
-            Message::Binary(b) => self.decoder.decode(&b, &mut self.events),
+            Message::Text(t) => {
+                self.last_frame = Instant::now();
+                self.decoder.decode(t.as_bytes(), &mut self.events)
+            }
+            Message::Binary(b) => {
+                self.last_frame = Instant::now();
+                self.decoder.decode(&b, &mut self.events)
+            }
             Message::Pong(_) => self.ping_sent = None,
             // tungstenite answers pings itself.
             Message::Ping(_) | Message::Frame(_) => {}
@@ -396,72 +447,66 @@ impl<P: FeedProtocol, D: FrameDecoder> FeedClient<P, D> {
         jittered.max(self.min_delay).min(o.backoff_max)
     }
 
-    async fn connect(&mut self) -> Result<(), FeedError> {
+    /// One connection attempt; `Err` once too many failed in a row or the
+    /// endpoint cannot work at all.
+    async fn attempt(&mut self) -> Result<(), FeedError> {
         let feed = self.protocol.feed();
-        loop {
-            if self.failures > self.options.max_failures {
-                return Err(FeedError::GaveUp {
+        if self.failures > self.options.max_failures {
+            return Err(FeedError::GaveUp {
+                feed,
+                endpoint: redacted(self.protocol.url()),
+                failures: self.failures,
+                last: self.last_error.clone(),
+            });
+        }
+        let opened =
+            tokio::time::timeout(self.options.connect_timeout, open(self.protocol.url())).await;
+        match opened {
+            Ok(Ok(ws)) => {
+                self.stats.connects += 1;
+                if self.stats.connects > 1 {
+                    self.stats.reconnects += 1;
+                }
+                tracing::info!(
+                    feed = %feed,
+                    endpoint = %redacted(self.protocol.url()),
+                    "Feed connected."
+                );
+                let now = Instant::now();
+                self.ws = Some(ws);
+                self.ready = self.protocol.ready_on_open();
+                if self.ready {
+                    self.failures = 0;
+                }
+                self.last_frame = now;
+                self.last_ping = now;
+                self.ping_sent = None;
+                self.protocol.on_open(&mut self.outbox);
+                self.flush_outbox().await;
+                return Ok(());
+            }
+            Ok(Err(OpenError::Fatal(reason))) => {
+                return Err(FeedError::Endpoint {
                     feed,
                     endpoint: redacted(self.protocol.url()),
-                    failures: self.failures,
-                    last: self.last_error.clone(),
-                });
+                    reason,
+                })
             }
-            let delay = self.delay();
-            self.min_delay = Duration::ZERO;
-            tokio::time::sleep(delay).await;
-            let opened =
-                tokio::time::timeout(self.options.connect_timeout, open(self.protocol.url())).await;
-            match opened {
-                Ok(Ok(ws)) => {
-                    self.stats.connects += 1;
-                    if self.stats.connects > 1 {
-                        self.stats.reconnects += 1;
-                    }
-                    tracing::info!(
-                        feed = %feed,
-                        endpoint = %redacted(self.protocol.url()),
-                        "Feed connected."
-                    );
-                    let now = Instant::now();
-                    self.ws = Some(ws);
-                    self.ready = false;
-                    self.last_frame = now;
-                    self.last_ping = now;
-                    self.ping_sent = None;
-                    self.protocol.on_open(&mut self.outbox);
-                    self.flush_outbox().await;
-                    if self.ws.is_some() {
-                        return Ok(());
-                    }
-                }
-                Ok(Err(OpenError::Fatal(reason))) => {
-                    return Err(FeedError::Endpoint {
-                        feed,
-                        endpoint: redacted(self.protocol.url()),
-                        reason,
-                    })
-                }
-                Ok(Err(OpenError::Retry(e))) => {
-                    self.stats.failed_attempts += 1;
-                    self.failures += 1;
-                    self.last_error = e;
-                }
-                Err(_) => {
-                    self.stats.failed_attempts += 1;
-                    self.failures += 1;
-                    self.last_error =
-                        format!("no connection within {:?}", self.options.connect_timeout);
-                }
+            Ok(Err(OpenError::Retry(e))) => self.last_error = e,
+            Err(_) => {
+                self.last_error = format!("no connection within {:?}", self.options.connect_timeout)
             }
-            tracing::warn!(
-                feed = %feed,
-                endpoint = %redacted(self.protocol.url()),
-                failures = self.failures,
-                error = %self.last_error,
-                "Feed connection attempt failed."
-            );
         }
+        self.stats.failed_attempts += 1;
+        self.failures += 1;
+        tracing::warn!(
+            feed = %feed,
+            endpoint = %redacted(self.protocol.url()),
+            failures = self.failures,
+            error = %self.last_error,
+            "Feed connection attempt failed."
+        );
+        Ok(())
     }
 }
 

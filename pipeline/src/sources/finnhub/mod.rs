@@ -12,6 +12,8 @@
 //!
 //! A bad trade inside `data` is rejected alone; its neighbours still count.
 
+pub mod stream;
+
 use super::feed::json::{field, field_elements, walk_object, Slots};
 use super::feed::{
     FaultAction, Feed, FeedBatch, FeedCore, FeedCounters, FeedEvent, FeedFault, FrameDecoder,

@@ -16,6 +16,7 @@
 //! VWAP: neither goes into the tick.
 
 pub mod rest;
+pub mod stream;
 
 use std::time::Duration;
 
