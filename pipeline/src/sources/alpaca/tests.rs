@@ -444,3 +444,28 @@ fn rest_trades_pages_and_errors() {
     assert_eq!(ts(&b.ticks), [T0 - 1_000_000 + 123_456]);
     assert!(b.rejects.is_empty());
 }
+
+#[test]
+fn rest_pages_unescape_symbols_and_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let page = br#"{"bars":{"M\u0026M":[{"t":"2025-03-03T14:28:00Z","o":1,"h":2,"l":0.5,"c":1.5,"v":10,"n":1,"vw":1.2}],"AAPL":[]},"next_page_token":null}"#;
+    let mut d = AlpacaHistoryDecoder::new(AlpacaHistory::Bars, Validator::with_now(T0));
+    assert_eq!(d.decode_page(page).unwrap(), None);
+    let b = d.finish();
+    assert_eq!(strs(&b.ticks, col::SYMBOL), ["M&M"]);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+    for round in 0..4000 {
+        let p = if round < page.len() {
+            page[..round].to_vec()
+        } else {
+            let mut p = page.to_vec();
+            for _ in 0..rng.random_range(1..4) {
+                let i = rng.random_range(0..p.len());
+                p[i] = rng.random();
+            }
+            p
+        };
+        let _ = d.decode_page(&p);
+    }
+    d.finish();
+}

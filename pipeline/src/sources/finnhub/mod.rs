@@ -244,4 +244,26 @@ mod tests {
         );
         assert!(b.rejects[3].detail.contains("data"), "{}", b.rejects[3]);
     }
+
+    #[test]
+    fn no_frame_panics() {
+        use rand::{Rng, SeedableRng};
+        let frame = br#"{"type":"trade","data":[{"s":"AAPL","p":189.42,"t":1741012201123,"v":100,"c":["1","12"]},{"s":"MSFT","p":1,"t":1741012201123,"v":1}]}"#;
+        let mut d = decoder();
+        let mut ev = Vec::new();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for cut in 0..frame.len() {
+            d.decode(&frame[..cut], &mut ev);
+        }
+        for _ in 0..3000 {
+            let mut f = frame.to_vec();
+            for _ in 0..rng.random_range(1..4) {
+                let i = rng.random_range(0..f.len());
+                f[i] = rng.random();
+            }
+            d.decode(&f, &mut ev);
+        }
+        d.finish();
+        assert_eq!(d.counters().frames, (frame.len() + 3000) as u64);
+    }
 }

@@ -226,3 +226,39 @@ fn aggregates_pages_follow_next_url() {
         (2, RejectReason::InvalidBar)
     );
 }
+
+#[test]
+fn no_frame_or_page_panics() {
+    use rand::{Rng, SeedableRng};
+    let frame = format!(
+        r#"[{{"ev":"T","sym":"MSFT","x":12,"i":"71675","z":3,"p":412.07,"s":100,"c":[37],"t":1741012201123,"q":1298811}},{},{{"ev":"status","status":"auth_failed","message":"x"}}]"#,
+        am(1_741_012_080_000, 412.0, 10.0)
+    );
+    let page = br#"{"ticker":"MSFT","resultsCount":1,"results":[{"v":1000,"vw":411.9,"o":411.5,"c":412.0,"h":412.5,"l":411.2,"t":1741012080000,"n":20}],"status":"OK","next_url":"https://x/y?cursor=z"}"#;
+    let mut d = decoder();
+    let mut p = PolygonAggsDecoder::new(Validator::with_now(T0));
+    let mut ev = Vec::new();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    for round in 0..4000 {
+        let (f, pg) = if round < frame.len().min(page.len()) {
+            (frame.as_bytes()[..round].to_vec(), page[..round].to_vec())
+        } else {
+            let mut f = frame.as_bytes().to_vec();
+            let mut pg = page.to_vec();
+            for _ in 0..rng.random_range(1..4) {
+                let i = rng.random_range(0..f.len());
+                f[i] = rng.random();
+                let j = rng.random_range(0..pg.len());
+                pg[j] = rng.random();
+            }
+            (f, pg)
+        };
+        d.decode(&f, &mut ev);
+        let _ = p.decode_page(&pg);
+        if round % 97 == 0 {
+            d.finish();
+            p.finish();
+        }
+    }
+    assert_eq!(d.counters().frames, 4000);
+}
