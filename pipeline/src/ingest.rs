@@ -205,7 +205,7 @@ pub async fn ingest_csv(
             let mic = options
                 .exchange
                 .clone()
-                .or_else(|| (source.format() == CsvFormat::NseBhavcopy).then(|| "XNSE".to_owned()));
+                .or_else(|| source.format().is_nse().then(|| "XNSE".to_owned()));
             if let Some(mic) = mic {
                 if let Ok(i) = batch.ticks.schema().index_of(col::SYMBOL) {
                     for sym in batch.ticks.column(i).as_string::<i32>().iter().flatten() {

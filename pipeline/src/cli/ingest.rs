@@ -27,18 +27,20 @@ pub enum IngestCommand {
 Examples:
   stockanomaly ingest csv trades.csv
   stockanomaly ingest csv --format nse-bhavcopy cm01JAN2024bhav.csv
+  stockanomaly ingest csv BhavCopy_NSE_CM_0_0_0_20250303_F_0000.csv.zip
   stockanomaly ingest csv --lake s3://bucket/lake --rejects bad.csv day1.csv day2.csv
 
 Bad rows never stop the run (unless --strict): each is written with its line
 number and reason to <FILE>.rejects.csv (or --rejects), and counted in the
-summary.")]
+summary. A zip archive holding one CSV file (as NSE publishes its
+bhavcopies) is read as that file.")]
     Csv(IngestCsvArgs),
 }
 
 /// `stockanomaly ingest csv`.
 #[derive(Debug, Args)]
 pub struct IngestCsvArgs {
-    /// CSV files to load.
+    /// CSV files to load (or zip archives holding one CSV file each).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
 

@@ -2,9 +2,17 @@
 //!
 //! Every adapter implements [`Source`], so the stages downstream (the lake
 //! writer, the streaming executor) never know which one they read.
+//!
+//! The live feeds ([`alpaca`], [`polygon`], [`finnhub`]) start with their
+//! pure frame decoders, which share [`feed`]'s events, counters and
+//! amendment batches.
 
+pub mod alpaca;
 pub mod csv;
+pub mod feed;
+pub mod finnhub;
 pub mod kafka;
+pub mod polygon;
 pub mod replay;
 pub mod simulate;
 

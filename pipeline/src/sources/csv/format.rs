@@ -26,6 +26,19 @@ pub enum CsvFormat {
     /// NSE's legacy daily equity bhavcopy (`SYMBOL,SERIES,OPEN,...,TIMESTAMP,
     /// TOTALTRADES,ISIN`), each row stamped at the 15:30 Asia/Kolkata close.
     NseBhavcopy,
+    /// NSE's UDiFF common bhavcopy, which replaced the legacy file in July
+    /// 2024 (34 columns: `TradDt,BizDt,Sgmt,Src,FinInstrmTp,FinInstrmId,ISIN,
+    /// TckrSymb,SctySrs,...,OpnPric,HghPric,LwPric,ClsPric,...,TtlTradgVol,...`),
+    /// each row stamped at the 15:30 Asia/Kolkata close of its `TradDt`.
+    NseUdiff,
+}
+
+impl CsvFormat {
+    /// Whether files of this layout list NSE instruments (their symbols are
+    /// recorded as listed on XNSE unless `--exchange` says otherwise).
+    pub fn is_nse(self) -> bool {
+        matches!(self, Self::NseBhavcopy | Self::NseUdiff)
+    }
 }
 
 impl fmt::Display for CsvFormat {
@@ -36,6 +49,7 @@ impl fmt::Display for CsvFormat {
             Self::SeedHistory => "seed-history",
             Self::SeedAnnotated => "seed-annotated",
             Self::NseBhavcopy => "nse-bhavcopy",
+            Self::NseUdiff => "nse-udiff",
         })
     }
 }
@@ -135,6 +149,11 @@ pub(crate) fn detect(origin: &str, first: &[&str]) -> Result<CsvFormat, SourceEr
     if has("symbol") && has("series") && has("tottrdqty") {
         return Ok(CsvFormat::NseBhavcopy);
     }
+    // UDiFF headers are CamelCase ISO 20022-style names; these three are
+    // specific to it (the legacy file says SYMBOL, SERIES, TIMESTAMP).
+    if has("tckrsymb") && has("sctysrs") && has("traddt") {
+        return Ok(CsvFormat::NseUdiff);
+    }
     if has("anomaly") && has("close") && has("symbol") {
         return Ok(CsvFormat::SeedAnnotated);
     }
@@ -151,7 +170,7 @@ pub(crate) fn detect(origin: &str, first: &[&str]) -> Result<CsvFormat, SourceEr
         origin: origin.to_owned(),
         reason: format!(
             "cannot tell the CSV layout from its first line {:?}; pass --format \
-             canonical|seed-history|seed-annotated|nse-bhavcopy (a canonical file needs a header \
+             canonical|seed-history|seed-annotated|nse-bhavcopy|nse-udiff (a canonical file needs a header \
              with ts, symbol, price and volume)",
             first.join(",")
         ),
@@ -218,6 +237,20 @@ pub(crate) fn column_map(
                 need(&["tottrdqty"])?,
             )
         },
+        CsvFormat::NseUdiff => ColumnMap {
+            open: Some(need(&["opnpric"])?),
+            high: Some(need(&["hghpric"])?),
+            low: Some(need(&["lwpric"])?),
+            series: Some(need(&["sctysrs"])?),
+            ..ColumnMap::fixed(
+                true,
+                need(&["traddt"])?,
+                TsFormat::NseDate,
+                need(&["tckrsymb"])?,
+                need(&["clspric"])?,
+                need(&["ttltradgvol"])?,
+            )
+        },
         CsvFormat::Canonical => ColumnMap {
             open: find(&["open"]),
             high: find(&["high"]),
@@ -271,8 +304,32 @@ mod tests {
                 .unwrap(),
             CsvFormat::NseBhavcopy
         );
+        assert_eq!(detect_line(UDIFF_HEADER).unwrap(), CsvFormat::NseUdiff);
         let err = detect_line("a,b,c").unwrap_err().to_string();
         assert!(err.contains("--format"), "{err}");
+    }
+
+    /// The 34 UDiFF columns in order (feeds.md §4).
+    const UDIFF_HEADER: &str =
+        "TradDt,BizDt,Sgmt,Src,FinInstrmTp,FinInstrmId,ISIN,TckrSymb,SctySrs,\
+        XpryDt,FininstrmActlXpryDt,StrkPric,OptnTp,FinInstrmNm,OpnPric,HghPric,LwPric,ClsPric,\
+        LastPric,PrvsClsgPric,UndrlygPric,SttlmPric,OpnIntrst,ChngInOpnIntrst,TtlTradgVol,\
+        TtlTrfVal,TtlNbOfTxsExctd,SsnId,NewBrdLotQty,Rmks,Rsvd1,Rsvd2,Rsvd3,Rsvd4";
+
+    #[test]
+    fn udiff_columns_map_to_the_tick() {
+        let cells: Vec<&str> = UDIFF_HEADER.split(',').collect();
+        assert_eq!(cells.len(), 34);
+        let m = column_map("u.csv", CsvFormat::NseUdiff, &cells).unwrap();
+        assert_eq!((m.ts, m.symbol, m.series), (0, 7, Some(8)));
+        assert_eq!(
+            (m.open, m.high, m.low, m.price),
+            (Some(14), Some(15), Some(16), 17)
+        );
+        assert_eq!(m.volume, 24);
+        assert_eq!(m.ts_format, TsFormat::NseDate);
+        let err = column_map("u.csv", CsvFormat::NseUdiff, &cells[..20]).unwrap_err();
+        assert!(err.to_string().contains("`ttltradgvol`"), "{err}");
     }
 
     #[test]

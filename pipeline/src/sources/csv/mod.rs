@@ -3,9 +3,12 @@
 //!
 //! Layouts are in [`CsvFormat`]. Every record becomes a tick or a [`Reject`]
 //! naming its line and reason; annotated layouts also yield label intervals.
+//! A zip archive holding one CSV file (as NSE publishes its bhavcopies) is
+//! read like the file inside it.
 
 pub(crate) mod format;
 pub(crate) mod parse;
+mod zipped;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -42,6 +45,9 @@ pub struct CsvSource {
     batch_rows: usize,
     rows_read: u64,
     done: bool,
+    /// `(archive bytes, CSV bytes)` of a zipped input, so progress counts
+    /// in the archive's bytes like the total it is measured against.
+    zip_sizes: Option<(u64, u64)>,
 }
 
 impl CsvSource {
@@ -52,7 +58,14 @@ impl CsvSource {
             origin: origin.clone(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
+        let mut file = File::open(path).map_err(io)?;
+        let mut zip_sizes = None;
+        if zipped::is_zip(&mut file).map_err(io)? {
+            let archive_len = file.metadata().map_err(io)?.len();
+            let (csv, csv_len) = zipped::extract_csv(&origin, file)?;
+            file = csv;
+            zip_sizes = Some((archive_len, csv_len.max(1)));
+        }
         let input: Box<dyn Read + Send> = Box::new(BufReader::with_capacity(1 << 20, file));
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
@@ -95,6 +108,7 @@ impl CsvSource {
             batch_rows: DEFAULT_BATCH_ROWS,
             rows_read: 0,
             done: false,
+            zip_sizes,
         })
     }
 
@@ -109,9 +123,16 @@ impl CsvSource {
         self.format
     }
 
-    /// Bytes consumed so far (for progress bars).
+    /// Bytes of the input file consumed so far (for progress bars; for a
+    /// zip archive, the share of the archive's size read).
     pub fn bytes_read(&self) -> u64 {
-        self.reader.position().byte()
+        let csv = self.reader.position().byte();
+        match self.zip_sizes {
+            Some((archive, csv_len)) => {
+                (u128::from(csv) * u128::from(archive) / u128::from(csv_len)) as u64
+            }
+            None => csv,
+        }
     }
 
     /// Data records read so far, good and bad.
