@@ -5,53 +5,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use common::{ok, service_env, TestDb};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-use common::{queries, Key};
-
-/// `scores` rows of `version` that alert, by key → score.
-fn batch_alerts(dir: &Path, lake: &str, version: &str) -> BTreeMap<Key, f64> {
-    common::sql_json(
-        dir,
-        lake,
-        &format!(
-            "SELECT symbol, CAST(ts AS BIGINT) AS ts, seq, score FROM scores \
-             WHERE model_version = '{version}' AND alert"
-        ),
-    )
-    .iter()
-    .map(|v| (common::json_key(v), v["score"].as_f64().unwrap()))
-    .collect()
-}
-
-/// The alerts of `version` in PostgreSQL, by key → score.
-async fn pg_alerts(client: &tokio_postgres::Client, version: &str) -> BTreeMap<Key, f64> {
-    let rows = client
-        .query(
-            "SELECT symbol, (extract(epoch FROM ts) * 1000000)::bigint, seq, score FROM alerts \
-             WHERE model_version = $1",
-            &[&version],
-        )
-        .await
-        .unwrap();
-    rows.iter()
-        .map(|r| {
-            (
-                (
-                    r.get::<_, String>(0),
-                    r.get::<_, i64>(1),
-                    r.get::<_, i32>(2) as u32,
-                ),
-                r.get::<_, f64>(3),
-            )
-        })
-        .collect()
-}
+use common::queries;
 
 /// The keys of every message on an alert topic (each message's JSON `key`
 /// must equal its Kafka key).
@@ -150,7 +110,7 @@ async fn streamed_alerts_equal_batch_scores_and_poison_is_dead_lettered() {
         serde_json::from_slice(&std::fs::read(dir.path().join("m/manifest.json")).unwrap())
             .unwrap();
     let version = manifest["version"].as_str().unwrap().to_owned();
-    let want = batch_alerts(dir.path(), lake, &version);
+    let want = common::batch_alerts(dir.path(), lake, &version);
     assert!(!want.is_empty(), "the model raises alerts on this lake");
 
     let topic = format!(
@@ -226,7 +186,7 @@ async fn streamed_alerts_equal_batch_scores_and_poison_is_dead_lettered() {
     assert!(out.contains("detect:"), "{out}");
 
     let client = db.client().await;
-    let got = pg_alerts(&client, &version).await;
+    let got = common::pg_alerts(&client, &version).await;
     assert_eq!(got.len(), want.len(), "alert count: streamed vs batch");
     assert_eq!(got, want, "streamed alerts differ from `score`'s");
     let rule_alerts: i64 = client
@@ -354,7 +314,7 @@ async fn killed_and_restarted_detectors_write_exactly_the_alerts_once() {
         serde_json::from_slice(&std::fs::read(dir.path().join("m/manifest.json")).unwrap())
             .unwrap();
     let version = manifest["version"].as_str().unwrap().to_owned();
-    let want = batch_alerts(dir.path(), lake, &version);
+    let want = common::batch_alerts(dir.path(), lake, &version);
     assert!(want.len() > 20, "{}", want.len());
     let topic = format!(
         "crash-{}-{}",
@@ -436,7 +396,7 @@ async fn killed_and_restarted_detectors_write_exactly_the_alerts_once() {
     // The last run goes to the end.
     let last: Vec<&str> = args.iter().map(String::as_str).collect();
     ok(dir.path(), &last);
-    let got = pg_alerts(&client, &version).await;
+    let got = common::pg_alerts(&client, &version).await;
     assert_eq!(
         got, want,
         "after kills and restarts, the alerts differ from score's"

@@ -19,45 +19,6 @@ use common::{ok, queries, service_env, Key, TestDb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// `scores` rows of `version` that alert, by key → score.
-fn batch_alerts(dir: &Path, lake: &str, version: &str) -> BTreeMap<Key, f64> {
-    common::sql_json(
-        dir,
-        lake,
-        &format!(
-            "SELECT symbol, CAST(ts AS BIGINT) AS ts, seq, score FROM scores \
-             WHERE model_version = '{version}' AND alert"
-        ),
-    )
-    .iter()
-    .map(|v| (common::json_key(v), v["score"].as_f64().unwrap()))
-    .collect()
-}
-
-/// The alerts of `version` in PostgreSQL, by key → score.
-async fn pg_alerts(client: &tokio_postgres::Client, version: &str) -> BTreeMap<Key, f64> {
-    client
-        .query(
-            "SELECT symbol, (extract(epoch FROM ts) * 1000000)::bigint, seq, score FROM alerts \
-             WHERE model_version = $1",
-            &[&version],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                (
-                    r.get::<_, String>(0),
-                    r.get::<_, i64>(1),
-                    r.get::<_, i32>(2) as u32,
-                ),
-                r.get::<_, f64>(3),
-            )
-        })
-        .collect()
-}
-
 /// A lake of `symbols` symbols over three days, backfilled, with a model
 /// trained on it and scored by `score`: returns (lake, model version, the
 /// batch alerts).
@@ -92,7 +53,7 @@ fn scored_lake(
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("m/manifest.json")).unwrap()).unwrap();
     let version = manifest["version"].as_str().unwrap().to_owned();
-    let want = batch_alerts(dir, &lake, &version);
+    let want = common::batch_alerts(dir, &lake, &version);
     assert!(want.len() > 20, "{} alerts", want.len());
     (lake, version, want)
 }
@@ -377,7 +338,7 @@ async fn two_detectors_in_a_group_write_the_alerts_of_one_across_a_rebalance() {
         "A saw the group change:\n{a_out}"
     );
 
-    let got = pg_alerts(&client, &version).await;
+    let got = common::pg_alerts(&client, &version).await;
     assert_same(&got, &want, "two members vs batch");
     let stats = count(
         &client,
@@ -528,7 +489,7 @@ async fn a_postgres_outage_mid_stream_loses_nothing_and_commits_nothing_early() 
         stderr.contains("PostgreSQL unavailable"),
         "the outage was noticed and retried:\n{stderr}"
     );
-    let got = pg_alerts(&client, &version).await;
+    let got = common::pg_alerts(&client, &version).await;
     if got != want {
         eprintln!("{}", log(dir.path(), "d"));
     }

@@ -2,6 +2,7 @@
 //! read the services the test command started.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -292,4 +293,43 @@ pub fn json_key(v: &serde_json::Value) -> Key {
         v["ts"].as_i64().unwrap(),
         v["seq"].as_u64().unwrap() as u32,
     )
+}
+
+/// `scores` rows of `version` that alert, by key → score.
+pub fn batch_alerts(dir: &Path, lake: &str, version: &str) -> BTreeMap<Key, f64> {
+    sql_json(
+        dir,
+        lake,
+        &format!(
+            "SELECT symbol, CAST(ts AS BIGINT) AS ts, seq, score FROM scores \
+             WHERE model_version = '{version}' AND alert"
+        ),
+    )
+    .iter()
+    .map(|v| (json_key(v), v["score"].as_f64().unwrap()))
+    .collect()
+}
+
+/// The alerts of `version` in PostgreSQL, by key → score.
+pub async fn pg_alerts(client: &tokio_postgres::Client, version: &str) -> BTreeMap<Key, f64> {
+    let rows = client
+        .query(
+            "SELECT symbol, (extract(epoch FROM ts) * 1000000)::bigint, seq, score FROM alerts \
+             WHERE model_version = $1",
+            &[&version],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| {
+            (
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, i64>(1),
+                    r.get::<_, i32>(2) as u32,
+                ),
+                r.get::<_, f64>(3),
+            )
+        })
+        .collect()
 }

@@ -28,7 +28,8 @@ pub(crate) enum Scalar<'a> {
 }
 
 impl Scalar<'_> {
-    fn describe(&self) -> String {
+    /// The value in words, for a rejection's detail.
+    pub(crate) fn describe(&self) -> String {
         match self {
             Self::Null => "null".into(),
             Self::Bool(b) => format!("{b}"),
