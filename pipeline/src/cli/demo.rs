@@ -243,11 +243,14 @@ async fn stream_test_day(
     query_to(
         &ctx,
         &format!(
-            "WITH a AS (SELECT a.symbol, a.ts, a.seq, min(l.kind) AS kind FROM alerts a \
+            // False alarms are told apart by the decoy they fell in, if any.
+            "WITH a AS (SELECT a.symbol, a.ts, a.seq, min(l.kind) AS kind, min(d.kind) AS decoy \
+               FROM alerts a \
                LEFT JOIN labels l ON a.symbol = l.symbol AND a.ts BETWEEN l.start_ts AND l.end_ts \
+               LEFT JOIN decoys d ON a.symbol = d.symbol AND a.ts BETWEEN d.start_ts AND d.end_ts \
                WHERE a.model_version = '{version}' GROUP BY a.symbol, a.ts, a.seq) \
-             SELECT coalesce(kind, '(no label: false alarm)') AS kind, count(*) AS alerts \
-             FROM a GROUP BY 1 ORDER BY 1"
+             SELECT coalesce(kind, '(no label: ' || decoy || ' decoy)', '(no label: false alarm)') AS kind, \
+             count(*) AS alerts FROM a GROUP BY 1 ORDER BY 1"
         ),
         SqlFormat::Table,
         stdout(),
