@@ -751,9 +751,10 @@ impl Decoys {
             .column_by_name(col::TS)
             .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
             .map_or(&[][..], |a| a.values().as_ref());
-        let mut order: Vec<usize> = (0..self.len).collect();
+        let mut order = [0, 1, 2];
+        let order = &mut order[..self.len];
         order.sort_by_key(|&i| self.windows[i]);
-        for i in order {
+        for &i in order.iter() {
             let (Some(kind), (start, end)) = (self.kinds[i], self.windows[i]) else {
                 continue;
             };
