@@ -1724,4 +1724,48 @@ mod tests {
         );
         assert!(big > 5.0 * small, "spikes {small}..{big}");
     }
+
+    #[test]
+    fn basic_market_is_the_simulator_before_realism_bit_for_bit() {
+        // Pinned from the simulator before the realistic market was added
+        // (commit 78fa808 writes the same lake files as `--realism basic`):
+        // a change here changes every basic lake and its demo numbers.
+        let mut h = 0xcbf2_9ce4_8422_2325_u64;
+        let mut eat = |x: u64| {
+            for b in x.to_le_bytes() {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for kind in [SimKind::Trades, SimKind::Bars] {
+            let sim = Simulator::new(SimConfig {
+                realism: Realism::Basic,
+                decoys_per_symbol_day: 3.0,
+                symbols: 4,
+                days: 2,
+                trades_per_day: 500.0,
+                events_per_symbol_day: 2.0,
+                kind,
+                ..SimConfig::default()
+            });
+            let day = sim.simulate_day(1);
+            let t = &day.ticks;
+            for c in [col::PRICE, col::VOLUME, col::BID, col::ASK, col::HIGH] {
+                let a = f64s(t, c);
+                (0..a.len()).for_each(|i| {
+                    eat(if a.is_null(i) {
+                        1
+                    } else {
+                        a.value(i).to_bits()
+                    })
+                });
+            }
+            let ts = times(t, col::TS);
+            (0..ts.len()).for_each(|i| eat(ts.value(i) as u64));
+            for c in [lcol::START_TS, lcol::END_TS] {
+                let a = times(&day.labels, c);
+                (0..a.len()).for_each(|i| eat(a.value(i) as u64));
+            }
+        }
+        assert_eq!(h, 0xf238_03b5_13dd_fa0f, "basic output fingerprint {h:#x}");
+    }
 }
