@@ -6,7 +6,7 @@ use clap::Args;
 use std::path::Path;
 
 use super::output::count_bar;
-use super::simulate::{print_summary, simulate_to_lake, SimulateArgs};
+use super::simulate::{print_summary, simulate_to_lake, RealismArgs, SimulateArgs};
 use super::sql::{query_to, SqlFormat};
 use super::train::{baseline_rules, classify, print_baselines, print_split_metrics};
 use super::{open_lake, UsageError};
@@ -43,6 +43,10 @@ pub struct DemoArgs {
     /// Random seed.
     #[arg(long, env = "STOCKANOMALY_DEMO_SEED", default_value_t = 42)]
     pub seed: u64,
+
+    /// The simulated market's realism (as for `simulate`).
+    #[command(flatten)]
+    pub realism: RealismArgs,
 }
 
 pub(crate) async fn run(lake: &str, args: DemoArgs) -> anyhow::Result<()> {
@@ -56,6 +60,7 @@ pub(crate) async fn run(lake: &str, args: DemoArgs) -> anyhow::Result<()> {
         start: chrono::NaiveDate::from_ymd_opt(2024, 1, 2).unwrap_or_default(),
         trades_per_day: args.trades_per_day,
         events_per_symbol_day: args.events_per_symbol_day,
+        realism: args.realism.clone(),
         csv: None,
     };
     let sim = Simulator::new(sim_args.config());
@@ -240,11 +245,14 @@ async fn stream_test_day(
     query_to(
         &ctx,
         &format!(
-            "WITH a AS (SELECT a.symbol, a.ts, a.seq, min(l.kind) AS kind FROM alerts a \
+            // False alarms are told apart by the decoy they fell in, if any.
+            "WITH a AS (SELECT a.symbol, a.ts, a.seq, min(l.kind) AS kind, min(d.kind) AS decoy \
+               FROM alerts a \
                LEFT JOIN labels l ON a.symbol = l.symbol AND a.ts BETWEEN l.start_ts AND l.end_ts \
+               LEFT JOIN decoys d ON a.symbol = d.symbol AND a.ts BETWEEN d.start_ts AND d.end_ts \
                WHERE a.model_version = '{version}' GROUP BY a.symbol, a.ts, a.seq) \
-             SELECT coalesce(kind, '(no label: false alarm)') AS kind, count(*) AS alerts \
-             FROM a GROUP BY 1 ORDER BY 1"
+             SELECT coalesce(kind, '(no label: ' || decoy || ' decoy)', '(no label: false alarm)') AS kind, \
+             count(*) AS alerts FROM a GROUP BY 1 ORDER BY 1"
         ),
         SqlFormat::Table,
         stdout(),

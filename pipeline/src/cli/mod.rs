@@ -30,7 +30,7 @@ pub use features::{FeaturesArgs, FeaturesCommand};
 pub use ingest::{IngestArgs, IngestCommand, IngestCsvArgs};
 pub use produce::ProduceArgs;
 pub use score::ScoreArgs;
-pub use simulate::SimulateArgs;
+pub use simulate::{RealismArgs, SimulateArgs};
 pub use sql::{SqlArgs, SqlFormat};
 pub use train::{EvaluateArgs, TrainArgs};
 

@@ -108,6 +108,10 @@ pub struct ProduceArgs {
     #[arg(long, env = "STOCKANOMALY_SIM_EVENTS", default_value_t = 0.5)]
     pub events_per_symbol_day: f64,
 
+    /// The simulated market's realism (as for `simulate`).
+    #[command(flatten)]
+    pub realism: super::simulate::RealismArgs,
+
     /// Publish at most this many messages per second (default: as fast as
     /// possible).
     #[arg(
@@ -334,7 +338,7 @@ async fn produce_lake(
 }
 
 async fn produce_simulated(args: &ProduceArgs, out: &mut Output) -> anyhow::Result<()> {
-    let sim = Simulator::new(SimConfig {
+    let sim = Simulator::new(args.realism.apply(SimConfig {
         symbols: args.symbols,
         days: args.days,
         kind: SimKind::Trades,
@@ -342,7 +346,8 @@ async fn produce_simulated(args: &ProduceArgs, out: &mut Output) -> anyhow::Resu
         start: args.start,
         trades_per_day: args.trades_per_day,
         events_per_symbol_day: args.events_per_symbol_day,
-    });
+        ..SimConfig::default()
+    }));
     for day in 0..sim.trading_days().len() {
         let sim_day = sim.simulate_day(day);
         out.rejected(&sim_day.rejects);

@@ -54,6 +54,17 @@ impl TableSpec {
         }
     }
 
+    /// The `decoys` table: normal events that look like manipulation (news,
+    /// market shocks, index rebalances), written by `simulate` in the
+    /// `labels` schema so that false alarms can be told apart by cause.
+    /// Never used for training.
+    pub fn decoys() -> Self {
+        Self {
+            name: "decoys".into(),
+            ..Self::labels()
+        }
+    }
+
     /// The `symbols` reference table (exchange, time zone, session per
     /// symbol), partitioned by the date each row became valid.
     pub fn symbols() -> Self {
@@ -105,6 +116,7 @@ impl TableSpec {
         vec![
             Self::ticks(),
             Self::labels(),
+            Self::decoys(),
             Self::symbols(),
             Self::scores(),
             Self::alerts(),

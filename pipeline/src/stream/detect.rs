@@ -304,7 +304,17 @@ pub async fn detect(
                 _ = stopped(&mut stop_rx) => { stop = true; break; }
             };
             let Ok(msg) = msg else { break };
-            let msg = msg.map_err(kafka("receiving"))?;
+            let msg = match msg {
+                Ok(m) => m,
+                // The topic not created yet, a partition leader moving: the
+                // consumer recovers by itself, so wait rather than exit.
+                Err(rdkafka::error::KafkaError::MessageConsumption(code)) => {
+                    tracing::warn!(error = %code, topic = %options.topic, "Kafka consumption error; retrying.");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                Err(e) => return Err(kafka("receiving")(e)),
+            };
             summary.messages += 1;
             let (p, o) = (msg.partition(), msg.offset());
             let phase = match phases.get(&p) {

@@ -166,6 +166,9 @@ pub(crate) struct Event {
     jitter: f64,
     /// First and last altered tick.
     span: Option<(i64, i64)>,
+    /// The size in units of the symbol's current volatility over the
+    /// event's horizon, once [`resize`](Self::resize)d (realistic market).
+    pub sigmas: Option<f64>,
 }
 
 impl Event {
@@ -194,6 +197,7 @@ impl Event {
             pinned: None,
             jitter: rng.random_range(0.0..0.999),
             span: None,
+            sigmas: None,
         };
         let dur = match kind {
             PriceSpike => {
@@ -258,7 +262,41 @@ impl Event {
 
     /// Whether `self` and `other`, widened by the gap, intersect.
     fn overlaps(&self, other: &Event) -> bool {
-        self.start_s < other.end_s + EDGE_S && other.start_s < self.end_s + EDGE_S
+        self.overlaps_window((other.start_s, other.end_s))
+    }
+
+    /// Whether `[start, end)`, widened by the gap, meets the event.
+    fn overlaps_window(&self, (start, end): (u32, u32)) -> bool {
+        self.start_s < end + EDGE_S && start < self.end_s + EDGE_S
+    }
+
+    /// The horizon, in seconds, over which the event's price move builds:
+    /// what its size is measured against.
+    fn horizon_s(&self) -> u32 {
+        match self.kind {
+            EventKind::PumpAndDump => self.ramp_s,
+            EventKind::PriceSpike => 60,
+            _ => self.end_s - self.start_s,
+        }
+    }
+
+    /// Sizes the price move at `sigmas` × the volatility of the symbol's
+    /// returns over the event's horizon, given `sigma_minute`, the standard
+    /// deviation of a one-minute return where the event starts. Kinds that
+    /// do not move the price keep their multiples.
+    ///
+    /// Fixed percentages are obvious on a calm large cap and invisible on a
+    /// wild small cap; sizing by current volatility spreads every kind from
+    /// barely visible to obvious on any symbol, in any regime.
+    pub fn resize(&mut self, sigmas: f64, sigma_minute: f64) {
+        let horizon_min = (f64::from(self.horizon_s()) / 60.0).max(1.0);
+        let size = sigmas * sigma_minute * horizon_min.sqrt();
+        match self.kind {
+            EventKind::PriceSpike | EventKind::Spoofing => self.magnitude = size,
+            EventKind::PumpAndDump | EventKind::MarkingClose => self.magnitude = size.ln_1p(),
+            _ => return,
+        }
+        self.sigmas = Some(sigmas);
     }
 
     /// Whether `t` (seconds since the open) is inside the window.
@@ -431,7 +469,10 @@ pub(crate) fn cents(price: f64) -> f64 {
 ///
 /// The count is Poisson with mean `mean` (capped), each kind uniform among
 /// `kinds`. An event that finds no free slot in a few tries is dropped (a
-/// second marking-the-close, a day already crowded).
+/// second marking-the-close, a day already crowded). Events also keep clear
+/// of the `reserved` windows (decoys), so that a tick is never both labelled
+/// and a decoy's.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn schedule(
     rng: &mut ChaCha8Rng,
     mean: f64,
@@ -439,6 +480,7 @@ pub(crate) fn schedule(
     session_s: u32,
     bars: bool,
     trade_lots: f64,
+    reserved: &[(u32, u32)],
     out: &mut Vec<Event>,
 ) {
     out.clear();
@@ -470,7 +512,9 @@ pub(crate) fn schedule(
                 }
             };
             e.place(start);
-            if !out.iter().any(|o| o.overlaps(&e)) {
+            if !out.iter().any(|o| o.overlaps(&e))
+                && !reserved.iter().any(|&w| e.overlaps_window(w))
+            {
                 out.push(e);
                 break;
             }

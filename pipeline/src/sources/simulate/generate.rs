@@ -17,7 +17,7 @@ const MULTI_FILL_PROB: f64 = 0.04;
 /// persists (metaorders are split over many trades).
 const SAME_SIDE_PROB: f64 = 0.6;
 /// Lognormal σ of trade sizes in lots.
-const TRADE_SIZE_SIGMA: f64 = 0.9;
+pub(crate) const TRADE_SIZE_SIGMA: f64 = 0.9;
 /// Displayed sizes follow an AR(1) in log space, updated at each trade, so
 /// depth drifts rather than jumps.
 const QUOTE_PERSISTENCE: f64 = 0.9;
@@ -43,6 +43,11 @@ pub(crate) struct Day<'a> {
     pub path: &'a [f64],
     /// Trade rate per step in trades per second, events included.
     pub rate: &'a [f64],
+    /// Trade-size multiple per step (heavy trading after news), mean about 1.
+    pub size: &'a [f64],
+    /// Shares crossed in the closing auction, printed as one trade just
+    /// before the close (`None`: no auction, the basic market).
+    pub auction: Option<f64>,
 }
 
 /// Where generated ticks go.
@@ -105,8 +110,70 @@ impl Arrivals {
     }
 }
 
+/// The quoted book: displayed sizes drift from trade to trade.
+struct Book {
+    quote_mu: f64,
+    q_bid: f64,
+    q_ask: f64,
+}
+
+/// The best bid and ask and their sizes at one trade.
+struct Quote {
+    bid: f64,
+    ask: f64,
+    bid_size: f64,
+    ask_size: f64,
+}
+
+impl Book {
+    fn new(spec: &SymbolSpec) -> Self {
+        let quote_mu = spec.quote_lots.ln();
+        Self {
+            quote_mu,
+            q_bid: quote_mu,
+            q_ask: quote_mu,
+        }
+    }
+
+    /// The quote around `fair` (moved by the event's offset): whole cents,
+    /// at least one tick wide, `widen` times the usual spread.
+    fn quote(
+        &mut self,
+        rng: &mut ChaCha8Rng,
+        spec: &SymbolSpec,
+        widen: f64,
+        fair: f64,
+        fx: &Effect,
+    ) -> Quote {
+        let lot = spec.lot_size;
+        let mid_c = fair * fx.offset.exp() * 100.0;
+        let mut spread_c = (mid_c * spec.spread_bps * 1e-4 * widen).round().max(1.0);
+        if rng.random_bool(WIDE_SPREAD_PROB) {
+            spread_c += 1.0;
+        }
+        let bid_c = (mid_c - spread_c / 2.0).floor().max(1.0);
+        let (bid, ask) = (bid_c / 100.0, (bid_c + spread_c) / 100.0);
+        let mu = self.quote_mu;
+        self.q_bid = mu + QUOTE_PERSISTENCE * (self.q_bid - mu) + QUOTE_SHOCK * normal(rng);
+        self.q_ask = mu + QUOTE_PERSISTENCE * (self.q_ask - mu) + QUOTE_SHOCK * normal(rng);
+        let mut bid_size = self.q_bid.exp().round().max(1.0) * lot * fx.bid_size_mult;
+        let mut ask_size = self.q_ask.exp().round().max(1.0) * lot * fx.ask_size_mult;
+        if fx.tiny {
+            bid_size = (bid_size * rng.random_range(0.05..1.0)).round().max(1.0);
+            ask_size = (ask_size * rng.random_range(0.05..1.0)).round().max(1.0);
+        }
+        Quote {
+            bid,
+            ask,
+            bid_size,
+            ask_size,
+        }
+    }
+}
+
 /// Trades with the quote at each: Poisson orders, plus each event's own
-/// order, priced at the bid or ask around the latent mid.
+/// order, priced at the bid or ask around the latent mid, then the closing
+/// auction if the day has one.
 pub(crate) fn trades(day: &Day<'_>, rng: &mut ChaCha8Rng, events: &mut [Event], out: &mut Out<'_>) {
     let spec = day.spec;
     let step = f64::from(day.shape.step_s);
@@ -115,14 +182,18 @@ pub(crate) fn trades(day: &Day<'_>, rng: &mut ChaCha8Rng, events: &mut [Event], 
     };
     let lot = spec.lot_size;
     let size_mu = spec.trade_lots.ln();
-    let quote_mu = spec.quote_lots.ln();
     // Odd lots: up to a tenth of a lot, or a few shares where lots are one.
     let odd_lot_max = (lot / 10.0).max(5.0) as u32;
-    let (mut q_bid, mut q_ask) = (quote_mu, quote_mu);
+    let mut book = Book::new(spec);
     let mut buying = rng.random_bool(0.5);
     let mut arrivals = Arrivals::default();
     let mut next = arrivals.next(rng, day.rate, step);
     let (mut anchor, mut cursor, mut last_ts) = (0, 0, i64::MIN);
+    // The auction owns the session's last microsecond.
+    let continuous_end = match day.auction {
+        Some(_) => day.close_us - 1,
+        None => day.close_us,
+    };
     loop {
         let due = events.get(anchor).map(|e| e.anchor_s);
         let (t, own) = match (next, due) {
@@ -143,7 +214,7 @@ pub(crate) fn trades(day: &Day<'_>, rng: &mut ChaCha8Rng, events: &mut [Event], 
         // Orders get distinct timestamps, so that only an order's own fills
         // share one and a one-tick event owns its timestamp.
         let ts = (day.open_us + (t * 1e6) as i64).max(last_ts.saturating_add(1));
-        if ts >= day.close_us {
+        if ts >= continuous_end {
             break;
         }
         last_ts = ts;
@@ -159,25 +230,7 @@ pub(crate) fn trades(day: &Day<'_>, rng: &mut ChaCha8Rng, events: &mut [Event], 
             Some(e) => e.trade_effect(t, own, fair),
             None => Effect::NONE,
         };
-
-        // Quote: whole cents, at least one tick wide, wider at the open.
-        let mid_c = fair * fx.offset.exp() * 100.0;
-        let mut spread_c = (mid_c * spec.spread_bps * 1e-4 * day.shape.widen[s])
-            .round()
-            .max(1.0);
-        if rng.random_bool(WIDE_SPREAD_PROB) {
-            spread_c += 1.0;
-        }
-        let bid_c = (mid_c - spread_c / 2.0).floor().max(1.0);
-        let (bid, ask) = (bid_c / 100.0, (bid_c + spread_c) / 100.0);
-        q_bid = quote_mu + QUOTE_PERSISTENCE * (q_bid - quote_mu) + QUOTE_SHOCK * normal(rng);
-        q_ask = quote_mu + QUOTE_PERSISTENCE * (q_ask - quote_mu) + QUOTE_SHOCK * normal(rng);
-        let mut bid_size = q_bid.exp().round().max(1.0) * lot * fx.bid_size_mult;
-        let mut ask_size = q_ask.exp().round().max(1.0) * lot * fx.ask_size_mult;
-        if fx.tiny {
-            bid_size = (bid_size * rng.random_range(0.05..1.0)).round().max(1.0);
-            ask_size = (ask_size * rng.random_range(0.05..1.0)).round().max(1.0);
-        }
+        let q = book.quote(rng, spec, day.shape.widen[s], fair, &fx);
 
         let p_buy = fx.buy_prob.unwrap_or(if buying {
             SAME_SIDE_PROB
@@ -185,7 +238,7 @@ pub(crate) fn trades(day: &Day<'_>, rng: &mut ChaCha8Rng, events: &mut [Event], 
             1.0 - SAME_SIDE_PROB
         });
         buying = rng.random_bool(p_buy.clamp(0.0, 1.0));
-        let price = fx.price.unwrap_or(if buying { ask } else { bid });
+        let price = fx.price.unwrap_or(if buying { q.ask } else { q.bid });
         let fills = if !fx.single_fill && rng.random_bool(MULTI_FILL_PROB) {
             rng.random_range(2..=4)
         } else {
@@ -197,7 +250,11 @@ pub(crate) fn trades(day: &Day<'_>, rng: &mut ChaCha8Rng, events: &mut [Event], 
             } else {
                 let lots = match fx.lots {
                     Some(l) if rng.random_bool(WASH_REPEAT_PROB) => l,
-                    _ => (size_mu + TRADE_SIZE_SIGMA * normal(rng)).exp() * fx.size_mult,
+                    _ => {
+                        (size_mu + TRADE_SIZE_SIGMA * normal(rng)).exp()
+                            * fx.size_mult
+                            * day.size[s]
+                    }
                 };
                 lots.round().max(1.0) * lot
             };
@@ -209,15 +266,67 @@ pub(crate) fn trades(day: &Day<'_>, rng: &mut ChaCha8Rng, events: &mut [Event], 
                 open: None,
                 high: None,
                 low: None,
-                bid: Some(bid),
-                ask: Some(ask),
-                bid_size: Some(bid_size),
-                ask_size: Some(ask_size),
+                bid: Some(q.bid),
+                ask: Some(q.ask),
+                bid_size: Some(q.bid_size),
+                ask_size: Some(q.ask_size),
             });
         }
         if let Some(e) = event.filter(|_| fx.altered) {
             e.mark(ts);
         }
+    }
+    if let Some(shares) = day.auction {
+        auction(day, rng, events, cursor, &mut book, shares, out);
+    }
+}
+
+/// The closing auction: one print of `shares` at the closing mid, stamped
+/// at the session's last microsecond. An event still running (marking the
+/// close) moves it and owns it, as a real marking order would.
+fn auction(
+    day: &Day<'_>,
+    rng: &mut ChaCha8Rng,
+    events: &mut [Event],
+    mut cursor: usize,
+    book: &mut Book,
+    shares: f64,
+    out: &mut Out<'_>,
+) {
+    let spec = day.spec;
+    let ts = day.close_us - 1;
+    let t = (ts - day.open_us) as f64 / 1e6;
+    while events.get(cursor).is_some_and(|e| f64::from(e.end_s) <= t) {
+        cursor += 1;
+    }
+    let close = day.path.last().copied().unwrap_or(0.0);
+    let fair = day.open_price * close.exp();
+    let mut event = events.get_mut(cursor).filter(|e| e.contains(t));
+    let fx = match event.as_deref_mut() {
+        Some(e) => e.trade_effect(t, false, fair),
+        None => Effect::NONE,
+    };
+    let widen = day.shape.widen.last().copied().unwrap_or(1.0);
+    let q = book.quote(rng, spec, widen, fair, &fx);
+    // The auction crosses at the mid, give or take a tick.
+    let mid = (q.bid + q.ask) / 2.0;
+    let price = cents(mid + 0.01 * f64::from(rng.random_range(-1i8..=1)));
+    let volume = (shares * fx.size_mult / spec.lot_size).round().max(1.0) * spec.lot_size;
+    out.push(&TickRecord {
+        ts_us: ts,
+        symbol: &spec.symbol,
+        price,
+        volume,
+        open: None,
+        high: None,
+        low: None,
+        bid: Some(q.bid),
+        ask: Some(q.ask),
+        bid_size: Some(q.bid_size),
+        ask_size: Some(q.ask_size),
+    });
+    if let Some(e) = event.filter(|_| fx.altered) {
+        e.mark(ts);
     }
 }
 
@@ -265,15 +374,21 @@ pub(crate) fn bars(day: &Day<'_>, rng: &mut ChaCha8Rng, events: &mut [Event], ou
 
         let lambda = day.rate[first..first + per_bar].iter().sum::<f64>() * step;
         let trades = Poisson::new(lambda).map_or(0.0, |p| p.sample(rng));
-        let volume = if trades > 0.0 {
-            let size_mult = event.map_or(1.0, |e| e.size_mult(t0 + 30.0));
+        let size_mult = event.map_or(1.0, |e| e.size_mult(t0 + 30.0));
+        let mut volume = if trades > 0.0 {
+            let steps = &day.size[first..first + per_bar];
+            let size = steps.iter().sum::<f64>() / per_bar as f64;
             // Sum of `trades` lognormal sizes, approximated by its mean with
             // a little noise: bars need the total, not each trade.
-            let lots = trades * mean_lots * size_mult * (0.3 * normal(rng) - 0.045).exp();
+            let lots = trades * mean_lots * size_mult * (0.3 * normal(rng) - 0.045).exp() * size;
             lots.round().max(trades) * spec.lot_size
         } else {
             0.0
         };
+        // The last bar holds the closing auction.
+        if let Some(shares) = day.auction.filter(|_| m + 1 == bars) {
+            volume += (shares * size_mult / spec.lot_size).round().max(1.0) * spec.lot_size;
+        }
         let ts = day.open_us + m as i64 * 60_000_000;
         out.push(&TickRecord {
             ts_us: ts,

@@ -12,6 +12,12 @@
 //! - intraday paths use a [`ChaCha8Rng`] stream seeded the same way, and are
 //!   pinned (a variance-weighted bridge) to end on the hashed daily return, so
 //!   tomorrow's open continues today's close plus an overnight gap.
+//!
+//! The realistic market ([`Params::market`]) adds, still keyed by day: a
+//! market-wide volatility regime that persists from day to day (an AR(1) in
+//! log volatility, walked from day 0, so it costs `O(day)` hashes like the
+//! open), and jumps that are part of a day's return (market shocks per venue,
+//! company news per symbol), so that a jump never reverts overnight.
 
 use std::collections::HashSet;
 use std::f64::consts::TAU;
@@ -31,11 +37,18 @@ const TAG_MARKET_PATH: u64 = 4;
 pub(crate) const TAG_PATH: u64 = 5;
 pub(crate) const TAG_EVENTS: u64 = 6;
 pub(crate) const TAG_TICKS: u64 = 7;
+const TAG_REGIME: u64 = 8;
+const TAG_BETA: u64 = 9;
+pub(crate) const TAG_SIZES: u64 = 10;
+const TAG_SHOCK: u64 = 11;
+const TAG_NEWS: u64 = 12;
+const TAG_CLOSE: u64 = 13;
 
 /// Trading days per year, to turn annualised volatility into daily.
 const TRADING_DAYS_PER_YEAR: f64 = 252.0;
-/// Annualised volatility of each venue's market factor (a broad index).
-const MARKET_VOL: f64 = 0.16;
+/// Annualised volatility of each venue's market factor (a broad index), the
+/// default of [`Params::market_vol`].
+pub(crate) const MARKET_VOL: f64 = 0.16;
 /// Share of a day's variance that falls between one close and the next open;
 /// about a fifth for large caps.
 const OVERNIGHT_SHARE: f64 = 0.2;
@@ -50,6 +63,230 @@ const NSE_SHARE: f64 = 0.2;
 /// Largest move, in standard deviations, a single step may take. Student-t
 /// draws are unbounded; this keeps one freak draw from overflowing `exp`.
 const MAX_SHOCK: f64 = 15.0;
+
+// The realistic market. Figures are rough stylised facts of US equities, not
+// fitted: what matters is that each effect is large enough to fool a detector
+// that compares a symbol only with its own recent past.
+
+/// Day-to-day autocorrelation of the log volatility regime: calm and
+/// turbulent spells last a week or two, as in GARCH fits of daily index
+/// returns.
+const REGIME_PERSISTENCE: f64 = 0.85;
+/// Stationary standard deviation of the log regime: a turbulent day has
+/// about twice the volatility of a calm one.
+const REGIME_SD: f64 = 0.35;
+/// The market factor's own day-level noise around the regime.
+const MARKET_VOL_JITTER: f64 = 0.05;
+/// Each symbol's day-level noise around the regime.
+const SYMBOL_VOL_JITTER: f64 = 0.15;
+/// Betas are uniform in this range (one symbol's beta, not the market's).
+const BETA_RANGE: (f64, f64) = (0.5, 1.5);
+/// Jumps keep this far (seconds) from the open and the close.
+const JUMP_EDGE_S: u32 = 600;
+/// A market shock moves the factor by this many of its daily standard
+/// deviations (1-3%: a surprise rate decision, a geopolitical headline).
+const SHOCK_SIGMAS: (f64, f64) = (1.0, 2.5);
+/// Decay time (seconds) of the busier trading after a shock, and the trade
+/// rate multiple right after it.
+const SHOCK_DECAY_S: (f64, f64) = (180.0, 600.0);
+const SHOCK_RATE: (f64, f64) = (2.0, 4.0);
+/// Company news moves the symbol by this many of its daily standard
+/// deviations (earnings, an upgrade, a contract: 2-8% on a typical name).
+const NEWS_SIGMAS: (f64, f64) = (1.0, 3.0);
+/// Decay time of news volume (seconds) and its starting multiple: news
+/// trades heavily for tens of minutes, fading.
+const NEWS_DECAY_S: (f64, f64) = (600.0, 1800.0);
+const NEWS_RATE: (f64, f64) = (4.0, 10.0);
+/// A jump's window (busier trading, recorded as a decoy) lasts this many
+/// decay times.
+const JUMP_WINDOW_DECAYS: f64 = 3.0;
+/// Extra volatility right after a jump, as a multiple, decaying with it.
+pub(crate) const JUMP_VOL: f64 = 1.0;
+/// The closing auction prints this share of an average day's volume (US
+/// closing auctions are 5-10% of the day).
+const CLOSE_SHARE: (f64, f64) = (0.03, 0.08);
+/// An index rebalance multiplies the closing auction by this much.
+const REBALANCE_MULT: (f64, f64) = (5.0, 15.0);
+
+/// How a day's market is drawn: the configuration's part that the daily
+/// draws depend on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Params {
+    /// Random seed.
+    pub seed: u64,
+    /// The realistic market: regimes, shocks, news, auctions, drawn betas.
+    pub market: bool,
+    /// Annualised volatility of the market factor.
+    pub market_vol: f64,
+    /// Mean unlabelled decoys per symbol-day, a third of each kind (market
+    /// mode only).
+    pub decoy_rate: f64,
+}
+
+impl Params {
+    /// Probability of each decoy kind on one symbol-day (or venue-day).
+    fn decoy_p(&self) -> f64 {
+        if self.market && self.decoy_rate > 0.0 {
+            (self.decoy_rate / 3.0).min(1.0)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// A permanent jump inside a day: a market shock or company news.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Jump {
+    /// When it happens, seconds since the open.
+    pub at_s: u32,
+    /// The log-price move (for a shock, of the market factor).
+    pub size: f64,
+    /// Time constant (seconds) of the heavier trading and volatility after.
+    pub decay_s: f64,
+    /// Trade-rate multiple right after the jump, decaying to 1.
+    pub rate: f64,
+}
+
+impl Jump {
+    /// How much of the jump's aftermath is left at `t` (1 at the jump, 0
+    /// before it).
+    pub fn excess(&self, t: f64) -> f64 {
+        let since = t - f64::from(self.at_s);
+        if since < 0.0 {
+            0.0
+        } else {
+            (-since / self.decay_s).exp()
+        }
+    }
+
+    /// `[at, end)` in seconds since the open: the jump and its busy
+    /// aftermath, cut at the close.
+    pub fn window(&self, session_s: u32) -> (u32, u32) {
+        let end = f64::from(self.at_s) + JUMP_WINDOW_DECAYS * self.decay_s;
+        (self.at_s, (end as u32).min(session_s))
+    }
+
+    /// Trade-rate multiple at `t`.
+    pub fn rate_mult(&self, t: f64) -> f64 {
+        1.0 + (self.rate - 1.0) * self.excess(t)
+    }
+}
+
+/// A uniform in `[lo, hi)` from a hash.
+fn hashed_uniform(key: u64, (lo, hi): (f64, f64)) -> f64 {
+    lo + (hi - lo) * unit(key)
+}
+
+/// With probability `p`, a jump of `sigmas` × `sd` at a hashed time of a
+/// `session_s` session; the same key always gives the same jump.
+fn hashed_jump(
+    key: u64,
+    p: f64,
+    session_s: u32,
+    sd: f64,
+    sigmas: (f64, f64),
+    decay: (f64, f64),
+    rate: (f64, f64),
+) -> Option<Jump> {
+    let room = session_s.checked_sub(2 * JUMP_EDGE_S)?;
+    if unit(splitmix64(key ^ 0x50)) >= p {
+        return None;
+    }
+    let dir = if unit(splitmix64(key ^ 0x51)) < 0.5 {
+        -1.0
+    } else {
+        1.0
+    };
+    Some(Jump {
+        at_s: JUMP_EDGE_S + (unit(splitmix64(key ^ 0x52)) * f64::from(room)) as u32,
+        size: dir * sd * hashed_uniform(splitmix64(key ^ 0x53), sigmas),
+        decay_s: hashed_uniform(splitmix64(key ^ 0x54), decay),
+        rate: hashed_uniform(splitmix64(key ^ 0x55), rate),
+    })
+}
+
+/// The market-wide volatility regime, day by day from day 0: a persistent
+/// multiplier (mean 1) of every volatility that day. Always 1 unless
+/// `on`.
+#[derive(Debug, Clone)]
+pub(crate) struct Regimes {
+    seed: u64,
+    on: bool,
+    day: u64,
+    log: f64,
+}
+
+impl Regimes {
+    /// The walk before day 0.
+    pub fn new(seed: u64, on: bool) -> Self {
+        Self {
+            seed,
+            on,
+            day: 0,
+            log: 0.0,
+        }
+    }
+
+    /// The regime of `day`, walking from day 0 (`O(day)` hashes).
+    pub fn at(seed: u64, on: bool, day: usize) -> f64 {
+        let mut r = Self::new(seed, on);
+        let mut v = r.next_day();
+        for _ in 0..day {
+            v = r.next_day();
+        }
+        v
+    }
+
+    /// The next day's regime: 1.0, 1.0, ... when off.
+    pub fn next_day(&mut self) -> f64 {
+        if !self.on {
+            return 1.0;
+        }
+        let z = hashed_normal(mix(&[self.seed, TAG_REGIME, self.day]));
+        // Day 0 starts from the stationary distribution, not from calm.
+        self.log = if self.day == 0 {
+            REGIME_SD * z
+        } else {
+            REGIME_PERSISTENCE * self.log
+                + (1.0 - REGIME_PERSISTENCE.powi(2)).sqrt() * REGIME_SD * z
+        };
+        self.day += 1;
+        (self.log - REGIME_SD.powi(2) / 2.0).exp()
+    }
+}
+
+/// Redraws every symbol's beta uniformly in [`BETA_RANGE`] (the realistic
+/// market), from a stream of its own so the rest of the universe is as in
+/// the basic market.
+pub(crate) fn draw_betas(seed: u64, specs: &mut [SymbolSpec]) {
+    for (i, s) in specs.iter_mut().enumerate() {
+        let mut rng = stream(&[seed, TAG_BETA, i as u64]);
+        s.beta = rng.random_range(BETA_RANGE.0..BETA_RANGE.1);
+    }
+}
+
+/// Shares in symbol `symbol`'s closing auction on `day`, given its mean
+/// daily volume in shares, and whether an index rebalance swelled it
+/// (`None` outside the realistic market).
+pub(crate) fn closing_auction(
+    p: &Params,
+    symbol: usize,
+    day: usize,
+    daily_volume: f64,
+) -> Option<(f64, bool)> {
+    if !p.market {
+        return None;
+    }
+    let k = mix(&[p.seed, TAG_CLOSE, symbol as u64, day as u64]);
+    let share = hashed_uniform(splitmix64(k ^ 1), CLOSE_SHARE);
+    let rebalance = unit(splitmix64(k ^ 2)) < p.decoy_p();
+    let mult = if rebalance {
+        hashed_uniform(splitmix64(k ^ 3), REBALANCE_MULT)
+    } else {
+        1.0
+    };
+    Some((daily_volume * share * mult, rebalance))
+}
 
 /// A venue the simulator lists symbols on.
 #[derive(Debug)]
@@ -157,9 +394,10 @@ impl SymbolSpec {
         VENUES[self.venue].session_s()
     }
 
-    /// Annualised volatility not explained by the market factor.
-    fn idio_vol(&self) -> f64 {
-        (self.volatility.powi(2) - (self.beta * MARKET_VOL).powi(2))
+    /// Annualised volatility not explained by a market factor of
+    /// `market_vol`.
+    fn idio_vol(&self, market_vol: f64) -> f64 {
+        (self.volatility.powi(2) - (self.beta * market_vol).powi(2))
             .max(MIN_IDIO_VOL * MIN_IDIO_VOL)
             .sqrt()
     }
@@ -312,64 +550,130 @@ pub(crate) struct MarketDay {
     pub path: Vec<f64>,
     /// Standard deviation of one step's return at volatility multiplier 1.
     pub sigma_step: f64,
+    /// The day's market shock, if any (realistic market).
+    pub shock: Option<Jump>,
 }
 
 /// Daily draws of one venue's market factor or one symbol's own component.
 #[derive(Debug, Clone, Copy)]
 struct Daily {
-    /// Open-to-close log return.
+    /// Open-to-close log return, any jump included.
     intraday: f64,
     /// Log return from the previous close to this open.
     gap: f64,
     /// The day's volatility level relative to average.
     vol: f64,
+    /// A jump inside the day (a shock or news), part of `intraday`.
+    jump: Option<Jump>,
 }
 
-fn daily(key: &[u64], annual_vol: f64) -> Daily {
+/// One day's draws from `key`: the volatility level is `regime` times a
+/// lognormal of spread `dispersion` (mean 1).
+fn daily(key: &[u64], annual_vol: f64, regime: f64, dispersion: f64) -> Daily {
     let k = mix(key);
-    let vol = (DAY_VOL_DISPERSION * hashed_normal(k) - DAY_VOL_DISPERSION.powi(2) / 2.0).exp();
+    let vol = regime * (dispersion * hashed_normal(k) - dispersion.powi(2) / 2.0).exp();
     let sd = annual_vol / TRADING_DAYS_PER_YEAR.sqrt() * vol;
     Daily {
         intraday: sd * (1.0 - OVERNIGHT_SHARE).sqrt() * hashed_t4(splitmix64(k ^ 1)),
         gap: sd * OVERNIGHT_SHARE.sqrt() * hashed_t4(splitmix64(k ^ 2)),
         vol,
+        jump: None,
     }
 }
 
-fn market_daily(seed: u64, venue: usize, day: usize) -> Daily {
-    daily(
-        &[seed, TAG_MARKET_DAILY, venue as u64, day as u64],
-        MARKET_VOL,
-    )
+/// The day-level spread of volatility around the regime.
+fn dispersion(p: &Params, symbol: bool) -> f64 {
+    match (p.market, symbol) {
+        (false, _) => DAY_VOL_DISPERSION,
+        (true, false) => MARKET_VOL_JITTER,
+        (true, true) => SYMBOL_VOL_JITTER,
+    }
 }
 
-fn symbol_daily(seed: u64, symbol: usize, spec: &SymbolSpec, day: usize) -> Daily {
-    daily(
-        &[seed, TAG_SYMBOL_DAILY, symbol as u64, day as u64],
-        spec.idio_vol(),
-    )
+fn market_daily(p: &Params, venue: usize, day: usize, regime: f64) -> Daily {
+    let key = [p.seed, TAG_MARKET_DAILY, venue as u64, day as u64];
+    let mut d = daily(&key, p.market_vol, regime, dispersion(p, false));
+    let sd = p.market_vol / TRADING_DAYS_PER_YEAR.sqrt() * d.vol;
+    d.jump = hashed_jump(
+        mix(&[p.seed, TAG_SHOCK, venue as u64, day as u64]),
+        p.decoy_p(),
+        VENUES[venue].session_s(),
+        sd,
+        SHOCK_SIGMAS,
+        SHOCK_DECAY_S,
+        SHOCK_RATE,
+    );
+    if let Some(j) = d.jump {
+        d.intraday += j.size;
+    }
+    d
+}
+
+fn symbol_daily(p: &Params, symbol: usize, spec: &SymbolSpec, day: usize, regime: f64) -> Daily {
+    let key = [p.seed, TAG_SYMBOL_DAILY, symbol as u64, day as u64];
+    let mut d = daily(
+        &key,
+        spec.idio_vol(p.market_vol),
+        regime,
+        dispersion(p, true),
+    );
+    // News is sized against the symbol's whole volatility that day.
+    let sd = spec.volatility / TRADING_DAYS_PER_YEAR.sqrt() * d.vol;
+    d.jump = hashed_jump(
+        mix(&[p.seed, TAG_NEWS, symbol as u64, day as u64]),
+        p.decoy_p(),
+        spec.session_seconds(),
+        sd,
+        NEWS_SIGMAS,
+        NEWS_DECAY_S,
+        NEWS_RATE,
+    );
+    if let Some(j) = d.jump {
+        d.intraday += j.size;
+    }
+    d
 }
 
 /// The intraday market factor of `venue` on day `day`, ending on its hashed
-/// daily return.
-pub(crate) fn market_day(seed: u64, venue: usize, day: usize, shape: &Shape) -> MarketDay {
-    let d = market_daily(seed, venue, day);
+/// daily return; `regime` is [`Regimes::at`] that day.
+pub(crate) fn market_day(
+    p: &Params,
+    venue: usize,
+    day: usize,
+    shape: &Shape,
+    regime: f64,
+) -> MarketDay {
+    let d = market_daily(p, venue, day, regime);
     let n = shape.steps();
-    let sigma_step = step_sigma(MARKET_VOL * d.vol, n);
-    let mut rng = stream(&[seed, TAG_MARKET_PATH, venue as u64, day as u64]);
+    let sigma_step = step_sigma(p.market_vol * d.vol, n);
+    let mut rng = stream(&[p.seed, TAG_MARKET_PATH, venue as u64, day as u64]);
     let mut path = Vec::with_capacity(n + 1);
     let mut cum_var = Vec::with_capacity(n + 1);
     let (mut x, mut v) = (0.0, 0.0);
     path.push(x);
     cum_var.push(v);
-    for &u in &shape.vol {
+    let step_s = f64::from(shape.step_s);
+    let jump_step = d.jump.map(|j| (j.at_s / shape.step_s) as usize);
+    for (s, &u) in shape.vol.iter().enumerate() {
+        // Turbulence after a shock (exactly 1 without one).
+        let u = match d.jump {
+            Some(j) => u * (1.0 + JUMP_VOL * j.excess(s as f64 * step_s)),
+            None => u,
+        };
         x += sigma_step * u * t4(&mut rng);
         v += (sigma_step * u).powi(2);
+        if jump_step == Some(s) {
+            x += d.jump.map_or(0.0, |j| j.size);
+        }
         path.push(x);
         cum_var.push(v);
     }
     bridge(&mut path, &cum_var, d.intraday);
-    MarketDay { path, sigma_step }
+    MarketDay {
+        path,
+        sigma_step,
+        shock: d.jump,
+    }
 }
 
 /// Where one symbol starts a day and where its path must end.
@@ -381,12 +685,17 @@ pub(crate) struct SymbolDay {
     pub intraday: f64,
     /// Standard deviation of one step of the symbol's own component.
     pub idio_sigma_step: f64,
+    /// The day's volatility level of the symbol's own component (regime
+    /// included), relative to average.
+    pub vol: f64,
+    /// Company news that day, if any (realistic market).
+    pub news: Option<Jump>,
 }
 
 /// Day `day`'s anchors for symbol number `symbol`. Costs `O(day)` hashes: the
 /// open is the first price compounded by every earlier day and night.
 pub(crate) fn symbol_day(
-    seed: u64,
+    p: &Params,
     symbol: usize,
     spec: &SymbolSpec,
     day: usize,
@@ -394,20 +703,23 @@ pub(crate) fn symbol_day(
 ) -> SymbolDay {
     let beta = spec.beta;
     let mut open_log = spec.price.ln();
+    let mut regimes = Regimes::new(p.seed, p.market);
     // Every earlier day's open-to-close, and every night up to this open.
     for j in 0..day {
+        let r = regimes.next_day();
         let (m, s) = (
-            market_daily(seed, spec.venue, j),
-            symbol_daily(seed, symbol, spec, j),
+            market_daily(p, spec.venue, j, r),
+            symbol_daily(p, symbol, spec, j, r),
         );
         open_log += beta * m.intraday + s.intraday;
         if j > 0 {
             open_log += beta * m.gap + s.gap;
         }
     }
+    let r = regimes.next_day();
     let (m, s) = (
-        market_daily(seed, spec.venue, day),
-        symbol_daily(seed, symbol, spec, day),
+        market_daily(p, spec.venue, day, r),
+        symbol_daily(p, symbol, spec, day, r),
     );
     if day > 0 {
         open_log += beta * m.gap + s.gap;
@@ -415,7 +727,9 @@ pub(crate) fn symbol_day(
     SymbolDay {
         open_log,
         intraday: beta * m.intraday + s.intraday,
-        idio_sigma_step: step_sigma(spec.idio_vol() * s.vol, steps),
+        idio_sigma_step: step_sigma(spec.idio_vol(p.market_vol) * s.vol, steps),
+        vol: s.vol,
+        news: s.jump,
     }
 }
 
@@ -431,7 +745,8 @@ pub(crate) struct Path {
 impl Path {
     /// Builds the path: beta times the market's moves plus the symbol's own
     /// Student-t shocks, each step scaled by the seasonality and by
-    /// `vol_mult` (events), bridged to end on `day.intraday`.
+    /// `vol_mult` (events), plus the day's news jump and the turbulence
+    /// after it, bridged to end on `day.intraday`.
     pub fn build(
         &mut self,
         rng: &mut ChaCha8Rng,
@@ -447,10 +762,20 @@ impl Path {
         self.points.push(x);
         self.cum_var.push(v);
         let var_unit = (beta * market.sigma_step).powi(2) + day.idio_sigma_step.powi(2);
+        let step_s = f64::from(shape.step_s);
+        let news_step = day.news.map(|j| (j.at_s / shape.step_s) as usize);
         let steps = shape.vol.iter().zip(vol_mult).zip(market.path.windows(2));
-        for ((&u, &k), m) in steps {
-            x += k * (beta * (m[1] - m[0]) + day.idio_sigma_step * u * t4(rng));
+        for (s, ((&u, &k), m)) in steps.enumerate() {
+            // The symbol's own turbulence after news (exactly u without).
+            let own = match day.news {
+                Some(j) => u * (1.0 + JUMP_VOL * j.excess(s as f64 * step_s)),
+                None => u,
+            };
+            x += k * (beta * (m[1] - m[0]) + day.idio_sigma_step * own * t4(rng));
             v += (k * u).powi(2) * var_unit;
+            if news_step == Some(s) {
+                x += day.news.map_or(0.0, |j| j.size);
+            }
             self.points.push(x);
             self.cum_var.push(v);
         }

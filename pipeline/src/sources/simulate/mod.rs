@@ -31,11 +31,40 @@
 //!   altered. Price pushes are transient: the price returns to its path when
 //!   the event ends.
 //!
+//! # The realistic market
+//!
+//! [`Realism::Market`] (the default) adds what makes surveillance hard: what
+//! looks like manipulation and is not, and manipulation that barely shows.
+//!
+//! - **Market factor.** Betas uniform in [0.5, 1.5]; every symbol's return is
+//!   beta × the venue's market return plus its own noise.
+//! - **Volatility regimes.** A market-wide volatility multiplier that persists
+//!   from day to day (calm and turbulent spells), with per-symbol jitter;
+//!   trading is busier on turbulent days.
+//! - **Closing auction.** Every symbol-day ends on one large print (3-8% of a
+//!   day's volume) at the closing mid, on the session's last microsecond (the
+//!   last bar, for bars).
+//! - **Decoys** ([`DECOY_KINDS`]), unlabelled and written to their own table:
+//!   company `news` (a jump of 1-3 daily σ that does not revert, followed by
+//!   heavy, decaying volume and volatility), `market_shock` (the venue's
+//!   market factor jumps 1-2.5 daily σ in one step: every symbol moves by its
+//!   beta in the same minute, then trades busily) and `rebalance_close` (an
+//!   index rebalance: a closing auction 5-15 times the usual, and busier last
+//!   minutes, with no price move). Manipulation keeps clear of them.
+//! - **Manipulation sizes** in units of current volatility: a price-moving
+//!   event moves k × the σ of the symbol's returns over the event's horizon
+//!   (one minute for a spike, the ramp for a pump), k log-uniform in
+//!   [`SimConfig::event_sigmas`], so the same kind ranges from barely visible
+//!   to obvious.
+//!
 //! # Determinism and speed
 //!
 //! Every random draw comes from a stream keyed by `(seed, purpose, symbol,
 //! day)` (see `market`), so a day's output depends on nothing but the
 //! configuration: not on threads, not on which days were simulated before.
+//! What every symbol of a day shares (the market path, its shock, the
+//! volatility regime) is drawn once per day from day-keyed streams before the
+//! threads start.
 //! Symbols of a day are generated in parallel straight into Arrow builders and
 //! concatenated in ticker order, so a day's batch is sorted by `(symbol, ts)`.
 
@@ -47,19 +76,20 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::concat_batches;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 use chrono::NaiveDate;
+use rand::Rng;
 
 pub use events::EventKind;
 pub use market::SymbolSpec;
 
 use super::{Position, Source, SourceBatch, SourceError};
 use crate::labels::{label_schema, LabelBuilder};
-use crate::tick::{tick_schema, Reject, TickBuilder, Validator};
+use crate::tick::{col, tick_schema, Reject, TickBuilder, Validator};
 use events::Event;
-use market::{MarketDay, Path, Shape};
+use market::{MarketDay, Params, Path, Regimes, Shape};
 
 /// Every manipulation kind the simulator injects, as label `kind` strings.
 pub const EVENT_KINDS: [&str; 7] = [
@@ -71,6 +101,25 @@ pub const EVENT_KINDS: [&str; 7] = [
     "marking_close",
     "quote_stuffing",
 ];
+
+/// Every unlabelled decoy kind of the realistic market, as `decoys` table
+/// `kind` strings.
+pub const DECOY_KINDS: [&str; 3] = ["news", "market_shock", "rebalance_close"];
+
+/// [`SimConfig::event_sigmas`]' default: from barely visible to obvious.
+pub const DEFAULT_EVENT_SIGMAS: (f64, f64) = (1.0, 10.0);
+
+/// [`SimConfig::market_vol`]'s default: a broad index's long-run volatility.
+pub const DEFAULT_MARKET_VOL: f64 = market::MARKET_VOL;
+
+/// Largest [`SimConfig::market_vol`] used; beyond it is not a stock market.
+const MAX_MARKET_VOL: f64 = 2.0;
+
+/// An index rebalance busies the last seconds of continuous trading too.
+const REBALANCE_S: u32 = 180;
+const REBALANCE_RATE: f64 = 3.0;
+/// After news, trades are bigger too: this multiple of the extra rate.
+const NEWS_SIZE: f64 = 0.25;
 
 /// The `source` of simulated ticks and labels.
 pub(crate) const SOURCE: &str = "simulator";
@@ -109,6 +158,19 @@ pub enum SimKind {
     Bars,
 }
 
+/// How much of a real market's confusion to simulate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Realism {
+    /// Symbols with their own volatility on a market factor, independent
+    /// day-level volatility, manipulation of fixed percentage sizes, no
+    /// decoys, no closing auction (the simulator before realism).
+    Basic,
+    /// The basic market plus drawn betas, persistent volatility regimes, a
+    /// daily closing auction, unlabelled decoys (news, market shocks, index
+    /// rebalances) and manipulation sized in units of current volatility.
+    Market,
+}
+
 /// What to simulate. The same configuration always gives the same output.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -130,6 +192,21 @@ pub struct SimConfig {
     /// Mean injected manipulation events per symbol per day (at most 32 a
     /// symbol-day are placed). Zero or less: a clean market.
     pub events_per_symbol_day: f64,
+    /// Basic or realistic market.
+    pub realism: Realism,
+    /// Mean unlabelled decoys per symbol per day (realistic market), a third
+    /// of each kind: each symbol-day gets news, and an index rebalance, with
+    /// probability a third of it, and each venue-day a market shock (which
+    /// every symbol of the venue feels). At most one of each: 3 or more means
+    /// all three every day. Zero or less, or NaN: none.
+    pub decoys_per_symbol_day: f64,
+    /// Annualised volatility of each venue's market factor. Negative or NaN
+    /// means the default; capped at 2.
+    pub market_vol: f64,
+    /// Range `(low, high)` of manipulation sizes in units of current
+    /// volatility (realistic market), drawn log-uniformly. Swapped if
+    /// reversed; values that are not positive and finite mean the default.
+    pub event_sigmas: (f64, f64),
 }
 
 impl Default for SimConfig {
@@ -142,6 +219,10 @@ impl Default for SimConfig {
             start: DEFAULT_START,
             trades_per_day: 20_000.0,
             events_per_symbol_day: 0.5,
+            realism: Realism::Market,
+            decoys_per_symbol_day: 0.5,
+            market_vol: DEFAULT_MARKET_VOL,
+            event_sigmas: DEFAULT_EVENT_SIGMAS,
         }
     }
 }
@@ -156,6 +237,10 @@ pub struct SimDay {
     /// The day's injected events, [`label_schema`], sorted by
     /// `(symbol, start_ts)`.
     pub labels: RecordBatch,
+    /// The day's unlabelled decoys ([`DECOY_KINDS`]), in the same schema and
+    /// order as `labels`: normal events that look like manipulation, for
+    /// telling false alarms apart by cause, never for training.
+    pub decoys: RecordBatch,
     /// Ticks the validator refused. Always empty unless the simulator has a
     /// bug; kept rather than dropped so that one would show.
     pub rejects: Vec<Reject>,
@@ -203,8 +288,12 @@ impl Simulator {
             .iter()
             .map(|v| Shape::new(v.session_s(), step))
             .collect();
+        let mut symbols = market::universe(config.seed, config.symbols);
+        if config.realism == Realism::Market {
+            market::draw_betas(config.seed, &mut symbols);
+        }
         Self {
-            symbols: market::universe(config.seed, config.symbols),
+            symbols,
             start,
             shapes,
             config,
@@ -278,6 +367,7 @@ impl Simulator {
             date,
             ticks: RecordBatch::new_empty(tick_schema()),
             labels: RecordBatch::new_empty(label_schema()),
+            decoys: RecordBatch::new_empty(label_schema()),
             rejects: Vec::new(),
         };
         let Some(date) = self.trading_day(day) else {
@@ -286,21 +376,27 @@ impl Simulator {
         if self.symbols.is_empty() {
             return empty(date);
         }
+        // Shared by every symbol, so drawn here, keyed by the day, before
+        // the threads start.
+        let params = self.params();
+        let regime = Regimes::at(params.seed, params.market, day);
         let markets: Vec<MarketDay> = self
             .shapes
             .iter()
             .enumerate()
-            .map(|(venue, shape)| market::market_day(self.config.seed, venue, day, shape))
+            .map(|(venue, shape)| market::market_day(&params, venue, day, shape, regime))
             .collect();
         let parts = self.symbol_days(day, date, &markets);
         let ticks = concat(tick_schema(), parts.iter().map(|p| &p.ticks));
         let labels = concat(label_schema(), parts.iter().map(|p| &p.labels));
+        let decoys = concat(label_schema(), parts.iter().map(|p| &p.decoys));
         let rejects: Vec<Reject> = parts.into_iter().flat_map(|p| p.rejects).collect();
         tracing::debug!(
             day,
             %date,
             ticks = ticks.num_rows(),
             labels = labels.num_rows(),
+            decoys = decoys.num_rows(),
             rejects = rejects.len(),
             "Simulated a trading day."
         );
@@ -308,7 +404,39 @@ impl Simulator {
             date,
             ticks,
             labels,
+            decoys,
             rejects,
+        }
+    }
+
+    /// The daily draws' share of the configuration, made safe to compute
+    /// with.
+    fn params(&self) -> Params {
+        let c = &self.config;
+        let market_vol = if c.market_vol >= 0.0 {
+            c.market_vol.min(MAX_MARKET_VOL)
+        } else {
+            DEFAULT_MARKET_VOL
+        };
+        Params {
+            seed: c.seed,
+            market: c.realism == Realism::Market,
+            market_vol,
+            decoy_rate: if c.decoys_per_symbol_day > 0.0 {
+                c.decoys_per_symbol_day
+            } else {
+                0.0
+            },
+        }
+    }
+
+    /// [`SimConfig::event_sigmas`], made safe to draw from: positive,
+    /// finite, ordered.
+    fn event_sigmas(&self) -> (f64, f64) {
+        let ok = |x: f64| x.is_finite() && x > 0.0;
+        match self.config.event_sigmas {
+            (a, b) if ok(a) && ok(b) => (a.min(b), a.max(b)),
+            _ => DEFAULT_EVENT_SIGMAS,
         }
     }
 
@@ -364,13 +492,17 @@ impl Simulator {
         let mut ticks = TickBuilder::with_validator(SOURCE, Validator::with_now(FAR_FUTURE_US));
         let mut labels = LabelBuilder::new(SOURCE);
         let mut rejects = Vec::new();
+        let mut decoys = Decoys::default();
+        let mut open_at = 0;
         let (shape, market) = (&self.shapes[spec.venue], &markets[spec.venue]);
+        let bars = self.config.kind == SimKind::Bars;
         if let Some((open_us, close_us)) = spec.session(date) {
+            open_at = open_us;
+            let params = self.params();
             let seed = self.config.seed;
             let key = |tag| market::stream(&[seed, tag, i as u64, day as u64]);
             let steps = shape.steps();
             let session_s = spec.session_seconds();
-            let bars = self.config.kind == SimKind::Bars;
             let trades_per_day = self.trades_per_day();
             let kinds: &[EventKind] = if bars {
                 &EventKind::BARS
@@ -383,6 +515,31 @@ impl Simulator {
             } else {
                 0.0
             };
+            // Hashed, not streamed: computing it first moves no draw below.
+            let anchors = market::symbol_day(&params, i, spec, day, steps);
+            let mut base_rate = trades_per_day * spec.liquidity / f64::from(session_s);
+            if params.market {
+                // Turbulent days trade more.
+                base_rate *= anchors.vol.sqrt();
+            }
+
+            // What looks like manipulation and is not: known before the
+            // events, which keep clear of it.
+            let mean_lots = spec.trade_lots * (generate::TRADE_SIZE_SIGMA.powi(2) / 2.0).exp();
+            let day_volume = base_rate * f64::from(session_s) * mean_lots * spec.lot_size;
+            let auction = market::closing_auction(&params, i, day, day_volume)
+                .filter(|_| trades_per_day > 0.0);
+            let rebalance = auction.is_some_and(|(_, r)| r);
+            if let Some(j) = market.shock {
+                decoys.add(j.window(session_s), Decoy::MarketShock);
+            }
+            if let Some(j) = anchors.news {
+                decoys.add(j.window(session_s), Decoy::News);
+            }
+            if rebalance {
+                let last = session_s.saturating_sub(REBALANCE_S);
+                decoys.add((last, session_s), Decoy::RebalanceClose);
+            }
             events::schedule(
                 &mut key(market::TAG_EVENTS),
                 mean_events,
@@ -390,16 +547,22 @@ impl Simulator {
                 session_s,
                 bars,
                 spec.trade_lots,
+                decoys.windows(),
                 &mut scratch.events,
             );
+            if params.market {
+                let mut rng = key(market::TAG_SIZES);
+                self.size_events(&mut rng, scratch, shape, market, spec.beta, &anchors);
+            }
 
-            let base_rate = trades_per_day * spec.liquidity / f64::from(session_s);
             scratch.rate.clear();
             scratch
                 .rate
                 .extend(shape.rate.iter().map(|r| r * base_rate));
             scratch.vol.clear();
             scratch.vol.resize(steps, 1.0);
+            scratch.size.clear();
+            scratch.size.resize(steps, 1.0);
             let step_s = shape.step_s;
             for e in &scratch.events {
                 let first = (e.start_s / step_s) as usize;
@@ -410,8 +573,22 @@ impl Simulator {
                     scratch.vol[s] *= e.vol_mult();
                 }
             }
+            if market.shock.is_some() || anchors.news.is_some() || rebalance {
+                let rebalance_from = f64::from(session_s.saturating_sub(REBALANCE_S));
+                for s in 0..steps {
+                    let t = (s as f64 + 0.5) * f64::from(step_s);
+                    let mut mult = market.shock.map_or(1.0, |j| j.rate_mult(t));
+                    if let Some(j) = anchors.news {
+                        mult *= j.rate_mult(t);
+                        scratch.size[s] = 1.0 + NEWS_SIZE * (j.rate_mult(t) - 1.0);
+                    }
+                    if rebalance && t >= rebalance_from {
+                        mult *= REBALANCE_RATE;
+                    }
+                    scratch.rate[s] *= mult;
+                }
+            }
 
-            let anchors = market::symbol_day(seed, i, spec, day, steps);
             scratch.path.build(
                 &mut key(market::TAG_PATH),
                 shape,
@@ -428,6 +605,8 @@ impl Simulator {
                 shape,
                 path: &scratch.path.points,
                 rate: &scratch.rate,
+                size: &scratch.size,
+                auction: auction.map(|(shares, _)| shares),
             };
             let mut rng = key(market::TAG_TICKS);
             let mut out = generate::Out::new(&mut ticks, &mut rejects);
@@ -451,10 +630,43 @@ impl Simulator {
                 "Simulator made ticks the validator refuses; they are in the day's rejects."
             );
         }
+        let ticks = ticks.finish();
+        let decoys = decoys.finish(&ticks, open_at, bars, &spec.symbol);
         SymbolOutput {
-            ticks: ticks.finish(),
+            ticks,
             labels: labels.finish(),
+            decoys,
             rejects,
+        }
+    }
+
+    /// Sizes the day's price-moving events in units of the symbol's current
+    /// volatility: k log-uniform in [`SimConfig::event_sigmas`] times the σ
+    /// of a one-minute return where the event starts (market and own
+    /// components, regime and intraday seasonality included).
+    fn size_events(
+        &self,
+        rng: &mut rand_chacha::ChaCha8Rng,
+        scratch: &mut Scratch,
+        shape: &Shape,
+        market: &MarketDay,
+        beta: f64,
+        anchors: &market::SymbolDay,
+    ) {
+        let (lo, hi) = self.event_sigmas();
+        let per_step =
+            ((beta * market.sigma_step).powi(2) + anchors.idio_sigma_step.powi(2)).sqrt();
+        let per_minute = per_step * (60.0 / f64::from(shape.step_s.max(1))).sqrt();
+        for e in &mut scratch.events {
+            let k = (lo.ln() + rng.random::<f64>() * (hi / lo).ln()).exp();
+            let s = (e.start_s / shape.step_s.max(1)) as usize;
+            let seasonal = shape
+                .vol
+                .get(s)
+                .or(shape.vol.last())
+                .copied()
+                .unwrap_or(1.0);
+            e.resize(k, per_minute * seasonal);
         }
     }
 
@@ -475,6 +687,7 @@ struct Scratch {
     events: Vec<Event>,
     rate: Vec<f64>,
     vol: Vec<f64>,
+    size: Vec<f64>,
     path: Path,
 }
 
@@ -482,7 +695,79 @@ struct Scratch {
 struct SymbolOutput {
     ticks: RecordBatch,
     labels: RecordBatch,
+    decoys: RecordBatch,
     rejects: Vec<Reject>,
+}
+
+/// An unlabelled decoy kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decoy {
+    News,
+    MarketShock,
+    RebalanceClose,
+}
+
+impl Decoy {
+    /// The `decoys` table `kind` string (one of [`DECOY_KINDS`]).
+    fn name(self) -> &'static str {
+        match self {
+            Self::News => DECOY_KINDS[0],
+            Self::MarketShock => DECOY_KINDS[1],
+            Self::RebalanceClose => DECOY_KINDS[2],
+        }
+    }
+}
+
+/// A symbol-day's decoy windows, at most one of each kind: a fixed array,
+/// no allocation per symbol-day.
+#[derive(Debug, Default)]
+struct Decoys {
+    /// `[start, end)` in seconds since the open.
+    windows: [(u32, u32); 3],
+    kinds: [Option<Decoy>; 3],
+    len: usize,
+}
+
+impl Decoys {
+    fn add(&mut self, window: (u32, u32), kind: Decoy) {
+        if self.len < self.windows.len() {
+            self.windows[self.len] = window;
+            self.kinds[self.len] = Some(kind);
+            self.len += 1;
+        }
+    }
+
+    fn windows(&self) -> &[(u32, u32)] {
+        &self.windows[..self.len]
+    }
+
+    /// The decoy intervals, `[first, last]` tick of each window in `ticks`
+    /// (one symbol's, sorted by time; a window without ticks gives none), in
+    /// start order. Bars windows start on their minute: the bar stamped at
+    /// the minute's start is the one that shows the jump.
+    fn finish(&self, ticks: &RecordBatch, open_us: i64, bars: bool, symbol: &str) -> RecordBatch {
+        let mut out = LabelBuilder::new(SOURCE);
+        let ts = ticks
+            .column_by_name(col::TS)
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+            .map_or(&[][..], |a| a.values().as_ref());
+        let mut order = [0, 1, 2];
+        let order = &mut order[..self.len];
+        order.sort_by_key(|&i| self.windows[i]);
+        for &i in order.iter() {
+            let (Some(kind), (start, end)) = (self.kinds[i], self.windows[i]) else {
+                continue;
+            };
+            let start = if bars { start / 60 * 60 } else { start };
+            let at = |s: u32| open_us + i64::from(s) * 1_000_000;
+            let first = ts.partition_point(|&t| t < at(start));
+            let last = ts.partition_point(|&t| t < at(end));
+            if last > first {
+                out.push(symbol, ts[first], ts[last - 1], kind.name());
+            }
+        }
+        out.finish()
+    }
 }
 
 fn concat<'a>(schema: SchemaRef, parts: impl IntoIterator<Item = &'a RecordBatch>) -> RecordBatch {
@@ -774,12 +1059,14 @@ mod tests {
 
     #[test]
     fn labels_cover_exactly_the_altered_ticks() {
-        // A fat-finger print is alone on its timestamp, far from its quote.
+        // A fat-finger print is alone on its timestamp, far from its quote
+        // (the basic market's fixed 3-10% spikes).
         let sim = Simulator::new(SimConfig {
             trades_per_day: 300.0,
             events_per_symbol_day: 3.0,
             symbols: 6,
             days: 2,
+            realism: Realism::Basic,
             ..SimConfig::default()
         });
         let mut spikes = 0;
@@ -1031,5 +1318,454 @@ mod tests {
             ..SimConfig::default()
         }));
         assert!(empty.next_batch().await.unwrap().is_none());
+    }
+
+    // The realistic market.
+
+    /// A realistic bars market with only what a test asks for.
+    fn market_bars(symbols: usize, days: usize, events: f64, decoys: f64) -> SimConfig {
+        SimConfig {
+            symbols,
+            days,
+            kind: SimKind::Bars,
+            trades_per_day: 5000.0,
+            events_per_symbol_day: events,
+            decoys_per_symbol_day: decoys,
+            ..SimConfig::default()
+        }
+    }
+
+    /// Rows of `symbol` in `b`, in order.
+    fn rows_of(b: &RecordBatch, symbol: &str) -> Vec<usize> {
+        let s = strs(b, col::SYMBOL);
+        (0..b.num_rows())
+            .filter(|&i| s.value(i) == symbol)
+            .collect()
+    }
+
+    /// The venue market factor of `day`, as the simulator drew it.
+    fn market_of(sim: &Simulator, venue: usize, day: usize) -> MarketDay {
+        let p = sim.params();
+        let regime = Regimes::at(p.seed, p.market, day);
+        market::market_day(&p, venue, day, &sim.shapes[venue], regime)
+    }
+
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+
+    #[test]
+    fn realistic_market_is_deterministic_with_labels_and_decoys() {
+        let config = SimConfig {
+            decoys_per_symbol_day: 2.0,
+            ..small(SimKind::Trades)
+        };
+        let one = Simulator::new(config.clone()).with_threads(1);
+        let three = Simulator::new(config.clone()).with_threads(3);
+        let later = three.simulate_day(1);
+        for (a, b) in [
+            (one.simulate_day(1), later),
+            (one.simulate_day(0), three.simulate_day(0)),
+        ] {
+            assert_eq!(a.ticks, b.ticks);
+            assert_eq!(a.labels, b.labels);
+            assert_eq!(a.decoys, b.decoys);
+            assert!(a.decoys.num_rows() > 0 && a.labels.num_rows() > 0);
+            check_ticks(&one, &a);
+            check_labels(&one, &a, &mut BTreeMap::new());
+        }
+        let other = Simulator::new(SimConfig { seed: 43, ..config }).simulate_day(1);
+        assert_ne!(one.simulate_day(1).decoys, other.decoys);
+    }
+
+    #[test]
+    fn basic_market_has_no_decoys_auction_or_sized_events() {
+        let sim = Simulator::new(SimConfig {
+            realism: Realism::Basic,
+            decoys_per_symbol_day: 3.0,
+            ..small(SimKind::Trades)
+        });
+        let day = sim.simulate_day(0);
+        assert_eq!(day.decoys.num_rows(), 0);
+        let ts = times(&day.ticks, col::TS);
+        for s in sim.symbols() {
+            let (_, close) = s.session(day.date).unwrap();
+            let last = *rows_of(&day.ticks, &s.symbol).last().unwrap();
+            assert_ne!(ts.value(last), close - 1, "no auction print");
+        }
+    }
+
+    #[test]
+    fn decoys_are_never_labels_and_labels_never_decoys() {
+        let sim = Simulator::new(SimConfig {
+            symbols: 10,
+            days: 3,
+            trades_per_day: 1500.0,
+            events_per_symbol_day: 2.0,
+            decoys_per_symbol_day: 1.5,
+            ..SimConfig::default()
+        });
+        let mut kinds = BTreeSet::new();
+        for d in 0..3 {
+            let day = sim.simulate_day(d);
+            let (l, x) = (&day.labels, &day.decoys);
+            assert_eq!(x.schema(), label_schema());
+            let (tsym, tts) = (strs(&day.ticks, col::SYMBOL), times(&day.ticks, col::TS));
+            for i in 0..x.num_rows() {
+                let kind = strs(x, lcol::KIND).value(i);
+                assert!(DECOY_KINDS.contains(&kind), "{kind}");
+                assert!(!EVENT_KINDS.contains(&kind));
+                kinds.insert(kind.to_owned());
+                let (s, a, b) = (
+                    strs(x, lcol::SYMBOL).value(i),
+                    times(x, lcol::START_TS).value(i),
+                    times(x, lcol::END_TS).value(i),
+                );
+                assert!(a <= b);
+                assert!(
+                    (0..tsym.len()).any(|j| tsym.value(j) == s && (a..=b).contains(&tts.value(j))),
+                    "decoy {i} covers no tick"
+                );
+                // No tick is both a decoy's and labelled.
+                for j in 0..l.num_rows() {
+                    if strs(l, lcol::SYMBOL).value(j) == s {
+                        let (la, lb) = (
+                            times(l, lcol::START_TS).value(j),
+                            times(l, lcol::END_TS).value(j),
+                        );
+                        assert!(lb < a || b < la, "decoy {i} overlaps label {j} on {s}");
+                    }
+                }
+            }
+            for j in 0..l.num_rows() {
+                assert!(EVENT_KINDS.contains(&strs(l, lcol::KIND).value(j)));
+            }
+        }
+        let want: BTreeSet<String> = DECOY_KINDS.iter().map(|k| (*k).to_owned()).collect();
+        assert_eq!(kinds, want);
+    }
+
+    #[test]
+    fn betas_are_recovered_by_regressing_returns_on_the_market() {
+        // A louder market than the default, so six days pin each beta down.
+        let sim = Simulator::new(SimConfig {
+            market_vol: 0.3,
+            ..market_bars(12, 6, 0.0, 0.0)
+        });
+        let per_bar = 60 / sim.shapes[0].step_s as usize;
+        let mut betas = Vec::new();
+        let mut xs: Vec<Vec<f64>> = vec![Vec::new(); sim.symbols().len()];
+        let mut ys: Vec<Vec<f64>> = vec![Vec::new(); sim.symbols().len()];
+        for d in 0..6 {
+            let day = sim.simulate_day(d);
+            let close = f64s(&day.ticks, col::PRICE);
+            for (k, s) in sim.symbols().iter().enumerate() {
+                let m = market_of(&sim, s.venue, d);
+                let rows = rows_of(&day.ticks, &s.symbol);
+                for w in 1..rows.len() {
+                    let r = (close.value(rows[w]) / close.value(rows[w - 1])).ln();
+                    let mr = m.path[(w + 1) * per_bar] - m.path[w * per_bar];
+                    xs[k].push(mr);
+                    ys[k].push(r);
+                }
+            }
+        }
+        for (k, s) in sim.symbols().iter().enumerate() {
+            let (x, y) = (&xs[k], &ys[k]);
+            let n = x.len() as f64;
+            let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+            let sxx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
+            let sxy: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+            let b = sxy / sxx;
+            let resid: f64 = x
+                .iter()
+                .zip(y)
+                .map(|(a, c)| (c - my - b * (a - mx)).powi(2))
+                .sum();
+            let se = (resid / (n - 2.0) / sxx).sqrt();
+            assert!(
+                (0.5..1.5).contains(&s.beta),
+                "{}: beta {}",
+                s.symbol,
+                s.beta
+            );
+            assert!(
+                (b - s.beta).abs() < 4.0 * se + 0.05,
+                "{}: estimated {b:.3} ± {se:.3}, drawn {:.3}",
+                s.symbol,
+                s.beta
+            );
+            betas.push((s.beta, b));
+        }
+        let err = median(betas.iter().map(|(t, e)| (t - e).abs()).collect());
+        assert!(err < 0.15, "median |error| {err}");
+        let spread = betas.iter().map(|b| b.0).fold(f64::NAN, f64::max)
+            - betas.iter().map(|b| b.0).fold(f64::NAN, f64::min);
+        assert!(spread > 0.4, "betas should differ: {betas:?}");
+    }
+
+    #[test]
+    fn a_market_shock_moves_every_symbol_in_the_same_minute() {
+        // Decoy rate 3: every venue-day has a shock (and every symbol news).
+        let sim = Simulator::new(market_bars(16, 1, 0.0, 3.0));
+        let day = sim.simulate_day(0);
+        let close = f64s(&day.ticks, col::PRICE);
+        let ts = times(&day.ticks, col::TS);
+        let mut moved = 0;
+        for venue in 0..market::VENUES.len() {
+            let shock = market_of(&sim, venue, 0).shock.expect("a shock every day");
+            let minute = (shock.at_s / 60) as usize;
+            for s in sim.symbols().iter().filter(|s| s.venue == venue) {
+                let rows = rows_of(&day.ticks, &s.symbol);
+                let r: Vec<f64> = (1..rows.len())
+                    .map(|w| (close.value(rows[w]) / close.value(rows[w - 1])).ln())
+                    .collect();
+                let at = r[minute - 1];
+                let want = s.beta * shock.size;
+                assert!(
+                    at.signum() == want.signum() && at.abs() > 0.5 * want.abs(),
+                    "{}: {at} in the shock minute, beta x shock {want}",
+                    s.symbol
+                );
+                let typical = median(r.iter().map(|x| x.abs()).collect());
+                assert!(
+                    at.abs() > 5.0 * typical,
+                    "{}: {at} vs typical {typical}",
+                    s.symbol
+                );
+                // Recorded as a decoy of that symbol, from the shock's bar.
+                let x = &day.decoys;
+                let bar_ts = ts.value(rows[minute]);
+                assert!(
+                    (0..x.num_rows()).any(|i| strs(x, lcol::SYMBOL).value(i) == s.symbol
+                        && strs(x, lcol::KIND).value(i) == "market_shock"
+                        && times(x, lcol::START_TS).value(i) == bar_ts),
+                    "{}: no market_shock decoy at {bar_ts}",
+                    s.symbol
+                );
+                moved += 1;
+            }
+        }
+        assert_eq!(moved, 16);
+    }
+
+    #[test]
+    fn news_does_not_revert_and_trades_heavily_after() {
+        let sim = Simulator::new(market_bars(20, 2, 0.0, 3.0));
+        let (mut kept, mut heavy, mut n) = (Vec::new(), Vec::new(), 0);
+        for d in 0..2 {
+            let day = sim.simulate_day(d);
+            let (close, volume) = (f64s(&day.ticks, col::PRICE), f64s(&day.ticks, col::VOLUME));
+            for (i, s) in sim.symbols().iter().enumerate() {
+                let steps = sim.shapes[s.venue].steps();
+                let news = market::symbol_day(&sim.params(), i, s, d, steps)
+                    .news
+                    .expect("news every day at decoy rate 3");
+                let rows = rows_of(&day.ticks, &s.symbol);
+                let m = (news.at_s / 60) as usize;
+                if m + 60 >= rows.len() || m < 2 {
+                    continue;
+                }
+                n += 1;
+                let before = close.value(rows[m - 1]);
+                let jumped = (close.value(rows[m]) / before).ln();
+                let hour_later = (close.value(rows[m + 60]) / before).ln();
+                assert!(
+                    jumped.signum() == news.size.signum(),
+                    "{}: {jumped} vs {}",
+                    s.symbol,
+                    news.size
+                );
+                kept.push(hour_later / news.size);
+                let vols: Vec<f64> = rows.iter().map(|&r| volume.value(r)).collect();
+                let after = vols[m..m + 30].iter().sum::<f64>() / 30.0;
+                heavy.push(after / median(vols));
+            }
+        }
+        assert!(n >= 20, "{n} news events");
+        let mean_kept = kept.iter().sum::<f64>() / kept.len() as f64;
+        assert!(
+            mean_kept > 0.75,
+            "news reverted: kept {mean_kept} of the jump on average, {kept:?}"
+        );
+        let same_side = kept.iter().filter(|k| **k > 0.3).count();
+        assert!(same_side * 10 >= kept.len() * 8, "{kept:?}");
+        assert!(heavy.iter().all(|h| *h > 1.5), "{heavy:?}");
+        assert!(
+            heavy.iter().sum::<f64>() / heavy.len() as f64 > 2.5,
+            "{heavy:?}"
+        );
+    }
+
+    #[test]
+    fn every_day_closes_with_an_auction_and_rebalances_dwarf_it() {
+        for kind in [SimKind::Trades, SimKind::Bars] {
+            for (decoys, least) in [(0.0, 8.0), (3.0, 100.0)] {
+                let sim = Simulator::new(SimConfig {
+                    kind,
+                    decoys_per_symbol_day: decoys,
+                    events_per_symbol_day: 0.0,
+                    ..small(kind)
+                });
+                for d in 0..2 {
+                    let day = sim.simulate_day(d);
+                    let t = &day.ticks;
+                    let (ts, price, volume) =
+                        (times(t, col::TS), f64s(t, col::PRICE), f64s(t, col::VOLUME));
+                    for s in sim.symbols() {
+                        let (_, close) = s.session(day.date).unwrap();
+                        let rows = rows_of(t, &s.symbol);
+                        let (&last, &prev) = (rows.last().unwrap(), &rows[rows.len() - 2]);
+                        let typical = median(rows.iter().map(|&r| volume.value(r)).collect());
+                        let ratio = volume.value(last) / typical;
+                        // Bars hold a minute of trades beside the auction.
+                        let least = if kind == SimKind::Bars {
+                            least / 2.0
+                        } else {
+                            least
+                        };
+                        assert!(
+                            ratio > least,
+                            "{kind:?} {}: closing volume {ratio}x the median",
+                            s.symbol
+                        );
+                        let moved = (price.value(last) / price.value(prev)).ln().abs();
+                        assert!(
+                            moved < 0.01,
+                            "{kind:?} {}: the close moved {moved}",
+                            s.symbol
+                        );
+                        if kind == SimKind::Trades {
+                            assert_eq!(ts.value(last), close - 1, "{}", s.symbol);
+                            let (bid, ask) =
+                                (f64s(t, col::BID).value(last), f64s(t, col::ASK).value(last));
+                            assert!((bid - 0.011..=ask + 0.011).contains(&price.value(last)));
+                        }
+                        if decoys > 0.0 {
+                            let x = &day.decoys;
+                            assert!((0..x.num_rows())
+                                .any(|i| strs(x, lcol::SYMBOL).value(i) == s.symbol
+                                    && strs(x, lcol::KIND).value(i) == "rebalance_close"
+                                    && times(x, lcol::END_TS).value(i) == ts.value(last)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn manipulation_sizes_span_barely_visible_to_obvious_in_sigmas() {
+        let sim = Simulator::new(SimConfig {
+            symbols: 12,
+            days: 3,
+            trades_per_day: 1000.0,
+            events_per_symbol_day: 4.0,
+            decoys_per_symbol_day: 0.0,
+            ..SimConfig::default()
+        });
+        let mut sigmas = Vec::new();
+        let mut spikes = Vec::new();
+        let mut scratch = Scratch::default();
+        for d in 0..3 {
+            let date = sim.trading_day(d).unwrap();
+            let p = sim.params();
+            let regime = Regimes::at(p.seed, p.market, d);
+            let markets: Vec<MarketDay> = (0..sim.shapes.len())
+                .map(|v| market::market_day(&p, v, d, &sim.shapes[v], regime))
+                .collect();
+            for i in 0..sim.symbols().len() {
+                let out = sim.symbol_day(i, d, date, &markets, &mut scratch);
+                let t = &out.ticks;
+                let (ts, price) = (times(t, col::TS), f64s(t, col::PRICE));
+                let (bid, ask) = (f64s(t, col::BID), f64s(t, col::ASK));
+                for e in &scratch.events {
+                    match (e.kind, e.sigmas) {
+                        (EventKind::PriceSpike, Some(k)) => {
+                            sigmas.push(k);
+                            if let Some((a, _)) = e.span() {
+                                let j = (0..t.num_rows()).find(|&j| ts.value(j) == a).unwrap();
+                                let mid = (bid.value(j) + ask.value(j)) / 2.0;
+                                spikes.push((price.value(j) / mid - 1.0).abs());
+                            }
+                        }
+                        (
+                            EventKind::PumpAndDump | EventKind::Spoofing | EventKind::MarkingClose,
+                            Some(k),
+                        ) => sigmas.push(k),
+                        (
+                            EventKind::PumpAndDump | EventKind::Spoofing | EventKind::MarkingClose,
+                            None,
+                        )
+                        | (EventKind::PriceSpike, None) => panic!("{:?} not sized", e.kind),
+                        (_, Some(_)) => panic!("{:?} has no price move to size", e.kind),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        assert!(sigmas.len() > 40, "{} sized events", sigmas.len());
+        assert!(sigmas.iter().all(|k| (1.0..=10.0).contains(k)));
+        let (lo, hi) = (
+            sigmas.iter().copied().fold(f64::INFINITY, f64::min),
+            sigmas.iter().copied().fold(0.0, f64::max),
+        );
+        assert!(lo < 1.5 && hi > 7.0, "sizes {lo}..{hi} sigmas");
+        // Log-uniform: about half below the geometric middle.
+        let below =
+            sigmas.iter().filter(|k| **k < 10f64.sqrt()).count() as f64 / sigmas.len() as f64;
+        assert!((0.3..0.7).contains(&below), "{below} below sqrt(10)");
+        // On the tape: the smallest spikes hide in the spread, the largest do not.
+        assert!(spikes.len() >= 5, "{spikes:?}");
+        let (small, big) = (
+            spikes.iter().copied().fold(f64::INFINITY, f64::min),
+            spikes.iter().copied().fold(0.0, f64::max),
+        );
+        assert!(big > 5.0 * small, "spikes {small}..{big}");
+    }
+
+    #[test]
+    fn basic_market_is_the_simulator_before_realism_bit_for_bit() {
+        // Pinned from the simulator before the realistic market was added
+        // (commit 78fa808 writes the same lake files as `--realism basic`):
+        // a change here changes every basic lake and its demo numbers.
+        let mut h = 0xcbf2_9ce4_8422_2325_u64;
+        let mut eat = |x: u64| {
+            for b in x.to_le_bytes() {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for kind in [SimKind::Trades, SimKind::Bars] {
+            let sim = Simulator::new(SimConfig {
+                realism: Realism::Basic,
+                decoys_per_symbol_day: 3.0,
+                symbols: 4,
+                days: 2,
+                trades_per_day: 500.0,
+                events_per_symbol_day: 2.0,
+                kind,
+                ..SimConfig::default()
+            });
+            let day = sim.simulate_day(1);
+            let t = &day.ticks;
+            for c in [col::PRICE, col::VOLUME, col::BID, col::ASK, col::HIGH] {
+                let a = f64s(t, c);
+                (0..a.len()).for_each(|i| {
+                    eat(if a.is_null(i) {
+                        1
+                    } else {
+                        a.value(i).to_bits()
+                    })
+                });
+            }
+            let ts = times(t, col::TS);
+            (0..ts.len()).for_each(|i| eat(ts.value(i) as u64));
+            for c in [lcol::START_TS, lcol::END_TS] {
+                let a = times(&day.labels, c);
+                (0..a.len()).for_each(|i| eat(a.value(i) as u64));
+            }
+        }
+        assert_eq!(h, 0xf238_03b5_13dd_fa0f, "basic output fingerprint {h:#x}");
     }
 }
