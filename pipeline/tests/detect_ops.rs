@@ -58,30 +58,6 @@ fn scored_lake(
     (lake, version, want)
 }
 
-/// Asserts two alert maps are equal, printing a short account of the
-/// differences (the maps hold hundreds of entries).
-fn assert_same(got: &BTreeMap<Key, f64>, want: &BTreeMap<Key, f64>, what: &str) {
-    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
-    let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
-    let differ: Vec<_> = want
-        .iter()
-        .filter_map(|(k, w)| got.get(k).filter(|g| *g != w).map(|g| (k, *w, *g)))
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty() && differ.is_empty(),
-        "{what}: {} alerts vs {} wanted; {} missing (first {:?}), {} extra (first {:?}), \
-         {} with another score (first {:?})",
-        got.len(),
-        want.len(),
-        missing.len(),
-        missing.iter().take(5).collect::<Vec<_>>(),
-        extra.len(),
-        extra.iter().take(5).collect::<Vec<_>>(),
-        differ.len(),
-        differ.iter().take(5).collect::<Vec<_>>(),
-    );
-}
-
 fn detect_args(lake: &str, topic: &str, group: &str, url: &str, extra: &[&str]) -> Vec<String> {
     let brokers = service_env("STOCKANOMALY_TEST_KAFKA");
     let q = queries();
@@ -339,7 +315,19 @@ async fn two_detectors_in_a_group_write_the_alerts_of_one_across_a_rebalance() {
     );
 
     let got = common::pg_alerts(&client, &version).await;
-    assert_same(&got, &want, "two members vs batch");
+    let dead: Vec<String> = client
+        .query(
+            "SELECT source_partition || '@' || source_offset || ' ' || reason || ': ' || \
+             coalesce(detail, '') FROM dead_letters",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    assert!(dead.is_empty(), "the lake's ticks are all good: {dead:#?}");
+    common::assert_same(&got, &want, "two members vs batch");
     let stats = count(
         &client,
         "SELECT count(*) FROM detector_stats WHERE e2e_p99_ms IS NOT NULL AND lag IS NOT NULL",
@@ -493,7 +481,7 @@ async fn a_postgres_outage_mid_stream_loses_nothing_and_commits_nothing_early() 
     if got != want {
         eprintln!("{}", log(dir.path(), "d"));
     }
-    assert_same(&got, &want, "after the outage vs batch");
+    common::assert_same(&got, &want, "after the outage vs batch");
     // The alerts below the offsets stored at the cut were all written
     // before the cut: none of them is newer than the cut.
     let late_below = client

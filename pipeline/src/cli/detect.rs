@@ -78,7 +78,9 @@ pub struct DetectArgs {
     pub batch_ms: u64,
 
     /// A symbol quiet this long has its last (symbol, ts) group emitted, in
-    /// milliseconds; a tick arriving later with that timestamp is late.
+    /// milliseconds of time spent reading the topic (the detector's own
+    /// processing does not count); a tick arriving later with that timestamp
+    /// is late.
     #[arg(long, env = "STOCKANOMALY_IDLE_TIMEOUT_MS", default_value_t = 2_000)]
     pub idle_timeout_ms: u64,
 

@@ -252,6 +252,8 @@ pub async fn detect(
     // message (not wall time: a batch stuck on a PostgreSQL outage is not
     // idleness).
     let mut quiet = Duration::ZERO;
+    // Total time spent reading the topic: the executor's idle clock.
+    let mut reading = Duration::ZERO;
     let started = Instant::now();
     let mut last_stats = Instant::now();
     let mut batch_ms: Vec<f64> = Vec::new();
@@ -418,8 +420,11 @@ pub async fn detect(
             }
         }
 
+        let filled = fill_started.elapsed();
+        reading += filled;
+        executor.set_clock(reading);
         if summary.messages == messages_before {
-            quiet += fill_started.elapsed();
+            quiet += filled;
         } else {
             quiet = Duration::ZERO;
         }

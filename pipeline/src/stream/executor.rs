@@ -144,8 +144,9 @@ struct Book {
     newest: i64,
     /// Newest `ts` emitted.
     emitted: Option<i64>,
-    /// When the newest tick arrived.
-    arrived: Option<Instant>,
+    /// When the newest tick arrived, on the executor's clock (see
+    /// [`Executor::set_clock`]).
+    arrived: Option<Duration>,
     /// The source partition the symbol comes from (keyed topics put a
     /// symbol in one partition).
     partition: i32,
@@ -164,6 +165,10 @@ pub struct Executor {
     books: HashMap<String, Book>,
     /// Last offset seen per partition.
     seen: BTreeMap<i32, i64>,
+    /// The clock idleness is measured on: set by the caller, or wall time
+    /// since `origin`.
+    clock: Option<Duration>,
+    origin: Instant,
 }
 
 impl Executor {
@@ -207,6 +212,8 @@ impl Executor {
             held_schema,
             books: HashMap::new(),
             seen: BTreeMap::new(),
+            clock: None,
+            origin: Instant::now(),
         })
     }
 
@@ -218,6 +225,19 @@ impl Executor {
     /// The feature catalog.
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// Sets the clock the idle timeout is measured on. A consumer passes the
+    /// time it has spent **waiting for input**, so that its own processing
+    /// (a slow batch, an outage) never makes a symbol look idle and closes a
+    /// group whose next tick is already waiting to be read. Without it, the
+    /// clock is wall time.
+    pub fn set_clock(&mut self, now: Duration) {
+        self.clock = Some(now);
+    }
+
+    fn now(&self) -> Duration {
+        self.clock.unwrap_or_else(|| self.origin.elapsed())
     }
 
     /// Ticks held (history and pending).
@@ -259,9 +279,21 @@ impl Executor {
     /// after a restart or a new partition assignment, the ticks from the
     /// warm-up offset to the next offset. They are taken as emitted.
     pub fn warm_up(&mut self, input: Input) -> Result<Vec<LateTick>, ExecutorError> {
+        // Only the replayed symbols: others may be live with groups pending
+        // (another partition of this consumer), which must still be emitted.
+        let replayed: std::collections::HashSet<String> = input
+            .ticks
+            .column(1)
+            .as_string::<i32>()
+            .iter()
+            .flatten()
+            .map(str::to_owned)
+            .collect();
         let late = self.admit(input, false)?;
-        for book in self.books.values_mut() {
-            book.emitted = Some(book.newest);
+        for s in &replayed {
+            if let Some(book) = self.books.get_mut(s) {
+                book.emitted = Some(book.newest);
+            }
         }
         self.prune()?;
         Ok(late)
@@ -350,7 +382,7 @@ impl Executor {
             .ticks
             .column(0)
             .as_primitive::<TimestampMicrosecondType>();
-        let now = Instant::now();
+        let now = self.now();
         let lateness = duration_us(self.config.allowed_lateness);
         let mut keep = Vec::with_capacity(n);
         let mut late = Vec::new();
@@ -430,7 +462,7 @@ impl Executor {
     /// Emits complete groups (all pending groups of idle symbols, or of
     /// every symbol when `all`), then prunes history.
     async fn emit(&mut self, all: bool) -> Result<Step, ExecutorError> {
-        let now = Instant::now();
+        let now = self.now();
         let lateness = duration_us(self.config.allowed_lateness);
         // Per symbol: emit ticks with emitted < ts <= cutoff.
         let mut cutoffs: HashMap<&str, (Option<i64>, i64)> = HashMap::new();
@@ -450,7 +482,7 @@ impl Executor {
             }
             let idle = book
                 .arrived
-                .is_none_or(|a| now.duration_since(a) >= self.config.idle_timeout);
+                .is_none_or(|a| now.saturating_sub(a) >= self.config.idle_timeout);
             // No tick at or before `t` can still arrive.
             let complete = t < book.newest.saturating_sub(lateness) || all || idle;
             if complete {
@@ -906,5 +938,40 @@ mod tests {
             .unwrap();
         assert!(step.late.is_empty());
         assert_eq!(step.emitted(), 1);
+    }
+
+    #[tokio::test]
+    async fn warming_up_one_partition_leaves_another_partitions_pending_groups() {
+        let catalog = Catalog::embedded().await.unwrap();
+        let mut ex = Executor::new(
+            catalog,
+            Vec::new(),
+            None,
+            ExecutorConfig {
+                idle_timeout: Duration::from_secs(3600),
+                ..ExecutorConfig::default()
+            },
+        )
+        .unwrap();
+        let mut b = TickBuilder::new("test");
+        // AAA (partition 0) has its last group pending...
+        let step = ex
+            .step(input(&[(T0, 10.0), (T0 + 1_000_000, 10.1)], 0, &mut b))
+            .await
+            .unwrap();
+        assert_eq!(step.emitted(), 1);
+        // ...when partition 1 (BBB) is taken over and replayed.
+        b.push(&TickRecord::trade(T0, "BBB", 5.0, 1.0)).unwrap();
+        ex.warm_up(Input {
+            ticks: b.finish(),
+            partitions: Int32Array::from(vec![1]),
+            offsets: Int64Array::from(vec![0]),
+            arrived_us: None,
+        })
+        .unwrap();
+        assert_eq!(ex.pending(), 1, "AAA's group is still pending");
+        let step = ex.flush(true).await.unwrap();
+        assert_eq!(step.emitted(), 1, "and is emitted");
+        assert_eq!(step.sources, [(0, 1)]);
     }
 }

@@ -333,3 +333,27 @@ pub async fn pg_alerts(client: &tokio_postgres::Client, version: &str) -> BTreeM
         })
         .collect()
 }
+
+/// Asserts two alert maps are equal, printing a short account of the
+/// differences (the maps hold hundreds of entries).
+pub fn assert_same(got: &BTreeMap<Key, f64>, want: &BTreeMap<Key, f64>, what: &str) {
+    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+    let differ: Vec<_> = want
+        .iter()
+        .filter_map(|(k, w)| got.get(k).filter(|g| *g != w).map(|g| (k, *w, *g)))
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && differ.is_empty(),
+        "{what}: {} alerts vs {} wanted; {} missing (first {:?}), {} extra (first {:?}), \
+         {} with another score (first {:?})",
+        got.len(),
+        want.len(),
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        extra.len(),
+        extra.iter().take(5).collect::<Vec<_>>(),
+        differ.len(),
+        differ.iter().take(5).collect::<Vec<_>>(),
+    );
+}
