@@ -72,7 +72,7 @@ if [ "$QUICK" = 1 ]; then
   SIM=(--symbols 12 --days 3 --trades-per-day 1700)
   RATE=5000
 else
-  SIM=(--symbols 50 --days 2 --trades-per-day 10000)
+  SIM=(--symbols 40 --days 3 --trades-per-day 8000)
   RATE=100000
 fi
 

@@ -220,6 +220,9 @@ pub async fn detect(
         .set("heartbeat.interval.ms", "1000")
         .set("max.poll.interval.ms", "120000")
         .set("statistics.interval.ms", "1000")
+        // A topic created after the detector started is found within
+        // seconds, not librdkafka's default five minutes.
+        .set("topic.metadata.refresh.interval.ms", "5000")
         .create_with_context(DetectContext {
             topic: options.topic.clone(),
             events: Arc::clone(&events),
