@@ -104,11 +104,6 @@ impl AlertTopic {
         })
     }
 
-    /// The topic.
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
     /// Publishes `alerts` and waits until the broker has them all.
     pub async fn publish(&self, alerts: &[AlertRow]) -> Result<(), AlertTopicError> {
         let messages: Vec<(String, String)> = alerts

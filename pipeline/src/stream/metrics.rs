@@ -151,26 +151,6 @@ impl Metrics {
         self.with(|s| (!s.lag.is_empty()).then(|| s.lag.values().sum()))
     }
 
-    /// Quantile `q` of the arrival-to-commit latency in seconds, from the
-    /// histogram (the upper bound of the bucket holding it).
-    pub fn latency_quantile(&self, q: f64) -> Option<f64> {
-        self.with(|s| {
-            let h = &s.arrival_to_commit;
-            if h.count == 0 {
-                return None;
-            }
-            let rank = (q * h.count as f64).ceil() as u64;
-            let mut cumulative = 0;
-            for (b, c) in LATENCY_BUCKETS.iter().zip(h.counts) {
-                cumulative += c;
-                if cumulative >= rank {
-                    return Some(*b);
-                }
-            }
-            Some(f64::INFINITY)
-        })
-    }
-
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         self.with(|s| {
@@ -320,8 +300,6 @@ mod tests {
         assert!(text.contains("stockanomaly_arrival_to_commit_seconds_bucket{le=\"0.25\"} 3\n"));
         assert!(text.contains("stockanomaly_arrival_to_commit_seconds_bucket{le=\"+Inf\"} 4\n"));
         assert!(text.contains("stockanomaly_event_to_commit_seconds_count 0\n"));
-        assert_eq!(m.latency_quantile(0.5), Some(0.005));
-        assert_eq!(m.latency_quantile(0.99), Some(5.0));
         m.set_lag(&BTreeMap::from([(0, 3), (1, 4)]));
         assert_eq!(m.total_lag(), Some(7));
         assert!(m

@@ -49,11 +49,6 @@ impl Reconnecting {
         Ok(self.client.insert(client))
     }
 
-    /// Failures since the last success.
-    pub fn failures(&self) -> u64 {
-        self.failures
-    }
-
     /// Records a success: the next failure waits the shortest time again.
     pub fn succeeded(&mut self) {
         self.backoff = FIRST_BACKOFF;
