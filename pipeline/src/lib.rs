@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod labels;
 pub mod lake;
 pub mod model;
+pub mod review;
 pub mod sinks;
 pub mod sources;
 pub mod stream;

@@ -55,7 +55,10 @@ async fn migrate_applies_once_and_creates_the_schema() {
     assert!(applied_migrations(&c).await.unwrap().is_empty());
 
     let first = migrate(&mut c).await.unwrap();
-    assert_eq!(first, vec!["0001_init".to_owned()]);
+    assert_eq!(
+        first,
+        vec!["0001_init".to_owned(), "0002_review".to_owned()]
+    );
     let second = migrate(&mut c).await.unwrap();
     assert!(second.is_empty(), "{second:?}");
 
@@ -73,6 +76,8 @@ async fn migrate_applies_once_and_creates_the_schema() {
         "detector_stats",
         "ticks",
         "ticks_default",
+        "dispositions",
+        "alert_status",
     ] {
         let exists: bool = c
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
@@ -150,11 +155,17 @@ async fn concurrent_migrations_both_succeed() {
     let (mut a, mut b) = (db.client().await, db.client().await);
     let (ra, rb) = tokio::join!(migrate(&mut a), migrate(&mut b));
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
-    // Exactly one of them applied the migration; the other found it done.
+    // Each migration was applied by exactly one of them; the other found
+    // it done.
     let mut all = ra.clone();
     all.extend(rb.clone());
-    assert_eq!(all, vec!["0001_init".to_owned()], "{ra:?} {rb:?}");
-    assert_eq!(count(&a, "schema_migrations").await, 1);
+    all.sort();
+    assert_eq!(
+        all,
+        vec!["0001_init".to_owned(), "0002_review".to_owned()],
+        "{ra:?} {rb:?}"
+    );
+    assert_eq!(count(&a, "schema_migrations").await, 2);
 }
 
 #[tokio::test]
@@ -163,6 +174,7 @@ async fn cli_migrate_and_status() {
     let dir = tempfile::tempdir().unwrap();
     let out = common::ok(dir.path(), &["db", "migrate", "--database-url", &db.url]);
     assert!(out.contains("applied 0001_init"), "{out}");
+    assert!(out.contains("applied 0002_review"), "{out}");
     // The URL from the environment, as deployments pass it.
     let out = common::bin()
         .current_dir(dir.path())

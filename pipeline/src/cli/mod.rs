@@ -8,9 +8,11 @@ mod demo;
 mod detect;
 mod features;
 mod ingest;
+mod labels;
 mod output;
 mod produce;
 mod score;
+mod serve;
 mod simulate;
 mod sql;
 mod train;
@@ -106,6 +108,10 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Score a Kafka tick stream with a model and/or rules; alerts and offsets to PostgreSQL, exactly once.
     Detect(DetectArgs),
+    /// Serve the alert review web app (queue, evidence, verdicts) and its JSON API.
+    Serve(serve::ServeArgs),
+    /// Turn analysts' verdicts into lake labels for training.
+    Labels(labels::LabelsArgs),
 }
 
 /// A mistake in flags, configuration or a query: exit status 2.
@@ -171,6 +177,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Db(args) => db::run(args).await,
         Command::Produce(args) => produce::run(&cli.lake, args).await,
         Command::Detect(args) => detect::run(&cli.lake, args).await,
+        Command::Serve(args) => serve::run(&cli.lake, args).await,
+        Command::Labels(args) => labels::run(&cli.lake, args).await,
     }
 }
 

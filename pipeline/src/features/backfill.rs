@@ -100,7 +100,9 @@ pub fn features_table(catalog: &Catalog) -> TableSpec {
 /// A session over the lake where `features` is the current feature set's
 /// snapshot and `training` joins it with `labels` point in time: `label` is
 /// 1 when the tick lies inside a label interval of its symbol, and `kind`
-/// names the (alphabetically first) such label.
+/// names the (alphabetically first) such label. Labels of kind
+/// [`REVIEWED_NEGATIVE`](crate::labels::REVIEWED_NEGATIVE) never make a
+/// tick positive.
 pub async fn training_session(
     root: &LakeRoot,
     catalog: &Catalog,
@@ -140,16 +142,18 @@ pub async fn snapshot_session(
     ))
     .await
     .map_err(df_err)?;
-    ctx.sql(
+    ctx.sql(&format!(
         "CREATE VIEW training AS \
          SELECT f.*, CASE WHEN l.kind IS NULL THEN 0 ELSE 1 END AS label, l.kind AS kind \
          FROM features f LEFT JOIN ( \
              SELECT f2.symbol, f2.ts, f2.seq, min(lb.kind) AS kind \
              FROM features f2 JOIN labels lb ON f2.symbol = lb.symbol \
               AND f2.ts >= lb.start_ts AND f2.ts <= lb.end_ts \
+              AND lb.kind <> '{negative}' \
              GROUP BY f2.symbol, f2.ts, f2.seq) l \
          ON f.symbol = l.symbol AND f.ts = l.ts AND f.seq = l.seq",
-    )
+        negative = crate::labels::REVIEWED_NEGATIVE
+    ))
     .await
     .map_err(df_err)?;
     Ok(ctx)

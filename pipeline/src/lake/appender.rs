@@ -304,3 +304,83 @@ fn encode_parquet(
     writer.close()?;
     Ok(buf)
 }
+
+/// What [`replace_named`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReplaceStats {
+    /// Dates whose file was written.
+    pub written: usize,
+    /// Dates whose file was removed because `batch` has no rows there.
+    pub removed: usize,
+}
+
+/// Makes `batch` the content of the files named `<name>.parquet` in `spec`'s
+/// table: one sorted file per date of its rows
+/// (`<table>/date=D/<name>.parquet`, each put atomically, replacing the one
+/// there), and removes the files of that name under dates `batch` no longer
+/// has. For a table section that is rewritten whole each time (the labels
+/// exported from reviews), beside the append-only, content-addressed files
+/// of [`Appender`].
+pub async fn replace_named(
+    root: &LakeRoot,
+    spec: &TableSpec,
+    name: &str,
+    batch: &RecordBatch,
+) -> Result<ReplaceStats, LakeError> {
+    use futures::TryStreamExt;
+
+    let arrow_err = |source| LakeError::Arrow {
+        table: spec.name.clone(),
+        source,
+    };
+    let file = format!("{name}.parquet");
+    let store = root.store();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    let mut stats = ReplaceStats::default();
+    let mut kept = std::collections::BTreeSet::new();
+    if batch.num_rows() > 0 {
+        for (day, part) in split_by_day(batch, spec.partition_ts).map_err(arrow_err)? {
+            let part = sort_by(&part, &spec.sort_by).map_err(arrow_err)?;
+            let date = date_string(day);
+            let path = root.path(&format!("{}/date={date}/{file}", spec.name));
+            let bytes = encode_parquet(&part, &props).map_err(|source| LakeError::Parquet {
+                path: path.to_string(),
+                source,
+            })?;
+            store
+                .put(&path, PutPayload::from(bytes))
+                .await
+                .map_err(|source| LakeError::Store {
+                    path: path.to_string(),
+                    source,
+                })?;
+            kept.insert(path.to_string());
+            stats.written += 1;
+        }
+    }
+    let prefix = root.path(&spec.name);
+    let listed: Vec<object_store::ObjectMeta> = store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|source| LakeError::Store {
+            path: prefix.to_string(),
+            source,
+        })?;
+    for meta in listed {
+        let path = meta.location;
+        if path.filename() == Some(file.as_str()) && !kept.contains(path.as_ref()) {
+            store
+                .delete(&path)
+                .await
+                .map_err(|source| LakeError::Store {
+                    path: path.to_string(),
+                    source,
+                })?;
+            stats.removed += 1;
+        }
+    }
+    Ok(stats)
+}

@@ -13,7 +13,9 @@ mod error;
 mod root;
 mod table;
 
-pub use appender::{AppendStats, Appender, AppenderOptions};
+pub use appender::{
+    date_string, replace_named, AppendStats, Appender, AppenderOptions, ReplaceStats,
+};
 pub use context::{register_table, schema_session, session_context};
 pub use error::LakeError;
 pub use root::LakeRoot;

@@ -742,7 +742,7 @@ fn alert_rows(executor: &Executor, step: &Step, topic: &str) -> Result<Vec<Alert
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

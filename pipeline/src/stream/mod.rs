@@ -7,7 +7,7 @@ pub mod detect;
 pub mod executor;
 pub mod metrics;
 
-pub use detect::{detect, DetectError, DetectOptions, DetectSummary};
+pub use detect::{detect, shutdown_signal, DetectError, DetectOptions, DetectSummary};
 pub use executor::{
     load_symbols, ticks_in_arrival_order, Executor, ExecutorConfig, ExecutorError, Input, LateTick,
     PartitionPosition, Step,

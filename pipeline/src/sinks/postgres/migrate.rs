@@ -30,11 +30,18 @@ impl Migration {
 
 /// Every migration this binary knows, in order. Released files never change
 /// (their checksum is checked); a schema change is a new file here.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../../migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "review",
+        sql: include_str!("../../../migrations/0002_review.sql"),
+    },
+];
 
 /// A migration recorded in `schema_migrations`.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,25 @@
+//! The analyst's side: `stockanomaly serve` (an alert queue, an alert page
+//! with its evidence and SHAP contributions, verdicts stored in PostgreSQL
+//! with their history, and a JSON API) and `stockanomaly labels export`
+//! (verdicts become lake labels, so the next `train` learns from them).
+
+mod chart;
+mod error;
+mod evidence;
+mod export;
+mod pages;
+mod pool;
+mod query;
+mod server;
+
+pub use chart::{contributions, Contribution};
+pub use error::ReviewError;
+pub use evidence::{window, Evidence, TickStore, MAX_TICKS};
+pub use export::{export_labels, ExportSummary, REVIEW_SOURCE};
+pub use pool::Pool;
+pub use query::{
+    dispositions, final_verdicts, get_alert, list_alerts, record_disposition, AlertDetail,
+    AlertFilter, AlertPage, AlertSummary, Disposition, NewDisposition, RawFilter, Verdict,
+    DEFAULT_CONFIRMED_KIND, STATUSES,
+};
+pub use server::{router, serve, AppState, API_DOC};

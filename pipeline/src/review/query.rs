@@ -1,0 +1,623 @@
+//! The review app's reads and writes in PostgreSQL: the alert queue, one
+//! alert with its verdicts, and recording a verdict. Every query is
+//! parameterised; filters arrive as text and are validated here.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::{Client, Row};
+
+use super::ReviewError;
+
+/// The verdicts an analyst can give.
+pub const STATUSES: [&str; 3] = ["confirmed", "dismissed", "escalated"];
+
+/// The statuses an alert can have: `open` (no verdict yet) or its latest verdict.
+pub const QUEUE_STATUSES: [&str; 4] = ["open", "confirmed", "dismissed", "escalated"];
+
+/// The kinds of detector that raise alerts.
+pub const DETECTORS: [&str; 2] = ["model", "rule"];
+
+/// Default page size of the queue.
+pub const DEFAULT_PER_PAGE: i64 = 50;
+
+/// Largest page size accepted.
+pub const MAX_PER_PAGE: i64 = 500;
+
+/// Queue filters as they arrive in a query string: every field optional,
+/// empty strings meaning "not set" (what an HTML form sends).
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+pub struct RawFilter {
+    /// Exact symbol.
+    pub symbol: Option<String>,
+    /// `model` or `rule`.
+    pub kind: Option<String>,
+    /// Lowest score shown.
+    pub min_score: Option<String>,
+    /// First day (`YYYY-MM-DD`) or instant (RFC 3339) of the alerts' event time.
+    pub from: Option<String>,
+    /// Last day (inclusive) or instant of the alerts' event time.
+    pub to: Option<String>,
+    /// Exact model (or rule set) version.
+    pub model_version: Option<String>,
+    /// `open`, `confirmed`, `dismissed`, `escalated` (or empty: all).
+    pub status: Option<String>,
+    /// Page number, from 1.
+    pub page: Option<String>,
+    /// Alerts per page (1 to 500).
+    pub per_page: Option<String>,
+}
+
+/// Validated queue filters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertFilter {
+    /// Exact symbol.
+    pub symbol: Option<String>,
+    /// `model` or `rule`.
+    pub kind: Option<String>,
+    /// Lowest score shown.
+    pub min_score: Option<f64>,
+    /// Alerts with `ts >= from`.
+    pub from: Option<DateTime<Utc>>,
+    /// Alerts with `ts < to_exclusive`.
+    pub to_exclusive: Option<DateTime<Utc>>,
+    /// Exact model version.
+    pub model_version: Option<String>,
+    /// Status.
+    pub status: Option<String>,
+    /// Page number, from 1.
+    pub page: i64,
+    /// Alerts per page.
+    pub per_page: i64,
+}
+
+fn set(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// Checks a free-text identifier (symbol, version): printable, bounded.
+pub fn check_text(what: &str, value: &str, max: usize) -> Result<String, ReviewError> {
+    if value.chars().count() > max {
+        return Err(ReviewError::BadRequest(format!(
+            "{what} is longer than {max} characters"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ReviewError::BadRequest(format!(
+            "{what} contains control characters"
+        )));
+    }
+    Ok(value.to_owned())
+}
+
+fn one_of(what: &str, value: &str, allowed: &[&str]) -> Result<String, ReviewError> {
+    if allowed.contains(&value) {
+        Ok(value.to_owned())
+    } else {
+        Err(ReviewError::BadRequest(format!(
+            "{what} must be one of {}, not {value:?}",
+            allowed.join(", ")
+        )))
+    }
+}
+
+/// Parses `YYYY-MM-DD` (a whole day) or an RFC 3339 instant; for a day,
+/// `end` picks the start of the next day (an inclusive last day).
+fn parse_time(what: &str, value: &str, end: bool) -> Result<DateTime<Utc>, ReviewError> {
+    if let Ok(day) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        let day = if end {
+            day.succ_opt().unwrap_or(day)
+        } else {
+            day
+        };
+        return Ok(day.and_time(chrono::NaiveTime::MIN).and_utc());
+    }
+    match DateTime::parse_from_rfc3339(value) {
+        Ok(t) => {
+            let t = t.with_timezone(&Utc);
+            Ok(if end {
+                t + chrono::Duration::microseconds(1)
+            } else {
+                t
+            })
+        }
+        Err(_) => Err(ReviewError::BadRequest(format!(
+            "{what} must be a date (2024-03-01) or an RFC 3339 time \
+             (2024-03-01T14:30:00Z), not {value:?}"
+        ))),
+    }
+}
+
+impl AlertFilter {
+    /// Validates raw filters; the message names the offending parameter.
+    pub fn parse(raw: &RawFilter) -> Result<Self, ReviewError> {
+        let min_score = match set(&raw.min_score) {
+            None => None,
+            Some(s) => match s.parse::<f64>() {
+                Ok(v) if v.is_finite() => Some(v),
+                _ => {
+                    return Err(ReviewError::BadRequest(format!(
+                        "min_score must be a finite number, not {s:?}"
+                    )))
+                }
+            },
+        };
+        let int = |what: &str, v: &Option<String>, default: i64, max: i64| match set(v) {
+            None => Ok(default),
+            Some(s) => match s.parse::<i64>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(ReviewError::BadRequest(format!(
+                    "{what} must be a whole number from 1 to {max}, not {s:?}"
+                ))),
+            },
+        };
+        let from = set(&raw.from)
+            .map(|s| parse_time("from", s, false))
+            .transpose()?;
+        let to_exclusive = set(&raw.to)
+            .map(|s| parse_time("to", s, true))
+            .transpose()?;
+        Ok(Self {
+            symbol: set(&raw.symbol)
+                .map(|s| check_text("symbol", s, 64))
+                .transpose()?,
+            kind: set(&raw.kind)
+                .map(|s| one_of("kind", s, &DETECTORS))
+                .transpose()?,
+            min_score,
+            from,
+            to_exclusive,
+            model_version: set(&raw.model_version)
+                .map(|s| check_text("model_version", s, 200))
+                .transpose()?,
+            status: set(&raw.status)
+                .map(|s| one_of("status", s, &QUEUE_STATUSES))
+                .transpose()?,
+            page: int("page", &raw.page, 1, 1_000_000)?,
+            per_page: int("per_page", &raw.per_page, DEFAULT_PER_PAGE, MAX_PER_PAGE)?,
+        })
+    }
+}
+
+/// One alert of the queue.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertSummary {
+    /// The alert's id.
+    pub id: i64,
+    /// Model or rule-set version that raised it.
+    pub model_version: String,
+    /// `model` or `rule`.
+    pub kind: String,
+    /// Symbol.
+    pub symbol: String,
+    /// Event time of the tick.
+    pub ts: DateTime<Utc>,
+    /// The tick's sequence number within its (symbol, ts).
+    pub seq: i32,
+    /// When the detector raised it.
+    pub detected_at: DateTime<Utc>,
+    /// Score.
+    pub score: f64,
+    /// Threshold the score crossed.
+    pub threshold: f64,
+    /// A rule's reason.
+    pub reason: Option<String>,
+    /// `open` or the latest verdict.
+    pub status: String,
+}
+
+/// A page of the queue.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertPage {
+    /// Alerts matching the filters.
+    pub total: i64,
+    /// This page's number, from 1.
+    pub page: i64,
+    /// Page size.
+    pub per_page: i64,
+    /// The alerts, highest score first.
+    pub alerts: Vec<AlertSummary>,
+}
+
+/// One verdict on an alert.
+#[derive(Debug, Clone, Serialize)]
+pub struct Disposition {
+    /// The verdict's id.
+    pub id: i64,
+    /// The alert.
+    pub alert_id: i64,
+    /// `confirmed`, `dismissed` or `escalated`.
+    pub status: String,
+    /// The manipulation kind of a confirmation.
+    pub kind: Option<String>,
+    /// The analyst's note (as typed: escape before showing it).
+    pub note: String,
+    /// Who gave it.
+    pub analyst: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// One alert with everything the alert page shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertDetail {
+    /// The queue's fields.
+    #[serde(flatten)]
+    pub summary: AlertSummary,
+    /// The largest SHAP contributions (`[{feature, value, contribution}]`).
+    pub top_features: Option<serde_json::Value>,
+    /// Every feature of the tick (`{name: value}`).
+    pub features: Option<serde_json::Value>,
+    /// First tick of the evidence window.
+    pub evidence_start: Option<DateTime<Utc>>,
+    /// Last tick of the evidence window.
+    pub evidence_end: Option<DateTime<Utc>>,
+    /// Where the tick came from (`kafka://...`, a lake).
+    pub source: String,
+    /// Its Kafka partition, when streamed.
+    pub source_partition: Option<i32>,
+    /// Its Kafka offset, when streamed.
+    pub source_offset: Option<i64>,
+    /// Every verdict, oldest first.
+    pub dispositions: Vec<Disposition>,
+}
+
+/// A verdict to record.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct NewDisposition {
+    /// `confirmed`, `dismissed` or `escalated`.
+    pub status: String,
+    /// Manipulation kind for a confirmation (`spoofing`, ...); default `confirmed`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Free text.
+    #[serde(default)]
+    pub note: Option<String>,
+    /// Who decides.
+    pub analyst: String,
+}
+
+/// Kind recorded for a confirmation that names none.
+pub const DEFAULT_CONFIRMED_KIND: &str = "confirmed";
+
+impl NewDisposition {
+    /// Validates it: a known status, a kind of `[a-z0-9_]` (≤ 40), a note of
+    /// at most 4000 characters, an analyst name of 1 to 64 printable
+    /// characters. Returns `(status, kind, note, analyst)`.
+    pub fn validate(&self) -> Result<(String, Option<String>, String, String), ReviewError> {
+        let status = one_of("status", self.status.trim(), &STATUSES)?;
+        let analyst = self.analyst.trim();
+        if analyst.is_empty() {
+            return Err(ReviewError::BadRequest("analyst is required".into()));
+        }
+        let analyst = check_text("analyst", analyst, 64)?;
+        let note = self.note.as_deref().unwrap_or("").trim();
+        if note.chars().count() > 4000 {
+            return Err(ReviewError::BadRequest(
+                "note is longer than 4000 characters".into(),
+            ));
+        }
+        // Line breaks are fine in a note; other control characters are not.
+        if note
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
+        {
+            return Err(ReviewError::BadRequest(
+                "note contains control characters".into(),
+            ));
+        }
+        let kind = match self
+            .kind
+            .as_deref()
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+        {
+            None if status == "confirmed" => Some(DEFAULT_CONFIRMED_KIND.to_owned()),
+            None => None,
+            Some(k) => {
+                let ok = k.len() <= 40
+                    && k.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                if !ok || k == crate::labels::REVIEWED_NEGATIVE {
+                    return Err(ReviewError::BadRequest(format!(
+                        "kind must be up to 40 of a-z, 0-9 and _ (and not {}), not {k:?}",
+                        crate::labels::REVIEWED_NEGATIVE
+                    )));
+                }
+                if status != "confirmed" {
+                    return Err(ReviewError::BadRequest(
+                        "kind is only given with status confirmed".into(),
+                    ));
+                }
+                Some(k.to_owned())
+            }
+        };
+        Ok((status, kind, note.to_owned(), analyst))
+    }
+}
+
+const SUMMARY_COLUMNS: &str = "a.id, a.model_version, a.detector, a.symbol, a.ts, a.seq, \
+     a.detected_at, a.score, a.threshold, a.reason, coalesce(s.status, 'open') AS status";
+
+/// `WHERE` clause over `alerts a LEFT JOIN alert_status s`, parameters $1..$7.
+const FILTER: &str = "WHERE ($1::text IS NULL OR a.symbol = $1) \
+     AND ($2::text IS NULL OR a.detector = $2) \
+     AND ($3::float8 IS NULL OR a.score >= $3) \
+     AND ($4::timestamptz IS NULL OR a.ts >= $4) \
+     AND ($5::timestamptz IS NULL OR a.ts < $5) \
+     AND ($6::text IS NULL OR a.model_version = $6) \
+     AND ($7::text IS NULL OR coalesce(s.status, 'open') = $7)";
+
+fn summary(row: &Row) -> AlertSummary {
+    AlertSummary {
+        id: row.get(0),
+        model_version: row.get(1),
+        kind: row.get(2),
+        symbol: row.get(3),
+        ts: row.get(4),
+        seq: row.get(5),
+        detected_at: row.get(6),
+        score: row.get(7),
+        threshold: row.get(8),
+        reason: row.get(9),
+        status: row.get(10),
+    }
+}
+
+/// The queue: alerts matching `filter`, highest score first, one page.
+pub async fn list_alerts(client: &Client, filter: &AlertFilter) -> Result<AlertPage, ReviewError> {
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+        &filter.symbol,
+        &filter.kind,
+        &filter.min_score,
+        &filter.from,
+        &filter.to_exclusive,
+        &filter.model_version,
+        &filter.status,
+    ];
+    let total: i64 = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM alerts a \
+                 LEFT JOIN alert_status s ON s.alert_id = a.id {FILTER}"
+            ),
+            &params,
+        )
+        .await
+        .map_err(ReviewError::query("count the alert queue"))?
+        .get(0);
+    let offset = (filter.page - 1) * filter.per_page;
+    let mut all: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.to_vec();
+    all.push(&filter.per_page);
+    all.push(&offset);
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {SUMMARY_COLUMNS} FROM alerts a \
+                 LEFT JOIN alert_status s ON s.alert_id = a.id {FILTER} \
+                 ORDER BY a.score DESC, a.id LIMIT $8 OFFSET $9"
+            ),
+            &all,
+        )
+        .await
+        .map_err(ReviewError::query("read the alert queue"))?;
+    Ok(AlertPage {
+        total,
+        page: filter.page,
+        per_page: filter.per_page,
+        alerts: rows.iter().map(summary).collect(),
+    })
+}
+
+/// The distinct values of a column of `alerts` (for the filter menus).
+pub async fn distinct_values(
+    client: &Client,
+    column: &'static str,
+) -> Result<Vec<String>, ReviewError> {
+    // `column` is one of our constants, never user input.
+    let rows = client
+        .query(
+            &format!("SELECT DISTINCT {column} FROM alerts ORDER BY 1 LIMIT 1000"),
+            &[],
+        )
+        .await
+        .map_err(ReviewError::query("list filter values"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// One alert with its verdicts.
+pub async fn get_alert(client: &Client, id: i64) -> Result<AlertDetail, ReviewError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {SUMMARY_COLUMNS}, a.top_features, a.features, a.evidence_start, \
+                 a.evidence_end, a.source, a.source_partition, a.source_offset \
+                 FROM alerts a LEFT JOIN alert_status s ON s.alert_id = a.id WHERE a.id = $1"
+            ),
+            &[&id],
+        )
+        .await
+        .map_err(ReviewError::query("read an alert"))?
+        .ok_or(ReviewError::NotFound(id))?;
+    Ok(AlertDetail {
+        summary: summary(&row),
+        top_features: row.get(11),
+        features: row.get(12),
+        evidence_start: row.get(13),
+        evidence_end: row.get(14),
+        source: row.get(15),
+        source_partition: row.get(16),
+        source_offset: row.get(17),
+        dispositions: dispositions(client, id).await?,
+    })
+}
+
+fn disposition(row: &Row) -> Disposition {
+    Disposition {
+        id: row.get(0),
+        alert_id: row.get(1),
+        status: row.get(2),
+        kind: row.get(3),
+        note: row.get(4),
+        analyst: row.get(5),
+        at: row.get(6),
+    }
+}
+
+/// An alert's verdicts, oldest first.
+pub async fn dispositions(client: &Client, alert_id: i64) -> Result<Vec<Disposition>, ReviewError> {
+    let rows = client
+        .query(
+            "SELECT id, alert_id, status, kind, note, analyst, at FROM dispositions \
+             WHERE alert_id = $1 ORDER BY id",
+            &[&alert_id],
+        )
+        .await
+        .map_err(ReviewError::query("read an alert's dispositions"))?;
+    Ok(rows.iter().map(disposition).collect())
+}
+
+/// Records a verdict (validated first) and returns it.
+pub async fn record_disposition(
+    client: &Client,
+    alert_id: i64,
+    new: &NewDisposition,
+) -> Result<Disposition, ReviewError> {
+    let (status, kind, note, analyst) = new.validate()?;
+    let exists = client
+        .query_opt("SELECT 1 FROM alerts WHERE id = $1", &[&alert_id])
+        .await
+        .map_err(ReviewError::query("find the alert"))?;
+    if exists.is_none() {
+        return Err(ReviewError::NotFound(alert_id));
+    }
+    let row = client
+        .query_one(
+            "INSERT INTO dispositions (alert_id, status, kind, note, analyst) \
+             VALUES ($1, $2, $3, $4, $5) \
+             RETURNING id, alert_id, status, kind, note, analyst, at",
+            &[&alert_id, &status, &kind, &note, &analyst],
+        )
+        .await
+        .map_err(ReviewError::query("record a disposition"))?;
+    Ok(disposition(&row))
+}
+
+/// A reviewed alert's latest verdict, as `labels export` reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// The alert.
+    pub alert_id: i64,
+    /// Its symbol.
+    pub symbol: String,
+    /// Its tick's event time, µs UTC.
+    pub ts_us: i64,
+    /// `confirmed` or `dismissed`.
+    pub status: String,
+    /// The confirmation's kind.
+    pub kind: Option<String>,
+}
+
+/// Every alert whose latest verdict is `confirmed` or `dismissed`.
+pub async fn final_verdicts(client: &Client) -> Result<Vec<Verdict>, ReviewError> {
+    let rows = client
+        .query(
+            "SELECT a.id, a.symbol, a.ts, s.status, s.kind FROM alert_status s \
+             JOIN alerts a ON a.id = s.alert_id \
+             WHERE s.status IN ('confirmed', 'dismissed') ORDER BY a.id",
+            &[],
+        )
+        .await
+        .map_err(ReviewError::query("read the verdicts"))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let ts: DateTime<Utc> = r.get(2);
+            Verdict {
+                alert_id: r.get(0),
+                symbol: r.get(1),
+                ts_us: ts.timestamp_micros(),
+                status: r.get(3),
+                kind: r.get(4),
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(pairs: &[(&str, &str)]) -> RawFilter {
+        let q: String = pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let uri: axum::http::Uri = format!("/?{q}").parse().unwrap();
+        axum::extract::Query::<RawFilter>::try_from_uri(&uri)
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn empty_form_fields_are_unset_and_defaults_apply() {
+        let f = AlertFilter::parse(&raw(&[("symbol", ""), ("status", ""), ("page", "")])).unwrap();
+        assert_eq!(f.symbol, None);
+        assert_eq!(f.status, None);
+        assert_eq!((f.page, f.per_page), (1, DEFAULT_PER_PAGE));
+    }
+
+    #[test]
+    fn a_last_day_is_inclusive() {
+        let f = AlertFilter::parse(&raw(&[("from", "2024-03-01"), ("to", "2024-03-01")])).unwrap();
+        assert_eq!(f.from.unwrap().to_rfc3339(), "2024-03-01T00:00:00+00:00");
+        assert_eq!(
+            f.to_exclusive.unwrap().to_rfc3339(),
+            "2024-03-02T00:00:00+00:00"
+        );
+    }
+
+    #[test]
+    fn bad_filters_name_the_parameter() {
+        for (k, v) in [
+            ("min_score", "NaN"),
+            ("min_score", "high"),
+            ("kind", "robot"),
+            ("status", "done"),
+            ("page", "0"),
+            ("per_page", "100000"),
+            ("from", "yesterday"),
+        ] {
+            let e = AlertFilter::parse(&raw(&[(k, v)])).unwrap_err().to_string();
+            assert!(e.contains(k), "{k}={v}: {e}");
+        }
+    }
+
+    #[test]
+    fn dispositions_are_validated() {
+        let d = |status: &str, kind: Option<&str>, analyst: &str| NewDisposition {
+            status: status.into(),
+            kind: kind.map(Into::into),
+            note: Some("<script>alert(1)</script>".into()),
+            analyst: analyst.into(),
+        };
+        let (s, k, n, a) = d("confirmed", None, "ana").validate().unwrap();
+        assert_eq!(
+            (s.as_str(), k.as_deref(), a.as_str()),
+            ("confirmed", Some("confirmed"), "ana")
+        );
+        // Markup is kept as typed; pages escape it.
+        assert_eq!(n, "<script>alert(1)</script>");
+        assert_eq!(d("dismissed", None, "ana").validate().unwrap().1, None);
+        assert!(d("approved", None, "ana").validate().is_err());
+        assert!(d("confirmed", None, " ").validate().is_err());
+        assert!(d("confirmed", Some("Spoof!"), "ana").validate().is_err());
+        assert!(d("confirmed", Some("reviewed_negative"), "ana")
+            .validate()
+            .is_err());
+        assert!(d("dismissed", Some("spoofing"), "ana").validate().is_err());
+        assert!(d("confirmed", Some("spoofing"), "ana\u{7}")
+            .validate()
+            .is_err());
+    }
+}

@@ -1,0 +1,105 @@
+// Drives the review app in headless Chromium, as an analyst would: opens the
+// queue, filters it, opens a model alert, checks that the evidence chart and
+// the SHAP contributions are drawn, records a verdict, and takes screenshots.
+//
+// Usage: node review.mjs BASE_URL OUT_DIR
+// Environment: CHROMIUM (default /usr/bin/chromium).
+// Prints one JSON line on stdout: {"alert_id", "symbol", "ts"} of the alert
+// it confirmed. Any failed check throws (exit status 1) with the reason.
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+const [base, out] = process.argv.slice(2);
+if (!base || !out) {
+  console.error('usage: node review.mjs BASE_URL OUT_DIR');
+  process.exit(2);
+}
+mkdirSync(out, { recursive: true });
+
+function check(cond, what) {
+  if (!cond) throw new Error(`check failed: ${what}`);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  // The machine has no network beyond loopback: keep Chromium from trying.
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.on('pageerror', (e) => { throw new Error(`page error: ${e}`); });
+
+  // The queue.
+  await page.goto(`${base}/`);
+  const rows = page.locator('#queue tbody tr.alert-row');
+  const total = await rows.count();
+  check(total > 0, `the queue lists alerts (got ${total})`);
+  await page.screenshot({ path: join(out, 'queue.png'), fullPage: false });
+
+  // Filter: model alerts of one symbol.
+  const symbols = await page.locator('select[name=symbol] option').evaluateAll(
+    (os) => os.map((o) => o.value).filter((v) => v));
+  check(symbols.length > 0, 'the symbol menu offers symbols');
+  let symbol = null;
+  for (const s of symbols) {
+    await page.selectOption('select[name=symbol]', s);
+    await page.selectOption('select[name=kind]', 'model');
+    await Promise.all([page.waitForURL(/symbol=/), page.click('#apply')]);
+    if (await rows.count() > 0) { symbol = s; break; }
+    await page.goto(`${base}/`);
+  }
+  check(symbol !== null, 'some symbol has model alerts');
+  const shownSymbols = await page.locator('#queue td.symbol').allInnerTexts();
+  check(shownSymbols.every((s) => s === symbol), `every row is ${symbol}: ${shownSymbols}`);
+  const kinds = await page.locator('#queue td.kind').allInnerTexts();
+  check(kinds.every((k) => k === 'model'), `every row is a model alert: ${kinds}`);
+  const scores = (await page.locator('#queue tbody tr td.num a').allInnerTexts()).map(Number);
+  check(scores.every((s, i) => i === 0 || scores[i - 1] >= s), `sorted by score: ${scores}`);
+  check(page.url().includes(`symbol=${encodeURIComponent(symbol)}`), `the filter is in the URL ${page.url()}`);
+
+  // The alert page.
+  const first = rows.first();
+  const alertId = Number(await first.getAttribute('data-id'));
+  await Promise.all([page.waitForURL(new RegExp(`/alerts/${alertId}$`)), first.locator('a').click()]);
+  const priceLine = page.locator('#evidence-chart polyline.price');
+  check(await priceLine.count() === 1, 'the evidence chart has a price line');
+  const points = (await priceLine.getAttribute('points')).trim().split(/\s+/);
+  check(points.length >= 2, `the price line has points (${points.length})`);
+  const box = await page.locator('#evidence-chart').boundingBox();
+  check(box && box.width > 300 && box.height > 100, `the chart is drawn at a visible size ${JSON.stringify(box)}`);
+  check(await page.locator('#evidence-chart line.alert-marker').count() === 1, 'the alert is marked');
+  const bars = page.locator('#contributions-chart rect.contribution');
+  const nbars = await bars.count();
+  check(nbars >= 1, `contributions are drawn (${nbars} bars)`);
+  for (let i = 0; i < nbars; i++) {
+    const b = await bars.nth(i).boundingBox();
+    check(b && b.width >= 1 && b.height > 1, `contribution bar ${i} is visible`);
+  }
+  const tsText = await page.locator('h1').innerText();
+
+  // A verdict, with markup in the note: it must come back as text.
+  const note = '<b>layered</b> bids & cancelled <script>window.pwned=1</script>';
+  await page.check('input[name=status][value=confirmed]');
+  await page.fill('input[name=kind]', 'spoofing');
+  await page.fill('input[name=analyst]', 'playwright');
+  await page.fill('textarea[name=note]', note);
+  await Promise.all([page.waitForURL(new RegExp(`/alerts/${alertId}$`)), page.click('#record')]);
+  check((await page.locator('#status').innerText()) === 'confirmed', 'the status is confirmed');
+  const noteCell = page.locator('#history tr.verdict pre.note').last();
+  check((await noteCell.innerText()) === note, 'the note is shown as typed');
+  check(await noteCell.locator('b, script').count() === 0, 'markup in the note is not rendered');
+  check(await page.evaluate(() => window.pwned === undefined), 'script in the note never ran');
+  await page.screenshot({ path: join(out, 'alert.png'), fullPage: true });
+
+  // Back in the queue, the alert is no longer open.
+  await page.goto(`${base}/?status=open&symbol=${encodeURIComponent(symbol)}`);
+  const openIds = await page.locator('#queue tr.alert-row').evaluateAll(
+    (rs) => rs.map((r) => Number(r.dataset.id)));
+  check(!openIds.includes(alertId), 'the confirmed alert left the open queue');
+
+  console.log(JSON.stringify({ alert_id: alertId, symbol, heading: tsText }));
+} finally {
+  await browser.close();
+}
