@@ -130,6 +130,52 @@ async fn trains_evaluates_and_refuses_a_mismatched_model() {
         "test PR-AUC {pr_auc} <= positive rate {rate}:\n{out}"
     );
 
+    // Events: every label interval of the test day is one, counted once;
+    // the printed line agrees with the manifest.
+    let ev = &test["events"];
+    let labelled = sql_number(
+        dir.path(),
+        lake,
+        &format!(
+            "SELECT count(*) FROM labels WHERE date = '{}'",
+            manifest["splits"][2]["from"].as_str().unwrap()
+        ),
+    );
+    assert!(labelled > 0);
+    assert_eq!(ev["events"].as_i64().unwrap(), labelled, "{ev}");
+    let by_kind: i64 = ev["by_kind"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|k| k["events"].as_i64().unwrap())
+        .sum();
+    assert_eq!(by_kind, labelled);
+    assert!(ev["detected"].as_u64() <= ev["events"].as_u64());
+    assert!(ev["true_episodes"].as_u64() <= ev["episodes"].as_u64());
+    assert!(
+        out.contains(&format!(
+            "events, test: {}/{} detected",
+            ev["detected"], ev["events"]
+        )),
+        "{out}"
+    );
+
+    // A threshold chosen for an event precision reaches it on validation.
+    let mut args = train_args(lake, q, "m-events");
+    args.extend(["--target-event-precision", "0.5"]);
+    ok(dir.path(), &args);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("m-events/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["threshold_rule"]["rule"], "target_event_precision", "{m}");
+    assert!(
+        m["metrics"]["valid"]["events"]["precision"]
+            .as_f64()
+            .unwrap()
+            >= 0.5,
+        "{m}"
+    );
+
     // Same seed, same bytes.
     ok(dir.path(), &train_args(lake, q, "m2"));
     assert!(

@@ -101,6 +101,26 @@ pub struct TrainArgs {
     #[arg(long, env = "STOCKANOMALY_TARGET_PRECISION", value_name = "P")]
     pub target_precision: Option<f64>,
 
+    /// Alert threshold: the lowest whose validation *event* precision (alert
+    /// episodes that overlap a labelled case) reaches this.
+    #[arg(
+        long,
+        env = "STOCKANOMALY_TARGET_EVENT_PRECISION",
+        value_name = "P",
+        conflicts_with = "target_precision"
+    )]
+    pub target_event_precision: Option<f64>,
+
+    /// Alerts of one symbol closer than this many seconds form one episode
+    /// (one case for an analyst) in the event metrics.
+    #[arg(
+        long,
+        env = "STOCKANOMALY_EPISODE_GAP_SECS",
+        default_value_t = 300,
+        value_name = "SECS"
+    )]
+    pub episode_gap_secs: u32,
+
     /// Artifact folder (default: model/artifacts/<feature-set hash>).
     #[arg(long, env = "STOCKANOMALY_OUT", value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -178,9 +198,14 @@ pub(crate) fn classify(e: TrainError) -> anyhow::Error {
 
 pub(crate) async fn run_train(lake: &str, args: TrainArgs) -> anyhow::Result<()> {
     check_range(args.from, args.to)?;
-    if let Some(p) = args.target_precision {
-        if !(p > 0.0 && p <= 1.0) {
-            return Err(UsageError(format!("--target-precision {p}: expected 0 < P <= 1")).into());
+    for (flag, p) in [
+        ("--target-precision", args.target_precision),
+        ("--target-event-precision", args.target_event_precision),
+    ] {
+        if let Some(p) = p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(UsageError(format!("{flag} {p}: expected 0 < P <= 1")).into());
+            }
         }
     }
     if args.rounds == 0 {
@@ -203,6 +228,8 @@ pub(crate) async fn run_train(lake: &str, args: TrainArgs) -> anyhow::Result<()>
         patience: args.patience,
         seed: args.seed,
         target_precision: args.target_precision,
+        target_event_precision: args.target_event_precision,
+        episode_gap_us: i64::from(args.episode_gap_secs) * 1_000_000,
         rules: baseline_rules(&args.queries, &catalog).await,
     };
     let bar = count_bar(u64::from(args.rounds), "train rounds");
@@ -371,6 +398,9 @@ fn rule(r: &ThresholdRule) -> String {
         ThresholdRule::TargetPrecision { target } => {
             format!("lowest reaching validation precision {target}")
         }
+        ThresholdRule::TargetEventPrecision { target } => {
+            format!("lowest reaching validation event precision {target}")
+        }
         ThresholdRule::BestF1TargetMissed { target } => {
             format!("best validation F1: precision {target} was not reached")
         }
@@ -421,6 +451,38 @@ pub(crate) fn print_table(rows: &[(String, String, &Metrics)]) {
             .collect();
         println!("recall by kind, {name}: {}", kinds.join(", "));
     }
+    for (name, _, m) in rows {
+        if let Some(e) = &m.events {
+            println!("{}", event_line(name, e));
+        }
+    }
+}
+
+/// One split's event metrics as a line: events detected, per kind, alert
+/// episodes and their precision, time to detect.
+pub(crate) fn event_line(name: &str, e: &crate::model::EventMetrics) -> String {
+    let secs = |s: Option<f64>| s.map_or_else(|| "-".to_owned(), |s| format!("{s:.0} s"));
+    let kinds: Vec<String> = e
+        .by_kind
+        .iter()
+        .map(|(k, r)| format!("{k} {}/{} ({:.2})", r.detected, r.events, r.recall))
+        .collect();
+    format!(
+        "events, {name}: {}/{} detected (recall {:.2}; {}), {} alert episodes, {} true \
+         (precision {:.2}), median time to detect {}",
+        e.detected,
+        e.events,
+        e.recall,
+        if kinds.is_empty() {
+            "no events".to_owned()
+        } else {
+            kinds.join(", ")
+        },
+        e.episodes,
+        e.true_episodes,
+        e.precision,
+        secs(e.median_time_to_detect_s)
+    )
 }
 
 #[cfg(test)]

@@ -41,6 +41,9 @@ pub enum ThresholdRule {
     BestF1,
     /// The lowest threshold whose validation precision reaches `target`.
     TargetPrecision { target: f64 },
+    /// The lowest threshold whose validation alert-episode precision
+    /// reaches `target` (see [`events`](super::events)).
+    TargetEventPrecision { target: f64 },
     /// `target` was not reached on validation; best F1 was used instead.
     BestF1TargetMissed { target: f64 },
 }

@@ -103,6 +103,10 @@ pub struct Metrics {
     pub confusion: Confusion,
     /// Recall per label kind, by kind name.
     pub recall_by_kind: BTreeMap<String, KindRecall>,
+    /// Event-level metrics (per label interval and alert episode) at the
+    /// same threshold, when the rows' keys and labels were at hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<super::events::EventMetrics>,
 }
 
 impl Metrics {
@@ -143,6 +147,7 @@ impl Metrics {
             f1: confusion.f1(),
             confusion,
             recall_by_kind,
+            events: None,
         }
     }
 

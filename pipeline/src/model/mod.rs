@@ -11,6 +11,7 @@
 //! scores a model against labels.
 
 pub mod curves;
+pub mod events;
 pub mod manifest;
 pub mod metrics;
 pub mod report;
@@ -19,6 +20,7 @@ pub mod score;
 pub mod train;
 pub mod xgb;
 
+pub use events::{event_metrics, EventMetrics, LabelEvent};
 pub use manifest::{Manifest, ManifestError};
 pub use metrics::Metrics;
 pub use rules::{Rule, RuleSet};

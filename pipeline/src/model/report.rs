@@ -194,6 +194,37 @@ fn metrics_table(m: &Manifest, baselines: &[(String, Metrics)]) -> String {
             );
         }
         out.push_str("</table>\n");
+        if let Some(e) = &test.events {
+            let secs = |s: Option<f64>| s.map_or_else(|| "-".to_owned(), |s| format!("{s:.0}"));
+            let _ = writeln!(
+                out,
+                "<h3>Events (test): label intervals and alert episodes</h3>\n<p>{} of {} \
+                 events detected (recall {:.3}); {} alert episodes (alerts of a symbol less \
+                 than {:.0} s apart), {} overlapping an event (precision {:.3}); median time \
+                 to detect {} s.</p>",
+                e.detected,
+                e.events,
+                e.recall,
+                e.episodes,
+                e.episode_gap_s,
+                e.true_episodes,
+                e.precision,
+                secs(e.median_time_to_detect_s)
+            );
+            out.push_str("<table><tr><th>kind</th><th>events</th><th>detected</th><th>recall</th><th>median time to detect (s)</th></tr>\n");
+            for (kind, k) in &e.by_kind {
+                let _ = writeln!(
+                    out,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{}</td></tr>",
+                    esc(kind),
+                    k.events,
+                    k.detected,
+                    k.recall,
+                    secs(k.median_time_to_detect_s)
+                );
+            }
+            out.push_str("</table>\n");
+        }
     }
     out
 }

@@ -26,6 +26,10 @@ use datafusion::prelude::SessionContext;
 use indicatif::ProgressBar;
 
 use super::curves::Curves;
+use super::events::{
+    event_metrics, threshold_for_event_precision, EventMetrics, LabelEvent, ScoredRows,
+    DEFAULT_EPISODE_GAP_US,
+};
 use super::manifest::{
     Importance, Manifest, ManifestError, SplitInfo, ThresholdRule, MODEL_FILE, XGBOOST_VERSION,
 };
@@ -59,6 +63,12 @@ pub struct TrainOptions {
     /// Choose the lowest threshold reaching this validation precision
     /// instead of the best F1.
     pub target_precision: Option<f64>,
+    /// Choose the lowest threshold whose validation *episode* precision
+    /// (alert episodes overlapping a label interval) reaches this, instead
+    /// of the best F1.
+    pub target_event_precision: Option<f64>,
+    /// Alerts of a symbol closer than this (µs) form one episode.
+    pub episode_gap_us: i64,
     /// Rules evaluated on the test rows beside the model (the baselines).
     pub rules: Vec<Rule>,
 }
@@ -73,6 +83,8 @@ impl Default for TrainOptions {
             params: Vec::new(),
             rounds: 300,
             patience: 20,
+            target_event_precision: None,
+            episode_gap_us: DEFAULT_EPISODE_GAP_US,
             seed: 42,
             target_precision: None,
             rules: Vec::new(),
@@ -250,6 +262,12 @@ pub struct Dataset {
     pub label: Vec<f32>,
     /// The label kind of positive rows (NULL for negatives).
     pub kind: StringArray,
+    /// Symbol per row.
+    pub symbol: StringArray,
+    /// Event time per row, µs UTC (rows are in `(symbol, ts, seq)` order).
+    pub ts_us: Vec<i64>,
+    /// The label intervals (positive kinds) overlapping these rows' time.
+    pub events: Vec<LabelEvent>,
 }
 
 impl Dataset {
@@ -266,6 +284,33 @@ impl Dataset {
     /// The label kind per row.
     pub fn kinds(&self) -> Vec<Option<&str>> {
         self.kind.iter().collect()
+    }
+
+    /// Event-level metrics of `scores` (one per row) at `threshold`.
+    pub fn event_metrics(
+        &self,
+        scores: &[f32],
+        threshold: f32,
+        episode_gap_us: i64,
+    ) -> EventMetrics {
+        event_metrics(
+            ScoredRows {
+                symbol: &self.symbol,
+                ts_us: &self.ts_us,
+                scores,
+            },
+            &self.events,
+            threshold,
+            episode_gap_us,
+            0,
+        )
+    }
+
+    /// Row metrics and event metrics of `scores` at `threshold`.
+    pub fn metrics(&self, scores: &[f32], threshold: f32, episode_gap_us: i64) -> Metrics {
+        let mut m = Metrics::compute(scores, &self.label, &self.kinds(), threshold);
+        m.events = Some(self.event_metrics(scores, threshold, episode_gap_us));
+        m
     }
 
     /// An XGBoost matrix of these columns and labels, columns named.
@@ -294,6 +339,8 @@ pub async fn read_rows(
     let mut select: Vec<String> = names.iter().map(|n| quote(n)).collect();
     select.push("CAST(label AS FLOAT) AS label".into());
     select.push("kind".into());
+    select.push("symbol".into());
+    select.push("CAST(ts AS BIGINT) AS ts_us".into());
     let embargo = after_us
         .map(|t| format!(" AND CAST(ts AS BIGINT) > {t}"))
         .unwrap_or_default();
@@ -321,11 +368,58 @@ pub async fn read_rows(
     let kind = cast(batch.column(n + 1), &DataType::Utf8)?
         .as_string::<i32>()
         .clone();
+    let symbol = cast(batch.column(n + 2), &DataType::Utf8)?
+        .as_string::<i32>()
+        .clone();
+    let ts_us = batch
+        .column(n + 3)
+        .as_primitive::<Int64Type>()
+        .values()
+        .to_vec();
+    let events = match (ts_us.iter().min(), ts_us.iter().max()) {
+        (Some(&lo), Some(&hi)) => label_events(ctx, lo, hi).await?,
+        _ => Vec::new(),
+    };
     Ok(Dataset {
         columns,
         label,
         kind,
+        symbol,
+        ts_us,
+        events,
     })
+}
+
+/// The label intervals (not reviewed negatives) overlapping `[lo, hi]` µs.
+async fn label_events(
+    ctx: &SessionContext,
+    lo: i64,
+    hi: i64,
+) -> Result<Vec<LabelEvent>, TrainError> {
+    let sql = format!(
+        "SELECT symbol, CAST(start_ts AS BIGINT) AS s, CAST(end_ts AS BIGINT) AS e, kind \
+         FROM labels WHERE kind <> '{}' AND CAST(end_ts AS BIGINT) >= {lo} \
+         AND CAST(start_ts AS BIGINT) <= {hi} ORDER BY symbol, s",
+        crate::labels::REVIEWED_NEGATIVE
+    );
+    let mut out = Vec::new();
+    for b in ctx.sql(&sql).await?.collect().await? {
+        let symbol = cast(b.column(0), &DataType::Utf8)?;
+        let symbol = symbol.as_string::<i32>();
+        let start = b.column(1).as_primitive::<Int64Type>();
+        let end = b.column(2).as_primitive::<Int64Type>();
+        let kind = cast(b.column(3), &DataType::Utf8)?;
+        let kind = kind.as_string::<i32>();
+        for i in 0..b.num_rows() {
+            out.push(LabelEvent {
+                symbol: symbol.value(i).to_owned(),
+                start_us: start.value(i),
+                end_us: end.value(i),
+                kind: kind.value(i).to_owned(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// The default parameters for `seed`: `binary:logistic` on `hist` trees,
@@ -460,19 +554,42 @@ pub async fn train(
     };
     let valid_scores = score(&dvalid)?;
     let best_f1 = best_f1_threshold(&valid_scores, &valid_set.label).map_or(0.5, |(t, _)| t);
-    let (threshold, threshold_rule) = match options.target_precision {
-        None => (best_f1, ThresholdRule::BestF1),
-        Some(target) => match threshold_for_precision(&valid_scores, &valid_set.label, target) {
-            Some((t, _)) => (t, ThresholdRule::TargetPrecision { target }),
-            None => {
-                tracing::warn!(
+    let (threshold, threshold_rule) =
+        match (options.target_precision, options.target_event_precision) {
+            (_, Some(target)) => match threshold_for_event_precision(
+                ScoredRows {
+                    symbol: &valid_set.symbol,
+                    ts_us: &valid_set.ts_us,
+                    scores: &valid_scores,
+                },
+                &valid_set.events,
+                target,
+                options.episode_gap_us,
+                0,
+            ) {
+                Some((t, _)) => (t, ThresholdRule::TargetEventPrecision { target }),
+                None => {
+                    tracing::warn!(
+                    target_event_precision = target,
+                    "Target event precision not reached on validation; using the best F1 threshold."
+                );
+                    (best_f1, ThresholdRule::BestF1TargetMissed { target })
+                }
+            },
+            (None, None) => (best_f1, ThresholdRule::BestF1),
+            (Some(target), None) => {
+                match threshold_for_precision(&valid_scores, &valid_set.label, target) {
+                    Some((t, _)) => (t, ThresholdRule::TargetPrecision { target }),
+                    None => {
+                        tracing::warn!(
                     target_precision = target,
                     "Target precision not reached on validation; using the best F1 threshold."
                 );
-                (best_f1, ThresholdRule::BestF1TargetMissed { target })
+                        (best_f1, ThresholdRule::BestF1TargetMissed { target })
+                    }
+                }
             }
-        },
-    };
+        };
     let mut metrics = BTreeMap::new();
     for ((plan, set), scores) in
         plans
@@ -482,7 +599,7 @@ pub async fn train(
     {
         metrics.insert(
             plan.name.to_owned(),
-            Metrics::compute(&scores, &set.label, &set.kinds(), threshold),
+            set.metrics(&scores, threshold, options.episode_gap_us),
         );
     }
 
@@ -495,12 +612,7 @@ pub async fn train(
             let scores = rule_scores(&ctx, rule, test_set.rows(), test_plan.after_us).await?;
             baselines.insert(
                 rule.name.clone(),
-                Metrics::compute(
-                    &scores,
-                    &test_set.label,
-                    &test_set.kinds(),
-                    rule.threshold as f32,
-                ),
+                test_set.metrics(&scores, rule.threshold as f32, options.episode_gap_us),
             );
         }
     }
@@ -675,7 +787,7 @@ pub async fn evaluate_rules(
         let scores = rule_scores(&ctx, rule, set.rows(), None).await?;
         out.push((
             rule.name.clone(),
-            Metrics::compute(&scores, &set.label, &set.kinds(), rule.threshold as f32),
+            set.metrics(&scores, rule.threshold as f32, DEFAULT_EPISODE_GAP_US),
         ));
     }
     Ok((from, to, out))
@@ -719,7 +831,7 @@ pub async fn evaluate(
     }
     let refs: Vec<&Float64Array> = set.columns.iter().collect();
     let scores = model.predict(&refs)?;
-    let metrics = Metrics::compute(&scores, &set.label, &set.kinds(), model.manifest.threshold);
+    let metrics = set.metrics(&scores, model.manifest.threshold, DEFAULT_EPISODE_GAP_US);
     Ok((model.manifest, from, to, metrics))
 }
 
