@@ -7,8 +7,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::detector_run::detector_run;
 use common::{ok, service_env, TestDb};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
 use common::queries;
@@ -47,52 +47,13 @@ async fn topic_alerts(brokers: &str, topic: &str) -> std::collections::BTreeSet<
 #[tokio::test]
 async fn streamed_alerts_equal_batch_scores_and_poison_is_dead_lettered() {
     let dir = tempfile::tempdir().unwrap();
-    let lake_path = dir.path().join("lake");
-    let lake = lake_path.to_str().unwrap();
+    // The lake's ticks, then poison, streamed through Kafka into `detect`.
+    let run = detector_run(dir.path(), "detect").await;
+    let lake = run.lake.to_str().unwrap();
     let q = queries();
     let q = q.to_str().unwrap();
-    let brokers = service_env("STOCKANOMALY_TEST_KAFKA");
-    common::simulate_backfill(dir.path(), lake, ["3", "2", "500", "4", "31"]);
-    // Two days are too few for train/valid/test splits: the model is
-    // trained on another lake with the same features.
-    let model_lake = dir.path().join("model-lake");
-    let model_lake = model_lake.to_str().unwrap();
-    ok(
-        dir.path(),
-        &[
-            "simulate",
-            "--lake",
-            model_lake,
-            "--symbols",
-            "3",
-            "--days",
-            "3",
-            "--trades-per-day",
-            "500",
-            "--events-per-symbol-day",
-            "4",
-            "--seed",
-            "32",
-        ],
-    );
-    ok(
-        dir.path(),
-        &["backfill", "--lake", model_lake, "--queries", q],
-    );
-    ok(
-        dir.path(),
-        &[
-            "train",
-            "--lake",
-            model_lake,
-            "--queries",
-            q,
-            "--rounds",
-            "10",
-            "--out",
-            "m",
-        ],
-    );
+    let (brokers, topic, db, version) = (&run.brokers, &run.topic, &run.db, &run.model_version);
+    // The batch answer over the same ticks.
     ok(
         dir.path(),
         &[
@@ -106,87 +67,12 @@ async fn streamed_alerts_equal_batch_scores_and_poison_is_dead_lettered() {
             "--rules",
         ],
     );
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("m/manifest.json")).unwrap())
-            .unwrap();
-    let version = manifest["version"].as_str().unwrap().to_owned();
-    let want = common::batch_alerts(dir.path(), lake, &version);
+    let want = common::batch_alerts(dir.path(), lake, version);
     assert!(!want.is_empty(), "the model raises alerts on this lake");
-
-    let topic = format!(
-        "detect-{}-{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp_micros()
-    );
-    ok(
-        dir.path(),
-        &[
-            "produce",
-            "--lake",
-            lake,
-            "--topic",
-            &topic,
-            "--brokers",
-            &brokers,
-            "--partitions",
-            "3",
-        ],
-    );
-    // Poison, after the good ticks: broken JSON, a negative volume, no price.
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let poison = [
-        ("ZZZ", "{\"symbol\": \"ZZZ\", \"price\": 1.0,"),
-        ("ZZZ", "{\"symbol\":\"ZZZ\",\"timestamp\":\"2024-01-03T15:00:00Z\",\"price\":10.0,\"volume\":-5}"),
-        ("ZZZ", "{\"symbol\":\"ZZZ\",\"timestamp\":\"2024-01-03T15:00:01Z\",\"volume\":5}"),
-    ];
-    for (key, payload) in poison {
-        producer
-            .send(
-                FutureRecord::to(&topic).key(key).payload(payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-    }
-
-    let db = TestDb::new("detect").await;
-    let detect = |group: &str| {
-        vec![
-            "detect".to_owned(),
-            "--lake".into(),
-            lake.into(),
-            "--queries".into(),
-            q.into(),
-            "--model".into(),
-            "m".into(),
-            "--rules".into(),
-            "--source".into(),
-            format!("kafka://{brokers}/{topic}"),
-            "--group".into(),
-            group.into(),
-            "--database-url".into(),
-            db.url.clone(),
-            "--batch-rows".into(),
-            "700".into(),
-            "--idle-timeout-ms".into(),
-            "300".into(),
-            "--exit-when-idle".into(),
-            "4".into(),
-            "--alerts-topic".into(),
-            format!("{topic}-alerts"),
-            "--alerts-to-lake".into(),
-        ]
-    };
-    let args = detect("g1");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = ok(dir.path(), &args);
-    assert!(out.contains("detect:"), "{out}");
+    assert!(run.stdout.contains("detect:"), "{}", run.stdout);
 
     let client = db.client().await;
-    let got = common::pg_alerts(&client, &version).await;
+    let got = common::pg_alerts(&client, version).await;
     assert_eq!(got.len(), want.len(), "alert count: streamed vs batch");
     common::assert_same(&got, &want, "streamed vs batch");
     let rule_alerts: i64 = client
@@ -201,7 +87,7 @@ async fn streamed_alerts_equal_batch_scores_and_poison_is_dead_lettered() {
     );
     assert_eq!(rule_alerts, rule_want, "rule alerts streamed vs batch");
     // The same alerts on the alert topic (keyed) and in the lake.
-    let on_topic = topic_alerts(&brokers, &format!("{topic}-alerts")).await;
+    let on_topic = topic_alerts(brokers, &format!("{topic}-alerts")).await;
     let pg_keys: std::collections::BTreeSet<String> = client
         .query(
             "SELECT model_version || '|' || symbol || '|' || \
@@ -277,6 +163,7 @@ async fn streamed_alerts_equal_batch_scores_and_poison_is_dead_lettered() {
 
     // A restart of the same group resumes from PostgreSQL's offsets and
     // writes nothing again.
+    let args: Vec<&str> = run.detect_args.iter().map(String::as_str).collect();
     let out = ok(dir.path(), &args);
     // Resumed past everything: the warm-up replays history without
     // emitting, so no tick is scored again (re-scoring would be hidden by

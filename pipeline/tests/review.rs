@@ -260,88 +260,6 @@ async fn api_checks(base: &str, client: &tokio_postgres::Client) {
     assert!(doc.contains("POST /api/alerts/{id}/dispositions"));
 }
 
-/// A lake and a database holding a real detector run's alerts.
-struct Run {
-    db: common::TestDb,
-    lake: String,
-}
-
-/// Three days of a small simulated market, backfilled; a model trained on
-/// them; the ticks produced to a fresh topic and scored by `detect` into a
-/// fresh database.
-async fn detector_run(dir: &Path) -> Run {
-    let lake = dir.join("lake").to_str().unwrap().to_owned();
-    let q = common::queries();
-    let q = q.to_str().unwrap();
-    common::simulate_backfill(dir, &lake, ["3", "3", "600", "6", "77"]);
-    ok(
-        dir,
-        &[
-            "train",
-            "--lake",
-            &lake,
-            "--queries",
-            q,
-            "--rounds",
-            "10",
-            "--valid-days",
-            "1",
-            "--test-days",
-            "1",
-            "--out",
-            "m",
-        ],
-    );
-    let brokers = common::service_env("STOCKANOMALY_TEST_KAFKA");
-    let topic = format!(
-        "review-{}-{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp_micros()
-    );
-    ok(
-        dir,
-        &[
-            "produce",
-            "--lake",
-            &lake,
-            "--topic",
-            &topic,
-            "--brokers",
-            &brokers,
-            "--partitions",
-            "2",
-        ],
-    );
-    let db = common::TestDb::new("review").await;
-    let source = format!("kafka://{brokers}/{topic}");
-    ok(
-        dir,
-        &[
-            "detect",
-            "--lake",
-            &lake,
-            "--queries",
-            q,
-            "--model",
-            "m",
-            "--rules",
-            "--source",
-            &source,
-            "--group",
-            &topic,
-            "--database-url",
-            &db.url,
-            "--batch-rows",
-            "2000",
-            "--idle-timeout-ms",
-            "300",
-            "--exit-when-idle",
-            "4",
-        ],
-    );
-    Run { db, lake }
-}
-
 /// `pos` of each split in `train`'s metrics table.
 fn split_positives(train_out: &str) -> std::collections::BTreeMap<String, (String, u64)> {
     train_out
@@ -387,8 +305,8 @@ fn browser(base: &str, out: &Path) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn analysts_review_alerts_in_a_browser_and_their_verdicts_train_the_next_model() {
     let dir = tempfile::tempdir().unwrap();
-    let run = detector_run(dir.path()).await;
-    let lake = run.lake.as_str();
+    let run = common::detector_run::detector_run_days(dir.path(), "review", 3).await;
+    let lake = run.lake.to_str().unwrap();
     let server = Server::start(dir.path(), &run.db.url, lake);
     let base = server.base.as_str();
 

@@ -176,21 +176,19 @@ pub fn event_metrics(
                 true_episodes += 1;
             }
         };
-        for i in lo..hi {
-            if rows.scores[i] < threshold {
+        for (&t, &score) in ts[lo..hi].iter().zip(&rows.scores[lo..hi]) {
+            if score < threshold {
                 continue;
             }
             open = match open {
-                Some((first, last))
-                    if ts[i] - last <= episode_gap_us && ts[i] - first <= max_span =>
-                {
-                    Some((first, ts[i]))
+                Some((first, last)) if t - last <= episode_gap_us && t - first <= max_span => {
+                    Some((first, t))
                 }
                 Some(ep) => {
                     close(ep);
-                    Some((ts[i], ts[i]))
+                    Some((t, t))
                 }
-                None => Some((ts[i], ts[i])),
+                None => Some((t, t)),
             };
         }
         if let Some(ep) = open {
