@@ -129,8 +129,12 @@ proptest! {
             compared += 1;
         }
         prop_assert_eq!(part.len(), suffix(&all, cut).num_rows());
-        // Each symbol has hundreds of ticks after its lookback: rows were compared.
-        prop_assert!(compared > 100, "only {} covered rows", compared);
+        // Random steps can leave little history after the cut's lookback:
+        // such a case proves little, so it is rejected and another drawn
+        // (too many rejections fail the test, and
+        // a_covered_row_exists_for_typical_data guards against comparing
+        // nothing at all).
+        prop_assume!(compared > 100, "only {} covered rows", compared);
     }
 }
 

@@ -176,6 +176,41 @@ async fn trains_evaluates_and_refuses_a_mismatched_model() {
         "{m}"
     );
 
+    // What each feature file buys: one model with every file (the same as
+    // m1: same splits, rounds and seed), one without each file.
+    let mut args = train_args(lake, q, "-");
+    args.truncate(args.len() - 2);
+    args.push("--ablate");
+    let ablation = ok(dir.path(), &args);
+    let files: Vec<String> = catalog.files().iter().map(|f| f.name.clone()).collect();
+    let row = |name: &str| -> Vec<String> {
+        ablation
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row {name:?} in:\n{ablation}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let all = row("all files");
+    assert_eq!(all[2], names.len().to_string(), "{ablation}");
+    assert_eq!(
+        all[3],
+        format!("{:.4}", test["pr_auc"].as_f64().unwrap()),
+        "the all-files model is the trained one:\n{ablation}"
+    );
+    for f in &files {
+        let file = catalog.files().iter().find(|x| &x.name == f).unwrap();
+        let r = row(&format!("without {f}"));
+        assert_eq!(
+            r[2].parse::<usize>().unwrap(),
+            names.len() - file.features.len(),
+            "{ablation}"
+        );
+        assert!(r[4].starts_with('+') || r[4].starts_with('-'), "{ablation}");
+    }
+    assert!(!dir.path().join("-").exists(), "--ablate writes no model");
+
     // Same seed, same bytes.
     ok(dir.path(), &train_args(lake, q, "m2"));
     assert!(

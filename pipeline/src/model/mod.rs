@@ -25,5 +25,5 @@ pub use manifest::{Manifest, ManifestError};
 pub use metrics::Metrics;
 pub use rules::{Rule, RuleSet};
 pub use score::{score, Detector, ModelDetector, ScoreOptions, ScoreSummary};
-pub use train::{evaluate, evaluate_rules, train, TrainError, TrainOptions};
+pub use train::{ablate, evaluate, evaluate_rules, train, Ablation, TrainError, TrainOptions};
 pub use xgb::{Booster, DMatrix, EvalMetric, FeatureScore, PredictKind, XgbError};

@@ -313,6 +313,14 @@ impl Dataset {
         m
     }
 
+    /// An XGBoost matrix of the columns `cols` (named `names`) and labels.
+    pub fn matrix_of(&self, cols: &[usize], names: &[&str]) -> Result<DMatrix, XgbError> {
+        let refs: Vec<&Float64Array> = cols.iter().map(|&i| &self.columns[i]).collect();
+        let mut m = DMatrix::from_columns(&refs, Some(&self.label), None)?;
+        m.set_feature_names(names)?;
+        Ok(m)
+    }
+
     /// An XGBoost matrix of these columns and labels, columns named.
     pub fn matrix(&self, names: &[&str]) -> Result<DMatrix, XgbError> {
         let refs: Vec<&Float64Array> = self.columns.iter().collect();
@@ -460,15 +468,14 @@ fn set_params(booster: &mut Booster, params: &BTreeMap<String, String>) -> Resul
     Ok(())
 }
 
-/// Trains on the lake's training view and writes `out/model.json` and
-/// `out/manifest.json`; `bar` counts boosting rounds.
-pub async fn train(
+/// The train, valid and test splits of the lake's training view (plans
+/// and rows), with the embargo applied; refuses a train or valid split
+/// without positives.
+async fn load_splits(
     root: &LakeRoot,
     catalog: &Catalog,
     options: &TrainOptions,
-    out: &Path,
-    bar: &ProgressBar,
-) -> Result<Manifest, TrainError> {
+) -> Result<(SessionContext, [SplitPlan; 3], Vec<Dataset>), TrainError> {
     let ctx = training_session(root, catalog).await?;
     let all = date_spans(&ctx).await?;
     if all.is_empty() {
@@ -497,9 +504,28 @@ pub async fn train(
         }
         data.push(d);
     }
-    let names = catalog.feature_names();
-    let (train_set, valid_set, test_set) = (&data[0], &data[1], &data[2]);
+    Ok((ctx, plans, data))
+}
 
+/// A booster trained with early stopping on the validation `aucpr`.
+struct Fit {
+    booster: Booster,
+    params: BTreeMap<String, String>,
+    best_round: u32,
+    best_aucpr: f64,
+    trained: u32,
+}
+
+/// Trains on `train_set`'s columns `cols` (named `names`), stopping after
+/// `options.patience` rounds without a better validation `aucpr`.
+fn fit(
+    train_set: &Dataset,
+    valid_set: &Dataset,
+    cols: &[usize],
+    names: &[&str],
+    options: &TrainOptions,
+    bar: &ProgressBar,
+) -> Result<Fit, TrainError> {
     let mut params = default_params(options.seed);
     let positives = train_set.positives();
     let negatives = train_set.rows() as u64 - positives;
@@ -519,14 +545,14 @@ pub async fn train(
         metrics_set.push_str("aucpr");
     }
 
-    let dtrain = train_set.matrix(&names)?;
-    let dvalid = valid_set.matrix(&names)?;
-    let dtest = test_set.matrix(&names)?;
+    let dtrain = train_set.matrix_of(cols, names)?;
+    let dvalid = valid_set.matrix_of(cols, names)?;
     let mut booster = Booster::new(&[&dtrain, &dvalid])?;
     set_params(&mut booster, &params)?;
-    booster.set_feature_names(&names)?;
+    booster.set_feature_names(names)?;
 
     bar.set_length(u64::from(options.rounds));
+    bar.set_position(0);
     let (mut best_round, mut best_aucpr) = (0u32, f64::NEG_INFINITY);
     let mut trained = 0u32;
     for round in 0..options.rounds {
@@ -548,6 +574,39 @@ pub async fn train(
             break;
         }
     }
+    Ok(Fit {
+        booster,
+        params,
+        best_round,
+        best_aucpr,
+        trained,
+    })
+}
+
+/// Trains on the lake's training view and writes `out/model.json` and
+/// `out/manifest.json`; `bar` counts boosting rounds.
+pub async fn train(
+    root: &LakeRoot,
+    catalog: &Catalog,
+    options: &TrainOptions,
+    out: &Path,
+    bar: &ProgressBar,
+) -> Result<Manifest, TrainError> {
+    let (_, plans, data) = load_splits(root, catalog, options).await?;
+    let embargo = catalog.lookback().time;
+    let names = catalog.feature_names();
+    let (train_set, valid_set, test_set) = (&data[0], &data[1], &data[2]);
+    let all_cols: Vec<usize> = (0..names.len()).collect();
+    let Fit {
+        booster,
+        params,
+        best_round,
+        best_aucpr,
+        trained,
+    } = fit(train_set, valid_set, &all_cols, &names, options, bar)?;
+    let dtrain = train_set.matrix(&names)?;
+    let dvalid = valid_set.matrix(&names)?;
+    let dtest = test_set.matrix(&names)?;
     let best_range = Some((0, best_round + 1));
     let score = |m: &DMatrix| -> Result<Vec<f32>, XgbError> {
         Ok(booster.predict_with(m, PredictKind::Value, best_range)?.0)
@@ -714,6 +773,61 @@ pub async fn train(
     )
     .map_err(io_err(&report_path))?;
     Ok(manifest)
+}
+
+/// The model trained without one feature file (or with all of them).
+#[derive(Debug, Clone)]
+pub struct Ablation {
+    /// The feature file left out; `None` for the model with every file.
+    pub without: Option<String>,
+    /// Features the model used.
+    pub features: usize,
+    /// Its test-split metrics (with events) at its best validation-F1 threshold.
+    pub test: Metrics,
+}
+
+/// What each feature file buys: trains on the same splits with every file,
+/// then once without each file (a file whose features are all there is to
+/// train on is skipped), and scores each model on the test split at its
+/// own best validation-F1 threshold. `bar` counts each model's rounds.
+pub async fn ablate(
+    root: &LakeRoot,
+    catalog: &Catalog,
+    options: &TrainOptions,
+    bar: &ProgressBar,
+) -> Result<Vec<Ablation>, TrainError> {
+    let (_, _, data) = load_splits(root, catalog, options).await?;
+    let (train_set, valid_set, test_set) = (&data[0], &data[1], &data[2]);
+    let names = catalog.feature_names();
+    let variants = std::iter::once(None).chain(catalog.files().iter().map(Some));
+    let mut out = Vec::new();
+    for file in variants {
+        let dropped: Vec<&str> = file
+            .map(|f| f.features.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        let cols: Vec<usize> = (0..names.len())
+            .filter(|&i| !dropped.contains(&names[i]))
+            .collect();
+        if cols.is_empty() {
+            continue;
+        }
+        let used: Vec<&str> = cols.iter().map(|&i| names[i]).collect();
+        let f = fit(train_set, valid_set, &cols, &used, options, bar)?;
+        let range = Some((0, f.best_round + 1));
+        let predict = |set: &Dataset| -> Result<Vec<f32>, TrainError> {
+            let m = set.matrix_of(&cols, &used)?;
+            Ok(f.booster.predict_with(&m, PredictKind::Value, range)?.0)
+        };
+        let valid_scores = predict(valid_set)?;
+        let threshold = best_f1_threshold(&valid_scores, &valid_set.label).map_or(0.5, |(t, _)| t);
+        let test_scores = predict(test_set)?;
+        out.push(Ablation {
+            without: file.map(|f| f.name.clone()),
+            features: cols.len(),
+            test: test_set.metrics(&test_scores, threshold, options.episode_gap_us),
+        });
+    }
+    Ok(out)
 }
 
 /// Rows sampled for mean |SHAP|: enough for stable means, bounded time.

@@ -70,47 +70,55 @@ fn status_of(e: &ReviewError) -> StatusCode {
     }
 }
 
-/// An error shown as an HTML page.
-struct HtmlError(ReviewError);
+/// How a failed request is answered: an HTML page or a JSON body.
+trait Answer {
+    /// What the log line says failed.
+    const WHAT: &'static str;
+    /// The response body for `message`.
+    fn body(message: String) -> Response;
+}
 
-impl From<ReviewError> for HtmlError {
-    fn from(e: ReviewError) -> Self {
-        Self(e)
+/// Answered with the error page.
+struct Page;
+
+impl Answer for Page {
+    const WHAT: &'static str = "Review page failed.";
+    fn body(message: String) -> Response {
+        error_page(&message).into_response()
     }
 }
 
-impl IntoResponse for HtmlError {
+/// Answered with `{"error": "..."}`.
+struct Api;
+
+impl Answer for Api {
+    const WHAT: &'static str = "Review API request failed.";
+    fn body(message: String) -> Response {
+        Json(serde_json::json!({ "error": message })).into_response()
+    }
+}
+
+/// A request's error, with the status its kind deserves, answered as `A`.
+struct Failure<A>(ReviewError, std::marker::PhantomData<A>);
+
+impl<A> From<ReviewError> for Failure<A> {
+    fn from(e: ReviewError) -> Self {
+        Self(e, std::marker::PhantomData)
+    }
+}
+
+impl<A: Answer> IntoResponse for Failure<A> {
     fn into_response(self) -> Response {
         let status = status_of(&self.0);
         if status.is_server_error() {
-            tracing::error!(error = %self.0, "Review page failed.");
+            tracing::error!(error = %self.0, "{}", A::WHAT);
         }
-        (status, error_page(&self.0.to_string())).into_response()
+        (status, A::body(self.0.to_string())).into_response()
     }
 }
 
-/// An error answered as `{"error": "..."}`.
-struct ApiError(ReviewError);
-
-impl From<ReviewError> for ApiError {
-    fn from(e: ReviewError) -> Self {
-        Self(e)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = status_of(&self.0);
-        if status.is_server_error() {
-            tracing::error!(error = %self.0, "Review API request failed.");
-        }
-        (
-            status,
-            Json(serde_json::json!({ "error": self.0.to_string() })),
-        )
-            .into_response()
-    }
-}
+type HtmlError = Failure<Page>;
+type ApiError = Failure<Api>;
 
 fn parse_id(raw: &str) -> Result<i64, ReviewError> {
     match raw.parse::<i64>() {
