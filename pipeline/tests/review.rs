@@ -19,7 +19,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(dir: &Path, url: &str, lake: &str) -> Server {
+    fn start(dir: &Path, url: &str, lake: &str, extra: &[&str]) -> Server {
         let mut child = common::bin()
             .current_dir(dir)
             .args([
@@ -31,6 +31,7 @@ impl Server {
                 "--listen",
                 "127.0.0.1:0",
             ])
+            .args(extra)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -307,11 +308,54 @@ async fn analysts_review_alerts_in_a_browser_and_their_verdicts_train_the_next_m
     let dir = tempfile::tempdir().unwrap();
     let run = common::detector_run::detector_run_days(dir.path(), "review", 3).await;
     let lake = run.lake.to_str().unwrap();
-    let server = Server::start(dir.path(), &run.db.url, lake);
+    let server = Server::start(dir.path(), &run.db.url, lake, &[]);
     let base = server.base.as_str();
 
     let client = run.db.client().await;
     api_checks(base, &client).await;
+
+    // The evidence from PostgreSQL's tick store equals the lake's: the
+    // lake's window copied into `ticks`, read by a server told to use it.
+    let id = get_json(base, "/api/alerts?kind=model&per_page=1")["alerts"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let from_lake = get_json(base, &format!("/api/alerts/{id}/evidence"));
+    let symbol = from_lake["symbol"].as_str().unwrap();
+    let ts = from_lake["ts_us"].as_array().unwrap();
+    assert!(ts.len() > 10, "{from_lake}");
+    for (i, t) in ts.iter().enumerate() {
+        let at = chrono::DateTime::from_timestamp_micros(t.as_i64().unwrap()).unwrap();
+        let (price, volume) = (
+            from_lake["price"][i].as_f64().unwrap(),
+            from_lake["volume"][i].as_f64().unwrap(),
+        );
+        client
+            .execute(
+                "INSERT INTO ticks (symbol, ts, seq, price, volume, source) \
+                 VALUES ($1, $2, $3, $4, $5, 'test')",
+                &[&symbol, &at, &(i as i32), &price, &volume],
+            )
+            .await
+            .unwrap();
+    }
+    let pg_server = Server::start(
+        dir.path(),
+        &run.db.url,
+        "/nonexistent-lake",
+        &["--ticks-from", "postgres"],
+    );
+    let from_pg = get_json(&pg_server.base, &format!("/api/alerts/{id}/evidence"));
+    assert_eq!(
+        from_pg, from_lake,
+        "PostgreSQL's evidence equals the lake's"
+    );
+    let (status, page) = get(&pg_server.base, &format!("/alerts/{id}"));
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("polyline class=\"price\""),
+        "the chart is drawn"
+    );
+    drop(pg_server);
 
     // History is never overwritten, whoever asks.
     let e = client
