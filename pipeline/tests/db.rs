@@ -550,3 +550,125 @@ async fn ssl_modes_follow_the_url() {
         assert!(matches!(e, DbError::Connect { .. }), "{e}");
     }
 }
+
+#[tokio::test]
+async fn the_tick_store_copies_batches_once_each_into_day_partitions() {
+    use stockanomaly::sinks::postgres::write_ticks;
+    use stockanomaly::tick::{TickBuilder, TickRecord};
+
+    let db = TestDb::new("tickstore").await;
+    let mut c = db.client().await;
+    migrate(&mut c).await.unwrap();
+    // Two UTC days, two ticks sharing a timestamp (seq 0 and 1), a quote.
+    let day = 86_400_000_000i64;
+    let t0 = 1_704_153_600_000_000i64; // 2024-01-02T00:00:00Z
+    let mut b = TickBuilder::new("feed:test");
+    b.push(&TickRecord::trade(t0 + 1, "AAPL", 185.25, 100.0))
+        .unwrap();
+    b.push(&TickRecord::trade(t0 + 1, "AAPL", 185.5, 50.0))
+        .unwrap();
+    let mut quoted = TickRecord::trade(t0 + day - 1, "MSFT", 370.125, 10.0);
+    quoted.bid = Some(370.0);
+    quoted.ask = Some(370.25);
+    b.push(&quoted).unwrap();
+    b.push(&TickRecord::trade(t0 + day + 5, "MSFT", 371.0, 7.5))
+        .unwrap();
+    let batch = b.finish();
+
+    let first = write_ticks(&mut c, &batch).await.unwrap();
+    assert_eq!(
+        (first.rows, first.inserted, first.partitions_created),
+        (4, 4, 2)
+    );
+    // Again (a replay, a backfill overlapping live data): nothing new.
+    let again = write_ticks(&mut c, &batch).await.unwrap();
+    assert_eq!(
+        (again.rows, again.inserted, again.partitions_created),
+        (4, 0, 0)
+    );
+    let rows: Vec<(
+        String,
+        String,
+        i64,
+        i32,
+        f64,
+        f64,
+        Option<f64>,
+        Option<f64>,
+        String,
+    )> = c
+        .query(
+            "SELECT tableoid::regclass::text, symbol, \
+             (extract(epoch FROM ts) * 1000000)::bigint, seq, price, volume, bid, ask, source \
+             FROM ticks ORDER BY symbol, ts, seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+                r.get(7),
+                r.get(8),
+            )
+        })
+        .collect();
+    let want = [
+        (
+            "ticks_20240102",
+            "AAPL",
+            t0 + 1,
+            0,
+            185.25,
+            100.0,
+            None,
+            None,
+        ),
+        ("ticks_20240102", "AAPL", t0 + 1, 1, 185.5, 50.0, None, None),
+        (
+            "ticks_20240102",
+            "MSFT",
+            t0 + day - 1,
+            0,
+            370.125,
+            10.0,
+            Some(370.0),
+            Some(370.25),
+        ),
+        (
+            "ticks_20240103",
+            "MSFT",
+            t0 + day + 5,
+            0,
+            371.0,
+            7.5,
+            None,
+            None,
+        ),
+    ];
+    assert_eq!(rows.len(), want.len(), "{rows:?}");
+    for (got, w) in rows.iter().zip(want) {
+        assert_eq!(
+            (
+                got.0.as_str(),
+                got.1.as_str(),
+                got.2,
+                got.3,
+                got.4,
+                got.5,
+                got.6,
+                got.7
+            ),
+            w
+        );
+        assert_eq!(got.8, "feed:test");
+    }
+    assert_eq!(count(&c, "ticks_default").await, 0);
+}

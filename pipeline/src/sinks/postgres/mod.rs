@@ -11,6 +11,7 @@ mod error;
 mod migrate;
 mod reconnect;
 mod sink;
+mod ticks;
 mod tls;
 
 pub use connect::{connect, describe_target};
@@ -21,3 +22,4 @@ pub use sink::{
     commit_batch, load_offsets, register_model, write_stats, AlertRow, CommitStats, DeadLetterRow,
     OffsetRow, StatsRow,
 };
+pub use ticks::{write_ticks, TickWriteStats};
