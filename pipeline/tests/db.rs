@@ -551,6 +551,20 @@ async fn ssl_modes_follow_the_url() {
     }
 }
 
+/// A row of `ticks`: partition, symbol, ts µs, seq, price, volume, bid,
+/// ask, source.
+type StoredTick = (
+    String,
+    String,
+    i64,
+    i32,
+    f64,
+    f64,
+    Option<f64>,
+    Option<f64>,
+    String,
+);
+
 #[tokio::test]
 async fn the_tick_store_copies_batches_once_each_into_day_partitions() {
     use stockanomaly::sinks::postgres::write_ticks;
@@ -586,17 +600,7 @@ async fn the_tick_store_copies_batches_once_each_into_day_partitions() {
         (again.rows, again.inserted, again.partitions_created),
         (4, 0, 0)
     );
-    let rows: Vec<(
-        String,
-        String,
-        i64,
-        i32,
-        f64,
-        f64,
-        Option<f64>,
-        Option<f64>,
-        String,
-    )> = c
+    let rows: Vec<StoredTick> = c
         .query(
             "SELECT tableoid::regclass::text, symbol, \
              (extract(epoch FROM ts) * 1000000)::bigint, seq, price, volume, bid, ask, source \
