@@ -420,6 +420,8 @@ pub async fn ingest_history(
     let mut summary = HistorySummary::default();
     let mut writer = rejects.map(RejectWriter::new);
     let mut seen = SymbolTracker::default();
+    // One sink per run: the size difference between variants is moot.
+    #[allow(clippy::large_enum_variant)]
     enum Sink {
         Lake(Appender),
         Kafka(TickPublisher),
