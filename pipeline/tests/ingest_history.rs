@@ -845,3 +845,111 @@ fn alpaca_bars_to_kafka_are_the_json_ticks_keyed_by_symbol() {
         .collect();
     assert_eq!(decoded, want);
 }
+
+/// Two days of AAPL and MSFT bars (minutes after T0; 1440 is the next day).
+const TWO_DAYS: &[Bar] = &[
+    ("AAPL", 0, 184.0, 184.5, 183.9, 184.2, 100.0),
+    ("AAPL", 1, 184.2, 184.6, 184.1, 184.4, 200.0),
+    ("AAPL", 1440, 185.0, 185.5, 184.9, 185.2, 300.0),
+    ("AAPL", 1441, 185.2, 185.6, 185.1, 185.4, 400.0),
+    ("MSFT", 0, 370.0, 370.5, 369.9, 370.2, 500.0),
+    ("MSFT", 1440, 371.0, 371.5, 370.9, 371.2, 600.0),
+    ("MSFT", 1442, 371.2, 371.6, 371.1, 371.4, 700.0),
+];
+
+/// Serves [`TWO_DAYS`] as Alpaca does: the bars between `start` and `end`
+/// (inclusive), sorted by symbol then time, `limit` per page, the token
+/// being the offset of the next page.
+async fn alpaca_range_route(
+    State(log): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(r) = alpaca_auth(&log, &headers) {
+        return r;
+    }
+    let time = |k: &str| {
+        q.get(k)
+            .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok())
+            .map(|t| t.timestamp_micros())
+    };
+    let (Some(start), Some(end)) = (time("start"), time("end")) else {
+        return complain(&log, format!("start/end: {q:?}"));
+    };
+    let limit: usize = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(10_000);
+    let offset: usize = match q.get("page_token").map(|t| t.parse()) {
+        None => 0,
+        Some(Ok(o)) => o,
+        Some(Err(_)) => return complain(&log, format!("page_token {q:?}")),
+    };
+    let selected: Vec<Bar> = TWO_DAYS
+        .iter()
+        .copied()
+        .filter(|b| (start..=end).contains(&(T0_US + b.1 * MIN_US)))
+        .collect();
+    let page: Vec<Bar> = selected.iter().copied().skip(offset).take(limit).collect();
+    let next = (offset + limit < selected.len()).then(|| (offset + limit).to_string());
+    hit(&log, "range", StatusCode::OK);
+    reply(StatusCode::OK, &[], alpaca_bars(&page, next.as_deref()))
+}
+
+#[test]
+fn overlapping_whole_day_ranges_write_each_day_once_whatever_the_paging() {
+    let log = Shared::default();
+    let addr = serve(
+        Router::new()
+            .route("/v2/stocks/bars", get(alpaca_range_route))
+            .with_state(log.clone()),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake").display().to_string();
+    let endpoint = format!("http://{addr}");
+    let run = |from: &str, until: &str, limit: &str| {
+        succeeded(&history(
+            dir.path(),
+            &[
+                "alpaca",
+                "--symbols",
+                "AAPL,MSFT",
+                "--from",
+                from,
+                "--until",
+                until,
+                "--page-limit",
+                limit,
+                "--rest-endpoint",
+                &endpoint,
+                "--lake",
+                &lake,
+            ],
+        ))
+    };
+    let day1 = run("2024-01-03", "2024-01-03", "2");
+    assert!(day1.contains("2 pages, 3 records, 3 ticks"), "{day1}");
+    assert!(
+        day1.contains("1 files written, 0 already present"),
+        "{day1}"
+    );
+    // Both days, paged differently: the first day's file is the same.
+    let both = run("2024-01-03", "2024-01-04", "3");
+    assert!(both.contains("3 pages, 7 records, 7 ticks"), "{both}");
+    assert!(
+        both.contains("1 files written, 1 already present"),
+        "{both}"
+    );
+    let day2 = run("2024-01-04", "2024-01-04", "10000");
+    assert!(day2.contains("1 pages, 4 records, 4 ticks"), "{day2}");
+    assert!(
+        day2.contains("0 files written, 1 already present"),
+        "{day2}"
+    );
+    assert!(log.lock().unwrap().complaints.is_empty());
+    assert_eq!(
+        lake_rows(dir.path(), &lake),
+        bar_rows(&[TWO_DAYS], "alpaca"),
+        "every bar once"
+    );
+}

@@ -60,8 +60,9 @@ jitter, --max-retries times; 401/403 and other 4xx stop at once with the
 API's message. Invalid records are counted by reason in the summary (and
 written to --rejects FILE when given), never stored.
 
-The lake's files are named by their content: fetching the same range again
-adds nothing. Overlapping but different ranges do store the overlap twice.")]
+The lake's files are per UTC day and named by their content: fetching the
+same range again, or overlapping ranges of whole days, adds nothing. Ranges
+that end mid-day (RFC 3339 instants) and overlap store the overlap twice.")]
     History(IngestHistoryArgs),
 }
 
