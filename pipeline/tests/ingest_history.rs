@@ -953,3 +953,57 @@ fn overlapping_whole_day_ranges_write_each_day_once_whatever_the_paging() {
         "every bar once"
     );
 }
+
+#[test]
+fn persistent_server_errors_and_refused_connections_give_up_after_the_retries() {
+    let log = Shared::default();
+    let addr = serve(
+        Router::new()
+            .route(
+                "/v2/stocks/bars",
+                get(|State(log): State<Shared>| async move {
+                    hit(&log, "503", StatusCode::SERVICE_UNAVAILABLE);
+                    reply(StatusCode::SERVICE_UNAVAILABLE, &[], "upstream down".into())
+                }),
+            )
+            .with_state(log.clone()),
+    );
+    // A port nobody listens on any more.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (endpoint, last) in [
+        (format!("http://{addr}"), "503 Service Unavailable"),
+        (format!("http://{closed}"), "error sending request"),
+    ] {
+        let out = history(
+            dir.path(),
+            &[
+                "alpaca",
+                "--symbols",
+                "AAPL",
+                "--from",
+                "2024-01-03",
+                "--until",
+                "2024-01-03",
+                "--max-retries",
+                "2",
+                "--rest-endpoint",
+                &endpoint,
+                "--lake",
+                "memory://x",
+            ],
+        );
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("/v2/stocks/bars: gave up after 3 attempts; last:"),
+            "{stderr}"
+        );
+        assert!(stderr.contains(last), "{stderr}");
+        assert_no_credentials(&out);
+    }
+    assert_eq!(log.lock().unwrap().count("503"), 3);
+}

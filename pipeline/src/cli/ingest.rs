@@ -337,3 +337,80 @@ fn print_summary(lake: &str, s: &IngestSummary) {
         rate(s.rows() as f64, s.elapsed),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn history(args: &[&str]) -> IngestHistoryArgs {
+        let cli = Cli::try_parse_from(
+            ["stockanomaly", "ingest", "history"]
+                .iter()
+                .chain(args)
+                .copied(),
+        )
+        .unwrap();
+        match cli.command {
+            Command::Ingest(IngestArgs {
+                command: IngestCommand::History(a),
+            }) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_history_flags() {
+        let a = history(&[
+            "alpaca",
+            "--symbols",
+            "AAPL,MSFT",
+            "--from",
+            "2024-01-03",
+            "--until",
+            "2024-01-04T10:00:00Z",
+            "--timeframe",
+            "trades",
+            "--to",
+            "kafka://localhost:9092/ticks",
+        ]);
+        assert_eq!(a.feed, HistoryFeed::Alpaca);
+        assert_eq!(a.symbols, ["AAPL", "MSFT"]);
+        assert!(matches!(a.from, Bound::Day(_)));
+        assert!(matches!(a.until, Bound::At(_)));
+        assert_eq!(a.timeframe, Timeframe::Trades);
+        assert_eq!(a.to.as_deref(), Some("kafka://localhost:9092/ticks"));
+        assert_eq!(a.max_retries, 8);
+        let a = history(&[
+            "polygon",
+            "--symbols",
+            "MSFT",
+            "--from",
+            "2024-01-03",
+            "--until",
+            "2024-01-03",
+            "--timeframe",
+            "1min",
+        ]);
+        assert_eq!(a.timeframe, Timeframe::Minute);
+        assert_eq!(a.to, None);
+    }
+
+    #[test]
+    fn history_refuses_bad_dates_and_feeds() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(
+                ["stockanomaly", "ingest", "history"]
+                    .iter()
+                    .chain(args)
+                    .copied(),
+            )
+        };
+        let base = ["--symbols", "A", "--from", "2024-01-03"];
+        assert!(parse(&[&["finnhub"][..], &base, &["--until", "2024-01-03"]].concat()).is_err());
+        let e = parse(&[&["alpaca"][..], &base, &["--until", "03/01/2024"]].concat()).unwrap_err();
+        assert!(e.to_string().contains("expected a date"), "{e}");
+    }
+}

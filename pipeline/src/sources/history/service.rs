@@ -154,13 +154,13 @@ impl Service {
             // Connection refused or reset, timeouts, TLS: all worth another
             // try. The URL is left out (it carries no secret, but stays
             // out of messages all the same).
-            Err(e) => return Attempt::Broken(e.without_url().to_string()),
+            Err(e) => return Attempt::Broken(chain(e.without_url())),
         };
         let status = response.status();
         let retry_after = retry_after(response.headers());
         let body = match response.bytes().await {
             Ok(b) => b,
-            Err(e) => return Attempt::Broken(e.without_url().to_string()),
+            Err(e) => return Attempt::Broken(chain(e.without_url())),
         };
         if status.is_success() {
             Attempt::Body(body)
@@ -225,6 +225,22 @@ enum Attempt {
     ServerError(StatusCode),
     Broken(String),
     Fatal(StatusCode, bytes::Bytes),
+}
+
+/// An error with its causes (`error sending request` alone does not say
+/// that the connection was refused).
+fn chain(e: reqwest::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// `Retry-After` in seconds (the form the feeds send; an HTTP date is
