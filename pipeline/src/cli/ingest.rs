@@ -97,8 +97,8 @@ pub struct IngestHistoryArgs {
     pub timeframe: Timeframe,
 
     /// Base URL of the feed's REST API, to use a sandbox, a proxy or a test
-    /// server [env: STOCKANOMALY_ALPACA_REST or STOCKANOMALY_POLYGON_REST]
-    /// [default: https://data.alpaca.markets or https://api.polygon.io].
+    /// server (env: STOCKANOMALY_ALPACA_REST or STOCKANOMALY_POLYGON_REST;
+    /// default: `https://data.alpaca.markets` or `https://api.polygon.io`).
     #[arg(long, value_name = "URL")]
     pub rest_endpoint: Option<String>,
 
