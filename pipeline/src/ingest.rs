@@ -1,5 +1,6 @@
-//! File ingestion: CSV files → validated ticks (and labels) → the lake, with
-//! rejects written beside and a summary of what happened.
+//! Ingestion: CSV files → validated ticks (and labels) → the lake, with
+//! rejects written beside and a summary of what happened; and a feed's REST
+//! history → ticks → the lake or a Kafka topic ([`ingest_history`]).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -132,6 +133,12 @@ pub enum IngestError {
     /// `--strict` and a record was rejected.
     #[error("{0}\n  (stopped by --strict; without it the row goes to the rejects file and ingestion continues)")]
     Strict(Box<Reject>),
+    /// Fetching REST history failed.
+    #[error(transparent)]
+    History(#[from] crate::sources::history::HistoryError),
+    /// Publishing to Kafka failed.
+    #[error(transparent)]
+    Kafka(#[from] crate::sources::kafka::ProduceError),
     /// `--exchange` names a venue the project does not know.
     #[error("unknown exchange {mic:?}: expected a market identifier code among {known}")]
     UnknownExchange {
@@ -309,5 +316,208 @@ impl SymbolTracker {
                 None => (lo, hi),
             });
         }
+    }
+}
+
+/// Where fetched ticks go.
+#[derive(Debug, Clone)]
+pub enum TickTarget {
+    /// The lake's `ticks` table (content-addressed files: re-ingesting the
+    /// same range adds nothing).
+    Lake(LakeRoot),
+    /// A Kafka topic, as the JSON tick `detect` consumes, keyed by symbol.
+    Kafka {
+        /// Bootstrap servers (`host:port`, comma-separated).
+        brokers: String,
+        /// The topic.
+        topic: String,
+        /// Partitions if the topic has to be created.
+        partitions: u16,
+    },
+}
+
+impl TickTarget {
+    /// Reads `kafka://BROKERS/TOPIC`, or a lake root (a folder,
+    /// `file://`, `s3://`, `memory://`); the error says what is expected.
+    pub fn parse(to: &str, partitions: u16) -> Result<Self, String> {
+        if let Some(rest) = to.strip_prefix("kafka://") {
+            return match rest.rsplit_once('/') {
+                Some((brokers, topic)) if !brokers.is_empty() && !topic.is_empty() => {
+                    Ok(Self::Kafka {
+                        brokers: brokers.to_owned(),
+                        topic: topic.to_owned(),
+                        partitions,
+                    })
+                }
+                _ => Err(format!(
+                    "{to:?}: expected kafka://BROKERS/TOPIC, e.g. kafka://localhost:9092/ticks"
+                )),
+            };
+        }
+        if to == "postgres" || to.starts_with("postgres://") || to.starts_with("postgresql://") {
+            return Err(
+                "the PostgreSQL tick store is not a target of `ingest history` yet; write to \
+                 the lake or kafka://BROKERS/TOPIC"
+                    .into(),
+            );
+        }
+        LakeRoot::parse(to)
+            .map(Self::Lake)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl std::fmt::Display for TickTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Lake(root) => write!(f, "{root}"),
+            Self::Kafka { brokers, topic, .. } => write!(f, "kafka://{brokers}/{topic}"),
+        }
+    }
+}
+
+/// What a history ingestion did.
+#[derive(Debug, Clone, Default)]
+pub struct HistorySummary {
+    /// Requests, retries and pages.
+    pub fetch: crate::sources::history::HistoryStats,
+    /// Records in the pages.
+    pub records: u64,
+    /// Ticks written (lake) or published (Kafka).
+    pub ticks: u64,
+    /// Rejected records by reason.
+    pub rejects: RejectCounts,
+    /// Where the rejects were written, if asked and any.
+    pub rejects_path: Option<PathBuf>,
+    /// Distinct symbols among the ticks.
+    pub symbols: usize,
+    /// Earliest and latest tick, µs since the epoch.
+    pub time_range: Option<(i64, i64)>,
+    /// Lake files (lake target only).
+    pub tick_files: AppendStats,
+    /// Bytes of JSON published (Kafka target only).
+    pub published_bytes: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Fetches every page of `fetcher`'s request and writes the ticks to
+/// `target`.
+///
+/// Pages are written as they arrive (memory stays bounded by the lake
+/// appender's buffers or the producer's queue); rejects are counted by
+/// reason, logged per page, and written to `rejects` when given. `progress`
+/// counts pages; its message shows ticks so far.
+pub async fn ingest_history(
+    fetcher: &mut crate::sources::history::HistoryFetcher,
+    target: &TickTarget,
+    rejects: Option<&Path>,
+    progress: &ProgressBar,
+) -> Result<HistorySummary, IngestError> {
+    use crate::sources::kafka::{ensure_topic, TickPublisher};
+
+    let started = Instant::now();
+    let mut summary = HistorySummary::default();
+    let mut writer = rejects.map(RejectWriter::new);
+    let mut seen = SymbolTracker::default();
+    // One sink per run: the size difference between variants is moot.
+    #[allow(clippy::large_enum_variant)]
+    enum Sink {
+        Lake(Appender),
+        Kafka(TickPublisher),
+    }
+    let mut sink = match target {
+        TickTarget::Lake(root) => Sink::Lake(Appender::new(
+            root.clone(),
+            TableSpec::ticks(),
+            AppenderOptions::default(),
+        )),
+        TickTarget::Kafka {
+            brokers,
+            topic,
+            partitions,
+        } => {
+            ensure_topic(brokers, topic, i32::from(*partitions)).await?;
+            Sink::Kafka(TickPublisher::new(brokers, topic, &[])?)
+        }
+    };
+    while let Some(batch) = fetcher.next_page().await? {
+        if let Some(first) = batch.rejects.first() {
+            tracing::warn!(
+                feed = %fetcher.request().feed.feed(),
+                rejects = batch.rejects.len(),
+                first = %first,
+                "History records rejected."
+            );
+        }
+        for r in &batch.rejects {
+            summary.rejects.add(r.reason);
+            if let Some(w) = writer.as_mut() {
+                w.write(r).map_err(|source| IngestError::Rejects {
+                    path: w.path().to_owned(),
+                    source,
+                })?;
+                summary.rejects_path = Some(w.path().to_owned());
+            }
+        }
+        summary.ticks += batch.ticks.num_rows() as u64;
+        seen.observe(&batch.ticks);
+        match &mut sink {
+            Sink::Lake(a) => a.append(batch.ticks).await?,
+            Sink::Kafka(p) => p.publish_batch(&batch.ticks).await?,
+        }
+        progress.inc(1);
+        progress.set_message(format!("{} ticks", summary.ticks));
+    }
+    if let Some(w) = writer.as_mut() {
+        w.flush().map_err(|source| IngestError::Rejects {
+            path: w.path().to_owned(),
+            source,
+        })?;
+    }
+    match sink {
+        Sink::Lake(a) => summary.tick_files = a.finish().await?,
+        Sink::Kafka(p) => {
+            progress.set_message("waiting for acknowledgements");
+            // flush blocks on librdkafka: off the runtime's threads.
+            let stats =
+                tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(120))).await;
+            let stats = match stats {
+                Ok(s) => s?,
+                Err(join) => std::panic::resume_unwind(join.into_panic()),
+            };
+            summary.published_bytes = stats.bytes;
+        }
+    }
+    summary.fetch = fetcher.stats();
+    summary.records = fetcher.counters().messages;
+    summary.symbols = seen.symbols.len();
+    summary.time_range = seen.range;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::TickTarget;
+
+    #[test]
+    fn targets_are_lakes_or_kafka_topics() {
+        match TickTarget::parse("kafka://h1:9092,h2:9092/ticks", 6).unwrap() {
+            TickTarget::Kafka { brokers, topic, .. } => {
+                assert_eq!(brokers, "h1:9092,h2:9092");
+                assert_eq!(topic, "ticks");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(TickTarget::parse("kafka://h:9092", 6).is_err());
+        assert!(TickTarget::parse("kafka:///t", 6).is_err());
+        assert!(TickTarget::parse("postgres", 6)
+            .unwrap_err()
+            .contains("not a target"));
+        assert!(matches!(
+            TickTarget::parse("memory://x", 6).unwrap(),
+            TickTarget::Lake(_)
+        ));
     }
 }

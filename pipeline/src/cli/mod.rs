@@ -29,7 +29,7 @@ pub use db::{DbArgs, DbCommand, DbUrlArgs};
 pub use demo::DemoArgs;
 pub use detect::DetectArgs;
 pub use features::{FeaturesArgs, FeaturesCommand};
-pub use ingest::{IngestArgs, IngestCommand, IngestCsvArgs};
+pub use ingest::{IngestArgs, IngestCommand, IngestCsvArgs, IngestHistoryArgs};
 pub use produce::ProduceArgs;
 pub use score::ScoreArgs;
 pub use simulate::{RealismArgs, SimulateArgs};
@@ -151,6 +151,20 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             cause.downcast_ref::<crate::ingest::IngestError>()
         {
             return 2;
+        }
+        // Missing credentials, a bad endpoint, a range the feed cannot
+        // give: configuration, not a failed run.
+        if let Some(h) = cause.downcast_ref::<crate::sources::history::HistoryError>() {
+            if h.is_usage() {
+                return 2;
+            }
+        }
+        if let Some(crate::ingest::IngestError::History(h)) =
+            cause.downcast_ref::<crate::ingest::IngestError>()
+        {
+            if h.is_usage() {
+                return 2;
+            }
         }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::BrokenPipe {

@@ -59,6 +59,19 @@ pub(crate) fn count_bar(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// A progress line of unknown length on stderr: a spinner, `{pos}` units
+/// of `what` and a free message (paged downloads, whose page count is
+/// known only at the end).
+pub(crate) fn open_bar(what: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {pos} {prefix}, {msg} ({elapsed})") {
+        bar.set_style(style);
+    }
+    bar.set_prefix(what.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,12 +5,13 @@
 //!
 //! The live feeds ([`alpaca`], [`polygon`], [`finnhub`]) start with their
 //! pure frame decoders, which share [`feed`]'s events, counters and
-//! amendment batches.
+//! amendment batches; [`history`] fetches their REST history page by page.
 
 pub mod alpaca;
 pub mod csv;
 pub mod feed;
 pub mod finnhub;
+pub mod history;
 pub mod kafka;
 pub mod polygon;
 pub mod replay;
