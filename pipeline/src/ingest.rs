@@ -139,6 +139,9 @@ pub enum IngestError {
     /// Publishing to Kafka failed.
     #[error(transparent)]
     Kafka(#[from] crate::sources::kafka::ProduceError),
+    /// Writing to PostgreSQL's tick store failed.
+    #[error(transparent)]
+    Db(#[from] crate::sinks::postgres::DbError),
     /// `--exchange` names a venue the project does not know.
     #[error("unknown exchange {mic:?}: expected a market identifier code among {known}")]
     UnknownExchange {
@@ -334,6 +337,13 @@ pub enum TickTarget {
         /// Partitions if the topic has to be created.
         partitions: u16,
     },
+    /// PostgreSQL's `ticks` table (the tick store): COPY into a staging
+    /// table, insert what is new on the tick key, so re-ingesting adds
+    /// nothing.
+    Postgres {
+        /// Connection URL (never printed).
+        url: String,
+    },
 }
 
 impl TickTarget {
@@ -354,12 +364,18 @@ impl TickTarget {
                 )),
             };
         }
-        if to == "postgres" || to.starts_with("postgres://") || to.starts_with("postgresql://") {
-            return Err(
-                "the PostgreSQL tick store is not a target of `ingest history` yet; write to \
-                 the lake or kafka://BROKERS/TOPIC"
-                    .into(),
-            );
+        if to.starts_with("postgres://") || to.starts_with("postgresql://") {
+            return Ok(Self::Postgres { url: to.to_owned() });
+        }
+        if to == "postgres" {
+            return match std::env::var("DATABASE_URL") {
+                Ok(url) if !url.is_empty() => Ok(Self::Postgres { url }),
+                _ => Err(
+                    "--to postgres reads the database from DATABASE_URL, which is not set \
+                          (or give --to postgres://user@host/db; the password in PGPASSWORD)"
+                        .into(),
+                ),
+            };
         }
         LakeRoot::parse(to)
             .map(Self::Lake)
@@ -372,6 +388,8 @@ impl std::fmt::Display for TickTarget {
         match self {
             Self::Lake(root) => write!(f, "{root}"),
             Self::Kafka { brokers, topic, .. } => write!(f, "kafka://{brokers}/{topic}"),
+            // The URL may carry a password.
+            Self::Postgres { .. } => f.write_str("PostgreSQL's ticks table"),
         }
     }
 }
@@ -397,6 +415,11 @@ pub struct HistorySummary {
     pub tick_files: AppendStats,
     /// Bytes of JSON published (Kafka target only).
     pub published_bytes: u64,
+    /// Ticks new to PostgreSQL's tick store (Postgres target only; the
+    /// others were stored already).
+    pub stored_new: u64,
+    /// Day partitions created in the tick store.
+    pub partitions_created: u64,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -425,6 +448,7 @@ pub async fn ingest_history(
     enum Sink {
         Lake(Appender),
         Kafka(TickPublisher),
+        Postgres(tokio_postgres::Client),
     }
     let mut sink = match target {
         TickTarget::Lake(root) => Sink::Lake(Appender::new(
@@ -440,6 +464,7 @@ pub async fn ingest_history(
             ensure_topic(brokers, topic, i32::from(*partitions)).await?;
             Sink::Kafka(TickPublisher::new(brokers, topic, &[])?)
         }
+        TickTarget::Postgres { url } => Sink::Postgres(crate::sinks::postgres::connect(url).await?),
     };
     while let Some(batch) = fetcher.next_page().await? {
         if let Some(first) = batch.rejects.first() {
@@ -465,6 +490,11 @@ pub async fn ingest_history(
         match &mut sink {
             Sink::Lake(a) => a.append(batch.ticks).await?,
             Sink::Kafka(p) => p.publish_batch(&batch.ticks).await?,
+            Sink::Postgres(client) => {
+                let w = crate::sinks::postgres::write_ticks(client, &batch.ticks).await?;
+                summary.stored_new += w.inserted;
+                summary.partitions_created += w.partitions_created;
+            }
         }
         progress.inc(1);
         progress.set_message(format!("{} ticks", summary.ticks));
@@ -477,6 +507,7 @@ pub async fn ingest_history(
     }
     match sink {
         Sink::Lake(a) => summary.tick_files = a.finish().await?,
+        Sink::Postgres(_) => {}
         Sink::Kafka(p) => {
             progress.set_message("waiting for acknowledgements");
             // flush blocks on librdkafka: off the runtime's threads.
@@ -512,9 +543,13 @@ mod history_tests {
         }
         assert!(TickTarget::parse("kafka://h:9092", 6).is_err());
         assert!(TickTarget::parse("kafka:///t", 6).is_err());
-        assert!(TickTarget::parse("postgres", 6)
-            .unwrap_err()
-            .contains("not a target"));
+        assert!(matches!(
+            TickTarget::parse("postgres://u@h/db", 6).unwrap(),
+            TickTarget::Postgres { .. }
+        ));
+        // The URL is never shown: it may carry a password.
+        let pg = TickTarget::parse("postgres://u:secret@h/db", 6).unwrap();
+        assert!(!pg.to_string().contains("secret"));
         assert!(matches!(
             TickTarget::parse("memory://x", 6).unwrap(),
             TickTarget::Lake(_)

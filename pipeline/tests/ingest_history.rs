@@ -1007,3 +1007,72 @@ fn persistent_server_errors_and_refused_connections_give_up_after_the_retries() 
     }
     assert_eq!(log.lock().unwrap().count("503"), 3);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alpaca_bars_into_the_postgres_tick_store_once() {
+    let db = common::TestDb::new("history_pg").await;
+    let mut client = db.client().await;
+    stockanomaly::sinks::postgres::migrate(&mut client)
+        .await
+        .unwrap();
+    let (addr, _log) = alpaca_server();
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("http://{addr}");
+    let args = [
+        "alpaca",
+        "--symbols",
+        "AAPL,MSFT",
+        "--from",
+        "2024-01-03",
+        "--until",
+        "2024-01-03",
+        "--rest-endpoint",
+        &endpoint,
+        "--to",
+        &db.url,
+    ];
+    let out = succeeded(&history(dir.path(), &args));
+    assert!(
+        out.contains("6 ticks new to the tick store (0 already there), 1 day partitions created"),
+        "{out}"
+    );
+    assert!(!out.contains(&db.url), "the URL is never printed: {out}");
+    let rows: Vec<Row> = client
+        .query(
+            "SELECT symbol, (extract(epoch FROM ts) * 1000000)::bigint, seq, price, volume, \
+             open, high, low, source FROM ticks ORDER BY symbol, ts, seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let seq: i32 = r.get(2);
+            (
+                r.get(0),
+                r.get(1),
+                seq as u64,
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+                r.get(7),
+                r.get(8),
+            )
+        })
+        .collect();
+    assert_eq!(rows, bar_rows(&[ALPACA_PAGE1, ALPACA_PAGE2], "alpaca"));
+
+    // Again (a backfill overlapping what is stored): nothing new.
+    let again = succeeded(&history(dir.path(), &args));
+    assert!(
+        again.contains("0 ticks new to the tick store (6 already there), 0 day partitions created"),
+        "{again}"
+    );
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM ticks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 6);
+}

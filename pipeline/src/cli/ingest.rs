@@ -102,9 +102,10 @@ pub struct IngestHistoryArgs {
     #[arg(long, value_name = "URL")]
     pub rest_endpoint: Option<String>,
 
-    /// Where the ticks go: a lake root (default: --lake) or
+    /// Where the ticks go: a lake root (default: --lake),
     /// kafka://BROKERS/TOPIC (JSON ticks keyed by symbol, as `detect`
-    /// consumes them).
+    /// consumes them), or PostgreSQL's tick store: `postgres` (the database
+    /// in DATABASE_URL) or a postgres:// URL (password in PGPASSWORD).
     #[arg(long, env = "STOCKANOMALY_HISTORY_TO", value_name = "TARGET")]
     pub to: Option<String>,
 
@@ -178,8 +179,15 @@ async fn run_history(lake: &str, args: IngestHistoryArgs) -> anyhow::Result<()> 
     if args.partitions == 0 {
         return Err(UsageError("--partitions must be at least 1".into()).into());
     }
-    let target = TickTarget::parse(args.to.as_deref().unwrap_or(lake), args.partitions)
-        .map_err(|e| UsageError(format!("--to {}: {e}", args.to.as_deref().unwrap_or(lake))))?;
+    let to = args.to.as_deref().unwrap_or(lake);
+    // A PostgreSQL URL may carry a password: never echo it.
+    let shown = if to.starts_with("postgres") {
+        "postgres"
+    } else {
+        to
+    };
+    let target = TickTarget::parse(to, args.partitions)
+        .map_err(|e| UsageError(format!("--to {shown}: {e}")))?;
     let endpoint = args
         .rest_endpoint
         .or_else(|| {
@@ -239,7 +247,7 @@ fn print_history_summary(fetcher: &HistoryFetcher, target: &TickTarget, s: &Hist
         count(s.records),
         count(s.ticks),
         match target {
-            TickTarget::Lake(_) => "written to",
+            TickTarget::Lake(_) | TickTarget::Postgres { .. } => "written to",
             TickTarget::Kafka { .. } => "published to",
         },
         count(s.rejects.total()),
@@ -272,6 +280,14 @@ fn print_history_summary(fetcher: &HistoryFetcher, target: &TickTarget, s: &Hist
         TickTarget::Kafka { .. } => println!(
             "  {:.1} MB of JSON acknowledged; {:.2}s, {}",
             s.published_bytes as f64 / 1e6,
+            s.elapsed.as_secs_f64(),
+            rate(s.ticks as f64, s.elapsed),
+        ),
+        TickTarget::Postgres { .. } => println!(
+            "  {} ticks new to the tick store ({} already there), {} day partitions created; {:.2}s, {}",
+            count(s.stored_new),
+            count(s.ticks.saturating_sub(s.stored_new)),
+            s.partitions_created,
             s.elapsed.as_secs_f64(),
             rate(s.ticks as f64, s.elapsed),
         ),
