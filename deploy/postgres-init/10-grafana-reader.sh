@@ -19,11 +19,12 @@ if [ -z "${GRAFANA_PG_PASSWORD:-}" ]; then
 fi
 
 # psql variables (:"name" quotes an identifier, :'name' a literal) keep the
-# names and the password out of the SQL text.
+# names out of the SQL text; the secret is read from the environment by
+# psql itself (\getenv), so it never appears on a command line (ps) either.
 psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
-  -v reader="$GRAFANA_PG_USER" -v password="$GRAFANA_PG_PASSWORD" \
-  -v owner="$POSTGRES_USER" -v db="$POSTGRES_DB" <<'SQL'
-CREATE ROLE :"reader" LOGIN PASSWORD :'password';
+  -v reader="$GRAFANA_PG_USER" -v owner="$POSTGRES_USER" -v db="$POSTGRES_DB" <<'SQL'
+\getenv reader_secret GRAFANA_PG_PASSWORD
+SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', :'reader', :'reader_secret') \gexec
 GRANT CONNECT ON DATABASE :"db" TO :"reader";
 GRANT USAGE ON SCHEMA public TO :"reader";
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO :"reader";
