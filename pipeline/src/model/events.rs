@@ -132,6 +132,19 @@ pub fn event_metrics(
     delay_us: i64,
 ) -> EventMetrics {
     let ranges = symbol_ranges(rows.symbol);
+    metrics_over(&ranges, rows, events, threshold, episode_gap_us, delay_us)
+}
+
+/// [`event_metrics`] with the rows' symbol ranges computed once by the
+/// caller (the threshold search evaluates hundreds of thresholds).
+fn metrics_over(
+    ranges: &BTreeMap<&str, (usize, usize)>,
+    rows: ScoredRows<'_>,
+    events: &[LabelEvent],
+    threshold: f32,
+    episode_gap_us: i64,
+    delay_us: i64,
+) -> EventMetrics {
     let ts = rows.ts_us;
     let mut by_kind: BTreeMap<String, (u64, u64, Vec<f64>)> = BTreeMap::new();
     let mut ttd_all = Vec::new();
@@ -164,7 +177,7 @@ pub fn event_metrics(
     }
     let (mut episodes, mut true_episodes) = (0u64, 0u64);
     let max_span = episode_gap_us.saturating_mul(EPISODE_SPAN_GAPS);
-    for (sym, &(lo, hi)) in &ranges {
+    for (sym, &(lo, hi)) in ranges {
         let evs = by_symbol.get(sym).map(Vec::as_slice).unwrap_or(&[]);
         let mut open: Option<(i64, i64)> = None;
         let mut close = |ep: (i64, i64)| {
@@ -257,9 +270,10 @@ pub fn threshold_for_event_precision(
     if candidates.last() != sorted.last() {
         candidates.extend(sorted.last());
     }
+    let ranges = symbol_ranges(rows.symbol);
     // Lowest first: the first that reaches the target keeps the most recall.
     candidates.into_iter().find_map(|t| {
-        let m = event_metrics(rows, events, t, episode_gap_us, delay_us);
+        let m = metrics_over(&ranges, rows, events, t, episode_gap_us, delay_us);
         (m.episodes > 0 && m.precision >= target).then_some((t, m))
     })
 }

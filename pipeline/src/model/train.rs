@@ -507,9 +507,12 @@ async fn load_splits(
     Ok((ctx, plans, data))
 }
 
-/// A booster trained with early stopping on the validation `aucpr`.
+/// A booster trained with early stopping on the validation `aucpr`, and
+/// the training and validation matrices it was trained on (for scoring).
 struct Fit {
     booster: Booster,
+    dtrain: DMatrix,
+    dvalid: DMatrix,
     params: BTreeMap<String, String>,
     best_round: u32,
     best_aucpr: f64,
@@ -576,6 +579,8 @@ fn fit(
     }
     Ok(Fit {
         booster,
+        dtrain,
+        dvalid,
         params,
         best_round,
         best_aucpr,
@@ -599,19 +604,20 @@ pub async fn train(
     let all_cols: Vec<usize> = (0..names.len()).collect();
     let Fit {
         booster,
+        dtrain,
+        dvalid,
         params,
         best_round,
         best_aucpr,
         trained,
     } = fit(train_set, valid_set, &all_cols, &names, options, bar)?;
-    let dtrain = train_set.matrix(&names)?;
-    let dvalid = valid_set.matrix(&names)?;
     let dtest = test_set.matrix(&names)?;
     let best_range = Some((0, best_round + 1));
     let score = |m: &DMatrix| -> Result<Vec<f32>, XgbError> {
         Ok(booster.predict_with(m, PredictKind::Value, best_range)?.0)
     };
     let valid_scores = score(&dvalid)?;
+    let test_scores = score(&dtest)?;
     let best_f1 = best_f1_threshold(&valid_scores, &valid_set.label).map_or(0.5, |(t, _)| t);
     let (threshold, threshold_rule) =
         match (options.target_precision, options.target_event_precision) {
@@ -654,11 +660,11 @@ pub async fn train(
         plans
             .iter()
             .zip(&data)
-            .zip([score(&dtrain)?, valid_scores, score(&dtest)?])
+            .zip([&score(&dtrain)?, &valid_scores, &test_scores])
     {
         metrics.insert(
             plan.name.to_owned(),
-            set.metrics(&scores, threshold, options.episode_gap_us),
+            set.metrics(scores, threshold, options.episode_gap_us),
         );
     }
 
@@ -703,11 +709,11 @@ pub async fn train(
     let curves = vec![
         (
             "valid".to_owned(),
-            Curves::compute(&score(&dvalid)?, &valid_set.label),
+            Curves::compute(&valid_scores, &valid_set.label),
         ),
         (
             "test".to_owned(),
-            Curves::compute(&score(&dtest)?, &test_set.label),
+            Curves::compute(&test_scores, &test_set.label),
         ),
     ];
     let manifest = Manifest {
@@ -814,13 +820,12 @@ pub async fn ablate(
         let used: Vec<&str> = cols.iter().map(|&i| names[i]).collect();
         let f = fit(train_set, valid_set, &cols, &used, options, bar)?;
         let range = Some((0, f.best_round + 1));
-        let predict = |set: &Dataset| -> Result<Vec<f32>, TrainError> {
-            let m = set.matrix_of(&cols, &used)?;
-            Ok(f.booster.predict_with(&m, PredictKind::Value, range)?.0)
+        let predict = |m: &DMatrix| -> Result<Vec<f32>, TrainError> {
+            Ok(f.booster.predict_with(m, PredictKind::Value, range)?.0)
         };
-        let valid_scores = predict(valid_set)?;
+        let valid_scores = predict(&f.dvalid)?;
         let threshold = best_f1_threshold(&valid_scores, &valid_set.label).map_or(0.5, |(t, _)| t);
-        let test_scores = predict(test_set)?;
+        let test_scores = predict(&test_set.matrix_of(&cols, &used)?)?;
         out.push(Ablation {
             without: file.map(|f| f.name.clone()),
             features: cols.len(),
