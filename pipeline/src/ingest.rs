@@ -11,6 +11,7 @@ use arrow::datatypes::TimestampMicrosecondType;
 use indicatif::ProgressBar;
 
 use crate::lake::{AppendStats, Appender, AppenderOptions, LakeError, LakeRoot, TableSpec};
+use crate::sinks::tick_sink::{SinkStats, TickSink};
 use crate::sources::csv::{CsvFormat, CsvSource};
 use crate::sources::SourceError;
 use crate::tick::{col, Reject, RejectCounts, RejectWriter, Validator};
@@ -31,6 +32,9 @@ pub struct IngestOptions {
     pub exchange: Option<String>,
     /// Validation rules (the clock they judge "future" by).
     pub validator: Validator,
+    /// Where the ticks go; the lake's `ticks` table if `None`. Labels and
+    /// the `symbols` table always go to the lake.
+    pub to: Option<TickTarget>,
 }
 
 impl Default for IngestOptions {
@@ -41,6 +45,7 @@ impl Default for IngestOptions {
             strict: false,
             exchange: None,
             validator: Validator::new(),
+            to: None,
         }
     }
 }
@@ -75,6 +80,8 @@ pub struct IngestSummary {
     pub time_range: Option<(i64, i64)>,
     /// Ticks written to the lake.
     pub tick_files: AppendStats,
+    /// What the tick target stored (new vs already there in PostgreSQL).
+    pub stored: SinkStats,
     /// Labels written to the lake.
     pub label_files: AppendStats,
     /// Wall time.
@@ -142,6 +149,13 @@ pub enum IngestError {
     /// Writing to PostgreSQL's tick store failed.
     #[error(transparent)]
     Db(#[from] crate::sinks::postgres::DbError),
+    /// A live feed sent amendments and the target has no lake to record
+    /// them in.
+    #[error("{amendments} amendments (trade corrections, cancels, revised bars) arrived and no lake was given to record them in")]
+    NoAmendmentTable {
+        /// Amendments in the batch.
+        amendments: u64,
+    },
     /// `--exchange` names a venue the project does not know.
     #[error("unknown exchange {mic:?}: expected a market identifier code among {known}")]
     UnknownExchange {
@@ -164,7 +178,8 @@ pub async fn ingest_csv(
     progress: &ProgressBar,
 ) -> Result<IngestSummary, IngestError> {
     let started = Instant::now();
-    let mut ticks = Appender::new(root.clone(), TableSpec::ticks(), AppenderOptions::default());
+    let lake_target = TickTarget::Lake(root.clone());
+    let mut ticks = TickSink::open(options.to.as_ref().unwrap_or(&lake_target), None).await?;
     let mut labels = Appender::new(
         root.clone(),
         TableSpec::labels(),
@@ -225,7 +240,7 @@ pub async fn ingest_csv(
                     }
                 }
             }
-            ticks.append(batch.ticks).await?;
+            ticks.write(batch.ticks).await?;
             if let Some(l) = batch.labels {
                 file.labels += l.num_rows() as u64;
                 labels.append(l).await?;
@@ -255,7 +270,8 @@ pub async fn ingest_csv(
             source,
         })?;
     }
-    summary.tick_files = ticks.finish().await?;
+    summary.stored = ticks.finish().await?;
+    summary.tick_files = summary.stored.tick_files;
     summary.label_files = labels.finish().await?;
     if !listings.is_empty() {
         let rows: Vec<crate::symbols::SymbolInfo<'_>> = listings
@@ -437,35 +453,11 @@ pub async fn ingest_history(
     rejects: Option<&Path>,
     progress: &ProgressBar,
 ) -> Result<HistorySummary, IngestError> {
-    use crate::sources::kafka::{ensure_topic, TickPublisher};
-
     let started = Instant::now();
     let mut summary = HistorySummary::default();
     let mut writer = rejects.map(RejectWriter::new);
     let mut seen = SymbolTracker::default();
-    // One sink per run: the size difference between variants is moot.
-    #[allow(clippy::large_enum_variant)]
-    enum Sink {
-        Lake(Appender),
-        Kafka(TickPublisher),
-        Postgres(tokio_postgres::Client),
-    }
-    let mut sink = match target {
-        TickTarget::Lake(root) => Sink::Lake(Appender::new(
-            root.clone(),
-            TableSpec::ticks(),
-            AppenderOptions::default(),
-        )),
-        TickTarget::Kafka {
-            brokers,
-            topic,
-            partitions,
-        } => {
-            ensure_topic(brokers, topic, i32::from(*partitions)).await?;
-            Sink::Kafka(TickPublisher::new(brokers, topic, &[])?)
-        }
-        TickTarget::Postgres { url } => Sink::Postgres(crate::sinks::postgres::connect(url).await?),
-    };
+    let mut sink = TickSink::open(target, None).await?;
     while let Some(batch) = fetcher.next_page().await? {
         if let Some(first) = batch.rejects.first() {
             tracing::warn!(
@@ -487,15 +479,7 @@ pub async fn ingest_history(
         }
         summary.ticks += batch.ticks.num_rows() as u64;
         seen.observe(&batch.ticks);
-        match &mut sink {
-            Sink::Lake(a) => a.append(batch.ticks).await?,
-            Sink::Kafka(p) => p.publish_batch(&batch.ticks).await?,
-            Sink::Postgres(client) => {
-                let w = crate::sinks::postgres::write_ticks(client, &batch.ticks).await?;
-                summary.stored_new += w.inserted;
-                summary.partitions_created += w.partitions_created;
-            }
-        }
+        sink.write(batch.ticks).await?;
         progress.inc(1);
         progress.set_message(format!("{} ticks", summary.ticks));
     }
@@ -505,21 +489,14 @@ pub async fn ingest_history(
             source,
         })?;
     }
-    match sink {
-        Sink::Lake(a) => summary.tick_files = a.finish().await?,
-        Sink::Postgres(_) => {}
-        Sink::Kafka(p) => {
-            progress.set_message("waiting for acknowledgements");
-            // flush blocks on librdkafka: off the runtime's threads.
-            let stats =
-                tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(120))).await;
-            let stats = match stats {
-                Ok(s) => s?,
-                Err(join) => std::panic::resume_unwind(join.into_panic()),
-            };
-            summary.published_bytes = stats.bytes;
-        }
+    if matches!(target, TickTarget::Kafka { .. }) {
+        progress.set_message("waiting for acknowledgements");
     }
+    let stored = sink.finish().await?;
+    summary.tick_files = stored.tick_files;
+    summary.published_bytes = stored.published_bytes;
+    summary.stored_new = stored.stored_new;
+    summary.partitions_created = stored.partitions_created;
     summary.fetch = fetcher.stats();
     summary.records = fetcher.counters().messages;
     summary.symbols = seen.symbols.len();

@@ -9,6 +9,7 @@ pub mod features;
 pub mod ingest;
 pub mod labels;
 pub mod lake;
+pub mod live_ingest;
 pub mod model;
 pub mod review;
 pub mod sinks;

@@ -676,3 +676,64 @@ async fn the_tick_store_copies_batches_once_each_into_day_partitions() {
     }
     assert_eq!(count(&c, "ticks_default").await, 0);
 }
+
+/// `ingest csv --to postgres`, twice, on a file with bad rows: the rejects
+/// are reported and written aside, the good rows stored, and the second run
+/// adds nothing.
+#[tokio::test]
+async fn cli_csv_into_the_tick_store_twice_keeps_one_copy() {
+    let db = TestDb::new("csvstore").await;
+    let c = db.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        let out = common::bin()
+            .current_dir(dir.path())
+            .env("DATABASE_URL", &db.url)
+            .args([
+                "ingest",
+                "csv",
+                "--lake",
+                "lake",
+                "--to",
+                "postgres",
+                "--rejects",
+                "rejects.csv",
+            ])
+            .arg(common::fixture("broken.csv"))
+            .output()
+            .unwrap();
+        let o = String::from_utf8_lossy(&out.stdout).into_owned();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{o}\n{e}");
+        assert!(!o.contains(&db.url) && !e.contains(&db.url), "{o}\n{e}");
+        o
+    };
+    let first = run();
+    let good = first
+        .lines()
+        .find_map(|l| l.strip_prefix("ingested "))
+        .and_then(|l| l.split(": ").nth(1))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse::<i64>().ok())
+        .unwrap_or_else(|| panic!("no tick count in {first}"));
+    assert!(good > 0, "{first}");
+    assert!(
+        first.contains(&format!("tick store: {good} ticks new, 0 already there")),
+        "{first}"
+    );
+    assert!(first.contains("into PostgreSQL's ticks table"), "{first}");
+    let rejects = std::fs::read_to_string(dir.path().join("rejects.csv")).unwrap();
+    assert!(rejects.lines().count() > 1, "{rejects}");
+    assert_eq!(count(&c, "ticks").await, good);
+
+    let second = run();
+    assert!(
+        second.contains(&format!(
+            "tick store: 0 ticks new, {good} already there, 0 day partitions created"
+        )),
+        "{second}"
+    );
+    assert_eq!(count(&c, "ticks").await, good);
+    // The ticks never went to the lake.
+    assert!(!dir.path().join("lake/ticks").exists());
+}

@@ -65,6 +65,19 @@ impl TableSpec {
         }
     }
 
+    /// The `amendments` table: what live feeds said about ticks they had
+    /// sent (corrections, cancels, revised bars), by the amended tick's day.
+    pub fn amendments() -> Self {
+        use crate::sources::feed::amend_col;
+        Self {
+            name: "amendments".into(),
+            schema: crate::sources::feed::amendment_schema(),
+            partition_ts: amend_col::TS,
+            sort_by: vec![amend_col::SYMBOL, amend_col::TS, amend_col::KIND],
+            outer_partition: None,
+        }
+    }
+
     /// The `symbols` reference table (exchange, time zone, session per
     /// symbol), partitioned by the date each row became valid.
     pub fn symbols() -> Self {
@@ -120,6 +133,7 @@ impl TableSpec {
             Self::symbols(),
             Self::scores(),
             Self::alerts(),
+            Self::amendments(),
         ]
     }
 }

@@ -5,7 +5,9 @@
 //!
 //! The live feeds ([`alpaca`], [`polygon`], [`finnhub`]) start with their
 //! pure frame decoders, which share [`feed`]'s events, counters and
-//! amendment batches; [`history`] fetches their REST history page by page.
+//! amendment batches; [`history`] fetches their REST history page by page;
+//! [`live`] keeps a feed's connection up and fills the gaps of its drops
+//! from that history, as a [`Source`].
 
 pub mod alpaca;
 pub mod csv;
@@ -13,6 +15,7 @@ pub mod feed;
 pub mod finnhub;
 pub mod history;
 pub mod kafka;
+pub mod live;
 pub mod polygon;
 pub mod replay;
 pub mod simulate;
@@ -50,6 +53,15 @@ pub enum Position {
         /// Ticks returned so far.
         ticks: u64,
     },
+    /// A live feed after `ticks` ticks. Feeds cannot replay: a restart
+    /// resumes from now (a gap the REST history can fill by
+    /// `ingest history`).
+    Live {
+        /// The feed.
+        feed: &'static str,
+        /// Ticks returned so far.
+        ticks: u64,
+    },
 }
 
 /// One batch from a source: valid ticks, labels the input carried (annotated
@@ -60,6 +72,10 @@ pub struct SourceBatch {
     pub ticks: RecordBatch,
     /// Label intervals, [`label_schema`](crate::labels::label_schema), if any.
     pub labels: Option<RecordBatch>,
+    /// What a live feed said about ticks it sent earlier (corrections,
+    /// cancels, revised bars),
+    /// [`amendment_schema`](crate::sources::feed::amendment_schema), if any.
+    pub amendments: Option<RecordBatch>,
     /// Refused records with their reasons.
     pub rejects: Vec<Reject>,
     /// The position after this batch.
@@ -88,6 +104,10 @@ pub enum SourceError {
         /// What is wrong and how to fix it.
         reason: String,
     },
+    /// A live feed stopped for good (refused credentials, gave up
+    /// reconnecting).
+    #[error(transparent)]
+    Feed(#[from] feed::connect::FeedError),
     /// Reading the lake failed (replays).
     #[error("{origin}: {source}")]
     Lake {

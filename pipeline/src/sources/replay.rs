@@ -277,6 +277,7 @@ impl Source for ReplaySource {
                 }
                 self.ticks += ticks.num_rows() as u64;
                 return Ok(Some(SourceBatch {
+                    amendments: None,
                     ticks,
                     labels: None,
                     rejects: Vec::new(),

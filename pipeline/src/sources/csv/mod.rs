@@ -204,6 +204,7 @@ impl CsvSource {
         }
         let labels = (!self.labels.is_empty()).then(|| self.labels.finish());
         Ok(Some(SourceBatch {
+            amendments: None,
             ticks: self.ticks.finish(),
             labels,
             rejects,

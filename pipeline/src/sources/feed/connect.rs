@@ -140,6 +140,11 @@ pub struct ConnectionStats {
     pub pong_timeouts: u64,
     /// Faults the feed reported (of any action).
     pub faults: u64,
+    /// Open connections lost (drops, stalls, dead paths, faults asking to
+    /// reconnect). Each ends a [`FeedClient::next_batch`] early, so that a
+    /// batch never spans a drop: what came before a gap and what came
+    /// after it arrive in different batches.
+    pub drops: u64,
 }
 
 /// Why a feed stopped for good.
@@ -241,8 +246,9 @@ impl<P: FeedProtocol, D: FrameDecoder> FeedClient<P, D> {
     }
 
     /// Reads the feed for up to `max_wait` (connecting, reconnecting and
-    /// answering control messages as needed) and returns what was decoded.
-    /// Errors only when the feed cannot go on; what was decoded before the
+    /// answering control messages as needed) and returns what was decoded;
+    /// returns early when an open connection is lost, with what that
+    /// session decoded ([`ConnectionStats::drops`] counts it). Errors only when the feed cannot go on; what was decoded before the
     /// error is still held: take it with [`finish`](Self::finish).
     pub async fn next_batch(&mut self, max_wait: Duration) -> Result<FeedBatch, FeedError> {
         let deadline = Instant::now() + max_wait;
@@ -286,7 +292,7 @@ impl<P: FeedProtocol, D: FrameDecoder> FeedClient<P, D> {
                 Some(None) => self.drop_connection("the server closed the connection".into()),
                 None => self.on_timer().await,
             }
-            if Instant::now() >= deadline {
+            if self.ws.is_none() || Instant::now() >= deadline {
                 return Ok(self.decoder.finish());
             }
         }
@@ -417,6 +423,7 @@ impl<P: FeedProtocol, D: FrameDecoder> FeedClient<P, D> {
 
     fn drop_connection(&mut self, why: String) {
         if self.ws.take().is_some() {
+            self.stats.drops += 1;
             tracing::warn!(
                 feed = %self.protocol.feed(),
                 endpoint = %redacted(self.protocol.url()),

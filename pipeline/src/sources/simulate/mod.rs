@@ -828,6 +828,7 @@ impl Source for SimulatorSource {
         };
         self.next_day = day + 1;
         Ok(Some(SourceBatch {
+            amendments: None,
             ticks: simulated.ticks,
             labels: Some(simulated.labels),
             rejects: simulated.rejects,
