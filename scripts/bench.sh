@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # `make bench`: feature backfill throughput of stockanomaly against DuckDB
-# running the same SQL, then `stockanomaly bench` (simulation and ingestion).
+# running the same SQL, then `stockanomaly bench` (simulation and ingestion),
+# then `stockanomaly bench --feeds` (feed JSON decoding into Arrow; with
+# DATABASE_URL also the PostgreSQL tick load, COPY against row-by-row INSERT).
 #
 #   scripts/bench.sh            release build; >= 1.56M minute bars and
-#                               >= 10M trade ticks
-#   scripts/bench.sh --quick    ~100k rows per dataset, no `stockanomaly bench`
-#                               (a smoke run; fine with a debug build)
+#                               >= 10M trade ticks; 1M ticks per feed
+#   scripts/bench.sh --quick    ~100k rows per dataset, no `stockanomaly bench`,
+#                               --feeds on 100k ticks (a smoke run; fine with
+#                               a debug build)
 #
 # Environment:
 #   STOCKANOMALY_BIN       binary to run; when set, nothing is built
 #                          (e.g. $CARGO_TARGET_DIR/debug/stockanomaly)
+#   DATABASE_URL           PostgreSQL for the tick load of --feeds (its rows
+#                          go into `ticks` on 2000-01-03 and are deleted
+#                          afterwards); unset: that part is skipped
 #   BENCH_DUCKDB_THREADS   DuckDB threads (default: nproc, as DataFusion uses)
 #   TMPDIR                 where the scratch lakes go (removed at exit)
 #
@@ -202,4 +208,16 @@ if [ "$QUICK" = 0 ]; then
   echo
   say "== stockanomaly bench (simulation, backfill, CSV ingestion)"
   TMPDIR="$SCRATCH" "$BIN" bench || die "stockanomaly bench failed"
+fi
+
+echo
+if [ -n "${DATABASE_URL:-}" ]; then
+  say "== stockanomaly bench --feeds (feed decoding; PostgreSQL load, COPY vs INSERT, into DATABASE_URL)"
+else
+  say "== stockanomaly bench --feeds (feed decoding; no DATABASE_URL, so no PostgreSQL load)"
+fi
+if [ "$QUICK" = 1 ]; then
+  "$BIN" bench --feeds --ticks 100000 --insert-rows 2000 || die "stockanomaly bench --feeds failed"
+else
+  "$BIN" bench --feeds || die "stockanomaly bench --feeds failed"
 fi

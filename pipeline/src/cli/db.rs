@@ -85,7 +85,7 @@ pub(crate) async fn run(args: DbArgs) -> anyhow::Result<()> {
 
 /// Connects, turning a malformed URL or TLS setting into a usage error
 /// (exit status 2).
-async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+pub(crate) async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     match postgres::connect(url).await {
         Ok(c) => Ok(c),
         Err(e @ (DbError::InvalidUrl { .. } | DbError::Tls { .. })) => {

@@ -100,7 +100,7 @@ pub enum Command {
     Sql(SqlArgs),
     /// Run the whole pipeline on embedded defaults: no servers needed.
     Demo(DemoArgs),
-    /// Measure simulation, CSV ingestion and feature backfill throughput (build with --release).
+    /// Measure simulation, ingestion, backfill, feed decoding and PostgreSQL load throughput (build with --release).
     Bench(BenchArgs),
     /// Migrate the PostgreSQL schema of alerts and offsets, or list its migrations.
     Db(DbArgs),

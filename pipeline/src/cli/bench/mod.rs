@@ -1,6 +1,9 @@
-//! `stockanomaly bench`: throughput figures for simulation and CSV ingestion.
-//! A report, not a pass/fail test: run it on a release build
-//! (`make bench`).
+//! `stockanomaly bench`: throughput figures for simulation and CSV ingestion,
+//! and, as modes of their own, XGBoost, the streaming executor and, in
+//! [`feeds`], feed decoding and the PostgreSQL tick load. A report, not a
+//! pass/fail test: run it on a release build (`make bench`).
+
+mod feeds;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +25,29 @@ use crate::tick::col;
 
 /// `stockanomaly bench`.
 #[derive(Debug, Args)]
+#[command(after_long_help = "\
+Without a mode flag: simulation, simulation into a lake, feature backfill and
+CSV ingestion of --rows ticks in a scratch folder.
+
+--feeds times, on one thread, decoding --ticks trades of each feed's WebSocket
+JSON (Alpaca, Polygon, Finnhub; frames generated in memory beforehand, 100
+messages each, quotes between the trades for Alpaca and Polygon) into Arrow
+tick batches, and prints ticks/s and MB/s beside the target of 2M Alpaca
+trades/s per core. With a database URL it then loads the decoded Alpaca ticks
+into PostgreSQL's `ticks` table (migrated first) by COPY (write_ticks, all
+--ticks) and by one INSERT per row in one transaction (the prototype's way,
+the first --insert-rows), and prints rows/s of both and their ratio. Its rows
+are stamped 2000-01-03 with source `stockanomaly-bench`; it refuses a
+database holding other ticks of that day, and deletes its rows (and the day's
+partition, if it created it) afterwards. Without a URL that part is skipped.
+
+Figures from a debug build say nothing; build with --release.
+
+Examples:
+  stockanomaly bench
+  stockanomaly bench --feeds
+  DATABASE_URL=postgres://postgres@localhost/scratch stockanomaly bench --feeds --ticks 200000
+  stockanomaly bench --stream lake --batch-rows 5000")]
 pub struct BenchArgs {
     /// Ticks to simulate and rows to ingest.
     #[arg(long, env = "STOCKANOMALY_BENCH_ROWS", default_value_t = 10_000_000)]
@@ -59,11 +85,39 @@ pub struct BenchArgs {
     /// to this Parquet file, with the parameters beside it as FILE.params.json.
     #[arg(long, env = "STOCKANOMALY_BENCH_EXPORT", value_name = "FILE")]
     pub export: Option<PathBuf>,
+
+    /// Instead: time decoding each feed's JSON frames into Arrow batches and,
+    /// with --database-url, loading the ticks into PostgreSQL by COPY and by
+    /// row-by-row INSERT.
+    #[arg(long, env = "STOCKANOMALY_BENCH_FEEDS")]
+    pub feeds: bool,
+
+    /// Trades decoded per feed by --feeds, also the rows loaded by COPY.
+    #[arg(long, env = "STOCKANOMALY_BENCH_TICKS", default_value_t = 1_000_000)]
+    pub ticks: u64,
+
+    /// Rows loaded by row-by-row INSERT in --feeds (a sample: one round trip
+    /// per row is slow).
+    #[arg(long, env = "STOCKANOMALY_BENCH_INSERT_ROWS", default_value_t = 20_000)]
+    pub insert_rows: u64,
+
+    /// PostgreSQL for the load part of --feeds (skipped without one). Its
+    /// value is never printed.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: Option<String>,
 }
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build; figures are meaningful only with --release");
+    }
+    if args.feeds {
+        return feeds::run(feeds::FeedsOptions {
+            ticks: args.ticks,
+            insert_rows: args.insert_rows,
+            database_url: args.database_url,
+        })
+        .await;
     }
     if let Some(lake) = &args.xgboost {
         return run_xgboost(lake, args.rounds, args.export.as_deref()).await;
@@ -396,4 +450,38 @@ fn export_matrix(
     w.write(&batch)?;
     w.close()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    fn bench(args: &[&str]) -> super::BenchArgs {
+        let cli = Cli::try_parse_from(["stockanomaly", "bench"].iter().chain(args)).unwrap();
+        match cli.command {
+            Command::Bench(b) => b,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn feeds_flags_parse_with_their_defaults() {
+        let b = bench(&["--feeds"]);
+        assert!(b.feeds);
+        assert_eq!((b.ticks, b.insert_rows), (1_000_000, 20_000));
+        let b = bench(&[
+            "--feeds",
+            "--ticks",
+            "5000",
+            "--insert-rows",
+            "100",
+            "--database-url",
+            "postgres://u@h/db",
+        ]);
+        assert_eq!((b.ticks, b.insert_rows), (5_000, 100));
+        assert_eq!(b.database_url.as_deref(), Some("postgres://u@h/db"));
+        assert!(!bench(&[]).feeds);
+    }
 }
