@@ -255,3 +255,89 @@ fn backfill_over_s3_equals_a_local_folder() {
     assert!(a.lines().count() > 500);
     assert_eq!(a, b);
 }
+
+/// `stockanomaly profiles`: per symbol and minute of the exchange's day,
+/// the medians over the earlier dates, by hand; the default date is the day
+/// after the last tick; backfill stores the same rows for the dates it
+/// computes, and the features divide by them.
+#[test]
+fn intraday_profiles_are_the_medians_of_the_earlier_days() {
+    let dir = tempfile::tempdir().unwrap();
+    // 14:30Z is 09:30 in New York in January: minute 570.
+    std::fs::write(
+        dir.path().join("ticks.csv"),
+        "ts,symbol,price,volume\n\
+         2024-01-02T14:30:10Z,AAA,100,10\n\
+         2024-01-02T14:30:50Z,AAA,101,30\n\
+         2024-01-02T14:31:00Z,AAA,100,7\n\
+         2024-01-03T14:30:05Z,AAA,50,5\n\
+         2024-01-04T14:30:20Z,AAA,60,45\n",
+    )
+    .unwrap();
+    ok(
+        dir.path(),
+        &["ingest", "csv", "--lake", "lake", "ticks.csv"],
+    );
+    let out = ok(
+        dir.path(),
+        &["profiles", "--lake", "lake", "--date", "2024-01-04"],
+    );
+    assert!(
+        out.contains("profiles of 2024-01-04: 2 (symbol, minute) rows"),
+        "{out}"
+    );
+    let rows = common::sql_json(
+        dir.path(),
+        "lake",
+        "SELECT minute, days, median_volume, median_ticks, median_abs_return FROM profiles \
+         WHERE date = '2024-01-04' ORDER BY minute",
+    );
+    let r = |i: usize, k: &str| rows[i][k].as_f64().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!((r(0, "minute"), r(0, "days")), (570.0, 2.0));
+    assert_eq!(r(0, "median_volume"), (40.0 + 5.0) / 2.0);
+    assert_eq!(r(0, "median_ticks"), 1.5);
+    assert!((r(0, "median_abs_return") - (101f64 / 100.0).ln() / 2.0).abs() < 1e-15);
+    assert_eq!(
+        (
+            r(1, "minute"),
+            r(1, "days"),
+            r(1, "median_volume"),
+            r(1, "median_ticks")
+        ),
+        (571.0, 1.0, 7.0, 1.0)
+    );
+
+    // No date: the day after the last tick, made from all three days.
+    let out = ok(dir.path(), &["profiles", "--lake", "lake"]);
+    assert!(out.contains("profiles of 2024-01-05:"), "{out}");
+    assert_eq!(
+        sql_number(
+            dir.path(),
+            "lake",
+            "SELECT max(days) FROM profiles WHERE date = '2024-01-05'"
+        ),
+        3
+    );
+
+    // Backfill stores the profiles of its dates (the first has none) and
+    // the 01-04 tick's trailing minute is divided by its minute's medians.
+    let q = queries().to_string_lossy().into_owned();
+    ok(dir.path(), &["backfill", "--lake", "lake", "--queries", &q]);
+    let f = common::sql_json(
+        dir.path(),
+        "lake",
+        "SELECT volume_vs_profile, ticks_vs_profile FROM features WHERE date = '2024-01-04'",
+    );
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0]["volume_vs_profile"].as_f64(), Some(45.0 / 22.5));
+    assert_eq!(f[0]["ticks_vs_profile"].as_f64(), Some(1.0 / 1.5));
+    assert_eq!(
+        sql_number(
+            dir.path(),
+            "lake",
+            "SELECT count(*) FROM profiles WHERE date = '2024-01-02'"
+        ),
+        0
+    );
+}

@@ -104,6 +104,38 @@ fn batch(ts: &[T]) -> RecordBatch {
 
 type Row = BTreeMap<String, Option<f64>>;
 
+/// Intraday profile rows: symbol, days after T0's date (0: its own), minute
+/// of the exchange's day, median volume, ticks, |return|.
+const PROFILES: &[(&str, i64, i32, f64, f64, f64)] = &[
+    ("AAA", 0, 570, 15.0, 2.0, 0.001), // 09:30 New York
+    ("AAA", 0, 572, 0.0, 4.0, 0.0),    // zero medians: NULL ratios
+    ("AAA", 0, 580, 100.0, 3.0, 0.01),
+    // 620 has no profile: NULL.
+    ("AAA", -1, 620, 1.0, 1.0, 1.0), // another day's: never joined
+    ("BBB", 0, 1201, 500.0, 1.0, 0.002), // 20:01 Kolkata
+];
+
+fn profiles() -> RecordBatch {
+    use arrow::array::TimestampMicrosecondArray;
+    use arrow::array::{ArrayRef, Float64Array, Int32Array, Int64Array, StringArray};
+    let day0 = T0 - T0.rem_euclid(86_400 * S);
+    let cols: Vec<ArrayRef> = vec![
+        std::sync::Arc::new(
+            TimestampMicrosecondArray::from_iter_values(
+                PROFILES.iter().map(|p| day0 + p.1 * 86_400 * S),
+            )
+            .with_timezone("UTC"),
+        ),
+        std::sync::Arc::new(StringArray::from_iter_values(PROFILES.iter().map(|p| p.0))),
+        std::sync::Arc::new(Int32Array::from_iter_values(PROFILES.iter().map(|p| p.2))),
+        std::sync::Arc::new(Int64Array::from_iter_values(PROFILES.iter().map(|_| 5))),
+        std::sync::Arc::new(Float64Array::from_iter_values(PROFILES.iter().map(|p| p.3))),
+        std::sync::Arc::new(Float64Array::from_iter_values(PROFILES.iter().map(|p| p.4))),
+        std::sync::Arc::new(Float64Array::from_iter_values(PROFILES.iter().map(|p| p.5))),
+    ];
+    RecordBatch::try_new(stockanomaly::features::profiles::profile_schema(), cols).unwrap()
+}
+
 async fn computed(ts: &[T]) -> BTreeMap<(String, i64, u32), Row> {
     let catalog = Catalog::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../queries"))
         .await
@@ -128,6 +160,16 @@ async fn computed(ts: &[T]) -> BTreeMap<(String, i64, u32), Row> {
         "symbols",
         std::sync::Arc::new(
             datafusion::datasource::MemTable::try_new(symbols.schema(), vec![vec![symbols]])
+                .unwrap(),
+        ),
+    )
+    .unwrap();
+    let profiles = with_date(profiles());
+    ctx.deregister_table("profiles").unwrap();
+    ctx.register_table(
+        "profiles",
+        std::sync::Arc::new(
+            datafusion::datasource::MemTable::try_new(profiles.schema(), vec![vec![profiles]])
                 .unwrap(),
         ),
     )
@@ -170,6 +212,10 @@ fn sd(x: &[f64]) -> Option<f64> {
     }
     let m = mean(x)?;
     Some((x.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (x.len() - 1) as f64).sqrt())
+}
+
+fn nonzero_f(v: f64) -> Option<f64> {
+    (v != 0.0).then_some(v)
 }
 
 fn nonzero(v: Option<f64>) -> Option<f64> {
@@ -268,6 +314,26 @@ fn expected(all: &[T]) -> BTreeMap<(String, i64, u32), Row> {
             let frac = (chrono::Timelike::num_seconds_from_midnight(&ny) as f64
                 + f64::from(chrono::Timelike::nanosecond(&ny)) / 1e9)
                 / 86_400.0;
+            // Seasonality: the trailing minute against the profile of the
+            // tick's own date and minute of the exchange's day.
+            let minute = (chrono::Timelike::num_seconds_from_midnight(&ny) / 60) as i32;
+            let profile = PROFILES
+                .iter()
+                .find(|p| p.0 == sym && p.1 == 0 && p.2 == minute);
+            let volume_1m: f64 = w1.iter().map(|&j| s[j].volume).sum();
+            let ratio = |x: f64, median: Option<f64>| median.and_then(nonzero_f).map(|m| x / m);
+            r.insert(
+                "volume_vs_profile".into(),
+                ratio(volume_1m, profile.map(|p| p.3)),
+            );
+            r.insert(
+                "ticks_vs_profile".into(),
+                ratio(w1.len() as f64, profile.map(|p| p.4)),
+            );
+            r.insert(
+                "move_vs_profile".into(),
+                ratio((t.price / s[w1[0]].price).ln().abs(), profile.map(|p| p.5)),
+            );
             r.insert(
                 "tod_sin".into(),
                 Some((2.0 * std::f64::consts::PI * frac).sin()),
@@ -357,6 +423,23 @@ async fn every_feature_matches_an_independent_computation() {
             }
         }
     }
+    // Seasonality: the profile of the tick's own minute and day, or NULL.
+    let open = &got[&("AAA".to_owned(), T0 + 30 * S, 0)];
+    assert_eq!(open["volume_vs_profile"], Some(35.0 / 15.0));
+    assert_eq!(open["ticks_vs_profile"], Some(3.0 / 2.0));
+    let zero = &got[&("AAA".to_owned(), T0 + 2 * MIN, 0)];
+    assert_eq!(zero["volume_vs_profile"], None, "a zero median");
+    assert_eq!(zero["ticks_vs_profile"], Some(0.25));
+    let unprofiled = &got[&("AAA".to_owned(), T0 + 50 * MIN, 0)];
+    assert_eq!(
+        unprofiled["ticks_vs_profile"], None,
+        "no profile, or another day's"
+    );
+    assert_eq!(
+        got[&("BBB".to_owned(), T0 + MIN, 0)]["volume_vs_profile"],
+        Some(1000.0 / 500.0),
+        "Kolkata's 20:01; the trailing minute holds both bars"
+    );
     // Spot checks of the cases the fixture is built for.
     let first = &got[&("AAA".to_owned(), T0, 0)];
     assert_eq!(first["ret_1"], None, "first tick has no previous price");

@@ -175,7 +175,8 @@ async fn micro_batches_equal_backfill_and_score() {
                 ..ExecutorConfig::default()
             },
         )
-        .unwrap();
+        .unwrap()
+        .with_profiles(root.clone());
         let mut features = Vec::new();
         let mut by_detector: Vec<Vec<RecordBatch>> = vec![Vec::new(); versions.len()];
         let mut start = 0;
@@ -216,6 +217,14 @@ async fn micro_batches_equal_backfill_and_score() {
             n,
             "batch size {batch_rows}: one feature row per tick"
         );
+        // The seasonality features join the intraday profiles the executor
+        // loaded from the lake: present (days after the first), and equal.
+        let seasonal = names
+            .iter()
+            .position(|f| *f == "volume_vs_profile")
+            .expect("the pack has volume_vs_profile");
+        let profiled = got.values().filter(|r| r[seasonal].is_some()).count();
+        assert!(profiled > n / 3, "{profiled} of {n} ticks have a profile");
         for (k, w) in &want_features {
             let g = &got[k];
             for (i, name) in names.iter().enumerate() {
@@ -276,7 +285,8 @@ async fn micro_batches_equal_backfill_and_score() {
             allowed_lateness: std::time::Duration::from_micros(lateness_us as u64 + 1),
         },
     )
-    .unwrap();
+    .unwrap()
+    .with_profiles(root.clone());
     let mut features = Vec::new();
     let mut start = 0;
     let mut out_of_order = 0;

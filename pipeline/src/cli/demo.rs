@@ -179,7 +179,8 @@ async fn stream_test_day(
         vec![Detector::Model(Box::new(model))],
         Some(load_symbols(root).await?),
         ExecutorConfig::default(),
-    )?;
+    )?
+    .with_profiles(root.clone());
     // History first: the last validation day, replayed without emitting.
     let history = ticks_in_arrival_order(root, valid.to, valid.to).await?;
     let n = history.num_rows();

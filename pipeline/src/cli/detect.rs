@@ -183,7 +183,8 @@ pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
             top_shap: args.top_shap,
             allowed_lateness: Duration::from_millis(args.allowed_lateness_ms),
         },
-    )?;
+    )?
+    .with_profiles(root.clone());
     let options = DetectOptions {
         brokers,
         topic: topic.clone(),

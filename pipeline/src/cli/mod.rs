@@ -11,6 +11,7 @@ mod ingest;
 mod labels;
 mod output;
 mod produce;
+mod profiles;
 mod score;
 mod serve;
 mod simulate;
@@ -88,6 +89,8 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Compute the feature files over the lake's ticks into a feature snapshot.
     Backfill(BackfillArgs),
+    /// Store the intraday profiles (per symbol and minute of day) that seasonality features join.
+    Profiles(profiles::ProfilesArgs),
     /// List, check and explain the SQL feature files.
     Features(FeaturesArgs),
     /// Train an XGBoost model on the feature snapshot and labels, split by time.
@@ -183,6 +186,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sql(args) => sql::run(&cli.lake, args).await,
         Command::Features(args) => features::run(args).await,
         Command::Backfill(args) => backfill::run(&cli.lake, args).await,
+        Command::Profiles(args) => profiles::run(&cli.lake, args).await,
         Command::Train(args) => train::run_train(&cli.lake, args).await,
         Command::Evaluate(args) => train::run_evaluate(&cli.lake, args).await,
         Command::Score(args) => score::run(&cli.lake, args).await,

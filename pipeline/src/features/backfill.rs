@@ -72,6 +72,9 @@ pub enum BackfillError {
         #[source]
         source: datafusion::error::DataFusionError,
     },
+    /// The intraday profiles a date's features join could not be made.
+    #[error(transparent)]
+    Profiles(#[from] super::profiles::ProfileError),
 }
 
 /// The lake table of a feature set: the tick key and one `Float64` column
@@ -208,6 +211,14 @@ pub async fn backfill(
         previous_pending = true;
     }
     for chunk in chunks {
+        // The features of a date join its intraday profiles, made from the
+        // dates before it: store them first (once; again with --force).
+        for &date in &chunk {
+            if options.force || !super::profiles::profiles_done(root, date).await {
+                let rows = super::profiles::write_profiles(root, date).await?;
+                tracing::debug!(%date, rows, "Intraday profiles written.");
+            }
+        }
         let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
         let rows = backfill_dates(root, catalog, &spec, first, last, options).await?;
         // Markers only once every date of the chunk is written.

@@ -49,6 +49,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         "session.sql",
         include_str!("../../../queries/features/session.sql"),
     ),
+    (
+        "seasonality.sql",
+        include_str!("../../../queries/features/seasonality.sql"),
+    ),
 ];
 
 /// One validated feature file.

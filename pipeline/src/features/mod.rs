@@ -14,6 +14,7 @@ mod catalog;
 mod error;
 mod header;
 mod lookback;
+pub mod profiles;
 
 pub use backfill::{
     backfill, feature_query, features_table, snapshot_session, training_session, BackfillError,

@@ -101,7 +101,9 @@ fn partition_cols(spec: &TableSpec) -> Vec<(String, DataType)> {
         .collect()
 }
 
-fn with_partitions(spec: &TableSpec) -> SchemaRef {
+/// `spec`'s schema with its partition columns (`date`, and the outer one if
+/// any) appended, as sessions register the table.
+pub fn with_partitions(spec: &TableSpec) -> SchemaRef {
     let mut fields: Vec<Field> = spec
         .schema
         .fields()

@@ -78,6 +78,20 @@ impl TableSpec {
         }
     }
 
+    /// The `profiles` table: per symbol and minute of the exchange's day,
+    /// the trailing days' typical volume, activity and move, by the day it
+    /// is for (see [`crate::features::profiles`]).
+    pub fn profiles() -> Self {
+        use crate::features::profiles::{profile_col, profile_schema};
+        Self {
+            name: "profiles".into(),
+            schema: profile_schema(),
+            partition_ts: profile_col::TS,
+            sort_by: vec![profile_col::SYMBOL, profile_col::MINUTE],
+            outer_partition: None,
+        }
+    }
+
     /// The `symbols` reference table (exchange, time zone, session per
     /// symbol), partitioned by the date each row became valid.
     pub fn symbols() -> Self {
@@ -134,6 +148,7 @@ impl TableSpec {
             Self::scores(),
             Self::alerts(),
             Self::amendments(),
+            Self::profiles(),
         ]
     }
 }

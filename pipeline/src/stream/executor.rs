@@ -136,6 +136,8 @@ pub enum ExecutorError {
     Score(#[from] TrainError),
     #[error("arranging ticks: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    #[error("intraday profiles: {0}")]
+    Profiles(#[from] crate::features::profiles::ProfileError),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -151,6 +153,9 @@ struct Book {
     /// symbol in one partition).
     partition: i32,
 }
+
+/// Microseconds in a day.
+const DAY_US: i64 = 86_400_000_000;
 
 /// The streaming executor (see the module documentation).
 pub struct Executor {
@@ -169,6 +174,11 @@ pub struct Executor {
     /// since `origin`.
     clock: Option<Duration>,
     origin: Instant,
+    /// Where the intraday `profiles` come from, if anywhere.
+    profiles_lake: Option<crate::lake::LakeRoot>,
+    /// Profiles of the held ticks' dates (days since the epoch), each
+    /// loaded when its date's first tick is held.
+    profiles: BTreeMap<i64, RecordBatch>,
 }
 
 impl Executor {
@@ -214,7 +224,65 @@ impl Executor {
             seen: BTreeMap::new(),
             clock: None,
             origin: Instant::now(),
+            profiles_lake: None,
+            profiles: BTreeMap::new(),
         })
+    }
+
+    /// Joins the intraday profiles of `root` (the `profiles` table the
+    /// feature files may read): each date's are loaded when its first tick
+    /// is held, or made from the lake's earlier ticks when not stored yet
+    /// (then logged: a daily `stockanomaly profiles` run stores them).
+    pub fn with_profiles(mut self, root: crate::lake::LakeRoot) -> Self {
+        self.profiles_lake = Some(root);
+        self
+    }
+
+    /// Loads the profiles of the held ticks' dates not loaded yet and
+    /// forgets those of dates no longer held.
+    async fn ensure_profiles(&mut self) -> Result<(), ExecutorError> {
+        let Some(root) = &self.profiles_lake else {
+            return Ok(());
+        };
+        let ts = self
+            .held
+            .column(0)
+            .as_primitive::<TimestampMicrosecondType>();
+        let mut days = std::collections::BTreeSet::new();
+        // Held ticks are sorted by symbol, then time: each symbol's run
+        // spans few days, so consecutive duplicates are skipped cheaply.
+        let mut last = None;
+        for t in ts.values().iter() {
+            let d = t.div_euclid(DAY_US);
+            if last != Some(d) {
+                days.insert(d);
+                last = Some(d);
+            }
+        }
+        self.profiles.retain(|d, _| days.contains(d));
+        for d in days {
+            if self.profiles.contains_key(&d) {
+                continue;
+            }
+            let Some(date) =
+                chrono::DateTime::from_timestamp(d * 86_400, 0).map(|t| t.date_naive())
+            else {
+                continue;
+            };
+            let (batch, stored) = crate::features::profiles::profiles_for(root, date).await?;
+            if stored {
+                tracing::info!(%date, rows = batch.num_rows(), "Intraday profiles loaded.");
+            } else {
+                tracing::warn!(
+                    %date,
+                    rows = batch.num_rows(),
+                    "No stored intraday profiles for the day: made from the lake's ticks \
+                     (run `stockanomaly profiles` after each close to store them)."
+                );
+            }
+            self.profiles.insert(d, batch);
+        }
+        Ok(())
     }
 
     /// The detectors.
@@ -462,6 +530,7 @@ impl Executor {
     /// Emits complete groups (all pending groups of idle symbols, or of
     /// every symbol when `all`), then prunes history.
     async fn emit(&mut self, all: bool) -> Result<Step, ExecutorError> {
+        self.ensure_profiles().await?;
         let now = self.now();
         let lateness = duration_us(self.config.allowed_lateness);
         // Per symbol: emit ticks with emitted < ts <= cutoff.
@@ -572,6 +641,18 @@ impl Executor {
                 vec![vec![self.symbols.clone()]],
             )?),
         )?;
+        if self.profiles_lake.is_some() {
+            let spec = crate::lake::TableSpec::profiles();
+            let batches: Vec<RecordBatch> = self.profiles.values().cloned().collect();
+            ctx.deregister_table(spec.name.as_str())?;
+            ctx.register_table(
+                spec.name.as_str(),
+                Arc::new(MemTable::try_new(
+                    crate::lake::with_partitions(&spec),
+                    vec![batches],
+                )?),
+            )?;
+        }
         if let Some(t) = ticks {
             ctx.deregister_table("ticks")?;
             ctx.register_table(

@@ -284,7 +284,8 @@ async fn run_stream(
         detectors,
         Some(load_symbols(&root).await?),
         ExecutorConfig::default(),
-    )?;
+    )?
+    .with_profiles(root.clone());
     let ctx = crate::lake::session_context(&root).await?;
     let first = super::sql::scalar_string(&ctx, "SELECT min(date) FROM ticks").await?;
     let last = super::sql::scalar_string(&ctx, "SELECT max(date) FROM ticks").await?;

@@ -1,0 +1,237 @@
+//! Intraday seasonality: per symbol and minute of the exchange's day, what
+//! that minute usually looks like over the trailing days, as the lake table
+//! `profiles` that feature files join on `(symbol, minute, date)`.
+//!
+//! Volume, activity and volatility follow the clock (a U over the session,
+//! a burst at the open and into the close auction): heavy volume at 15:59
+//! is normal, at 12:30 it is not. A feature compared with the same minute's
+//! profile tells the two apart, which a trailing 30-minute z-score cannot.
+//!
+//! The profile of day `D` is computed from the [`PROFILE_DAYS`] latest
+//! dates with ticks strictly before `D`, so it is known before `D` starts:
+//! backfill writes it before computing `D`'s features, and the streaming
+//! executor loads it from the lake when `D`'s first tick arrives (a daily
+//! `stockanomaly profiles` run after the close prepares the next day).
+//! Both read the same stored numbers, so streaming equals backfill.
+//!
+//! Per `(symbol, day, minute)` over the days: `vol` = Σ volume of the
+//! minute's ticks, `n` = their count, `absret` = |ln(last price / first
+//! price)| in the minute. The profile row holds the medians over the days
+//! that had ticks in that minute (and how many there were): exact and
+//! independent of row order.
+
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use chrono::NaiveDate;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use object_store::ObjectStoreExt;
+
+use crate::lake::{register_table, LakeError, LakeRoot, TableSpec};
+use crate::tick::ts_type;
+
+/// Trailing dates a profile summarises.
+pub const PROFILE_DAYS: usize = 20;
+
+/// How far back (calendar days) the trailing dates are looked for: holidays
+/// and weekends leave 20 trading dates within about four weeks; a symbol
+/// silent for two months starts afresh.
+const SEARCH_DAYS: i64 = 60;
+
+/// Column names of [`profile_schema`].
+pub mod profile_col {
+    /// Midnight UTC of the day the profile is for (its `date=` partition).
+    pub const TS: &str = "ts";
+    /// The symbol.
+    pub const SYMBOL: &str = "symbol";
+    /// Minute of the day on the exchange's clock (0..1439).
+    pub const MINUTE: &str = "minute";
+    /// Days that had ticks in that minute.
+    pub const DAYS: &str = "days";
+    /// Median volume traded in the minute.
+    pub const MEDIAN_VOLUME: &str = "median_volume";
+    /// Median count of ticks in the minute.
+    pub const MEDIAN_TICKS: &str = "median_ticks";
+    /// Median |log return| from the minute's first to its last price.
+    pub const MEDIAN_ABS_RETURN: &str = "median_abs_return";
+}
+
+/// The schema of the `profiles` table (without its `date` column).
+pub fn profile_schema() -> SchemaRef {
+    use profile_col::*;
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            Arc::new(Schema::new(vec![
+                Field::new(TS, ts_type(), false),
+                Field::new(SYMBOL, DataType::Utf8, false),
+                Field::new(MINUTE, DataType::Int32, false),
+                Field::new(DAYS, DataType::Int64, false),
+                Field::new(MEDIAN_VOLUME, DataType::Float64, true),
+                Field::new(MEDIAN_TICKS, DataType::Float64, true),
+                Field::new(MEDIAN_ABS_RETURN, DataType::Float64, true),
+            ]))
+        })
+        .clone()
+}
+
+/// Why a profile could not be computed or stored.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// Reading or writing the lake failed.
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    /// The query failed.
+    #[error("profiles for {date}: {source}")]
+    Query {
+        /// The day being profiled.
+        date: NaiveDate,
+        /// DataFusion's error.
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+}
+
+/// The SQL computing the profiles of `date` from the lake's `ticks` and
+/// `symbols` (zones; New York for symbols not listed).
+fn profile_sql(date: NaiveDate) -> String {
+    let search = date - chrono::Duration::days(SEARCH_DAYS);
+    let midnight = date
+        .and_hms_opt(0, 0, 0)
+        .map_or(0, |t| t.and_utc().timestamp_micros());
+    format!(
+        "WITH z AS (
+            SELECT symbol, min(timezone) AS timezone FROM symbols GROUP BY symbol
+        ), d AS (
+            SELECT DISTINCT date FROM ticks
+            WHERE date < '{date}' AND date >= '{search}'
+            ORDER BY date DESC LIMIT {PROFILE_DAYS}
+        ), m AS (
+            SELECT k.symbol, k.date,
+                   CAST(floor(session_minute(k.ts, coalesce(z.timezone, 'America/New_York'), '00:00')) AS INT) AS minute,
+                   sum(k.volume) AS vol,
+                   CAST(count(*) AS DOUBLE) AS n,
+                   abs(ln(last_value(k.price ORDER BY k.ts, k.seq) / first_value(k.price ORDER BY k.ts, k.seq))) AS absret
+            FROM ticks k LEFT JOIN z ON z.symbol = k.symbol
+            WHERE k.date IN (SELECT date FROM d)
+            GROUP BY k.symbol, k.date, 3
+        )
+        SELECT to_timestamp_micros({midnight}) AT TIME ZONE 'UTC' AS ts, symbol, minute,
+               count(*) AS days, median(vol) AS median_volume, median(n) AS median_ticks,
+               median(absret) AS median_abs_return
+        FROM m GROUP BY symbol, minute ORDER BY symbol, minute"
+    )
+}
+
+/// Computes the profiles of `date` from the lake (empty when no date
+/// before it has ticks).
+pub async fn compute_profiles(
+    root: &LakeRoot,
+    date: NaiveDate,
+) -> Result<RecordBatch, ProfileError> {
+    let q = |source| ProfileError::Query { date, source };
+    // One partition: sums in a fixed order, the same bits on every run.
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    if root.store_url().scheme() != "file" {
+        ctx.register_object_store(root.store_url(), Arc::clone(root.store()));
+    }
+    stockanomaly_udfs::register_all(&ctx);
+    for spec in [TableSpec::ticks(), TableSpec::symbols()] {
+        register_table(&ctx, root, &spec).await?;
+    }
+    let batches = ctx
+        .sql(&profile_sql(date))
+        .await
+        .map_err(q)?
+        .collect()
+        .await
+        .map_err(q)?;
+    let schema = profile_schema();
+    let all = arrow::compute::concat_batches(
+        &batches.first().map_or(schema.clone(), |b| b.schema()),
+        &batches,
+    )
+    .map_err(|e| q(e.into()))?;
+    crate::features::conform(&all, &schema).map_err(|e| q(e.into()))
+}
+
+/// Computes and stores the profiles of `date` (replacing what was there)
+/// with its `_SUCCESS` marker; returns the rows written.
+pub async fn write_profiles(root: &LakeRoot, date: NaiveDate) -> Result<u64, ProfileError> {
+    let batch = compute_profiles(root, date).await?;
+    let spec = TableSpec::profiles();
+    crate::lake::replace_named(root, &spec, &format!("profiles-{date}"), &batch).await?;
+    let marker = root.path(&format!("{}/date={date}/_SUCCESS", spec.name));
+    root.store()
+        .put(&marker, object_store::PutPayload::from_static(b""))
+        .await
+        .map_err(|source| LakeError::Store {
+            path: marker.to_string(),
+            source,
+        })?;
+    Ok(batch.num_rows() as u64)
+}
+
+/// Whether the profiles of `date` were stored (its marker exists).
+pub async fn profiles_done(root: &LakeRoot, date: NaiveDate) -> bool {
+    let marker = root.path(&format!(
+        "{}/date={date}/_SUCCESS",
+        TableSpec::profiles().name
+    ));
+    root.store().head(&marker).await.is_ok()
+}
+
+/// The profiles of `date` with the `date` column, as a session registers
+/// the table: the stored ones, else made from the lake's ticks now (not
+/// stored; the same query and data give the same numbers). The flag says
+/// whether they were stored.
+pub async fn profiles_for(
+    root: &LakeRoot,
+    date: NaiveDate,
+) -> Result<(RecordBatch, bool), ProfileError> {
+    if profiles_done(root, date).await {
+        return Ok((load_profiles(root, date).await?, true));
+    }
+    let made = compute_profiles(root, date).await?;
+    let q = |e: arrow::error::ArrowError| ProfileError::Query {
+        date,
+        source: e.into(),
+    };
+    let day: arrow::array::ArrayRef = Arc::new(arrow::array::StringArray::from(vec![
+        date.to_string();
+        made.num_rows()
+    ]));
+    let mut columns = made.columns().to_vec();
+    columns.push(day);
+    let with_date = RecordBatch::try_new(
+        crate::lake::with_partitions(&TableSpec::profiles()),
+        columns,
+    )
+    .map_err(q)?;
+    Ok((with_date, false))
+}
+
+/// Reads the stored profiles of `date` (empty when none are stored).
+pub async fn load_profiles(root: &LakeRoot, date: NaiveDate) -> Result<RecordBatch, ProfileError> {
+    let q = |source| ProfileError::Query { date, source };
+    let ctx = SessionContext::new();
+    if root.store_url().scheme() != "file" {
+        ctx.register_object_store(root.store_url(), Arc::clone(root.store()));
+    }
+    let spec = TableSpec::profiles();
+    register_table(&ctx, root, &spec).await?;
+    let batches = ctx
+        .sql(&format!(
+            "SELECT * FROM {} WHERE date = '{date}' ORDER BY symbol, minute",
+            spec.name
+        ))
+        .await
+        .map_err(q)?
+        .collect()
+        .await
+        .map_err(q)?;
+    let with_date = crate::lake::with_partitions(&spec);
+    let all = arrow::compute::concat_batches(&with_date, &batches).map_err(|e| q(e.into()))?;
+    Ok(all)
+}
