@@ -28,6 +28,7 @@ fn alert(symbol: &str, ts_us: i64, seq: u32) -> AlertRow {
         source: "ticks".into(),
         source_partition: Some(0),
         source_offset: Some(i64::from(seq)),
+        delay_ticks: seq % 3,
     }
 }
 
@@ -57,7 +58,11 @@ async fn migrate_applies_once_and_creates_the_schema() {
     let first = migrate(&mut c).await.unwrap();
     assert_eq!(
         first,
-        vec!["0001_init".to_owned(), "0002_review".to_owned()]
+        vec![
+            "0001_init".to_owned(),
+            "0002_review".to_owned(),
+            "0003_alert_delay".to_owned()
+        ]
     );
     let second = migrate(&mut c).await.unwrap();
     assert!(second.is_empty(), "{second:?}");
@@ -162,7 +167,11 @@ async fn concurrent_migrations_both_succeed() {
     all.sort();
     assert_eq!(
         all,
-        vec!["0001_init".to_owned(), "0002_review".to_owned()],
+        vec![
+            "0001_init".to_owned(),
+            "0002_review".to_owned(),
+            "0003_alert_delay".to_owned()
+        ],
         "{ra:?} {rb:?}"
     );
     assert_eq!(count(&a, "schema_migrations").await, 2);
@@ -175,6 +184,7 @@ async fn cli_migrate_and_status() {
     let out = common::ok(dir.path(), &["db", "migrate", "--database-url", &db.url]);
     assert!(out.contains("applied 0001_init"), "{out}");
     assert!(out.contains("applied 0002_review"), "{out}");
+    assert!(out.contains("applied 0003_alert_delay"), "{out}");
     // The URL from the environment, as deployments pass it.
     let out = common::bin()
         .current_dir(dir.path())
@@ -267,7 +277,7 @@ async fn commit_batch_stores_everything_once() {
     // Columns round-trip: payload bytes, JSON, µs timestamps.
     let row = c
         .query_one(
-            "SELECT ts, evidence_start, seq, features, reason, detector FROM alerts \
+            "SELECT ts, evidence_start, seq, features, reason, detector, delay_ticks FROM alerts \
              WHERE symbol = 'MSFT' AND seq = 1",
             &[],
         )
@@ -284,6 +294,7 @@ async fn commit_batch_stores_everything_once() {
     );
     assert_eq!(row.get::<_, &str>(4), "spoofing pattern");
     assert_eq!(row.get::<_, &str>(5), "model");
+    assert_eq!(row.get::<_, i32>(6), 1, "the delay the alert waited for");
     let payload: Vec<u8> = c
         .query_one("SELECT payload FROM dead_letters", &[])
         .await

@@ -115,6 +115,17 @@ async fn each_broken_kind_is_refused_with_file_and_line() {
             &["drift.sql: line 2", "retracting floating-point"],
         ),
         ("header.sql", "-- lookback: 3 fortnights\nSELECT 1", &["header.sql: line 1", "fortnights"]),
+        (
+            "beyond.sql",
+            "-- delay: 2 ticks\nSELECT symbol, ts, seq,\n  lead(price, 3) OVER (PARTITION BY symbol ORDER BY ts, seq) AS f FROM ticks",
+            &["beyond.sql: line 3", "reads 3 later ticks, beyond the header's `-- delay: 2 ticks`"],
+        ),
+        (
+            "range_ahead.sql",
+            "-- delay: 5 ticks\nSELECT symbol, ts, seq,\n  min(price) OVER (PARTITION BY symbol ORDER BY ts RANGE BETWEEN CURRENT ROW AND INTERVAL '1 minute' FOLLOWING) AS f FROM ticks",
+            &["range_ahead.sql: line 3", "without a bound in ticks"],
+        ),
+        ("minutes.sql", "-- delay: 2 minutes\nSELECT 1", &["minutes.sql: line 1", "number of ticks"]),
     ];
     for (file, sql, wants) in cases {
         let err = errors_of(&[(file, sql)]).await;
@@ -122,6 +133,27 @@ async fn each_broken_kind_is_refused_with_file_and_line() {
             assert!(err.contains(want), "{file}: {want:?} not in:\n{err}");
         }
     }
+}
+
+/// A file with `-- delay: N ticks` may read up to N later ticks (stacked
+/// leads add up); the catalog's delay is the largest declared.
+#[tokio::test]
+async fn delayed_confirmation_is_accepted_within_its_delay() {
+    let sql = "-- delay: 4 ticks\nWITH l AS (SELECT symbol, ts, seq, \
+               lead(price, 2) OVER (PARTITION BY symbol ORDER BY ts, seq) AS p2 FROM ticks)\n\
+               SELECT symbol, ts, seq, lead(p2, 2) OVER (PARTITION BY symbol ORDER BY ts, seq) AS p4 FROM l";
+    let c = Catalog::from_sources(vec![
+        (PathBuf::from("ahead.sql"), sql.into()),
+        (PathBuf::from("a.sql"), GOOD.into()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(c.delay(), 4);
+    let ahead = c.files().iter().find(|f| f.name == "ahead").unwrap();
+    assert_eq!((ahead.delay, ahead.derived_ahead), (4, 4));
+    // Declared 3 while the leads stack to 4: refused.
+    let err = errors_of(&[("short.sql", &sql.replace("4 ticks", "3 ticks"))]).await;
+    assert!(err.contains("reads 4 later ticks"), "{err}");
 }
 
 #[tokio::test]
@@ -158,7 +190,7 @@ fn features_check_exits_2_on_a_broken_folder() {
         "the built-in pack outside a checkout: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: 7 files"));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: 8 files"));
 
     std::fs::create_dir_all(dir.path().join("q/features")).unwrap();
     std::fs::write(

@@ -314,6 +314,16 @@ fn expected(all: &[T]) -> BTreeMap<(String, i64, u32), Row> {
             let frac = (chrono::Timelike::num_seconds_from_midnight(&ny) as f64
                 + f64::from(chrono::Timelike::nanosecond(&ny)) / 1e9)
                 / 86_400.0;
+            // Delayed confirmation: the price 5 ticks later (NULL near the
+            // end of the data).
+            let later = s.get(i + 5).map(|u| u.price);
+            r.insert("ret_next_5".into(), later.map(|p| (p / t.price).ln()));
+            r.insert(
+                "retained_5".into(),
+                later
+                    .zip(i.checked_sub(1).map(|j| s[j].price))
+                    .and_then(|(p, prev)| nonzero_f(t.price - prev).map(|d| (p - prev) / d)),
+            );
             // Seasonality: the trailing minute against the profile of the
             // tick's own date and minute of the exchange's day.
             let minute = (chrono::Timelike::num_seconds_from_midnight(&ny) / 60) as i32;

@@ -209,6 +209,13 @@ pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
         labels.join(", "),
         args.group
     );
+    let delay = executor.catalog().delay();
+    if delay > 0 {
+        eprintln!(
+            "detect: delayed confirmation: a tick is scored once {delay} later ticks of its \
+             symbol have arrived (detection latency: {delay} ticks)"
+        );
+    }
     let started = std::time::Instant::now();
     let mut db = Reconnecting::new(&args.database_url, db);
     let s = detect(executor, &mut db, &options, &metrics).await?;

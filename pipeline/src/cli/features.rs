@@ -46,11 +46,12 @@ pub(crate) async fn run(args: FeaturesArgs) -> anyhow::Result<()> {
         }
         FeaturesCommand::Check => {
             println!(
-                "ok: {} files, {} features, feature set {}, lookback {}",
+                "ok: {} files, {} features, feature set {}, lookback {}, delay {} ticks",
                 catalog.files().len(),
                 catalog.feature_names().len(),
                 catalog.hash(),
-                catalog.lookback()
+                catalog.lookback(),
+                catalog.delay()
             );
         }
         FeaturesCommand::Explain => {
@@ -68,13 +69,20 @@ pub(crate) async fn run(args: FeaturesArgs) -> anyhow::Result<()> {
                     ),
                     None => println!("lookback: {} (derived from the plan)", f.derived_lookback),
                 }
+                if f.delay > 0 || f.derived_ahead > 0 {
+                    println!(
+                        "delay: {} ticks (reads {} later ticks; scored once they arrive)",
+                        f.delay, f.derived_ahead
+                    );
+                }
                 let plan = ctx.state().create_logical_plan(&f.sql).await?;
                 println!("{}\n", plan.display_indent());
             }
             println!(
-                "feature set {}: lookback {}",
+                "feature set {}: lookback {}, delay {} ticks",
                 catalog.hash(),
-                catalog.lookback()
+                catalog.lookback(),
+                catalog.delay()
             );
         }
     }

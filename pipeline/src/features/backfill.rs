@@ -372,12 +372,19 @@ async fn backfill_dates(
             .and_then(|d| NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok())
             .map_or(time_start, |d| day_start_us(d).min(time_start))
     };
+    // Delayed confirmation: the last ticks of the range read up to `delay`
+    // later ticks of their symbol, from the dates after it.
+    let (read_last, read_end) =
+        match lookahead_end(&ctx, catalog.delay(), last, &symbol_filter).await? {
+            Some(d) => (d, day_start_us(d) + DAY_US),
+            None => (last, end),
+        };
     let view = format!(
-        "CREATE VIEW ticks_window AS SELECT * FROM ticks WHERE date >= '{}' AND date <= '{last}' \
+        "CREATE VIEW ticks_window AS SELECT * FROM ticks WHERE date >= '{}' AND date <= '{read_last}' \
          AND ts >= {} AND ts < {}{symbol_filter}",
         first_date(history_start),
         sql_ts(history_start),
-        sql_ts(end)
+        sql_ts(read_end)
     );
     ctx.sql(&view).await.map_err(q_err)?;
     // The feature files read `ticks`: point it at the window.
@@ -412,6 +419,60 @@ async fn backfill_dates(
     }
     appender.finish().await?;
     Ok(rows)
+}
+
+/// Calendar days after a range searched for the later ticks that delayed
+/// confirmation reads (weekends and holidays leave no ticks for days).
+pub const LOOKAHEAD_SEARCH_DAYS: i64 = 14;
+
+/// The last date to read after `last` so that every symbol has `delay`
+/// ticks after it (or the lake's end within [`LOOKAHEAD_SEARCH_DAYS`]);
+/// `None` without a delay or when no later date has ticks.
+async fn lookahead_end(
+    ctx: &SessionContext,
+    delay: u64,
+    last: NaiveDate,
+    symbol_filter: &str,
+) -> Result<Option<NaiveDate>, BackfillError> {
+    if delay == 0 {
+        return Ok(None);
+    }
+    let until = last + chrono::Duration::days(LOOKAHEAD_SEARCH_DAYS);
+    let sql = format!(
+        "SELECT symbol, date, count(*) FROM ticks WHERE date > '{last}' AND date <= '{until}'\
+         {symbol_filter} GROUP BY symbol, date"
+    );
+    let mut counts: HashMap<String, Vec<(String, i64)>> = HashMap::new();
+    for b in collect(ctx, &sql, last).await? {
+        let sym = b.column(0).as_string::<i32>();
+        let day = b.column(1).as_string::<i32>();
+        let n = b.column(2).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            counts
+                .entry(sym.value(i).to_owned())
+                .or_default()
+                .push((day.value(i).to_owned(), n.value(i)));
+        }
+    }
+    // Per symbol, the first date by which `delay` later ticks exist (all
+    // its dates if it never gets there); the range reads up to the latest.
+    let needed = counts
+        .into_values()
+        .filter_map(|mut days| {
+            days.sort_unstable();
+            let mut seen = 0u64;
+            let mut upto = None;
+            for (day, n) in days {
+                seen += u64::try_from(n).unwrap_or(0);
+                upto = Some(day);
+                if seen >= delay {
+                    break;
+                }
+            }
+            upto
+        })
+        .max();
+    Ok(needed.and_then(|d| NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok()))
 }
 
 /// Registers every feature file of `catalog` as a view over the session's

@@ -53,6 +53,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         "seasonality.sql",
         include_str!("../../../queries/features/seasonality.sql"),
     ),
+    (
+        "confirm.sql",
+        include_str!("../../../queries/features/confirm.sql"),
+    ),
 ];
 
 /// One validated feature file.
@@ -72,6 +76,12 @@ pub struct FeatureFile {
     pub derived_lookback: Lookback,
     /// The header's override, if any.
     pub lookback_override: Option<Lookback>,
+    /// Later ticks of the symbol the plan reads (`lead`, `ROWS ... k
+    /// FOLLOWING`).
+    pub derived_ahead: u64,
+    /// The header's `-- delay:` in ticks (0 without one): a tick's features
+    /// are final once this many later ticks of its symbol have arrived.
+    pub delay: u64,
 }
 
 impl FeatureFile {
@@ -196,6 +206,12 @@ impl Catalog {
             .iter()
             .fold(Lookback::default(), |a, f| a.max(f.lookback()))
     }
+
+    /// The largest `-- delay:` (ticks): how many later ticks of a symbol
+    /// must arrive before a tick's features are final and it is scored.
+    pub fn delay(&self) -> u64 {
+        self.files.iter().map(|f| f.delay).max().unwrap_or(0)
+    }
 }
 
 async fn check_file(
@@ -228,7 +244,25 @@ async fn check_file(
             .map(|p| CatalogError::new(path, locate(sql, &p.needle), p.message))
             .collect::<Vec<_>>()
     };
-    let derived = lookback::derive(&analyzed).map_err(located)?;
+    let reach = lookback::derive(&analyzed).map_err(located)?;
+    let delay = header.delay.unwrap_or(0);
+    if reach.ahead > delay {
+        let needle = reach.ahead_needle.unwrap_or("lead");
+        let message = if delay == 0 {
+            format!(
+                "{needle} reads {} later ticks; features may only look back unless the file \
+                 declares delayed confirmation (`-- delay: {} ticks`: its ticks are scored once \
+                 that many later ticks have arrived)",
+                reach.ahead, reach.ahead
+            )
+        } else {
+            format!(
+                "{needle} reads {} later ticks, beyond the header's `-- delay: {delay} ticks`",
+                reach.ahead
+            )
+        };
+        return Err(vec![CatalogError::new(path, locate(sql, needle), message)]);
+    }
     let drift = lookback::drifting(&analyzed);
     if !drift.is_empty() {
         return Err(located(drift));
@@ -243,8 +277,10 @@ async fn check_file(
         description: header.description,
         sql: sql.to_owned(),
         features,
-        derived_lookback: derived,
+        derived_lookback: reach.back,
         lookback_override: header.lookback,
+        derived_ahead: reach.ahead,
+        delay,
     })
 }
 

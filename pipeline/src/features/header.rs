@@ -1,5 +1,5 @@
 //! Header comments of a feature or rule file: `-- name:`,
-//! `-- description:`, `-- lookback:`, `-- threshold:` (rules).
+//! `-- description:`, `-- lookback:`, `-- delay:`, `-- threshold:` (rules).
 
 use std::time::Duration;
 
@@ -25,6 +25,10 @@ pub struct Header {
     /// A rule file's alert threshold: a tick alerts when its score is at
     /// least this.
     pub threshold: Option<f64>,
+    /// Delayed confirmation: the file may read up to this many later ticks
+    /// of the symbol (`lead(x, k)`, `ROWS ... k FOLLOWING`), and a tick's
+    /// features are final, so it is scored, once they have arrived.
+    pub delay: Option<u64>,
 }
 
 impl Header {
@@ -63,6 +67,10 @@ impl Header {
                     h.description = Some(value.to_owned());
                     "description"
                 }
+                "delay" => {
+                    h.delay = Some(parse_delay(value).map_err(|m| (i + 1, m))?);
+                    "delay"
+                }
                 "threshold" => {
                     let t: f64 = value
                         .parse()
@@ -85,7 +93,26 @@ impl Header {
 }
 
 fn is_key(k: &str) -> bool {
-    matches!(k, "name" | "description" | "lookback" | "threshold")
+    matches!(
+        k,
+        "name" | "description" | "lookback" | "delay" | "threshold"
+    )
+}
+
+/// Parses `5 ticks` (a delay is counted in ticks: the streaming executor
+/// waits for that many later ticks of the symbol).
+pub fn parse_delay(s: &str) -> Result<u64, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.trim().parse().map_err(|_| {
+        format!("delay {s:?}: expected a whole number of ticks, e.g. `-- delay: 5 ticks`")
+    })?;
+    match unit.trim().to_ascii_lowercase().as_str() {
+        "ticks" | "tick" | "rows" | "row" => Ok(n),
+        other => Err(format!(
+            "delay {s:?}: unit {other:?}; a delay is a number of ticks (`-- delay: 5 ticks`)"
+        )),
+    }
 }
 
 /// Parses `30 minutes`, `5m`, `200 ticks`, `1h, 50 ticks`.
@@ -145,6 +172,16 @@ mod tests {
             })
         );
         assert_eq!(Header::parse("SELECT 1").unwrap(), Header::default());
+    }
+
+    #[test]
+    fn delays_are_tick_counts() {
+        let h = Header::parse("-- name: confirm\n-- delay: 5 ticks\nSELECT 1").unwrap();
+        assert_eq!(h.delay, Some(5));
+        let err = Header::parse("-- name: x\n-- delay: 2 minutes\nSELECT 1").unwrap_err();
+        assert_eq!(err.0, 2);
+        assert!(err.1.contains("number of ticks"), "{}", err.1);
+        assert!(parse_delay("many").is_err());
     }
 
     #[test]

@@ -58,43 +58,70 @@ pub(crate) struct Problem {
     pub message: String,
 }
 
-/// Derives the lookback of a plan, or every reason it has none.
+/// What a plan reads around a tick: the history before it, and how many
+/// later ticks of the symbol (`lead`, `ROWS ... FOLLOWING`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Reach {
+    pub back: Lookback,
+    /// Later ticks read (delayed confirmation); a file must declare at
+    /// least this as its `-- delay:`.
+    pub ahead: u64,
+    /// A function named in the source that reads ahead, to locate errors.
+    pub ahead_needle: Option<&'static str>,
+}
+
+impl Reach {
+    fn max(self, o: Reach) -> Reach {
+        Reach {
+            back: self.back.max(o.back),
+            ahead: self.ahead.max(o.ahead),
+            ahead_needle: self.ahead_needle.or(o.ahead_needle),
+        }
+    }
+}
+
+/// Derives the reach of a plan, or every reason it has no finite one.
 ///
 /// Windows stacked on windows add up (a 5-minute stddev of a return that
-/// needs the previous tick needs 5 minutes plus one tick); independent
-/// branches (join sides, sibling window expressions) take the larger.
-pub(crate) fn derive(plan: &LogicalPlan) -> Result<Lookback, Vec<Problem>> {
+/// needs the previous tick needs 5 minutes plus one tick; a lead of a lead
+/// reads both offsets ahead); independent branches (join sides, sibling
+/// window expressions) take the larger.
+pub(crate) fn derive(plan: &LogicalPlan) -> Result<Reach, Vec<Problem>> {
     let mut problems = Vec::new();
-    let lb = walk(plan, &mut problems);
+    let r = walk(plan, &mut problems);
     if problems.is_empty() {
-        Ok(lb)
+        Ok(r)
     } else {
         Err(problems)
     }
 }
 
-fn walk(plan: &LogicalPlan, problems: &mut Vec<Problem>) -> Lookback {
+fn walk(plan: &LogicalPlan, problems: &mut Vec<Problem>) -> Reach {
     let below = plan
         .inputs()
         .into_iter()
-        .fold(Lookback::default(), |acc, input| {
+        .fold(Reach::default(), |acc, input| {
             acc.max(walk(input, problems))
         });
     let LogicalPlan::Window(w) = plan else {
         return below;
     };
-    let mut here = Lookback::default();
+    let mut here = Reach::default();
     for e in &w.window_expr {
         if let Some(wf) = window_function(e) {
             match of_window_function(wf) {
-                Ok(lb) => here = here.max(lb),
+                Ok(r) => here = here.max(r),
                 Err(p) => problems.push(p),
             }
         }
     }
-    Lookback {
-        time: here.time + below.time,
-        rows: here.rows + below.rows,
+    Reach {
+        back: Lookback {
+            time: here.back.time + below.back.time,
+            rows: here.back.rows + below.back.rows,
+        },
+        ahead: here.ahead + below.ahead,
+        ahead_needle: here.ahead_needle.or(below.ahead_needle),
     }
 }
 
@@ -115,7 +142,14 @@ fn literal(e: &Expr) -> Option<&ScalarValue> {
     }
 }
 
-fn of_window_function(wf: &WindowFunction) -> Result<Lookback, Problem> {
+fn back(lb: Lookback) -> Reach {
+    Reach {
+        back: lb,
+        ..Reach::default()
+    }
+}
+
+fn of_window_function(wf: &WindowFunction) -> Result<Reach, Problem> {
     let name = wf.fun.name().to_ascii_lowercase();
     let problem = |message: String| Problem {
         needle: name.clone(),
@@ -127,14 +161,24 @@ fn of_window_function(wf: &WindowFunction) -> Result<Lookback, Problem> {
             "lag" => {
                 let offset = wf.params.args.get(1).map_or(Some(1.0), |a| literal(a).and_then(as_f64));
                 match offset {
-                    Some(n) if n >= 0.0 => Ok(Lookback { rows: n.ceil() as u64, ..Default::default() }),
-                    Some(_) => Err(problem("lag with a negative offset reads later ticks; features may only look back".into())),
+                    Some(n) if n >= 0.0 => Ok(back(Lookback { rows: n.ceil() as u64, ..Default::default() })),
+                    Some(_) => Err(problem("lag with a negative offset reads later ticks; use lead under a `-- delay:` header".into())),
                     None => Err(problem("lag needs a constant offset so that the lookback is known".into())),
                 }
             }
-            "lead" => Err(problem(
-                "lead reads later ticks; features may only look back (a tick is scored when it arrives)".into(),
-            )),
+            "lead" => {
+                let offset = wf.params.args.get(1).map_or(Some(1.0), |a| literal(a).and_then(as_f64));
+                match offset {
+                    Some(n) if n >= 0.0 => Ok(Reach {
+                        ahead: n.ceil() as u64,
+                        ahead_needle: Some("lead"),
+                        ..Reach::default()
+                    }),
+                    _ => Err(problem(
+                        "lead needs a constant, non-negative offset so that the delay is known".into(),
+                    )),
+                }
+            }
             "first_value" | "last_value" | "nth_value" => of_frame(&name, &wf.params.window_frame),
             "row_number" | "rank" | "dense_rank" | "percent_rank" | "cume_dist" | "ntile" => Err(problem(format!(
                 "{name} depends on where the history starts, so backfill and streaming would disagree; \
@@ -145,8 +189,8 @@ fn of_window_function(wf: &WindowFunction) -> Result<Lookback, Problem> {
                 let literals: Vec<ScalarValue> =
                     wf.params.args.iter().filter_map(literal).cloned().collect();
                 match window::lookback_of(&name, &literals) {
-                    Some(window::Lookback::Time(d)) => Ok(Lookback { time: d, rows: 0 }),
-                    Some(window::Lookback::Rows(n)) => Ok(Lookback { time: Duration::ZERO, rows: n }),
+                    Some(window::Lookback::Time(d)) => Ok(back(Lookback { time: d, rows: 0 })),
+                    Some(window::Lookback::Rows(n)) => Ok(back(Lookback { time: Duration::ZERO, rows: n })),
                     None => Err(problem(format!(
                         "window function {name} has no known lookback (constant width arguments needed)"
                     ))),
@@ -166,24 +210,53 @@ fn as_f64(v: &ScalarValue) -> Option<f64> {
     }
 }
 
-/// The lookback of a frame, for functions that aggregate over it.
-fn of_frame(name: &str, frame: &WindowFrame) -> Result<Lookback, Problem> {
+/// The reach of a frame, for functions that aggregate over it.
+fn of_frame(name: &str, frame: &WindowFrame) -> Result<Reach, Problem> {
+    Ok(match of_frame_ahead(name, frame)? {
+        0 => back(of_frame_back(name, frame)?),
+        ahead => Reach {
+            back: of_frame_back(name, frame)?,
+            ahead,
+            ahead_needle: Some("FOLLOWING"),
+        },
+    })
+}
+
+/// Later ticks a frame reads: `ROWS ... k FOLLOWING` reads `k`; a `RANGE`
+/// or unbounded end cannot be waited for by a tick count.
+fn of_frame_ahead(name: &str, frame: &WindowFrame) -> Result<u64, Problem> {
+    let problem = |message: String| Problem {
+        needle: "FOLLOWING".to_owned(),
+        message,
+    };
+    let mut ahead = 0;
+    for b in [&frame.start_bound, &frame.end_bound] {
+        let WindowFrameBound::Following(v) = b else {
+            continue;
+        };
+        if !v.is_null() && is_zero_interval(v) {
+            continue;
+        }
+        match (&frame.units, as_f64(v)) {
+            (_, Some(0.0)) => {}
+            (WindowFrameUnits::Rows, Some(x)) if x > 0.0 => ahead = ahead.max(x.ceil() as u64),
+            _ => {
+                return Err(problem(format!(
+                    "{name}: the frame reads later ticks without a bound in ticks; end it at \
+                     CURRENT ROW, or at `k FOLLOWING` in a ROWS frame under a `-- delay: k ticks` header"
+                )))
+            }
+        }
+    }
+    Ok(ahead)
+}
+
+/// The lookback of a frame's start.
+fn of_frame_back(name: &str, frame: &WindowFrame) -> Result<Lookback, Problem> {
     let problem = |needle: &str, message: String| Problem {
         needle: needle.to_owned(),
         message,
     };
-    let future = |b: &WindowFrameBound| match b {
-        WindowFrameBound::Following(v) => {
-            v.is_null() || as_f64(v).is_none_or(|x| x != 0.0) && !is_zero_interval(v)
-        }
-        _ => false,
-    };
-    if future(&frame.end_bound) || future(&frame.start_bound) {
-        return Err(problem(
-            "FOLLOWING",
-            format!("{name}: the frame reads later ticks; end it at CURRENT ROW"),
-        ));
-    }
     match (&frame.units, &frame.start_bound) {
         (_, WindowFrameBound::CurrentRow) => Ok(Lookback::default()),
         (_, WindowFrameBound::Preceding(v)) if v.is_null() => Err(problem(

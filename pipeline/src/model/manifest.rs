@@ -94,6 +94,11 @@ pub struct Manifest {
     /// rule name: the baseline the model should beat.
     #[serde(default)]
     pub baselines: BTreeMap<String, Metrics>,
+    /// The feature set's largest `-- delay:` in ticks: the streaming
+    /// detector scores a tick once this many later ticks of its symbol have
+    /// arrived (a detection latency, reported by `detect`).
+    #[serde(default)]
+    pub delay_ticks: u64,
 }
 
 /// How much the model uses one feature.

@@ -460,6 +460,7 @@ mod tests {
             lake: "parquet".into(),
             splits: Vec::new(),
             embargo_secs: 0.0,
+            delay_ticks: 0,
             params: BTreeMap::new(),
             max_rounds: 10,
             patience: 3,

@@ -732,6 +732,7 @@ pub async fn train(
             })
             .collect(),
         embargo_secs: embargo.as_secs_f64(),
+        delay_ticks: catalog.delay(),
         params,
         max_rounds: options.rounds,
         patience: options.patience,

@@ -59,8 +59,10 @@ pub struct DetectOptions {
     pub batch_rows: usize,
     /// Longest wait to fill a micro-batch.
     pub batch_wait: Duration,
-    /// Stop after this long without a message once nothing is pending
-    /// (tests and replays); run until a signal otherwise.
+    /// Stop after this long without a message (tests and replays): the
+    /// stream has ended, so what is still pending (ticks awaiting later
+    /// ticks under delayed confirmation) is scored first. Run until a
+    /// signal otherwise.
     pub exit_when_idle: Option<Duration>,
     /// How often a `detector_stats` row is written (and once at exit).
     pub stats_every: Duration,
@@ -255,6 +257,7 @@ pub async fn detect(
     // message (not wall time: a batch stuck on a PostgreSQL outage is not
     // idleness).
     let mut quiet = Duration::ZERO;
+    let mut end_of_stream = false;
     // Total time spent reading the topic: the executor's idle clock.
     let mut reading = Duration::ZERO;
     let started = Instant::now();
@@ -461,7 +464,10 @@ pub async fn detect(
                 steps.push(executor.step(input(&live)?).await?);
             }
         }
-        steps.push(executor.flush(false).await?);
+        // At the end of the stream (idle past --exit-when-idle), ticks
+        // still awaiting later ticks (delayed confirmation) are scored with
+        // what is held, as backfill does at the end of the lake.
+        steps.push(executor.flush(end_of_stream).await?);
 
         // Partitions the group took away during this batch (and did not
         // give back): their alerts are still written, their offsets are
@@ -623,8 +629,11 @@ pub async fn detect(
             } else {
                 idle
             };
-            if quiet >= limit && executor.pending() == 0 {
-                break;
+            if quiet >= limit {
+                if executor.pending() == 0 {
+                    break;
+                }
+                end_of_stream = true;
             }
         }
     }
@@ -689,6 +698,7 @@ fn alert_rows(executor: &Executor, step: &Step, topic: &str) -> Result<Vec<Alert
     };
     let names = executor.catalog().feature_names();
     let span = i64::try_from(executor.catalog().lookback().time.as_micros()).unwrap_or(0);
+    let delay_ticks = u32::try_from(executor.catalog().delay()).unwrap_or(u32::MAX);
     let mut out = Vec::new();
     for (detector, scores) in executor.detectors().iter().zip(&step.scores) {
         let alert = scores.column(4).as_boolean();
@@ -735,6 +745,7 @@ fn alert_rows(executor: &Executor, step: &Step, topic: &str) -> Result<Vec<Alert
                 source: topic.to_owned(),
                 source_partition: (p >= 0).then_some(p),
                 source_offset: (o >= 0).then_some(o),
+                delay_ticks,
             });
         }
     }

@@ -157,6 +157,56 @@ struct Book {
 /// Microseconds in a day.
 const DAY_US: i64 = 86_400_000_000;
 
+/// Per symbol of `held` (sorted by symbol, ts, seq), the newest `ts` whose
+/// ticks all have `delay` later ticks held, the `delay`-th of them settled
+/// (`settled(symbol, its ts)`); `None` when no tick of the symbol is yet.
+/// A `ts` shared by several ticks counts only when its last tick is
+/// confirmed: emission cuts by `ts`, never inside a group.
+fn confirmed_until<'a>(
+    syms: &'a arrow::array::StringArray,
+    ts: &arrow::array::TimestampMicrosecondArray,
+    delay: usize,
+    settled: impl Fn(&str, i64) -> bool,
+) -> HashMap<&'a str, Option<i64>> {
+    let n = arrow::array::Array::len(syms);
+    let mut out = HashMap::new();
+    let mut a = 0;
+    while a < n {
+        let sym = syms.value(a);
+        let mut b = a;
+        while b < n && syms.value(b) == sym {
+            b += 1;
+        }
+        // The last tick with `delay` followers whose last one is settled;
+        // settledness only grows towards older ticks, so scan backwards.
+        let mut ready = None;
+        if b - a > delay {
+            let mut c = b - 1 - delay;
+            loop {
+                if settled(sym, ts.value(c + delay)) {
+                    ready = Some(c);
+                    break;
+                }
+                if c == a {
+                    break;
+                }
+                c -= 1;
+            }
+        }
+        let to = ready.and_then(|r| {
+            let t = ts.value(r);
+            if r + 1 < b && ts.value(r + 1) == t {
+                (a..r).rev().map(|j| ts.value(j)).find(|&x| x < t)
+            } else {
+                Some(t)
+            }
+        });
+        out.insert(sym, to);
+        a = b;
+    }
+    out
+}
+
 /// The streaming executor (see the module documentation).
 pub struct Executor {
     catalog: Catalog,
@@ -540,6 +590,25 @@ impl Executor {
             .held
             .column(0)
             .as_primitive::<TimestampMicrosecondType>();
+        let idle_timeout = self.config.idle_timeout;
+        let is_idle = |book: &Book| {
+            book.arrived
+                .is_none_or(|a| now.saturating_sub(a) >= idle_timeout)
+        };
+        // Delayed confirmation: a tick is final once `delay` later ticks of
+        // its symbol are held and settled (no tick can still arrive before
+        // them); at the end of the stream (`all`) what is held is all there
+        // is, as at the end of the lake in backfill.
+        let delay = usize::try_from(self.catalog.delay()).unwrap_or(usize::MAX);
+        let confirmed = if delay > 0 && !all {
+            Some(confirmed_until(syms, ts, delay, |sym, t| {
+                self.books
+                    .get(sym)
+                    .is_some_and(|b| is_idle(b) || t < b.newest.saturating_sub(lateness))
+            }))
+        } else {
+            None
+        };
         for i in 0..self.held.num_rows() {
             let sym = syms.value(i);
             let t = ts.value(i);
@@ -549,9 +618,12 @@ impl Executor {
             if book.emitted.is_some_and(|e| t <= e) {
                 continue;
             }
-            let idle = book
-                .arrived
-                .is_none_or(|a| now.saturating_sub(a) >= self.config.idle_timeout);
+            if let Some(c) = &confirmed {
+                if c.get(sym).copied().flatten().is_none_or(|to| t > to) {
+                    continue;
+                }
+            }
+            let idle = is_idle(book);
             // No tick at or before `t` can still arrive.
             let complete = t < book.newest.saturating_sub(lateness) || all || idle;
             if complete {

@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "review",
         sql: include_str!("../../../migrations/0002_review.sql"),
     },
+    Migration {
+        version: 3,
+        name: "alert_delay",
+        sql: include_str!("../../../migrations/0003_alert_delay.sql"),
+    },
 ];
 
 /// A migration recorded in `schema_migrations`.

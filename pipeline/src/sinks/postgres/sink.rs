@@ -43,6 +43,9 @@ pub struct AlertRow {
     pub source_partition: Option<i32>,
     /// Its Kafka offset.
     pub source_offset: Option<i64>,
+    /// Later ticks of the symbol awaited before scoring (the feature set's
+    /// `-- delay:`).
+    pub delay_ticks: u32,
 }
 
 /// A message the detector could not use, for `dead_letters`. Keyed by
@@ -123,10 +126,10 @@ pub struct StatsRow {
 // array per column and UNNEST turns them back into rows.
 const INSERT_ALERTS: &str = "INSERT INTO alerts (model_version, detector, symbol, ts, seq, score, \
     threshold, reason, top_features, features, evidence_start, evidence_end, source, \
-    source_partition, source_offset) \
+    source_partition, source_offset, delay_ticks) \
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int4[], \
     $6::float8[], $7::float8[], $8::text[], $9::jsonb[], $10::jsonb[], $11::timestamptz[], \
-    $12::timestamptz[], $13::text[], $14::int4[], $15::int8[]) \
+    $12::timestamptz[], $13::text[], $14::int4[], $15::int8[], $16::int4[]) \
     ON CONFLICT (model_version, symbol, ts, seq) DO NOTHING";
 
 const INSERT_DEAD: &str = "INSERT INTO dead_letters (source, source_partition, source_offset, \
@@ -345,6 +348,7 @@ struct AlertColumns<'a> {
     source: Vec<&'a str>,
     source_partition: Vec<Option<i32>>,
     source_offset: Vec<Option<i64>>,
+    delay_ticks: Vec<i32>,
 }
 
 impl<'a> AlertColumns<'a> {
@@ -366,6 +370,7 @@ impl<'a> AlertColumns<'a> {
             source: Vec::with_capacity(n),
             source_partition: Vec::with_capacity(n),
             source_offset: Vec::with_capacity(n),
+            delay_ticks: Vec::with_capacity(n),
         };
         for r in rows {
             let seq = i32::try_from(r.seq).map_err(|_| DbError::InvalidRow {
@@ -398,11 +403,13 @@ impl<'a> AlertColumns<'a> {
             c.source.push(&r.source);
             c.source_partition.push(r.source_partition);
             c.source_offset.push(r.source_offset);
+            c.delay_ticks
+                .push(i32::try_from(r.delay_ticks).unwrap_or(i32::MAX));
         }
         Ok(c)
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 15] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 16] {
         [
             &self.model_version,
             &self.detector,
@@ -419,6 +426,7 @@ impl<'a> AlertColumns<'a> {
             &self.source,
             &self.source_partition,
             &self.source_offset,
+            &self.delay_ticks,
         ]
     }
 }
@@ -454,6 +462,7 @@ mod tests {
             source: "ticks".into(),
             source_partition: Some(0),
             source_offset: Some(1),
+            delay_ticks: 5,
         }
     }
 
