@@ -1127,4 +1127,32 @@ mod tests {
         assert_eq!(step.emitted(), 1, "and is emitted");
         assert_eq!(step.sources, [(0, 1)]);
     }
+
+    #[test]
+    fn confirmation_waits_for_settled_followers_and_never_splits_a_timestamp() {
+        use arrow::array::{StringArray, TimestampMicrosecondArray};
+        // AAA: ts 1, 2, 2, 3, 4, 5; BBB: ts 1, 2.
+        let syms = StringArray::from(vec!["AAA", "AAA", "AAA", "AAA", "AAA", "AAA", "BBB", "BBB"]);
+        let ts = TimestampMicrosecondArray::from(vec![1, 2, 2, 3, 4, 5, 1, 2]);
+        let all_settled = confirmed_until(&syms, &ts, 2, |_, _| true);
+        // Index 3 (ts 3) has two followers; index 2 (ts 2) too, and its
+        // group ends there: up to ts 3.
+        assert_eq!(all_settled["AAA"], Some(3));
+        assert_eq!(
+            all_settled["BBB"], None,
+            "two ticks, none with two later ones"
+        );
+        // The follower at ts 5 is not settled yet: index 3 (ts 3) waits;
+        // index 2, the last of ts 2's group, has its second follower at
+        // ts 4, settled: up to ts 2.
+        let before_5 = confirmed_until(&syms, &ts, 2, |_, t| t < 5);
+        assert_eq!(before_5["AAA"], Some(2));
+        // With followers settled only before ts 4, index 1 (ts 2) is
+        // confirmed (its second follower is ts 3) but index 2, the same
+        // ts, is not: the whole group waits, down to ts 1.
+        let before_4 = confirmed_until(&syms, &ts, 2, |_, t| t < 4);
+        assert_eq!(before_4["AAA"], Some(1));
+        let none = confirmed_until(&syms, &ts, 2, |_, _| false);
+        assert_eq!(none["AAA"], None);
+    }
 }
