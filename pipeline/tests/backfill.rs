@@ -308,6 +308,15 @@ fn intraday_profiles_are_the_medians_of_the_earlier_days() {
         (571.0, 1.0, 7.0, 1.0)
     );
 
+    // Made from the days' minute statistics, stored once per day.
+    assert_eq!(
+        sql_number(
+            dir.path(),
+            "lake",
+            "SELECT count(*) FROM minute_stats WHERE date = '2024-01-02'"
+        ),
+        2
+    );
     // No date: the day after the last tick, made from all three days.
     let out = ok(dir.path(), &["profiles", "--lake", "lake"]);
     assert!(out.contains("profiles of 2024-01-05:"), "{out}");

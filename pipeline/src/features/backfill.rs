@@ -218,6 +218,11 @@ pub async fn backfill(
                 let rows = super::profiles::write_profiles(root, date).await?;
                 tracing::debug!(%date, rows, "Intraday profiles written.");
             }
+            // The date's own minute statistics, for the profiles of the
+            // dates after it (again with --force: its ticks may have grown).
+            if options.force {
+                super::profiles::write_minute_stats(root, date).await?;
+            }
         }
         let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
         let rows = backfill_dates(root, catalog, &spec, first, last, options).await?;

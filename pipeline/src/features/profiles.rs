@@ -14,11 +14,13 @@
 //! `stockanomaly profiles` run after the close prepares the next day).
 //! Both read the same stored numbers, so streaming equals backfill.
 //!
-//! Per `(symbol, day, minute)` over the days: `vol` = Σ volume of the
-//! minute's ticks, `n` = their count, `absret` = |ln(last price / first
-//! price)| in the minute. The profile row holds the medians over the days
-//! that had ticks in that minute (and how many there were): exact and
-//! independent of row order.
+//! Per `(symbol, day, minute)`, the `minute_stats` table holds Σ volume of
+//! the minute's ticks, their count and |ln(last price / first price)| in
+//! the minute, made once per day from that day's ticks (backfill stores
+//! them; a profile needing a day not stored yet makes and stores it). The
+//! profile row holds the medians over the days that had ticks in that
+//! minute (and how many there were): exact and independent of row order,
+//! and reading 20 small tables instead of 20 days of ticks.
 
 use std::sync::{Arc, OnceLock};
 
@@ -93,45 +95,50 @@ pub enum ProfileError {
     },
 }
 
-/// The SQL computing the profiles of `date` from the lake's `ticks` and
-/// `symbols` (zones; New York for symbols not listed).
-fn profile_sql(date: NaiveDate) -> String {
-    let search = date - chrono::Duration::days(SEARCH_DAYS);
-    let midnight = date
-        .and_hms_opt(0, 0, 0)
-        .map_or(0, |t| t.and_utc().timestamp_micros());
-    format!(
-        "WITH z AS (
-            SELECT symbol, min(timezone) AS timezone FROM symbols GROUP BY symbol
-        ), d AS (
-            SELECT DISTINCT date FROM ticks
-            WHERE date < '{date}' AND date >= '{search}'
-            ORDER BY date DESC LIMIT {PROFILE_DAYS}
-        ), m AS (
-            SELECT k.symbol, k.date,
-                   CAST(floor(session_minute(k.ts, coalesce(z.timezone, 'America/New_York'), '00:00')) AS INT) AS minute,
-                   sum(k.volume) AS vol,
-                   CAST(count(*) AS DOUBLE) AS n,
-                   abs(ln(last_value(k.price ORDER BY k.ts, k.seq) / first_value(k.price ORDER BY k.ts, k.seq))) AS absret
-            FROM ticks k LEFT JOIN z ON z.symbol = k.symbol
-            WHERE k.date IN (SELECT date FROM d)
-            GROUP BY k.symbol, k.date, 3
-        )
-        SELECT to_timestamp_micros({midnight}) AT TIME ZONE 'UTC' AS ts, symbol, minute,
-               count(*) AS days, median(vol) AS median_volume, median(n) AS median_ticks,
-               median(absret) AS median_abs_return
-        FROM m GROUP BY symbol, minute ORDER BY symbol, minute"
-    )
+/// Column names of [`minute_stats_schema`].
+pub mod minute_col {
+    /// Midnight UTC of the day summarised (its `date=` partition).
+    pub const TS: &str = "ts";
+    /// The symbol.
+    pub const SYMBOL: &str = "symbol";
+    /// Minute of the day on the exchange's clock (0..1439).
+    pub const MINUTE: &str = "minute";
+    /// Volume traded in the minute.
+    pub const VOLUME: &str = "volume";
+    /// Ticks in the minute.
+    pub const TICKS: &str = "ticks";
+    /// |ln(last price / first price)| in the minute.
+    pub const ABS_RETURN: &str = "abs_return";
 }
 
-/// Computes the profiles of `date` from the lake (empty when no date
-/// before it has ticks).
-pub async fn compute_profiles(
-    root: &LakeRoot,
-    date: NaiveDate,
-) -> Result<RecordBatch, ProfileError> {
-    let q = |source| ProfileError::Query { date, source };
-    // One partition: sums in a fixed order, the same bits on every run.
+/// The schema of the `minute_stats` table (without its `date` column): one
+/// row per day, symbol and minute that had ticks, made once per day from
+/// that day's ticks, from which every later day's profile is a median.
+pub fn minute_stats_schema() -> SchemaRef {
+    use minute_col::*;
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            Arc::new(Schema::new(vec![
+                Field::new(TS, ts_type(), false),
+                Field::new(SYMBOL, DataType::Utf8, false),
+                Field::new(MINUTE, DataType::Int32, false),
+                Field::new(VOLUME, DataType::Float64, true),
+                Field::new(TICKS, DataType::Float64, false),
+                Field::new(ABS_RETURN, DataType::Float64, true),
+            ]))
+        })
+        .clone()
+}
+
+fn midnight_us(date: NaiveDate) -> i64 {
+    date.and_hms_opt(0, 0, 0)
+        .map_or(0, |t| t.and_utc().timestamp_micros())
+}
+
+/// A single-partition session over the lake's `ticks` and `symbols`: sums
+/// in a fixed order, the same bits on every run.
+async fn lake_session(root: &LakeRoot) -> Result<SessionContext, LakeError> {
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
     if root.store_url().scheme() != "file" {
         ctx.register_object_store(root.store_url(), Arc::clone(root.store()));
@@ -140,28 +147,59 @@ pub async fn compute_profiles(
     for spec in [TableSpec::ticks(), TableSpec::symbols()] {
         register_table(&ctx, root, &spec).await?;
     }
-    let batches = ctx
-        .sql(&profile_sql(date))
-        .await
-        .map_err(q)?
-        .collect()
-        .await
-        .map_err(q)?;
-    let schema = profile_schema();
+    Ok(ctx)
+}
+
+async fn collect_as(
+    ctx: &SessionContext,
+    sql: &str,
+    schema: &SchemaRef,
+    date: NaiveDate,
+) -> Result<RecordBatch, ProfileError> {
+    let q = |source| ProfileError::Query { date, source };
+    let batches = ctx.sql(sql).await.map_err(q)?.collect().await.map_err(q)?;
     let all = arrow::compute::concat_batches(
         &batches.first().map_or(schema.clone(), |b| b.schema()),
         &batches,
     )
     .map_err(|e| q(e.into()))?;
-    crate::features::conform(&all, &schema).map_err(|e| q(e.into()))
+    crate::features::conform(&all, schema).map_err(|e| q(e.into()))
 }
 
-/// Computes and stores the profiles of `date` (replacing what was there)
-/// with its `_SUCCESS` marker; returns the rows written.
-pub async fn write_profiles(root: &LakeRoot, date: NaiveDate) -> Result<u64, ProfileError> {
-    let batch = compute_profiles(root, date).await?;
-    let spec = TableSpec::profiles();
-    crate::lake::replace_named(root, &spec, &format!("profiles-{date}"), &batch).await?;
+/// The minute statistics of one day, from its ticks (zones from
+/// `symbols`; New York for symbols not listed).
+pub async fn compute_minute_stats(
+    root: &LakeRoot,
+    date: NaiveDate,
+) -> Result<RecordBatch, ProfileError> {
+    let ctx = lake_session(root).await?;
+    let sql = format!(
+        "WITH z AS (
+            SELECT symbol, min(timezone) AS timezone FROM symbols GROUP BY symbol
+        )
+        SELECT to_timestamp_micros({}) AT TIME ZONE 'UTC' AS ts, k.symbol,
+               CAST(floor(session_minute(k.ts, coalesce(z.timezone, 'America/New_York'), '00:00')) AS INT) AS minute,
+               sum(k.volume) AS volume,
+               CAST(count(*) AS DOUBLE) AS ticks,
+               abs(ln(last_value(k.price ORDER BY k.ts, k.seq) / first_value(k.price ORDER BY k.ts, k.seq))) AS abs_return
+        FROM ticks k LEFT JOIN z ON z.symbol = k.symbol
+        WHERE k.date = '{date}'
+        GROUP BY k.symbol, 3
+        ORDER BY k.symbol, 3",
+        midnight_us(date)
+    );
+    collect_as(&ctx, &sql, &minute_stats_schema(), date).await
+}
+
+/// Stores `batch` as the only file of `spec`'s `date` partition, with a
+/// `_SUCCESS` marker.
+async fn store_day(
+    root: &LakeRoot,
+    spec: &TableSpec,
+    date: NaiveDate,
+    batch: &RecordBatch,
+) -> Result<(), ProfileError> {
+    crate::lake::replace_named(root, spec, &format!("{}-{date}", spec.name), batch).await?;
     let marker = root.path(&format!("{}/date={date}/_SUCCESS", spec.name));
     root.store()
         .put(&marker, object_store::PutPayload::from_static(b""))
@@ -170,6 +208,126 @@ pub async fn write_profiles(root: &LakeRoot, date: NaiveDate) -> Result<u64, Pro
             path: marker.to_string(),
             source,
         })?;
+    Ok(())
+}
+
+async fn done(root: &LakeRoot, spec: &TableSpec, date: NaiveDate) -> bool {
+    let marker = root.path(&format!("{}/date={date}/_SUCCESS", spec.name));
+    root.store().head(&marker).await.is_ok()
+}
+
+/// Computes and stores the minute statistics of `date` (replacing what was
+/// there): backfill does this for each date it computes, so that later
+/// profiles read a small table instead of every earlier tick.
+pub async fn write_minute_stats(root: &LakeRoot, date: NaiveDate) -> Result<(), ProfileError> {
+    let batch = compute_minute_stats(root, date).await?;
+    store_day(root, &TableSpec::minute_stats(), date, &batch).await
+}
+
+/// The minute statistics of `date`: stored ones, else made from its ticks
+/// (and stored when `store`).
+async fn minute_stats_of(
+    root: &LakeRoot,
+    date: NaiveDate,
+    store: bool,
+) -> Result<RecordBatch, ProfileError> {
+    let spec = TableSpec::minute_stats();
+    if done(root, &spec, date).await {
+        let ctx = SessionContext::new();
+        if root.store_url().scheme() != "file" {
+            ctx.register_object_store(root.store_url(), Arc::clone(root.store()));
+        }
+        register_table(&ctx, root, &spec).await?;
+        let cols = minute_stats_schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {cols} FROM {} WHERE date = '{date}' ORDER BY symbol, minute",
+            spec.name
+        );
+        return collect_as(&ctx, &sql, &minute_stats_schema(), date).await;
+    }
+    let batch = compute_minute_stats(root, date).await?;
+    if store {
+        store_day(root, &spec, date, &batch).await?;
+    }
+    Ok(batch)
+}
+
+/// The lake's dates with ticks, from the `ticks/date=...` folder names.
+async fn tick_dates(root: &LakeRoot) -> Result<Vec<NaiveDate>, ProfileError> {
+    let prefix = root.path(&TableSpec::ticks().name);
+    let listed = root
+        .store()
+        .list_with_delimiter(Some(&prefix))
+        .await
+        .map_err(|source| LakeError::Store {
+            path: prefix.to_string(),
+            source,
+        })?;
+    let mut dates: Vec<NaiveDate> = listed
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename())
+        .filter_map(|f| f.strip_prefix("date="))
+        .filter_map(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+        .collect();
+    dates.sort_unstable();
+    Ok(dates)
+}
+
+/// Computes the profiles of `date` from the minute statistics of the
+/// [`PROFILE_DAYS`] latest dates with ticks before it (made from their
+/// ticks where not stored yet, and stored when `store`). Empty when no
+/// earlier date has ticks.
+pub async fn compute_profiles_with(
+    root: &LakeRoot,
+    date: NaiveDate,
+    store: bool,
+) -> Result<RecordBatch, ProfileError> {
+    let search = date - chrono::Duration::days(SEARCH_DAYS);
+    let days: Vec<NaiveDate> = tick_dates(root)
+        .await?
+        .into_iter()
+        .filter(|d| *d < date && *d >= search)
+        .rev()
+        .take(PROFILE_DAYS)
+        .collect();
+    let mut stats = Vec::with_capacity(days.len());
+    for d in days.iter().rev() {
+        stats.push(minute_stats_of(root, *d, store).await?);
+    }
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    let m = datafusion::datasource::MemTable::try_new(minute_stats_schema(), vec![stats])
+        .map_err(|source| ProfileError::Query { date, source })?;
+    ctx.register_table("m", Arc::new(m))
+        .map_err(|source| ProfileError::Query { date, source })?;
+    let sql = format!(
+        "SELECT to_timestamp_micros({}) AT TIME ZONE 'UTC' AS ts, symbol, minute,
+                count(*) AS days, median(volume) AS median_volume, median(ticks) AS median_ticks,
+                median(abs_return) AS median_abs_return
+         FROM m GROUP BY symbol, minute ORDER BY symbol, minute",
+        midnight_us(date)
+    );
+    collect_as(&ctx, &sql, &profile_schema(), date).await
+}
+
+/// As [`compute_profiles_with`], storing the minute statistics it makes.
+pub async fn compute_profiles(
+    root: &LakeRoot,
+    date: NaiveDate,
+) -> Result<RecordBatch, ProfileError> {
+    compute_profiles_with(root, date, true).await
+}
+
+/// Computes and stores the profiles of `date` (replacing what was there)
+/// with its `_SUCCESS` marker; returns the rows written.
+pub async fn write_profiles(root: &LakeRoot, date: NaiveDate) -> Result<u64, ProfileError> {
+    let batch = compute_profiles(root, date).await?;
+    store_day(root, &TableSpec::profiles(), date, &batch).await?;
     Ok(batch.num_rows() as u64)
 }
 
@@ -193,7 +351,8 @@ pub async fn profiles_for(
     if profiles_done(root, date).await {
         return Ok((load_profiles(root, date).await?, true));
     }
-    let made = compute_profiles(root, date).await?;
+    // The detector reads the lake; it does not write derived tables.
+    let made = compute_profiles_with(root, date, false).await?;
     let q = |e: arrow::error::ArrowError| ProfileError::Query {
         date,
         source: e.into(),

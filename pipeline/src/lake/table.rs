@@ -92,6 +92,20 @@ impl TableSpec {
         }
     }
 
+    /// The `minute_stats` table: per day, symbol and minute of the
+    /// exchange's day, the volume, tick count and |return| of the minute,
+    /// from which the [`profiles`](Self::profiles) are medians.
+    pub fn minute_stats() -> Self {
+        use crate::features::profiles::{minute_col, minute_stats_schema};
+        Self {
+            name: "minute_stats".into(),
+            schema: minute_stats_schema(),
+            partition_ts: minute_col::TS,
+            sort_by: vec![minute_col::SYMBOL, minute_col::MINUTE],
+            outer_partition: None,
+        }
+    }
+
     /// The `symbols` reference table (exchange, time zone, session per
     /// symbol), partitioned by the date each row became valid.
     pub fn symbols() -> Self {
@@ -149,6 +163,7 @@ impl TableSpec {
             Self::alerts(),
             Self::amendments(),
             Self::profiles(),
+            Self::minute_stats(),
         ]
     }
 }
