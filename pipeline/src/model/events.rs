@@ -85,6 +85,10 @@ pub struct ScoredRows<'a> {
     pub ts_us: &'a [i64],
     /// Score per row.
     pub scores: &'a [f32],
+    /// Delayed confirmation, ticks: a row's alert is raised when this many
+    /// later rows of its symbol exist, so its detection time is the
+    /// `delay_ticks`-th later row's (the symbol's last row when fewer).
+    pub delay_ticks: usize,
 }
 
 /// Row ranges `[lo, hi)` of each symbol (rows are sorted by symbol, ts).
@@ -170,7 +174,8 @@ fn metrics_over(
         if let Some(i) = (first..until).find(|&i| rows.scores[i] >= threshold) {
             n_detected += 1;
             k.1 += 1;
-            let secs = (ts[i] - e.start_us) as f64 / 1e6;
+            let raised = i.saturating_add(rows.delay_ticks).min(hi - 1);
+            let secs = (ts[raised] - e.start_us) as f64 / 1e6;
             k.2.push(secs);
             ttd_all.push(secs);
         }
@@ -333,11 +338,22 @@ mod tests {
             symbol: &symbol,
             ts_us: &ts,
             scores: &scores,
+            delay_ticks: 0,
         };
         let m = event_metrics(rows, &events, 0.5, 60 * S, 0);
         assert_eq!((m.events, m.detected), (3, 1));
         assert_eq!((m.episodes, m.true_episodes), (3, 1));
         assert_eq!(m.median_time_to_detect_s, Some(30.0));
+        // Delayed confirmation of 3 ticks: the alert on the 130 s tick is
+        // raised at the third tick after it (160 s); the symbol's last rows
+        // cap the wait.
+        let delayed = ScoredRows {
+            delay_ticks: 3,
+            ..rows
+        };
+        let m = event_metrics(delayed, &events, 0.5, 60 * S, 0);
+        assert_eq!((m.events, m.detected), (3, 1));
+        assert_eq!(m.median_time_to_detect_s, Some(60.0));
         assert_eq!(m.by_kind["spoofing"].events, 2);
         assert_eq!(m.by_kind["spoofing"].detected, 1);
         assert_eq!(m.by_kind["wash_trading"].detected, 0);

@@ -268,6 +268,10 @@ pub struct Dataset {
     pub ts_us: Vec<i64>,
     /// The label intervals (positive kinds) overlapping these rows' time.
     pub events: Vec<LabelEvent>,
+    /// The feature set's delayed confirmation, ticks: an alert on a row is
+    /// raised once this many later ticks of its symbol arrived, which time
+    /// to detect counts.
+    pub delay_ticks: usize,
 }
 
 impl Dataset {
@@ -298,6 +302,7 @@ impl Dataset {
                 symbol: &self.symbol,
                 ts_us: &self.ts_us,
                 scores,
+                delay_ticks: self.delay_ticks,
             },
             &self.events,
             threshold,
@@ -395,6 +400,7 @@ pub async fn read_rows(
         symbol,
         ts_us,
         events,
+        delay_ticks: usize::try_from(catalog.delay()).unwrap_or(usize::MAX),
     })
 }
 
@@ -626,6 +632,7 @@ pub async fn train(
                     symbol: &valid_set.symbol,
                     ts_us: &valid_set.ts_us,
                     scores: &valid_scores,
+                    delay_ticks: valid_set.delay_ticks,
                 },
                 &valid_set.events,
                 target,
