@@ -242,6 +242,8 @@ async fn api_checks(base: &str, client: &tokio_postgres::Client) {
     assert_eq!(statuses, ["escalated", "dismissed"]);
     let detail = get_json(base, &format!("/api/alerts/{id}"));
     assert_eq!(detail["status"], "dismissed");
+    // The shipped pack confirms over 5 later ticks (confirm.sql).
+    assert_eq!(detail["delay_ticks"], 5, "{detail}");
     let open = get_json(base, "/api/alerts?status=dismissed&per_page=500");
     assert_eq!(open["total"], 1);
 

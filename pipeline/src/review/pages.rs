@@ -203,7 +203,8 @@ pub fn alert_page(
             tr { th { "Score" } td #score { (format!("{:.6}", s.score)) " (threshold " (format!("{:.6}", s.threshold)) ")" } }
             tr { th { "Fired by" } td #fired-by { (s.kind) " " (s.model_version) @if let Some(r) = &s.reason { " — " (r) } } }
             tr { th { "Tick" } td { (s.symbol) " " (when(&s.ts)) " seq " (s.seq) } }
-            tr { th { "Detected at" } td { (when(&s.detected_at)) } }
+            tr { th { "Detected at" } td { (when(&s.detected_at))
+                @if a.delay_ticks > 0 { " (after " (a.delay_ticks) " later ticks confirmed it)" } } }
             tr { th { "Source" } td { (a.source)
                 @if let (Some(p), Some(o)) = (a.source_partition, a.source_offset) { " partition " (p) " offset " (o) } } }
             tr { th { "Status" } td { span #status .status .(format!("status-{}", s.status)) { (s.status) } } }

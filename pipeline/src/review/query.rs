@@ -257,6 +257,9 @@ pub struct AlertDetail {
     pub source_partition: Option<i32>,
     /// Its Kafka offset, when streamed.
     pub source_offset: Option<i64>,
+    /// Later ticks of the symbol the detector waited for before scoring
+    /// (delayed confirmation; 0 without).
+    pub delay_ticks: i32,
     /// Every verdict, oldest first.
     pub dispositions: Vec<Disposition>,
 }
@@ -430,7 +433,7 @@ pub async fn get_alert(client: &Client, id: i64) -> Result<AlertDetail, ReviewEr
         .query_opt(
             &format!(
                 "SELECT {SUMMARY_COLUMNS}, a.top_features, a.features, a.evidence_start, \
-                 a.evidence_end, a.source, a.source_partition, a.source_offset \
+                 a.evidence_end, a.source, a.source_partition, a.source_offset, a.delay_ticks \
                  FROM alerts a LEFT JOIN alert_status s ON s.alert_id = a.id WHERE a.id = $1"
             ),
             &[&id],
@@ -447,6 +450,7 @@ pub async fn get_alert(client: &Client, id: i64) -> Result<AlertDetail, ReviewEr
         source: row.get(15),
         source_partition: row.get(16),
         source_offset: row.get(17),
+        delay_ticks: row.get(18),
         dispositions: dispositions(client, id).await?,
     })
 }
