@@ -953,9 +953,54 @@ mod tests {
         }
     }
 
+    /// The embedded pack without its delayed-confirmation files: these
+    /// tests are about groups, lateness and partitions (delayed
+    /// confirmation has tests of its own).
+    async fn pack_without_delay() -> Catalog {
+        let full = Catalog::embedded().await.unwrap();
+        let sources = full
+            .files()
+            .iter()
+            .filter(|f| f.delay == 0)
+            .map(|f| (f.path.clone(), f.sql.clone()))
+            .collect();
+        let catalog = Catalog::from_sources(sources).await.unwrap();
+        assert_eq!(catalog.delay(), 0);
+        catalog
+    }
+
+    #[tokio::test]
+    async fn delayed_confirmation_holds_ticks_until_later_ones_or_the_end() {
+        let catalog = Catalog::embedded().await.unwrap();
+        assert_eq!(catalog.delay(), 5, "the shipped pack confirms over 5 ticks");
+        let mut ex = Executor::new(
+            catalog,
+            Vec::new(),
+            None,
+            ExecutorConfig {
+                idle_timeout: Duration::from_secs(3600),
+                top_shap: 0,
+                allowed_lateness: Duration::ZERO,
+            },
+        )
+        .unwrap();
+        let mut b = TickBuilder::new("test");
+        let ticks: Vec<(i64, f64)> = (0..8)
+            .map(|i| (T0 + i * 1_000_000, 10.0 + i as f64 / 10.0))
+            .collect();
+        let step = ex.step(input(&ticks, 0, &mut b)).await.unwrap();
+        // Ticks 0 and 1 have 5 later ones, the 5th settled (older than the
+        // newest); the rest wait.
+        assert_eq!(step.emitted(), 2);
+        assert_eq!(ex.pending(), 6);
+        // The end of the stream: what is held is all there is.
+        let step = ex.flush(true).await.unwrap();
+        assert_eq!(step.emitted(), 6);
+    }
+
     #[tokio::test]
     async fn groups_wait_for_a_later_tick_and_late_ticks_are_refused() {
-        let catalog = Catalog::embedded().await.unwrap();
+        let catalog = pack_without_delay().await;
         let rules = RuleSet::load(std::path::Path::new("/nonexistent"), &catalog)
             .await
             .unwrap();
@@ -1024,7 +1069,7 @@ mod tests {
 
     #[tokio::test]
     async fn allowed_lateness_reorders_and_forgotten_partitions_start_afresh() {
-        let catalog = Catalog::embedded().await.unwrap();
+        let catalog = pack_without_delay().await;
         let mut ex = Executor::new(
             catalog,
             Vec::new(),
@@ -1095,7 +1140,7 @@ mod tests {
 
     #[tokio::test]
     async fn warming_up_one_partition_leaves_another_partitions_pending_groups() {
-        let catalog = Catalog::embedded().await.unwrap();
+        let catalog = pack_without_delay().await;
         let mut ex = Executor::new(
             catalog,
             Vec::new(),
