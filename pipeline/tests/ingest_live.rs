@@ -873,3 +873,78 @@ fn finnhub_trades_with_pings_and_errors_and_an_unfillable_gap() {
     let n = common::sql_number(dir.path(), "lake", "SELECT count(*) FROM ticks");
     assert_eq!(n, 4);
 }
+
+/// A sink that falls behind: with room for one tick, a three-trade message
+/// is dropped whole and counted; the next single trade still gets through.
+#[test]
+fn a_full_buffer_drops_and_counts_ticks_never_rejects() {
+    let ws_l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    ws_l.set_nonblocking(true).unwrap();
+    let ws = format!("ws://{}", ws_l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = TcpListener::from_std(ws_l).unwrap();
+            let (mut c, _) = accept_uri(&l).await;
+            recv(&mut c).await;
+            let trade = |ms: i64| format!(r#"{{"s":"AAPL","p":189.5,"t":{},"v":10}}"#, T0_MS + ms);
+            send(
+                &mut c,
+                &format!(
+                    r#"{{"type":"trade","data":[{},{},{}]}}"#,
+                    trade(1),
+                    trade(2),
+                    trade(3)
+                ),
+            )
+            .await;
+            // A bad record travels with the dropped ticks: it is kept.
+            send(
+                &mut c,
+                r#"{"type":"trade","data":[{"s":"AAPL","p":-1,"t":1741012200004,"v":1}]}"#,
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            send(
+                &mut c,
+                &format!(r#"{{"type":"trade","data":[{}]}}"#, trade(9)),
+            )
+            .await;
+            while let Some(Ok(_)) = c.next().await {}
+        });
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .current_dir(dir.path())
+        .env("FINNHUB_API_KEY", FINNHUB_KEY)
+        .args([
+            "ingest",
+            "live",
+            "finnhub",
+            "--symbols",
+            "AAPL",
+            "--endpoint",
+            &ws,
+        ])
+        .args(["--lake", "lake", "--max-ticks", "1", "--buffer-ticks", "1"])
+        .output()
+        .unwrap();
+    let (o, e) = text(&out);
+    assert!(out.status.success(), "{o}\n{e}");
+    assert!(o.contains("1 ticks written to"), "{o}");
+    assert!(o.contains("1 rejected, 3 dropped"), "{o}");
+    let rows = sql_json(
+        dir.path(),
+        "lake",
+        "SELECT CAST(ts AS BIGINT) AS ts FROM ticks",
+    );
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0]["ts"].as_i64(),
+        Some((T0_MS + 9) * 1000),
+        "the trade after the drop"
+    );
+}

@@ -345,33 +345,9 @@ async fn backfill_dates(
              AND date <= '{time_date}' AND ts < {}{symbol_filter} GROUP BY symbol, date",
             sql_ts(time_start)
         );
-        let mut counts: HashMap<String, Vec<(String, i64)>> = HashMap::new();
-        for b in collect(&ctx, &sql, date).await? {
-            let sym = b.column(0).as_string::<i32>();
-            let day = b.column(1).as_string::<i32>();
-            let n = b.column(2).as_primitive::<Int64Type>();
-            for i in 0..b.num_rows() {
-                counts
-                    .entry(sym.value(i).to_owned())
-                    .or_default()
-                    .push((day.value(i).to_owned(), n.value(i)));
-            }
-        }
-        let needed = counts
-            .into_values()
-            .filter_map(|mut days| {
-                days.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-                let mut seen = 0u64;
-                let mut first = None;
-                for (day, n) in days {
-                    seen += u64::try_from(n).unwrap_or(0);
-                    first = Some(day);
-                    if seen >= lookback.rows {
-                        break;
-                    }
-                }
-                first
-            })
+        let needed = covering_dates(&ctx, &sql, date, lookback.rows, true)
+            .await?
+            .into_iter()
             .min();
         needed
             .and_then(|d| NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok())
@@ -447,8 +423,27 @@ async fn lookahead_end(
         "SELECT symbol, date, count(*) FROM ticks WHERE date > '{last}' AND date <= '{until}'\
          {symbol_filter} GROUP BY symbol, date"
     );
+    // The range reads up to the latest symbol's covering date.
+    let needed = covering_dates(ctx, &sql, last, delay, false)
+        .await?
+        .into_iter()
+        .max();
+    Ok(needed.and_then(|d| NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok()))
+}
+
+/// Per symbol among `sql`'s `(symbol, date, count)` rows, the date by which
+/// `need` ticks are reached walking its dates from the latest back
+/// (`from_latest`) or from the earliest on; its last date walked when it
+/// never gets there. `date` names the computation in errors.
+async fn covering_dates(
+    ctx: &SessionContext,
+    sql: &str,
+    date: NaiveDate,
+    need: u64,
+    from_latest: bool,
+) -> Result<Vec<String>, BackfillError> {
     let mut counts: HashMap<String, Vec<(String, i64)>> = HashMap::new();
-    for b in collect(ctx, &sql, last).await? {
+    for b in collect(ctx, sql, date).await? {
         let sym = b.column(0).as_string::<i32>();
         let day = b.column(1).as_string::<i32>();
         let n = b.column(2).as_primitive::<Int64Type>();
@@ -459,25 +454,25 @@ async fn lookahead_end(
                 .push((day.value(i).to_owned(), n.value(i)));
         }
     }
-    // Per symbol, the first date by which `delay` later ticks exist (all
-    // its dates if it never gets there); the range reads up to the latest.
-    let needed = counts
+    Ok(counts
         .into_values()
         .filter_map(|mut days| {
             days.sort_unstable();
+            if from_latest {
+                days.reverse();
+            }
             let mut seen = 0u64;
             let mut upto = None;
             for (day, n) in days {
                 seen += u64::try_from(n).unwrap_or(0);
                 upto = Some(day);
-                if seen >= delay {
+                if seen >= need {
                     break;
                 }
             }
             upto
         })
-        .max();
-    Ok(needed.and_then(|d| NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok()))
+        .collect())
 }
 
 /// Registers every feature file of `catalog` as a view over the session's

@@ -139,15 +139,37 @@ fn midnight_us(date: NaiveDate) -> i64 {
 /// A single-partition session over the lake's `ticks` and `symbols`: sums
 /// in a fixed order, the same bits on every run.
 async fn lake_session(root: &LakeRoot) -> Result<SessionContext, LakeError> {
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-    if root.store_url().scheme() != "file" {
-        ctx.register_object_store(root.store_url(), Arc::clone(root.store()));
-    }
+    let ctx = store_session(root);
     stockanomaly_udfs::register_all(&ctx);
     for spec in [TableSpec::ticks(), TableSpec::symbols()] {
         register_table(&ctx, root, &spec).await?;
     }
     Ok(ctx)
+}
+
+/// A single-partition session that can read `root`'s object store.
+fn store_session(root: &LakeRoot) -> SessionContext {
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    if root.store_url().scheme() != "file" {
+        ctx.register_object_store(root.store_url(), Arc::clone(root.store()));
+    }
+    ctx
+}
+
+/// The stored rows of `spec`'s `date` partition, with the `date` column
+/// (empty when none are stored).
+async fn read_day(
+    root: &LakeRoot,
+    spec: &TableSpec,
+    date: NaiveDate,
+) -> Result<RecordBatch, ProfileError> {
+    let ctx = store_session(root);
+    register_table(&ctx, root, spec).await?;
+    let sql = format!(
+        "SELECT * FROM {} WHERE date = '{date}' ORDER BY symbol, minute",
+        spec.name
+    );
+    collect_as(&ctx, &sql, &crate::lake::with_partitions(spec), date).await
 }
 
 async fn collect_as(
@@ -233,22 +255,13 @@ async fn minute_stats_of(
 ) -> Result<RecordBatch, ProfileError> {
     let spec = TableSpec::minute_stats();
     if done(root, &spec, date).await {
-        let ctx = SessionContext::new();
-        if root.store_url().scheme() != "file" {
-            ctx.register_object_store(root.store_url(), Arc::clone(root.store()));
-        }
-        register_table(&ctx, root, &spec).await?;
-        let cols = minute_stats_schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "SELECT {cols} FROM {} WHERE date = '{date}' ORDER BY symbol, minute",
-            spec.name
-        );
-        return collect_as(&ctx, &sql, &minute_stats_schema(), date).await;
+        let stored = read_day(root, &spec, date).await?;
+        // Without the `date` column, as computed.
+        let fields: Vec<usize> = (0..spec.schema.fields().len()).collect();
+        return stored.project(&fields).map_err(|e| ProfileError::Query {
+            date,
+            source: e.into(),
+        });
     }
     let batch = compute_minute_stats(root, date).await?;
     if store {
@@ -333,11 +346,7 @@ pub async fn write_profiles(root: &LakeRoot, date: NaiveDate) -> Result<u64, Pro
 
 /// Whether the profiles of `date` were stored (its marker exists).
 pub async fn profiles_done(root: &LakeRoot, date: NaiveDate) -> bool {
-    let marker = root.path(&format!(
-        "{}/date={date}/_SUCCESS",
-        TableSpec::profiles().name
-    ));
-    root.store().head(&marker).await.is_ok()
+    done(root, &TableSpec::profiles(), date).await
 }
 
 /// The profiles of `date` with the `date` column, as a session registers
@@ -373,24 +382,5 @@ pub async fn profiles_for(
 
 /// Reads the stored profiles of `date` (empty when none are stored).
 pub async fn load_profiles(root: &LakeRoot, date: NaiveDate) -> Result<RecordBatch, ProfileError> {
-    let q = |source| ProfileError::Query { date, source };
-    let ctx = SessionContext::new();
-    if root.store_url().scheme() != "file" {
-        ctx.register_object_store(root.store_url(), Arc::clone(root.store()));
-    }
-    let spec = TableSpec::profiles();
-    register_table(&ctx, root, &spec).await?;
-    let batches = ctx
-        .sql(&format!(
-            "SELECT * FROM {} WHERE date = '{date}' ORDER BY symbol, minute",
-            spec.name
-        ))
-        .await
-        .map_err(q)?
-        .collect()
-        .await
-        .map_err(q)?;
-    let with_date = crate::lake::with_partitions(&spec);
-    let all = arrow::compute::concat_batches(&with_date, &batches).map_err(|e| q(e.into()))?;
-    Ok(all)
+    read_day(root, &TableSpec::profiles(), date).await
 }

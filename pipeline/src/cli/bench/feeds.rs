@@ -19,17 +19,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
-use arrow::datatypes::{Float64Type, TimestampMicrosecondType, UInt32Type};
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use chrono::{DateTime, NaiveDate, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use super::super::output::{count, rate};
 use super::super::UsageError;
-use crate::sinks::postgres::{migrate, write_ticks};
+use crate::sinks::postgres::{migrate, write_ticks, TickColumns, COPY_COLUMNS};
 use crate::sources::alpaca::AlpacaDecoder;
 use crate::sources::feed::FrameDecoder;
 use crate::sources::finnhub::FinnhubDecoder;
@@ -582,64 +580,19 @@ async fn load_both(
 /// before the next (no pipelining), inside one transaction committed at the
 /// end (psycopg2's default: no autocommit). Timed from BEGIN to COMMIT.
 async fn insert_rows_one_by_one(db: &mut Client, ticks: &RecordBatch) -> anyhow::Result<Duration> {
-    let column = |name: &str| {
-        ticks
-            .column_by_name(name)
-            .with_context(|| format!("the batch has no column {name}"))
-    };
-    let ts = column(col::TS)?
-        .as_primitive_opt::<TimestampMicrosecondType>()
-        .context("ts is not a µs timestamp")?;
-    let symbol = column(col::SYMBOL)?
-        .as_string_opt::<i32>()
-        .context("symbol is not text")?;
-    let source = column(col::SOURCE)?
-        .as_string_opt::<i32>()
-        .context("source is not text")?;
-    let seq = column(col::SEQ)?
-        .as_primitive_opt::<UInt32Type>()
-        .context("seq is not a u32")?;
-    let floats = [
-        col::PRICE,
-        col::VOLUME,
-        col::OPEN,
-        col::HIGH,
-        col::LOW,
-        col::BID,
-        col::ASK,
-        col::BID_SIZE,
-        col::ASK_SIZE,
-    ]
-    .iter()
-    .map(|name| {
-        column(name)?
-            .as_primitive_opt::<Float64Type>()
-            .with_context(|| format!("{name} is not a float"))
-    })
-    .collect::<anyhow::Result<Vec<_>>>()?;
-
+    let cols = TickColumns::of(ticks)?;
     let stmt = db
-        .prepare(
-            "INSERT INTO ticks (symbol, ts, seq, price, volume, open, high, low, bid, ask, \
-             bid_size, ask_size, source) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-             $12, $13)",
-        )
+        .prepare(&format!(
+            "INSERT INTO ticks ({COPY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+             $11, $12, $13)"
+        ))
         .await
         .context("cannot prepare the INSERT")?;
     let started = Instant::now();
     let tx = db.transaction().await.context("cannot begin")?;
     for i in 0..ticks.num_rows() {
-        let at = DateTime::<Utc>::from_timestamp_micros(ts.value(i))
-            .with_context(|| format!("ts {} is out of range", ts.value(i)))?;
-        let seq = i32::try_from(seq.value(i))
-            .with_context(|| format!("seq {} exceeds a PostgreSQL integer", seq.value(i)))?;
-        let f: [Option<f64>; 9] =
-            std::array::from_fn(|k| (!floats[k].is_null(i)).then(|| floats[k].value(i)));
-        let (sym, src) = (symbol.value(i), source.value(i));
-        let row: [&(dyn ToSql + Sync); 13] = [
-            &sym, &at, &seq, &f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6], &f[7], &f[8], &src,
-        ];
-        tx.execute(&stmt, &row)
+        let row = cols.row(i)?;
+        tx.execute(&stmt, &row.params())
             .await
             .with_context(|| format!("INSERT of row {i} failed"))?;
     }
@@ -650,6 +603,8 @@ async fn insert_rows_one_by_one(db: &mut Client, ticks: &RecordBatch) -> anyhow:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
 
     #[test]
     fn the_open_is_the_bench_days_us_open() {

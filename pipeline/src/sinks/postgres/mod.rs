@@ -23,3 +23,4 @@ pub use sink::{
     OffsetRow, StatsRow,
 };
 pub use ticks::{write_ticks, TickWriteStats};
+pub(crate) use ticks::{TickColumns, COPY_COLUMNS};

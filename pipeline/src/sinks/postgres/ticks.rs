@@ -31,9 +31,103 @@ const FLOATS: [&str; 9] = [
     col::ASK_SIZE,
 ];
 
-/// The staging table's columns, as COPY sends them.
-const COPY_COLUMNS: &str =
+/// The staging table's columns, as COPY sends them (and as
+/// [`TickRow::params`] orders its values).
+pub(crate) const COPY_COLUMNS: &str =
     "symbol, ts, seq, price, volume, open, high, low, bid, ask, bid_size, ask_size, source";
+
+/// The columns of a tick batch, typed, for writing rows to `ticks`.
+pub(crate) struct TickColumns<'a> {
+    pub ts: &'a arrow::array::TimestampMicrosecondArray,
+    symbol: &'a arrow::array::StringArray,
+    seq: &'a arrow::array::UInt32Array,
+    source: &'a arrow::array::StringArray,
+    floats: Vec<&'a Float64Array>,
+}
+
+/// One tick's values, in [`COPY_COLUMNS`] order.
+pub(crate) struct TickRow<'a> {
+    symbol: &'a str,
+    at: DateTime<Utc>,
+    seq: i32,
+    floats: [Option<f64>; 9],
+    source: &'a str,
+}
+
+impl TickRow<'_> {
+    /// The values as statement or COPY parameters.
+    pub(crate) fn params(&self) -> [&(dyn ToSql + Sync); 13] {
+        let f = &self.floats;
+        [
+            &self.symbol,
+            &self.at,
+            &self.seq,
+            &f[0],
+            &f[1],
+            &f[2],
+            &f[3],
+            &f[4],
+            &f[5],
+            &f[6],
+            &f[7],
+            &f[8],
+            &self.source,
+        ]
+    }
+}
+
+impl<'a> TickColumns<'a> {
+    /// The tick schema's columns of `batch`; an error names what is missing
+    /// or mistyped.
+    pub(crate) fn of(batch: &'a RecordBatch) -> Result<Self, DbError> {
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| invalid(format!("the batch has no column {name}")))
+        };
+        Ok(Self {
+            ts: column(col::TS)?
+                .as_primitive_opt::<TimestampMicrosecondType>()
+                .ok_or_else(|| invalid("ts is not a µs timestamp".into()))?,
+            symbol: column(col::SYMBOL)?
+                .as_string_opt::<i32>()
+                .ok_or_else(|| invalid("symbol is not text".into()))?,
+            source: column(col::SOURCE)?
+                .as_string_opt::<i32>()
+                .ok_or_else(|| invalid("source is not text".into()))?,
+            seq: column(col::SEQ)?
+                .as_primitive_opt::<UInt32Type>()
+                .ok_or_else(|| invalid("seq is not a u32".into()))?,
+            floats: FLOATS
+                .iter()
+                .map(|name| {
+                    column(name)?
+                        .as_primitive_opt::<Float64Type>()
+                        .ok_or_else(|| invalid(format!("{name} is not a float")))
+                })
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Row `i`'s values; an error for a timestamp or `seq` PostgreSQL
+    /// cannot hold.
+    pub(crate) fn row(&self, i: usize) -> Result<TickRow<'a>, DbError> {
+        let t = self.ts.value(i);
+        let seq = self.seq.value(i);
+        Ok(TickRow {
+            symbol: self.symbol.value(i),
+            at: DateTime::<Utc>::from_timestamp_micros(t)
+                .ok_or_else(|| invalid(format!("ts {t} is out of range")))?,
+            seq: i32::try_from(seq)
+                .map_err(|_| invalid(format!("seq {seq} exceeds a PostgreSQL integer")))?,
+            floats: std::array::from_fn(|k| {
+                let c = self.floats[k];
+                (!c.is_null(i)).then(|| c.value(i))
+            }),
+            source: self.source.value(i),
+        })
+    }
+}
 
 /// What [`write_ticks`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -60,31 +154,8 @@ pub async fn write_ticks(
     client: &mut Client,
     batch: &RecordBatch,
 ) -> Result<TickWriteStats, DbError> {
-    let column = |name: &str| {
-        batch
-            .column_by_name(name)
-            .ok_or_else(|| invalid(format!("the batch has no column {name}")))
-    };
-    let ts = column(col::TS)?
-        .as_primitive_opt::<TimestampMicrosecondType>()
-        .ok_or_else(|| invalid("ts is not a µs timestamp".into()))?;
-    let symbol = column(col::SYMBOL)?
-        .as_string_opt::<i32>()
-        .ok_or_else(|| invalid("symbol is not text".into()))?;
-    let source = column(col::SOURCE)?
-        .as_string_opt::<i32>()
-        .ok_or_else(|| invalid("source is not text".into()))?;
-    let seq = column(col::SEQ)?
-        .as_primitive_opt::<UInt32Type>()
-        .ok_or_else(|| invalid("seq is not a u32".into()))?;
-    let floats: Vec<&Float64Array> = FLOATS
-        .iter()
-        .map(|name| {
-            column(name)?
-                .as_primitive_opt::<Float64Type>()
-                .ok_or_else(|| invalid(format!("{name} is not a float")))
-        })
-        .collect::<Result<_, _>>()?;
+    let cols = TickColumns::of(batch)?;
+    let ts = cols.ts;
     let mut stats = TickWriteStats {
         rows: batch.num_rows() as u64,
         ..TickWriteStats::default()
@@ -126,19 +197,10 @@ pub async fn write_ticks(
     let writer = BinaryCopyInWriter::new(sink, &types);
     pin_mut!(writer);
     for i in 0..batch.num_rows() {
-        let at = DateTime::<Utc>::from_timestamp_micros(ts.value(i))
-            .ok_or_else(|| invalid(format!("ts {} is out of range", ts.value(i))))?;
-        let seq = i32::try_from(seq.value(i))
-            .map_err(|_| invalid(format!("seq {} exceeds a PostgreSQL integer", seq.value(i))))?;
-        let f: [Option<f64>; 9] =
-            std::array::from_fn(|k| (!floats[k].is_null(i)).then(|| floats[k].value(i)));
-        let (sym, src) = (symbol.value(i), source.value(i));
-        let row: [&(dyn ToSql + Sync); 13] = [
-            &sym, &at, &seq, &f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6], &f[7], &f[8], &src,
-        ];
+        let row = cols.row(i)?;
         writer
             .as_mut()
-            .write(&row)
+            .write(&row.params())
             .await
             .map_err(DbError::query("ticks: COPY a row"))?;
     }
