@@ -350,3 +350,158 @@ fn intraday_profiles_are_the_medians_of_the_earlier_days() {
         0
     );
 }
+
+/// The `market` table (per minute and symbol, with the cross-section of all
+/// symbols), the `betas` over the earlier dates and the market features,
+/// by hand; backfill makes the market over every symbol whatever
+/// `--symbols` says.
+#[test]
+fn market_buckets_betas_and_features_by_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    // Day 1: 40 minutes from 14:30Z; each symbol opens every minute at 100
+    // (CCC at 50) and closes at :50; AAA moves by a, BBB by 2a, CCC never.
+    let a = |m: u32| 0.001 * (f64::from((m * 7) % 5) - 2.0);
+    let mut csv = String::from("ts,symbol,price,volume\n");
+    for m in 0..40u32 {
+        let (h, mi) = (14 + (30 + m) / 60, (30 + m) % 60);
+        for (sym, open, close) in [
+            ("AAA", 100.0, 100.0 * (1.0 + a(m))),
+            ("BBB", 100.0, 100.0 * (1.0 + 2.0 * a(m))),
+            ("CCC", 50.0, 50.0),
+        ] {
+            csv.push_str(&format!("2024-01-02T{h:02}:{mi:02}:10Z,{sym},{open},10\n"));
+            csv.push_str(&format!("2024-01-02T{h:02}:{mi:02}:50Z,{sym},{close},30\n"));
+        }
+    }
+    // Day 2, one minute: AAA +1% on double volume, BBB flat, CCC -1% on
+    // half volume.
+    csv.push_str(
+        "2024-01-03T14:30:10Z,AAA,100,20\n\
+         2024-01-03T14:30:50Z,AAA,101,60\n\
+         2024-01-03T14:30:10Z,BBB,100,10\n\
+         2024-01-03T14:30:50Z,BBB,100,30\n\
+         2024-01-03T14:30:10Z,CCC,50,5\n\
+         2024-01-03T14:30:50Z,CCC,49.5,15\n",
+    );
+    std::fs::write(dir.path().join("ticks.csv"), csv).unwrap();
+    ok(
+        dir.path(),
+        &["ingest", "csv", "--lake", "lake", "ticks.csv"],
+    );
+    let q = queries().to_string_lossy().into_owned();
+    ok(
+        dir.path(),
+        &[
+            "backfill",
+            "--lake",
+            "lake",
+            "--queries",
+            &q,
+            "--symbols",
+            "BBB",
+        ],
+    );
+    assert_eq!(
+        sql_number(
+            dir.path(),
+            "lake",
+            "SELECT count(*) FROM market WHERE date = '2024-01-02'"
+        ),
+        120,
+        "every symbol's buckets, not just --symbols"
+    );
+    let rows = common::sql_json(
+        dir.path(),
+        "lake",
+        "SELECT symbol, ticks, open, ret, volume, rel_volume, move_rank, symbols, ret_median, \
+         ret_mean, ret_dispersion, rel_volume_median FROM market WHERE date = '2024-01-03' \
+         ORDER BY symbol",
+    );
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let f = |i: usize, k: &str| rows[i][k].as_f64().unwrap();
+    let (ra, rb, rc) = ((101f64 / 100.0).ln(), 0.0, (49.5f64 / 50.0).ln());
+    assert_eq!(
+        (f(0, "ticks"), f(0, "open"), f(0, "volume")),
+        (2.0, 100.0, 80.0)
+    );
+    assert_eq!(f(0, "ret"), ra);
+    assert_eq!(f(2, "ret"), rc);
+    for i in 0..3 {
+        assert_eq!(f(i, "symbols"), 3.0);
+        assert_eq!(f(i, "ret_median"), rb);
+        assert!((f(i, "ret_mean") - (ra + rb + rc) / 3.0).abs() < 1e-17);
+        // |ret - median|: ra, 0, |rc|: the median is the smaller of ra, |rc|.
+        assert_eq!(f(i, "ret_dispersion"), ra.min(rc.abs()));
+        // Day 1 traded 40 a minute: relative volumes 2, 1, 0.5.
+        assert_eq!(f(i, "rel_volume_median"), 1.0);
+    }
+    assert_eq!(
+        (f(0, "rel_volume"), f(1, "rel_volume"), f(2, "rel_volume")),
+        (2.0, 1.0, 0.5)
+    );
+    // |rc| > ra: CCC moved most, BBB least.
+    assert_eq!(
+        (f(0, "move_rank"), f(1, "move_rank"), f(2, "move_rank")),
+        (0.5, 0.0, 1.0)
+    );
+
+    // Betas of day 2 from day 1's 40 buckets, by hand.
+    let (mut xs, mut ms) = (Vec::new(), Vec::new());
+    for m in 0..40 {
+        let (x_a, x_b) = ((1.0 + a(m)).ln(), (1.0 + 2.0 * a(m)).ln());
+        xs.push((x_a, x_b));
+        ms.push((x_a + x_b) / 3.0);
+    }
+    let n = 40.0;
+    let mean_m = ms.iter().sum::<f64>() / n;
+    let var_m: f64 = ms.iter().map(|m| (m - mean_m).powi(2)).sum();
+    let beta = |pick: fn(&(f64, f64)) -> f64| {
+        let mean_x = xs.iter().map(pick).sum::<f64>() / n;
+        xs.iter()
+            .zip(&ms)
+            .map(|(x, m)| (pick(x) - mean_x) * (m - mean_m))
+            .sum::<f64>()
+            / var_m
+    };
+    let betas = common::sql_json(
+        dir.path(),
+        "lake",
+        "SELECT symbol, buckets, beta FROM betas WHERE date = '2024-01-03' ORDER BY symbol",
+    );
+    assert_eq!(betas.len(), 3, "{betas:?}");
+    let b = |i: usize| betas[i]["beta"].as_f64().unwrap();
+    assert_eq!(betas[0]["buckets"].as_f64(), Some(40.0));
+    assert!(
+        (b(0) - beta(|x| x.0)).abs() < 1e-9,
+        "{} {}",
+        b(0),
+        beta(|x| x.0)
+    );
+    assert!((b(1) - beta(|x| x.1)).abs() < 1e-9);
+    assert!(b(2).abs() < 1e-12, "CCC never moves: {}", b(2));
+    assert!(b(1) > 1.9 * b(0), "BBB moves twice as much as AAA");
+
+    // The features of BBB's ticks on day 2 (backfilled for --symbols BBB).
+    let feats = common::sql_json(
+        dir.path(),
+        "lake",
+        "SELECT symbol, mkt_ret_1m, mkt_dispersion_1m, excess_ret_1m, excess_move_1m, \
+         rel_volume_vs_mkt, move_rank_1m FROM features WHERE date = '2024-01-03' ORDER BY ts",
+    );
+    assert_eq!(feats.len(), 2, "{feats:?}");
+    let mean = f(0, "ret_mean");
+    for (i, row) in feats.iter().enumerate() {
+        assert_eq!(row["symbol"], "BBB");
+        assert_eq!(row["mkt_ret_1m"].as_f64(), Some(rb));
+        assert_eq!(row["mkt_dispersion_1m"].as_f64(), Some(ra.min(rc.abs())));
+        assert_eq!(row["excess_ret_1m"].as_f64(), Some(rb - b(1) * mean));
+        // The tick's price against the bucket's open (both 100).
+        assert_eq!(
+            row["excess_move_1m"].as_f64(),
+            Some(0.0 - b(1) * mean),
+            "row {i}"
+        );
+        assert_eq!(row["rel_volume_vs_mkt"].as_f64(), Some(1.0));
+        assert_eq!(row["move_rank_1m"].as_f64(), Some(0.0));
+    }
+}

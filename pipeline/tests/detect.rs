@@ -298,3 +298,166 @@ async fn killed_and_restarted_detectors_write_exactly_the_alerts_once() {
     let got = common::pg_alerts(&client, &version).await;
     common::assert_same(&got, &want, "after kills and restarts vs batch");
 }
+
+/// Two detectors sharing the partitions take the market context from the
+/// `market-context` stage (which reads the whole topic, running beside
+/// them) and together write exactly the batch's alerts; a second stage run
+/// resumes after the buckets already published.
+#[tokio::test]
+async fn detectors_sharing_partitions_use_the_market_context_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake_path = dir.path().join("lake");
+    let lake = lake_path.to_str().unwrap();
+    let q = queries();
+    let q = q.to_str().unwrap();
+    let brokers = service_env("STOCKANOMALY_TEST_KAFKA");
+    common::simulate_backfill(dir.path(), lake, ["4", "3", "400", "4", "51"]);
+    ok(
+        dir.path(),
+        &[
+            "train",
+            "--lake",
+            lake,
+            "--queries",
+            q,
+            "--rounds",
+            "10",
+            "--out",
+            "m",
+        ],
+    );
+    ok(
+        dir.path(),
+        &["score", "--lake", lake, "--queries", q, "--model", "m"],
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("m/manifest.json")).unwrap())
+            .unwrap();
+    let version = manifest["version"].as_str().unwrap().to_owned();
+    let want = common::batch_alerts(dir.path(), lake, &version);
+    assert!(want.len() > 5, "{}", want.len());
+    let topic = format!(
+        "mkt-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros()
+    );
+    let market = format!("{topic}-market");
+    ok(
+        dir.path(),
+        &[
+            "produce",
+            "--lake",
+            lake,
+            "--topic",
+            &topic,
+            "--brokers",
+            &brokers,
+            "--partitions",
+            "3",
+        ],
+    );
+    let source = format!("kafka://{brokers}/{topic}");
+    let stage_args = |group: &str| -> Vec<String> {
+        [
+            "market-context",
+            "--lake",
+            lake,
+            "--queries",
+            q,
+            "--source",
+            &source,
+            "--market-topic",
+            &market,
+            "--group",
+            group,
+            "--idle-timeout-ms",
+            "2000",
+            "--exit-when-idle",
+            "4",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let db = TestDb::new("market").await;
+    // Group names unique per run: the test broker keeps groups across runs.
+    let group = format!("{topic}-shared");
+    let detect_args: Vec<String> = [
+        "detect",
+        "--lake",
+        lake,
+        "--queries",
+        q,
+        "--model",
+        "m",
+        "--source",
+        &source,
+        "--group",
+        &group,
+        "--market-topic",
+        &market,
+        "--database-url",
+        &db.url,
+        "--batch-rows",
+        "300",
+        "--idle-timeout-ms",
+        "2000",
+        "--exit-when-idle",
+        "12",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let spawn = |args: &[String]| {
+        common::bin()
+            .current_dir(dir.path())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let stage = spawn(&stage_args(&format!("{topic}-mc")));
+    let detectors = [spawn(&detect_args), spawn(&detect_args)];
+    let out = stage.wait_with_output().unwrap();
+    let stage_out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stage_out}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stage_out.contains(", 0 late;"), "{stage_out}");
+    let mut logs = format!("market-context: {stage_out}\n");
+    for d in detectors {
+        let out = d.wait_with_output().unwrap();
+        let log = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{log}");
+        logs.push_str(&log);
+    }
+    let client = db.client().await;
+    let got = common::pg_alerts(&client, &version).await;
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "alert count: two detectors vs batch\n{logs}"
+    );
+    common::assert_same(&got, &want, "two detectors with the market stage vs batch");
+    let dead: i64 = client
+        .query_one("SELECT count(*) FROM dead_letters", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dead, 0, "no tick was late for its bucket");
+
+    // A new stage group re-reads the whole topic: every bucket was
+    // published already, so every tick is late and nothing is published.
+    let args = stage_args(&format!("{topic}-mc2"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let again = ok(dir.path(), &args);
+    assert!(again.contains(" 0 ticks in buckets"), "{again}");
+    assert!(again.contains(" 0 rows in 0 messages"), "{again}");
+}

@@ -190,7 +190,7 @@ fn features_check_exits_2_on_a_broken_folder() {
         "the built-in pack outside a checkout: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: 8 files"));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: 9 files"));
 
     std::fs::create_dir_all(dir.path().join("q/features")).unwrap();
     std::fs::write(

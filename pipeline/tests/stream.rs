@@ -262,11 +262,88 @@ async fn micro_batches_equal_backfill_and_score() {
         }
     }
 
+    // Market buckets closed by the idle timeout: the stream pauses at a
+    // minute boundary for longer than the timeout, so the buckets held are
+    // closed (and their groups emitted) without a later tick; then it goes
+    // on. The features are unchanged.
+    let ts = all.column(0).as_primitive::<TimestampMicrosecondType>();
+    let minute = 60_000_000i64;
+    let cut = (n / 2..n)
+        .find(|&i| ts.value(i).div_euclid(minute) != ts.value(i - 1).div_euclid(minute))
+        .expect("a minute boundary in the second half");
+    let mut ex = Executor::new(
+        catalog.clone(),
+        Vec::new(),
+        Some(symbols.clone()),
+        ExecutorConfig {
+            idle_timeout: std::time::Duration::from_secs(2),
+            top_shap: 0,
+            allowed_lateness: std::time::Duration::ZERO,
+        },
+    )
+    .unwrap()
+    .with_profiles(root.clone());
+    assert!(ex.uses_market(), "the pack reads the market");
+    ex.set_clock(std::time::Duration::ZERO);
+    let mut features = Vec::new();
+    let open_bucket = ts.value(cut - 1).div_euclid(minute) * minute;
+    let ranges: Vec<(usize, usize)> = (0..cut)
+        .step_by(500)
+        .map(|s| (s, (s + 500).min(cut)))
+        .chain((cut..n).step_by(500).map(|s| (s, (s + 500).min(n))))
+        .collect();
+    for (from, to) in ranges {
+        if from == cut {
+            assert!(
+                ex.market_closed_until().is_none_or(|c| c <= open_bucket),
+                "the last bucket before the pause is still open"
+            );
+            ex.set_clock(std::time::Duration::from_secs(3));
+            let idle = ex.flush(false).await.unwrap();
+            assert_eq!(
+                ex.market_closed_until(),
+                Some(open_bucket + minute),
+                "closed by the idle timeout"
+            );
+            assert!(idle.emitted() > 0);
+            features.extend(idle.features);
+        }
+        let step = ex
+            .step(Input {
+                ticks: all.slice(from, to - from),
+                partitions: Int32Array::from(vec![0; to - from]),
+                offsets: Int64Array::from_iter_values((from as i64)..(to as i64)),
+                arrived_us: None,
+            })
+            .await
+            .unwrap();
+        assert!(step.late.is_empty(), "{:?}", step.late);
+        features.extend(step.features);
+    }
+    features.extend(ex.flush(true).await.unwrap().features);
+    let got = rows(&features, &names);
+    assert_eq!(got.len(), n, "idle pause: one feature row per tick");
+    let market = names
+        .iter()
+        .position(|f| *f == "excess_ret_1m")
+        .expect("the pack has excess_ret_1m");
+    let with_beta = got.values().filter(|r| r[market].is_some()).count();
+    assert!(with_beta > n / 3, "{with_beta} of {n} ticks have a beta");
+    for (k, w) in &want_features {
+        let g = &got[k];
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(
+                g[i].map(f64::from_bits),
+                w[i].map(f64::from_bits),
+                "idle pause: {name} differs at {k:?}"
+            );
+        }
+    }
+
     // Out of order within the allowed lateness: blocks of 50 ticks arrive
     // reversed; with a lateness covering each block's time span, the
     // reorder buffer restores event order and the features are unchanged.
     let block = 50;
-    let ts = all.column(0).as_primitive::<TimestampMicrosecondType>();
     let mut lateness_us = 0;
     let mut shuffled: Vec<u64> = Vec::with_capacity(n);
     for start in (0..n).step_by(block) {

@@ -5,9 +5,12 @@
 //! window UDFs (`rolling_std(x, ts, INTERVAL '5 minutes') OVER (PARTITION BY
 //! symbol ORDER BY ts)` and friends) live in [`window`], with the exactness
 //! argument behind their backfill/stream parity and [`window::lookback_of`].
+//! The exact aggregates (`exact_sum(x)`, `exact_mean(x)`, whose result is the
+//! same bits whatever the row order and partitioning) live in [`aggregate`].
 
 use datafusion::prelude::SessionContext;
 
+pub mod aggregate;
 mod day_fraction;
 mod log_return;
 mod session;
@@ -23,6 +26,7 @@ pub(crate) static TS_TYPE: std::sync::LazyLock<arrow::datatypes::DataType> =
         )
     });
 
+pub use aggregate::{ExactMeanUdf, ExactSumUdf};
 pub use day_fraction::{day_fraction, DayFractionUdf};
 pub use log_return::LogReturnUdf;
 pub use session::{session_minute, signed_volume, SessionMinuteUdf, SignedVolumeUdf};
@@ -39,6 +43,7 @@ pub use window::{
 /// stockanomaly_udfs::register_all(&ctx);
 /// assert!(ctx.state().scalar_functions().contains_key("log_return"));
 /// assert!(ctx.state().window_functions().contains_key("rolling_std"));
+/// assert!(ctx.state().aggregate_functions().contains_key("exact_sum"));
 /// ```
 pub fn register_all(ctx: &SessionContext) {
     ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(
@@ -53,6 +58,9 @@ pub fn register_all(ctx: &SessionContext) {
     ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(
         SignedVolumeUdf::new(),
     ));
+    for udaf in aggregate::aggregate_udfs() {
+        ctx.register_udaf(udaf);
+    }
     for udf in window::window_udfs() {
         ctx.register_udwf(udf);
     }

@@ -119,6 +119,13 @@ pub struct DetectArgs {
     #[arg(long, env = "STOCKANOMALY_ALERTS_TO_LAKE")]
     pub alerts_to_lake: bool,
 
+    /// Read the market context (feature files joining `market`) from this
+    /// topic, published by `stockanomaly market-context` over the whole
+    /// tick topic. Without it the detector computes the market from the
+    /// ticks it reads, which is exact only when it reads every partition.
+    #[arg(long, env = "STOCKANOMALY_MARKET_TOPIC", value_name = "TOPIC")]
+    pub market_topic: Option<String>,
+
     /// Serve Prometheus metrics on this address (GET /metrics), e.g.
     /// 127.0.0.1:9187.
     #[arg(long, env = "STOCKANOMALY_METRICS_ADDR", value_name = "HOST:PORT")]
@@ -130,7 +137,7 @@ pub struct DetectArgs {
 }
 
 /// `kafka://brokers/topic` → (brokers, topic).
-fn parse_source(url: &str) -> Result<(String, String), UsageError> {
+pub(super) fn parse_source(url: &str) -> Result<(String, String), UsageError> {
     let rest = url.strip_prefix("kafka://").ok_or_else(|| {
         UsageError(format!(
             "--source {url:?}: expected kafka://BROKER[,BROKER...]/TOPIC"
@@ -195,6 +202,7 @@ pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
         stats_every: Duration::from_secs_f64(args.stats_every.max(0.1)),
         alerts_topic: args.alerts_topic.clone(),
         alerts_lake: args.alerts_to_lake.then(|| root.clone()),
+        market_topic: args.market_topic.clone(),
     };
     let metrics = Metrics::default();
     if let Some(addr) = args.metrics_addr {

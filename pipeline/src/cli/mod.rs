@@ -9,6 +9,7 @@ mod detect;
 mod features;
 mod ingest;
 mod labels;
+mod market_context;
 mod output;
 mod produce;
 mod profiles;
@@ -111,6 +112,8 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Score a Kafka tick stream with a model and/or rules; alerts and offsets to PostgreSQL, exactly once.
     Detect(DetectArgs),
+    /// Publish each minute's market context (all symbols of the tick topic) for the detectors.
+    MarketContext(market_context::MarketContextArgs),
     /// Serve the alert review web app (queue, evidence, verdicts) and its JSON API.
     Serve(serve::ServeArgs),
     /// Turn analysts' verdicts into lake labels for training.
@@ -195,6 +198,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Db(args) => db::run(args).await,
         Command::Produce(args) => produce::run(&cli.lake, args).await,
         Command::Detect(args) => detect::run(&cli.lake, args).await,
+        Command::MarketContext(args) => market_context::run(&cli.lake, args).await,
         Command::Serve(args) => serve::run(&cli.lake, args).await,
         Command::Labels(args) => labels::run(&cli.lake, args).await,
     }

@@ -4,8 +4,10 @@ use anyhow::Context;
 use chrono::NaiveDate;
 use clap::Args;
 
-use super::open_lake;
+use super::{open_lake, UsageError};
+use crate::features::market::write_betas;
 use crate::features::profiles::{write_profiles, PROFILE_DAYS};
+use crate::features::{Catalog, DEFAULT_QUERIES};
 
 /// `stockanomaly profiles`.
 #[derive(Debug, Args)]
@@ -20,7 +22,10 @@ latest dates with ticks before it, so it can be stored before the day
 starts. `backfill` stores the profiles of the dates it computes; the
 streaming detector loads the day's profiles when its first tick arrives
 (and makes them from the lake itself, with a warning, when they are not
-stored). Run this after each close so that the next day's are ready.")]
+stored). When the feature files read the market, it also stores the day's
+betas (each symbol's slope on the market over the same 20 dates) and the
+earlier dates' market buckets they need. Run this after each close so that
+the next day's are ready.")]
 pub struct ProfilesArgs {
     /// Days to profile (UTC dates, comma-separated); default: the day after
     /// the lake's last tick.
@@ -31,10 +36,18 @@ pub struct ProfilesArgs {
         value_name = "DATE"
     )]
     pub date: Vec<NaiveDate>,
+
+    /// Folder holding the feature files (to know whether they read the
+    /// market, and its bucket query).
+    #[arg(long, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
+    pub queries: std::path::PathBuf,
 }
 
 pub(crate) async fn run(lake: &str, args: ProfilesArgs) -> anyhow::Result<()> {
     let root = open_lake(lake)?;
+    let catalog = Catalog::load_or_embedded(&args.queries)
+        .await
+        .map_err(|e| UsageError(e.to_string()))?;
     let dates = if args.date.is_empty() {
         let ctx = crate::lake::session_context(&root).await?;
         let last = super::sql::scalar_string(&ctx, "SELECT max(date) FROM ticks").await?;
@@ -52,6 +65,12 @@ pub(crate) async fn run(lake: &str, args: ProfilesArgs) -> anyhow::Result<()> {
         println!(
             "profiles of {date}: {rows} (symbol, minute) rows from up to {PROFILE_DAYS} earlier dates, stored in {root}/profiles/date={date}/"
         );
+        if catalog.uses_market() {
+            let rows = write_betas(&root, date, catalog.market_sql())
+                .await
+                .with_context(|| format!("betas of {date} in {root}"))?;
+            println!("betas of {date}: {rows} symbols, stored in {root}/betas/date={date}/");
+        }
     }
     Ok(())
 }

@@ -223,6 +223,20 @@ pub async fn backfill(
             if options.force {
                 super::profiles::write_minute_stats(root, date).await?;
             }
+            // Market context: the date's buckets over every symbol (not just
+            // `--symbols`: the cross-section is the point) and the betas
+            // from the dates before it.
+            if catalog.uses_market() {
+                let sql = catalog.market_sql();
+                if options.force || !super::market::market_done(root, date).await {
+                    let rows = super::market::write_market(root, date, sql).await?;
+                    tracing::debug!(%date, rows, "Market buckets written.");
+                }
+                if options.force || !super::market::betas_done(root, date).await {
+                    let rows = super::market::write_betas(root, date, sql).await?;
+                    tracing::debug!(%date, rows, "Betas written.");
+                }
+            }
         }
         let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
         let rows = backfill_dates(root, catalog, &spec, first, last, options).await?;

@@ -57,6 +57,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         "confirm.sql",
         include_str!("../../../queries/features/confirm.sql"),
     ),
+    (
+        "market.sql",
+        include_str!("../../../queries/features/market.sql"),
+    ),
 ];
 
 /// One validated feature file.
@@ -82,6 +86,9 @@ pub struct FeatureFile {
     /// The header's `-- delay:` in ticks (0 without one): a tick's features
     /// are final once this many later ticks of its symbol have arrived.
     pub delay: u64,
+    /// Whether the query reads the `market` table: its ticks are final
+    /// only once their market bucket is closed.
+    pub reads_market: bool,
 }
 
 impl FeatureFile {
@@ -95,11 +102,15 @@ impl FeatureFile {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     files: Vec<FeatureFile>,
+    /// The bucket query making the `market` table.
+    market_sql: String,
     hash: String,
 }
 
 impl Catalog {
     /// Loads `<queries>/features/*.sql`. `Err` lists every problem found.
+    /// `<queries>/market/buckets.sql`, when present, replaces the built-in
+    /// bucket query of the `market` table.
     pub async fn load(queries: &Path) -> Result<Self, CatalogErrors> {
         let dir = queries.join("features");
         let sources = read_sql_folder(&dir, "feature")?;
@@ -110,7 +121,61 @@ impl Catalog {
                 "no .sql feature files",
             )]));
         }
-        Self::from_sources(sources).await
+        let catalog = Self::from_sources(sources).await?;
+        let market = queries.join(MARKET_FILE);
+        if !market.exists() {
+            return Ok(catalog);
+        }
+        let sql = std::fs::read_to_string(&market).map_err(|e| {
+            CatalogErrors(vec![CatalogError::new(
+                &market,
+                None,
+                format!("cannot read: {e}"),
+            )])
+        })?;
+        catalog.with_market_sql(&market, sql).await
+    }
+
+    /// Replaces the bucket query of the `market` table with `sql` (read
+    /// from `path`), once it plans and returns the `market` columns.
+    pub async fn with_market_sql(
+        mut self,
+        path: &Path,
+        sql: String,
+    ) -> Result<Self, CatalogErrors> {
+        let ctx = schema_session();
+        let err = |at, msg: String| CatalogErrors(vec![CatalogError::new(path, at, msg)]);
+        let plan = ctx
+            .state()
+            .create_logical_plan(&sql)
+            .await
+            .map_err(|e| err(error_location(&e), clean_message(&e)))?;
+        let schema = plan.schema();
+        for f in crate::features::market::market_schema().fields() {
+            match schema.field_with_unqualified_name(f.name()) {
+                Ok(have) if have.data_type() == f.data_type() => {}
+                Ok(have) => {
+                    return Err(err(
+                        locate(&sql, f.name()),
+                        format!(
+                            "column `{}` is {}, the `market` table needs {}",
+                            f.name(),
+                            have.data_type(),
+                            f.data_type()
+                        ),
+                    ))
+                }
+                Err(_) => {
+                    return Err(err(
+                        None,
+                        format!("the bucket query returns no `{}` column", f.name()),
+                    ))
+                }
+            }
+        }
+        self.market_sql = sql;
+        self.hash = hash_of(&self.files, &self.market_sql);
+        Ok(self)
     }
 
     /// The default pack built into the binary.
@@ -162,23 +227,25 @@ impl Catalog {
         if !errors.is_empty() {
             return Err(CatalogErrors(errors));
         }
-        let mut h = Sha256::new();
-        for f in &files {
-            h.update(
-                f.path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-            );
-            h.update([0]);
-            h.update(f.sql.as_bytes());
-            h.update([0]);
-        }
-        let hash = h.finalize()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Ok(Self { files, hash })
+        let market_sql = crate::features::market::MARKET_SQL.to_owned();
+        let hash = hash_of(&files, &market_sql);
+        Ok(Self {
+            files,
+            market_sql,
+            hash,
+        })
+    }
+
+    /// The bucket query making the `market` table (see
+    /// [`crate::features::market`]).
+    pub fn market_sql(&self) -> &str {
+        &self.market_sql
+    }
+
+    /// Whether any file reads the `market` table: streaming then needs the
+    /// market context, and ticks wait for their bucket to close.
+    pub fn uses_market(&self) -> bool {
+        self.files.iter().any(|f| f.reads_market)
     }
 
     /// The files, in order.
@@ -212,6 +279,51 @@ impl Catalog {
     pub fn delay(&self) -> u64 {
         self.files.iter().map(|f| f.delay).max().unwrap_or(0)
     }
+}
+
+/// Where the bucket query lives in a queries folder.
+pub const MARKET_FILE: &str = "market/buckets.sql";
+
+/// Content hash of the files (names and texts) and, when a file reads the
+/// market, of the bucket query.
+fn hash_of(files: &[FeatureFile], market_sql: &str) -> String {
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(
+            f.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        h.update([0]);
+        h.update(f.sql.as_bytes());
+        h.update([0]);
+    }
+    // Packs without market features keep the hash they always had.
+    if files.iter().any(|f| f.reads_market) {
+        h.update(b"market\0");
+        h.update(market_sql.as_bytes());
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether `plan` scans the table `name`.
+fn scans(plan: &LogicalPlan, name: &str) -> bool {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut found = false;
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            if scan.table_name.table() == name {
+                found = true;
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
 }
 
 async fn check_file(
@@ -281,6 +393,7 @@ async fn check_file(
         lookback_override: header.lookback,
         derived_ahead: reach.ahead,
         delay,
+        reads_market: scans(&plan, "market"),
     })
 }
 

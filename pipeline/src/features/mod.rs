@@ -14,6 +14,7 @@ mod catalog;
 mod error;
 mod header;
 mod lookback;
+pub mod market;
 pub mod profiles;
 
 pub use backfill::{
@@ -22,7 +23,7 @@ pub use backfill::{
 };
 pub(crate) use backfill::{conform, remove_date};
 pub(crate) use catalog::read_sql_folder;
-pub use catalog::{Catalog, FeatureFile, DEFAULT_QUERIES, QUERIES_ENV};
+pub use catalog::{Catalog, FeatureFile, DEFAULT_QUERIES, MARKET_FILE, QUERIES_ENV};
 pub use error::{CatalogError, CatalogErrors};
 pub use header::Header;
 pub use lookback::Lookback;

@@ -85,9 +85,11 @@ pub enum ProfileError {
     #[error(transparent)]
     Lake(#[from] LakeError),
     /// The query failed.
-    #[error("profiles for {date}: {source}")]
+    #[error("{table} for {date}: {source}")]
     Query {
-        /// The day being profiled.
+        /// The table being made (`profiles`, `market`, ...).
+        table: &'static str,
+        /// The day being made.
         date: NaiveDate,
         /// DataFusion's error.
         #[source]
@@ -131,14 +133,14 @@ pub fn minute_stats_schema() -> SchemaRef {
         .clone()
 }
 
-fn midnight_us(date: NaiveDate) -> i64 {
+pub(super) fn midnight_us(date: NaiveDate) -> i64 {
     date.and_hms_opt(0, 0, 0)
         .map_or(0, |t| t.and_utc().timestamp_micros())
 }
 
 /// A single-partition session over the lake's `ticks` and `symbols`: sums
 /// in a fixed order, the same bits on every run.
-async fn lake_session(root: &LakeRoot) -> Result<SessionContext, LakeError> {
+pub(super) async fn lake_session(root: &LakeRoot) -> Result<SessionContext, LakeError> {
     let ctx = store_session(root);
     stockanomaly_udfs::register_all(&ctx);
     for spec in [TableSpec::ticks(), TableSpec::symbols()] {
@@ -148,7 +150,7 @@ async fn lake_session(root: &LakeRoot) -> Result<SessionContext, LakeError> {
 }
 
 /// A single-partition session that can read `root`'s object store.
-fn store_session(root: &LakeRoot) -> SessionContext {
+pub(super) fn store_session(root: &LakeRoot) -> SessionContext {
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
     if root.store_url().scheme() != "file" {
         ctx.register_object_store(root.store_url(), Arc::clone(root.store()));
@@ -158,7 +160,7 @@ fn store_session(root: &LakeRoot) -> SessionContext {
 
 /// The stored rows of `spec`'s `date` partition, with the `date` column
 /// (empty when none are stored).
-async fn read_day(
+pub(super) async fn read_day(
     root: &LakeRoot,
     spec: &TableSpec,
     date: NaiveDate,
@@ -166,19 +168,32 @@ async fn read_day(
     let ctx = store_session(root);
     register_table(&ctx, root, spec).await?;
     let sql = format!(
-        "SELECT * FROM {} WHERE date = '{date}' ORDER BY symbol, minute",
-        spec.name
+        "SELECT * FROM {} WHERE date = '{date}' ORDER BY {}",
+        spec.name,
+        spec.sort_by.join(", ")
     );
-    collect_as(&ctx, &sql, &crate::lake::with_partitions(spec), date).await
+    collect_as(
+        &ctx,
+        &sql,
+        &crate::lake::with_partitions(spec),
+        "stored rows",
+        date,
+    )
+    .await
 }
 
-async fn collect_as(
+pub(super) async fn collect_as(
     ctx: &SessionContext,
     sql: &str,
     schema: &SchemaRef,
+    table: &'static str,
     date: NaiveDate,
 ) -> Result<RecordBatch, ProfileError> {
-    let q = |source| ProfileError::Query { date, source };
+    let q = |source| ProfileError::Query {
+        table,
+        date,
+        source,
+    };
     let batches = ctx.sql(sql).await.map_err(q)?.collect().await.map_err(q)?;
     let all = arrow::compute::concat_batches(
         &batches.first().map_or(schema.clone(), |b| b.schema()),
@@ -210,12 +225,12 @@ pub async fn compute_minute_stats(
         ORDER BY k.symbol, 3",
         midnight_us(date)
     );
-    collect_as(&ctx, &sql, &minute_stats_schema(), date).await
+    collect_as(&ctx, &sql, &minute_stats_schema(), "minute_stats", date).await
 }
 
 /// Stores `batch` as the only file of `spec`'s `date` partition, with a
 /// `_SUCCESS` marker.
-async fn store_day(
+pub(super) async fn store_day(
     root: &LakeRoot,
     spec: &TableSpec,
     date: NaiveDate,
@@ -233,7 +248,7 @@ async fn store_day(
     Ok(())
 }
 
-async fn done(root: &LakeRoot, spec: &TableSpec, date: NaiveDate) -> bool {
+pub(super) async fn done(root: &LakeRoot, spec: &TableSpec, date: NaiveDate) -> bool {
     let marker = root.path(&format!("{}/date={date}/_SUCCESS", spec.name));
     root.store().head(&marker).await.is_ok()
 }
@@ -255,13 +270,7 @@ async fn minute_stats_of(
 ) -> Result<RecordBatch, ProfileError> {
     let spec = TableSpec::minute_stats();
     if done(root, &spec, date).await {
-        let stored = read_day(root, &spec, date).await?;
-        // Without the `date` column, as computed.
-        let fields: Vec<usize> = (0..spec.schema.fields().len()).collect();
-        return stored.project(&fields).map_err(|e| ProfileError::Query {
-            date,
-            source: e.into(),
-        });
+        return read_stored(root, &spec, "minute_stats", date).await;
     }
     let batch = compute_minute_stats(root, date).await?;
     if store {
@@ -271,7 +280,7 @@ async fn minute_stats_of(
 }
 
 /// The lake's dates with ticks, from the `ticks/date=...` folder names.
-async fn tick_dates(root: &LakeRoot) -> Result<Vec<NaiveDate>, ProfileError> {
+pub(super) async fn tick_dates(root: &LakeRoot) -> Result<Vec<NaiveDate>, ProfileError> {
     let prefix = root.path(&TableSpec::ticks().name);
     let listed = root
         .store()
@@ -314,10 +323,19 @@ pub async fn compute_profiles_with(
         stats.push(minute_stats_of(root, *d, store).await?);
     }
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-    let m = datafusion::datasource::MemTable::try_new(minute_stats_schema(), vec![stats])
-        .map_err(|source| ProfileError::Query { date, source })?;
+    let m = datafusion::datasource::MemTable::try_new(minute_stats_schema(), vec![stats]).map_err(
+        |source| ProfileError::Query {
+            table: "profiles",
+            date,
+            source,
+        },
+    )?;
     ctx.register_table("m", Arc::new(m))
-        .map_err(|source| ProfileError::Query { date, source })?;
+        .map_err(|source| ProfileError::Query {
+            table: "profiles",
+            date,
+            source,
+        })?;
     let sql = format!(
         "SELECT to_timestamp_micros({}) AT TIME ZONE 'UTC' AS ts, symbol, minute,
                 count(*) AS days, median(volume) AS median_volume, median(ticks) AS median_ticks,
@@ -325,7 +343,7 @@ pub async fn compute_profiles_with(
          FROM m GROUP BY symbol, minute ORDER BY symbol, minute",
         midnight_us(date)
     );
-    collect_as(&ctx, &sql, &profile_schema(), date).await
+    collect_as(&ctx, &sql, &profile_schema(), "profiles", date).await
 }
 
 /// As [`compute_profiles_with`], storing the minute statistics it makes.
@@ -362,22 +380,50 @@ pub async fn profiles_for(
     }
     // The detector reads the lake; it does not write derived tables.
     let made = compute_profiles_with(root, date, false).await?;
-    let q = |e: arrow::error::ArrowError| ProfileError::Query {
-        date,
-        source: e.into(),
-    };
+    Ok((
+        with_date_column(&made, &TableSpec::profiles(), "profiles", date)?,
+        false,
+    ))
+}
+
+/// `batch` (rows of `spec` computed for `date`) with the `date` column a
+/// session's table has.
+pub(super) fn with_date_column(
+    batch: &RecordBatch,
+    spec: &TableSpec,
+    table: &'static str,
+    date: NaiveDate,
+) -> Result<RecordBatch, ProfileError> {
     let day: arrow::array::ArrayRef = Arc::new(arrow::array::StringArray::from(vec![
         date.to_string();
-        made.num_rows()
+        batch.num_rows()
     ]));
-    let mut columns = made.columns().to_vec();
+    let mut columns = batch.columns().to_vec();
     columns.push(day);
-    let with_date = RecordBatch::try_new(
-        crate::lake::with_partitions(&TableSpec::profiles()),
-        columns,
-    )
-    .map_err(q)?;
-    Ok((with_date, false))
+    RecordBatch::try_new(crate::lake::with_partitions(spec), columns).map_err(|e| {
+        ProfileError::Query {
+            table,
+            date,
+            source: e.into(),
+        }
+    })
+}
+
+/// The stored rows of `spec` for `date` without the `date` column, as
+/// computed.
+pub(super) async fn read_stored(
+    root: &LakeRoot,
+    spec: &TableSpec,
+    table: &'static str,
+    date: NaiveDate,
+) -> Result<RecordBatch, ProfileError> {
+    let stored = read_day(root, spec, date).await?;
+    let fields: Vec<usize> = (0..spec.schema.fields().len()).collect();
+    stored.project(&fields).map_err(|e| ProfileError::Query {
+        table,
+        date,
+        source: e.into(),
+    })
 }
 
 /// Reads the stored profiles of `date` (empty when none are stored).

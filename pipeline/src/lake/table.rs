@@ -106,6 +106,33 @@ impl TableSpec {
         }
     }
 
+    /// The `market` table: per one-minute bucket and symbol, the symbol's
+    /// move and volume with the bucket's cross-section of all symbols (see
+    /// [`crate::features::market`]), by the bucket's day.
+    pub fn market() -> Self {
+        use crate::features::market::{market_col, market_schema};
+        Self {
+            name: "market".into(),
+            schema: market_schema(),
+            partition_ts: market_col::TS,
+            sort_by: vec![market_col::SYMBOL, market_col::TS],
+            outer_partition: None,
+        }
+    }
+
+    /// The `betas` table: per day and symbol, the symbol's beta to the
+    /// market over the trailing dates (see [`crate::features::market`]).
+    pub fn betas() -> Self {
+        use crate::features::market::{beta_col, betas_schema};
+        Self {
+            name: "betas".into(),
+            schema: betas_schema(),
+            partition_ts: beta_col::TS,
+            sort_by: vec![beta_col::SYMBOL],
+            outer_partition: None,
+        }
+    }
+
     /// The `symbols` reference table (exchange, time zone, session per
     /// symbol), partitioned by the date each row became valid.
     pub fn symbols() -> Self {
@@ -164,6 +191,8 @@ impl TableSpec {
             Self::amendments(),
             Self::profiles(),
             Self::minute_stats(),
+            Self::market(),
+            Self::betas(),
         ]
     }
 }

@@ -70,6 +70,10 @@ pub struct DetectOptions {
     pub alerts_topic: Option<String>,
     /// Also write alerts to this lake's `alerts` table.
     pub alerts_lake: Option<LakeRoot>,
+    /// Read the market rows from this topic (same brokers), published by
+    /// `stockanomaly market-context`, instead of computing them from this
+    /// detector's own partitions (exact only when it reads them all).
+    pub market_topic: Option<String>,
 }
 
 /// What a `detect` run did.
@@ -233,6 +237,13 @@ pub async fn detect(
     consumer
         .subscribe(&[options.topic.as_str()])
         .map_err(kafka(&format!("subscribing to {}", options.topic)))?;
+    let market = match &options.market_topic {
+        Some(t) => {
+            executor = executor.with_external_market();
+            Some(MarketReader::new(&options.brokers, &options.group, t)?)
+        }
+        None => None,
+    };
     let alert_topic = match &options.alerts_topic {
         Some(t) => Some(AlertTopic::new(&options.brokers, t).await?),
         None => None,
@@ -429,7 +440,12 @@ pub async fn detect(
         let filled = fill_started.elapsed();
         reading += filled;
         executor.set_clock(reading);
-        if summary.messages == messages_before {
+        executor.expect_partitions(&assigned(&consumer, &options.topic));
+        let market_news = match &market {
+            Some(m) => m.drain(&mut executor)?,
+            None => 0,
+        };
+        if summary.messages == messages_before && market_news == 0 {
             quiet += filled;
         } else {
             quiet = Duration::ZERO;
@@ -633,7 +649,22 @@ pub async fn detect(
                 if executor.pending() == 0 {
                     break;
                 }
+                if end_of_stream {
+                    // Still pending after a quiet period at the end: market
+                    // rows that never came. Left uncommitted for the next run.
+                    tracing::warn!(
+                        pending = executor.pending(),
+                        "Ticks still wait for their market rows at the end of the stream; \
+                         left for the next run."
+                    );
+                    break;
+                }
                 end_of_stream = true;
+                if market.is_some() {
+                    // The stage closes the last buckets once it is idle
+                    // too: give their rows one more quiet period.
+                    quiet = Duration::ZERO;
+                }
             }
         }
     }
@@ -643,6 +674,78 @@ pub async fn detect(
     // the other members without waiting for the session timeout.
     consumer.unsubscribe();
     Ok(summary)
+}
+
+/// The partitions of `topic` assigned to this consumer now.
+pub(crate) fn assigned<C: ConsumerContext>(consumer: &StreamConsumer<C>, topic: &str) -> Vec<i32> {
+    consumer
+        .assignment()
+        .map(|tpl| {
+            tpl.elements_for_topic(topic)
+                .iter()
+                .map(|e| e.partition())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads the `market` topic in full (see
+/// [`crate::stream::market_context`]) into the executor.
+struct MarketReader {
+    consumer: BaseConsumer,
+    topic: String,
+}
+
+impl MarketReader {
+    fn new(brokers: &str, group: &str, topic: &str) -> Result<Self, DetectError> {
+        let kafka = |context: String| move |source| DetectError::Kafka { context, source };
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            // Never committed: every detector reads the whole topic.
+            .set("group.id", format!("{group}-market"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(kafka(format!("creating the reader of {topic}")))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)
+            .map_err(kafka(format!("positioning on {topic}")))?;
+        consumer
+            .assign(&tpl)
+            .map_err(kafka(format!("assigning {topic}")))?;
+        Ok(MarketReader {
+            consumer,
+            topic: topic.to_owned(),
+        })
+    }
+
+    /// Hands every market message that has arrived to `executor`; returns
+    /// how many there were.
+    fn drain(&self, executor: &mut Executor) -> Result<usize, DetectError> {
+        let mut n = 0;
+        while let Some(m) = self.consumer.poll(Duration::ZERO) {
+            let m = match m {
+                Ok(m) => m,
+                // Not created yet by the stage, or a leader moving.
+                Err(e) => {
+                    tracing::debug!(error = %e, topic = %self.topic, "Market topic not readable yet.");
+                    break;
+                }
+            };
+            match crate::stream::market_context::decode_market(m.payload().unwrap_or_default()) {
+                Ok((rows, closed_until)) => {
+                    executor.push_market(&rows, closed_until)?;
+                    n += 1;
+                }
+                Err(reason) => tracing::error!(
+                    topic = %self.topic,
+                    offset = m.offset(),
+                    %reason,
+                    "Not a market message; skipped."
+                ),
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// Writes a `detector_stats` row; statistics are best effort, so a failure

@@ -10,6 +10,14 @@
 //! already emitted, is **late**: it is refused with reason `late` (the
 //! caller sends it to the dead letters) and changes nothing.
 //!
+//! **Market context.** When a feature file reads the `market` table, a
+//! tick is emitted only once its one-minute bucket is closed and its row
+//! known, made from as many ticks of the symbol as are held. Rows come from
+//! an in-process closer over this executor's own ticks (exact when it
+//! reads every partition) or from a market-context stage
+//! ([`Executor::with_external_market`], [`Executor::push_market`]). A tick
+//! of a bucket whose row is complete without it is refused as late.
+//!
 //! **Positions.** Every tick carries its source partition and offset. After
 //! each step the executor reports, per partition, the next offset to resume
 //! from (the first tick not yet emitted) and the warm-up offset (the first
@@ -27,10 +35,12 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondT
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
+use crate::features::market::bucket_of;
 use crate::features::{feature_query, features_table, Catalog, Lookback};
 use crate::lake::schema_session;
 use crate::model::score::score_batch;
 use crate::model::{Detector, TrainError};
+use crate::stream::market::{bucket_rows, BucketCloser, CloserConfig};
 use crate::tick::{col, tick_schema};
 
 /// Column of a held tick's source partition.
@@ -152,6 +162,29 @@ struct Book {
     /// The source partition the symbol comes from (keyed topics put a
     /// symbol in one partition).
     partition: i32,
+    /// Ticks admitted per market bucket (start, µs), when the catalog reads
+    /// the market: a bucket's ticks are final once its market row counts
+    /// as many.
+    buckets: BTreeMap<i64, i64>,
+}
+
+/// The market context of an executor whose catalog reads `market`.
+#[derive(Debug)]
+struct MarketContext {
+    /// The in-process bucket closer; `None` when rows come from a
+    /// market-context stage ([`Executor::push_market`]).
+    closer: Option<BucketCloser>,
+    /// Market rows (with their `date` column) per bucket.
+    rows: BTreeMap<i64, RecordBatch>,
+    /// Per symbol and bucket, the ticks its market row was made from.
+    counts: HashMap<String, BTreeMap<i64, i64>>,
+    /// Every bucket before this (µs) is closed.
+    closed_until: i64,
+    /// Betas per day (days since the epoch), with their `date` column.
+    betas: BTreeMap<i64, RecordBatch>,
+    /// Per partition, the newest `ts` and when it arrived: what this
+    /// executor can still receive, for forgetting old rows.
+    marks: BTreeMap<i32, (i64, Duration)>,
 }
 
 /// Microseconds in a day.
@@ -229,6 +262,8 @@ pub struct Executor {
     /// Profiles of the held ticks' dates (days since the epoch), each
     /// loaded when its date's first tick is held.
     profiles: BTreeMap<i64, RecordBatch>,
+    /// Market context, when a feature file reads the `market` table.
+    market: Option<MarketContext>,
 }
 
 impl Executor {
@@ -262,7 +297,22 @@ impl Executor {
                 RecordBatch::new_empty(Arc::new(Schema::new(fields)))
             }
         };
+        let market = catalog.uses_market().then(|| MarketContext {
+            closer: Some(BucketCloser::new(
+                Arc::clone(&held_schema),
+                CloserConfig {
+                    idle_timeout: config.idle_timeout,
+                    allowed_lateness: config.allowed_lateness,
+                },
+            )),
+            rows: BTreeMap::new(),
+            counts: HashMap::new(),
+            closed_until: i64::MIN,
+            betas: BTreeMap::new(),
+            marks: BTreeMap::new(),
+        });
         Ok(Executor {
+            market,
             lookback: catalog.lookback(),
             catalog,
             detectors,
@@ -286,6 +336,56 @@ impl Executor {
     pub fn with_profiles(mut self, root: crate::lake::LakeRoot) -> Self {
         self.profiles_lake = Some(root);
         self
+    }
+
+    /// Takes the `market` rows from a market-context stage
+    /// ([`Executor::push_market`]) instead of closing buckets itself. Only
+    /// the stage sees every partition: an executor closing buckets over
+    /// some partitions' ticks computes the market of those symbols alone.
+    pub fn with_external_market(mut self) -> Self {
+        if let Some(m) = &mut self.market {
+            m.closer = None;
+        }
+        self
+    }
+
+    /// Tells the in-process bucket closer which partitions this executor
+    /// reads (its assignment): one that has sent nothing yet holds market
+    /// buckets open until it has been idle for the idle timeout.
+    pub fn expect_partitions(&mut self, partitions: &[i32]) {
+        let now = self.now();
+        if let Some(c) = self.market.as_mut().and_then(|m| m.closer.as_mut()) {
+            c.expect(partitions, now);
+        }
+    }
+
+    /// Whether the feature set needs the market context.
+    pub fn uses_market(&self) -> bool {
+        self.market.is_some()
+    }
+
+    /// Every bucket before this (µs) has its market rows; `None` without
+    /// market context or before the first closed bucket.
+    pub fn market_closed_until(&self) -> Option<i64> {
+        self.market
+            .as_ref()
+            .map(|m| m.closed_until)
+            .filter(|&c| c > i64::MIN)
+    }
+
+    /// Adds `market` rows (the `market` table's schema, without `date`) of
+    /// buckets closed by a market-context stage, every bucket before
+    /// `closed_until` being closed. Rows of a bucket already known are
+    /// ignored (a stage replaying after a restart sends them again).
+    pub fn push_market(
+        &mut self,
+        rows: &RecordBatch,
+        closed_until: i64,
+    ) -> Result<(), ExecutorError> {
+        let Some(m) = &mut self.market else {
+            return Ok(());
+        };
+        m.add_rows(rows, closed_until)
     }
 
     /// Loads the profiles of the held ticks' dates not loaded yet and
@@ -331,6 +431,31 @@ impl Executor {
                 );
             }
             self.profiles.insert(d, batch);
+        }
+        if let Some(m) = &mut self.market {
+            m.betas.retain(|d, _| self.profiles.contains_key(d));
+            for &d in self.profiles.keys() {
+                if m.betas.contains_key(&d) {
+                    continue;
+                }
+                let Some(date) =
+                    chrono::DateTime::from_timestamp(d * 86_400, 0).map(|t| t.date_naive())
+                else {
+                    continue;
+                };
+                let (batch, stored) =
+                    crate::features::market::betas_for(root, date, self.catalog.market_sql())
+                        .await?;
+                if !stored {
+                    tracing::warn!(
+                        %date,
+                        rows = batch.num_rows(),
+                        "No stored betas for the day: made from the lake \
+                         (run `stockanomaly profiles` after each close to store them)."
+                    );
+                }
+                m.betas.insert(d, batch);
+            }
         }
         Ok(())
     }
@@ -451,6 +576,14 @@ impl Executor {
         for p in partitions {
             self.seen.remove(p);
         }
+        if let Some(m) = &mut self.market {
+            for p in partitions {
+                m.marks.remove(p);
+            }
+            if let Some(c) = &mut m.closer {
+                c.forget_partitions(partitions);
+            }
+        }
         Ok(dropped)
     }
 
@@ -517,8 +650,10 @@ impl Executor {
                     emitted: None,
                     arrived: None,
                     partition: p,
+                    buckets: BTreeMap::new(),
                 }),
             };
+            let bucket = bucket_of(t);
             let refused = if t < book.newest.saturating_sub(lateness) {
                 Some(if lateness == 0 {
                     format!(
@@ -536,6 +671,17 @@ impl Executor {
                 Some(format!(
                     "ts {t} belongs to a group already emitted (idle timeout)"
                 ))
+            } else if let Some(m) = &self.market {
+                let have = book.buckets.get(&bucket).copied().unwrap_or(0);
+                match m.counts.get(sym).and_then(|c| c.get(&bucket)) {
+                    Some(&n) if have >= n => Some(format!(
+                        "ts {t} arrived after its market bucket closed with {n} ticks of the symbol"
+                    )),
+                    None if bucket < m.closed_until => Some(format!(
+                        "ts {t} arrived after its market bucket closed without the symbol"
+                    )),
+                    _ => None,
+                }
             } else {
                 None
             };
@@ -556,6 +702,11 @@ impl Executor {
                     if timed {
                         book.arrived = Some(now);
                     }
+                    if let Some(m) = &mut self.market {
+                        *book.buckets.entry(bucket).or_insert(0) += 1;
+                        let mark = m.marks.entry(p).or_insert((t, now));
+                        *mark = (mark.0.max(t), now);
+                    }
                     keep.push(true);
                 }
             }
@@ -570,6 +721,14 @@ impl Executor {
         columns.push(Arc::new(arrived));
         let batch = RecordBatch::try_new(Arc::clone(&self.held_schema), columns)?;
         let batch = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+        if let Some(closer) = self.market.as_mut().and_then(|m| m.closer.as_mut()) {
+            // The executor refused the ticks of closed buckets already.
+            let parts = batch
+                .column(batch.num_columns() - EXTRA)
+                .as_primitive::<arrow::datatypes::Int32Type>()
+                .clone();
+            closer.admit(&batch, &parts, now)?;
+        }
         if batch.num_rows() > 0 {
             let all = concat_batches(&self.held_schema, [&self.held, &batch])?;
             self.held = sort_by_key(&all)?;
@@ -581,6 +740,7 @@ impl Executor {
     /// every symbol when `all`), then prunes history.
     async fn emit(&mut self, all: bool) -> Result<Step, ExecutorError> {
         self.ensure_profiles().await?;
+        self.close_market_buckets(all).await?;
         let now = self.now();
         let lateness = duration_us(self.config.allowed_lateness);
         // Per symbol: emit ticks with emitted < ts <= cutoff.
@@ -609,6 +769,14 @@ impl Executor {
         } else {
             None
         };
+        // Market context: a tick is final once its bucket's market row is
+        // known and made from every tick of the symbol held in the bucket.
+        let market_until: Option<HashMap<&str, i64>> = self.market.as_ref().map(|m| {
+            self.books
+                .iter()
+                .map(|(s, b)| (s.as_str(), m.ready_until(s, b, is_idle(b))))
+                .collect()
+        });
         for i in 0..self.held.num_rows() {
             let sym = syms.value(i);
             let t = ts.value(i);
@@ -616,6 +784,13 @@ impl Executor {
                 continue;
             };
             if book.emitted.is_some_and(|e| t <= e) {
+                continue;
+            }
+            if market_until
+                .as_ref()
+                .and_then(|m| m.get(sym))
+                .is_some_and(|&until| t >= until)
+            {
                 continue;
             }
             if let Some(c) = &confirmed {
@@ -693,13 +868,77 @@ impl Executor {
             for (s, to) in done {
                 if let Some(b) = self.books.get_mut(&s) {
                     b.emitted = Some(to);
+                    // Earlier buckets are all emitted.
+                    b.buckets = b.buckets.split_off(&bucket_of(to));
                 }
             }
             step.features = Some(features);
         }
+        self.forget_market_rows(now);
         self.prune()?;
         step.positions = self.positions();
         Ok(step)
+    }
+
+    /// Closes the market buckets the in-process closer allows and computes
+    /// their rows.
+    async fn close_market_buckets(&mut self, all: bool) -> Result<(), ExecutorError> {
+        let now = self.now();
+        let Some(closer) = self.market.as_mut().and_then(|m| m.closer.as_mut()) else {
+            return Ok(());
+        };
+        let Some(closed) = closer.close(now, all)? else {
+            return Ok(());
+        };
+        let rows = if closed.ticks.num_rows() == 0 {
+            RecordBatch::new_empty(crate::features::market::market_schema())
+        } else {
+            let profiles: Vec<RecordBatch> = self.profiles.values().cloned().collect();
+            bucket_rows(
+                &closed.ticks,
+                &self.symbols,
+                &profiles,
+                self.catalog.market_sql(),
+            )
+            .await?
+        };
+        if let Some(m) = &mut self.market {
+            m.add_rows(&rows, closed.closed_until)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets market rows no held or future tick needs: buckets before
+    /// both the oldest with ticks still pending and this executor's own
+    /// watermark (its partitions' newest ticks, idle ones aside).
+    fn forget_market_rows(&mut self, now: Duration) {
+        let Some(m) = &mut self.market else {
+            return;
+        };
+        let lateness = duration_us(self.config.allowed_lateness);
+        let pending = self
+            .books
+            .values()
+            .filter(|b| b.emitted.is_none_or(|e| e < b.newest))
+            .filter_map(|b| b.buckets.keys().next().copied())
+            .min();
+        let watermark = m
+            .marks
+            .values()
+            .filter(|(_, at)| now.saturating_sub(*at) < self.config.idle_timeout)
+            .map(|(t, _)| bucket_of(t.saturating_sub(lateness)))
+            .min();
+        let bound = match (pending, watermark) {
+            (Some(p), Some(w)) => p.min(w),
+            (Some(p), None) => p,
+            (None, Some(w)) => w,
+            (None, None) => return,
+        };
+        m.rows = m.rows.split_off(&bound);
+        m.counts.retain(|_, c| {
+            *c = c.split_off(&bound);
+            !c.is_empty()
+        });
     }
 
     /// A session with the UDFs, `symbols`, and `ticks` = `ticks` (when given).
@@ -724,6 +963,27 @@ impl Executor {
                     vec![batches],
                 )?),
             )?;
+        }
+        if let Some(m) = &self.market {
+            for (spec, batches) in [
+                (
+                    crate::lake::TableSpec::market(),
+                    m.rows.values().cloned().collect::<Vec<_>>(),
+                ),
+                (
+                    crate::lake::TableSpec::betas(),
+                    m.betas.values().cloned().collect(),
+                ),
+            ] {
+                ctx.deregister_table(spec.name.as_str())?;
+                ctx.register_table(
+                    spec.name.as_str(),
+                    Arc::new(MemTable::try_new(
+                        crate::lake::with_partitions(&spec),
+                        vec![batches],
+                    )?),
+                )?;
+            }
         }
         if let Some(t) = ticks {
             ctx.deregister_table("ticks")?;
@@ -807,6 +1067,61 @@ impl Executor {
     }
 }
 
+impl MarketContext {
+    /// Adds rows of closed buckets (see [`Executor::push_market`]).
+    fn add_rows(&mut self, rows: &RecordBatch, closed_until: i64) -> Result<(), ExecutorError> {
+        use crate::features::market::market_col;
+        self.closed_until = self.closed_until.max(closed_until);
+        if rows.num_rows() == 0 {
+            return Ok(());
+        }
+        let schema = rows.schema();
+        let ts = rows
+            .column(schema.index_of(market_col::TS)?)
+            .as_primitive::<TimestampMicrosecondType>();
+        let syms = rows
+            .column(schema.index_of(market_col::SYMBOL)?)
+            .as_string::<i32>();
+        let ticks = rows
+            .column(schema.index_of(market_col::TICKS)?)
+            .as_primitive::<arrow::datatypes::Int64Type>();
+        let buckets: std::collections::BTreeSet<i64> = ts.values().iter().copied().collect();
+        for b in buckets {
+            if self.rows.contains_key(&b) {
+                continue;
+            }
+            let mask: BooleanArray = ts.values().iter().map(|&t| Some(t == b)).collect();
+            let part = filter_record_batch(rows, &mask)?;
+            self.rows.insert(b, with_date(&part)?);
+            for i in (0..rows.num_rows()).filter(|&i| ts.value(i) == b) {
+                self.counts
+                    .entry(syms.value(i).to_owned())
+                    .or_default()
+                    .insert(b, ticks.value(i));
+            }
+        }
+        Ok(())
+    }
+
+    /// The first bucket of `book`'s symbol whose ticks are not final yet
+    /// (`i64::MAX`: none): its market row unknown, or made from more ticks
+    /// than are held (the rest are still on their way) unless the symbol
+    /// is `idle` and the bucket closed (the executor refused some as late).
+    fn ready_until(&self, symbol: &str, book: &Book, idle: bool) -> i64 {
+        let counts = self.counts.get(symbol);
+        for (&b, &have) in &book.buckets {
+            let complete = match counts.and_then(|c| c.get(&b)) {
+                Some(&n) => have >= n || (idle && b < self.closed_until),
+                None => b < self.closed_until,
+            };
+            if !complete {
+                return b;
+            }
+        }
+        i64::MAX
+    }
+}
+
 /// The partition, offset and arrival columns of held ticks.
 fn sources_of(
     held: &RecordBatch,
@@ -837,7 +1152,7 @@ fn project_ticks(held: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowE
 }
 
 /// `batch` with a `date` column (the partition column lake sessions carry).
-fn with_date(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+pub(crate) fn with_date(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
     let ts = batch.column(0).as_primitive::<TimestampMicrosecondType>();
     let date: arrow::array::StringArray = ts
         .iter()
@@ -953,26 +1268,124 @@ mod tests {
         }
     }
 
-    /// The embedded pack without its delayed-confirmation files: these
-    /// tests are about groups, lateness and partitions (delayed
-    /// confirmation has tests of its own).
-    async fn pack_without_delay() -> Catalog {
+    /// The embedded pack's files that `keep` keeps.
+    async fn pack_with(keep: impl Fn(&crate::features::FeatureFile) -> bool) -> Catalog {
         let full = Catalog::embedded().await.unwrap();
         let sources = full
             .files()
             .iter()
-            .filter(|f| f.delay == 0)
+            .filter(|f| keep(f))
             .map(|f| (f.path.clone(), f.sql.clone()))
             .collect();
-        let catalog = Catalog::from_sources(sources).await.unwrap();
+        Catalog::from_sources(sources).await.unwrap()
+    }
+
+    /// The embedded pack without its delayed-confirmation and market
+    /// files: these tests are about groups, lateness and partitions
+    /// (delayed confirmation and market buckets have tests of their own).
+    async fn pack_without_delay() -> Catalog {
+        let catalog = pack_with(|f| f.delay == 0 && !f.reads_market).await;
         assert_eq!(catalog.delay(), 0);
+        assert!(!catalog.uses_market());
         catalog
     }
 
     #[tokio::test]
+    async fn market_buckets_hold_ticks_until_closed() {
+        let catalog = pack_with(|f| f.delay == 0).await;
+        assert!(catalog.uses_market());
+        let mut ex = Executor::new(
+            catalog,
+            Vec::new(),
+            None,
+            ExecutorConfig {
+                idle_timeout: Duration::from_secs(3600),
+                top_shap: 0,
+                allowed_lateness: Duration::ZERO,
+            },
+        )
+        .unwrap();
+        ex.set_clock(Duration::ZERO);
+        let mut b = TickBuilder::new("test");
+        let mut two = |rows: &[(i64, &str, f64, i32)], first_offset: i64| {
+            for &(ts, sym, price, _) in rows {
+                b.push(&TickRecord::trade(ts, sym, price, 10.0)).unwrap();
+            }
+            Input {
+                ticks: b.finish(),
+                partitions: Int32Array::from(rows.iter().map(|r| r.3).collect::<Vec<_>>()),
+                offsets: Int64Array::from_iter_values(
+                    first_offset..first_offset + rows.len() as i64,
+                ),
+                arrived_us: None,
+            }
+        };
+        let minute = 60_000_000;
+        // AAA (partition 0) and BBB (partition 1) trade in the first minute.
+        let step = ex
+            .step(two(
+                &[
+                    (T0, "AAA", 10.0, 0),
+                    (T0 + 1_000_000, "BBB", 20.0, 1),
+                    (T0 + 2_000_000, "AAA", 10.5, 0),
+                    (T0 + 3_000_000, "BBB", 20.0, 1),
+                ],
+                0,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(step.emitted(), 0, "the bucket is open");
+        // AAA moves on; BBB's partition still holds the first minute open.
+        let step = ex
+            .step(two(&[(T0 + minute, "AAA", 10.6, 0)], 4))
+            .await
+            .unwrap();
+        assert_eq!(step.emitted(), 0);
+        assert!(ex.market_closed_until().is_none_or(|c| c <= T0));
+        let step = ex
+            .step(two(&[(T0 + minute + 5, "BBB", 20.2, 1)], 5))
+            .await
+            .unwrap();
+        assert_eq!(step.emitted(), 4, "both partitions passed the first minute");
+        assert_eq!(ex.market_closed_until(), Some(T0 + minute));
+        let f = step.features.unwrap();
+        let col = |name: &str| {
+            f.column(f.schema().index_of(name).unwrap())
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .clone()
+        };
+        // Returns in the minute: AAA ln(10.5/10), BBB 0; median of two.
+        let want = (10.5f64 / 10.0).ln() / 2.0;
+        assert!(col("mkt_ret_1m").iter().all(|v| v == Some(want)));
+        // AAA's move ranks first among the two.
+        let rank = col("move_rank_1m");
+        let syms = f.column(1).as_string::<i32>();
+        for i in 0..f.num_rows() {
+            let want = if syms.value(i) == "AAA" { 1.0 } else { 0.0 };
+            assert_eq!(rank.value(i), want, "row {i}");
+        }
+        // A tick of the closed minute is refused as late (a symbol the
+        // market row never saw in it).
+        let step = ex
+            .step(two(&[(T0 + 30_000_000, "CCC", 20.1, 1)], 6))
+            .await
+            .unwrap();
+        assert_eq!(step.late.len(), 1);
+        assert!(
+            step.late[0].detail.contains("market bucket closed"),
+            "{:?}",
+            step.late
+        );
+        // The end of the stream closes the last minute.
+        let step = ex.flush(true).await.unwrap();
+        assert_eq!(step.emitted(), 2);
+    }
+
+    #[tokio::test]
     async fn delayed_confirmation_holds_ticks_until_later_ones_or_the_end() {
-        let catalog = Catalog::embedded().await.unwrap();
-        assert_eq!(catalog.delay(), 5, "the shipped pack confirms over 5 ticks");
+        let full = Catalog::embedded().await.unwrap();
+        assert_eq!(full.delay(), 5, "the shipped pack confirms over 5 ticks");
+        let catalog = pack_with(|f| !f.reads_market).await;
         let mut ex = Executor::new(
             catalog,
             Vec::new(),

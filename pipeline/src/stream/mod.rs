@@ -5,6 +5,8 @@
 
 pub mod detect;
 pub mod executor;
+pub mod market;
+pub mod market_context;
 pub mod metrics;
 
 pub use detect::{detect, shutdown_signal, DetectError, DetectOptions, DetectSummary};

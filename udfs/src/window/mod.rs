@@ -46,7 +46,7 @@ use datafusion::common::ScalarValue;
 use datafusion::logical_expr::WindowUDF;
 
 mod ewm;
-mod exact_sum;
+pub(crate) mod exact_sum;
 mod frame;
 mod rewrite;
 mod rolling;

@@ -7,7 +7,7 @@ mod feeds;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use arrow::array::{ArrayRef, RecordBatch};
@@ -286,6 +286,8 @@ async fn run_stream(
         ExecutorConfig::default(),
     )?
     .with_profiles(root.clone());
+    // A replay has no idle time (see the demo).
+    ex.set_clock(Duration::ZERO);
     let ctx = crate::lake::session_context(&root).await?;
     let first = super::sql::scalar_string(&ctx, "SELECT min(date) FROM ticks").await?;
     let last = super::sql::scalar_string(&ctx, "SELECT max(date) FROM ticks").await?;

@@ -1,0 +1,374 @@
+//! The market-context stage's bucket closer: which one-minute buckets of
+//! the tick stream are complete, so that their `market` rows (the bucket
+//! query over every symbol's ticks, see [`crate::features::market`]) can be
+//! computed once and for all.
+//!
+//! **Watermark.** Each source partition's watermark is its newest tick's
+//! `ts` minus the allowed lateness: no tick older than that is expected
+//! from it. A bucket is closed once every partition's watermark has passed
+//! its end. A partition that has sent nothing for the idle timeout (on the
+//! caller's clock) does not hold buckets open; when every partition is
+//! idle, every bucket with ticks is closed. At the end of a stream all are.
+//!
+//! **Late ticks.** A tick whose bucket is already closed cannot change its
+//! row: it is refused (the caller dead-letters and counts it). The detector
+//! refuses the same ticks, because it scores a bucket's ticks of a symbol
+//! only up to the count its market row was made from.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use arrow::array::{AsArray, BooleanArray, Int32Array, RecordBatch};
+use arrow::compute::{concat_batches, filter_record_batch};
+use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
+
+use std::sync::Arc;
+
+use datafusion::datasource::MemTable;
+
+use crate::features::market::{bucket_of, market_rows, BUCKET_US};
+use crate::features::profiles::ProfileError;
+use crate::lake::{schema_session, with_partitions, TableSpec};
+use crate::tick::tick_schema;
+
+/// Tuning of a [`BucketCloser`].
+#[derive(Debug, Clone, Copy)]
+pub struct CloserConfig {
+    /// A partition silent this long no longer holds buckets open.
+    pub idle_timeout: Duration,
+    /// How far behind its partition's newest tick a tick may arrive and
+    /// still count in its bucket.
+    pub allowed_lateness: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PartitionMark {
+    newest: i64,
+    arrived: Duration,
+}
+
+/// Ticks of closed buckets, ready for the bucket query.
+#[derive(Debug)]
+pub struct Closed {
+    /// Every held tick of the buckets closed now, in arrival order.
+    pub ticks: RecordBatch,
+    /// Every bucket starting before this (µs) is closed.
+    pub closed_until: i64,
+}
+
+/// Holds the ticks of open buckets and closes them by watermark or idle
+/// timeout (see the module documentation).
+#[derive(Debug)]
+pub struct BucketCloser {
+    config: CloserConfig,
+    schema: SchemaRef,
+    /// Ticks of buckets not closed yet.
+    open: Vec<RecordBatch>,
+    marks: BTreeMap<i32, PartitionMark>,
+    closed_until: i64,
+}
+
+impl BucketCloser {
+    /// A closer of ticks of `schema` (its first column is `ts`).
+    pub fn new(schema: SchemaRef, config: CloserConfig) -> Self {
+        BucketCloser {
+            config,
+            schema,
+            open: Vec::new(),
+            marks: BTreeMap::new(),
+            closed_until: i64::MIN,
+        }
+    }
+
+    /// Every bucket starting before this (µs) is closed (`i64::MIN`: none).
+    pub fn closed_until(&self) -> i64 {
+        self.closed_until
+    }
+
+    /// Ticks held in open buckets.
+    pub fn open_ticks(&self) -> usize {
+        self.open.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    /// Adds ticks (from `partitions`, arrived at `now`); returns, per tick,
+    /// whether it was refused because its bucket is already closed.
+    pub fn admit(
+        &mut self,
+        ticks: &RecordBatch,
+        partitions: &Int32Array,
+        now: Duration,
+    ) -> Result<Vec<bool>, arrow::error::ArrowError> {
+        let ts = ticks.column(0).as_primitive::<TimestampMicrosecondType>();
+        let mut late = Vec::with_capacity(ticks.num_rows());
+        for (i, t) in ts.values().iter().enumerate() {
+            let mark = self
+                .marks
+                .entry(partitions.value(i))
+                .or_insert(PartitionMark {
+                    newest: *t,
+                    arrived: now,
+                });
+            mark.newest = mark.newest.max(*t);
+            mark.arrived = now;
+            late.push(bucket_of(*t) < self.closed_until);
+        }
+        let keep: BooleanArray = late.iter().map(|l| Some(!l)).collect();
+        let kept = filter_record_batch(ticks, &keep)?;
+        if kept.num_rows() > 0 {
+            self.open.push(kept);
+        }
+        Ok(late)
+    }
+
+    /// Closes the buckets the watermark (or idleness, or `all`: the end of
+    /// the stream) allows; returns their ticks, or `None` when none closed.
+    pub fn close(
+        &mut self,
+        now: Duration,
+        all: bool,
+    ) -> Result<Option<Closed>, arrow::error::ArrowError> {
+        let lateness = i64::try_from(self.config.allowed_lateness.as_micros()).unwrap_or(i64::MAX);
+        let watermark = self
+            .marks
+            .values()
+            .filter(|m| !all && now.saturating_sub(m.arrived) < self.config.idle_timeout)
+            .map(|m| m.newest.saturating_sub(lateness))
+            .min();
+        let newest = self
+            .marks
+            .values()
+            .map(|m| m.newest)
+            .filter(|&n| n > i64::MIN)
+            .max();
+        let until = match (watermark, newest) {
+            (Some(w), _) => bucket_of(w),
+            // Every partition idle (or the end): close all there is.
+            (None, Some(n)) => bucket_of(n).saturating_add(BUCKET_US),
+            (None, None) => return Ok(None),
+        };
+        if until <= self.closed_until {
+            return Ok(None);
+        }
+        self.closed_until = until;
+        let all_open = concat_batches(&self.schema, &self.open)?;
+        let ts = all_open
+            .column(0)
+            .as_primitive::<TimestampMicrosecondType>();
+        let closing: BooleanArray = ts
+            .values()
+            .iter()
+            .map(|t| Some(bucket_of(*t) < until))
+            .collect();
+        let ticks = filter_record_batch(&all_open, &closing)?;
+        let still_open = arrow::compute::not(&closing)?;
+        let rest = filter_record_batch(&all_open, &still_open)?;
+        self.open = if rest.num_rows() > 0 {
+            vec![rest]
+        } else {
+            Vec::new()
+        };
+        Ok(Some(Closed {
+            ticks,
+            closed_until: until,
+        }))
+    }
+
+    /// Partitions the caller reads (its assignment): one that has sent no
+    /// tick yet holds every bucket open until it has been silent for the
+    /// idle timeout from now, so the first partition to deliver does not
+    /// close buckets the others still have ticks for.
+    pub fn expect(&mut self, partitions: &[i32], now: Duration) {
+        for &p in partitions {
+            self.marks.entry(p).or_insert(PartitionMark {
+                newest: i64::MIN,
+                arrived: now,
+            });
+        }
+    }
+
+    /// Starts from a known state: every bucket before `closed_until` was
+    /// closed by an earlier run (its rows published), so their ticks are
+    /// late.
+    pub fn resume(&mut self, closed_until: i64) {
+        self.closed_until = self.closed_until.max(closed_until);
+    }
+
+    /// The held ticks of open buckets.
+    pub fn open(&self) -> &[RecordBatch] {
+        &self.open
+    }
+
+    /// Forgets the marks of `partitions` (revoked): they no longer hold
+    /// buckets open.
+    pub fn forget_partitions(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.marks.remove(p);
+        }
+    }
+}
+
+/// The `market` rows of closed buckets: the bucket query `sql` over
+/// `ticks` (the leading [`tick_schema`] columns of a batch holding every
+/// tick of those buckets), with the lake's `symbols` (with their `date`
+/// column) and the `profiles` of the buckets' days. The in-process
+/// executor and the `market-context` stage both compute rows through this.
+pub async fn bucket_rows(
+    ticks: &RecordBatch,
+    symbols: &RecordBatch,
+    profiles: &[RecordBatch],
+    sql: &str,
+) -> Result<RecordBatch, ProfileError> {
+    let first = ticks
+        .column(0)
+        .as_primitive::<TimestampMicrosecondType>()
+        .values()
+        .first()
+        .copied()
+        .unwrap_or(0);
+    let date = chrono::DateTime::from_timestamp_micros(first)
+        .map(|t| t.date_naive())
+        .unwrap_or_default();
+    let q = |source| ProfileError::Query {
+        table: "market",
+        date,
+        source,
+    };
+    let arrow = |e: arrow::error::ArrowError| q(e.into());
+    let n = tick_schema().fields().len();
+    let plain =
+        RecordBatch::try_new(tick_schema(), ticks.columns()[..n].to_vec()).map_err(arrow)?;
+    let ticks = crate::stream::executor::with_date(&plain).map_err(arrow)?;
+    let ctx = schema_session();
+    let profiles_spec = TableSpec::profiles();
+    for (name, table) in [
+        (
+            "ticks",
+            MemTable::try_new(ticks.schema(), vec![vec![ticks]]),
+        ),
+        (
+            "symbols",
+            MemTable::try_new(symbols.schema(), vec![vec![symbols.clone()]]),
+        ),
+        (
+            profiles_spec.name.as_str(),
+            MemTable::try_new(with_partitions(&profiles_spec), vec![profiles.to_vec()]),
+        ),
+    ] {
+        ctx.deregister_table(name).map_err(q)?;
+        ctx.register_table(name, Arc::new(table.map_err(q)?))
+            .map_err(q)?;
+    }
+    market_rows(&ctx, sql, date).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tick::{TickBuilder, TickRecord};
+
+    const T0: i64 = 1_704_205_800_000_000;
+
+    fn ticks(ts: &[i64]) -> RecordBatch {
+        let mut b = TickBuilder::new("test");
+        for &t in ts {
+            b.push(&TickRecord::trade(t, "AAA", 10.0, 1.0)).unwrap();
+        }
+        b.finish()
+    }
+
+    /// Ticks a closing closed (0 for none).
+    fn closed_count(c: Option<Closed>) -> usize {
+        c.map_or(0, |c| c.ticks.num_rows())
+    }
+
+    fn closer(idle: u64) -> BucketCloser {
+        BucketCloser::new(
+            crate::tick::tick_schema(),
+            CloserConfig {
+                idle_timeout: Duration::from_secs(idle),
+                allowed_lateness: Duration::ZERO,
+            },
+        )
+    }
+
+    #[test]
+    fn a_bucket_closes_when_every_partition_has_passed_it() {
+        let mut c = closer(3600);
+        let now = Duration::ZERO;
+        c.admit(&ticks(&[T0, T0 + 1]), &Int32Array::from(vec![0, 0]), now)
+            .unwrap();
+        c.admit(&ticks(&[T0 + 2]), &Int32Array::from(vec![1]), now)
+            .unwrap();
+        assert_eq!(closed_count(c.close(now, false).unwrap()), 0);
+        // Partition 0 moves to the next minute; 1 still holds the bucket.
+        c.admit(&ticks(&[T0 + BUCKET_US]), &Int32Array::from(vec![0]), now)
+            .unwrap();
+        assert_eq!(closed_count(c.close(now, false).unwrap()), 0);
+        c.admit(
+            &ticks(&[T0 + BUCKET_US + 5]),
+            &Int32Array::from(vec![1]),
+            now,
+        )
+        .unwrap();
+        let closed = c.close(now, false).unwrap().unwrap();
+        assert_eq!(closed.ticks.num_rows(), 3);
+        assert_eq!(closed.closed_until, T0 + BUCKET_US);
+        assert_eq!(c.open_ticks(), 2);
+        // A tick of the closed bucket is refused.
+        let late = c
+            .admit(&ticks(&[T0 + 30]), &Int32Array::from(vec![1]), now)
+            .unwrap();
+        assert_eq!(late, vec![true]);
+        assert_eq!(c.open_ticks(), 2);
+    }
+
+    #[test]
+    fn idle_partitions_stop_holding_buckets_open() {
+        let mut c = closer(2);
+        c.admit(&ticks(&[T0]), &Int32Array::from(vec![0]), Duration::ZERO)
+            .unwrap();
+        c.admit(
+            &ticks(&[T0 + 3 * BUCKET_US]),
+            &Int32Array::from(vec![1]),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(
+            closed_count(c.close(Duration::from_secs(1), false).unwrap()),
+            0
+        );
+        // Partition 0 idle: partition 1's watermark closes the first bucket.
+        let closed = c.close(Duration::from_secs(2), false).unwrap().unwrap();
+        assert_eq!(closed.ticks.num_rows(), 1);
+        assert_eq!(closed.closed_until, T0 + 3 * BUCKET_US);
+        // Both idle: the last bucket closes too.
+        let closed = c.close(Duration::from_secs(4), false).unwrap().unwrap();
+        assert_eq!(closed.ticks.num_rows(), 1);
+        assert_eq!(closed.closed_until, T0 + 4 * BUCKET_US);
+        assert_eq!(
+            closed_count(c.close(Duration::from_secs(9), true).unwrap()),
+            0
+        );
+    }
+
+    #[test]
+    fn an_expected_partition_holds_buckets_until_it_is_idle() {
+        let mut c = closer(2);
+        c.expect(&[0, 1], Duration::ZERO);
+        c.admit(
+            &ticks(&[T0, T0 + 2 * BUCKET_US]),
+            &Int32Array::from(vec![0, 0]),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        // Partition 1 has said nothing yet: nothing closes.
+        assert_eq!(
+            closed_count(c.close(Duration::from_secs(1), false).unwrap()),
+            0
+        );
+        // Silent for the idle timeout: partition 0 alone decides.
+        let closed = c.close(Duration::from_secs(2), false).unwrap().unwrap();
+        assert_eq!(closed.closed_until, T0 + 2 * BUCKET_US);
+        assert_eq!(closed.ticks.num_rows(), 1);
+    }
+}
