@@ -180,17 +180,22 @@ async fn streamed_alerts_equal_batch_scores_and_poison_is_dead_lettered() {
     assert_eq!(again as usize, want.len() + rule_alerts as usize);
 }
 
-#[tokio::test]
-async fn killed_and_restarted_detectors_write_exactly_the_alerts_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let lake_path = dir.path().join("lake");
-    let lake = lake_path.to_str().unwrap();
+/// Simulates and backfills `lake` under `dir` (`sim` as for
+/// `simulate_backfill`), trains model `m` on it, scores it, and produces its
+/// ticks to a fresh topic (3 partitions) named after `tag`: the model's
+/// version, the batch's alert keys and the topic.
+fn scored_lake_on_a_topic(
+    dir: &std::path::Path,
+    sim: [&str; 5],
+    tag: &str,
+) -> (String, BTreeMap<common::Key, f64>, String) {
+    let lake = dir.join("lake");
+    let lake = lake.to_str().unwrap();
     let q = queries();
     let q = q.to_str().unwrap();
-    let brokers = service_env("STOCKANOMALY_TEST_KAFKA");
-    common::simulate_backfill(dir.path(), lake, ["3", "3", "500", "4", "41"]);
+    common::simulate_backfill(dir, lake, sim);
     ok(
-        dir.path(),
+        dir,
         &[
             "train",
             "--lake",
@@ -204,22 +209,21 @@ async fn killed_and_restarted_detectors_write_exactly_the_alerts_once() {
         ],
     );
     ok(
-        dir.path(),
+        dir,
         &["score", "--lake", lake, "--queries", q, "--model", "m"],
     );
     let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("m/manifest.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(dir.join("m/manifest.json")).unwrap()).unwrap();
     let version = manifest["version"].as_str().unwrap().to_owned();
-    let want = common::batch_alerts(dir.path(), lake, &version);
-    assert!(want.len() > 20, "{}", want.len());
+    let want = common::batch_alerts(dir, lake, &version);
     let topic = format!(
-        "crash-{}-{}",
+        "{tag}-{}-{}",
         std::process::id(),
         chrono::Utc::now().timestamp_micros()
     );
+    let brokers = service_env("STOCKANOMALY_TEST_KAFKA");
     ok(
-        dir.path(),
+        dir,
         &[
             "produce",
             "--lake",
@@ -232,6 +236,20 @@ async fn killed_and_restarted_detectors_write_exactly_the_alerts_once() {
             "3",
         ],
     );
+    (version, want, topic)
+}
+
+#[tokio::test]
+async fn killed_and_restarted_detectors_write_exactly_the_alerts_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake_path = dir.path().join("lake");
+    let lake = lake_path.to_str().unwrap();
+    let q = queries();
+    let q = q.to_str().unwrap();
+    let brokers = service_env("STOCKANOMALY_TEST_KAFKA");
+    let (version, want, topic) =
+        scored_lake_on_a_topic(dir.path(), ["3", "3", "500", "4", "41"], "crash");
+    assert!(want.len() > 20, "{}", want.len());
     let db = TestDb::new("crash").await;
     let client = db.client().await;
     let args = vec![
@@ -311,51 +329,10 @@ async fn detectors_sharing_partitions_use_the_market_context_stage() {
     let q = queries();
     let q = q.to_str().unwrap();
     let brokers = service_env("STOCKANOMALY_TEST_KAFKA");
-    common::simulate_backfill(dir.path(), lake, ["4", "3", "400", "4", "51"]);
-    ok(
-        dir.path(),
-        &[
-            "train",
-            "--lake",
-            lake,
-            "--queries",
-            q,
-            "--rounds",
-            "10",
-            "--out",
-            "m",
-        ],
-    );
-    ok(
-        dir.path(),
-        &["score", "--lake", lake, "--queries", q, "--model", "m"],
-    );
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("m/manifest.json")).unwrap())
-            .unwrap();
-    let version = manifest["version"].as_str().unwrap().to_owned();
-    let want = common::batch_alerts(dir.path(), lake, &version);
+    let (version, want, topic) =
+        scored_lake_on_a_topic(dir.path(), ["4", "3", "400", "4", "51"], "mkt");
     assert!(want.len() > 5, "{}", want.len());
-    let topic = format!(
-        "mkt-{}-{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp_micros()
-    );
     let market = format!("{topic}-market");
-    ok(
-        dir.path(),
-        &[
-            "produce",
-            "--lake",
-            lake,
-            "--topic",
-            &topic,
-            "--brokers",
-            &brokers,
-            "--partitions",
-            "3",
-        ],
-    );
     let source = format!("kafka://{brokers}/{topic}");
     let stage_args = |group: &str| -> Vec<String> {
         [

@@ -217,6 +217,32 @@ async fn two_detectors_in_a_group_write_the_alerts_of_one_across_a_rebalance() {
     let db = TestDb::new("scale").await;
     let client = db.client().await;
     let metrics = format!("127.0.0.1:{}", free_port());
+    // Members of a group each read some partitions: the market context
+    // (all symbols at each minute) comes from the stage reading them all.
+    let market = format!("{topic}-market");
+    let q = queries();
+    let stage_args: Vec<String> = [
+        "market-context",
+        "--lake",
+        &lake,
+        "--queries",
+        q.to_str().unwrap(),
+        "--source",
+        &format!("kafka://{}/{topic}", service_env("STOCKANOMALY_TEST_KAFKA")),
+        "--market-topic",
+        &market,
+        "--group",
+        &format!("{topic}-mc"),
+        "--idle-timeout-ms",
+        "300",
+        // Outlives the test (killed at its end), across the pause.
+        "--exit-when-idle",
+        "900",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let _stage = spawn(dir.path(), &stage_args, "stage");
     let a_args = detect_args(
         &lake,
         &topic,
@@ -229,9 +255,17 @@ async fn two_detectors_in_a_group_write_the_alerts_of_one_across_a_rebalance() {
             "500",
             "--metrics-addr",
             &metrics,
+            "--market-topic",
+            &market,
         ],
     );
-    let b_args = detect_args(&lake, &topic, &topic, &db.url, &["--batch-rows", "500"]);
+    let b_args = detect_args(
+        &lake,
+        &topic,
+        &topic,
+        &db.url,
+        &["--batch-rows", "500", "--market-topic", &market],
+    );
     // A starts alone and takes every partition; B joins once A has
     // committed something (a rebalance: A gives B half the partitions).
     let mut a = spawn(dir.path(), &a_args, "a");

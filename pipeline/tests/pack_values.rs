@@ -136,6 +136,136 @@ fn profiles() -> RecordBatch {
     RecordBatch::try_new(stockanomaly::features::profiles::profile_schema(), cols).unwrap()
 }
 
+/// Market rows: symbol, bucket (minutes after T0), open, ret, rel_volume,
+/// move_rank, ret_median, ret_mean, ret_dispersion, rel_volume_median. AAA
+/// has none at T0 + 50 min (NULL features).
+type MarketRow = (
+    &'static str,
+    i64,
+    f64,
+    f64,
+    Option<f64>,
+    f64,
+    f64,
+    f64,
+    f64,
+    Option<f64>,
+);
+
+const MARKET: &[MarketRow] = &[
+    (
+        "AAA",
+        0,
+        100.0,
+        0.002,
+        Some(2.0),
+        1.0,
+        0.001,
+        0.0015,
+        0.0005,
+        Some(1.5),
+    ),
+    // A zero market median relative volume: NULL ratio.
+    (
+        "AAA",
+        2,
+        100.2,
+        0.001,
+        Some(1.0),
+        0.5,
+        0.0,
+        -0.001,
+        0.0002,
+        Some(0.0),
+    ),
+    // No profile for the symbol's own volume: NULL ratio.
+    (
+        "AAA",
+        10,
+        101.0,
+        0.0,
+        None,
+        0.0,
+        0.003,
+        0.002,
+        0.001,
+        Some(1.0),
+    ),
+    (
+        "BBB",
+        0,
+        19.5,
+        0.02,
+        Some(0.5),
+        0.8,
+        0.001,
+        0.0015,
+        0.0005,
+        Some(1.5),
+    ),
+    (
+        "BBB",
+        1,
+        20.0,
+        0.01,
+        Some(1.0),
+        0.2,
+        -0.002,
+        0.0,
+        0.0,
+        Some(2.0),
+    ),
+];
+
+/// Betas: symbol, days after T0's date, beta. BBB has none (NULL excess
+/// returns); AAA's of another day is never joined.
+const BETAS: &[(&str, i64, f64)] = &[("AAA", 0, 1.2), ("AAA", -1, 9.0)];
+
+fn market() -> RecordBatch {
+    use arrow::array::TimestampMicrosecondArray;
+    use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+    let f = |g: &dyn Fn(&MarketRow) -> Option<f64>| -> ArrayRef {
+        std::sync::Arc::new(MARKET.iter().map(g).collect::<Float64Array>())
+    };
+    let cols: Vec<ArrayRef> = vec![
+        std::sync::Arc::new(
+            TimestampMicrosecondArray::from_iter_values(MARKET.iter().map(|m| T0 + m.1 * MIN))
+                .with_timezone("UTC"),
+        ),
+        std::sync::Arc::new(StringArray::from_iter_values(MARKET.iter().map(|m| m.0))),
+        std::sync::Arc::new(Int64Array::from_iter_values(MARKET.iter().map(|_| 2))),
+        f(&|m| Some(m.2)),
+        f(&|m| Some(m.3)),
+        f(&|_| Some(1.0)),
+        f(&|m| m.4),
+        f(&|m| Some(m.5)),
+        std::sync::Arc::new(Int64Array::from_iter_values(MARKET.iter().map(|_| 2))),
+        f(&|m| Some(m.6)),
+        f(&|m| Some(m.7)),
+        f(&|m| Some(m.8)),
+        f(&|m| m.9),
+    ];
+    RecordBatch::try_new(stockanomaly::features::market::market_schema(), cols).unwrap()
+}
+
+fn betas() -> RecordBatch {
+    use arrow::array::TimestampMicrosecondArray;
+    use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+    let day0 = T0 - T0.rem_euclid(86_400 * S);
+    let cols: Vec<ArrayRef> = vec![
+        std::sync::Arc::new(
+            TimestampMicrosecondArray::from_iter_values(
+                BETAS.iter().map(|b| day0 + b.1 * 86_400 * S),
+            )
+            .with_timezone("UTC"),
+        ),
+        std::sync::Arc::new(StringArray::from_iter_values(BETAS.iter().map(|b| b.0))),
+        std::sync::Arc::new(Int64Array::from_iter_values(BETAS.iter().map(|_| 40))),
+        std::sync::Arc::new(Float64Array::from_iter_values(BETAS.iter().map(|b| b.2))),
+    ];
+    RecordBatch::try_new(stockanomaly::features::market::betas_schema(), cols).unwrap()
+}
+
 async fn computed(ts: &[T]) -> BTreeMap<(String, i64, u32), Row> {
     let catalog = Catalog::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../queries"))
         .await
@@ -164,16 +294,21 @@ async fn computed(ts: &[T]) -> BTreeMap<(String, i64, u32), Row> {
         ),
     )
     .unwrap();
-    let profiles = with_date(profiles());
-    ctx.deregister_table("profiles").unwrap();
-    ctx.register_table(
-        "profiles",
-        std::sync::Arc::new(
-            datafusion::datasource::MemTable::try_new(profiles.schema(), vec![vec![profiles]])
-                .unwrap(),
-        ),
-    )
-    .unwrap();
+    for (name, table) in [
+        ("profiles", with_date(profiles())),
+        ("market", with_date(market())),
+        ("betas", with_date(betas())),
+    ] {
+        ctx.deregister_table(name).unwrap();
+        ctx.register_table(
+            name,
+            std::sync::Arc::new(
+                datafusion::datasource::MemTable::try_new(table.schema(), vec![vec![table]])
+                    .unwrap(),
+            ),
+        )
+        .unwrap();
+    }
     common::pack_features(&ctx, &catalog)
         .await
         .into_iter()
@@ -344,6 +479,26 @@ fn expected(all: &[T]) -> BTreeMap<(String, i64, u32), Row> {
                 "move_vs_profile".into(),
                 ratio((t.price / s[w1[0]].price).ln().abs(), profile.map(|p| p.5)),
             );
+            // Market context: the row of the tick's own minute bucket and
+            // the beta of its own day.
+            let bucket = (t.ts - T0).div_euclid(MIN);
+            let m = MARKET.iter().find(|m| m.0 == sym && m.1 == bucket);
+            let beta = BETAS.iter().find(|b| b.0 == sym && b.1 == 0).map(|b| b.2);
+            r.insert("mkt_ret_1m".into(), m.map(|m| m.6));
+            r.insert("mkt_dispersion_1m".into(), m.map(|m| m.8));
+            r.insert(
+                "excess_ret_1m".into(),
+                m.zip(beta).map(|(m, b)| m.3 - b * m.7),
+            );
+            r.insert(
+                "excess_move_1m".into(),
+                m.zip(beta).map(|(m, b)| (t.price / m.2).ln() - b * m.7),
+            );
+            r.insert(
+                "rel_volume_vs_mkt".into(),
+                m.and_then(|m| m.4.zip(m.9.and_then(nonzero_f)).map(|(v, med)| v / med)),
+            );
+            r.insert("move_rank_1m".into(), m.map(|m| m.5));
             r.insert(
                 "tod_sin".into(),
                 Some((2.0 * std::f64::consts::PI * frac).sin()),

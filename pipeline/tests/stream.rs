@@ -75,6 +75,25 @@ fn scores(batches: &[RecordBatch]) -> BTreeMap<Key, (Option<u64>, bool, Option<S
     out
 }
 
+/// Every feature of every tick of `want` is in `got`, bit for bit.
+fn assert_bit_equal(
+    got: &BTreeMap<Key, Vec<Option<u64>>>,
+    want: &BTreeMap<Key, Vec<Option<u64>>>,
+    names: &[&str],
+    label: &str,
+) {
+    for (k, w) in want {
+        let g = &got[k];
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(
+                g[i].map(f64::from_bits),
+                w[i].map(f64::from_bits),
+                "{label}: {name} differs at {k:?}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn micro_batches_equal_backfill_and_score() {
     let dir = tempfile::tempdir().unwrap();
@@ -225,16 +244,12 @@ async fn micro_batches_equal_backfill_and_score() {
             .expect("the pack has volume_vs_profile");
         let profiled = got.values().filter(|r| r[seasonal].is_some()).count();
         assert!(profiled > n / 3, "{profiled} of {n} ticks have a profile");
-        for (k, w) in &want_features {
-            let g = &got[k];
-            for (i, name) in names.iter().enumerate() {
-                assert_eq!(
-                    g[i].map(f64::from_bits),
-                    w[i].map(f64::from_bits),
-                    "batch size {batch_rows}: {name} differs at {k:?}"
-                );
-            }
-        }
+        assert_bit_equal(
+            &got,
+            &want_features,
+            &names,
+            &format!("batch size {batch_rows}"),
+        );
         for (d, version) in versions.iter().enumerate() {
             let batch = ctx
                 .sql(&format!(
@@ -329,16 +344,7 @@ async fn micro_batches_equal_backfill_and_score() {
         .expect("the pack has excess_ret_1m");
     let with_beta = got.values().filter(|r| r[market].is_some()).count();
     assert!(with_beta > n / 3, "{with_beta} of {n} ticks have a beta");
-    for (k, w) in &want_features {
-        let g = &got[k];
-        for (i, name) in names.iter().enumerate() {
-            assert_eq!(
-                g[i].map(f64::from_bits),
-                w[i].map(f64::from_bits),
-                "idle pause: {name} differs at {k:?}"
-            );
-        }
-    }
+    assert_bit_equal(&got, &want_features, &names, "idle pause");
 
     // Out of order within the allowed lateness: blocks of 50 ticks arrive
     // reversed; with a lateness covering each block's time span, the
@@ -395,14 +401,5 @@ async fn micro_batches_equal_backfill_and_score() {
     assert!(out_of_order > n / 10, "the input is really out of order");
     let got = rows(&features, &names);
     assert_eq!(got.len(), n, "reordered: one feature row per tick");
-    for (k, w) in &want_features {
-        let g = &got[k];
-        for (i, name) in names.iter().enumerate() {
-            assert_eq!(
-                g[i].map(f64::from_bits),
-                w[i].map(f64::from_bits),
-                "reordered: {name} differs at {k:?}"
-            );
-        }
-    }
+    assert_bit_equal(&got, &want_features, &names, "reordered");
 }

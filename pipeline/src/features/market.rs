@@ -29,8 +29,8 @@ use chrono::NaiveDate;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::profiles::{
-    collect_as, done, lake_session, midnight_us, profiles_for, read_day, read_stored, store_day,
-    tick_dates, with_date_column, ProfileError, PROFILE_DAYS,
+    collect_as, done, lake_session, midnight_us, profiles_for, read_day, store_day, stored_or_made,
+    trailing_dates, with_date_column, ProfileError,
 };
 use crate::lake::{LakeRoot, TableSpec};
 use crate::tick::ts_type;
@@ -49,9 +49,6 @@ pub fn bucket_of(ts_us: i64) -> i64 {
 
 /// Fewest buckets of a symbol (over the trailing dates) for a beta.
 pub const MIN_BETA_BUCKETS: i64 = 30;
-
-/// Calendar days searched back for the trailing dates of a beta.
-const SEARCH_DAYS: i64 = 60;
 
 /// Column names of [`market_schema`].
 pub mod market_col {
@@ -213,27 +210,8 @@ pub async fn market_done(root: &LakeRoot, date: NaiveDate) -> bool {
     done(root, &TableSpec::market(), date).await
 }
 
-/// The `market` rows of `date`: stored ones, else made from its ticks (and
-/// stored when `store`).
-async fn market_of(
-    root: &LakeRoot,
-    date: NaiveDate,
-    sql: &str,
-    store: bool,
-) -> Result<RecordBatch, ProfileError> {
-    let spec = TableSpec::market();
-    if done(root, &spec, date).await {
-        return read_stored(root, &spec, "market", date).await;
-    }
-    let batch = compute_market(root, date, sql).await?;
-    if store {
-        store_day(root, &spec, date, &batch).await?;
-    }
-    Ok(batch)
-}
-
 /// Computes the betas of `date` from the `market` rows of the
-/// [`PROFILE_DAYS`] latest dates with ticks before it (made where not
+/// [`PROFILE_DAYS`](super::profiles::PROFILE_DAYS) latest dates with ticks before it (made where not
 /// stored, and stored when `store`). A symbol with fewer than
 /// [`MIN_BETA_BUCKETS`] buckets, or whose market never moved, has none.
 pub async fn compute_betas_with(
@@ -247,17 +225,15 @@ pub async fn compute_betas_with(
         date,
         source,
     };
-    let search = date - chrono::Duration::days(SEARCH_DAYS);
-    let days: Vec<NaiveDate> = tick_dates(root)
-        .await?
-        .into_iter()
-        .filter(|d| *d < date && *d >= search)
-        .rev()
-        .take(PROFILE_DAYS)
-        .collect();
-    let mut rows = Vec::with_capacity(days.len());
-    for d in days.iter().rev() {
-        rows.push(market_of(root, *d, sql, store).await?);
+    let spec = TableSpec::market();
+    let mut rows = Vec::new();
+    for d in trailing_dates(root, date).await? {
+        rows.push(
+            stored_or_made(root, &spec, "market", d, store, || {
+                compute_market(root, d, sql)
+            })
+            .await?,
+        );
     }
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
     stockanomaly_udfs::register_all(&ctx);

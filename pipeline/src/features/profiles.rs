@@ -261,26 +261,51 @@ pub async fn write_minute_stats(root: &LakeRoot, date: NaiveDate) -> Result<(), 
     store_day(root, &TableSpec::minute_stats(), date, &batch).await
 }
 
-/// The minute statistics of `date`: stored ones, else made from its ticks
-/// (and stored when `store`).
-async fn minute_stats_of(
+/// The rows of `spec` for `date`: the stored ones, else `make`'s (stored
+/// when `store`). Derived daily tables are made once and read after.
+pub(super) async fn stored_or_made<F, Fut>(
     root: &LakeRoot,
+    spec: &TableSpec,
+    table: &'static str,
     date: NaiveDate,
     store: bool,
-) -> Result<RecordBatch, ProfileError> {
-    let spec = TableSpec::minute_stats();
-    if done(root, &spec, date).await {
-        return read_stored(root, &spec, "minute_stats", date).await;
+    make: F,
+) -> Result<RecordBatch, ProfileError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<RecordBatch, ProfileError>>,
+{
+    if done(root, spec, date).await {
+        return read_stored(root, spec, table, date).await;
     }
-    let batch = compute_minute_stats(root, date).await?;
+    let batch = make().await?;
     if store {
-        store_day(root, &spec, date, &batch).await?;
+        store_day(root, spec, date, &batch).await?;
     }
     Ok(batch)
 }
 
+/// The [`PROFILE_DAYS`] latest dates with ticks before `date` (within
+/// about two months), oldest first: what a day's profiles and betas are
+/// made from.
+pub(super) async fn trailing_dates(
+    root: &LakeRoot,
+    date: NaiveDate,
+) -> Result<Vec<NaiveDate>, ProfileError> {
+    let search = date - chrono::Duration::days(SEARCH_DAYS);
+    let mut days: Vec<NaiveDate> = tick_dates(root)
+        .await?
+        .into_iter()
+        .filter(|d| *d < date && *d >= search)
+        .rev()
+        .take(PROFILE_DAYS)
+        .collect();
+    days.reverse();
+    Ok(days)
+}
+
 /// The lake's dates with ticks, from the `ticks/date=...` folder names.
-pub(super) async fn tick_dates(root: &LakeRoot) -> Result<Vec<NaiveDate>, ProfileError> {
+async fn tick_dates(root: &LakeRoot) -> Result<Vec<NaiveDate>, ProfileError> {
     let prefix = root.path(&TableSpec::ticks().name);
     let listed = root
         .store()
@@ -310,17 +335,15 @@ pub async fn compute_profiles_with(
     date: NaiveDate,
     store: bool,
 ) -> Result<RecordBatch, ProfileError> {
-    let search = date - chrono::Duration::days(SEARCH_DAYS);
-    let days: Vec<NaiveDate> = tick_dates(root)
-        .await?
-        .into_iter()
-        .filter(|d| *d < date && *d >= search)
-        .rev()
-        .take(PROFILE_DAYS)
-        .collect();
-    let mut stats = Vec::with_capacity(days.len());
-    for d in days.iter().rev() {
-        stats.push(minute_stats_of(root, *d, store).await?);
+    let spec = TableSpec::minute_stats();
+    let mut stats = Vec::new();
+    for d in trailing_dates(root, date).await? {
+        stats.push(
+            stored_or_made(root, &spec, "minute_stats", d, store, || {
+                compute_minute_stats(root, d)
+            })
+            .await?,
+        );
     }
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
     let m = datafusion::datasource::MemTable::try_new(minute_stats_schema(), vec![stats]).map_err(
@@ -411,7 +434,7 @@ pub(super) fn with_date_column(
 
 /// The stored rows of `spec` for `date` without the `date` column, as
 /// computed.
-pub(super) async fn read_stored(
+async fn read_stored(
     root: &LakeRoot,
     spec: &TableSpec,
     table: &'static str,

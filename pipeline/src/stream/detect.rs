@@ -111,6 +111,16 @@ pub enum DetectError {
     Lake(#[from] crate::lake::LakeError),
     #[error("stopped by a signal while PostgreSQL was unreachable; the batch in flight was not committed and will be read again")]
     ShutdownDuringOutage,
+    #[error(
+        "the feature files read the market (all symbols at each minute), but this detector \
+         reads {mine} of the {all} partitions of {topic}: run `stockanomaly market-context` \
+         and give every detector --market-topic"
+    )]
+    MarketNeedsStage {
+        topic: String,
+        mine: usize,
+        all: usize,
+    },
 }
 
 /// A partition's phase.
@@ -162,6 +172,10 @@ impl DetectContext {
 }
 
 impl ClientContext for DetectContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        quiet_eof(error, reason);
+    }
+
     fn stats(&self, statistics: Statistics) {
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
@@ -197,6 +211,26 @@ impl ConsumerContext for DetectContext {
     }
 }
 
+/// A consumer context for which end-of-partition reports are events, not
+/// errors to log.
+pub(crate) struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        quiet_eof(error, reason);
+    }
+}
+
+impl ConsumerContext for QuietEof {}
+
+/// Logs a librdkafka client error, except the end-of-partition reports
+/// (`enable.partition.eof`), which the consumer loops handle as events.
+pub(crate) fn quiet_eof(error: rdkafka::error::KafkaError, reason: &str) {
+    if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+        tracing::error!(%error, reason, "librdkafka error.");
+    }
+}
+
 /// Resolves once a shutdown was asked for (and at once if it already was).
 async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
@@ -229,6 +263,9 @@ pub async fn detect(
         // A topic created after the detector started is found within
         // seconds, not librdkafka's default five minutes.
         .set("topic.metadata.refresh.interval.ms", "5000")
+        // The end of a partition is reported: only then may an idle
+        // partition stop holding market buckets open.
+        .set("enable.partition.eof", "true")
         .create_with_context(DetectContext {
             topic: options.topic.clone(),
             events: Arc::clone(&events),
@@ -242,8 +279,14 @@ pub async fn detect(
             executor = executor.with_external_market();
             Some(MarketReader::new(&options.brokers, &options.group, t)?)
         }
-        None => None,
+        None => {
+            executor = executor.idle_needs_end();
+            None
+        }
     };
+    // Partitions of the tick topic, once known: a detector computing the
+    // market itself must read them all.
+    let mut topic_partitions: Option<usize> = None;
     let alert_topic = match &options.alerts_topic {
         Some(t) => Some(AlertTopic::new(&options.brokers, t).await?),
         None => None,
@@ -269,6 +312,8 @@ pub async fn detect(
     // idleness).
     let mut quiet = Duration::ZERO;
     let mut end_of_stream = false;
+    // Extra quiet periods waited at the end for the stage's last rows.
+    let mut end_waits = 0;
     // Total time spent reading the topic: the executor's idle clock.
     let mut reading = Duration::ZERO;
     let started = Instant::now();
@@ -330,6 +375,10 @@ pub async fn detect(
                 Err(rdkafka::error::KafkaError::MessageConsumption(code)) => {
                     tracing::warn!(error = %code, topic = %options.topic, "Kafka consumption error; retrying.");
                     tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                    executor.partition_caught_up(p);
                     continue;
                 }
                 Err(e) => return Err(kafka("receiving")(e)),
@@ -440,7 +489,32 @@ pub async fn detect(
         let filled = fill_started.elapsed();
         reading += filled;
         executor.set_clock(reading);
-        executor.expect_partitions(&assigned(&consumer, &options.topic));
+        let mine = assigned(&consumer, &options.topic);
+        if market.is_none() && executor.uses_market() && !mine.is_empty() {
+            if topic_partitions.is_none() {
+                topic_partitions = consumer
+                    .fetch_metadata(Some(&options.topic), Duration::from_secs(10))
+                    .ok()
+                    .and_then(|md| {
+                        md.topics()
+                            .iter()
+                            .find(|t| t.name() == options.topic)
+                            .map(|t| t.partitions().len())
+                    })
+                    .filter(|&n| n > 0);
+            }
+            if let Some(all) = topic_partitions.filter(|&all| mine.len() < all) {
+                return Err(DetectError::MarketNeedsStage {
+                    topic: options.topic.clone(),
+                    mine: mine.len(),
+                    all,
+                });
+            }
+        }
+        executor.expect_partitions(&mine);
+        for p in behind(&consumer, &options.topic, &executor.market_idle_at_end()) {
+            executor.partition_behind(p);
+        }
         let market_news = match &market {
             Some(m) => m.drain(&mut executor)?,
             None => 0,
@@ -503,6 +577,15 @@ pub async fn detect(
                     owned.insert(p);
                 } else {
                     owned.remove(&p);
+                }
+            }
+            // New partitions replay from their stored offsets, into buckets
+            // whose market rows this detector may have forgotten: read the
+            // market topic again (known buckets are skipped).
+            if owned.difference(&before).next().is_some() {
+                if let Some(m) = &market {
+                    m.rewind()?;
+                    executor.market_rewound();
                 }
             }
             before.difference(&owned).copied().collect()
@@ -649,7 +732,12 @@ pub async fn detect(
                 if executor.pending() == 0 {
                     break;
                 }
-                if end_of_stream {
+                if end_of_stream && market.is_some() && end_waits < MARKET_END_WAITS {
+                    // The stage may be slower than this detector: wait for
+                    // its last buckets a few more quiet periods.
+                    end_waits += 1;
+                    quiet = Duration::ZERO;
+                } else if end_of_stream {
                     // Still pending after a quiet period at the end: market
                     // rows that never came. Left uncommitted for the next run.
                     tracing::warn!(
@@ -662,7 +750,7 @@ pub async fn detect(
                 end_of_stream = true;
                 if market.is_some() {
                     // The stage closes the last buckets once it is idle
-                    // too: give their rows one more quiet period.
+                    // too: give their rows more quiet periods.
                     quiet = Duration::ZERO;
                 }
             }
@@ -689,33 +777,99 @@ pub(crate) fn assigned<C: ConsumerContext>(consumer: &StreamConsumer<C>, topic: 
         .unwrap_or_default()
 }
 
+/// Of `partitions` (counted idle because their end was reached), those
+/// whose end has moved on since: they are not idle. Local: librdkafka's
+/// cached high watermarks (refreshed by its fetches, which go on at a
+/// partition's end) against this consumer's positions, no broker round trip.
+pub(crate) fn behind<C: ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+    partitions: &[i32],
+) -> Vec<i32> {
+    if partitions.is_empty() {
+        return Vec::new();
+    }
+    let (Ok(position), Ok(c_topic)) = (consumer.position(), std::ffi::CString::new(topic)) else {
+        // Unknown: not idle, the safe side.
+        return partitions.to_vec();
+    };
+    partitions
+        .iter()
+        .copied()
+        .filter(|&p| {
+            let at = position
+                .find_partition(topic, p)
+                .and_then(|e| e.offset().to_raw());
+            let (mut low, mut high) = (-1i64, -1i64);
+            // SAFETY: the client pointer lives as long as `consumer`; the
+            // topic is a NUL-terminated string alive for the call; the
+            // outputs are plain integers. The call only reads librdkafka's
+            // cached offsets (rd_kafka_get_watermark_offsets).
+            let err = unsafe {
+                rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                    consumer.client().native_ptr(),
+                    c_topic.as_ptr(),
+                    p,
+                    &mut low,
+                    &mut high,
+                )
+            };
+            let known = err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
+            match at {
+                Some(at) if known && at >= 0 && high >= 0 => high > at,
+                // No position or no cached watermark yet: the end was
+                // reported by librdkafka itself, so trust it.
+                _ => false,
+            }
+        })
+        .collect()
+}
+
+/// Quiet periods (`--exit-when-idle`) a detector reading a market-context
+/// stage waits at the end of the stream for the rows of its last buckets.
+const MARKET_END_WAITS: u32 = 4;
+
 /// Reads the `market` topic in full (see
 /// [`crate::stream::market_context`]) into the executor.
 struct MarketReader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<QuietEof>,
     topic: String,
 }
 
 impl MarketReader {
     fn new(brokers: &str, group: &str, topic: &str) -> Result<Self, DetectError> {
         let kafka = |context: String| move |source| DetectError::Kafka { context, source };
-        let consumer: BaseConsumer = ClientConfig::new()
+        let consumer: BaseConsumer<QuietEof> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             // Never committed: every detector reads the whole topic.
             .set("group.id", format!("{group}-market"))
             .set("enable.auto.commit", "false")
-            .create()
+            // Its end says every bucket's rows are known again.
+            .set("enable.partition.eof", "true")
+            .create_with_context(QuietEof)
             .map_err(kafka(format!("creating the reader of {topic}")))?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, 0, Offset::Beginning)
-            .map_err(kafka(format!("positioning on {topic}")))?;
-        consumer
-            .assign(&tpl)
-            .map_err(kafka(format!("assigning {topic}")))?;
-        Ok(MarketReader {
+        let reader = MarketReader {
             consumer,
             topic: topic.to_owned(),
-        })
+        };
+        reader.rewind()?;
+        Ok(reader)
+    }
+
+    /// Reads the topic again from its beginning.
+    fn rewind(&self) -> Result<(), DetectError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, 0, Offset::Beginning)
+            .map_err(|source| DetectError::Kafka {
+                context: format!("positioning on {}", self.topic),
+                source,
+            })?;
+        self.consumer
+            .assign(&tpl)
+            .map_err(|source| DetectError::Kafka {
+                context: format!("assigning {}", self.topic),
+                source,
+            })
     }
 
     /// Hands every market message that has arrived to `executor`; returns
@@ -725,6 +879,10 @@ impl MarketReader {
         while let Some(m) = self.consumer.poll(Duration::ZERO) {
             let m = match m {
                 Ok(m) => m,
+                Err(rdkafka::error::KafkaError::PartitionEOF(_)) => {
+                    executor.market_caught_up();
+                    break;
+                }
                 // Not created yet by the stage, or a leader moving.
                 Err(e) => {
                     tracing::debug!(error = %e, topic = %self.topic, "Market topic not readable yet.");

@@ -168,6 +168,16 @@ struct Book {
     buckets: BTreeMap<i64, i64>,
 }
 
+/// What this executor has read of a source partition, for forgetting
+/// market rows no tick can need any more.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    newest: i64,
+    arrived: Duration,
+    /// Read to its end (nothing came since).
+    caught_up: bool,
+}
+
 /// The market context of an executor whose catalog reads `market`.
 #[derive(Debug)]
 struct MarketContext {
@@ -180,11 +190,17 @@ struct MarketContext {
     counts: HashMap<String, BTreeMap<i64, i64>>,
     /// Every bucket before this (µs) is closed.
     closed_until: i64,
+    /// Rows of buckets before this (µs) were forgotten: nothing is known of
+    /// them until a market-context stage's rows are read again.
+    forgotten_before: i64,
     /// Betas per day (days since the epoch), with their `date` column.
     betas: BTreeMap<i64, RecordBatch>,
     /// Per partition, the newest `ts` and when it arrived: what this
     /// executor can still receive, for forgetting old rows.
-    marks: BTreeMap<i32, (i64, Duration)>,
+    marks: BTreeMap<i32, Mark>,
+    /// The stage's topic is being read from its start (at first, or again
+    /// for new partitions): nothing is forgotten until its end is reached.
+    rereading: bool,
 }
 
 /// Microseconds in a day.
@@ -308,8 +324,10 @@ impl Executor {
             rows: BTreeMap::new(),
             counts: HashMap::new(),
             closed_until: i64::MIN,
+            forgotten_before: i64::MIN,
             betas: BTreeMap::new(),
             marks: BTreeMap::new(),
+            rereading: false,
         });
         Ok(Executor {
             market,
@@ -345,8 +363,18 @@ impl Executor {
     pub fn with_external_market(mut self) -> Self {
         if let Some(m) = &mut self.market {
             m.closer = None;
+            m.rereading = true;
         }
         self
+    }
+
+    /// The stage's topic is read again from its start (new partitions may
+    /// need buckets already forgotten): nothing is forgotten until
+    /// [`Executor::market_caught_up`].
+    pub fn market_rewound(&mut self) {
+        if let Some(m) = &mut self.market {
+            m.rereading = true;
+        }
     }
 
     /// Tells the in-process bucket closer which partitions this executor
@@ -354,8 +382,90 @@ impl Executor {
     /// buckets open until it has been idle for the idle timeout.
     pub fn expect_partitions(&mut self, partitions: &[i32]) {
         let now = self.now();
-        if let Some(c) = self.market.as_mut().and_then(|m| m.closer.as_mut()) {
+        let Some(m) = &mut self.market else {
+            return;
+        };
+        for &p in partitions {
+            m.marks.entry(p).or_insert(Mark {
+                newest: i64::MIN,
+                arrived: now,
+                caught_up: false,
+            });
+        }
+        if let Some(c) = &mut m.closer {
             c.expect(partitions, now);
+        }
+    }
+
+    /// Counts a source partition as idle for market buckets only once
+    /// [`Executor::partition_caught_up`] said its end was reached (Kafka,
+    /// whose consumers do not interleave partitions fairly).
+    pub fn idle_needs_end(mut self) -> Self {
+        if let Some(c) = self.market.as_mut().and_then(|m| m.closer.as_mut()) {
+            c.idle_needs_end();
+        }
+        self
+    }
+
+    /// The consumer has read everything `partition` holds now.
+    pub fn partition_caught_up(&mut self, partition: i32) {
+        let now = self.now();
+        let Some(m) = &mut self.market else {
+            return;
+        };
+        if let Some(mark) = m.marks.get_mut(&partition) {
+            mark.caught_up = true;
+        }
+        if let Some(c) = &mut m.closer {
+            c.caught_up(partition, now);
+        }
+    }
+
+    /// The market-context stage's topic has been read to its end: every
+    /// bucket's rows are known again (after a rewind for new partitions).
+    pub fn market_caught_up(&mut self) {
+        if let Some(m) = &mut self.market {
+            if m.rereading {
+                m.rereading = false;
+                m.forgotten_before = i64::MIN;
+            }
+        }
+    }
+
+    /// Partitions counted idle for market buckets because their end was
+    /// reached: the caller checks them against the broker and calls
+    /// [`Executor::partition_behind`] for those that received more since.
+    pub fn market_idle_at_end(&self) -> Vec<i32> {
+        let now = self.now();
+        let Some(m) = &self.market else {
+            return Vec::new();
+        };
+        let mut out: Vec<i32> = m
+            .marks
+            .iter()
+            .filter(|(_, k)| {
+                k.caught_up && now.saturating_sub(k.arrived) >= self.config.idle_timeout
+            })
+            .map(|(&p, _)| p)
+            .collect();
+        if let Some(c) = &m.closer {
+            out.extend(c.idle_at_end(now));
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The broker holds messages of `partition` this executor has not read.
+    pub fn partition_behind(&mut self, partition: i32) {
+        let Some(m) = &mut self.market else {
+            return;
+        };
+        if let Some(k) = m.marks.get_mut(&partition) {
+            k.caught_up = false;
+        }
+        if let Some(c) = &mut m.closer {
+            c.not_caught_up(partition);
         }
     }
 
@@ -677,7 +787,7 @@ impl Executor {
                     Some(&n) if have >= n => Some(format!(
                         "ts {t} arrived after its market bucket closed with {n} ticks of the symbol"
                     )),
-                    None if bucket < m.closed_until => Some(format!(
+                    None if bucket < m.closed_until && m.knows(bucket) => Some(format!(
                         "ts {t} arrived after its market bucket closed without the symbol"
                     )),
                     _ => None,
@@ -704,8 +814,14 @@ impl Executor {
                     }
                     if let Some(m) = &mut self.market {
                         *book.buckets.entry(bucket).or_insert(0) += 1;
-                        let mark = m.marks.entry(p).or_insert((t, now));
-                        *mark = (mark.0.max(t), now);
+                        let mark = m.marks.entry(p).or_insert(Mark {
+                            newest: t,
+                            arrived: now,
+                            caught_up: false,
+                        });
+                        mark.newest = mark.newest.max(t);
+                        mark.arrived = now;
+                        mark.caught_up = false;
                     }
                     keep.push(true);
                 }
@@ -774,7 +890,7 @@ impl Executor {
         let market_until: Option<HashMap<&str, i64>> = self.market.as_ref().map(|m| {
             self.books
                 .iter()
-                .map(|(s, b)| (s.as_str(), m.ready_until(s, b, is_idle(b))))
+                .map(|(s, b)| (s.as_str(), m.ready_until(s, b)))
                 .collect()
         });
         for i in 0..self.held.num_rows() {
@@ -915,6 +1031,9 @@ impl Executor {
         let Some(m) = &mut self.market else {
             return;
         };
+        if m.rereading {
+            return;
+        }
         let lateness = duration_us(self.config.allowed_lateness);
         let pending = self
             .books
@@ -922,11 +1041,13 @@ impl Executor {
             .filter(|b| b.emitted.is_none_or(|e| e < b.newest))
             .filter_map(|b| b.buckets.keys().next().copied())
             .min();
+        // A partition read to its end and silent sends nothing older; one
+        // merely silent may (Kafka serves partitions unevenly).
         let watermark = m
             .marks
             .values()
-            .filter(|(_, at)| now.saturating_sub(*at) < self.config.idle_timeout)
-            .map(|(t, _)| bucket_of(t.saturating_sub(lateness)))
+            .filter(|k| !(k.caught_up && now.saturating_sub(k.arrived) >= self.config.idle_timeout))
+            .map(|k| bucket_of(k.newest.saturating_sub(lateness)))
             .min();
         let bound = match (pending, watermark) {
             (Some(p), Some(w)) => p.min(w),
@@ -934,6 +1055,7 @@ impl Executor {
             (None, Some(w)) => w,
             (None, None) => return,
         };
+        m.forgotten_before = m.forgotten_before.max(bound);
         m.rows = m.rows.split_off(&bound);
         m.counts.retain(|_, c| {
             *c = c.split_off(&bound);
@@ -1103,16 +1225,27 @@ impl MarketContext {
         Ok(())
     }
 
+    /// Whether the absence of a row of `bucket` means something: not a
+    /// bucket forgotten while rows come from a market-context stage (an
+    /// in-process closer refuses such ticks itself).
+    fn knows(&self, bucket: i64) -> bool {
+        self.closer.is_some() || bucket >= self.forgotten_before
+    }
+
     /// The first bucket of `book`'s symbol whose ticks are not final yet
     /// (`i64::MAX`: none): its market row unknown, or made from more ticks
-    /// than are held (the rest are still on their way) unless the symbol
-    /// is `idle` and the bucket closed (the executor refused some as late).
-    fn ready_until(&self, symbol: &str, book: &Book, idle: bool) -> i64 {
+    /// than are held (the rest are still on their way). The stage refuses
+    /// late ticks by the same rules as the executor, so the counts meet.
+    fn ready_until(&self, symbol: &str, book: &Book) -> i64 {
         let counts = self.counts.get(symbol);
         for (&b, &have) in &book.buckets {
+            let closed = b < self.closed_until;
             let complete = match counts.and_then(|c| c.get(&b)) {
-                Some(&n) => have >= n || (idle && b < self.closed_until),
-                None => b < self.closed_until,
+                // Fewer held: the rest are still on their way (a consumer
+                // serves partitions unevenly), however long that takes.
+                Some(&n) => have >= n,
+                // A forgotten bucket waits for its rows to be read again.
+                None => closed && self.knows(b),
             };
             if !complete {
                 return b;

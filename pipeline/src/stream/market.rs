@@ -10,6 +10,13 @@
 //! caller's clock) does not hold buckets open; when every partition is
 //! idle, every bucket with ticks is closed. At the end of a stream all are.
 //!
+//! A Kafka consumer does not interleave partitions fairly: it may hand out
+//! thousands of one partition's messages before the first of another, so
+//! silence alone does not mean a partition has nothing more.
+//! With [`BucketCloser::idle_needs_end`], a partition is idle only once the
+//! consumer has also reached its end ([`BucketCloser::caught_up`], from
+//! librdkafka's partition EOF) and nothing came since.
+//!
 //! **Late ticks.** A tick whose bucket is already closed cannot change its
 //! row: it is refused (the caller dead-letters and counts it). The detector
 //! refuses the same ticks, because it scores a bucket's ticks of a symbol
@@ -45,6 +52,8 @@ pub struct CloserConfig {
 struct PartitionMark {
     newest: i64,
     arrived: Duration,
+    /// The consumer has read everything the partition holds.
+    caught_up: bool,
 }
 
 /// Ticks of closed buckets, ready for the bucket query.
@@ -66,6 +75,8 @@ pub struct BucketCloser {
     open: Vec<RecordBatch>,
     marks: BTreeMap<i32, PartitionMark>,
     closed_until: i64,
+    /// Idle also needs the partition's end reached (Kafka).
+    needs_end: bool,
 }
 
 impl BucketCloser {
@@ -77,7 +88,26 @@ impl BucketCloser {
             open: Vec::new(),
             marks: BTreeMap::new(),
             closed_until: i64::MIN,
+            needs_end: false,
         }
+    }
+
+    /// Counts a partition as idle only once [`caught_up`](Self::caught_up)
+    /// said its end was reached (and nothing came since), not on silence
+    /// alone: for Kafka consumers (see the module documentation).
+    pub fn idle_needs_end(&mut self) {
+        self.needs_end = true;
+    }
+
+    /// The consumer has reached the end of `partition` (read everything it
+    /// holds now), at `now`.
+    pub fn caught_up(&mut self, partition: i32, now: Duration) {
+        let mark = self.marks.entry(partition).or_insert(PartitionMark {
+            newest: i64::MIN,
+            arrived: now,
+            caught_up: true,
+        });
+        mark.caught_up = true;
     }
 
     /// Every bucket starting before this (µs) is closed (`i64::MIN`: none).
@@ -107,9 +137,11 @@ impl BucketCloser {
                 .or_insert(PartitionMark {
                     newest: *t,
                     arrived: now,
+                    caught_up: false,
                 });
             mark.newest = mark.newest.max(*t);
             mark.arrived = now;
+            mark.caught_up = false;
             late.push(bucket_of(*t) < self.closed_until);
         }
         let keep: BooleanArray = late.iter().map(|l| Some(!l)).collect();
@@ -131,7 +163,10 @@ impl BucketCloser {
         let watermark = self
             .marks
             .values()
-            .filter(|m| !all && now.saturating_sub(m.arrived) < self.config.idle_timeout)
+            .filter(|m| {
+                let silent = now.saturating_sub(m.arrived) >= self.config.idle_timeout;
+                !all && !(silent && (m.caught_up || !self.needs_end))
+            })
             .map(|m| m.newest.saturating_sub(lateness))
             .min();
         let newest = self
@@ -173,6 +208,28 @@ impl BucketCloser {
         }))
     }
 
+    /// Partitions counted idle now by their end having been reached: the
+    /// caller checks each against the broker ([`not_caught_up`] when more
+    /// arrived there since), as new data does not announce itself.
+    ///
+    /// [`not_caught_up`]: Self::not_caught_up
+    pub fn idle_at_end(&self, now: Duration) -> Vec<i32> {
+        self.marks
+            .iter()
+            .filter(|(_, m)| {
+                m.caught_up && now.saturating_sub(m.arrived) >= self.config.idle_timeout
+            })
+            .map(|(&p, _)| p)
+            .collect()
+    }
+
+    /// The broker holds messages of `partition` not read yet.
+    pub fn not_caught_up(&mut self, partition: i32) {
+        if let Some(m) = self.marks.get_mut(&partition) {
+            m.caught_up = false;
+        }
+    }
+
     /// Partitions the caller reads (its assignment): one that has sent no
     /// tick yet holds every bucket open until it has been silent for the
     /// idle timeout from now, so the first partition to deliver does not
@@ -182,6 +239,7 @@ impl BucketCloser {
             self.marks.entry(p).or_insert(PartitionMark {
                 newest: i64::MIN,
                 arrived: now,
+                caught_up: false,
             });
         }
     }
@@ -347,6 +405,39 @@ mod tests {
         assert_eq!(closed.closed_until, T0 + 4 * BUCKET_US);
         assert_eq!(
             closed_count(c.close(Duration::from_secs(9), true).unwrap()),
+            0
+        );
+    }
+
+    #[test]
+    fn kafka_partitions_are_idle_only_at_their_end() {
+        let mut c = closer(2);
+        c.idle_needs_end();
+        c.admit(&ticks(&[T0]), &Int32Array::from(vec![0]), Duration::ZERO)
+            .unwrap();
+        c.admit(
+            &ticks(&[T0 + 3 * BUCKET_US]),
+            &Int32Array::from(vec![1]),
+            Duration::ZERO,
+        )
+        .unwrap();
+        // Silent, but not known to be at its end: partition 0 may have more.
+        assert_eq!(
+            closed_count(c.close(Duration::from_secs(5), false).unwrap()),
+            0
+        );
+        c.caught_up(0, Duration::from_secs(5));
+        let closed = c.close(Duration::from_secs(5), false).unwrap().unwrap();
+        assert_eq!(closed.ticks.num_rows(), 1);
+        // A message after the end: not caught up any more.
+        c.admit(
+            &ticks(&[T0 + 3 * BUCKET_US]),
+            &Int32Array::from(vec![0]),
+            Duration::from_secs(6),
+        )
+        .unwrap();
+        assert_eq!(
+            closed_count(c.close(Duration::from_secs(9), false).unwrap()),
             0
         );
     }

@@ -36,6 +36,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use super::detect::QuietEof;
 use super::market::{bucket_rows, BucketCloser, CloserConfig};
 use crate::features::market::market_schema;
 use crate::features::profiles::{profiles_for, ProfileError};
@@ -230,13 +231,14 @@ pub async fn market_context(
     };
     crate::sources::kafka::ensure_topic(&options.brokers, &options.market_topic, 1).await?;
     let resumed = last_closed_until(&options.brokers, &options.market_topic)?;
-    let consumer: StreamConsumer = ClientConfig::new()
+    let consumer: StreamConsumer<QuietEof> = ClientConfig::new()
         .set("bootstrap.servers", &options.brokers)
         .set("group.id", &options.group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("topic.metadata.refresh.interval.ms", "5000")
-        .create()
+        .set("enable.partition.eof", "true")
+        .create_with_context(QuietEof)
         .map_err(kafka("creating the consumer"))?;
     consumer
         .subscribe(&[options.topic.as_str()])
@@ -257,6 +259,7 @@ pub async fn market_context(
 
     let schema = held_schema();
     let mut closer = BucketCloser::new(Arc::clone(&schema), options.closer);
+    closer.idle_needs_end();
     if let Some(c) = resumed {
         tracing::info!(
             closed_until = c,
@@ -301,6 +304,10 @@ pub async fn market_context(
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
+                Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                    closer.caught_up(p, reading + fill_started.elapsed());
+                    continue;
+                }
                 Err(e) => return Err(kafka("receiving")(e)),
             };
             summary.messages += 1;
@@ -327,6 +334,9 @@ pub async fn market_context(
         let filled = fill_started.elapsed();
         reading += filled;
         closer.expect(&super::detect::assigned(&consumer, &options.topic), reading);
+        for p in super::detect::behind(&consumer, &options.topic, &closer.idle_at_end(reading)) {
+            closer.not_caught_up(p);
+        }
         if summary.messages == before {
             quiet += filled;
         } else {
@@ -465,7 +475,7 @@ async fn load_profiles(
 /// Commits, per partition, the first offset whose bucket is still open (or
 /// the one after the last read when none is).
 fn commit(
-    consumer: &StreamConsumer,
+    consumer: &StreamConsumer<QuietEof>,
     topic: &str,
     closer: &BucketCloser,
     last: &BTreeMap<i32, i64>,
