@@ -24,14 +24,14 @@ use tokio::net::{TcpListener, TcpStream};
 /// batch alerts).
 fn scored_lake(
     dir: &Path,
+    q: &Path,
     symbols: &str,
     trades: &str,
     seed: &str,
 ) -> (String, String, BTreeMap<Key, f64>) {
     let lake = dir.join("lake").to_str().unwrap().to_owned();
-    let q = queries();
+    common::simulate_backfill_with(dir, &lake, [symbols, "3", trades, "4", seed], q);
     let q = q.to_str().unwrap();
-    common::simulate_backfill(dir, &lake, [symbols, "3", trades, "4", seed]);
     ok(
         dir,
         &[
@@ -58,9 +58,15 @@ fn scored_lake(
     (lake, version, want)
 }
 
-fn detect_args(lake: &str, topic: &str, group: &str, url: &str, extra: &[&str]) -> Vec<String> {
+fn detect_args(
+    q: &Path,
+    lake: &str,
+    topic: &str,
+    group: &str,
+    url: &str,
+    extra: &[&str],
+) -> Vec<String> {
     let brokers = service_env("STOCKANOMALY_TEST_KAFKA");
-    let q = queries();
     let mut args: Vec<String> = [
         "detect",
         "--lake",
@@ -207,7 +213,11 @@ fn free_port() -> u16 {
 #[tokio::test]
 async fn two_detectors_in_a_group_write_the_alerts_of_one_across_a_rebalance() {
     let dir = tempfile::tempdir().unwrap();
-    let (lake, version, want) = scored_lake(dir.path(), "12", "120", "51");
+    // Members of a group each read some partitions: without a
+    // market-context stage they need features of their own symbols only
+    // (tests/detect.rs runs shared partitions with the stage).
+    let q = common::per_symbol_queries(dir.path());
+    let (lake, version, want) = scored_lake(dir.path(), &q, "12", "120", "51");
     let days = days(dir.path(), &lake).await;
     assert_eq!(days.len(), 3);
     let topic = unique("scale");
@@ -217,33 +227,8 @@ async fn two_detectors_in_a_group_write_the_alerts_of_one_across_a_rebalance() {
     let db = TestDb::new("scale").await;
     let client = db.client().await;
     let metrics = format!("127.0.0.1:{}", free_port());
-    // Members of a group each read some partitions: the market context
-    // (all symbols at each minute) comes from the stage reading them all.
-    let market = format!("{topic}-market");
-    let q = queries();
-    let stage_args: Vec<String> = [
-        "market-context",
-        "--lake",
-        &lake,
-        "--queries",
-        q.to_str().unwrap(),
-        "--source",
-        &format!("kafka://{}/{topic}", service_env("STOCKANOMALY_TEST_KAFKA")),
-        "--market-topic",
-        &market,
-        "--group",
-        &format!("{topic}-mc"),
-        "--idle-timeout-ms",
-        "300",
-        // Outlives the test (killed at its end), across the pause.
-        "--exit-when-idle",
-        "900",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    let _stage = spawn(dir.path(), &stage_args, "stage");
     let a_args = detect_args(
+        &q,
         &lake,
         &topic,
         &topic,
@@ -255,17 +240,9 @@ async fn two_detectors_in_a_group_write_the_alerts_of_one_across_a_rebalance() {
             "500",
             "--metrics-addr",
             &metrics,
-            "--market-topic",
-            &market,
         ],
     );
-    let b_args = detect_args(
-        &lake,
-        &topic,
-        &topic,
-        &db.url,
-        &["--batch-rows", "500", "--market-topic", &market],
-    );
+    let b_args = detect_args(&q, &lake, &topic, &topic, &db.url, &["--batch-rows", "500"]);
     // A starts alone and takes every partition; B joins once A has
     // committed something (a rebalance: A gives B half the partitions).
     let mut a = spawn(dir.path(), &a_args, "a");
@@ -422,7 +399,8 @@ impl Proxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_outage_mid_stream_loses_nothing_and_commits_nothing_early() {
     let dir = tempfile::tempdir().unwrap();
-    let (lake, version, want) = scored_lake(dir.path(), "4", "300", "61");
+    let q = queries();
+    let (lake, version, want) = scored_lake(dir.path(), &q, "4", "300", "61");
     let topic = unique("outage");
     let db = TestDb::new("outage").await;
     let client = db.client().await;
@@ -442,6 +420,7 @@ async fn a_postgres_outage_mid_stream_loses_nothing_and_commits_nothing_early() 
     let days = days(dir.path(), &lake).await;
     produce(dir.path(), &lake, &topic, &days[0], &days[2]);
     let args = detect_args(
+        &q,
         &lake,
         &topic,
         &topic,

@@ -253,6 +253,11 @@ pub fn queries() -> PathBuf {
 /// `simulate` into `lake` (symbols, days, trades per day, events per
 /// symbol-day, seed), then `backfill` it with the repository's queries.
 pub fn simulate_backfill(dir: &Path, lake: &str, sim: [&str; 5]) {
+    simulate_backfill_with(dir, lake, sim, &queries());
+}
+
+/// [`simulate_backfill`] with the feature files of the queries folder `q`.
+pub fn simulate_backfill_with(dir: &Path, lake: &str, sim: [&str; 5], q: &Path) {
     let [symbols, days, trades, events, seed] = sim;
     ok(
         dir,
@@ -272,11 +277,29 @@ pub fn simulate_backfill(dir: &Path, lake: &str, sim: [&str; 5]) {
             seed,
         ],
     );
-    let q = queries();
     ok(
         dir,
         &["backfill", "--lake", lake, "--queries", q.to_str().unwrap()],
     );
+}
+
+/// A copy of the queries folder under `dir` without the feature files that
+/// read the market: per-symbol features only, for detectors sharing a
+/// group without a market-context stage.
+pub fn per_symbol_queries(dir: &Path) -> PathBuf {
+    let out = dir.join("queries-per-symbol");
+    for sub in ["features", "rules"] {
+        std::fs::create_dir_all(out.join(sub)).unwrap();
+        for e in std::fs::read_dir(queries().join(sub)).unwrap() {
+            let path = e.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            if sub == "features" && text.contains("JOIN market") {
+                continue;
+            }
+            std::fs::write(out.join(sub).join(path.file_name().unwrap()), text).unwrap();
+        }
+    }
+    out
 }
 
 /// The rows of `query` over `lake`, from `stockanomaly sql --format json`.
