@@ -1207,20 +1207,32 @@ impl MarketContext {
         let ticks = rows
             .column(schema.index_of(market_col::TICKS)?)
             .as_primitive::<arrow::datatypes::Int64Type>();
-        let buckets: std::collections::BTreeSet<i64> = ts.values().iter().copied().collect();
-        for b in buckets {
-            if self.rows.contains_key(&b) {
-                continue;
+        // One pass: rows in bucket order, each bucket a contiguous slice
+        // (a closing can hold a whole day of buckets).
+        let order = arrow::compute::sort_to_indices(ts, None, None)?;
+        let sorted = arrow::compute::take_record_batch(rows, &order)?;
+        let sts = sorted
+            .column(schema.index_of(market_col::TS)?)
+            .as_primitive::<TimestampMicrosecondType>();
+        let mut start = 0;
+        while start < sorted.num_rows() {
+            let b = sts.value(start);
+            let mut end = start;
+            while end < sorted.num_rows() && sts.value(end) == b {
+                end += 1;
             }
-            let mask: BooleanArray = ts.values().iter().map(|&t| Some(t == b)).collect();
-            let part = filter_record_batch(rows, &mask)?;
-            self.rows.insert(b, with_date(&part)?);
-            for i in (0..rows.num_rows()).filter(|&i| ts.value(i) == b) {
-                self.counts
-                    .entry(syms.value(i).to_owned())
-                    .or_default()
-                    .insert(b, ticks.value(i));
+            if !self.rows.contains_key(&b) {
+                for &i in &order.values()[start..end] {
+                    let i = i as usize;
+                    self.counts
+                        .entry(syms.value(i).to_owned())
+                        .or_default()
+                        .insert(b, ticks.value(i));
+                }
+                self.rows
+                    .insert(b, with_date(&sorted.slice(start, end - start))?);
             }
+            start = end;
         }
         Ok(())
     }

@@ -349,12 +349,19 @@ pub async fn market_context(
             let ts = ticks.column(0).as_primitive::<TimestampMicrosecondType>();
             let keep: BooleanArray = (0..ticks.num_rows())
                 .map(|i| {
-                    let n = newest
-                        .entry(syms.value(i).to_owned())
-                        .or_insert(ts.value(i));
-                    let ok = ts.value(i) >= n.saturating_sub(lateness);
-                    *n = (*n).max(ts.value(i));
-                    Some(ok)
+                    let (sym, t) = (syms.value(i), ts.value(i));
+                    // A String only for a symbol's first tick, not per tick.
+                    match newest.get_mut(sym) {
+                        Some(n) => {
+                            let ok = t >= n.saturating_sub(lateness);
+                            *n = (*n).max(t);
+                            Some(ok)
+                        }
+                        None => {
+                            newest.insert(sym.to_owned(), t);
+                            Some(true)
+                        }
+                    }
                 })
                 .collect();
             let mut columns: Vec<ArrayRef> = ticks.columns().to_vec();
