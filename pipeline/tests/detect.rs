@@ -435,6 +435,20 @@ async fn detectors_sharing_partitions_use_the_market_context_stage() {
     let args = stage_args(&format!("{topic}-mc2"));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let again = ok(dir.path(), &args);
+    // It did read every message (a run that read nothing would print
+    // the same zeros), and refused each as late for its bucket.
+    let read = |out: &str| -> u64 {
+        out.split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(read(&stage_out) > 0, "{stage_out}");
+    assert_eq!(read(&again), read(&stage_out), "{again}");
     assert!(again.contains(" 0 ticks in buckets"), "{again}");
+    assert!(
+        again.contains(&format!(" {} late;", read(&stage_out))),
+        "{again}"
+    );
     assert!(again.contains(" 0 rows in 0 messages"), "{again}");
 }
