@@ -1134,9 +1134,12 @@ impl Executor {
         Ok(crate::features::conform(&all, &spec.schema)?)
     }
 
-    /// Drops history no future tick needs: per symbol, ticks older than
-    /// both the lookback time before its oldest pending tick and its last
-    /// `lookback.rows` ticks before that.
+    /// Drops history no future tick needs: per symbol, every tick within
+    /// the lookback time of the newest emitted one is kept, and
+    /// `lookback.rows` ticks before the oldest of those (or before the
+    /// oldest pending tick, if older): a 30-minute window over `lag`'s
+    /// output reads the tick before the window too, however many ticks the
+    /// window holds.
     fn prune(&mut self) -> Result<(), ExecutorError> {
         let n = self.held.num_rows();
         if n == 0 {
@@ -1164,21 +1167,21 @@ impl Executor {
                 .find(|&i| emitted.is_none_or(|e| ts.value(i) > e))
                 .unwrap_or(end);
             let horizon = emitted.map_or(i64::MIN, |e| e.saturating_sub(span));
-            // Keep `rows` ticks (one spare) before the first pending one,
+            // Ticks are in time order within the symbol.
+            let first_in_time = (start..end)
+                .find(|&i| ts.value(i) >= horizon)
+                .unwrap_or(end);
+            // Keep `rows` ticks (one spare) before the oldest tick needed,
             // never half of a (symbol, ts) group (replaying part of one
-            // would renumber its `seq`), and every tick within the time
-            // lookback of the newest emitted.
-            let mut by_rows = first_pending
+            // would renumber its `seq`).
+            let mut cut = first_pending
+                .min(first_in_time)
                 .saturating_sub(rows.saturating_add(1))
                 .max(start);
-            while by_rows > start && ts.value(by_rows - 1) == ts.value(by_rows) {
-                by_rows -= 1;
+            while cut > start && ts.value(cut - 1) == ts.value(cut) {
+                cut -= 1;
             }
-            // A time cut too must not split a group: `ts >= horizon` keeps
-            // whole groups by construction.
-            for (i, k) in keep.iter_mut().enumerate().take(by_rows).skip(start) {
-                *k = ts.value(i) >= horizon;
-            }
+            keep[start..cut].fill(false);
             start = end;
         }
         if keep.iter().all(|&k| k) {
