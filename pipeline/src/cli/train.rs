@@ -13,7 +13,7 @@ use crate::model::manifest::{Manifest, ThresholdRule, MANIFEST_FILE, MODEL_FILE}
 use crate::model::report::REPORT_FILE;
 use crate::model::{
     ablate, evaluate, evaluate_rules, train, Ablation, Detector, Metrics, ModelDetector, Rule,
-    RuleSet, TrainError, TrainOptions,
+    RuleSet, TrainError, TrainOptions, Variant,
 };
 
 /// `stockanomaly train`.
@@ -34,9 +34,11 @@ importance by gain and mean |SHAP|). The rules of queries/rules/ are scored
 on the same test rows as baselines.
 
 --ablate writes nothing: it trains on the same splits with every feature
-file, then once without each file, and prints each model's test PR-AUC (and
-its change against all files) with its event recall per kind and event
-precision, so that a data scientist sees what each file buys.
+file, then once without each file, then once with the per-symbol files only
+(without every file that reads the market or waits for later ticks), and
+prints each model's test PR-AUC (and its change against all files) with its
+event recall per kind and event precision, so that a data scientist sees
+what each file buys.
 
 Examples:
   stockanomaly backfill && stockanomaly train
@@ -126,6 +128,20 @@ pub struct TrainArgs {
         value_name = "SECS"
     )]
     pub episode_gap_secs: u32,
+
+    /// Weigh rows so that every manipulation event counts the same in
+    /// training and validation, however many ticks it spans (a one-tick
+    /// price spike against a twenty-minute quote stuffing of thousands):
+    /// without it the longest events decide the model. `false` weighs every
+    /// tick the same.
+    #[arg(
+        long,
+        env = "STOCKANOMALY_BALANCE_EVENTS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub balance_events: bool,
 
     /// Instead of writing a model, train with every feature file and
     /// without each one in turn, and print what each file buys on the test
@@ -243,6 +259,7 @@ pub(crate) async fn run_train(lake: &str, args: TrainArgs) -> anyhow::Result<()>
         target_event_precision: args.target_event_precision,
         episode_gap_us: i64::from(args.episode_gap_secs) * 1_000_000,
         rules: baseline_rules(&args.queries, &catalog).await,
+        balance_events: args.balance_events,
     };
     if args.ablate {
         let bar = count_bar(u64::from(args.rounds), "train rounds");
@@ -490,7 +507,7 @@ pub(crate) fn print_table(rows: &[(String, String, &Metrics)]) {
 fn print_ablation(rows: &[Ablation]) {
     let base = rows
         .iter()
-        .find(|r| r.without.is_none())
+        .find(|r| r.variant == Variant::All)
         .and_then(|r| r.test.pr_auc);
     let kinds: std::collections::BTreeSet<&str> = rows
         .iter()
@@ -506,12 +523,9 @@ fn print_ablation(rows: &[Ablation]) {
     }
     println!();
     for r in rows {
-        let name = r
-            .without
-            .as_deref()
-            .map_or_else(|| "all files".to_owned(), |f| format!("without {f}"));
+        let name = r.variant.to_string();
         let delta = match (r.test.pr_auc, base) {
-            (Some(p), Some(b)) if r.without.is_some() => format!("{:+.4}", p - b),
+            (Some(p), Some(b)) if r.variant != Variant::All => format!("{:+.4}", p - b),
             _ => "-".to_owned(),
         };
         let (rec, prec) = r

@@ -99,6 +99,10 @@ pub struct Manifest {
     /// arrived (a detection latency, reported by `detect`).
     #[serde(default)]
     pub delay_ticks: u64,
+    /// Whether rows were weighed so that every event counts the same
+    /// (`train --balance-events`).
+    #[serde(default)]
+    pub balance_events: bool,
 }
 
 /// How much the model uses one feature.

@@ -25,5 +25,8 @@ pub use manifest::{Manifest, ManifestError};
 pub use metrics::Metrics;
 pub use rules::{Rule, RuleSet};
 pub use score::{score, Detector, ModelDetector, ScoreOptions, ScoreSummary};
-pub use train::{ablate, evaluate, evaluate_rules, train, Ablation, TrainError, TrainOptions};
+pub use train::{
+    ablate, ablate_variants, context_files, evaluate, evaluate_rules, train, Ablation, TrainError,
+    TrainOptions, Variant,
+};
 pub use xgb::{Booster, DMatrix, EvalMetric, FeatureScore, PredictKind, XgbError};

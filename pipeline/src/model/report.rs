@@ -461,6 +461,7 @@ mod tests {
             splits: Vec::new(),
             embargo_secs: 0.0,
             delay_ticks: 0,
+            balance_events: false,
             params: BTreeMap::new(),
             max_rounds: 10,
             patience: 3,

@@ -71,6 +71,9 @@ pub struct TrainOptions {
     pub episode_gap_us: i64,
     /// Rules evaluated on the test rows beside the model (the baselines).
     pub rules: Vec<Rule>,
+    /// Weigh training and validation rows so that every event counts the
+    /// same, however many ticks it spans ([`Dataset::event_weights`]).
+    pub balance_events: bool,
 }
 
 impl Default for TrainOptions {
@@ -88,6 +91,7 @@ impl Default for TrainOptions {
             seed: 42,
             target_precision: None,
             rules: Vec::new(),
+            balance_events: true,
         }
     }
 }
@@ -320,10 +324,59 @@ impl Dataset {
 
     /// An XGBoost matrix of the columns `cols` (named `names`) and labels.
     pub fn matrix_of(&self, cols: &[usize], names: &[&str]) -> Result<DMatrix, XgbError> {
+        self.weighted_matrix_of(cols, names, None)
+    }
+
+    /// [`Dataset::matrix_of`] with sample weights, one per row.
+    pub fn weighted_matrix_of(
+        &self,
+        cols: &[usize],
+        names: &[&str],
+        weights: Option<&[f32]>,
+    ) -> Result<DMatrix, XgbError> {
         let refs: Vec<&Float64Array> = cols.iter().map(|&i| &self.columns[i]).collect();
-        let mut m = DMatrix::from_columns(&refs, Some(&self.label), None)?;
+        let mut m = DMatrix::from_columns(&refs, Some(&self.label), weights)?;
         m.set_feature_names(names)?;
         Ok(m)
+    }
+
+    /// Sample weights that give every event the same weight, whatever its
+    /// number of ticks: a positive row weighs the mean positive rows per
+    /// event over its own event's rows (so the positives' total stays their
+    /// count), capped at [`MAX_EVENT_WEIGHT`]; negatives weigh 1. An event
+    /// is a run of positive rows of one symbol and kind (events of a symbol
+    /// never overlap, and a labelled interval's ticks are consecutive).
+    /// Without it a one-tick price spike counts for nothing beside a
+    /// twenty-minute wash trade of a thousand ticks.
+    pub fn event_weights(&self) -> Vec<f32> {
+        let n = self.rows();
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        let mut i = 0;
+        while i < n {
+            if self.label[i] < 0.5 {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < n
+                && self.label[i] > 0.5
+                && self.symbol.value(i) == self.symbol.value(start)
+                && self.kind.value(i) == self.kind.value(start)
+            {
+                i += 1;
+            }
+            runs.push((start, i));
+        }
+        let mut w = vec![1.0f32; n];
+        if runs.is_empty() {
+            return w;
+        }
+        let mean = runs.iter().map(|(a, b)| b - a).sum::<usize>() as f64 / runs.len() as f64;
+        for (a, b) in runs {
+            let x = (mean / (b - a) as f64).min(MAX_EVENT_WEIGHT) as f32;
+            w[a..b].fill(x);
+        }
+        w
     }
 
     /// An XGBoost matrix of these columns and labels, columns named.
@@ -338,6 +391,10 @@ impl Dataset {
 fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
+
+/// Largest weight [`Dataset::event_weights`] gives one row: a one-tick
+/// event weighs like this many ticks of a long one, not like all of them.
+pub const MAX_EVENT_WEIGHT: f64 = 50.0;
 
 /// Reads the `training` rows of dates `from..=to` with `ts > after_us`, in
 /// tick-key order.
@@ -554,8 +611,17 @@ fn fit(
         metrics_set.push_str("aucpr");
     }
 
-    let dtrain = train_set.matrix_of(cols, names)?;
-    let dvalid = valid_set.matrix_of(cols, names)?;
+    let (dtrain, dvalid) = if options.balance_events {
+        (
+            train_set.weighted_matrix_of(cols, names, Some(&train_set.event_weights()))?,
+            valid_set.weighted_matrix_of(cols, names, Some(&valid_set.event_weights()))?,
+        )
+    } else {
+        (
+            train_set.matrix_of(cols, names)?,
+            valid_set.matrix_of(cols, names)?,
+        )
+    };
     let mut booster = Booster::new(&[&dtrain, &dvalid])?;
     set_params(&mut booster, &params)?;
     booster.set_feature_names(names)?;
@@ -740,6 +806,7 @@ pub async fn train(
             .collect(),
         embargo_secs: embargo.as_secs_f64(),
         delay_ticks: catalog.delay(),
+        balance_events: options.balance_events,
         params,
         max_rounds: options.rounds,
         patience: options.patience,
@@ -789,36 +856,102 @@ pub async fn train(
     Ok(manifest)
 }
 
-/// The model trained without one feature file (or with all of them).
+/// Which feature files a model of the ablation was trained without.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Variant {
+    /// Every file of the pack.
+    All,
+    /// Every file but this one.
+    Without(String),
+    /// Only the files that look at one symbol as it happens: without the
+    /// files that read the market (`market` table) or wait for later ticks
+    /// (`-- delay:`), which are listed.
+    PerSymbolOnly(Vec<String>),
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Variant::All => f.write_str("all files"),
+            Variant::Without(file) => write!(f, "without {file}"),
+            Variant::PerSymbolOnly(_) => f.write_str("per-symbol only"),
+        }
+    }
+}
+
+/// One model of the ablation.
 #[derive(Debug, Clone)]
 pub struct Ablation {
-    /// The feature file left out; `None` for the model with every file.
-    pub without: Option<String>,
+    /// The files it was trained without.
+    pub variant: Variant,
     /// Features the model used.
     pub features: usize,
     /// Its test-split metrics (with events) at its best validation-F1 threshold.
     pub test: Metrics,
 }
 
+/// The files of `catalog` that give a tick context beyond its own symbol's
+/// past: the market's same minute or the symbol's later ticks.
+pub fn context_files(catalog: &Catalog) -> Vec<String> {
+    catalog
+        .files()
+        .iter()
+        .filter(|f| f.reads_market || f.delay > 0)
+        .map(|f| f.name.clone())
+        .collect()
+}
+
 /// What each feature file buys: trains on the same splits with every file,
 /// then once without each file (a file whose features are all there is to
-/// train on is skipped), and scores each model on the test split at its
-/// own best validation-F1 threshold. `bar` counts each model's rounds.
+/// train on is skipped), then, when the pack has context files (see
+/// [`context_files`]), once without all of them: the per-symbol-only
+/// pack. Each model is scored on the test split at its own best
+/// validation-F1 threshold. `bar` counts each model's rounds.
 pub async fn ablate(
     root: &LakeRoot,
     catalog: &Catalog,
     options: &TrainOptions,
     bar: &ProgressBar,
 ) -> Result<Vec<Ablation>, TrainError> {
+    let context = context_files(catalog);
+    let mut variants = vec![Variant::All];
+    variants.extend(
+        catalog
+            .files()
+            .iter()
+            .map(|f| Variant::Without(f.name.clone())),
+    );
+    if !context.is_empty() {
+        variants.push(Variant::PerSymbolOnly(context));
+    }
+    ablate_variants(root, catalog, options, &variants, bar).await
+}
+
+/// Trains and scores one model per variant on the same splits (see
+/// [`ablate`]); variants left with no feature are skipped.
+pub async fn ablate_variants(
+    root: &LakeRoot,
+    catalog: &Catalog,
+    options: &TrainOptions,
+    variants: &[Variant],
+    bar: &ProgressBar,
+) -> Result<Vec<Ablation>, TrainError> {
     let (_, _, data) = load_splits(root, catalog, options).await?;
     let (train_set, valid_set, test_set) = (&data[0], &data[1], &data[2]);
     let names = catalog.feature_names();
-    let variants = std::iter::once(None).chain(catalog.files().iter().map(Some));
     let mut out = Vec::new();
-    for file in variants {
-        let dropped: Vec<&str> = file
-            .map(|f| f.features.iter().map(String::as_str).collect())
-            .unwrap_or_default();
+    for variant in variants {
+        let left_out: Vec<&str> = match variant {
+            Variant::All => Vec::new(),
+            Variant::Without(file) => vec![file.as_str()],
+            Variant::PerSymbolOnly(files) => files.iter().map(String::as_str).collect(),
+        };
+        let dropped: Vec<&str> = catalog
+            .files()
+            .iter()
+            .filter(|f| left_out.contains(&f.name.as_str()))
+            .flat_map(|f| f.features.iter().map(String::as_str))
+            .collect();
         let cols: Vec<usize> = (0..names.len())
             .filter(|&i| !dropped.contains(&names[i]))
             .collect();
@@ -835,7 +968,7 @@ pub async fn ablate(
         let threshold = best_f1_threshold(&valid_scores, &valid_set.label).map_or(0.5, |(t, _)| t);
         let test_scores = predict(&test_set.matrix_of(&cols, &used)?)?;
         out.push(Ablation {
-            without: file.map(|f| f.name.clone()),
+            variant: variant.clone(),
             features: cols.len(),
             test: test_set.metrics(&test_scores, threshold, options.episode_gap_us),
         });
@@ -1006,6 +1139,79 @@ mod tests {
         assert_eq!(p["seed"], "7");
         assert_eq!(p["eval_metric"], "auc,aucpr");
         assert_eq!(p["objective"], "binary:logistic");
+    }
+
+    /// Rows of (symbol, kind or "" for negatives), in dataset order.
+    fn dataset(rows: &[(&str, &str)]) -> Dataset {
+        let n = rows.len();
+        Dataset {
+            columns: Vec::new(),
+            label: rows
+                .iter()
+                .map(|(_, k)| if k.is_empty() { 0.0 } else { 1.0 })
+                .collect(),
+            kind: rows
+                .iter()
+                .map(|(_, k)| (!k.is_empty()).then_some(*k))
+                .collect(),
+            symbol: rows.iter().map(|(s, _)| Some(*s)).collect(),
+            ts_us: (0..n as i64).collect(),
+            events: Vec::new(),
+            delay_ticks: 0,
+        }
+    }
+
+    #[test]
+    fn event_weights_give_every_event_the_same_total() {
+        // Events: A's 1-tick spike, A's 5-tick wash trade straight after a
+        // spoof of 2 ticks (another kind: another event), B's 4-tick burst
+        // right after A's run (another symbol: another event).
+        let rows = [
+            ("A", ""),
+            ("A", "price_spike"),
+            ("A", ""),
+            ("A", "spoofing"),
+            ("A", "spoofing"),
+            ("A", "wash_trading"),
+            ("A", "wash_trading"),
+            ("A", "wash_trading"),
+            ("A", "wash_trading"),
+            ("A", "wash_trading"),
+            ("B", "volume_burst"),
+            ("B", "volume_burst"),
+            ("B", "volume_burst"),
+            ("B", "volume_burst"),
+            ("B", ""),
+        ];
+        let w = dataset(&rows).event_weights();
+        // 4 events, 12 positive rows: 3 rows per event on average.
+        let total = |kind: &str| -> f32 {
+            rows.iter()
+                .zip(&w)
+                .filter(|((_, k), _)| *k == kind)
+                .map(|(_, w)| w)
+                .sum()
+        };
+        for kind in ["price_spike", "spoofing", "wash_trading", "volume_burst"] {
+            assert!((total(kind) - 3.0).abs() < 1e-6, "{kind}: {w:?}");
+        }
+        assert_eq!(w[0], 1.0);
+        assert_eq!(w[2], 1.0);
+        assert_eq!(w[14], 1.0);
+        let sum: f32 = w.iter().sum();
+        assert!((sum - 15.0).abs() < 1e-5, "the positives keep their total");
+    }
+
+    #[test]
+    fn event_weights_are_capped_and_one_without_events() {
+        let mut rows = vec![("A", "price_spike")];
+        rows.extend(std::iter::repeat_n(("A", "wash_trading"), 200));
+        let w = dataset(&rows).event_weights();
+        // Mean 100.5 ticks per event: the spike would weigh 100.5.
+        assert_eq!(f64::from(w[0]), MAX_EVENT_WEIGHT);
+        assert!((w[1] - 100.5 / 200.0).abs() < 1e-6);
+        let none = dataset(&[("A", ""), ("B", "")]).event_weights();
+        assert_eq!(none, [1.0, 1.0]);
     }
 
     use chrono::Datelike;
