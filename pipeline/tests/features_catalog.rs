@@ -22,7 +22,9 @@ async fn shipped_pack_passes_with_its_lookback() {
         "ret_1",
         "ret_5m",
         "vol_5m",
+        "drift_z_5m",
         "ret_ewm_z",
+        "jump_30m",
         "volume_z_30m",
         "price_z_30m",
         "vwap_dev_30m",
@@ -35,11 +37,12 @@ async fn shipped_pack_passes_with_its_lookback() {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
     let returns = c.files().iter().find(|f| f.name == "returns").unwrap();
-    // 5-minute windows and a 200-tick EWMA over ret_1, which needs one more tick.
+    // 30-minute windows (jump_30m) and a 200-tick EWMA over ret_1, which
+    // needs one more tick.
     assert_eq!(
         returns.lookback(),
         Lookback {
-            time: Duration::from_secs(300),
+            time: Duration::from_secs(1800),
             rows: 201
         }
     );

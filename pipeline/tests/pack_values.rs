@@ -390,6 +390,11 @@ fn expected(all: &[T]) -> BTreeMap<(String, i64, u32), Row> {
             r.insert("ret_1".into(), ret1[i]);
             r.insert("ret_5m".into(), Some((t.price / s[w5[0]].price).ln()));
             r.insert("vol_5m".into(), sd(&vals(&w5, &|j| ret1[j])));
+            let r5 = vals(&w5, &|j| ret1[j]);
+            r.insert(
+                "drift_z_5m".into(),
+                nonzero(sd(&r5)).map(|d| r5.iter().sum::<f64>() / (d * (r5.len() as f64).sqrt())),
+            );
             // EWMA of the previous up-to-200 ticks' ret_1, half-life 20 ticks.
             let prev: Vec<(f64, f64)> = (1..=200usize.min(i))
                 .filter_map(|k| ret1[i - k].map(|x| (0.5f64.powf(k as f64 / 20.0), x)))
@@ -404,6 +409,12 @@ fn expected(all: &[T]) -> BTreeMap<(String, i64, u32), Row> {
                 (var > 0.0).then(|| (ret1[i].unwrap_or(0.0) - m) / var.sqrt())
             };
             r.insert("ret_ewm_z".into(), ewm);
+            let r30 = vals(&w30, &|j| ret1[j]);
+            let biggest = r30.iter().map(|x| x.abs()).reduce(f64::max);
+            r.insert(
+                "jump_30m".into(),
+                biggest.zip(nonzero(sd(&r30))).map(|(m, d)| m / d),
+            );
             let z = |x: f64, xs: &[f64]| -> Option<f64> {
                 nonzero(sd(xs)).map(|d| (x - mean(xs).unwrap_or(0.0)) / d)
             };
