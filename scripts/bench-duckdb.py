@@ -9,6 +9,8 @@ What it does, to do the same work as `stockanomaly backfill`:
     (`log_return`, `day_fraction`, `session_minute`, `signed_volume`; see
     MACROS and udfs/src/);
   * `ticks` = read_parquet('LAKE/ticks/**/*.parquet', hive_partitioning=true);
+  * `symbols`, and `profiles`, `market` and `betas` as the backfill wrote
+    them (read, not recomputed: DuckDB does slightly less work);
   * every `QUERIES_DIR/features/*.sql` (file-name order) as a temp view, with
     `ewm_zscore(...) OVER (...)` replaced by NULL::DOUBLE (no DuckDB
     equivalent: that one column is not computed here);
@@ -234,6 +236,17 @@ def run(duckdb, lake, tick_glob, files, scratch, args) -> None:
             "CREATE TABLE symbols (listed TIMESTAMPTZ, symbol VARCHAR, exchange VARCHAR, "
             "timezone VARCHAR, session_open VARCHAR, session_close VARCHAR, date VARCHAR)"
         )
+
+    # The lake tables feature files join besides `ticks` and `symbols`
+    # (intraday profiles, market buckets, betas), as the backfill that ran
+    # before this wrote them: read, not recomputed, so DuckDB does a little
+    # less work here than the backfill, which makes them.
+    for table in ("profiles", "market", "betas"):
+        pattern = os.path.join(lake, table, "*", "*.parquet")
+        if glob.glob(pattern):
+            con.execute(
+                f"CREATE VIEW {table} AS SELECT * FROM read_parquet({sql_str(pattern)}, hive_partitioning = true)"
+            )
 
     selects = [f"f0.{k}" for k in KEY]
     joins = []
