@@ -20,43 +20,18 @@ use stockanomaly::lake::LakeRoot;
 use stockanomaly::model::{ablate_variants, context_files, TrainOptions, Variant};
 use stockanomaly::sources::simulate::DEFAULT_MARKET_VOL;
 
-use common::{ok, queries};
+use common::queries;
 
 /// Simulates `seed`'s market (with `market_vol`, the market factor's
 /// annualised volatility) into `lake` and backfills it with the
 /// repository's pack.
 fn simulate_backfill(dir: &Path, lake: &str, seed: &str, market_vol: &str) {
-    ok(
+    common::simulate_more_backfill(
         dir,
-        &[
-            "simulate",
-            "--lake",
-            lake,
-            "--symbols",
-            "20",
-            "--days",
-            "6",
-            "--trades-per-day",
-            "2000",
-            "--events-per-symbol-day",
-            "1",
-            "--decoys-per-symbol-day",
-            "1.5",
-            "--market-vol",
-            market_vol,
-            "--seed",
-            seed,
-        ],
-    );
-    ok(
-        dir,
-        &[
-            "backfill",
-            "--lake",
-            lake,
-            "--queries",
-            queries().to_str().unwrap(),
-        ],
+        lake,
+        ["20", "6", "2000", "1", seed],
+        &["--decoys-per-symbol-day", "1.5", "--market-vol", market_vol],
+        &queries(),
     );
 }
 

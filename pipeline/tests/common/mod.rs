@@ -258,25 +258,29 @@ pub fn simulate_backfill(dir: &Path, lake: &str, sim: [&str; 5]) {
 
 /// [`simulate_backfill`] with the feature files of the queries folder `q`.
 pub fn simulate_backfill_with(dir: &Path, lake: &str, sim: [&str; 5], q: &Path) {
+    simulate_more_backfill(dir, lake, sim, &[], q);
+}
+
+/// [`simulate_backfill_with`] passing `more` flags to `simulate`.
+pub fn simulate_more_backfill(dir: &Path, lake: &str, sim: [&str; 5], more: &[&str], q: &Path) {
     let [symbols, days, trades, events, seed] = sim;
-    ok(
-        dir,
-        &[
-            "simulate",
-            "--lake",
-            lake,
-            "--symbols",
-            symbols,
-            "--days",
-            days,
-            "--trades-per-day",
-            trades,
-            "--events-per-symbol-day",
-            events,
-            "--seed",
-            seed,
-        ],
-    );
+    let mut args = vec![
+        "simulate",
+        "--lake",
+        lake,
+        "--symbols",
+        symbols,
+        "--days",
+        days,
+        "--trades-per-day",
+        trades,
+        "--events-per-symbol-day",
+        events,
+        "--seed",
+        seed,
+    ];
+    args.extend_from_slice(more);
+    ok(dir, &args);
     ok(
         dir,
         &["backfill", "--lake", lake, "--queries", q.to_str().unwrap()],
