@@ -210,6 +210,8 @@ pub async fn backfill(
         }
         previous_pending = true;
     }
+    // Each date's market sums, for the betas of the dates after it.
+    let mut beta_cache = super::market::BetaCache::default();
     for chunk in chunks {
         // The features of a date join its intraday profiles, made from the
         // dates before it: store them first (once; again with --force).
@@ -233,7 +235,8 @@ pub async fn backfill(
                     tracing::debug!(%date, rows, "Market buckets written.");
                 }
                 if options.force || !super::market::betas_done(root, date).await {
-                    let rows = super::market::write_betas(root, date, sql).await?;
+                    let rows =
+                        super::market::write_betas_cached(root, date, sql, &mut beta_cache).await?;
                     tracing::debug!(%date, rows, "Betas written.");
                 }
             }
