@@ -20,9 +20,12 @@
 #   TMPDIR                 where the scratch lakes go (removed at exit)
 #
 # For each dataset: simulate into a scratch lake, `stockanomaly backfill
-# --force` of queries/ (its own timing), then scripts/bench-duckdb.py over the
-# same lake (DuckDB from the project venv, scripts/test-env.sh setup_python),
-# and a table of rows/s and the ratio stockanomaly / duckdb (> 1: faster).
+# --force` of queries/ (its own timing: the context tables profiles, market
+# and betas, then the features), then `stockanomaly backfill` again after
+# deleting the features (the feature files alone, over the stored context
+# tables), then scripts/bench-duckdb.py over the same lake and tables
+# (DuckDB from the project venv, scripts/test-env.sh setup_python), and a
+# table of rows/s and the ratios stockanomaly / duckdb (> 1: faster).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -109,6 +112,23 @@ fi
 # Thousands separators for an integer or a float (rounded).
 fmt_int() { LC_ALL=C awk -v n="$1" 'BEGIN { s = sprintf("%.0f", n); o = ""; while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) } print s o }'; }
 
+# Runs `backfill` of queries/ over $lake with extra flags "$@" (after the
+# dataset name) and sets sa_rows and sa_rate from its summary line.
+backfill_rate() {
+  local name="$1" out line secs
+  shift
+  out="$("$BIN" backfill --lake "$lake" --queries "$ROOT/queries" "$@")" ||
+    die "$name: stockanomaly backfill $* failed"
+  printf '%s\n' "$out" >&2
+  # "  5 dates computed, 0 already done; 10,012,345 rows in 12.34s, 811.2k/s"
+  line="$(printf '%s\n' "$out" | grep -E '[0-9,]+ rows in [0-9.]+s' | tail -n 1)" ||
+    die "$name: cannot find 'N rows in S s' in the backfill's output"
+  sa_rows="$(printf '%s\n' "$line" | sed -E 's/.* ([0-9,]+) rows in ([0-9.]+)s.*/\1/' | tr -d ,)"
+  secs="$(printf '%s\n' "$line" | sed -E 's/.* ([0-9,]+) rows in ([0-9.]+)s.*/\2/')"
+  sa_rate="$(LC_ALL=C awk -v r="$sa_rows" -v s="$secs" 'BEGIN { if (s <= 0) s = 0.005; printf "%.1f", r / s }')"
+  [ "$sa_rows" = "$ticks" ] || say "note: backfill wrote $(fmt_int "$sa_rows") rows for $(fmt_int "$ticks") ticks"
+}
+
 RESULTS=()
 NOT_COMPUTED=""
 XGB_DONE=""
@@ -130,17 +150,16 @@ for ds in "${DATASETS[@]}"; do
     say "WARNING: $name: only $(fmt_int "$ticks") ticks simulated, below the $(fmt_int "$min_rows") aimed at"
   fi
 
-  say "== $name: stockanomaly backfill --force"
-  bf_out="$("$BIN" backfill --lake "$lake" --queries "$ROOT/queries" --force)" ||
-    die "$name: stockanomaly backfill failed"
-  printf '%s\n' "$bf_out" >&2
-  # "  5 dates computed, 0 already done; 10,012,345 rows in 12.34s, 811.2k/s"
-  line="$(printf '%s\n' "$bf_out" | grep -E '[0-9,]+ rows in [0-9.]+s' | tail -n 1)" ||
-    die "$name: cannot find 'N rows in S s' in the backfill's output"
-  sa_rows="$(printf '%s\n' "$line" | sed -E 's/.* ([0-9,]+) rows in ([0-9.]+)s.*/\1/' | tr -d ,)"
-  sa_secs="$(printf '%s\n' "$line" | sed -E 's/.* ([0-9,]+) rows in ([0-9.]+)s.*/\2/')"
-  sa_rate="$(LC_ALL=C awk -v r="$sa_rows" -v s="$sa_secs" 'BEGIN { if (s <= 0) s = 0.005; printf "%.1f", r / s }')"
-  [ "$sa_rows" = "$ticks" ] || say "note: backfill wrote $(fmt_int "$sa_rows") rows for $(fmt_int "$ticks") ticks"
+  # Twice: first everything (--force: the context tables `profiles`,
+  # `market` and `betas` too, which the feature files join), then, with
+  # those stored, the feature files alone: what DuckDB runs below, over the
+  # same stored tables.
+  say "== $name: stockanomaly backfill --force (context tables and features)"
+  backfill_rate "$name" --force
+  full_rate="$sa_rate"
+  rm -rf "$lake/features"
+  say "== $name: stockanomaly backfill (the feature files alone; context tables as stored)"
+  backfill_rate "$name"
 
   say "== $name: DuckDB, same SQL ($THREADS threads)"
   duck_log="$SCRATCH/duckdb.log"
@@ -153,7 +172,8 @@ for ds in "${DATASETS[@]}"; do
   duck_rate="$(sed -n 's/^DUCKDB_ROWS_PER_SEC=//p' "$duck_log" | tail -n 1)"
   [ -n "$duck_rate" ] || die "$name: no DUCKDB_ROWS_PER_SEC line from scripts/bench-duckdb.py"
   ratio="$(LC_ALL=C awk -v a="$sa_rate" -v b="$duck_rate" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
-  RESULTS+=("$name|$sa_rows|$sa_rate|$duck_rate|$ratio")
+  full_ratio="$(LC_ALL=C awk -v a="$full_rate" -v b="$duck_rate" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
+  RESULTS+=("$name|$sa_rows|$sa_rate|$duck_rate|$ratio|$full_rate|$full_ratio")
   NOT_COMPUTED="$(sed -n 's/^bench-duckdb: note: \([A-Za-z0-9_]*\) .*NOT computed.*/\1/p' "$duck_log" | paste -sd, -)"
 
   # XGBoost on the first dataset's training view (features x labels).
@@ -175,12 +195,16 @@ done
 echo
 echo "Feature backfill, default pack (queries/features), $(basename "$BIN") $("$BIN" --version 2>/dev/null | awk '{print $NF}') vs DuckDB $("$PY" -c 'import duckdb; print(duckdb.__version__)') ($THREADS threads)"
 [ -z "$NOT_COMPUTED" ] || echo "(not computed by DuckDB, no equivalent of ewm_zscore: $NOT_COMPUTED)"
-printf '%-12s %12s %20s %15s %8s\n' dataset rows "stockanomaly rows/s" "duckdb rows/s" ratio
+printf '%-12s %12s %20s %15s %8s %26s %10s\n' dataset rows "stockanomaly rows/s" "duckdb rows/s" ratio \
+  "with context tables rows/s" ratio
 for r in "${RESULTS[@]}"; do
-  IFS='|' read -r name rows sa duck ratio <<<"$r"
-  printf '%-12s %12s %20s %15s %8s\n' "$name" "$(fmt_int "$rows")" "$(fmt_int "$sa")" "$(fmt_int "$duck")" "$ratio"
+  IFS='|' read -r name rows sa duck ratio full full_ratio <<<"$r"
+  printf '%-12s %12s %20s %15s %8s %26s %10s\n' "$name" "$(fmt_int "$rows")" "$(fmt_int "$sa")" "$(fmt_int "$duck")" \
+    "$ratio" "$(fmt_int "$full")" "$full_ratio"
 done
 echo "ratio = stockanomaly rows/s / duckdb rows/s (> 1: stockanomaly is faster); both write zstd Parquet."
+echo "Both run the feature files over the lake's stored context tables (profiles, market, betas); \"with context"
+echo "tables\" is stockanomaly's backfill --force, which also computes those (DuckDB is given them made)."
 echo "stockanomaly computes runs of dates (up to --chunk-ticks ticks) with the lookback before each run; DuckDB the whole lake in one query."
 case "$BIN" in
 */debug/*) echo "(debug binary: these figures say nothing about performance; use make bench)" ;;
