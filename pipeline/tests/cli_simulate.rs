@@ -244,7 +244,7 @@ fn demo_runs_on_embedded_defaults_and_beats_the_rule() {
     let out = ok(dir.path(), &["demo"]);
     assert!(out.contains("== 2. what the lake holds"), "{out}");
     assert!(
-        out.contains("== 3. backfill") && out.contains("5 dates computed"),
+        out.contains("== 3. backfill") && out.contains("8 dates computed"),
         "{out}"
     );
     assert!(out.contains("(normal)"), "{out}");
@@ -272,4 +272,26 @@ fn demo_runs_on_embedded_defaults_and_beats_the_rule() {
         model >= rule + 0.25 && model >= 2.0 * rule,
         "model PR-AUC {model} vs rule {rule}:\n{out}"
     );
+
+    // And the market context lifts it above the per-symbol files alone on
+    // the same day (the demo's market holds shocks and swings).
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("test PR-AUC with market context"))
+        .unwrap_or_else(|| panic!("no context comparison in {out}"));
+    let number_after = |marker: &str| -> f64 {
+        let rest = &line[line
+            .find(marker)
+            .unwrap_or_else(|| panic!("{marker} in {line}"))
+            + marker.len()..];
+        rest.split_whitespace()
+            .next()
+            .unwrap()
+            .trim_end_matches(',')
+            .parse()
+            .unwrap()
+    };
+    let (with, without) = (number_after("): "), number_after("same days: "));
+    assert_eq!(with, model, "{line}");
+    assert!(with > without + 0.01, "{line}");
 }

@@ -105,10 +105,11 @@ pub struct RealismArgs {
     #[arg(long, env = "STOCKANOMALY_SIM_REALISM", value_enum, default_value_t = Realism::Market)]
     pub realism: Realism,
 
-    /// Mean unlabelled decoys per symbol per day (market realism), a third
-    /// each of company news, market-wide shocks (every symbol of the venue
-    /// moves by its beta) and index-rebalance closes; written to the
-    /// `decoys` table, never to `labels`.
+    /// Mean unlabelled decoys per symbol per day (market realism), a
+    /// quarter each of company news, market-wide shocks (every symbol of the
+    /// venue moves by its beta), index-rebalance closes and market swings (a
+    /// market-wide run-up that reverts: a pump and dump in every symbol);
+    /// written to the `decoys` table, never to `labels`.
     #[arg(
         long,
         env = "STOCKANOMALY_SIM_DECOYS",

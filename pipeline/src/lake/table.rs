@@ -55,7 +55,7 @@ impl TableSpec {
     }
 
     /// The `decoys` table: normal events that look like manipulation (news,
-    /// market shocks, index rebalances), written by `simulate` in the
+    /// market shocks and swings, index rebalances), written by `simulate` in the
     /// `labels` schema so that false alarms can be told apart by cause.
     /// Never used for training.
     pub fn decoys() -> Self {

@@ -43,6 +43,7 @@ pub(crate) const TAG_SIZES: u64 = 10;
 const TAG_SHOCK: u64 = 11;
 const TAG_NEWS: u64 = 12;
 const TAG_CLOSE: u64 = 13;
+const TAG_SWING: u64 = 14;
 
 /// Trading days per year, to turn annualised volatility into daily.
 const TRADING_DAYS_PER_YEAR: f64 = 252.0;
@@ -102,11 +103,28 @@ const NEWS_RATE: (f64, f64) = (4.0, 10.0);
 const JUMP_WINDOW_DECAYS: f64 = 3.0;
 /// Extra volatility right after a jump, as a multiple, decaying with it.
 pub(crate) const JUMP_VOL: f64 = 1.0;
+/// A market swing (a market-wide run-up that gives itself back: an index
+/// futures rally that fades, a flash dip that recovers) runs for this many
+/// seconds, then reverts in this share of that time: in every symbol it
+/// looks like a pump and dump, scaled by the symbol's beta.
+const SWING_RAMP_S: (f64, f64) = (600.0, 1800.0);
+const SWING_BACK: (f64, f64) = (0.15, 0.3);
+/// Size of a swing in the market factor's standard deviations over its
+/// run-up (a 0.5-2% index move on an average day): a symbol of beta 1
+/// moves a few of its own.
+const SWING_SIGMAS: (f64, f64) = (4.0, 12.0);
+/// Trade-rate multiple across the venue at the swing's turn (it grows
+/// through the run-up, as in a pump, and stays while it reverts).
+const SWING_RATE: (f64, f64) = (2.0, 4.0);
 /// The closing auction prints this share of an average day's volume (US
 /// closing auctions are 5-10% of the day).
 const CLOSE_SHARE: (f64, f64) = (0.03, 0.08);
 /// An index rebalance multiplies the closing auction by this much.
 const REBALANCE_MULT: (f64, f64) = (5.0, 15.0);
+
+/// Decoy kinds, each drawn with the same probability: news, market shock,
+/// index rebalance and market swing.
+const DECOY_KIND_COUNT: usize = 4;
 
 /// How a day's market is drawn: the configuration's part that the daily
 /// draws depend on.
@@ -118,8 +136,8 @@ pub(crate) struct Params {
     pub market: bool,
     /// Annualised volatility of the market factor.
     pub market_vol: f64,
-    /// Mean unlabelled decoys per symbol-day, a third of each kind (market
-    /// mode only).
+    /// Mean unlabelled decoys per symbol-day, a quarter of each kind
+    /// (market mode only).
     pub decoy_rate: f64,
 }
 
@@ -127,7 +145,7 @@ impl Params {
     /// Probability of each decoy kind on one symbol-day (or venue-day).
     fn decoy_p(&self) -> f64 {
         if self.market && self.decoy_rate > 0.0 {
-            (self.decoy_rate / 3.0).min(1.0)
+            (self.decoy_rate / DECOY_KIND_COUNT as f64).min(1.0)
         } else {
             0.0
         }
@@ -170,6 +188,100 @@ impl Jump {
     pub fn rate_mult(&self, t: f64) -> f64 {
         1.0 + (self.rate - 1.0) * self.excess(t)
     }
+}
+
+/// A market-wide run-up and its reversal (see [`SWING_RAMP_S`]): a
+/// transient offset of the venue's market factor, back to zero at its end,
+/// with busier trading in every symbol of the venue.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Swing {
+    /// Start, seconds since the open.
+    pub start_s: u32,
+    /// Seconds of run-up.
+    pub ramp_s: u32,
+    /// Seconds of reversal after it.
+    pub back_s: u32,
+    /// Log move of the market factor at the turn (signed).
+    pub size: f64,
+    /// Trade-rate multiple at the turn.
+    pub rate: f64,
+}
+
+impl Swing {
+    /// `[start, end)` in seconds since the open.
+    pub fn window(&self) -> (u32, u32) {
+        (self.start_s, self.start_s + self.ramp_s + self.back_s)
+    }
+
+    /// How far through the swing `t` is: 0 outside, rising to 1 at the
+    /// turn, back to 0 at the end.
+    fn shape(&self, t: f64) -> f64 {
+        let since = t - f64::from(self.start_s);
+        let (ramp, back) = (f64::from(self.ramp_s), f64::from(self.back_s.max(1)));
+        if since <= 0.0 || since >= ramp + back {
+            0.0
+        } else if since < ramp {
+            since / ramp
+        } else {
+            1.0 - (since - ramp) / back
+        }
+    }
+
+    /// Whether `t` is inside the swing.
+    fn contains(&self, t: f64) -> bool {
+        let (start, end) = self.window();
+        f64::from(start) <= t && t < f64::from(end)
+    }
+
+    /// Log offset of the market factor at `t`.
+    pub fn offset(&self, t: f64) -> f64 {
+        self.size * self.shape(t)
+    }
+
+    /// Trade-rate multiple at `t`: growing through the run-up, at its
+    /// peak while the swing reverts.
+    pub fn rate_mult(&self, t: f64) -> f64 {
+        if !self.contains(t) {
+            return 1.0;
+        }
+        let since = t - f64::from(self.start_s);
+        let up = (since / f64::from(self.ramp_s.max(1))).min(1.0);
+        1.0 + (self.rate - 1.0) * up
+    }
+
+    /// Trade-size multiple at `t`: bigger clips as the move builds.
+    pub fn size_mult(&self, t: f64) -> f64 {
+        if self.contains(t) {
+            1.0 + 0.5 * (self.rate_mult(t) - 1.0) / (self.rate - 1.0).max(1e-9)
+        } else {
+            1.0
+        }
+    }
+}
+
+/// With probability `p`, a swing of a `session_s`-second session whose
+/// market factor moves `sigma_step` per `step_s`-second step.
+fn hashed_swing(key: u64, p: f64, session_s: u32, sigma_step: f64, step_s: u32) -> Option<Swing> {
+    if unit(splitmix64(key ^ 0x60)) >= p {
+        return None;
+    }
+    let ramp_s = hashed_uniform(splitmix64(key ^ 0x61), SWING_RAMP_S) as u32;
+    let back_s = (f64::from(ramp_s) * hashed_uniform(splitmix64(key ^ 0x62), SWING_BACK)) as u32;
+    let room = session_s.checked_sub(2 * JUMP_EDGE_S + ramp_s + back_s)?;
+    let dir = if unit(splitmix64(key ^ 0x63)) < 0.5 {
+        -1.0
+    } else {
+        1.0
+    };
+    let sigmas = hashed_uniform(splitmix64(key ^ 0x64), SWING_SIGMAS);
+    let ramp_steps = f64::from(ramp_s) / f64::from(step_s.max(1));
+    Some(Swing {
+        start_s: JUMP_EDGE_S + (unit(splitmix64(key ^ 0x65)) * f64::from(room)) as u32,
+        ramp_s,
+        back_s,
+        size: dir * sigmas * sigma_step * ramp_steps.sqrt(),
+        rate: hashed_uniform(splitmix64(key ^ 0x66), SWING_RATE),
+    })
 }
 
 /// A uniform in `[lo, hi)` from a hash.
@@ -552,6 +664,9 @@ pub(crate) struct MarketDay {
     pub sigma_step: f64,
     /// The day's market shock, if any (realistic market).
     pub shock: Option<Jump>,
+    /// The day's market swing, if any (realistic market), already in
+    /// `path`.
+    pub swing: Option<Swing>,
 }
 
 /// Daily draws of one venue's market factor or one symbol's own component.
@@ -669,10 +784,25 @@ pub(crate) fn market_day(
         cum_var.push(v);
     }
     bridge(&mut path, &cum_var, d.intraday);
+    // Added after the bridge: a swing ends where it started, so the day's
+    // return (and every later open) is the same with or without it.
+    let swing = hashed_swing(
+        mix(&[p.seed, TAG_SWING, venue as u64, day as u64]),
+        p.decoy_p(),
+        VENUES[venue].session_s(),
+        sigma_step,
+        shape.step_s,
+    );
+    if let Some(w) = swing {
+        for (s, x) in path.iter_mut().enumerate() {
+            *x += w.offset(s as f64 * step_s);
+        }
+    }
     MarketDay {
         path,
         sigma_step,
         shock: d.jump,
+        swing,
     }
 }
 

@@ -48,9 +48,12 @@
 //!   company `news` (a jump of 1-3 daily σ that does not revert, followed by
 //!   heavy, decaying volume and volatility), `market_shock` (the venue's
 //!   market factor jumps 1-2.5 daily σ in one step: every symbol moves by its
-//!   beta in the same minute, then trades busily) and `rebalance_close` (an
+//!   beta in the same minute, then trades busily), `rebalance_close` (an
 //!   index rebalance: a closing auction 5-15 times the usual, and busier last
-//!   minutes, with no price move). Manipulation keeps clear of them.
+//!   minutes, with no price move) and `market_swing` (the venue's market
+//!   factor runs up or down 4-12 of its σ over 10-30 minutes, trading ever
+//!   busier, then gives it all back in a fraction of that: in each symbol a
+//!   pump and dump scaled by its beta). Manipulation keeps clear of them.
 //! - **Manipulation sizes** in units of current volatility: a price-moving
 //!   event moves k × the σ of the symbol's returns over the event's horizon
 //!   (one minute for a spike, the ramp for a pump), k log-uniform in
@@ -104,7 +107,7 @@ pub const EVENT_KINDS: [&str; 7] = [
 
 /// Every unlabelled decoy kind of the realistic market, as `decoys` table
 /// `kind` strings.
-pub const DECOY_KINDS: [&str; 3] = ["news", "market_shock", "rebalance_close"];
+pub const DECOY_KINDS: [&str; 4] = ["news", "market_shock", "rebalance_close", "market_swing"];
 
 /// [`SimConfig::event_sigmas`]' default: from barely visible to obvious.
 pub const DEFAULT_EVENT_SIGMAS: (f64, f64) = (1.0, 10.0);
@@ -166,8 +169,9 @@ pub enum Realism {
     /// decoys, no closing auction (the simulator before realism).
     Basic,
     /// The basic market plus drawn betas, persistent volatility regimes, a
-    /// daily closing auction, unlabelled decoys (news, market shocks, index
-    /// rebalances) and manipulation sized in units of current volatility.
+    /// daily closing auction, unlabelled decoys (news, market shocks and
+    /// swings, index rebalances) and manipulation sized in units of current
+    /// volatility.
     Market,
 }
 
@@ -194,11 +198,12 @@ pub struct SimConfig {
     pub events_per_symbol_day: f64,
     /// Basic or realistic market.
     pub realism: Realism,
-    /// Mean unlabelled decoys per symbol per day (realistic market), a third
-    /// of each kind: each symbol-day gets news, and an index rebalance, with
-    /// probability a third of it, and each venue-day a market shock (which
-    /// every symbol of the venue feels). At most one of each: 3 or more means
-    /// all three every day. Zero or less, or NaN: none.
+    /// Mean unlabelled decoys per symbol per day (realistic market), a
+    /// quarter of each kind: each symbol-day gets news, and an index
+    /// rebalance, with probability a quarter of it, and each venue-day a
+    /// market shock and a market swing (which every symbol of the venue
+    /// feels). At most one of each: 4 or more means all four every day. Zero
+    /// or less, or NaN: none.
     pub decoys_per_symbol_day: f64,
     /// Annualised volatility of each venue's market factor. Negative or NaN
     /// means the default; capped at 2.
@@ -540,6 +545,9 @@ impl Simulator {
                 let last = session_s.saturating_sub(REBALANCE_S);
                 decoys.add((last, session_s), Decoy::RebalanceClose);
             }
+            if let Some(w) = market.swing {
+                decoys.add(w.window(), Decoy::MarketSwing);
+            }
             events::schedule(
                 &mut key(market::TAG_EVENTS),
                 mean_events,
@@ -573,7 +581,8 @@ impl Simulator {
                     scratch.vol[s] *= e.vol_mult();
                 }
             }
-            if market.shock.is_some() || anchors.news.is_some() || rebalance {
+            let busy = market.shock.is_some() || market.swing.is_some();
+            if busy || anchors.news.is_some() || rebalance {
                 let rebalance_from = f64::from(session_s.saturating_sub(REBALANCE_S));
                 for s in 0..steps {
                     let t = (s as f64 + 0.5) * f64::from(step_s);
@@ -584,6 +593,10 @@ impl Simulator {
                     }
                     if rebalance && t >= rebalance_from {
                         mult *= REBALANCE_RATE;
+                    }
+                    if let Some(w) = market.swing {
+                        mult *= w.rate_mult(t);
+                        scratch.size[s] *= w.size_mult(t);
                     }
                     scratch.rate[s] *= mult;
                 }
@@ -705,6 +718,7 @@ enum Decoy {
     News,
     MarketShock,
     RebalanceClose,
+    MarketSwing,
 }
 
 impl Decoy {
@@ -714,6 +728,7 @@ impl Decoy {
             Self::News => DECOY_KINDS[0],
             Self::MarketShock => DECOY_KINDS[1],
             Self::RebalanceClose => DECOY_KINDS[2],
+            Self::MarketSwing => DECOY_KINDS[3],
         }
     }
 }
@@ -723,8 +738,8 @@ impl Decoy {
 #[derive(Debug, Default)]
 struct Decoys {
     /// `[start, end)` in seconds since the open.
-    windows: [(u32, u32); 3],
-    kinds: [Option<Decoy>; 3],
+    windows: [(u32, u32); DECOY_KINDS.len()],
+    kinds: [Option<Decoy>; DECOY_KINDS.len()],
     len: usize,
 }
 
@@ -751,7 +766,7 @@ impl Decoys {
             .column_by_name(col::TS)
             .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
             .map_or(&[][..], |a| a.values().as_ref());
-        let mut order = [0, 1, 2];
+        let mut order = [0, 1, 2, 3];
         let order = &mut order[..self.len];
         order.sort_by_key(|&i| self.windows[i]);
         for &i in order.iter() {
@@ -1508,8 +1523,8 @@ mod tests {
 
     #[test]
     fn a_market_shock_moves_every_symbol_in_the_same_minute() {
-        // Decoy rate 3: every venue-day has a shock (and every symbol news).
-        let sim = Simulator::new(market_bars(16, 1, 0.0, 3.0));
+        // Decoy rate 4: every venue-day has a shock (and every symbol news).
+        let sim = Simulator::new(market_bars(16, 1, 0.0, 4.0));
         let day = sim.simulate_day(0);
         let close = f64s(&day.ticks, col::PRICE);
         let ts = times(&day.ticks, col::TS);
@@ -1553,7 +1568,7 @@ mod tests {
 
     #[test]
     fn news_does_not_revert_and_trades_heavily_after() {
-        let sim = Simulator::new(market_bars(20, 2, 0.0, 3.0));
+        let sim = Simulator::new(market_bars(20, 2, 0.0, 4.0));
         let (mut kept, mut heavy, mut n) = (Vec::new(), Vec::new(), 0);
         for d in 0..2 {
             let day = sim.simulate_day(d);
@@ -1562,7 +1577,7 @@ mod tests {
                 let steps = sim.shapes[s.venue].steps();
                 let news = market::symbol_day(&sim.params(), i, s, d, steps)
                     .news
-                    .expect("news every day at decoy rate 3");
+                    .expect("news every day at decoy rate 4");
                 let rows = rows_of(&day.ticks, &s.symbol);
                 let m = (news.at_s / 60) as usize;
                 if m + 60 >= rows.len() || m < 2 {
@@ -1600,9 +1615,61 @@ mod tests {
     }
 
     #[test]
+    fn a_market_swing_pumps_and_dumps_every_symbol_by_its_beta() {
+        // Decoy rate 4: every venue-day has a swing.
+        let sim = Simulator::new(market_bars(24, 3, 0.0, 4.0));
+        let (mut up, mut kept, mut busy, mut n) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        for d in 0..3 {
+            let day = sim.simulate_day(d);
+            let (close, volume) = (f64s(&day.ticks, col::PRICE), f64s(&day.ticks, col::VOLUME));
+            let ts = times(&day.ticks, col::TS);
+            for venue in 0..market::VENUES.len() {
+                let w = market_of(&sim, venue, d).swing.expect("a swing every day");
+                let (start, end) = w.window();
+                let (m0, turn, m1) = (
+                    (start / 60) as usize,
+                    ((start + w.ramp_s) / 60) as usize,
+                    (end / 60) as usize,
+                );
+                assert!(w.ramp_s >= 600 && w.back_s < w.ramp_s, "{w:?}");
+                for s in sim.symbols().iter().filter(|s| s.venue == venue) {
+                    let rows = rows_of(&day.ticks, &s.symbol);
+                    let ln =
+                        |a: usize, b: usize| (close.value(rows[b]) / close.value(rows[a])).ln();
+                    let want = s.beta * w.size;
+                    up.push(ln(m0 - 1, turn - 1) / want);
+                    kept.push(ln(m0 - 1, m1) / want);
+                    let vol = |a: usize, b: usize| -> f64 {
+                        rows[a..b].iter().map(|&r| volume.value(r)).sum::<f64>() / (b - a) as f64
+                    };
+                    busy.push(vol(turn - 5, m1) / vol(m0 - 60.min(m0), m0));
+                    // Recorded as a decoy of that symbol, from its first bar.
+                    let x = &day.decoys;
+                    assert!(
+                        (0..x.num_rows()).any(|i| strs(x, lcol::SYMBOL).value(i) == s.symbol
+                            && strs(x, lcol::KIND).value(i) == "market_swing"
+                            && times(x, lcol::START_TS).value(i) == ts.value(rows[m0])),
+                        "{}: no market_swing decoy",
+                        s.symbol
+                    );
+                    n += 1;
+                }
+            }
+        }
+        assert!(n >= 60, "{n} symbol-swings");
+        // Each symbol moves by about beta x the swing at the turn, and gives
+        // it back by the end; its own noise scatters single cases.
+        let (up, kept) = (median(up), median(kept));
+        assert!((0.6..1.4).contains(&up), "moved {up} of beta x swing");
+        assert!(kept.abs() < 0.35, "kept {kept} of beta x swing");
+        let busy = median(busy);
+        assert!(busy > 1.5, "volume at the turn {busy}x the hour before");
+    }
+
+    #[test]
     fn every_day_closes_with_an_auction_and_rebalances_dwarf_it() {
         for kind in [SimKind::Trades, SimKind::Bars] {
-            for (decoys, least) in [(0.0, 8.0), (3.0, 100.0)] {
+            for (decoys, least) in [(0.0, 8.0), (4.0, 100.0)] {
                 let sim = Simulator::new(SimConfig {
                     kind,
                     decoys_per_symbol_day: decoys,
