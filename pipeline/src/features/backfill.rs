@@ -210,14 +210,17 @@ pub async fn backfill(
         }
         previous_pending = true;
     }
-    // Each date's market sums, for the betas of the dates after it.
+    // Each date's minute statistics and market sums, for the profiles and
+    // betas of the dates after it.
+    let mut stats_cache = super::profiles::MinuteStatsCache::default();
     let mut beta_cache = super::market::BetaCache::default();
     for chunk in chunks {
         // The features of a date join its intraday profiles, made from the
         // dates before it: store them first (once; again with --force).
         for &date in &chunk {
             if options.force || !super::profiles::profiles_done(root, date).await {
-                let rows = super::profiles::write_profiles(root, date).await?;
+                let rows =
+                    super::profiles::write_profiles_cached(root, date, &mut stats_cache).await?;
                 tracing::debug!(%date, rows, "Intraday profiles written.");
             }
             // The date's own minute statistics, for the profiles of the

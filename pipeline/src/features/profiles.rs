@@ -22,6 +22,8 @@
 //! minute (and how many there were): exact and independent of row order,
 //! and reading 20 small tables instead of 20 days of ticks.
 
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::RecordBatch;
@@ -326,6 +328,14 @@ async fn tick_dates(root: &LakeRoot) -> Result<Vec<NaiveDate>, ProfileError> {
     Ok(dates)
 }
 
+/// The minute statistics of single dates, kept across the dates of a
+/// backfill: each date's are read once, not once per later date whose
+/// profiles they feed.
+#[derive(Debug, Default)]
+pub struct MinuteStatsCache {
+    dates: BTreeMap<NaiveDate, RecordBatch>,
+}
+
 /// Computes the profiles of `date` from the minute statistics of the
 /// [`PROFILE_DAYS`] latest dates with ticks before it (made from their
 /// ticks where not stored yet, and stored when `store`). Empty when no
@@ -335,15 +345,35 @@ pub async fn compute_profiles_with(
     date: NaiveDate,
     store: bool,
 ) -> Result<RecordBatch, ProfileError> {
+    compute_profiles_cached(root, date, store, &mut MinuteStatsCache::default()).await
+}
+
+/// [`compute_profiles_with`], taking the minute statistics of dates already
+/// in `cache` from it and adding those it reads; dates before the trailing
+/// ones are dropped from it.
+pub async fn compute_profiles_cached(
+    root: &LakeRoot,
+    date: NaiveDate,
+    store: bool,
+    cache: &mut MinuteStatsCache,
+) -> Result<RecordBatch, ProfileError> {
     let spec = TableSpec::minute_stats();
-    let mut stats = Vec::new();
-    for d in trailing_dates(root, date).await? {
-        stats.push(
-            stored_or_made(root, &spec, "minute_stats", d, store, || {
-                compute_minute_stats(root, d)
-            })
-            .await?,
-        );
+    let trailing = trailing_dates(root, date).await?;
+    if let Some(&first) = trailing.first() {
+        cache.dates = cache.dates.split_off(&first);
+    }
+    let mut stats = Vec::with_capacity(trailing.len());
+    for d in trailing {
+        let day = match cache.dates.entry(d) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(
+                stored_or_made(root, &spec, "minute_stats", d, store, || {
+                    compute_minute_stats(root, d)
+                })
+                .await?,
+            ),
+        };
+        stats.push(day.clone());
     }
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
     let m = datafusion::datasource::MemTable::try_new(minute_stats_schema(), vec![stats]).map_err(
@@ -380,7 +410,17 @@ pub async fn compute_profiles(
 /// Computes and stores the profiles of `date` (replacing what was there)
 /// with its `_SUCCESS` marker; returns the rows written.
 pub async fn write_profiles(root: &LakeRoot, date: NaiveDate) -> Result<u64, ProfileError> {
-    let batch = compute_profiles(root, date).await?;
+    write_profiles_cached(root, date, &mut MinuteStatsCache::default()).await
+}
+
+/// [`write_profiles`] with a [`MinuteStatsCache`] kept from one date to
+/// the next.
+pub async fn write_profiles_cached(
+    root: &LakeRoot,
+    date: NaiveDate,
+    cache: &mut MinuteStatsCache,
+) -> Result<u64, ProfileError> {
+    let batch = compute_profiles_cached(root, date, true, cache).await?;
     store_day(root, &TableSpec::profiles(), date, &batch).await?;
     Ok(batch.num_rows() as u64)
 }
