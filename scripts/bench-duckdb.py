@@ -10,7 +10,8 @@ What it does, to do the same work as `stockanomaly backfill`:
     MACROS and udfs/src/);
   * `ticks` = read_parquet('LAKE/ticks/**/*.parquet', hive_partitioning=true);
   * `symbols`, and `profiles`, `market` and `betas` as the backfill wrote
-    them (read, not recomputed: DuckDB does slightly less work);
+    them (read, not recomputed, as the timed backfill of the feature files
+    alone reads them too);
   * every `QUERIES_DIR/features/*.sql` (file-name order) as a temp view, with
     `ewm_zscore(...) OVER (...)` replaced by NULL::DOUBLE (no DuckDB
     equivalent: that one column is not computed here);
@@ -19,8 +20,9 @@ What it does, to do the same work as `stockanomaly backfill`:
     zstd Parquet to the lake); that statement is what is timed.
 
 Differences that remain: DuckDB computes the whole lake in one query, the
-backfill one date at a time with the lookback (30 min + 201 ticks) of history
-re-read before each date, so it reads somewhat more rows.
+backfill runs of dates (up to --chunk-ticks ticks) with the lookback (30 min
++ 201 ticks) of history re-read before each run, so it reads somewhat more
+rows.
 
 Then, when the backfill's output exists (LAKE/features/<hash>/), compares a
 few features computed by both (max abs/rel difference; informational:

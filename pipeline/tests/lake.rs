@@ -135,6 +135,7 @@ async fn small_file_limits_split_a_day_into_several_files() {
         max_rows_per_file: 10,
         max_buffered_rows: 15,
         row_group_rows: 4,
+        float_dictionary: true,
     };
     let mut a = Appender::new(root.clone(), TableSpec::ticks(), options);
     for _ in 0..5 {

@@ -2,6 +2,10 @@
 //! consecutive dates at a time (at most [`CHUNK_TICKS`] ticks, or one date)
 //! with the lookback of history before it, written to
 //! `features/<feature-set hash>/date=.../`.
+//!
+//! A run's ticks are read into memory in key order and computed by
+//! [`compute_features`](super::compute_features); the run's features are
+//! written while the next run is read and computed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +15,6 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use chrono::NaiveDate;
 use datafusion::prelude::SessionContext;
-use futures::StreamExt;
 use indicatif::ProgressBar;
 use object_store::{ObjectStoreExt, PutPayload};
 
@@ -71,6 +74,14 @@ pub enum BackfillError {
         /// DataFusion's error.
         #[source]
         source: datafusion::error::DataFusionError,
+    },
+    /// The task writing a run of dates failed.
+    #[error("backfill of the dates from {date}: the write failed: {reason}")]
+    Write {
+        /// The run's first date.
+        date: NaiveDate,
+        /// What went wrong.
+        reason: String,
     },
     /// The intraday profiles a date's features join could not be made.
     #[error(transparent)]
@@ -214,6 +225,7 @@ pub async fn backfill(
     // betas of the dates after it.
     let mut stats_cache = super::profiles::MinuteStatsCache::default();
     let mut beta_cache = super::market::BetaCache::default();
+    let mut writing: Option<PendingWrite> = None;
     for chunk in chunks {
         // The features of a date join its intraday profiles, made from the
         // dates before it: store them first (once; again with --force).
@@ -245,25 +257,58 @@ pub async fn backfill(
             }
         }
         let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
-        let rows = backfill_dates(root, catalog, &spec, first, last, options).await?;
-        // Markers only once every date of the chunk is written.
-        for date in &chunk {
-            let marker = root.path(&format!("{}/date={date}/_SUCCESS", spec.name));
-            root.store()
-                .put(&marker, PutPayload::from_static(b""))
-                .await
-                .map_err(|source| LakeError::Store {
-                    path: marker.to_string(),
-                    source,
-                })?;
+        let computed = compute_dates(root, catalog, first, last, options).await;
+        // The previous run's write went on meanwhile; it ends before this
+        // run's starts, so at most two runs' features are held.
+        if let Some(p) = writing.take() {
+            finish_write(root, &spec, p, &mut summary, progress).await?;
         }
-        tracing::info!(%first, %last, rows, "Features backfilled.");
-        summary.rows += rows;
-        summary.dates_done.extend(&chunk);
-        progress.inc(chunk.len() as u64);
+        let features = computed?;
+        let task = tokio::spawn(write_features(root.clone(), spec.clone(), features));
+        writing = Some((chunk, task));
+    }
+    if let Some(p) = writing.take() {
+        finish_write(root, &spec, p, &mut summary, progress).await?;
     }
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// A run of dates whose features are being written.
+type PendingWrite = (
+    Vec<NaiveDate>,
+    tokio::task::JoinHandle<Result<u64, BackfillError>>,
+);
+
+/// Waits for a run's write, then marks its dates done.
+async fn finish_write(
+    root: &LakeRoot,
+    spec: &TableSpec,
+    (chunk, task): PendingWrite,
+    summary: &mut BackfillSummary,
+    progress: &ProgressBar,
+) -> Result<(), BackfillError> {
+    let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
+    let rows = task.await.map_err(|e| BackfillError::Write {
+        date: first,
+        reason: e.to_string(),
+    })??;
+    // Markers only once every date of the run is written.
+    for date in &chunk {
+        let marker = root.path(&format!("{}/date={date}/_SUCCESS", spec.name));
+        root.store()
+            .put(&marker, PutPayload::from_static(b""))
+            .await
+            .map_err(|source| LakeError::Store {
+                path: marker.to_string(),
+                source,
+            })?;
+    }
+    tracing::info!(%first, %last, rows, "Features backfilled.");
+    summary.rows += rows;
+    summary.dates_done.extend(&chunk);
+    progress.inc(chunk.len() as u64);
+    Ok(())
 }
 
 /// Most ticks backfilled in one pass (more only when one date holds more):
@@ -321,17 +366,15 @@ fn sql_ts(us: i64) -> String {
     format!("to_timestamp_micros({us}) AT TIME ZONE 'UTC'")
 }
 
-/// Computes the dates `date..=last`: history from the lookback before
-/// `date`, every feature file as a view, joined on the tick key, only the
-/// rows of the dates kept.
-async fn backfill_dates(
+/// Computes the features of the dates `date..=last` (history from the
+/// lookback before `date`): their rows only, sorted by the tick key.
+async fn compute_dates(
     root: &LakeRoot,
     catalog: &Catalog,
-    spec: &TableSpec,
     date: NaiveDate,
     last: NaiveDate,
     o: &BackfillOptions,
-) -> Result<u64, BackfillError> {
+) -> Result<RecordBatch, BackfillError> {
     let q_err = |source| BackfillError::Query { date, source };
     let ctx = session_context(root).await?;
     let start = day_start_us(date);
@@ -388,38 +431,135 @@ async fn backfill_dates(
         sql_ts(read_end)
     );
     ctx.sql(&view).await.map_err(q_err)?;
-    // The feature files read `ticks`: point it at the window.
-    let window = ctx.table("ticks_window").await.map_err(q_err)?.into_view();
-    ctx.deregister_table("ticks").map_err(q_err)?;
-    ctx.register_table("ticks", window).map_err(q_err)?;
-    let sql = feature_query(
-        &ctx,
-        catalog,
-        &format!("f0.ts >= {} AND f0.ts < {}", sql_ts(start), sql_ts(end)),
-    )
-    .await
-    .map_err(q_err)?;
-    let mut stream = ctx
-        .sql(&sql)
-        .await
-        .map_err(q_err)?
-        .execute_stream()
+    // The window's ticks in key order, computed in memory (CHUNK_TICKS bounds
+    // them), then only the rows of the dates asked for.
+    let clock = Instant::now();
+    let df = ctx
+        .sql("SELECT * FROM ticks_window ORDER BY symbol, ts, seq")
         .await
         .map_err(q_err)?;
-    let mut appender = Appender::new(root.clone(), spec.clone(), AppenderOptions::default());
-    let mut rows = 0;
-    while let Some(batch) = stream.next().await {
-        let batch = conform(&batch.map_err(q_err)?, &spec.schema).map_err(|source| {
-            BackfillError::Lake(LakeError::Arrow {
-                table: spec.name.clone(),
-                source,
-            })
-        })?;
-        rows += batch.num_rows() as u64;
-        appender.append(batch).await?;
-    }
+    let ticks_schema = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await.map_err(q_err)?;
+    let ticks =
+        arrow::compute::concat_batches(&ticks_schema, &batches).map_err(|e| q_err(e.into()))?;
+    drop(batches);
+    // Whole dates were read for the tick-count lookback and the delay; keep
+    // per symbol only the ticks the features of [start, end) can reach.
+    let needed = reach(
+        &ticks,
+        time_start,
+        end,
+        usize::try_from(lookback.rows).unwrap_or(usize::MAX),
+        usize::try_from(catalog.delay()).unwrap_or(usize::MAX),
+    )
+    .map_err(|e| q_err(e.into()))?;
+    let ticks =
+        arrow::compute::filter_record_batch(&ticks, &needed).map_err(|e| q_err(e.into()))?;
+    let read = clock.elapsed();
+    let features = super::compute_features(&ctx, catalog, &ticks)
+        .await
+        .map_err(q_err)?;
+    let computed = clock.elapsed();
+    drop(ticks);
+    let keep = in_range(&features, start, end).map_err(|e| q_err(e.into()))?;
+    let features =
+        arrow::compute::filter_record_batch(&features, &keep).map_err(|e| q_err(e.into()))?;
+    tracing::debug!(
+        %date, %last,
+        rows = features.num_rows(),
+        read_s = read.as_secs_f64(),
+        compute_s = (computed - read).as_secs_f64(),
+        "Features computed."
+    );
+    Ok(features)
+}
+
+/// Writes a run of dates' features (one batch) to the snapshot.
+async fn write_features(
+    root: LakeRoot,
+    spec: TableSpec,
+    features: RecordBatch,
+) -> Result<u64, BackfillError> {
+    let clock = Instant::now();
+    let options = AppenderOptions {
+        float_dictionary: false,
+        ..AppenderOptions::default()
+    };
+    let mut appender = Appender::new(root, spec, options);
+    let rows = features.num_rows() as u64;
+    appender.append(features).await?;
     appender.finish().await?;
+    tracing::debug!(
+        rows,
+        secs = clock.elapsed().as_secs_f64(),
+        "Features written."
+    );
     Ok(rows)
+}
+
+/// Of `ticks` sorted by `(symbol, ts, seq)`, the rows the features of the
+/// ticks in `[start, end)` (µs) can read, per symbol: those from
+/// `time_start` on, `before` ticks before them and `after` ticks after
+/// `end`, widened so that no group of ticks sharing a `ts` is cut (a
+/// superset of what the lookback and delay need, which changes no feature).
+fn reach(
+    ticks: &RecordBatch,
+    time_start: i64,
+    end: i64,
+    before: usize,
+    after: usize,
+) -> Result<arrow::array::BooleanArray, arrow::error::ArrowError> {
+    let schema = ticks.schema();
+    let ts = ticks.column(schema.index_of(col::TS)?);
+    let ts = ts
+        .as_primitive_opt::<arrow::datatypes::TimestampMicrosecondType>()
+        .ok_or_else(|| arrow::error::ArrowError::SchemaError("ts is not a µs timestamp".into()))?
+        .values();
+    let symbols = ticks
+        .column(schema.index_of(col::SYMBOL)?)
+        .as_string_opt::<i32>()
+        .ok_or_else(|| {
+            arrow::error::ArrowError::SchemaError("symbol is not a string column".into())
+        })?;
+    let mut keep = vec![false; ticks.num_rows()];
+    let mut a = 0;
+    while a < keep.len() {
+        let mut b = a + 1;
+        while b < keep.len() && symbols.value(b) == symbols.value(a) {
+            b += 1;
+        }
+        let run = &ts[a..b];
+        let first = a + run.partition_point(|&t| t < time_start);
+        let mut lo = first.saturating_sub(before).max(a);
+        while lo > a && ts[lo - 1] == ts[lo] {
+            lo -= 1;
+        }
+        let last = a + run.partition_point(|&t| t < end);
+        let mut hi = last.saturating_add(after).min(b);
+        while hi < b && hi > a && ts[hi] == ts[hi - 1] {
+            hi += 1;
+        }
+        keep[lo..hi].iter_mut().for_each(|k| *k = true);
+        a = b;
+    }
+    Ok(arrow::array::BooleanArray::from(keep))
+}
+
+/// Rows of `batch` whose `ts` (µs) lies in `[start, end)`.
+fn in_range(
+    batch: &RecordBatch,
+    start: i64,
+    end: i64,
+) -> Result<arrow::array::BooleanArray, arrow::error::ArrowError> {
+    let ts = batch.column(batch.schema().index_of(col::TS)?);
+    let ts = ts
+        .as_primitive_opt::<arrow::datatypes::TimestampMicrosecondType>()
+        .ok_or_else(|| arrow::error::ArrowError::SchemaError("ts is not a µs timestamp".into()))?;
+    let ts = ts.values();
+    Ok(arrow::array::BooleanArray::new(
+        arrow::buffer::BooleanBuffer::collect_bool(ts.len(), |i| ts[i] >= start && ts[i] < end),
+        None,
+    ))
 }
 
 /// Calendar days after a range searched for the later ticks that delayed
@@ -499,8 +639,10 @@ async fn covering_dates(
 /// `ticks` and returns the query joining them on the tick key: the key and
 /// every feature as `DOUBLE`, in catalog order, rows kept where `filter`
 /// (over `f0.symbol`, `f0.ts`, `f0.seq`) holds. Backfill and the streaming
-/// executor both compute features through this, which is what makes their
-/// values the same.
+/// executor compute features through [`compute_features`](super::compute_features),
+/// which lines the files up without this join when it can (same values,
+/// faster) and falls back to it when a file does not return one row per
+/// tick.
 pub async fn feature_query(
     ctx: &SessionContext,
     catalog: &Catalog,

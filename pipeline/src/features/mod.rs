@@ -11,6 +11,7 @@
 
 mod backfill;
 mod catalog;
+mod compute;
 mod error;
 mod header;
 mod lookback;
@@ -24,6 +25,7 @@ pub use backfill::{
 pub(crate) use backfill::{conform, remove_date};
 pub(crate) use catalog::read_sql_folder;
 pub use catalog::{Catalog, FeatureFile, DEFAULT_QUERIES, MARKET_FILE, QUERIES_ENV};
+pub use compute::compute_features;
 pub use error::{CatalogError, CatalogErrors};
 pub use header::Header;
 pub use lookback::Lookback;

@@ -19,23 +19,30 @@ const DAY_US: i64 = 86_400_000_000;
 /// Tuning of an [`Appender`].
 #[derive(Debug, Clone, Copy)]
 pub struct AppenderOptions {
-    /// A date's buffer is written as a file once it holds this many rows.
+    /// A date's buffer is written as a file once it holds this many rows;
+    /// when finishing, a date with more is written as several files of
+    /// about equal size.
     pub max_rows_per_file: usize,
     /// When all buffers together hold more rows, the largest is written:
     /// this bounds memory whatever the input's date order.
     pub max_buffered_rows: usize,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
+    /// Dictionary-encode `Float64` columns. Worth it for prices on a tick
+    /// grid; for computed values (features, scores), nearly all distinct, the
+    /// writer hashes every value only to give the dictionary up.
+    pub float_dictionary: bool,
 }
 
 impl Default for AppenderOptions {
     fn default() -> Self {
         Self {
-            max_rows_per_file: 2_000_000,
+            max_rows_per_file: 1_000_000,
             max_buffered_rows: 4_000_000,
             // 128k rows: large enough for zstd and statistics to pay off,
             // small enough that a symbol/time filter skips most of a file.
             row_group_rows: 128 * 1024,
+            float_dictionary: true,
         }
     }
 }
@@ -85,11 +92,21 @@ impl Appender {
                 nulls_first: false,
             })
             .collect();
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .set_max_row_group_row_count(Some(options.row_group_rows))
-            .set_sorting_columns(Some(sorting))
-            .build();
+            .set_sorting_columns(Some(sorting));
+        if !options.float_dictionary {
+            for f in spec.schema.fields() {
+                if f.data_type() == &arrow::datatypes::DataType::Float64 {
+                    props = props.set_column_dictionary_enabled(
+                        parquet::schema::types::ColumnPath::from(f.name().as_str()),
+                        false,
+                    );
+                }
+            }
+        }
+        let props = props.build();
         Self {
             root,
             spec,
@@ -151,29 +168,93 @@ impl Appender {
         Ok(())
     }
 
-    /// Writes everything still buffered and returns what was done.
+    /// Writes everything still buffered and returns what was done. Dates
+    /// are encoded side by side, one per core.
     pub async fn finish(mut self) -> Result<AppendStats, LakeError> {
         let days: Vec<i32> = self.buffers.keys().copied().collect();
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(cores));
+        let mut encoding = Vec::with_capacity(days.len());
         for day in days {
-            self.flush_day(day).await?;
+            let Some(batch) = self.take_day(day)? else {
+                continue;
+            };
+            // A big date goes in several files of consecutive rows (each
+            // sorted), encoded side by side; how it is cut depends only on
+            // its row count, so the same rows always make the same files.
+            let rows = batch.num_rows();
+            let files = rows.div_ceil(self.options.max_rows_per_file.max(1)).max(1);
+            let per_file = rows.div_ceil(files);
+            for start in (0..rows).step_by(per_file.max(1)) {
+                let part = batch.slice(start, per_file.min(rows - start));
+                let (props, permits) = (self.props.clone(), std::sync::Arc::clone(&permits));
+                encoding.push((
+                    day,
+                    tokio::spawn(async move {
+                        let _permit = permits.acquire_owned().await;
+                        tokio::task::spawn_blocking(move || {
+                            (part.num_rows(), encode_parquet(&part, &props))
+                        })
+                        .await
+                    }),
+                ));
+            }
+        }
+        // Stored in date order as they come; later dates encode meanwhile.
+        for (day, task) in encoding {
+            let (rows, bytes) = task
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map_err(|e| LakeError::Parquet {
+                    path: format!("{}/date={}", self.spec.name, date_string(day)),
+                    source: parquet::errors::ParquetError::General(format!(
+                        "the encoding task failed: {e}"
+                    )),
+                })?;
+            self.store_day(day, rows, bytes).await?;
         }
         Ok(self.stats)
     }
 
     async fn flush_day(&mut self, day: i32) -> Result<(), LakeError> {
-        let Some((batches, rows)) = self.buffers.remove(&day) else {
+        let Some(batch) = self.take_day(day)? else {
             return Ok(());
+        };
+        let bytes = encode_parquet(&batch, &self.props);
+        self.store_day(day, batch.num_rows(), bytes).await
+    }
+
+    /// A date's buffered rows as one batch sorted by the table's key, taken
+    /// out of the buffers.
+    fn take_day(&mut self, day: i32) -> Result<Option<RecordBatch>, LakeError> {
+        let Some((batches, rows)) = self.buffers.remove(&day) else {
+            return Ok(None);
         };
         self.buffered -= rows;
         let arrow_err = |source| LakeError::Arrow {
             table: self.spec.name.clone(),
             source,
         };
-        let batch = concat_batches(&self.spec.schema, &batches).map_err(arrow_err)?;
-        drop(batches);
-        let batch = sort_by(&batch, &self.spec.sort_by).map_err(arrow_err)?;
+        let batch = match <[RecordBatch; 1]>::try_from(batches) {
+            Ok([one]) => one,
+            Err(batches) => concat_batches(&self.spec.schema, &batches).map_err(arrow_err)?,
+        };
+        Ok(Some(
+            sort_by(&batch, &self.spec.sort_by).map_err(arrow_err)?,
+        ))
+    }
+
+    /// Puts a date's encoded file under its content's name (unless a file
+    /// of that content is there already).
+    async fn store_day(
+        &mut self,
+        day: i32,
+        rows: usize,
+        bytes: Result<Vec<u8>, parquet::errors::ParquetError>,
+    ) -> Result<(), LakeError> {
         let date = date_string(day);
-        let bytes = encode_parquet(&batch, &self.props).map_err(|source| LakeError::Parquet {
+        let bytes = bytes.map_err(|source| LakeError::Parquet {
             path: format!("{}/date={date}", self.spec.name),
             source,
         })?;
@@ -208,7 +289,7 @@ impl Appender {
             })?;
         self.stats.files_written += 1;
         self.stats.bytes_written += len;
-        tracing::debug!(path = %path, rows = batch.num_rows(), "Lake file written.");
+        tracing::debug!(path = %path, rows, "Lake file written.");
         Ok(())
     }
 }
@@ -244,13 +325,29 @@ fn split_by_day(
     let mut distinct = days.clone();
     distinct.sort_unstable();
     distinct.dedup();
-    distinct
-        .into_iter()
-        .map(|day| {
-            let mask: arrow::array::BooleanArray = days.iter().map(|&d| Some(d == day)).collect();
-            Ok((day, arrow::compute::filter_record_batch(batch, &mask)?))
-        })
-        .collect()
+    // One gather with the rows grouped by day (in their order within a
+    // day), then a slice per day: one pass over the columns, not one per day.
+    let mut starts = vec![0usize; distinct.len() + 1];
+    let slot = |d: i32| distinct.binary_search(&d).unwrap_or(0);
+    for &d in &days {
+        starts[slot(d) + 1] += 1;
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let mut next = starts.clone();
+    let mut order = vec![0u32; days.len()];
+    for (row, &d) in days.iter().enumerate() {
+        let s = slot(d);
+        order[next[s]] = row as u32;
+        next[s] += 1;
+    }
+    let grouped = take_record_batch(batch, &arrow::array::UInt32Array::from(order))?;
+    Ok(distinct
+        .iter()
+        .enumerate()
+        .map(|(i, &day)| (day, grouped.slice(starts[i], starts[i + 1] - starts[i])))
+        .collect())
 }
 
 /// Sorts a batch by `cols` ascending, skipping the work when it already is.

@@ -14,7 +14,7 @@ mod root;
 mod table;
 
 pub use appender::{
-    date_string, replace_named, AppendStats, Appender, AppenderOptions, ReplaceStats,
+    date_string, replace_named, sort_by, AppendStats, Appender, AppenderOptions, ReplaceStats,
 };
 pub use context::{register_table, schema_session, session_context, with_partitions};
 pub use error::LakeError;

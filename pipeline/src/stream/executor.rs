@@ -36,7 +36,7 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 
 use crate::features::market::bucket_of;
-use crate::features::{feature_query, features_table, Catalog, Lookback};
+use crate::features::{Catalog, Lookback};
 use crate::lake::schema_session;
 use crate::model::score::score_batch;
 use crate::model::{Detector, TrainError};
@@ -1122,16 +1122,8 @@ impl Executor {
         // The lake's `ticks` has a `date` column; feature files may not use
         // it, but the schema must match what they were planned against.
         let ticks = with_date(&project_ticks(held)?)?;
-        let ctx = self.session_over(Some(&ticks))?;
-        let sql = feature_query(&ctx, &self.catalog, "true").await?;
-        let df = ctx
-            .sql(&format!("{sql} ORDER BY f0.symbol, f0.ts, f0.seq"))
-            .await?;
-        let schema = df.schema().inner().clone();
-        let batches = df.collect().await?;
-        let spec = features_table(&self.catalog);
-        let all = concat_batches(&schema, &batches)?;
-        Ok(crate::features::conform(&all, &spec.schema)?)
+        let ctx = self.session_over(None)?;
+        Ok(crate::features::compute_features(&ctx, &self.catalog, &ticks).await?)
     }
 
     /// Drops history no future tick needs: per symbol, every tick within
