@@ -11,7 +11,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::concat_batches;
 use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
 use datafusion::prelude::SessionContext;
-use stockanomaly::features::{compute_features, feature_query, Catalog};
+use stockanomaly::features::{compute_features, feature_query, line_up_files, Catalog};
 use stockanomaly::lake::{session_context, LakeRoot};
 
 use common::ok;
@@ -89,10 +89,14 @@ async fn lined_up_files_equal_the_join_bit_for_bit() {
     let ctx = session_context(&root).await.unwrap();
     // Ticks in lake order (by date, then file): compute_features sorts them.
     let ticks = collect(&ctx, "SELECT * FROM ticks").await;
-    let lined_up = compute_features(&ctx, &catalog, &ticks).await.unwrap();
+    // The default pack returns one row per tick: lined up, no fallback.
+    let lined_up = line_up_files(&ctx, &catalog, &ticks)
+        .await
+        .unwrap()
+        .expect("the default pack lines up without the join");
 
     let join_ctx = session_context(&root).await.unwrap();
-    let sql = feature_query(&join_ctx, &catalog, "true").await.unwrap();
+    let sql = feature_query(&join_ctx, &catalog).await.unwrap();
     let joined = collect(
         &join_ctx,
         &format!("{sql} ORDER BY f0.symbol, f0.ts, f0.seq"),
@@ -141,6 +145,13 @@ async fn a_file_dropping_rows_falls_back_to_the_join() {
     .unwrap();
     let catalog = Catalog::load(&queries).await.unwrap();
 
+    assert!(
+        line_up_files(&ctx, &catalog, &ticks)
+            .await
+            .unwrap()
+            .is_none(),
+        "a file with fewer rows than ticks cannot be lined up"
+    );
     let out = compute_features(&ctx, &catalog, &ticks).await.unwrap();
     let above = prices.values().iter().filter(|&&p| p > median).count();
     assert!(above > 0 && above < ticks.num_rows());

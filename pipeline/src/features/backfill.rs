@@ -637,8 +637,7 @@ async fn covering_dates(
 
 /// Registers every feature file of `catalog` as a view over the session's
 /// `ticks` and returns the query joining them on the tick key: the key and
-/// every feature as `DOUBLE`, in catalog order, rows kept where `filter`
-/// (over `f0.symbol`, `f0.ts`, `f0.seq`) holds. Backfill and the streaming
+/// every feature as `DOUBLE`, in catalog order. Backfill and the streaming
 /// executor compute features through [`compute_features`](super::compute_features),
 /// which lines the files up without this join when it can (same values,
 /// faster) and falls back to it when a file does not return one row per
@@ -646,7 +645,6 @@ async fn covering_dates(
 pub async fn feature_query(
     ctx: &SessionContext,
     catalog: &Catalog,
-    filter: &str,
 ) -> Result<String, datafusion::error::DataFusionError> {
     let mut selects = vec![
         "f0.ts".to_owned(),
@@ -670,10 +668,7 @@ pub async fn feature_query(
             ));
         }
     }
-    Ok(format!(
-        "SELECT {} FROM f0{joins} WHERE {filter}",
-        selects.join(", ")
-    ))
+    Ok(format!("SELECT {} FROM f0{joins}", selects.join(", ")))
 }
 
 /// Gives a result batch the table's exact schema (names, order, nullability).

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::compute::concat_batches;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::DataType;
 use datafusion::catalog::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{col, SortExpr};
@@ -46,6 +46,22 @@ pub async fn compute_features(
     catalog: &Catalog,
     ticks: &RecordBatch,
 ) -> Result<RecordBatch, DataFusionError> {
+    match line_up_files(ctx, catalog, ticks).await? {
+        Some(batch) => Ok(batch),
+        None => joined(ctx, catalog).await,
+    }
+}
+
+/// [`compute_features`] without the fallback: each file on its own, lined
+/// up with the sorted ticks by position; `None` when a file's rows are not
+/// exactly the ticks' rows (the join is then what gives the answer).
+/// Registers `ticks` and sets `ctx` to one partition per query, as
+/// [`compute_features`] does.
+pub async fn line_up_files(
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    ticks: &RecordBatch,
+) -> Result<Option<RecordBatch>, DataFusionError> {
     let ticks = crate::lake::sort_by(ticks, &[key::SYMBOL, key::TS, key::SEQ])?;
     register_sorted_ticks(ctx, &ticks)?;
     // One partition per query: a hash repartition by symbol would undo the
@@ -54,11 +70,7 @@ pub async fn compute_features(
         .await?
         .collect()
         .await?;
-    let spec = features_table(catalog);
-    match per_file(ctx, catalog, &ticks, &spec.schema).await? {
-        Some(batch) => Ok(batch),
-        None => joined(ctx, catalog, &spec.schema).await,
-    }
+    per_file(ctx, catalog, &ticks).await
 }
 
 /// The key order the in-memory `ticks` are declared to have.
@@ -87,8 +99,8 @@ async fn per_file(
     ctx: &SessionContext,
     catalog: &Catalog,
     ticks: &RecordBatch,
-    schema: &SchemaRef,
 ) -> Result<Option<RecordBatch>, DataFusionError> {
+    let schema = features_table(catalog).schema;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     // At most one file per core in flight: each holds a copy of the columns
     // it reads until its windows are done.
@@ -123,12 +135,28 @@ async fn per_file(
             })
         }));
     }
+    let mut tasks: Vec<_> = tasks.into_iter().flatten().collect();
+    // Dropping a handle does not stop its task: abort the others when
+    // giving up, so a failed file does not leave work running.
+    let abort_all = |tasks: &[tokio::task::JoinHandle<_>]| tasks.iter().for_each(|t| t.abort());
     let mut results = Vec::with_capacity(tasks.len());
-    for (task, file) in tasks.into_iter().flatten().zip(catalog.files()) {
-        let batch = task.await.map_err(|e| {
-            DataFusionError::Execution(format!("feature file {}: task failed: {e}", file.name))
-        })??;
+    for (i, file) in catalog.files().iter().enumerate() {
+        let batch = match (&mut tasks[i]).await {
+            Ok(Ok(batch)) => batch,
+            Ok(Err(e)) => {
+                abort_all(&tasks);
+                return Err(e);
+            }
+            Err(e) => {
+                abort_all(&tasks);
+                return Err(DataFusionError::Execution(format!(
+                    "feature file {}: task failed: {e}",
+                    file.name
+                )));
+            }
+        };
         if !same_rows(&batch, ticks)? {
+            abort_all(&tasks);
             tracing::warn!(
                 file = %file.path.display(),
                 "Feature file does not return exactly one row per tick; lining the files up with a join (slower)."
@@ -151,12 +179,14 @@ async fn per_file(
             });
         }
     }
-    Ok(Some(RecordBatch::try_new(Arc::clone(schema), columns)?))
+    Ok(Some(RecordBatch::try_new(schema, columns)?))
 }
 
-/// How many window calls (`OVER`) a file's SQL makes.
+/// How many window calls (the word `OVER`) a file's SQL makes.
 fn window_calls(sql: &str) -> usize {
-    sql.to_ascii_uppercase().matches(" OVER").count()
+    sql.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.eq_ignore_ascii_case("over"))
+        .count()
 }
 
 /// Whether `batch` holds `ticks`' keys, row for row.
@@ -178,17 +208,13 @@ fn same_rows(batch: &RecordBatch, ticks: &RecordBatch) -> Result<bool, DataFusio
 
 /// The files joined on the tick key (what [`feature_query`] writes), sorted
 /// by the key.
-async fn joined(
-    ctx: &SessionContext,
-    catalog: &Catalog,
-    schema: &SchemaRef,
-) -> Result<RecordBatch, DataFusionError> {
-    let sql = feature_query(ctx, catalog, "true").await?;
+async fn joined(ctx: &SessionContext, catalog: &Catalog) -> Result<RecordBatch, DataFusionError> {
+    let sql = feature_query(ctx, catalog).await?;
     let df = ctx
         .sql(&format!("{sql} ORDER BY f0.symbol, f0.ts, f0.seq"))
         .await?;
     let result_schema = Arc::new(df.schema().as_arrow().clone());
     let batches = df.collect().await?;
     let all = concat_batches(&result_schema, &batches)?;
-    Ok(super::conform(&all, schema)?)
+    Ok(super::conform(&all, &features_table(catalog).schema)?)
 }

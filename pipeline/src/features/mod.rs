@@ -25,7 +25,7 @@ pub use backfill::{
 pub(crate) use backfill::{conform, remove_date};
 pub(crate) use catalog::read_sql_folder;
 pub use catalog::{Catalog, FeatureFile, DEFAULT_QUERIES, MARKET_FILE, QUERIES_ENV};
-pub use compute::compute_features;
+pub use compute::{compute_features, line_up_files};
 pub use error::{CatalogError, CatalogErrors};
 pub use header::Header;
 pub use lookback::Lookback;

@@ -168,61 +168,55 @@ impl Appender {
         Ok(())
     }
 
-    /// Writes everything still buffered and returns what was done. Dates
-    /// are encoded side by side, one per core.
+    /// Writes everything still buffered and returns what was done.
     pub async fn finish(mut self) -> Result<AppendStats, LakeError> {
         let days: Vec<i32> = self.buffers.keys().copied().collect();
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(cores));
-        let mut encoding = Vec::with_capacity(days.len());
-        for day in days {
-            let Some(batch) = self.take_day(day)? else {
-                continue;
-            };
-            // A big date goes in several files of consecutive rows (each
-            // sorted), encoded side by side; how it is cut depends only on
-            // its row count, so the same rows always make the same files.
-            let rows = batch.num_rows();
-            let files = rows.div_ceil(self.options.max_rows_per_file.max(1)).max(1);
-            let per_file = rows.div_ceil(files);
-            for start in (0..rows).step_by(per_file.max(1)) {
-                let part = batch.slice(start, per_file.min(rows - start));
-                let (props, permits) = (self.props.clone(), std::sync::Arc::clone(&permits));
-                encoding.push((
-                    day,
-                    tokio::spawn(async move {
-                        let _permit = permits.acquire_owned().await;
-                        tokio::task::spawn_blocking(move || {
-                            (part.num_rows(), encode_parquet(&part, &props))
-                        })
-                        .await
-                    }),
-                ));
-            }
-        }
-        // Stored in date order as they come; later dates encode meanwhile.
-        for (day, task) in encoding {
-            let (rows, bytes) = task
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()))
-                .map_err(|e| LakeError::Parquet {
-                    path: format!("{}/date={}", self.spec.name, date_string(day)),
-                    source: parquet::errors::ParquetError::General(format!(
-                        "the encoding task failed: {e}"
-                    )),
-                })?;
-            self.store_day(day, rows, bytes).await?;
-        }
+        self.write_days(&days).await?;
         Ok(self.stats)
     }
 
     async fn flush_day(&mut self, day: i32) -> Result<(), LakeError> {
-        let Some(batch) = self.take_day(day)? else {
-            return Ok(());
-        };
-        let bytes = encode_parquet(&batch, &self.props);
-        self.store_day(day, batch.num_rows(), bytes).await
+        self.write_days(&[day]).await
+    }
+
+    /// Writes the buffered rows of `days`, encoded side by side (one file
+    /// per core at a time) and stored in date order. A date with more than
+    /// `max_rows_per_file` rows goes in several files of consecutive rows
+    /// (each sorted); how it is cut depends only on its row count, so the
+    /// same rows always make the same files.
+    async fn write_days(&mut self, days: &[i32]) -> Result<(), LakeError> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(cores));
+        let mut encoding = Vec::new();
+        for &day in days {
+            let Some(batch) = self.take_day(day)? else {
+                continue;
+            };
+            let rows = batch.num_rows();
+            let files = rows.div_ceil(self.options.max_rows_per_file.max(1)).max(1);
+            let per_file = rows.div_ceil(files).max(1);
+            for start in (0..rows).step_by(per_file) {
+                let part = batch.slice(start, per_file.min(rows - start));
+                let props = self.props.clone();
+                // Waits for a free core: bounds the files being encoded.
+                let permit = std::sync::Arc::clone(&permits).acquire_owned().await;
+                let task = tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    (part.num_rows(), encode_parquet(&part, &props))
+                });
+                encoding.push((day, task));
+            }
+        }
+        for (day, task) in encoding {
+            let (rows, bytes) = task.await.map_err(|e| LakeError::Parquet {
+                path: format!("{}/date={}", self.spec.name, date_string(day)),
+                source: parquet::errors::ParquetError::General(format!(
+                    "the encoding task failed: {e}"
+                )),
+            })?;
+            self.store_file(day, rows, bytes).await?;
+        }
+        Ok(())
     }
 
     /// A date's buffered rows as one batch sorted by the table's key, taken
@@ -247,7 +241,7 @@ impl Appender {
 
     /// Puts a date's encoded file under its content's name (unless a file
     /// of that content is there already).
-    async fn store_day(
+    async fn store_file(
         &mut self,
         day: i32,
         rows: usize,

@@ -964,7 +964,7 @@ impl Executor {
                 .zip(offs.values().iter().copied())
                 .collect();
             step.arrived_us = arrived.values().to_vec();
-            let ctx = self.session_over(None)?;
+            let ctx = self.session_over()?;
             ctx.register_table(
                 "features",
                 Arc::new(MemTable::try_new(
@@ -1063,8 +1063,9 @@ impl Executor {
         });
     }
 
-    /// A session with the UDFs, `symbols`, and `ticks` = `ticks` (when given).
-    fn session_over(&self, ticks: Option<&RecordBatch>) -> Result<SessionContext, ExecutorError> {
+    /// A session with the UDFs, `symbols` and the context tables held
+    /// (`ticks` is registered by whoever computes over it).
+    fn session_over(&self) -> Result<SessionContext, ExecutorError> {
         let ctx = schema_session();
         ctx.deregister_table("symbols")?;
         ctx.register_table(
@@ -1107,13 +1108,6 @@ impl Executor {
                 )?;
             }
         }
-        if let Some(t) = ticks {
-            ctx.deregister_table("ticks")?;
-            ctx.register_table(
-                "ticks",
-                Arc::new(MemTable::try_new(t.schema(), vec![vec![t.clone()]])?),
-            )?;
-        }
         Ok(ctx)
     }
 
@@ -1122,7 +1116,7 @@ impl Executor {
         // The lake's `ticks` has a `date` column; feature files may not use
         // it, but the schema must match what they were planned against.
         let ticks = with_date(&project_ticks(held)?)?;
-        let ctx = self.session_over(None)?;
+        let ctx = self.session_over()?;
         Ok(crate::features::compute_features(&ctx, &self.catalog, &ticks).await?)
     }
 

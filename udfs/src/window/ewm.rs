@@ -192,6 +192,24 @@ fn lanes(a: [f64; 4]) -> f64 {
     (a[0] + a[1]) + (a[2] + a[3])
 }
 
+/// Calls `f(lane, value, weight)` for each pair, lane `k mod 4` for the
+/// `k`-th: four independent running sums, in a fixed order.
+#[inline]
+fn each_in_lanes(values: &[f64], weights: &[f64], mut f: impl FnMut(usize, f64, f64)) {
+    let split = values.len() - values.len() % 4;
+    for (v, w) in values[..split]
+        .chunks_exact(4)
+        .zip(weights[..split].chunks_exact(4))
+    {
+        for lane in 0..4 {
+            f(lane, v[lane], w[lane]);
+        }
+    }
+    for (lane, (&v, &w)) in values[split..].iter().zip(&weights[split..]).enumerate() {
+        f(lane, v, w);
+    }
+}
+
 /// The z-score of `xi` against `values` (its previous values, oldest first,
 /// none missing, at least two) weighted by `weights` (as many, oldest
 /// first) with `w_sum` = Σw and `w2_sum` = Σw².
@@ -201,29 +219,16 @@ fn lanes(a: [f64; 4]) -> f64 {
 /// general loop. The value is still a fixed function of the row's window.
 #[inline]
 fn ewm_dense(values: &[f64], weights: &[f64], xi: f64, w_sum: f64, w2_sum: f64) -> Ewm {
-    let n = values.len();
-    let split = n - n % 4;
-    let newest = values[n - 1] - xi;
+    let newest = values[values.len() - 1] - xi;
     // Pass 1: Σw·d, a NaN sentinel (d·0 is NaN exactly when d is not
     // finite) and Σ|d − newest| (zero exactly when all values are equal).
     let (mut wd, mut bad, mut spread) = ([0.0f64; 4], [0.0f64; 4], [0.0f64; 4]);
-    let mut pass1 = |lane: usize, v: f64, w: f64| {
+    each_in_lanes(values, weights, |lane, v, w| {
         let d = v - xi;
         wd[lane] += w * d;
         bad[lane] += d * 0.0;
         spread[lane] += (d - newest).abs();
-    };
-    for (v, w) in values[..split]
-        .chunks_exact(4)
-        .zip(weights[..split].chunks_exact(4))
-    {
-        for lane in 0..4 {
-            pass1(lane, v[lane], w[lane]);
-        }
-    }
-    for (lane, (&v, &w)) in values[split..].iter().zip(&weights[split..]).enumerate() {
-        pass1(lane, v, w);
-    }
+    });
     if lanes(bad) != 0.0 || !xi.is_finite() {
         return Ewm::Value(f64::NAN);
     }
@@ -234,21 +239,10 @@ fn ewm_dense(values: &[f64], weights: &[f64], xi: f64, w_sum: f64, w2_sum: f64) 
     let mean = lanes(wd) / w_sum;
     // Pass 2: Σw·(d − mean)².
     let mut m2 = [0.0f64; 4];
-    let mut pass2 = |lane: usize, v: f64, w: f64| {
+    each_in_lanes(values, weights, |lane, v, w| {
         let e = (v - xi) - mean;
         m2[lane] += w * e * e;
-    };
-    for (v, w) in values[..split]
-        .chunks_exact(4)
-        .zip(weights[..split].chunks_exact(4))
-    {
-        for lane in 0..4 {
-            pass2(lane, v[lane], w[lane]);
-        }
-    }
-    for (lane, (&v, &w)) in values[split..].iter().zip(&weights[split..]).enumerate() {
-        pass2(lane, v, w);
-    }
+    });
     let var = lanes(m2) / (w_sum - w2_sum / w_sum);
     if var > 0.0 && var.is_finite() {
         Ewm::Value(-mean / var.sqrt())

@@ -384,24 +384,8 @@ struct MomentKernel<'a> {
 impl MomentKernel<'_> {
     /// `n·Σx² − (Σx)²` (= n · M2), computed exactly and rounded once.
     fn n_m2(&mut self) -> f64 {
-        let nf = self.n as f64;
-        if let Some(v) = n_m2_filtered(nf, self.s.partials(), self.q.partials()) {
-            return v;
-        }
-        let scratch = &mut self.scratch;
-        scratch.clear();
-        for &q in self.q.partials() {
-            scratch.add_product(nf, q);
-        }
-        let s = self.s.partials();
-        for (i, &a) in s.iter().enumerate() {
-            scratch.add_product(-a, a);
-            for &b in &s[i + 1..] {
-                // 2·a·b: the doubling is exact.
-                scratch.add_product(-2.0 * a, b);
-            }
-        }
-        scratch.round()
+        let (nf, s, q) = (self.n as f64, self.s.partials(), self.q.partials());
+        n_m2_filtered(nf, s, q).unwrap_or_else(|| n_m2_exact(nf, s, q, &mut self.scratch))
     }
 
     /// `n·x − Σx`, computed exactly and rounded once.
@@ -414,6 +398,29 @@ impl MomentKernel<'_> {
         }
         scratch.round()
     }
+}
+
+/// Calls `f(a, b)` for each product `a·b` whose exact sum is `n·Q − S²`,
+/// given the partials of `S` and `Q`.
+#[inline]
+fn n_m2_products(nf: f64, s: &[f64], q: &[f64], mut f: impl FnMut(f64, f64)) {
+    for &qi in q {
+        f(nf, qi);
+    }
+    for (i, &a) in s.iter().enumerate() {
+        f(-a, a);
+        for &b in &s[i + 1..] {
+            // 2·a·b: the doubling is exact.
+            f(-2.0 * a, b);
+        }
+    }
+}
+
+/// `n·Q − S²` summed exactly in `scratch` and rounded once.
+fn n_m2_exact(nf: f64, s: &[f64], q: &[f64], scratch: &mut ExactSum) -> f64 {
+    scratch.clear();
+    n_m2_products(nf, s, q, |a, b| scratch.add_product(a, b));
+    scratch.round()
 }
 
 /// Most terms [`n_m2_filtered`] handles (more partials: the exact route).
@@ -448,21 +455,12 @@ fn n_m2_filtered(nf: f64, s: &[f64], q: &[f64]) -> Option<f64> {
     }
     let mut terms = [0.0f64; FILTER_TERMS];
     let mut m = 0;
-    let mut push = |(p, e): (f64, f64)| {
+    n_m2_products(nf, s, q, |a, b| {
+        let (p, e) = two_prod(a, b);
         terms[m] = p;
         terms[m + 1] = e;
         m += 2;
-    };
-    for &qi in q {
-        push(two_prod(nf, qi));
-    }
-    for (i, &a) in s.iter().enumerate() {
-        push(two_prod(-a, a));
-        for &b in &s[i + 1..] {
-            // 2·a·b: the doubling is exact.
-            push(two_prod(-2.0 * a, b));
-        }
-    }
+    });
     let (mut sigma, mut c, mut abs_e) = (terms[0], 0.0f64, 0.0f64);
     for &t in &terms[1..m] {
         let (hi, lo) = two_sum(sigma, t);
@@ -917,19 +915,8 @@ mod tests {
                 s.add(x);
                 q.add_product(x, x);
             }
-            let nf = n as f64;
-            scratch.clear();
-            for &qi in q.partials() {
-                scratch.add_product(nf, qi);
-            }
-            let sp = s.partials();
-            for (i, &a) in sp.iter().enumerate() {
-                scratch.add_product(-a, a);
-                for &b in &sp[i + 1..] {
-                    scratch.add_product(-2.0 * a, b);
-                }
-            }
-            let exact = scratch.round();
+            let (nf, sp) = (n as f64, s.partials());
+            let exact = n_m2_exact(nf, sp, q.partials(), &mut scratch);
             total[case % 5] += 1;
             if let Some(fast) = n_m2_filtered(nf, sp, q.partials()) {
                 answered[case % 5] += 1;
