@@ -7,6 +7,7 @@ use stockanomaly::cli::{exit_code, run, Cli};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    let kept = keep_freed_memory();
     let cli = Cli::parse();
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
         eprintln!("stockanomaly: --log {:?}: {e}; using `warn`", cli.log);
@@ -16,6 +17,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    tracing::debug!(kept, "Allocator tuned to keep freed memory for reuse.");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,4 +38,41 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// Largest allocation glibc serves from its heaps instead of a fresh
+/// mapping (default: 128 KiB, adapting up to 32 MiB).
+const MMAP_THRESHOLD: i32 = 256 << 20;
+/// Free memory glibc keeps at the top of a heap instead of returning it.
+const TRIM_THRESHOLD: i32 = 512 << 20;
+/// Heaps (arenas) threads allocate from.
+const ARENA_MAX: i32 = 2;
+
+/// Makes glibc keep freed memory for the next allocation; `true` when it
+/// took every setting.
+///
+/// Backfill and detection build and drop column arrays of tens of
+/// megabytes many times a run. By default glibc maps each anew and unmaps
+/// it on free, so every reuse faults in and zeroes fresh pages: a third of
+/// a bars backfill's CPU went to the kernel. Served from the heap and kept
+/// there (up to `TRIM_THRESHOLD` spare, allocations above
+/// `MMAP_THRESHOLD` still mapped), and with few arenas so that a freed
+/// block is found by the next thread that asks, the same backfill is about
+/// 10% faster. The process then keeps up to its peak memory until it exits.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() -> bool {
+    // SAFETY: mallopt only sets malloc parameters; it is called before any
+    // other thread exists.
+    unsafe {
+        let arenas = libc::mallopt(libc::M_ARENA_MAX, ARENA_MAX);
+        let mmap = libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        let trim = libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        arenas == 1 && mmap == 1 && trim == 1
+    }
+}
+
+/// Other allocators manage this themselves.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() -> bool {
+    false
 }

@@ -45,7 +45,12 @@ impl SessionMinuteUdf {
 /// Minutes from `open` (local time in `tz`) to `ts_us` on the same local day.
 pub fn session_minute(ts_us: i64, tz: &chrono_tz::Tz, open: NaiveTime) -> Option<f64> {
     let now = crate::day_fraction::local_seconds(ts_us, tz)?;
-    Some((now - f64::from(open.num_seconds_from_midnight())) / 60.0)
+    Some(minutes_from(now, open))
+}
+
+/// Minutes from `open` to `now` (seconds since local midnight).
+fn minutes_from(now: f64, open: NaiveTime) -> f64 {
+    (now - f64::from(open.num_seconds_from_midnight())) / 60.0
 }
 
 impl ScalarUDFImpl for SessionMinuteUdf {
@@ -75,12 +80,14 @@ impl ScalarUDFImpl for SessionMinuteUdf {
         let ts = ts.to_array(args.number_rows)?;
         let ts = ts.as_primitive::<TimestampMicrosecondType>();
         let mut out = Float64Builder::with_capacity(ts.len());
+        let mut clock = crate::day_fraction::LocalClock::default();
         for i in 0..ts.len() {
             let tz = zone.get(i, UDF, "time zone", parse_zone)?;
             let at = open.get(i, UDF, "open (HH:MM)", parse_hhmm)?;
             match (tz, at) {
                 (Some(tz), Some(at)) if !ts.is_null(i) => {
-                    out.append_option(session_minute(ts.value(i), &tz, at))
+                    let now = clock.seconds(ts.value(i), &tz);
+                    out.append_option(now.map(|now| minutes_from(now, at)))
                 }
                 _ => out.append_null(),
             }

@@ -431,18 +431,19 @@ async fn compute_dates(
         sql_ts(read_end)
     );
     ctx.sql(&view).await.map_err(q_err)?;
-    // The window's ticks in key order, computed in memory (CHUNK_TICKS bounds
-    // them), then only the rows of the dates asked for.
+    // The window's ticks in key order, in memory (CHUNK_TICKS bounds them),
+    // then only the rows of the dates asked for. Every file is sorted by the
+    // key already, so the batches are sorted runs: merging them is much
+    // cheaper than an ORDER BY's sort.
     let clock = Instant::now();
-    let df = ctx
-        .sql("SELECT * FROM ticks_window ORDER BY symbol, ts, seq")
-        .await
-        .map_err(q_err)?;
+    let df = ctx.sql("SELECT * FROM ticks_window").await.map_err(q_err)?;
     let ticks_schema = Arc::new(df.schema().as_arrow().clone());
     let batches = df.collect().await.map_err(q_err)?;
     let ticks =
         arrow::compute::concat_batches(&ticks_schema, &batches).map_err(|e| q_err(e.into()))?;
     drop(batches);
+    let ticks = crate::lake::sort_by(&ticks, &[col::SYMBOL, col::TS, col::SEQ])
+        .map_err(|e| q_err(e.into()))?;
     // Whole dates were read for the tick-count lookback and the delay; keep
     // per symbol only the ticks the features of [start, end) can reach.
     let needed = reach(

@@ -29,10 +29,6 @@ use tokio::sync::Semaphore;
 use super::{feature_query, features_table, Catalog};
 use crate::tick::col as key;
 
-/// Rows per batch of the in-memory `ticks` table (slices of one sorted
-/// batch: no copy).
-const TICKS_BATCH_ROWS: usize = 65_536;
-
 /// The catalog's features of every row of `ticks` (the lake's `ticks`
 /// columns, `date` included, any order): a batch of
 /// [`features_table`]`(catalog)`'s schema, one row per tick, sorted by
@@ -81,13 +77,12 @@ fn key_order() -> Vec<SortExpr> {
         .collect()
 }
 
+/// Registers `ticks` as one batch: a window over a whole partition
+/// (`WindowAggExec`) concatenates its input first, which copies every column
+/// unless the input is a single batch.
 fn register_sorted_ticks(ctx: &SessionContext, ticks: &RecordBatch) -> Result<(), DataFusionError> {
-    let n = ticks.num_rows();
-    let slices: Vec<RecordBatch> = (0..n)
-        .step_by(TICKS_BATCH_ROWS)
-        .map(|start| ticks.slice(start, TICKS_BATCH_ROWS.min(n - start)))
-        .collect();
-    let table = MemTable::try_new(ticks.schema(), vec![slices])?.with_sort_order(vec![key_order()]);
+    let table = MemTable::try_new(ticks.schema(), vec![vec![ticks.clone()]])?
+        .with_sort_order(vec![key_order()]);
     ctx.deregister_table("ticks")?;
     ctx.register_table("ticks", Arc::new(table))?;
     Ok(())
@@ -101,6 +96,7 @@ async fn per_file(
     ticks: &RecordBatch,
 ) -> Result<Option<RecordBatch>, DataFusionError> {
     let schema = features_table(catalog).schema;
+    let ctx = &super::probe_order::with_sorted_probe_side(ctx);
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     // At most one file per core in flight: each holds a copy of the columns
     // it reads until its windows are done.

@@ -16,6 +16,7 @@ mod error;
 mod header;
 mod lookback;
 pub mod market;
+mod probe_order;
 pub mod profiles;
 
 pub use backfill::{
@@ -29,3 +30,4 @@ pub use compute::{compute_features, line_up_files};
 pub use error::{CatalogError, CatalogErrors};
 pub use header::Header;
 pub use lookback::Lookback;
+pub use probe_order::{with_sorted_probe_side, SortedProbeSide};

@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch};
-use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use arrow::array::{AsArray, RecordBatch};
+use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::TimestampMicrosecondType;
+use futures::StreamExt;
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -12,7 +13,7 @@ use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 
-use super::{LakeError, LakeRoot, TableSpec};
+use super::{sort_by, LakeError, LakeRoot, TableSpec};
 
 const DAY_US: i64 = 86_400_000_000;
 
@@ -179,15 +180,14 @@ impl Appender {
         self.write_days(&[day]).await
     }
 
-    /// Writes the buffered rows of `days`, encoded side by side (one file
-    /// per core at a time) and stored in date order. A date with more than
-    /// `max_rows_per_file` rows goes in several files of consecutive rows
-    /// (each sorted); how it is cut depends only on its row count, so the
-    /// same rows always make the same files.
+    /// Writes the buffered rows of `days`: each file is encoded on a blocking
+    /// thread and stored as soon as it is encoded, one file per core in
+    /// flight. A date with more than `max_rows_per_file` rows goes in several
+    /// files of consecutive rows (each sorted); how it is cut depends only on
+    /// its row count, so the same rows always make the same files.
     async fn write_days(&mut self, days: &[i32]) -> Result<(), LakeError> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(cores));
-        let mut encoding = Vec::new();
+        let mut parts = Vec::new();
         for &day in days {
             let Some(batch) = self.take_day(day)? else {
                 continue;
@@ -196,25 +196,21 @@ impl Appender {
             let files = rows.div_ceil(self.options.max_rows_per_file.max(1)).max(1);
             let per_file = rows.div_ceil(files).max(1);
             for start in (0..rows).step_by(per_file) {
-                let part = batch.slice(start, per_file.min(rows - start));
-                let props = self.props.clone();
-                // Waits for a free core: bounds the files being encoded.
-                let permit = std::sync::Arc::clone(&permits).acquire_owned().await;
-                let task = tokio::task::spawn_blocking(move || {
-                    let _permit = permit;
-                    (part.num_rows(), encode_parquet(&part, &props))
-                });
-                encoding.push((day, task));
+                parts.push((day, batch.slice(start, per_file.min(rows - start))));
             }
         }
-        for (day, task) in encoding {
-            let (rows, bytes) = task.await.map_err(|e| LakeError::Parquet {
-                path: format!("{}/date={}", self.spec.name, date_string(day)),
-                source: parquet::errors::ParquetError::General(format!(
-                    "the encoding task failed: {e}"
-                )),
-            })?;
-            self.store_file(day, rows, bytes).await?;
+        let (root, table, props) = (&self.root, self.spec.name.as_str(), &self.props);
+        let mut stored = futures::stream::iter(parts)
+            .map(|(day, part)| store_part(root, table, day, part, props.clone()))
+            .buffered(cores);
+        while let Some(outcome) = stored.next().await {
+            match outcome? {
+                Stored::Written { bytes } => {
+                    self.stats.files_written += 1;
+                    self.stats.bytes_written += bytes;
+                }
+                Stored::Existing => self.stats.files_existing += 1,
+            }
         }
         Ok(())
     }
@@ -238,54 +234,71 @@ impl Appender {
             sort_by(&batch, &self.spec.sort_by).map_err(arrow_err)?,
         ))
     }
+}
 
-    /// Puts a date's encoded file under its content's name (unless a file
-    /// of that content is there already).
-    async fn store_file(
-        &mut self,
-        day: i32,
-        rows: usize,
-        bytes: Result<Vec<u8>, parquet::errors::ParquetError>,
-    ) -> Result<(), LakeError> {
-        let date = date_string(day);
-        let bytes = bytes.map_err(|source| LakeError::Parquet {
-            path: format!("{}/date={date}", self.spec.name),
-            source,
-        })?;
-        let hash = Sha256::digest(&bytes);
-        let name: String = hash[..12].iter().map(|b| format!("{b:02x}")).collect();
-        let path = self.root.path(&format!(
-            "{}/date={date}/part-{name}.parquet",
-            self.spec.name
-        ));
-        let store = self.root.store();
-        match store.head(&path).await {
-            Ok(_) => {
-                self.stats.files_existing += 1;
-                tracing::debug!(path = %path, "Lake file already present, not rewritten.");
-                return Ok(());
-            }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(source) => {
-                return Err(LakeError::Store {
-                    path: path.to_string(),
-                    source,
-                })
-            }
-        }
-        let len = bytes.len() as u64;
-        store
-            .put(&path, PutPayload::from(bytes))
-            .await
-            .map_err(|source| LakeError::Store {
-                path: path.to_string(),
+/// What [`store_part`] did.
+enum Stored {
+    Written { bytes: u64 },
+    Existing,
+}
+
+/// Encodes a date's rows (on a blocking thread) and puts the file under its
+/// content's name, unless a file of that content is there already.
+async fn store_part(
+    root: &LakeRoot,
+    table: &str,
+    day: i32,
+    part: RecordBatch,
+    props: WriterProperties,
+) -> Result<Stored, LakeError> {
+    let date = date_string(day);
+    let rows = part.num_rows();
+    let encoded = tokio::task::spawn_blocking(move || {
+        encode_parquet(&part, &props).map(|bytes| {
+            let hash = Sha256::digest(&bytes);
+            (bytes, hash)
+        })
+    })
+    .await;
+    let (bytes, hash) = match encoded {
+        Ok(Ok(encoded)) => encoded,
+        Ok(Err(source)) => {
+            return Err(LakeError::Parquet {
+                path: format!("{table}/date={date}"),
                 source,
-            })?;
-        self.stats.files_written += 1;
-        self.stats.bytes_written += len;
-        tracing::debug!(path = %path, rows, "Lake file written.");
-        Ok(())
+            })
+        }
+        Err(e) => {
+            return Err(LakeError::Parquet {
+                path: format!("{table}/date={date}"),
+                source: parquet::errors::ParquetError::General(format!(
+                    "the encoding task failed: {e}"
+                )),
+            })
+        }
+    };
+    let name: String = hash[..12].iter().map(|b| format!("{b:02x}")).collect();
+    let path = root.path(&format!("{table}/date={date}/part-{name}.parquet"));
+    let store = root.store();
+    let store_err = |source| LakeError::Store {
+        path: path.to_string(),
+        source,
+    };
+    match store.head(&path).await {
+        Ok(_) => {
+            tracing::debug!(path = %path, "Lake file already present, not rewritten.");
+            return Ok(Stored::Existing);
+        }
+        Err(object_store::Error::NotFound { .. }) => {}
+        Err(source) => return Err(store_err(source)),
     }
+    let len = bytes.len() as u64;
+    store
+        .put(&path, PutPayload::from(bytes))
+        .await
+        .map_err(store_err)?;
+    tracing::debug!(path = %path, rows, "Lake file written.");
+    Ok(Stored::Written { bytes: len })
 }
 
 /// `YYYY-MM-DD` of a day number since the epoch.
@@ -342,47 +355,6 @@ fn split_by_day(
         .enumerate()
         .map(|(i, &day)| (day, grouped.slice(starts[i], starts[i + 1] - starts[i])))
         .collect())
-}
-
-/// Sorts a batch by `cols` ascending, skipping the work when it already is.
-pub fn sort_by(
-    batch: &RecordBatch,
-    cols: &[&str],
-) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let arrays: Vec<ArrayRef> = cols
-        .iter()
-        .map(|c| batch.schema().index_of(c).map(|i| batch.column(i).clone()))
-        .collect::<Result<_, _>>()?;
-    if is_sorted(&arrays)? {
-        return Ok(batch.clone());
-    }
-    let sort_cols: Vec<SortColumn> = arrays
-        .into_iter()
-        .map(|values| SortColumn {
-            values,
-            options: None,
-        })
-        .collect();
-    let indices = lexsort_to_indices(&sort_cols, None)?;
-    take_record_batch(batch, &indices)
-}
-
-fn is_sorted(arrays: &[ArrayRef]) -> Result<bool, arrow::error::ArrowError> {
-    let comparators = arrays
-        .iter()
-        .map(|a| arrow::array::make_comparator(a.as_ref(), a.as_ref(), Default::default()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let n = arrays.first().map_or(0, |a| a.len());
-    for i in 1..n {
-        for cmp in &comparators {
-            match cmp(i - 1, i) {
-                std::cmp::Ordering::Less => break,
-                std::cmp::Ordering::Equal => continue,
-                std::cmp::Ordering::Greater => return Ok(false),
-            }
-        }
-    }
-    Ok(true)
 }
 
 fn encode_parquet(

@@ -11,14 +11,16 @@ mod appender;
 mod context;
 mod error;
 mod root;
+mod sort;
 mod table;
 
 pub use appender::{
-    date_string, replace_named, sort_by, AppendStats, Appender, AppenderOptions, ReplaceStats,
+    date_string, replace_named, AppendStats, Appender, AppenderOptions, ReplaceStats,
 };
 pub use context::{register_table, schema_session, session_context, with_partitions};
 pub use error::LakeError;
 pub use root::LakeRoot;
+pub use sort::sort_by;
 pub use table::TableSpec;
 
 /// Environment variable naming the default lake root of every command.
