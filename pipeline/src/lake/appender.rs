@@ -260,23 +260,16 @@ async fn store_part(
         })
     })
     .await;
-    let (bytes, hash) = match encoded {
-        Ok(Ok(encoded)) => encoded,
-        Ok(Err(source)) => {
-            return Err(LakeError::Parquet {
-                path: format!("{table}/date={date}"),
-                source,
-            })
-        }
-        Err(e) => {
-            return Err(LakeError::Parquet {
-                path: format!("{table}/date={date}"),
-                source: parquet::errors::ParquetError::General(format!(
-                    "the encoding task failed: {e}"
-                )),
-            })
-        }
-    };
+    let (bytes, hash) = encoded
+        .unwrap_or_else(|e| {
+            Err(parquet::errors::ParquetError::General(format!(
+                "the encoding task failed: {e}"
+            )))
+        })
+        .map_err(|source| LakeError::Parquet {
+            path: format!("{table}/date={date}"),
+            source,
+        })?;
     let name: String = hash[..12].iter().map(|b| format!("{b:02x}")).collect();
     let path = root.path(&format!("{table}/date={date}/part-{name}.parquet"));
     let store = root.store();
