@@ -89,6 +89,10 @@ pub struct FeatureFile {
     /// Whether the query reads the `market` table: its ticks are final
     /// only once their market bucket is closed.
     pub reads_market: bool,
+    /// The optimized logical plan (standard window aggregates already on
+    /// the exact UDFs): what the streaming executor compiles into per-symbol
+    /// state (see [`crate::features::incremental`]).
+    pub plan: std::sync::Arc<LogicalPlan>,
 }
 
 impl FeatureFile {
@@ -394,6 +398,7 @@ async fn check_file(
         derived_ahead: reach.ahead,
         delay,
         reads_market: scans(&plan, "market"),
+        plan: std::sync::Arc::new(analyzed),
     })
 }
 
@@ -460,7 +465,7 @@ fn clean_message(e: &DataFusionError) -> String {
 }
 
 /// The first place `needle` occurs (case-insensitive) outside comments.
-fn locate(sql: &str, needle: &str) -> Option<(usize, usize)> {
+pub(crate) fn locate(sql: &str, needle: &str) -> Option<(usize, usize)> {
     let needle = needle.to_ascii_lowercase();
     for (i, line) in sql.lines().enumerate() {
         let code = line.split("--").next().unwrap_or("");

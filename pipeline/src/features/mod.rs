@@ -14,6 +14,7 @@ mod catalog;
 mod compute;
 mod error;
 mod header;
+pub mod incremental;
 mod lookback;
 pub mod market;
 mod probe_order;

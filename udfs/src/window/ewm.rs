@@ -131,32 +131,8 @@ impl WindowUDFImpl for EwmZscoreUdf {
     ) -> Result<Box<dyn PartitionEvaluator>> {
         let exprs = args.input_exprs();
         let halflife = frame::literal_arg(NAME, exprs, 1, "halflife_ticks")?;
-        let Some(halflife) = positive(halflife) else {
-            return plan_err!(
-                "{NAME}: halflife_ticks must be a number > 0, got {halflife}: write {USAGE}"
-            );
-        };
         let max_ticks = frame::literal_arg(NAME, exprs, 2, "max_ticks")?;
-        let Some(max_ticks) = max_ticks_of(max_ticks) else {
-            return plan_err!(
-                "{NAME}: max_ticks must be a whole number from 1 to {EWM_MAX_TICKS}, got {max_ticks}: write {USAGE}"
-            );
-        };
-        let weights: Vec<f64> = (1..=max_ticks)
-            .map(|k| (-(k as f64) / halflife).exp2())
-            .collect();
-        let oldest_first = weights.iter().rev().copied().collect();
-        let (mut w_sums, mut w2_sums) = (vec![0.0], vec![0.0]);
-        for &w in &weights {
-            w_sums.push(w_sums[w_sums.len() - 1] + w);
-            w2_sums.push(w2_sums[w2_sums.len() - 1] + w * w);
-        }
-        Ok(Box::new(EwmZscoreEvaluator {
-            weights,
-            oldest_first,
-            w_sums,
-            w2_sums,
-        }))
+        Ok(Box::new(EwmZscoreEvaluator::new(halflife, max_ticks)?))
     }
 
     fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
@@ -168,8 +144,8 @@ impl WindowUDFImpl for EwmZscoreUdf {
     }
 }
 
-#[derive(Debug)]
-struct EwmZscoreEvaluator {
+#[derive(Debug, Clone)]
+pub(crate) struct EwmZscoreEvaluator {
     /// `weights[k − 1]` = 0.5^(k / halflife).
     weights: Vec<f64>,
     /// The weights oldest first: `oldest_first[len − k] = weights[k − 1]`.
@@ -178,6 +154,135 @@ struct EwmZscoreEvaluator {
     /// squares), for rows whose previous `b` values are all present.
     w_sums: Vec<f64>,
     w2_sums: Vec<f64>,
+}
+
+impl EwmZscoreEvaluator {
+    /// The evaluator of `ewm_zscore(x, halflife, max_ticks)` from its two
+    /// literals.
+    pub(crate) fn new(halflife: &ScalarValue, max_ticks: &ScalarValue) -> Result<Self> {
+        let Some(h) = positive(halflife) else {
+            return plan_err!(
+                "{NAME}: halflife_ticks must be a number > 0, got {halflife}: write {USAGE}"
+            );
+        };
+        let Some(max_ticks) = max_ticks_of(max_ticks) else {
+            return plan_err!(
+                "{NAME}: max_ticks must be a whole number from 1 to {EWM_MAX_TICKS}, got {max_ticks}: write {USAGE}"
+            );
+        };
+        let weights: Vec<f64> = (1..=max_ticks).map(|k| (-(k as f64) / h).exp2()).collect();
+        let oldest_first = weights.iter().rev().copied().collect();
+        let (mut w_sums, mut w2_sums) = (vec![0.0], vec![0.0]);
+        for &w in &weights {
+            w_sums.push(w_sums[w_sums.len() - 1] + w);
+            w2_sums.push(w2_sums[w2_sums.len() - 1] + w * w);
+        }
+        Ok(Self {
+            weights,
+            oldest_first,
+            w_sums,
+            w2_sums,
+        })
+    }
+
+    /// The previous rows a row reads (`max_ticks`).
+    pub(crate) fn max_ticks(&self) -> usize {
+        self.weights.len()
+    }
+
+    /// Appends the value of each row of `rows` to `out`, each from the
+    /// values before it in `v` (`valid(j)`: row `j` is not NULL; `any_null`:
+    /// some row of `v[..rows.end]` may be NULL).
+    pub(crate) fn eval_rows(
+        &self,
+        v: &[f64],
+        valid: impl Fn(usize) -> bool,
+        any_null: bool,
+        rows: std::ops::Range<usize>,
+        out: &mut Float64Builder,
+    ) {
+        // Missing values before each row, to find the rows whose whole
+        // window is present (nearly all): those take the dense path.
+        let missing_before: Option<Vec<u32>> = any_null.then(|| {
+            let mut acc = 0u32;
+            let mut out = Vec::with_capacity(rows.end + 1);
+            out.push(0);
+            for j in 0..rows.end {
+                acc += u32::from(!valid(j));
+                out.push(acc);
+            }
+            out
+        });
+        let len = self.weights.len();
+        for i in rows {
+            if !valid(i) {
+                out.append_null();
+                continue;
+            }
+            let xi = v[i];
+            let back = len.min(i);
+            let dense = missing_before.as_ref().is_none_or(|m| m[i] == m[i - back]);
+            if dense && back >= 2 {
+                match ewm_dense(
+                    &v[i - back..i],
+                    &self.oldest_first[len - back..],
+                    xi,
+                    self.w_sums[back],
+                    self.w2_sums[back],
+                ) {
+                    Ewm::Null => out.append_null(),
+                    Ewm::Value(z) => out.append_value(z),
+                }
+                continue;
+            }
+            // Pass 1: weighted mean of the deviations from x_i.
+            let (mut w_sum, mut wd_sum, mut count, mut finite) = (0.0, 0.0, 0usize, xi.is_finite());
+            let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+            for (k, &w) in self.weights[..back].iter().enumerate() {
+                let j = i - 1 - k;
+                if valid(j) {
+                    let d = v[j] - xi;
+                    finite &= d.is_finite();
+                    lo = lo.min(d);
+                    hi = hi.max(d);
+                    w_sum += w;
+                    wd_sum += w * d;
+                    count += 1;
+                }
+            }
+            if count < 2 {
+                out.append_null();
+                continue;
+            }
+            if !finite {
+                out.append_value(f64::NAN);
+                continue;
+            }
+            if lo == hi {
+                // All previous values equal: the variance is exactly zero
+                // (the weighted mean below could round off it).
+                out.append_null();
+                continue;
+            }
+            let mean = wd_sum / w_sum;
+            // Pass 2: weighted squared deviations from that mean.
+            let (mut m2, mut w2_sum) = (0.0, 0.0);
+            for (k, &w) in self.weights[..back].iter().enumerate() {
+                let j = i - 1 - k;
+                if valid(j) {
+                    let e = (v[j] - xi) - mean;
+                    m2 += w * e * e;
+                    w2_sum += w * w;
+                }
+            }
+            let var = m2 / (w_sum - w2_sum / w_sum);
+            if var > 0.0 && var.is_finite() {
+                out.append_value(-mean / var.sqrt());
+            } else {
+                out.append_null();
+            }
+        }
+    }
 }
 
 /// What one row gets.
@@ -273,90 +378,14 @@ impl PartitionEvaluator for EwmZscoreEvaluator {
         if x.len() != num_rows {
             return exec_err!("{NAME}: {num_rows} rows but {} values", x.len());
         }
-        let v = x.values();
-        let valid = |j: usize| x.is_valid(j);
-        // Missing values before each row, to find the rows whose whole
-        // window is present (nearly all): those take the dense path.
-        let missing_before: Option<Vec<u32>> = x.nulls().filter(|n| n.null_count() > 0).map(|n| {
-            let mut acc = 0u32;
-            let mut out = Vec::with_capacity(num_rows + 1);
-            out.push(0);
-            for j in 0..num_rows {
-                acc += u32::from(n.is_null(j));
-                out.push(acc);
-            }
-            out
-        });
-        let len = self.weights.len();
         let mut out = Float64Builder::with_capacity(num_rows);
-        for i in 0..num_rows {
-            if !valid(i) {
-                out.append_null();
-                continue;
-            }
-            let xi = v[i];
-            let back = len.min(i);
-            let dense = missing_before.as_ref().is_none_or(|m| m[i] == m[i - back]);
-            if dense && back >= 2 {
-                match ewm_dense(
-                    &v[i - back..i],
-                    &self.oldest_first[len - back..],
-                    xi,
-                    self.w_sums[back],
-                    self.w2_sums[back],
-                ) {
-                    Ewm::Null => out.append_null(),
-                    Ewm::Value(z) => out.append_value(z),
-                }
-                continue;
-            }
-            // Pass 1: weighted mean of the deviations from x_i.
-            let (mut w_sum, mut wd_sum, mut count, mut finite) = (0.0, 0.0, 0usize, xi.is_finite());
-            let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-            for (k, &w) in self.weights[..back].iter().enumerate() {
-                let j = i - 1 - k;
-                if valid(j) {
-                    let d = v[j] - xi;
-                    finite &= d.is_finite();
-                    lo = lo.min(d);
-                    hi = hi.max(d);
-                    w_sum += w;
-                    wd_sum += w * d;
-                    count += 1;
-                }
-            }
-            if count < 2 {
-                out.append_null();
-                continue;
-            }
-            if !finite {
-                out.append_value(f64::NAN);
-                continue;
-            }
-            if lo == hi {
-                // All previous values equal: the variance is exactly zero
-                // (the weighted mean below could round off it).
-                out.append_null();
-                continue;
-            }
-            let mean = wd_sum / w_sum;
-            // Pass 2: weighted squared deviations from that mean.
-            let (mut m2, mut w2_sum) = (0.0, 0.0);
-            for (k, &w) in self.weights[..back].iter().enumerate() {
-                let j = i - 1 - k;
-                if valid(j) {
-                    let e = (v[j] - xi) - mean;
-                    m2 += w * e * e;
-                    w2_sum += w * w;
-                }
-            }
-            let var = m2 / (w_sum - w2_sum / w_sum);
-            if var > 0.0 && var.is_finite() {
-                out.append_value(-mean / var.sqrt());
-            } else {
-                out.append_null();
-            }
-        }
+        self.eval_rows(
+            x.values(),
+            |j| x.is_valid(j),
+            x.null_count() > 0,
+            0..num_rows,
+            &mut out,
+        );
         Ok(Arc::new(out.finish()))
     }
 }

@@ -24,20 +24,31 @@ use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
 use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::PhysicalExpr;
 
+/// The values of a window's rows, by row index: a partition's columns in
+/// batch ([`run`]), or the rows a streaming state still holds
+/// ([`RollingState`](super::incremental::RollingState)). Column 0 is the
+/// value (`price` for VWAP), column 1 the `volume` of VWAP.
+pub(crate) trait Src {
+    /// Column `col` of row `j`; `None` for NULL.
+    fn get(&self, col: usize, j: usize) -> Option<f64>;
+}
+
 /// What a rolling function keeps about the rows inside its window.
 ///
 /// [`run`] calls `push(j)` when row `j` enters the window and `pop(j)` when it
-/// leaves, both in increasing `j`, and `emit` once per group of peers.
+/// leaves, both in increasing `j`, and `emit` once per group of peers; each
+/// reads row values from the [`Src`] it is given, which holds at least the
+/// rows of the window.
 pub(crate) trait Kernel {
     /// The Arrow type of the output column.
     type Out: ArrowPrimitiveType;
     /// Row `j` enters the window.
-    fn push(&mut self, j: usize);
+    fn push<S: Src>(&mut self, x: &S, j: usize);
     /// Row `j` (the oldest in the window) leaves it.
-    fn pop(&mut self, j: usize);
+    fn pop<S: Src>(&mut self, x: &S, j: usize);
     /// Appends the value of each row of `rows` (peers sharing the current
     /// window) to `out`.
-    fn emit(&mut self, rows: Range<usize>, out: &mut PrimitiveBuilder<Self::Out>);
+    fn emit<S: Src>(&mut self, x: &S, rows: Range<usize>, out: &mut PrimitiveBuilder<Self::Out>);
 }
 
 /// A `ts` column as raw `i64` in its own unit, with its validity.
@@ -79,10 +90,11 @@ impl<'a> TsColumn<'a> {
 /// Runs `kernel` over one partition sorted by `ts`; `width` is in the unit of
 /// `ts`. Rows with a NULL `ts` (sorted first or last) belong to no window and
 /// get NULL.
-pub(crate) fn run<K: Kernel>(
+pub(crate) fn run<K: Kernel, S: Src>(
     name: &str,
     ts: &TsColumn<'_>,
     width: i64,
+    x: &S,
     mut kernel: K,
 ) -> Result<ArrayRef> {
     let n = ts.values.len();
@@ -114,15 +126,15 @@ pub(crate) fn run<K: Kernel>(
             group_end += 1;
         }
         while hi < group_end {
-            kernel.push(hi);
+            kernel.push(x, hi);
             hi += 1;
         }
         let lower = now.saturating_sub(width);
         while ts.values[lo] < lower {
-            kernel.pop(lo);
+            kernel.pop(x, lo);
             lo += 1;
         }
-        kernel.emit(i..group_end, &mut out);
+        kernel.emit(x, i..group_end, &mut out);
         i = group_end;
     }
     out.append_nulls(n - end);

@@ -48,11 +48,13 @@ use datafusion::logical_expr::WindowUDF;
 mod ewm;
 pub(crate) mod exact_sum;
 mod frame;
+mod incremental;
 mod rewrite;
 mod rolling;
 
 pub use ewm::{EwmZscoreUdf, EWM_MAX_TICKS};
 pub use exact_sum::{two_prod, ExactSum, MOMENT_LIMIT, MOMENT_TINY, SUM_LIMIT};
+pub use incremental::{ts_unit, EwmFn, EwmState, RollingFn, RollingOut, RollingState};
 pub use rewrite::ExactRangeWindowsRule;
 pub use rolling::{
     RollingCountUdf, RollingFirstUdf, RollingMaxUdf, RollingMeanUdf, RollingMinUdf, RollingStdUdf,

@@ -41,11 +41,11 @@ use datafusion::logical_expr::{PartitionEvaluator, Signature, Volatility, Window
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::exact_sum::{two_prod, ExactSum, MOMENT_LIMIT, MOMENT_TINY, SUM_LIMIT};
-use super::frame::{self, Kernel, TsColumn};
+use super::frame::{self, Kernel, Src, TsColumn};
 
 /// Which statistic a rolling UDF computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Kind {
+pub(crate) enum Kind {
     Count,
     Sum,
     Mean,
@@ -60,7 +60,7 @@ enum Kind {
 
 impl Kind {
     /// Number of value columns before `ts`.
-    fn values(self) -> usize {
+    pub(crate) fn values(self) -> usize {
         if self == Kind::Vwap {
             2
         } else {
@@ -76,6 +76,28 @@ impl Kind {
         };
         format!("{name}({values}, ts, INTERVAL '5 minutes') OVER (PARTITION BY symbol ORDER BY ts)")
     }
+}
+
+/// The kind of a `rolling_*` function from its SQL name, with the name as a
+/// static string; `None` for any other name.
+pub(crate) fn kind_of(name: &str) -> Option<(Kind, &'static str)> {
+    let kinds = [
+        Kind::Count,
+        Kind::Sum,
+        Kind::Mean,
+        Kind::Var,
+        Kind::Std,
+        Kind::Zscore,
+        Kind::Min,
+        Kind::Max,
+        Kind::First,
+        Kind::Vwap,
+    ];
+    super::ROLLING_UDF_NAMES
+        .iter()
+        .zip(kinds)
+        .find(|(n, _)| **n == name)
+        .map(|(n, k)| (k, *n))
 }
 
 fn coerce(kind: Kind, name: &str, types: &[DataType]) -> Result<Vec<DataType>> {
@@ -141,13 +163,13 @@ struct RollingEvaluator {
 
 /// A Float64 column with its validity.
 #[derive(Clone, Copy)]
-struct Values<'a> {
+pub(crate) struct Values<'a> {
     v: &'a [f64],
     nulls: Option<&'a NullBuffer>,
 }
 
 impl<'a> Values<'a> {
-    fn new(name: &str, array: &'a ArrayRef) -> Result<Self> {
+    pub(crate) fn new(name: &str, array: &'a ArrayRef) -> Result<Self> {
         match array.as_primitive_opt::<Float64Type>() {
             Some(a) => Ok(Self {
                 v: a.values(),
@@ -161,10 +183,87 @@ impl<'a> Values<'a> {
     }
 
     #[inline]
-    fn get(&self, j: usize) -> Option<f64> {
+    pub(crate) fn get(&self, j: usize) -> Option<f64> {
         match self.nulls {
             Some(n) if n.is_null(j) => None,
             _ => Some(self.v[j]),
+        }
+    }
+}
+
+/// A partition's value columns (the second only for VWAP), as a kernel
+/// reads them in batch.
+#[derive(Clone, Copy)]
+struct Cols<'a>(Values<'a>, Option<Values<'a>>);
+
+impl Src for Cols<'_> {
+    #[inline]
+    fn get(&self, col: usize, j: usize) -> Option<f64> {
+        if col == 0 {
+            self.0.get(j)
+        } else {
+            self.1.and_then(|v| v.get(j))
+        }
+    }
+}
+
+/// A fresh kernel of each kind: the state of an empty window. Batch runs
+/// one per partition; streaming keeps one per partition for good.
+pub(crate) enum AnyKernel {
+    Count(CountKernel),
+    Sum(SumKernel),
+    Moment(MomentKernel),
+    MinMax(MinMaxKernel),
+    First(FirstKernel),
+    Vwap(VwapKernel),
+}
+
+impl AnyKernel {
+    pub(crate) fn new(kind: Kind) -> Self {
+        match kind {
+            Kind::Count => AnyKernel::Count(CountKernel { n: 0 }),
+            Kind::Sum | Kind::Mean => AnyKernel::Sum(SumKernel {
+                s: ExactSum::new(),
+                n: 0,
+                bad: 0,
+                mean: kind == Kind::Mean,
+            }),
+            Kind::Var | Kind::Std | Kind::Zscore => AnyKernel::Moment(MomentKernel {
+                s: ExactSum::new(),
+                q: ExactSum::new(),
+                scratch: ExactSum::new(),
+                n: 0,
+                bad: 0,
+                kind,
+            }),
+            Kind::Min | Kind::Max => AnyKernel::MinMax(MinMaxKernel {
+                deque: VecDeque::new(),
+                nan: 0,
+                max: kind == Kind::Max,
+            }),
+            Kind::First => AnyKernel::First(FirstKernel {
+                lo: 0,
+                hi: 0,
+                first: 0,
+            }),
+            Kind::Vwap => AnyKernel::Vwap(VwapKernel {
+                num: ExactSum::new(),
+                den: ExactSum::new(),
+                n: 0,
+                bad: 0,
+            }),
+        }
+    }
+
+    /// Heap bytes the kernel holds beyond its own size.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let bytes = |s: &ExactSum| std::mem::size_of_val(s.partials());
+        match self {
+            AnyKernel::Count(_) | AnyKernel::First(_) => 0,
+            AnyKernel::Sum(k) => bytes(&k.s),
+            AnyKernel::Moment(k) => bytes(&k.s) + bytes(&k.q),
+            AnyKernel::MinMax(k) => k.deque.capacity() * std::mem::size_of::<(usize, f64)>(),
+            AnyKernel::Vwap(k) => bytes(&k.num) + bytes(&k.den),
         }
     }
 }
@@ -196,73 +295,20 @@ impl PartitionEvaluator for RollingEvaluator {
             return exec_err!("{name}: {num_rows} rows but {} timestamps", ts.values.len());
         }
         let x = Values::new(name, &values[0])?;
+        let second = if k == 2 {
+            Some(Values::new(name, &values[1])?)
+        } else {
+            None
+        };
+        let cols = Cols(x, second);
         let w = self.width;
-        match self.kind {
-            Kind::Count => frame::run(name, &ts, w, CountKernel { x, n: 0 }),
-            Kind::Sum | Kind::Mean => frame::run(
-                name,
-                &ts,
-                w,
-                SumKernel {
-                    x,
-                    s: ExactSum::new(),
-                    n: 0,
-                    bad: 0,
-                    mean: self.kind == Kind::Mean,
-                },
-            ),
-            Kind::Var | Kind::Std | Kind::Zscore => frame::run(
-                name,
-                &ts,
-                w,
-                MomentKernel {
-                    x,
-                    s: ExactSum::new(),
-                    q: ExactSum::new(),
-                    scratch: ExactSum::new(),
-                    n: 0,
-                    bad: 0,
-                    kind: self.kind,
-                },
-            ),
-            Kind::Min | Kind::Max => frame::run(
-                name,
-                &ts,
-                w,
-                MinMaxKernel {
-                    x,
-                    deque: VecDeque::new(),
-                    nan: 0,
-                    max: self.kind == Kind::Max,
-                },
-            ),
-            Kind::First => frame::run(
-                name,
-                &ts,
-                w,
-                FirstKernel {
-                    x,
-                    lo: 0,
-                    hi: 0,
-                    first: 0,
-                },
-            ),
-            Kind::Vwap => {
-                let volume = Values::new(name, &values[1])?;
-                frame::run(
-                    name,
-                    &ts,
-                    w,
-                    VwapKernel {
-                        price: x,
-                        volume,
-                        num: ExactSum::new(),
-                        den: ExactSum::new(),
-                        n: 0,
-                        bad: 0,
-                    },
-                )
-            }
+        match AnyKernel::new(self.kind) {
+            AnyKernel::Count(kernel) => frame::run(name, &ts, w, &cols, kernel),
+            AnyKernel::Sum(kernel) => frame::run(name, &ts, w, &cols, kernel),
+            AnyKernel::Moment(kernel) => frame::run(name, &ts, w, &cols, kernel),
+            AnyKernel::MinMax(kernel) => frame::run(name, &ts, w, &cols, kernel),
+            AnyKernel::First(kernel) => frame::run(name, &ts, w, &cols, kernel),
+            AnyKernel::Vwap(kernel) => frame::run(name, &ts, w, &cols, kernel),
         }
     }
 }
@@ -278,27 +324,26 @@ fn append_n<T: arrow::datatypes::ArrowPrimitiveType>(
     }
 }
 
-struct CountKernel<'a> {
-    x: Values<'a>,
+pub(crate) struct CountKernel {
     n: i64,
 }
 
-impl Kernel for CountKernel<'_> {
+impl Kernel for CountKernel {
     type Out = Int64Type;
 
-    fn push(&mut self, j: usize) {
-        if self.x.get(j).is_some() {
+    fn push<S: Src>(&mut self, x: &S, j: usize) {
+        if x.get(0, j).is_some() {
             self.n += 1;
         }
     }
 
-    fn pop(&mut self, j: usize) {
-        if self.x.get(j).is_some() {
+    fn pop<S: Src>(&mut self, x: &S, j: usize) {
+        if x.get(0, j).is_some() {
             self.n -= 1;
         }
     }
 
-    fn emit(&mut self, rows: Range<usize>, out: &mut PrimitiveBuilder<Int64Type>) {
+    fn emit<S: Src>(&mut self, _: &S, rows: Range<usize>, out: &mut PrimitiveBuilder<Int64Type>) {
         out.append_value_n(self.n, rows.len());
     }
 }
@@ -310,19 +355,18 @@ fn sum_value(v: f64) -> Option<f64> {
     (v.abs() <= SUM_LIMIT).then_some(v)
 }
 
-struct SumKernel<'a> {
-    x: Values<'a>,
+pub(crate) struct SumKernel {
     s: ExactSum,
     n: i64,
     bad: i64,
     mean: bool,
 }
 
-impl Kernel for SumKernel<'_> {
+impl Kernel for SumKernel {
     type Out = Float64Type;
 
-    fn push(&mut self, j: usize) {
-        match self.x.get(j).map(sum_value) {
+    fn push<S: Src>(&mut self, x: &S, j: usize) {
+        match x.get(0, j).map(sum_value) {
             Some(Some(v)) => {
                 self.s.add(v);
                 self.n += 1;
@@ -332,8 +376,8 @@ impl Kernel for SumKernel<'_> {
         }
     }
 
-    fn pop(&mut self, j: usize) {
-        match self.x.get(j).map(sum_value) {
+    fn pop<S: Src>(&mut self, x: &S, j: usize) {
+        match x.get(0, j).map(sum_value) {
             Some(Some(v)) => {
                 self.s.add(-v);
                 self.n -= 1;
@@ -343,7 +387,7 @@ impl Kernel for SumKernel<'_> {
         }
     }
 
-    fn emit(&mut self, rows: Range<usize>, out: &mut PrimitiveBuilder<Float64Type>) {
+    fn emit<S: Src>(&mut self, _: &S, rows: Range<usize>, out: &mut PrimitiveBuilder<Float64Type>) {
         let value = if self.bad > 0 {
             Some(f64::NAN)
         } else if self.n == 0 {
@@ -369,8 +413,7 @@ fn moment_value(v: f64) -> Option<f64> {
     }
 }
 
-struct MomentKernel<'a> {
-    x: Values<'a>,
+pub(crate) struct MomentKernel {
     /// Σx, exact.
     s: ExactSum,
     /// Σx², exact.
@@ -381,7 +424,7 @@ struct MomentKernel<'a> {
     kind: Kind,
 }
 
-impl MomentKernel<'_> {
+impl MomentKernel {
     /// `n·Σx² − (Σx)²` (= n · M2), computed exactly and rounded once.
     fn n_m2(&mut self) -> f64 {
         let (nf, s, q) = (self.n as f64, self.s.partials(), self.q.partials());
@@ -481,11 +524,11 @@ fn n_m2_filtered(nf: f64, s: &[f64], q: &[f64]) -> Option<f64> {
     (room > 0.0 && bound * 1.01 < room).then_some(r)
 }
 
-impl Kernel for MomentKernel<'_> {
+impl Kernel for MomentKernel {
     type Out = Float64Type;
 
-    fn push(&mut self, j: usize) {
-        match self.x.get(j).map(moment_value) {
+    fn push<S: Src>(&mut self, x: &S, j: usize) {
+        match x.get(0, j).map(moment_value) {
             Some(Some(v)) => {
                 self.s.add(v);
                 self.q.add_product(v, v);
@@ -496,8 +539,8 @@ impl Kernel for MomentKernel<'_> {
         }
     }
 
-    fn pop(&mut self, j: usize) {
-        match self.x.get(j).map(moment_value) {
+    fn pop<S: Src>(&mut self, x: &S, j: usize) {
+        match x.get(0, j).map(moment_value) {
             Some(Some(v)) => {
                 self.s.add(-v);
                 self.q.add_product(-v, v);
@@ -508,7 +551,7 @@ impl Kernel for MomentKernel<'_> {
         }
     }
 
-    fn emit(&mut self, rows: Range<usize>, out: &mut PrimitiveBuilder<Float64Type>) {
+    fn emit<S: Src>(&mut self, x: &S, rows: Range<usize>, out: &mut PrimitiveBuilder<Float64Type>) {
         let defined = self.n + self.bad >= 2;
         if !defined {
             return out.append_nulls(rows.len());
@@ -516,7 +559,7 @@ impl Kernel for MomentKernel<'_> {
         if self.bad > 0 {
             if self.kind == Kind::Zscore {
                 for i in rows {
-                    out.append_option(self.x.get(i).map(|_| f64::NAN));
+                    out.append_option(x.get(0, i).map(|_| f64::NAN));
                 }
             } else {
                 out.append_value_n(f64::NAN, rows.len());
@@ -535,7 +578,7 @@ impl Kernel for MomentKernel<'_> {
                 }
                 let den = nf * var.sqrt();
                 for i in rows {
-                    match self.x.get(i).and_then(moment_value) {
+                    match x.get(0, i).and_then(moment_value) {
                         Some(x) => out.append_value(self.n_dev(x) / den),
                         None => out.append_null(),
                     }
@@ -545,80 +588,78 @@ impl Kernel for MomentKernel<'_> {
     }
 }
 
-struct MinMaxKernel<'a> {
-    x: Values<'a>,
-    /// Rows of the window whose value is strictly below (above, for max)
-    /// every later value of the window; the front is the extreme.
-    deque: VecDeque<usize>,
+pub(crate) struct MinMaxKernel {
+    /// Rows of the window (with their values) whose value is strictly below
+    /// (above, for max) every later value of the window; the front is the
+    /// extreme.
+    deque: VecDeque<(usize, f64)>,
     nan: i64,
     max: bool,
 }
 
-impl Kernel for MinMaxKernel<'_> {
+impl Kernel for MinMaxKernel {
     type Out = Float64Type;
 
-    fn push(&mut self, j: usize) {
-        let Some(v) = self.x.get(j) else { return };
+    fn push<S: Src>(&mut self, x: &S, j: usize) {
+        let Some(v) = x.get(0, j) else { return };
         if v.is_nan() {
             self.nan += 1;
             return;
         }
-        while let Some(&b) = self.deque.back() {
-            let bv = self.x.v[b];
+        while let Some(&(_, bv)) = self.deque.back() {
             if (self.max && bv <= v) || (!self.max && bv >= v) {
                 self.deque.pop_back();
             } else {
                 break;
             }
         }
-        self.deque.push_back(j);
+        self.deque.push_back((j, v));
     }
 
-    fn pop(&mut self, j: usize) {
-        let Some(v) = self.x.get(j) else { return };
+    fn pop<S: Src>(&mut self, x: &S, j: usize) {
+        let Some(v) = x.get(0, j) else { return };
         if v.is_nan() {
             self.nan -= 1;
-        } else if self.deque.front() == Some(&j) {
+        } else if self.deque.front().is_some_and(|&(f, _)| f == j) {
             self.deque.pop_front();
         }
     }
 
-    fn emit(&mut self, rows: Range<usize>, out: &mut PrimitiveBuilder<Float64Type>) {
+    fn emit<S: Src>(&mut self, _: &S, rows: Range<usize>, out: &mut PrimitiveBuilder<Float64Type>) {
         let value = if self.nan > 0 {
             Some(f64::NAN)
         } else {
-            self.deque.front().map(|&j| self.x.v[j])
+            self.deque.front().map(|&(_, v)| v)
         };
         append_n(out, value, rows.len());
     }
 }
 
-struct FirstKernel<'a> {
-    x: Values<'a>,
+pub(crate) struct FirstKernel {
     lo: usize,
     hi: usize,
     /// No non-NULL row in `lo..first`.
     first: usize,
 }
 
-impl Kernel for FirstKernel<'_> {
+impl Kernel for FirstKernel {
     type Out = Float64Type;
 
-    fn push(&mut self, j: usize) {
+    fn push<S: Src>(&mut self, _: &S, j: usize) {
         self.hi = j + 1;
     }
 
-    fn pop(&mut self, j: usize) {
+    fn pop<S: Src>(&mut self, _: &S, j: usize) {
         self.lo = j + 1;
     }
 
-    fn emit(&mut self, rows: Range<usize>, out: &mut PrimitiveBuilder<Float64Type>) {
+    fn emit<S: Src>(&mut self, x: &S, rows: Range<usize>, out: &mut PrimitiveBuilder<Float64Type>) {
         self.first = self.first.max(self.lo);
-        while self.first < self.hi && self.x.get(self.first).is_none() {
+        while self.first < self.hi && x.get(0, self.first).is_none() {
             self.first += 1;
         }
         let value = if self.first < self.hi {
-            self.x.get(self.first)
+            x.get(0, self.first)
         } else {
             None
         };
@@ -626,9 +667,7 @@ impl Kernel for FirstKernel<'_> {
     }
 }
 
-struct VwapKernel<'a> {
-    price: Values<'a>,
-    volume: Values<'a>,
+pub(crate) struct VwapKernel {
     /// Σ price·volume, exact.
     num: ExactSum,
     /// Σ volume, exact.
@@ -637,22 +676,22 @@ struct VwapKernel<'a> {
     bad: i64,
 }
 
-impl VwapKernel<'_> {
+impl VwapKernel {
     /// `None` when either is NULL, `Some(None)` when either is not a number
     /// the accumulators take.
     #[inline]
-    fn pair(&self, j: usize) -> Option<Option<(f64, f64)>> {
-        let p = self.price.get(j)?;
-        let v = self.volume.get(j)?;
+    fn pair<S: Src>(x: &S, j: usize) -> Option<Option<(f64, f64)>> {
+        let p = x.get(0, j)?;
+        let v = x.get(1, j)?;
         Some(moment_value(p).zip(moment_value(v)))
     }
 }
 
-impl Kernel for VwapKernel<'_> {
+impl Kernel for VwapKernel {
     type Out = Float64Type;
 
-    fn push(&mut self, j: usize) {
-        match self.pair(j) {
+    fn push<S: Src>(&mut self, x: &S, j: usize) {
+        match Self::pair(x, j) {
             Some(Some((p, v))) => {
                 self.num.add_product(p, v);
                 self.den.add(v);
@@ -663,8 +702,8 @@ impl Kernel for VwapKernel<'_> {
         }
     }
 
-    fn pop(&mut self, j: usize) {
-        match self.pair(j) {
+    fn pop<S: Src>(&mut self, x: &S, j: usize) {
+        match Self::pair(x, j) {
             Some(Some((p, v))) => {
                 self.num.add_product(-p, v);
                 self.den.add(-v);
@@ -675,7 +714,7 @@ impl Kernel for VwapKernel<'_> {
         }
     }
 
-    fn emit(&mut self, rows: Range<usize>, out: &mut PrimitiveBuilder<Float64Type>) {
+    fn emit<S: Src>(&mut self, _: &S, rows: Range<usize>, out: &mut PrimitiveBuilder<Float64Type>) {
         let value = if self.bad > 0 {
             Some(f64::NAN)
         } else if self.n == 0 || self.den.is_zero() {
@@ -940,8 +979,8 @@ mod tests {
         // 1000 + k·1e-6: a naive Σx² − (Σx)²/n loses ~12 digits here.
         let xs: Vec<f64> = (0..5).map(|k| 1000.0 + k as f64 * 1e-6).collect();
         let arr: ArrayRef = Arc::new(arrow::array::Float64Array::from(xs.clone()));
+        let cols = Cols(Values::new("t", &arr).unwrap(), None);
         let mut k = MomentKernel {
-            x: Values::new("t", &arr).unwrap(),
             s: ExactSum::new(),
             q: ExactSum::new(),
             scratch: ExactSum::new(),
@@ -950,7 +989,7 @@ mod tests {
             kind: Kind::Var,
         };
         for j in 0..xs.len() {
-            k.push(j);
+            k.push(&cols, j);
         }
         let mean = xs.iter().sum::<f64>() / 5.0;
         let two_pass: f64 = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / 4.0;
