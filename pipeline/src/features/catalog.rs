@@ -240,6 +240,24 @@ impl Catalog {
         })
     }
 
+    /// The catalog of the files at positions `keep` only (same bucket
+    /// query).
+    pub fn subset(&self, keep: &[usize]) -> Catalog {
+        let files: Vec<FeatureFile> = self
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| keep.contains(i))
+            .map(|(_, f)| f.clone())
+            .collect();
+        let hash = hash_of(&files, &self.market_sql);
+        Catalog {
+            files,
+            market_sql: self.market_sql.clone(),
+            hash,
+        }
+    }
+
     /// The bucket query making the `market` table (see
     /// [`crate::features::market`]).
     pub fn market_sql(&self) -> &str {

@@ -62,6 +62,46 @@ pub fn schema_session() -> SessionContext {
     ctx
 }
 
+/// `batch` (ticks: `ts` first) with a `date` column, the partition column
+/// of the lake's tables: the UTC date of each `ts`.
+pub fn with_date(
+    batch: &arrow::array::RecordBatch,
+) -> Result<arrow::array::RecordBatch, arrow::error::ArrowError> {
+    use arrow::array::{Array, AsArray, StringBuilder};
+    use arrow::datatypes::TimestampMicrosecondType;
+    const DAY_US: i64 = 86_400_000_000;
+    let ts = batch.column(0).as_primitive::<TimestampMicrosecondType>();
+    let mut date = StringBuilder::with_capacity(ts.len(), ts.len() * 10);
+    // Rows of a day share its text: format each day once.
+    let mut last: Option<(i64, String)> = None;
+    for i in 0..ts.len() {
+        if ts.is_null(i) {
+            date.append_null();
+            continue;
+        }
+        let day = ts.value(i).div_euclid(DAY_US);
+        if last.as_ref().is_none_or(|(d, _)| *d != day) {
+            let text = chrono::DateTime::from_timestamp_micros(ts.value(i))
+                .map(|d| d.date_naive().to_string());
+            last = text.map(|t| (day, t));
+        }
+        match &last {
+            Some((_, t)) => date.append_value(t),
+            None => date.append_null(),
+        }
+    }
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(DATE_COLUMN, DataType::Utf8, false));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(date.finish()));
+    arrow::array::RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
 /// Registers one table of the lake in `ctx` under its name.
 pub async fn register_table(
     ctx: &SessionContext,

@@ -295,7 +295,7 @@ pub async fn bucket_rows(
     let n = tick_schema().fields().len();
     let plain =
         RecordBatch::try_new(tick_schema(), ticks.columns()[..n].to_vec()).map_err(arrow)?;
-    let ticks = crate::stream::executor::with_date(&plain).map_err(arrow)?;
+    let ticks = crate::lake::with_date(&plain).map_err(arrow)?;
     let ctx = schema_session();
     let profiles_spec = TableSpec::profiles();
     for (name, table) in [

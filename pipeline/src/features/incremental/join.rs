@@ -45,6 +45,13 @@ impl ContextTables {
         );
     }
 
+    /// Every table: name, schema and rows.
+    pub fn all(&self) -> impl Iterator<Item = (&str, SchemaRef, Vec<RecordBatch>)> {
+        self.tables
+            .iter()
+            .map(|(n, t)| (n.as_str(), Arc::clone(&t.schema), t.batches.clone()))
+    }
+
     fn version(&self, name: &str) -> u64 {
         self.tables.get(name).map_or(0, |t| t.version)
     }

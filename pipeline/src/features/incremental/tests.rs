@@ -139,7 +139,7 @@ fn chunks(ticks: &RecordBatch, ahead: usize, rng: &mut impl Rng) -> Vec<Chunk> {
         }
         let idx = arrow::array::UInt32Array::from(idx);
         let batch = arrow::compute::take_record_batch(ticks, &idx).unwrap();
-        let batch = crate::stream::executor::with_date(&batch).unwrap();
+        let batch = crate::lake::with_date(&batch).unwrap();
         let ts = batch
             .column(0)
             .as_primitive::<TimestampMicrosecondType>()
@@ -174,7 +174,7 @@ async fn any_split_into_chunks_gives_the_batch_bits() {
     let batch = crate::features::compute_features(
         &crate::lake::schema_session(),
         &catalog,
-        &crate::stream::executor::with_date(&ticks).unwrap(),
+        &crate::lake::with_date(&ticks).unwrap(),
     )
     .await
     .unwrap();
