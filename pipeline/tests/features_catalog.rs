@@ -193,7 +193,27 @@ fn features_check_exits_2_on_a_broken_folder() {
         "the built-in pack outside a checkout: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: 9 files"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("ok: 9 files"), "{stdout}");
+    assert!(
+        stdout.contains("streaming: 9 of 9 files incremental"),
+        "{stdout}"
+    );
+
+    // A file streaming cannot run incrementally is named with its line.
+    std::fs::create_dir_all(dir.path().join("r/features")).unwrap();
+    std::fs::write(
+        dir.path().join("r/features/rows.sql"),
+        "SELECT symbol, ts, seq,\n max(price) OVER (PARTITION BY symbol ORDER BY ts, seq \
+         ROWS BETWEEN 10 PRECEDING AND CURRENT ROW) AS m FROM ticks",
+    )
+    .unwrap();
+    let out = common::ok(dir.path(), &["features", "--queries", "r", "check"]);
+    assert!(
+        out.contains("not incremental: r/features/rows.sql:2:2: max over a ROWS frame")
+            && out.contains("streaming: 0 of 1 files incremental"),
+        "{out}"
+    );
 
     std::fs::create_dir_all(dir.path().join("q/features")).unwrap();
     std::fs::write(

@@ -53,6 +53,19 @@ pub(crate) async fn run(args: FeaturesArgs) -> anyhow::Result<()> {
                 catalog.lookback(),
                 catalog.delay()
             );
+            // Streaming computes each file incrementally when it can; the
+            // others re-run their SQL over the held history (slower).
+            let program = crate::features::incremental::Program::compile(&catalog);
+            for n in program.not_incremental() {
+                println!(
+                    "not incremental: {n} (streaming recomputes this file over the held history)"
+                );
+            }
+            println!(
+                "streaming: {} of {} files incremental",
+                catalog.files().len() - program.not_incremental().len(),
+                catalog.files().len()
+            );
         }
         FeaturesCommand::Explain => {
             let ctx = schema_session();
