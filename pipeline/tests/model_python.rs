@@ -98,9 +98,11 @@ async fn python_and_rust_xgboost_agree_both_ways() {
     assert!(summary["rows"].as_u64().unwrap() > 500, "{summary}");
     assert_eq!(summary["missing"], 0, "{summary}");
     assert_eq!(summary["version"], manifest["version"], "{summary}");
-    assert!(
-        summary["max_abs_diff"].as_f64().unwrap() <= 1e-6,
-        "Python's predictions differ from `score`'s: {summary}"
+    // Bit for bit: both are the same f32 (Rust widens it to f64 exactly).
+    assert_eq!(
+        summary["max_abs_diff"].as_f64(),
+        Some(0.0),
+        "Python's inplace_predict differs from `score`'s: {summary}"
     );
 
     // A model trained in Python scores identically from Rust.
@@ -129,5 +131,5 @@ async fn python_and_rust_xgboost_agree_both_ways() {
             .unwrap_or_else(|| panic!("no Rust score for {key:?}"));
         max_diff = max_diff.max((rust - r[3].as_f64().unwrap()).abs());
     }
-    assert!(max_diff <= 1e-6, "max |rust - python| = {max_diff}");
+    assert_eq!(max_diff, 0.0, "max |rust - python inplace_predict|");
 }

@@ -105,12 +105,12 @@ impl ModelDetector {
         (0, self.manifest.best_iteration + 1)
     }
 
-    /// Scores feature columns (catalog order).
+    /// Scores feature columns (catalog order), straight from their
+    /// buffers (XGBoost's in-place prediction).
     pub fn predict(&self, columns: &[&Float64Array]) -> Result<Vec<f32>, XgbError> {
-        let m = DMatrix::from_columns(columns, None, None)?;
         Ok(self
             .booster
-            .predict_with(&m, PredictKind::Value, Some(self.rounds()))?
+            .predict_columns(columns, PredictKind::Value, Some(self.rounds()))?
             .0)
     }
 

@@ -116,34 +116,84 @@ fn array_interface(ptr: *const u8, len: usize, typestr: &str) -> serde_json::Val
     })
 }
 
-/// Training or prediction data, owned by XGBoost (`DMatrixHandle`).
-#[derive(Debug)]
-pub struct DMatrix {
-    handle: sys::DMatrixHandle,
+/// The JSON configuration of a prediction (`inplace` adds `missing`).
+fn predict_config(kind: PredictKind, rounds: Option<(u32, u32)>, inplace: bool) -> Result<CString> {
+    let (begin, end) = rounds.unwrap_or((0, 0));
+    let config = json!({
+        "type": kind.code(),
+        "training": false,
+        "iteration_begin": begin,
+        "iteration_end": end,
+        "strict_shape": false,
+    });
+    if inplace {
+        // NaN is missing, as in a DMatrix made by `DMatrix::from_columns`;
+        // `json!` cannot write NaN, so it goes in as text.
+        return cstring(
+            "config",
+            &config.to_string().replacen('{', "{\"missing\": NaN, ", 1),
+        );
+    }
+    cstring("config", &config.to_string())
 }
 
-// SAFETY: a DMatrix handle is a heap object not tied to the thread that made
-// it; XGBoost's per-thread state (last error, output buffers) is only read on
-// the calling thread right after each call. Not `Sync`: no concurrent calls.
-unsafe impl Send for DMatrix {}
+/// Calls a prediction function with out-pointers for its shape and result
+/// and copies the result out: the values row-major and the row width.
+fn read_prediction(
+    call: &'static str,
+    f: impl FnOnce(*mut *const sys::bst_ulong, *mut sys::bst_ulong, *mut *const f32) -> c_int,
+) -> Result<(Vec<f32>, usize)> {
+    let mut shape: *const sys::bst_ulong = ptr::null();
+    let mut dim: sys::bst_ulong = 0;
+    let mut result: *const f32 = ptr::null();
+    check(call, f(&mut shape, &mut dim, &mut result))?;
+    if shape.is_null() || dim == 0 {
+        return Err(XgbError::Unexpected {
+            call,
+            detail: format!("output of {dim} dimensions"),
+        });
+    }
+    // SAFETY: XGBoost wrote `dim` extents at `shape`.
+    let shape = unsafe { std::slice::from_raw_parts(shape, dim as usize) };
+    let len: usize = shape.iter().map(|&s| s as usize).product();
+    let width = if dim == 1 {
+        1
+    } else {
+        shape[dim as usize - 1] as usize
+    };
+    if len == 0 {
+        return Ok((Vec::new(), width));
+    }
+    if result.is_null() {
+        return Err(XgbError::Unexpected {
+            call,
+            detail: "no result buffer".into(),
+        });
+    }
+    // SAFETY: the result buffer holds the product of the shape's extents
+    // of f32, owned by the booster and valid until its next call; copied
+    // out here.
+    let values = unsafe { std::slice::from_raw_parts(result, len) }.to_vec();
+    Ok((values, width))
+}
 
-impl DMatrix {
-    /// Builds a matrix from equally long Arrow columns (one feature each, in
-    /// order), with optional labels and sample weights.
-    ///
-    /// The value buffers and validity bitmaps are passed to XGBoost as they
-    /// are (a bitmap is re-aligned only for an array sliced at an offset that
-    /// is not a multiple of 8). NULL and NaN are both missing.
-    pub fn from_columns(
-        columns: &[&Float64Array],
-        label: Option<&[f32]>,
-        weight: Option<&[f32]>,
-    ) -> Result<DMatrix> {
+/// Equally long Arrow columns described as XGBoost's columnar
+/// `__array_interface__` list: the value buffers and validity bitmaps as
+/// they are (a bitmap is re-aligned only for an array sliced at an offset
+/// that is not a multiple of 8). NULL and NaN are both missing.
+struct Columnar {
+    json: CString,
+    rows: usize,
+    /// Re-aligned bitmaps, alive as long as `json` points at them.
+    _masks: Vec<Buffer>,
+}
+
+impl Columnar {
+    fn new(columns: &[&Float64Array]) -> Result<Self> {
         let Some(first) = columns.first() else {
             return Err(XgbError::NoColumns);
         };
         let rows = first.len();
-        // Re-aligned bitmaps must outlive the XGBoost call below.
         let mut masks: Vec<Buffer> = Vec::with_capacity(columns.len());
         let mut interfaces = Vec::with_capacity(columns.len());
         for (i, column) in columns.iter().enumerate() {
@@ -169,20 +219,53 @@ impl DMatrix {
             }
             interfaces.push(interface);
         }
-        let data = cstring("columns", &serde_json::Value::Array(interfaces).to_string())?;
+        Ok(Columnar {
+            json: cstring("columns", &serde_json::Value::Array(interfaces).to_string())?,
+            rows,
+            _masks: masks,
+        })
+    }
+}
+
+/// Training or prediction data, owned by XGBoost (`DMatrixHandle`).
+#[derive(Debug)]
+pub struct DMatrix {
+    handle: sys::DMatrixHandle,
+}
+
+// SAFETY: a DMatrix handle is a heap object not tied to the thread that made
+// it; XGBoost's per-thread state (last error, output buffers) is only read on
+// the calling thread right after each call. Not `Sync`: no concurrent calls.
+unsafe impl Send for DMatrix {}
+
+impl DMatrix {
+    /// Builds a matrix from equally long Arrow columns (one feature each, in
+    /// order), with optional labels and sample weights.
+    ///
+    /// The value buffers and validity bitmaps are passed to XGBoost as they
+    /// are (a bitmap is re-aligned only for an array sliced at an offset that
+    /// is not a multiple of 8). NULL and NaN are both missing.
+    pub fn from_columns(
+        columns: &[&Float64Array],
+        label: Option<&[f32]>,
+        weight: Option<&[f32]>,
+    ) -> Result<DMatrix> {
+        let table = Columnar::new(columns)?;
         // `missing` NaN: a NaN value is missing like a NULL (the mask turns
         // NULLs into NaN inside XGBoost). nthread 0: all cores.
         let config = cstring("config", r#"{"missing": NaN, "nthread": 0}"#)?;
         let mut handle: sys::DMatrixHandle = ptr::null_mut();
-        // SAFETY: `data` describes `columns.len()` live Arrow buffers of `rows`
-        // f64 (8-byte aligned, as arrow guarantees) and their bitmaps of at
-        // least `rows` bits (`masks` or the arrays themselves keep them alive);
-        // XGBoost reads them only during this call and copies the values into
-        // its own pages. Both strings are NUL-terminated; `handle` is written.
+        // SAFETY: `table.json` describes `columns.len()` live Arrow buffers
+        // of `rows` f64 (8-byte aligned, as arrow guarantees) and their
+        // bitmaps of at least `rows` bits (`table` or the arrays themselves
+        // keep them alive); XGBoost reads them only during this call and
+        // copies the values into its own pages. Both strings are
+        // NUL-terminated; `handle` is written.
         check("XGDMatrixCreateFromColumnar", unsafe {
-            sys::XGDMatrixCreateFromColumnar(data.as_ptr(), config.as_ptr(), &mut handle)
+            sys::XGDMatrixCreateFromColumnar(table.json.as_ptr(), config.as_ptr(), &mut handle)
         })?;
-        drop(masks);
+        let rows = table.rows;
+        drop(table);
         let matrix = DMatrix { handle };
         if let Some(label) = label {
             matrix.set_info("label", label, rows)?;
@@ -425,59 +508,55 @@ impl Booster {
         kind: PredictKind,
         rounds: Option<(u32, u32)>,
     ) -> Result<(Vec<f32>, usize)> {
-        let (begin, end) = rounds.unwrap_or((0, 0));
-        let config = json!({
-            "type": kind.code(),
-            "training": false,
-            "iteration_begin": begin,
-            "iteration_end": end,
-            "strict_shape": false,
-        })
-        .to_string();
-        let config = cstring("config", &config)?;
-        let mut shape: *const sys::bst_ulong = ptr::null();
-        let mut dim: sys::bst_ulong = 0;
-        let mut result: *const f32 = ptr::null();
-        // SAFETY: live handles, NUL-terminated config; the outputs point to
-        // buffers owned by the booster, valid until its next call, and are
-        // copied out below.
-        check("XGBoosterPredictFromDMatrix", unsafe {
+        let config = predict_config(kind, rounds, false)?;
+        // SAFETY: live handles, NUL-terminated config; `read_prediction`
+        // passes valid out-pointers.
+        read_prediction("XGBoosterPredictFromDMatrix", |shape, dim, result| unsafe {
             sys::XGBoosterPredictFromDMatrix(
                 self.handle,
                 data.handle,
                 config.as_ptr(),
-                &mut shape,
-                &mut dim,
-                &mut result,
+                shape,
+                dim,
+                result,
             )
-        })?;
-        if shape.is_null() || dim == 0 {
-            return Err(XgbError::Unexpected {
-                call: "XGBoosterPredictFromDMatrix",
-                detail: format!("output of {dim} dimensions"),
-            });
+        })
+    }
+
+    /// Predicted values of rows given as equally long Arrow columns (one
+    /// feature each, in order), straight from their buffers: XGBoost's
+    /// in-place prediction, no `DMatrix` and no copy of the values. NULL
+    /// and NaN are missing. The same scores as [`Booster::predict_with`]
+    /// over a `DMatrix` of the columns, and as Python's `inplace_predict`.
+    pub fn predict_columns(
+        &self,
+        columns: &[&Float64Array],
+        kind: PredictKind,
+        rounds: Option<(u32, u32)>,
+    ) -> Result<(Vec<f32>, usize)> {
+        let table = Columnar::new(columns)?;
+        if table.rows == 0 {
+            return Ok((Vec::new(), 1));
         }
-        // SAFETY: XGBoost wrote `dim` extents at `shape`.
-        let shape = unsafe { std::slice::from_raw_parts(shape, dim as usize) };
-        let len: usize = shape.iter().map(|&s| s as usize).product();
-        let width = if dim == 1 {
-            1
-        } else {
-            shape[dim as usize - 1] as usize
-        };
-        if len == 0 {
-            return Ok((Vec::new(), width));
-        }
-        if result.is_null() {
-            return Err(XgbError::Unexpected {
-                call: "XGBoosterPredictFromDMatrix",
-                detail: "no result buffer".into(),
-            });
-        }
-        // SAFETY: the result buffer holds the product of the shape's extents
-        // of f32, valid until the next call on this booster.
-        let values = unsafe { std::slice::from_raw_parts(result, len) }.to_vec();
-        Ok((values, width))
+        let config = predict_config(kind, rounds, true)?;
+        // SAFETY: live booster; `table.json` describes live Arrow buffers
+        // (kept alive by `columns` and `table` for the whole call) that
+        // XGBoost only reads during it; no proxy DMatrix (NULL is allowed);
+        // `read_prediction` passes valid out-pointers.
+        read_prediction(
+            "XGBoosterPredictFromColumnar",
+            |shape, dim, result| unsafe {
+                sys::XGBoosterPredictFromColumnar(
+                    self.handle,
+                    table.json.as_ptr(),
+                    config.as_ptr(),
+                    ptr::null_mut(),
+                    shape,
+                    dim,
+                    result,
+                )
+            },
+        )
     }
 
     /// Rounds boosted so far.

@@ -99,7 +99,7 @@ def predict(lake, feature_set, model_dir, date_from, date_to):
         len(keys) > 0
         and not missing
         and len(rust) == len(keys)
-        and summary["max_abs_diff"] <= 1e-6
+        and summary["max_abs_diff"] == 0.0
     )
     sys.exit(0 if ok else 1)
 
