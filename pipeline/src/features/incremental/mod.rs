@@ -146,6 +146,8 @@ pub enum Mode {
 struct FileProgram {
     /// Position in the catalog.
     file: usize,
+    /// The thread it is computed on when a chunk is large enough.
+    lane: usize,
     compiled: Compiled,
     /// `states[sym][slot]`; empty for a symbol not seen (or forgotten).
     states: Vec<Vec<CallState>>,
@@ -156,6 +158,8 @@ struct FileProgram {
 pub struct Program {
     files: Vec<FileProgram>,
     not_incremental: Vec<NotIncremental>,
+    /// Threads a large chunk is computed on.
+    lanes: usize,
 }
 
 impl std::fmt::Debug for Program {
@@ -179,6 +183,7 @@ impl Program {
             match compile::compile(&state, &f.name, &f.plan, &f.features) {
                 Ok(compiled) => files.push(FileProgram {
                     file: i,
+                    lane: 0,
                     compiled,
                     states: Vec::new(),
                 }),
@@ -190,9 +195,12 @@ impl Program {
                 }),
             }
         }
+        let lanes = std::thread::available_parallelism().map_or(1, |n| n.get());
+        lane_of(&mut files, lanes);
         Program {
             files,
             not_incremental,
+            lanes,
         }
     }
 
@@ -232,33 +240,58 @@ impl Program {
     /// `Float64` column per feature. In [`Mode::WarmUp`] the state advances
     /// and nothing is returned.
     pub fn evaluate(&mut self, chunk: &Chunk, mode: Mode) -> Result<Vec<(usize, Vec<ArrayRef>)>> {
-        let live = chunk.live_rows();
-        let has_ahead = live != chunk.ticks.num_rows();
-        let live_idx = has_ahead.then(|| chunk.live_indices());
-        let mut out = Vec::with_capacity(self.files.len());
-        for f in &mut self.files {
-            f.ensure_states(&chunk.segments);
-            let input = Input {
-                chunk,
-                lookups: mode == Mode::Emit,
-            };
-            let batch = eval(&f.compiled.root, &input, &mut f.states, &f.compiled.rights)?;
-            if mode == Mode::WarmUp {
-                continue;
+        let live_idx = (chunk.live_rows() != chunk.ticks.num_rows()).then(|| chunk.live_indices());
+        let lanes = if chunk.ticks.num_rows() >= PARALLEL_ROWS {
+            self.lanes
+        } else {
+            1
+        };
+        let out = if lanes <= 1 {
+            self.files
+                .iter_mut()
+                .map(|f| f.evaluate(chunk, mode, live_idx.as_ref()))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            // Files are independent (each its own state): one lane per
+            // core, the costliest files spread first (see `lane_of`).
+            let mut lanes: Vec<Vec<&mut FileProgram>> = (0..lanes).map(|_| Vec::new()).collect();
+            for f in &mut self.files {
+                lanes[f.lane].push(f);
             }
-            let mut columns = Vec::with_capacity(f.compiled.features.len());
-            for &c in &f.compiled.features {
-                let mut a = Arc::clone(batch.column(c));
-                if let Some(idx) = &live_idx {
-                    a = take(a.as_ref(), idx, None)?;
+            let live_idx = live_idx.as_ref();
+            let results: Vec<Result<Vec<_>>> = std::thread::scope(|scope| {
+                let mut lanes = lanes.into_iter();
+                let mine = lanes.next().unwrap_or_default();
+                let handles: Vec<_> = lanes
+                    .map(|lane| {
+                        scope.spawn(move || {
+                            lane.into_iter()
+                                .map(|f| f.evaluate(chunk, mode, live_idx))
+                                .collect::<Result<Vec<_>>>()
+                        })
+                    })
+                    .collect();
+                let mut results = vec![mine
+                    .into_iter()
+                    .map(|f| f.evaluate(chunk, mode, live_idx))
+                    .collect::<Result<Vec<_>>>()];
+                for h in handles {
+                    results.push(h.join().unwrap_or_else(|_| {
+                        Err(DataFusionError::Internal(
+                            "incremental features: a lane panicked".into(),
+                        ))
+                    }));
                 }
-                if a.data_type() != &DataType::Float64 {
-                    a = cast(&a, &DataType::Float64)?;
-                }
-                columns.push(a);
+                results
+            });
+            let mut all = Vec::new();
+            for r in results {
+                all.extend(r?);
             }
-            out.push((f.file, columns));
-        }
+            all
+        };
+        let mut out: Vec<(usize, Vec<ArrayRef>)> = out.into_iter().flatten().collect();
+        out.sort_by_key(|(file, _)| *file);
         Ok(out)
     }
 
@@ -283,7 +316,62 @@ impl Program {
     }
 }
 
+/// Chunks smaller than this are computed on the calling thread: below it,
+/// starting threads costs more than it saves.
+const PARALLEL_ROWS: usize = 512;
+
+/// Spreads the files over `lanes` threads: costliest first (a window call's
+/// state advance is the cost of a file), each to the least loaded lane.
+fn lane_of(files: &mut [FileProgram], lanes: usize) {
+    let cost = |f: &FileProgram| 1 + 4 * f.compiled.slots.len();
+    let mut order: Vec<usize> = (0..files.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(cost(&files[i])));
+    let mut load = vec![0usize; lanes.max(1)];
+    for i in order {
+        let lane = (0..load.len()).min_by_key(|&l| load[l]).unwrap_or(0);
+        load[lane] += cost(&files[i]);
+        files[i].lane = lane;
+    }
+}
+
 impl FileProgram {
+    /// Computes `chunk` for this file: its feature columns over the live
+    /// rows (`live_idx` picks them when the chunk has read-ahead rows);
+    /// nothing in [`Mode::WarmUp`].
+    fn evaluate(
+        &mut self,
+        chunk: &Chunk,
+        mode: Mode,
+        live_idx: Option<&UInt32Array>,
+    ) -> Result<Option<(usize, Vec<ArrayRef>)>> {
+        self.ensure_states(&chunk.segments);
+        let input = Input {
+            chunk,
+            lookups: mode == Mode::Emit,
+        };
+        let batch = eval(
+            &self.compiled.root,
+            &input,
+            &mut self.states,
+            &self.compiled.rights,
+        )?;
+        if mode == Mode::WarmUp {
+            return Ok(None);
+        }
+        let mut columns = Vec::with_capacity(self.compiled.features.len());
+        for &c in &self.compiled.features {
+            let mut a = Arc::clone(batch.column(c));
+            if let Some(idx) = live_idx {
+                a = take(a.as_ref(), idx, None)?;
+            }
+            if a.data_type() != &DataType::Float64 {
+                a = cast(&a, &DataType::Float64)?;
+            }
+            columns.push(a);
+        }
+        Ok(Some((self.file, columns)))
+    }
+
     /// Makes the state of every symbol of `segments` that has none.
     fn ensure_states(&mut self, segments: &[Segment]) {
         for s in segments {
