@@ -868,6 +868,112 @@ async fn sign_in_rotates_the_session_and_cross_site_form_posts_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sessions_end_when_idle_or_old_and_https_cookies_are_secure() {
+    let f = Fixture::new("expiry").await;
+    f.add_user("ana", "analyst", ANA_PW);
+    // Idle limit 2 s, lifetime 6 s.
+    let server = f.serve(&[
+        "--session-idle-minutes",
+        "0.0334",
+        "--session-hours",
+        "0.00167",
+    ]);
+    let base = server.base.as_str();
+    let s = sign_in(base, "ana", ANA_PW).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(
+        get("/").cookie(&s).send(base).await.status,
+        303,
+        "idle too long"
+    );
+    let s = sign_in(base, "ana", ANA_PW).await;
+    let started = std::time::Instant::now();
+    let mut alive = std::time::Duration::ZERO;
+    for _ in 0..10 {
+        // Active (a request every 0.8 s) keeps it past the idle limit, up
+        // to its lifetime.
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        if get("/").cookie(&s).send(base).await.status != 200 {
+            break;
+        }
+        alive = started.elapsed();
+    }
+    assert!(
+        alive > std::time::Duration::from_secs(4),
+        "in use, it outlived the idle limit: {alive:?}"
+    );
+    assert_eq!(
+        get("/").cookie(&s).send(base).await.status,
+        303,
+        "past its lifetime"
+    );
+    drop(server);
+
+    // Behind a TLS proxy (--public-url https://...): cookies are Secure and
+    // __Host- prefixed, and only that host and origin are accepted.
+    let server = f.serve(&["--public-url", "https://review.example.test"]);
+    let base = server.base.as_str();
+    let host = "review.example.test";
+    let origin = "https://review.example.test";
+    assert_eq!(
+        get("/login").send(base).await.status,
+        400,
+        "its own address is not the Host"
+    );
+    let page = get("/login").host(host).send(base).await;
+    let login = page
+        .set_cookie("__Host-sa_login")
+        .expect("a __Host- login cookie");
+    assert!(login.ends_with("; Secure"), "{login}");
+    let r = post_form(
+        "/login",
+        &[
+            ("name", "ana"),
+            ("password", ANA_PW),
+            ("csrf", &csrf_in(&page.body)),
+            ("next", "/"),
+        ],
+    )
+    .host(host)
+    .origin(origin)
+    .cookie(&format!("__Host-sa_login={}", cookie_value(login)))
+    .send(base)
+    .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let session = r
+        .set_cookie("__Host-sa_session")
+        .expect("a __Host- session cookie");
+    assert!(
+        session.contains("; Secure") && session.contains("HttpOnly"),
+        "{session}"
+    );
+    let cookie = format!("__Host-sa_session={}", cookie_value(session));
+    assert_eq!(
+        get("/").host(host).cookie(&cookie).send(base).await.status,
+        200
+    );
+    let page = get(&format!("/alerts/{}", f.alerts[0]))
+        .host(host)
+        .cookie(&cookie)
+        .send(base)
+        .await;
+    let csrf = csrf_of_form(&page.body, "verdict");
+    let form = post_form(
+        &format!("/alerts/{}/disposition", f.alerts[0]),
+        &[("status", "dismissed"), ("csrf", &csrf)],
+    )
+    .host(host)
+    .cookie(&cookie);
+    let r = form
+        .clone()
+        .origin("http://review.example.test")
+        .send(base)
+        .await;
+    assert_eq!(r.status, 403, "plain http is another origin");
+    assert_eq!(form.origin(origin).send(base).await.status, 303);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_proxy_named_user_is_believed_only_from_the_proxy() {
     let f = Fixture::new("proxy").await;
     f.add_user("ana", "analyst", ANA_PW);

@@ -23,7 +23,7 @@ pub struct SessionPolicy {
 }
 
 /// `last_seen` is written at most this often per session (not on every
-/// request).
+/// request), or every half idle limit when that is shorter.
 const TOUCH_EVERY_SECS: f64 = 60.0;
 
 /// The session cookie's name and attributes.
@@ -172,7 +172,11 @@ impl Sessions {
                  FROM review_sessions s JOIN review_users u ON u.id = s.user_id \
                  WHERE s.token_hash = $1 AND s.expires_at > now() \
                    AND s.last_seen > now() - make_interval(secs => $2) AND NOT u.disabled",
-                &[&hash, &self.policy.idle.as_secs_f64(), &TOUCH_EVERY_SECS],
+                &[
+                    &hash,
+                    &self.policy.idle.as_secs_f64(),
+                    &TOUCH_EVERY_SECS.min(self.policy.idle.as_secs_f64() / 2.0),
+                ],
             )
             .await
             .map_err(ReviewError::query("find a session"))?;
