@@ -17,5 +17,6 @@ pub mod sources;
 pub mod stream;
 pub mod symbols;
 pub mod tick;
+pub mod web;
 
 pub use stockanomaly_udfs as udfs;

@@ -61,7 +61,8 @@ async fn migrate_applies_once_and_creates_the_schema() {
         vec![
             "0001_init".to_owned(),
             "0002_review".to_owned(),
-            "0003_alert_delay".to_owned()
+            "0003_alert_delay".to_owned(),
+            "0004_review_accounts".to_owned()
         ]
     );
     let second = migrate(&mut c).await.unwrap();
@@ -170,7 +171,8 @@ async fn concurrent_migrations_both_succeed() {
         vec![
             "0001_init".to_owned(),
             "0002_review".to_owned(),
-            "0003_alert_delay".to_owned()
+            "0003_alert_delay".to_owned(),
+            "0004_review_accounts".to_owned()
         ],
         "{ra:?} {rb:?}"
     );
@@ -188,6 +190,7 @@ async fn cli_migrate_and_status() {
     assert!(out.contains("applied 0001_init"), "{out}");
     assert!(out.contains("applied 0002_review"), "{out}");
     assert!(out.contains("applied 0003_alert_delay"), "{out}");
+    assert!(out.contains("applied 0004_review_accounts"), "{out}");
     // The URL from the environment, as deployments pass it.
     let out = common::bin()
         .current_dir(dir.path())

@@ -603,8 +603,8 @@ fn problems(doc: &Value, helps: &mut Helps) -> Vec<String> {
         }
     }
 
-    // The detector scales: no fixed name, no host port; metrics inside the
-    // network on the port it listens on.
+    // The detector scales: no fixed name, no host port; metrics on the
+    // container's own loopback, out of reach of the other containers.
     let det = svc("detector");
     if det.container_name {
         problems.push("detector: container_name stops `--scale detector=N`".into());
@@ -613,13 +613,19 @@ fn problems(doc: &Value, helps: &mut Helps) -> Vec<String> {
         problems.push("detector: a host port stops `--scale detector=N`".into());
     }
     match flag_value(&det.command, "--metrics-addr").and_then(|a| a.rsplit_once(':')) {
-        Some((_, port)) if det.expose.iter().any(|e| e == port) => {}
+        Some(("127.0.0.1", _)) => {}
         other => problems.push(format!(
-            "detector: --metrics-addr port {other:?} is not in expose {:?}",
-            det.expose
+            "detector: --metrics-addr {other:?} is not on the container's loopback"
         )),
     }
-    // The review page listens on the port published for it.
+    if !det.expose.is_empty() {
+        problems.push(format!(
+            "detector: exposes {:?} to the network, where nothing listens",
+            det.expose
+        ));
+    }
+    // The review page listens on the port published for it, answers only
+    // for its public address, and connects as its own role.
     let review = svc("review");
     match flag_value(&review.command, "--listen").and_then(|a| a.rsplit_once(':')) {
         Some((host, port))
@@ -628,6 +634,34 @@ fn problems(doc: &Value, helps: &mut Helps) -> Vec<String> {
             "review: --listen {other:?} is not 0.0.0.0 on a published port {:?}",
             review.ports
         )),
+    }
+    if review
+        .env
+        .get("STOCKANOMALY_PUBLIC_URL")
+        .is_none_or(String::is_empty)
+    {
+        problems.push(
+            "review: listens on all interfaces without STOCKANOMALY_PUBLIC_URL (its Host)".into(),
+        );
+    }
+    let user_of = |url: &str| -> String {
+        url.split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .map(|(u, _)| u.to_owned())
+            .unwrap_or_default()
+    };
+    let pg = svc("postgres");
+    let review_user = user_of(review.env.get("DATABASE_URL").map_or("", String::as_str));
+    if Some(&review_user) == pg.env.get("POSTGRES_USER") {
+        problems.push("review: connects as the database owner; give it REVIEW_PG_USER".into());
+    }
+    if pg.env.get("REVIEW_PG_USER") != Some(&review_user)
+        || pg.env.get("REVIEW_PG_PASSWORD") != review.env.get("PGPASSWORD")
+    {
+        problems.push(format!(
+            "review: connects as {review_user:?}, not the role postgres creates for it \
+             (REVIEW_PG_USER / REVIEW_PG_PASSWORD)"
+        ));
     }
 
     // One lake, one model, one set of topics.
@@ -834,6 +868,46 @@ fn wiring_checks_catch_miswiring() {
             }),
         ),
         (
+            "is not on the container's loopback",
+            mutate(&|m| {
+                let mut s = svc(m, "detector");
+                if let Some(Value::Sequence(c)) = s.get_mut("command") {
+                    for w in c.iter_mut() {
+                        if w.as_str() == Some("127.0.0.1:9187") {
+                            *w = "0.0.0.0:9187".into();
+                        }
+                    }
+                }
+                m.insert("detector".into(), Value::Mapping(s));
+            }),
+        ),
+        (
+            "connects as the database owner",
+            mutate(&|m| {
+                let owner = match svc(m, "postgres").get("environment") {
+                    Some(Value::Mapping(e)) => e.get("POSTGRES_USER").cloned(),
+                    _ => None,
+                };
+                let mut s = svc(m, "review");
+                if let (Some(Value::Mapping(env)), Some(owner)) = (s.get_mut("environment"), owner)
+                {
+                    let url = format!("postgres://{}@postgres:5432/db", scalar(&owner));
+                    env.insert("DATABASE_URL".into(), url.into());
+                }
+                m.insert("review".into(), Value::Mapping(s));
+            }),
+        ),
+        (
+            "without STOCKANOMALY_PUBLIC_URL",
+            mutate(&|m| {
+                let mut s = svc(m, "review");
+                if let Some(Value::Mapping(env)) = s.get_mut("environment") {
+                    env.remove("STOCKANOMALY_PUBLIC_URL");
+                }
+                m.insert("review".into(), Value::Mapping(s));
+            }),
+        ),
+        (
             "container_name stops",
             mutate(&|m| set(m, "detector", "container_name", "detector".into())),
         ),
@@ -882,6 +956,7 @@ fn compose_refuses_to_run_without_its_env() {
         "PGPASSWORD",
         "GRAFANA_ADMIN_PASSWORD",
         "GRAFANA_PG_PASSWORD",
+        "REVIEW_PG_PASSWORD",
     ] {
         assert!(
             env.contains_key(secret),
@@ -905,6 +980,11 @@ fn compose_refuses_to_run_without_its_env() {
     assert_eq!(
         services["grafana"].env.get("GF_SECURITY_ADMIN_PASSWORD"),
         env.get("GRAFANA_ADMIN_PASSWORD")
+    );
+    assert_eq!(
+        services["review"].env.get("PGPASSWORD"),
+        env.get("REVIEW_PG_PASSWORD"),
+        "the review page logs in with its own role's password"
     );
 }
 

@@ -18,6 +18,7 @@ mod serve;
 mod simulate;
 mod sql;
 mod train;
+mod users;
 
 use std::fmt;
 
@@ -118,6 +119,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Turn analysts' verdicts into lake labels for training.
     Labels(labels::LabelsArgs),
+    /// Manage the review app's accounts (add, list, disable, enable, passwd).
+    Users(users::UsersArgs),
 }
 
 /// A mistake in flags, configuration or a query: exit status 2.
@@ -201,6 +204,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::MarketContext(args) => market_context::run(&cli.lake, args).await,
         Command::Serve(args) => serve::run(&cli.lake, args).await,
         Command::Labels(args) => labels::run(&cli.lake, args).await,
+        Command::Users(args) => users::run(args).await,
     }
 }
 

@@ -1,8 +1,10 @@
 //! The review app's HTML pages, rendered on the server by `maud` (every
-//! interpolated value is escaped): the alert queue and one alert.
+//! interpolated value is escaped): the alert queue, one alert, sign-in.
+//! Every form that changes something carries the viewer's CSRF token.
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
+use super::auth::Role;
 use super::chart::{contributions, contributions_chart, evidence_chart};
 use super::evidence::Evidence;
 use super::query::{AlertDetail, AlertPage, RawFilter, DETECTORS, QUEUE_STATUSES, STATUSES};
@@ -35,9 +37,30 @@ form.filters label { display: flex; flex-direction: column; font-size: 12px; col
 .grid { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
 section { margin-bottom: 20px; }
 pre.note { white-space: pre-wrap; margin: 0; }
+header { display: flex; justify-content: space-between; align-items: center; }
+header form { display: inline; margin: 0; }
+header .who { font-size: 13px; }
+header button { margin-left: 8px; }
+form.login { background: #fff; border: 1px solid #e3e6eb; padding: 16px 20px; max-width: 320px; }
+form.login label { display: block; margin-bottom: 10px; }
+form.login input { display: block; width: 100%; box-sizing: border-box; }
 "#;
 
-fn layout(title: &str, body: Markup) -> Markup {
+/// Who is looking at a page: their name and role, the CSRF token the
+/// page's forms carry, and whether they can sign out (sessions only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Viewer {
+    /// The user's name.
+    pub name: String,
+    /// Their role.
+    pub role: Role,
+    /// The CSRF token of their forms.
+    pub csrf: String,
+    /// Whether a sign-out button is shown.
+    pub can_sign_out: bool,
+}
+
+fn layout(title: &str, viewer: Option<&Viewer>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -48,7 +71,20 @@ fn layout(title: &str, body: Markup) -> Markup {
                 style { (PreEscaped(STYLE)) }
             }
             body {
-                header { a href="/" { "StockAnomaly · alert review" } }
+                header {
+                    a href="/" { "StockAnomaly · alert review" }
+                    @if let Some(v) = viewer {
+                        span .who #who {
+                            (v.name) " (" (v.role) ")"
+                            @if v.can_sign_out {
+                                form method="post" action="/logout" {
+                                    input type="hidden" name="csrf" value=(v.csrf);
+                                    button type="submit" #sign-out { "Sign out" }
+                                }
+                            }
+                        }
+                    }
+                }
                 main { (body) }
             }
         }
@@ -59,6 +95,7 @@ fn layout(title: &str, body: Markup) -> Markup {
 pub fn error_page(message: &str) -> Markup {
     layout(
         "Error",
+        None,
         html! {
             p .error role="alert" { (message) }
             p { a href="/" { "Back to the queue" } }
@@ -93,7 +130,7 @@ pub struct Choices {
 }
 
 /// The queue: filters, the page of alerts, and paging links.
-pub fn queue_page(raw: &RawFilter, page: &AlertPage, choices: &Choices) -> Markup {
+pub fn queue_page(raw: &RawFilter, page: &AlertPage, choices: &Choices, viewer: &Viewer) -> Markup {
     let get = |v: &Option<String>| v.clone().unwrap_or_default();
     let owned = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     let pages = ((page.total + page.per_page - 1) / page.per_page).max(1);
@@ -116,7 +153,7 @@ pub fn queue_page(raw: &RawFilter, page: &AlertPage, choices: &Choices) -> Marku
             button type="submit" #apply { "Filter" }
             a href="/" { "Clear" }
         }
-        p #summary { (page.total) " alerts · page " (page.page) " of " (pages) }
+        p #summary { (page.total) @if !page.total_exact { "+" } " alerts · page " (page.page) " of " (pages) }
         table #queue {
             thead { tr {
                 th { "Score" } th { "Symbol" } th { "Time (event)" } th { "Kind" }
@@ -141,7 +178,7 @@ pub fn queue_page(raw: &RawFilter, page: &AlertPage, choices: &Choices) -> Marku
             @if page.page < pages { a #next href=(link(page.page + 1)) { "next →" } }
         }
     };
-    layout("Alert queue", body)
+    layout("Alert queue", Some(viewer), body)
 }
 
 /// The query string of a filter (only the fields that are set).
@@ -173,6 +210,7 @@ pub fn alert_page(
     a: &AlertDetail,
     evidence: Result<&Evidence, &str>,
     error: Option<&str>,
+    viewer: &Viewer,
 ) -> Markup {
     let s = &a.summary;
     let contribs = contributions(a.top_features.as_ref());
@@ -254,9 +292,13 @@ pub fn alert_page(
                     } }
                 }
             }
+            @if !viewer.role.can_decide() {
+                p #viewer-only { "You can read this alert; recording verdicts needs the analyst role." }
+            } @else {
             form #verdict method="post" action=(format!("/alerts/{}/disposition", s.id)) {
+                input type="hidden" name="csrf" value=(viewer.csrf);
                 fieldset {
-                    legend { "Record a verdict" }
+                    legend { "Record a verdict as " (viewer.name) }
                     @for st in STATUSES {
                         label { input type="radio" name="status" value=(st) required; " " (st) } " "
                     }
@@ -264,14 +306,31 @@ pub fn alert_page(
                     label { "Kind (for a confirmation) "
                         input type="text" name="kind" placeholder="e.g. spoofing" pattern="[a-z0-9_]{1,40}"; }
                     br;
-                    label { "Analyst " input type="text" name="analyst" required maxlength="64"; }
-                    br;
                     label { "Note" br; textarea name="note" rows="3" cols="60" maxlength="4000" {} }
                     br;
                     button type="submit" #record { "Record" }
                 }
             }
+            }
         }
     };
-    layout(&format!("Alert {}", s.id), body)
+    layout(&format!("Alert {}", s.id), Some(viewer), body)
+}
+
+/// The sign-in page: name, password, the login form's CSRF token and where
+/// to go afterwards; `error` says why the last attempt failed.
+pub fn login_page(error: Option<&str>, csrf: &str, next: &str) -> Markup {
+    let body = html! {
+        h1 { "Sign in" }
+        @if let Some(e) = error { p .error role="alert" { (e) } }
+        form .login #login method="post" action="/login" {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="next" value=(next);
+            label { "User name" input type="text" name="name" required maxlength="64" autocomplete="username" autofocus; }
+            label { "Password" input type="password" name="password" required autocomplete="current-password"; }
+            button type="submit" #sign-in { "Sign in" }
+        }
+        p { "Accounts are made with " code { "stockanomaly users add" } "." }
+    };
+    layout("Sign in", None, body)
 }

@@ -6,6 +6,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::{Client, Row};
 
+use super::auth::Identity;
 use super::ReviewError;
 
 /// The verdicts an analyst can give.
@@ -22,6 +23,12 @@ pub const DEFAULT_PER_PAGE: i64 = 50;
 
 /// Largest page size accepted.
 pub const MAX_PER_PAGE: i64 = 500;
+
+/// How deep into the queue paging reaches (`page × per_page`): an OFFSET
+/// reads every row it skips, so deeper pages cost the database in
+/// proportion; narrower filters reach the rest. Totals are counted up to
+/// this many too.
+pub const MAX_QUEUE_DEPTH: i64 = 10_000;
 
 /// Queue filters as they arrive in a query string: every field optional,
 /// empty strings meaning "not set" (what an HTML form sends).
@@ -43,7 +50,7 @@ pub struct RawFilter {
     pub status: Option<String>,
     /// Page number, from 1.
     pub page: Option<String>,
-    /// Alerts per page (1 to 500).
+    /// Alerts per page (1 to 500); `page × per_page` at most 10 000.
     pub per_page: Option<String>,
 }
 
@@ -156,6 +163,14 @@ impl AlertFilter {
         let to_exclusive = set(&raw.to)
             .map(|s| parse_time("to", s, true))
             .transpose()?;
+        let page = int("page", &raw.page, 1, MAX_QUEUE_DEPTH)?;
+        let per_page = int("per_page", &raw.per_page, DEFAULT_PER_PAGE, MAX_PER_PAGE)?;
+        if page.saturating_mul(per_page) > MAX_QUEUE_DEPTH {
+            return Err(ReviewError::BadRequest(format!(
+                "page × per_page must be at most {MAX_QUEUE_DEPTH} (page {page} of {per_page}): \
+                 narrow the filters (symbol, from/to, min_score, status) instead"
+            )));
+        }
         Ok(Self {
             symbol: set(&raw.symbol)
                 .map(|s| check_text("symbol", s, 64))
@@ -172,8 +187,8 @@ impl AlertFilter {
             status: set(&raw.status)
                 .map(|s| one_of("status", s, &QUEUE_STATUSES))
                 .transpose()?,
-            page: int("page", &raw.page, 1, 1_000_000)?,
-            per_page: int("per_page", &raw.per_page, DEFAULT_PER_PAGE, MAX_PER_PAGE)?,
+            page,
+            per_page,
         })
     }
 }
@@ -208,8 +223,10 @@ pub struct AlertSummary {
 /// A page of the queue.
 #[derive(Debug, Clone, Serialize)]
 pub struct AlertPage {
-    /// Alerts matching the filters.
+    /// Alerts matching the filters, counted up to [`MAX_QUEUE_DEPTH`].
     pub total: i64,
+    /// False when more alerts match than were counted.
+    pub total_exact: bool,
     /// This page's number, from 1.
     pub page: i64,
     /// Page size.
@@ -275,20 +292,34 @@ pub struct NewDisposition {
     /// Free text.
     #[serde(default)]
     pub note: Option<String>,
-    /// Who decides.
-    pub analyst: String,
+    /// Who decides: the signed-in user, always. Optional; when given it
+    /// must be that user's name (a client cannot record a verdict under
+    /// someone else's).
+    #[serde(default)]
+    pub analyst: Option<String>,
 }
 
 /// Kind recorded for a confirmation that names none.
 pub const DEFAULT_CONFIRMED_KIND: &str = "confirmed";
 
 impl NewDisposition {
-    /// Validates it: a known status, a kind of `[a-z0-9_]` (≤ 40), a note of
-    /// at most 4000 characters, an analyst name of 1 to 64 printable
-    /// characters. Returns `(status, kind, note, analyst)`.
-    pub fn validate(&self) -> Result<(String, Option<String>, String, String), ReviewError> {
+    /// Validates it as given by `analyst` (the signed-in user): a known
+    /// status, a kind of `[a-z0-9_]` (≤ 40), a note of at most 4000
+    /// characters, and no `analyst` field naming someone else. Returns
+    /// `(status, kind, note, analyst)`.
+    pub fn validate(
+        &self,
+        analyst: &str,
+    ) -> Result<(String, Option<String>, String, String), ReviewError> {
         let status = one_of("status", self.status.trim(), &STATUSES)?;
-        let analyst = self.analyst.trim();
+        if let Some(claimed) = self.analyst.as_deref().map(str::trim) {
+            if !claimed.is_empty() && claimed != analyst {
+                return Err(ReviewError::BadRequest(format!(
+                    "analyst is the signed-in user ({analyst}), not {:?}: leave it out",
+                    claimed.chars().take(64).collect::<String>()
+                )));
+            }
+        }
         if analyst.is_empty() {
             return Err(ReviewError::BadRequest("analyst is required".into()));
         }
@@ -377,17 +408,23 @@ pub async fn list_alerts(client: &Client, filter: &AlertFilter) -> Result<AlertP
         &filter.model_version,
         &filter.status,
     ];
+    // Counting stops past the deepest reachable page: a count of a huge
+    // queue would scan all of it on every page view.
+    let mut counted: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.to_vec();
+    let count_limit = MAX_QUEUE_DEPTH + 1;
+    counted.push(&count_limit);
     let total: i64 = client
         .query_one(
             &format!(
-                "SELECT count(*) FROM alerts a \
-                 LEFT JOIN alert_status s ON s.alert_id = a.id {FILTER}"
+                "SELECT count(*) FROM (SELECT 1 FROM alerts a \
+                 LEFT JOIN alert_status s ON s.alert_id = a.id {FILTER} LIMIT $8) t"
             ),
-            &params,
+            &counted,
         )
         .await
         .map_err(ReviewError::query("count the alert queue"))?
         .get(0);
+    let total_exact = total <= MAX_QUEUE_DEPTH;
     let offset = (filter.page - 1) * filter.per_page;
     let mut all: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.to_vec();
     all.push(&filter.per_page);
@@ -404,27 +441,49 @@ pub async fn list_alerts(client: &Client, filter: &AlertFilter) -> Result<AlertP
         .await
         .map_err(ReviewError::query("read the alert queue"))?;
     Ok(AlertPage {
-        total,
+        total: total.min(MAX_QUEUE_DEPTH),
+        total_exact,
         page: filter.page,
         per_page: filter.per_page,
         alerts: rows.iter().map(summary).collect(),
     })
 }
 
-/// The distinct values of a column of `alerts` (for the filter menus).
-pub async fn distinct_values(
-    client: &Client,
-    column: &'static str,
-) -> Result<Vec<String>, ReviewError> {
-    // `column` is one of our constants, never user input.
-    let rows = client
-        .query(
-            &format!("SELECT DISTINCT {column} FROM alerts ORDER BY 1 LIMIT 1000"),
-            &[],
-        )
+/// Most values a filter menu lists.
+pub const MAX_CHOICES: i64 = 1000;
+
+/// The symbols with alerts, for the filter menu: a loose index scan over
+/// `alerts (symbol, ts)`, one index probe per distinct symbol, where
+/// `SELECT DISTINCT` read the whole table on every queue view.
+pub const SYMBOL_CHOICES_SQL: &str = "WITH RECURSIVE v(value) AS ( \
+       (SELECT symbol FROM alerts ORDER BY symbol LIMIT 1) \
+       UNION ALL \
+       SELECT (SELECT symbol FROM alerts WHERE symbol > v.value ORDER BY symbol LIMIT 1) \
+       FROM v WHERE v.value IS NOT NULL) \
+     SELECT value FROM v WHERE value IS NOT NULL LIMIT $1";
+
+/// The model versions with alerts, likewise over the unique index on
+/// `alerts (model_version, symbol, ts, seq)`.
+pub const MODEL_VERSION_CHOICES_SQL: &str = "WITH RECURSIVE v(value) AS ( \
+       (SELECT model_version FROM alerts ORDER BY model_version LIMIT 1) \
+       UNION ALL \
+       SELECT (SELECT model_version FROM alerts WHERE model_version > v.value \
+               ORDER BY model_version LIMIT 1) \
+       FROM v WHERE v.value IS NOT NULL) \
+     SELECT value FROM v WHERE value IS NOT NULL LIMIT $1";
+
+/// The filter menus' choices: symbols and model versions with alerts.
+pub async fn filter_choices(client: &Client) -> Result<(Vec<String>, Vec<String>), ReviewError> {
+    let values = |rows: Vec<Row>| rows.iter().map(|r| r.get(0)).collect::<Vec<String>>();
+    let symbols = client
+        .query(SYMBOL_CHOICES_SQL, &[&MAX_CHOICES])
         .await
-        .map_err(ReviewError::query("list filter values"))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+        .map_err(ReviewError::query("list the symbols with alerts"))?;
+    let versions = client
+        .query(MODEL_VERSION_CHOICES_SQL, &[&MAX_CHOICES])
+        .await
+        .map_err(ReviewError::query("list the model versions with alerts"))?;
+    Ok((values(symbols), values(versions)))
 }
 
 /// One alert with its verdicts.
@@ -480,13 +539,14 @@ pub async fn dispositions(client: &Client, alert_id: i64) -> Result<Vec<Disposit
     Ok(rows.iter().map(disposition).collect())
 }
 
-/// Records a verdict (validated first) and returns it.
+/// Records a verdict (validated first) given by `by`, and returns it.
 pub async fn record_disposition(
     client: &Client,
     alert_id: i64,
     new: &NewDisposition,
+    by: &Identity,
 ) -> Result<Disposition, ReviewError> {
-    let (status, kind, note, analyst) = new.validate()?;
+    let (status, kind, note, analyst) = new.validate(&by.name)?;
     let exists = client
         .query_opt("SELECT 1 FROM alerts WHERE id = $1", &[&alert_id])
         .await
@@ -496,10 +556,10 @@ pub async fn record_disposition(
     }
     let row = client
         .query_one(
-            "INSERT INTO dispositions (alert_id, status, kind, note, analyst) \
-             VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO dispositions (alert_id, status, kind, note, analyst, user_id) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
              RETURNING id, alert_id, status, kind, note, analyst, at",
-            &[&alert_id, &status, &kind, &note, &analyst],
+            &[&alert_id, &status, &kind, &note, &analyst, &by.user_id],
         )
         .await
         .map_err(ReviewError::query("record a disposition"))?;
@@ -599,29 +659,51 @@ mod tests {
 
     #[test]
     fn dispositions_are_validated() {
-        let d = |status: &str, kind: Option<&str>, analyst: &str| NewDisposition {
+        let d = |status: &str, kind: Option<&str>| NewDisposition {
             status: status.into(),
             kind: kind.map(Into::into),
             note: Some("<script>alert(1)</script>".into()),
-            analyst: analyst.into(),
+            analyst: None,
         };
-        let (s, k, n, a) = d("confirmed", None, "ana").validate().unwrap();
+        let (s, k, n, a) = d("confirmed", None).validate("ana").unwrap();
         assert_eq!(
             (s.as_str(), k.as_deref(), a.as_str()),
             ("confirmed", Some("confirmed"), "ana")
         );
         // Markup is kept as typed; pages escape it.
         assert_eq!(n, "<script>alert(1)</script>");
-        assert_eq!(d("dismissed", None, "ana").validate().unwrap().1, None);
-        assert!(d("approved", None, "ana").validate().is_err());
-        assert!(d("confirmed", None, " ").validate().is_err());
-        assert!(d("confirmed", Some("Spoof!"), "ana").validate().is_err());
-        assert!(d("confirmed", Some("reviewed_negative"), "ana")
-            .validate()
+        assert_eq!(d("dismissed", None).validate("ana").unwrap().1, None);
+        assert!(d("approved", None).validate("ana").is_err());
+        assert!(d("confirmed", None).validate("").is_err());
+        assert!(d("confirmed", Some("Spoof!")).validate("ana").is_err());
+        assert!(d("confirmed", Some("reviewed_negative"))
+            .validate("ana")
             .is_err());
-        assert!(d("dismissed", Some("spoofing"), "ana").validate().is_err());
-        assert!(d("confirmed", Some("spoofing"), "ana\u{7}")
-            .validate()
-            .is_err());
+        assert!(d("dismissed", Some("spoofing")).validate("ana").is_err());
+    }
+
+    #[test]
+    fn the_analyst_is_the_signed_in_user() {
+        let mut d = NewDisposition {
+            status: "dismissed".into(),
+            kind: None,
+            note: None,
+            analyst: Some("ana".into()),
+        };
+        assert_eq!(d.validate("ana").unwrap().3, "ana");
+        let e = d.validate("bob").unwrap_err().to_string();
+        assert!(e.contains("signed-in user (bob)"), "{e}");
+        d.analyst = None;
+        assert_eq!(d.validate("bob").unwrap().3, "bob");
+    }
+
+    #[test]
+    fn paging_stops_at_the_queue_depth() {
+        assert!(AlertFilter::parse(&raw(&[("page", "20"), ("per_page", "500")])).is_ok());
+        let e = AlertFilter::parse(&raw(&[("page", "21"), ("per_page", "500")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("page × per_page"), "{e}");
+        assert!(AlertFilter::parse(&raw(&[("page", "1000000")])).is_err());
     }
 }

@@ -1,21 +1,27 @@
 //! The review server's routes: HTML pages for analysts and the JSON API
-//! (documented in `API.md`, served at `/api`).
+//! (documented in `API.md`, served at `/api`), behind [`auth::gate`].
 
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::extract::rejection::{FormRejection, JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
-use axum::{Form, Json, Router};
+use axum::routing::{get, post};
+use axum::{middleware, Extension, Form, Json, Router};
+use serde::Deserialize;
 use tokio::net::TcpListener;
 
+use super::answer::{ApiError, HtmlError};
+use super::auth::{self, Auth, GateState, Identity, Via};
 use super::evidence::{window, TickStore};
-use super::pages::{alert_page, error_page, queue_page, Choices};
+use super::login;
+use super::pages::{alert_page, queue_page, Choices, Viewer};
 use super::pool::Pool;
 use super::query::{self, AlertFilter, NewDisposition, RawFilter};
 use super::ReviewError;
+use crate::web::{self, Limits};
 
 /// The API's documentation, served at `/api`.
 pub const API_DOC: &str = include_str!("API.md");
@@ -23,21 +29,26 @@ pub const API_DOC: &str = include_str!("API.md");
 /// What every request handler shares.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// PostgreSQL connections (alerts, dispositions).
+    /// PostgreSQL connections (alerts, dispositions, accounts, sessions).
     pub pool: Pool,
     /// Where evidence ticks are read.
     pub ticks: TickStore,
+    /// Who may do what, and how they sign in.
+    pub auth: Arc<Auth>,
 }
 
-/// The app's routes over `state`.
+/// The app's routes over `state`, every one behind [`auth::gate`].
 pub fn router(state: AppState) -> Router {
+    let gate = GateState {
+        auth: state.auth.clone(),
+        pool: state.pool.clone(),
+    };
     Router::new()
         .route("/", get(queue))
         .route("/alerts/{id}", get(alert))
-        .route(
-            "/alerts/{id}/disposition",
-            axum::routing::post(post_disposition_form),
-        )
+        .route("/alerts/{id}/disposition", post(post_disposition_form))
+        .route("/login", get(login::login_form).post(login::login))
+        .route("/logout", post(login::logout))
         .route("/api", get(api_doc))
         .route("/api/alerts", get(api_alerts))
         .route("/api/alerts/{id}", get(api_alert))
@@ -47,78 +58,47 @@ pub fn router(state: AppState) -> Router {
             get(api_dispositions).post(api_post_disposition),
         )
         .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(gate, auth::gate))
         .with_state(state)
 }
 
-/// Serves `router(state)` on `listener` until `shutdown` completes.
+/// Serves `router(state)` on `listener` within `limits` until `shutdown`
+/// completes.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    limits: &Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    web::serve(listener, router(state), limits, shutdown).await
 }
 
-fn status_of(e: &ReviewError) -> StatusCode {
-    match e {
-        ReviewError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        ReviewError::NotFound(_) => StatusCode::NOT_FOUND,
-        ReviewError::CrossSite { .. } => StatusCode::FORBIDDEN,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+/// The page header's view of `me`.
+pub(crate) fn viewer(auth: &Auth, me: &Identity) -> Viewer {
+    Viewer {
+        name: me.name.clone(),
+        role: me.role,
+        csrf: auth.csrf_token(me),
+        can_sign_out: matches!(me.via, Via::Session(_)),
     }
 }
 
-/// How a failed request is answered: an HTML page or a JSON body.
-trait Answer {
-    /// What the log line says failed.
-    const WHAT: &'static str;
-    /// The response body for `message`.
-    fn body(message: String) -> Response;
-}
-
-/// Answered with the error page.
-struct Page;
-
-impl Answer for Page {
-    const WHAT: &'static str = "Review page failed.";
-    fn body(message: String) -> Response {
-        error_page(&message).into_response()
+/// Refuses `me` unless their role records verdicts.
+fn require_decider(me: &Identity) -> Result<(), ReviewError> {
+    if me.role.can_decide() {
+        Ok(())
+    } else {
+        Err(ReviewError::Forbidden(format!(
+            "{} is a {}: recording verdicts needs the analyst role",
+            me.name, me.role
+        )))
     }
 }
 
-/// Answered with `{"error": "..."}`.
-struct Api;
-
-impl Answer for Api {
-    const WHAT: &'static str = "Review API request failed.";
-    fn body(message: String) -> Response {
-        Json(serde_json::json!({ "error": message })).into_response()
-    }
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found\n").into_response()
 }
-
-/// A request's error, with the status its kind deserves, answered as `A`.
-struct Failure<A>(ReviewError, std::marker::PhantomData<A>);
-
-impl<A> From<ReviewError> for Failure<A> {
-    fn from(e: ReviewError) -> Self {
-        Self(e, std::marker::PhantomData)
-    }
-}
-
-impl<A: Answer> IntoResponse for Failure<A> {
-    fn into_response(self) -> Response {
-        let status = status_of(&self.0);
-        if status.is_server_error() {
-            tracing::error!(error = %self.0, "{}", A::WHAT);
-        }
-        (status, A::body(self.0.to_string())).into_response()
-    }
-}
-
-type HtmlError = Failure<Page>;
-type ApiError = Failure<Api>;
 
 fn parse_id(raw: &str) -> Result<i64, ReviewError> {
     match raw.parse::<i64>() {
@@ -137,102 +117,97 @@ fn filter_of(
     Ok((raw, filter))
 }
 
-/// Refuses a form posted from another origin (a page elsewhere making the
-/// analyst's browser post a verdict): the `Origin` header, when the browser
-/// sends one, must name this server's `Host`.
-fn same_origin(headers: &HeaderMap) -> Result<(), ReviewError> {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return Ok(());
-    };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let origin_host = origin.split("://").nth(1).unwrap_or("");
-    if origin_host.eq_ignore_ascii_case(host) {
-        Ok(())
-    } else {
-        Err(ReviewError::CrossSite {
-            origin: origin.to_owned(),
-        })
-    }
-}
-
 async fn queue(
     State(st): State<AppState>,
+    Extension(me): Extension<Identity>,
     q: Result<Query<RawFilter>, QueryRejection>,
 ) -> Result<Response, HtmlError> {
     let (raw, filter) = filter_of(q)?;
-    let client = st.pool.get().await.map_err(ReviewError::from)?;
-    let page = query::list_alerts(&client, &filter).await;
-    let choices = async {
-        Ok::<_, ReviewError>(Choices {
-            symbols: query::distinct_values(&client, "symbol").await?,
-            model_versions: query::distinct_values(&client, "model_version").await?,
-        })
-    }
-    .await;
-    st.pool.put(client).await;
-    Ok(queue_page(&raw, &page?, &choices?).into_response())
+    let client = st.pool.get().await?;
+    let page = query::list_alerts(&client, &filter).await?;
+    let (symbols, model_versions) = query::filter_choices(&client).await?;
+    drop(client);
+    let choices = Choices {
+        symbols,
+        model_versions,
+    };
+    Ok(queue_page(&raw, &page, &choices, &viewer(&st.auth, &me)).into_response())
 }
 
 async fn render_alert(
     st: &AppState,
+    me: &Identity,
     id: i64,
     error: Option<&str>,
 ) -> Result<maud::Markup, ReviewError> {
     let client = st.pool.get().await?;
-    let detail = query::get_alert(&client, id).await;
-    let detail = match detail {
-        Ok(d) => d,
-        Err(e) => {
-            st.pool.put(client).await;
-            return Err(e);
-        }
-    };
+    let detail = query::get_alert(&client, id).await?;
     let ts = detail.summary.ts.timestamp_micros();
     let (start, end) = window(ts, detail.evidence_start.map(|t| t.timestamp_micros()));
     let evidence = st
         .ticks
         .evidence(&client, &detail.summary.symbol, start, end)
         .await;
-    st.pool.put(client).await;
-    let evidence_err = evidence.as_ref().err().map(ToString::to_string);
-    let shown = match (&evidence, &evidence_err) {
-        (Ok(ev), _) => Ok(ev),
-        (Err(_), Some(msg)) => Err(msg.as_str()),
-        (Err(_), None) => Err("unknown error"),
+    drop(client);
+    let shown = match &evidence {
+        Ok(ev) => Ok(ev),
+        Err(e) => {
+            // The page says it failed; what failed (paths, SQL) is logged.
+            tracing::error!(alert = id, error = %e, "Reading an alert's evidence failed.");
+            Err("the server's log has the details")
+        }
     };
-    Ok(alert_page(&detail, shown, error))
+    Ok(alert_page(&detail, shown, error, &viewer(&st.auth, me)))
 }
 
-async fn alert(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, HtmlError> {
+async fn alert(
+    State(st): State<AppState>,
+    Extension(me): Extension<Identity>,
+    Path(id): Path<String>,
+) -> Result<Response, HtmlError> {
     let id = parse_id(&id)?;
-    Ok(render_alert(&st, id, None).await?.into_response())
+    Ok(render_alert(&st, &me, id, None).await?.into_response())
+}
+
+/// The verdict form's fields.
+#[derive(Debug, Deserialize)]
+struct VerdictForm {
+    status: String,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    note: Option<String>,
+    /// The form's CSRF token.
+    #[serde(default)]
+    csrf: String,
 }
 
 async fn post_disposition_form(
     State(st): State<AppState>,
+    Extension(me): Extension<Identity>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    form: Result<Form<NewDisposition>, FormRejection>,
+    form: Result<Form<VerdictForm>, FormRejection>,
 ) -> Result<Response, HtmlError> {
     let id = parse_id(&id)?;
-    same_origin(&headers)?;
-    let result = match form {
-        Ok(Form(new)) => {
-            let client = st.pool.get().await.map_err(ReviewError::from)?;
-            let r = query::record_disposition(&client, id, &new).await;
-            st.pool.put(client).await;
-            r
-        }
-        Err(e) => Err(ReviewError::BadRequest(e.body_text())),
+    require_decider(&me)?;
+    let Form(f) = form.map_err(|e| ReviewError::BadRequest(e.body_text()))?;
+    if !st.auth.csrf_ok(&me, &f.csrf) {
+        return Err(ReviewError::Csrf.into());
+    }
+    let new = NewDisposition {
+        status: f.status,
+        kind: f.kind,
+        note: f.note,
+        analyst: None,
     };
+    let client = st.pool.get().await?;
+    let result = query::record_disposition(&client, id, &new, &me).await;
+    drop(client);
     match result {
         // Post/redirect/get: reloading the page does not post again.
         Ok(_) => Ok(Redirect::to(&format!("/alerts/{id}")).into_response()),
         Err(ReviewError::BadRequest(msg)) => {
-            let page = render_alert(&st, id, Some(&msg)).await?;
+            let page = render_alert(&st, &me, id, Some(&msg)).await?;
             Ok((StatusCode::BAD_REQUEST, page).into_response())
         }
         Err(e) => Err(e.into()),
@@ -251,10 +226,8 @@ async fn api_alerts(
     q: Result<Query<RawFilter>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let (_, filter) = filter_of(q)?;
-    let client = st.pool.get().await.map_err(ReviewError::from)?;
-    let page = query::list_alerts(&client, &filter).await;
-    st.pool.put(client).await;
-    Ok(Json(page?).into_response())
+    let client = st.pool.get().await?;
+    Ok(Json(query::list_alerts(&client, &filter).await?).into_response())
 }
 
 async fn api_alert(
@@ -262,10 +235,8 @@ async fn api_alert(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let client = st.pool.get().await.map_err(ReviewError::from)?;
-    let detail = query::get_alert(&client, id).await;
-    st.pool.put(client).await;
-    Ok(Json(detail?).into_response())
+    let client = st.pool.get().await?;
+    Ok(Json(query::get_alert(&client, id).await?).into_response())
 }
 
 async fn api_evidence(
@@ -273,18 +244,15 @@ async fn api_evidence(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let client = st.pool.get().await.map_err(ReviewError::from)?;
-    let result = async {
-        let d = query::get_alert(&client, id).await?;
-        let ts = d.summary.ts.timestamp_micros();
-        let (start, end) = window(ts, d.evidence_start.map(|t| t.timestamp_micros()));
-        st.ticks
-            .evidence(&client, &d.summary.symbol, start, end)
-            .await
-    }
-    .await;
-    st.pool.put(client).await;
-    Ok(Json(result?).into_response())
+    let client = st.pool.get().await?;
+    let d = query::get_alert(&client, id).await?;
+    let ts = d.summary.ts.timestamp_micros();
+    let (start, end) = window(ts, d.evidence_start.map(|t| t.timestamp_micros()));
+    let ev = st
+        .ticks
+        .evidence(&client, &d.summary.symbol, start, end)
+        .await?;
+    Ok(Json(ev).into_response())
 }
 
 async fn api_dispositions(
@@ -292,40 +260,32 @@ async fn api_dispositions(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let client = st.pool.get().await.map_err(ReviewError::from)?;
-    let result = async {
-        // 404 for an unknown alert rather than an empty list.
-        query::get_alert(&client, id).await?;
-        query::dispositions(&client, id).await
-    }
-    .await;
-    st.pool.put(client).await;
-    Ok(Json(result?).into_response())
+    let client = st.pool.get().await?;
+    // 404 for an unknown alert rather than an empty list.
+    query::get_alert(&client, id).await?;
+    Ok(Json(query::dispositions(&client, id).await?).into_response())
 }
 
 async fn api_post_disposition(
     State(st): State<AppState>,
+    Extension(me): Extension<Identity>,
     Path(id): Path<String>,
-    headers: HeaderMap,
     body: Result<Json<NewDisposition>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    same_origin(&headers)?;
+    require_decider(&me)?;
     let Json(new) = body.map_err(|e| ReviewError::BadRequest(e.body_text()))?;
-    let client = st.pool.get().await.map_err(ReviewError::from)?;
-    let result = query::record_disposition(&client, id, &new).await;
-    st.pool.put(client).await;
-    Ok((StatusCode::CREATED, Json(result?)).into_response())
+    let client = st.pool.get().await?;
+    let stored = query::record_disposition(&client, id, &new, &me).await?;
+    Ok((StatusCode::CREATED, Json(stored)).into_response())
 }
 
 async fn healthz(State(st): State<AppState>) -> Result<&'static str, ApiError> {
-    let client = st.pool.get().await.map_err(ReviewError::from)?;
-    let r = client
+    let client = st.pool.get().await?;
+    client
         .simple_query("SELECT 1")
         .await
-        .map_err(ReviewError::query("health check"));
-    st.pool.put(client).await;
-    r?;
+        .map_err(ReviewError::query("health check"))?;
     Ok("ok\n")
 }
 
@@ -339,19 +299,5 @@ mod tests {
         for bad in ["0", "-1", "1; DROP TABLE alerts", "abc", ""] {
             assert!(parse_id(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn foreign_origins_are_refused() {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, "127.0.0.1:8080".parse().unwrap());
-        assert!(same_origin(&h).is_ok(), "no Origin: not a browser form");
-        h.insert(header::ORIGIN, "http://127.0.0.1:8080".parse().unwrap());
-        assert!(same_origin(&h).is_ok());
-        h.insert(header::ORIGIN, "https://evil.example".parse().unwrap());
-        assert!(matches!(
-            same_origin(&h),
-            Err(ReviewError::CrossSite { .. })
-        ));
     }
 }

@@ -1,88 +1,157 @@
 //! The detector's Prometheus metrics and the `/metrics` endpoint.
 //!
-//! The detector updates its metrics once per micro-batch, so one mutex is
-//! cheap; the exposition is the Prometheus text format (version 0.0.4),
-//! served by a minimal HTTP/1.1 responder on `--metrics-addr` so that no web
-//! framework sits in the binary for one route.
+//! Kept with `prometheus-client`, the Prometheus project's Rust client, and
+//! exposed in its text format (OpenMetrics 1.0, which Prometheus scrapes) by
+//! an axum route on [`crate::web::serve`]: the same header-read and request
+//! timeouts, connection cap and accept back-off as the review app, so an
+//! idle or hostile client cannot tie the endpoint up. The detector updates
+//! the metrics once per micro-batch.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+
+use crate::web::{self, Limits};
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
 const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// A cumulative histogram in Prometheus' sense.
-#[derive(Debug, Clone)]
-struct Histogram {
-    counts: [u64; LATENCY_BUCKETS.len()],
-    sum: f64,
-    count: u64,
+/// The media type of the exposition.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A dead letter's reason code (bounded: the validator's codes).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
 }
 
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram {
-            counts: [0; LATENCY_BUCKETS.len()],
-            sum: 0.0,
-            count: 0,
-        }
-    }
+/// A Kafka partition.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Partition {
+    partition: i32,
 }
 
-impl Histogram {
-    fn observe(&mut self, seconds: f64) {
-        if !seconds.is_finite() {
-            return;
-        }
-        // Buckets are cumulative: an observation counts in every bucket at
-        // or above it, which `render` sums; here only its own bucket.
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| seconds <= b) {
-            self.counts[i] += 1;
-        }
-        self.sum += seconds;
-        self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (b, c) in LATENCY_BUCKETS.iter().zip(self.counts) {
-            cumulative += c;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {}", self.sum);
-        let _ = writeln!(out, "{name}_count {}", self.count);
-    }
-}
-
-#[derive(Debug, Default)]
-struct State {
-    messages: u64,
-    emitted: u64,
-    alerts: u64,
-    dead_letters: BTreeMap<String, u64>,
-    batches: u64,
-    held: u64,
-    lag: BTreeMap<i32, i64>,
+/// The metrics and the registry that renders them.
+struct Inner {
+    registry: Registry,
+    messages: Counter,
+    emitted: Counter,
+    alerts: Counter,
+    batches: Counter,
+    dead_letters: Family<Reason, Counter>,
+    held: Gauge,
+    lag: Family<Partition, Gauge>,
+    /// The last lag per partition, for [`Metrics::total_lag`] (a family
+    /// cannot be iterated).
+    lag_values: Mutex<BTreeMap<i32, i64>>,
     batch_seconds: Histogram,
     arrival_to_commit: Histogram,
     event_to_commit: Histogram,
 }
 
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        let mut inner = Inner {
+            registry: Registry::default(),
+            messages: Counter::default(),
+            emitted: Counter::default(),
+            alerts: Counter::default(),
+            batches: Counter::default(),
+            dead_letters: Family::default(),
+            held: Gauge::default(),
+            lag: Family::default(),
+            lag_values: Mutex::new(BTreeMap::new()),
+            batch_seconds: latency_histogram(),
+            arrival_to_commit: latency_histogram(),
+            event_to_commit: latency_histogram(),
+        };
+        // Counters are registered without `_total`: the client appends it,
+        // so the exposed names are the ones dashboards and alerts use.
+        let r = &mut inner.registry;
+        r.register(
+            "stockanomaly_messages",
+            "Kafka messages read (warm-up replays included)",
+            inner.messages.clone(),
+        );
+        r.register(
+            "stockanomaly_ticks_emitted",
+            "Ticks whose features were computed and scored",
+            inner.emitted.clone(),
+        );
+        r.register(
+            "stockanomaly_alerts",
+            "Alerts committed to PostgreSQL",
+            inner.alerts.clone(),
+        );
+        r.register(
+            "stockanomaly_batches",
+            "Micro-batches processed",
+            inner.batches.clone(),
+        );
+        r.register(
+            "stockanomaly_dead_letters",
+            "Dead letters written, by reason",
+            inner.dead_letters.clone(),
+        );
+        r.register(
+            "stockanomaly_held_ticks",
+            "Ticks held as history or pending",
+            inner.held.clone(),
+        );
+        r.register(
+            "stockanomaly_consumer_lag",
+            "Messages behind the partition's high watermark",
+            inner.lag.clone(),
+        );
+        r.register(
+            "stockanomaly_batch_seconds",
+            "Wall time of a micro-batch, read to commit",
+            inner.batch_seconds.clone(),
+        );
+        r.register(
+            "stockanomaly_arrival_to_commit_seconds",
+            "From a tick's arrival to its alerts committed",
+            inner.arrival_to_commit.clone(),
+        );
+        r.register(
+            "stockanomaly_event_to_commit_seconds",
+            "From a tick's event time to its alerts committed",
+            inner.event_to_commit.clone(),
+        );
+        inner
+    }
+}
+
 /// The detector's metrics (see the module documentation). Cloning shares
 /// them.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Metrics {
-    state: Arc<Mutex<State>>,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 /// What one committed micro-batch adds to the metrics.
@@ -106,170 +175,131 @@ pub struct BatchMetrics<'a> {
     pub held: u64,
 }
 
-impl Metrics {
-    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
-        // A panic while holding the lock cannot leave counters half-written
-        // in a way that matters: take the data either way.
-        let mut guard = match self.state.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        f(&mut guard)
+/// Adds finite observations (a clock step can make one NaN or infinite;
+/// it would poison the sum).
+fn observe(h: &Histogram, seconds: f64) {
+    if seconds.is_finite() {
+        h.observe(seconds);
     }
+}
 
+impl Metrics {
     /// Adds a batch.
     pub fn record(&self, b: &BatchMetrics<'_>) {
-        self.with(|s| {
-            s.messages += b.messages;
-            s.emitted += b.emitted;
-            s.alerts += b.alerts;
-            for r in b.dead_letters {
-                *s.dead_letters.entry((*r).to_owned()).or_default() += 1;
-            }
-            if let Some(t) = b.batch_seconds {
-                s.batches += 1;
-                s.batch_seconds.observe(t);
-            }
-            for &t in b.arrival_to_commit {
-                s.arrival_to_commit.observe(t);
-            }
-            for &t in b.event_to_commit {
-                s.event_to_commit.observe(t);
-            }
-            s.held = b.held;
-        });
+        let m = &self.inner;
+        m.messages.inc_by(b.messages);
+        m.emitted.inc_by(b.emitted);
+        m.alerts.inc_by(b.alerts);
+        for r in b.dead_letters {
+            m.dead_letters
+                .get_or_create(&Reason {
+                    reason: (*r).to_owned(),
+                })
+                .inc();
+        }
+        if let Some(t) = b.batch_seconds {
+            m.batches.inc();
+            observe(&m.batch_seconds, t);
+        }
+        for &t in b.arrival_to_commit {
+            observe(&m.arrival_to_commit, t);
+        }
+        for &t in b.event_to_commit {
+            observe(&m.event_to_commit, t);
+        }
+        m.held.set(i64::try_from(b.held).unwrap_or(i64::MAX));
     }
 
     /// Replaces the consumer lag of every partition (messages behind the
     /// high watermark).
     pub fn set_lag(&self, lag: &BTreeMap<i32, i64>) {
-        self.with(|s| s.lag = lag.clone());
+        let m = &self.inner;
+        // Partitions moved to another member disappear from the exposition.
+        m.lag.clear();
+        for (&partition, &v) in lag {
+            m.lag.get_or_create(&Partition { partition }).set(v);
+        }
+        let mut values = match m.lag_values.lock() {
+            Ok(g) => g,
+            // A panic elsewhere while holding the lock leaves a whole map.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        values.clone_from(lag);
     }
 
     /// Total consumer lag over the partitions, when known.
     pub fn total_lag(&self) -> Option<i64> {
-        self.with(|s| (!s.lag.is_empty()).then(|| s.lag.values().sum()))
+        let values = match self.inner.lag_values.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        (!values.is_empty()).then(|| values.values().sum())
     }
 
-    /// The Prometheus text exposition.
+    /// The exposition, in the OpenMetrics text format.
     pub fn render(&self) -> String {
-        self.with(|s| {
-            let mut out = String::new();
-            let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-                let _ = writeln!(out, "# HELP {name} {help}");
-                let _ = writeln!(out, "# TYPE {name} counter");
-                let _ = writeln!(out, "{name} {v}");
-            };
-            counter(
-                &mut out,
-                "stockanomaly_messages_total",
-                "Kafka messages read (warm-up replays included).",
-                s.messages,
-            );
-            counter(
-                &mut out,
-                "stockanomaly_ticks_emitted_total",
-                "Ticks whose features were computed and scored.",
-                s.emitted,
-            );
-            counter(
-                &mut out,
-                "stockanomaly_alerts_total",
-                "Alerts committed to PostgreSQL.",
-                s.alerts,
-            );
-            counter(
-                &mut out,
-                "stockanomaly_batches_total",
-                "Micro-batches processed.",
-                s.batches,
-            );
-            let _ = writeln!(
-                out,
-                "# HELP stockanomaly_dead_letters_total Dead letters written, by reason."
-            );
-            let _ = writeln!(out, "# TYPE stockanomaly_dead_letters_total counter");
-            for (reason, n) in &s.dead_letters {
-                let _ = writeln!(
-                    out,
-                    "stockanomaly_dead_letters_total{{reason=\"{reason}\"}} {n}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "# HELP stockanomaly_held_ticks Ticks held as history or pending."
-            );
-            let _ = writeln!(out, "# TYPE stockanomaly_held_ticks gauge");
-            let _ = writeln!(out, "stockanomaly_held_ticks {}", s.held);
-            let _ = writeln!(
-                out,
-                "# HELP stockanomaly_consumer_lag Messages behind the partition's high watermark."
-            );
-            let _ = writeln!(out, "# TYPE stockanomaly_consumer_lag gauge");
-            for (p, lag) in &s.lag {
-                let _ = writeln!(out, "stockanomaly_consumer_lag{{partition=\"{p}\"}} {lag}");
-            }
-            s.batch_seconds.render(
-                &mut out,
-                "stockanomaly_batch_seconds",
-                "Wall time of a micro-batch, read to commit.",
-            );
-            s.arrival_to_commit.render(
-                &mut out,
-                "stockanomaly_arrival_to_commit_seconds",
-                "From a tick's arrival to its alerts committed.",
-            );
-            s.event_to_commit.render(
-                &mut out,
-                "stockanomaly_event_to_commit_seconds",
-                "From a tick's event time to its alerts committed.",
-            );
-            out
-        })
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &self.inner.registry) {
+            // Writing into a String cannot fail; an encoder bug would
+            // show here rather than as a half page.
+            tracing::error!(error = %e, "Encoding the metrics failed.");
+        }
+        out
     }
 
-    /// Serves `GET /metrics` on `addr` until the task is dropped; returns
-    /// the bound address (port 0 picks one).
+    /// The `/metrics` route (anything else is a 404).
+    pub fn router(&self) -> Router {
+        let metrics = self.clone();
+        Router::new()
+            .fallback(|| async {
+                (
+                    axum::http::StatusCode::NOT_FOUND,
+                    [(header::CONNECTION, "close")],
+                    "not found: try /metrics\n",
+                )
+            })
+            .route(
+                "/metrics",
+                get(move || {
+                    let metrics = metrics.clone();
+                    // One scrape per connection, as before: a scraper (or a
+                    // script reading to the end) is not left waiting for the
+                    // keep-alive timeout.
+                    async move {
+                        (
+                            [
+                                (header::CONTENT_TYPE, CONTENT_TYPE),
+                                (header::CONNECTION, "close"),
+                            ],
+                            metrics.render(),
+                        )
+                            .into_response()
+                    }
+                }),
+            )
+    }
+
+    /// Serves `GET /metrics` on `addr` with [`Limits::metrics`] until the
+    /// task is dropped; returns the bound address (port 0 picks one).
     pub async fn serve(
         &self,
         addr: SocketAddr,
     ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        self.serve_with(addr, Limits::metrics()).await
+    }
+
+    /// [`Metrics::serve`] with other limits.
+    pub async fn serve_with(
+        &self,
+        addr: SocketAddr,
+        limits: Limits,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
         let listener = TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
-        let metrics = self.clone();
+        let router = self.router();
         let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut conn, _)) = listener.accept().await else {
-                    continue;
-                };
-                let metrics = metrics.clone();
-                tokio::spawn(async move {
-                    // A scrape's request fits in one read; anything else
-                    // gets a 404 or a 400.
-                    let mut buf = [0u8; 2048];
-                    let n = match conn.read(&mut buf).await {
-                        Ok(n) => n,
-                        Err(_) => return,
-                    };
-                    let request = String::from_utf8_lossy(&buf[..n]);
-                    let line = request.lines().next().unwrap_or_default();
-                    let mut parts = line.split_whitespace();
-                    let (status, body) = match (parts.next(), parts.next()) {
-                        (Some("GET"), Some(path)) if path.split('?').next() == Some("/metrics") => {
-                            ("200 OK", metrics.render())
-                        }
-                        (Some(_), Some(_)) => ("404 Not Found", "not found: try /metrics\n".into()),
-                        _ => ("400 Bad Request", "bad request\n".into()),
-                    };
-                    let head = format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
-                         Content-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = conn.write_all(head.as_bytes()).await;
-                    let _ = conn.write_all(body.as_bytes()).await;
-                    let _ = conn.shutdown().await;
-                });
+            if let Err(e) = web::serve(listener, router, &limits, std::future::pending()).await {
+                tracing::error!(error = %e, "The metrics endpoint stopped.");
             }
         });
         Ok((bound, task))
@@ -279,6 +309,8 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn histograms_are_cumulative_and_quantiles_come_from_buckets() {
@@ -295,6 +327,13 @@ mod tests {
         });
         let text = m.render();
         assert!(text.contains("stockanomaly_messages_total 10\n"), "{text}");
+        assert!(
+            text.contains("stockanomaly_ticks_emitted_total 8\n"),
+            "{text}"
+        );
+        assert!(text.contains("stockanomaly_alerts_total 2\n"), "{text}");
+        assert!(text.contains("stockanomaly_batches_total 1\n"), "{text}");
+        assert!(text.contains("stockanomaly_held_ticks 5\n"), "{text}");
         assert!(text.contains("stockanomaly_dead_letters_total{reason=\"late\"} 2\n"));
         assert!(text.contains("stockanomaly_arrival_to_commit_seconds_bucket{le=\"0.005\"} 2\n"));
         assert!(text.contains("stockanomaly_arrival_to_commit_seconds_bucket{le=\"0.25\"} 3\n"));
@@ -305,6 +344,23 @@ mod tests {
         assert!(m
             .render()
             .contains("stockanomaly_consumer_lag{partition=\"1\"} 4\n"));
+        m.set_lag(&BTreeMap::from([(0, 1)]));
+        assert!(
+            !m.render().contains("partition=\"1\""),
+            "a revoked partition is dropped"
+        );
+        assert_eq!(m.total_lag(), Some(1));
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        // No `Connection: close`: the endpoint closes after its answer.
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.expect("read");
+        out
     }
 
     #[tokio::test]
@@ -318,19 +374,31 @@ mod tests {
             .serve("127.0.0.1:0".parse().expect("literal address"))
             .await
             .expect("bind loopback");
-        let get = |path: &'static str| async move {
-            let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-                .await
-                .expect("write");
-            let mut out = String::new();
-            c.read_to_string(&mut out).await.expect("read");
-            out
-        };
-        let ok = get("/metrics").await;
+        let ok = get(addr, "/metrics").await;
         assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+        assert!(ok.contains("application/openmetrics-text"), "{ok}");
         assert!(ok.contains("stockanomaly_messages_total 3\n"), "{ok}");
-        assert!(get("/").await.starts_with("HTTP/1.1 404"));
+        assert!(get(addr, "/").await.starts_with("HTTP/1.1 404"));
+        task.abort();
+    }
+
+    /// The hand-written responder this replaced read without a timeout: a
+    /// client that connected and sent nothing held its task (and socket)
+    /// for good.
+    #[tokio::test]
+    async fn a_silent_scraper_is_disconnected() {
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(300),
+            ..Limits::metrics()
+        };
+        let (addr, task) = Metrics::default()
+            .serve_with("127.0.0.1:0".parse().expect("literal address"), limits)
+            .await
+            .expect("bind loopback");
+        let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf)).await;
+        assert!(closed.is_ok(), "the endpoint kept a silent connection open");
         task.abort();
     }
 }

@@ -1,9 +1,12 @@
-// Drives the review app in headless Chromium, as an analyst would: opens the
-// queue, filters it, opens a model alert, checks that the evidence chart and
-// the SHAP contributions are drawn, records a verdict, and takes screenshots.
+// Drives the review app in headless Chromium, as an analyst would: is sent to
+// the login page, signs in, opens the queue, filters it, opens a model alert,
+// checks that the evidence chart and the SHAP contributions are drawn,
+// records a verdict (under the signed-in name), takes screenshots, and signs
+// out.
 //
 // Usage: node review.mjs BASE_URL OUT_DIR
-// Environment: CHROMIUM (default /usr/bin/chromium).
+// Environment: CHROMIUM (default /usr/bin/chromium); REVIEW_USER and
+// REVIEW_PASSWORD, an analyst's account.
 // Prints one JSON line on stdout: {"alert_id", "symbol", "ts"} of the alert
 // it confirmed. Any failed check throws (exit status 1) with the reason.
 import { chromium } from 'playwright-core';
@@ -11,8 +14,10 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
 const [base, out] = process.argv.slice(2);
-if (!base || !out) {
-  console.error('usage: node review.mjs BASE_URL OUT_DIR');
+const user = process.env.REVIEW_USER;
+const password = process.env.REVIEW_PASSWORD;
+if (!base || !out || !user || !password) {
+  console.error('usage: REVIEW_USER=.. REVIEW_PASSWORD=.. node review.mjs BASE_URL OUT_DIR');
   process.exit(2);
 }
 mkdirSync(out, { recursive: true });
@@ -31,8 +36,24 @@ try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   page.on('pageerror', (e) => { throw new Error(`page error: ${e}`); });
 
-  // The queue.
+  // Signed out, the queue sends the browser to the login page.
   await page.goto(`${base}/`);
+  check(new URL(page.url()).pathname === '/login', `redirected to the login page: ${page.url()}`);
+  await page.fill('input[name=name]', user);
+  await page.fill('input[name=password]', 'not the password');
+  await Promise.all([page.waitForLoadState(), page.click('#sign-in')]);
+  check(await page.locator('p.error').count() === 1, 'a wrong password is refused');
+  await page.fill('input[name=name]', user);
+  await page.fill('input[name=password]', password);
+  await Promise.all([page.waitForURL(`${base}/`), page.click('#sign-in')]);
+  const who = await page.locator('#who').innerText();
+  check(who.includes(`${user} (analyst)`), `signed in as ${user}: ${who}`);
+  const cookies = await page.context().cookies();
+  const session = cookies.find((c) => c.name === 'sa_session');
+  check(session && session.httpOnly && session.sameSite === 'Lax', `an HttpOnly SameSite session cookie: ${JSON.stringify(session)}`);
+  check(await page.evaluate(() => document.cookie.includes('sa_session')) === false, 'scripts cannot read the session');
+
+  // The queue.
   const rows = page.locator('#queue tbody tr.alert-row');
   const total = await rows.count();
   check(total > 0, `the queue lists alerts (got ${total})`);
@@ -83,7 +104,6 @@ try {
   const note = '<b>layered</b> bids & cancelled <script>window.pwned=1</script>';
   await page.check('input[name=status][value=confirmed]');
   await page.fill('input[name=kind]', 'spoofing');
-  await page.fill('input[name=analyst]', 'playwright');
   await page.fill('textarea[name=note]', note);
   await Promise.all([page.waitForURL(new RegExp(`/alerts/${alertId}$`)), page.click('#record')]);
   check((await page.locator('#status').innerText()) === 'confirmed', 'the status is confirmed');
@@ -98,6 +118,14 @@ try {
   const openIds = await page.locator('#queue tr.alert-row').evaluateAll(
     (rs) => rs.map((r) => Number(r.dataset.id)));
   check(!openIds.includes(alertId), 'the confirmed alert left the open queue');
+  const analyst = await page.goto(`${base}/alerts/${alertId}`).then(() =>
+    page.locator('#history tr.verdict td:nth-child(4)').last().innerText());
+  check(analyst === user, `the verdict records the signed-in user: ${analyst}`);
+
+  // Signing out ends the session: the queue asks for a sign-in again.
+  await Promise.all([page.waitForURL(/\/login$/), page.click('#sign-out')]);
+  await page.goto(`${base}/`);
+  check(new URL(page.url()).pathname === '/login', 'signed out');
 
   console.log(JSON.stringify({ alert_id: alertId, symbol, heading: tsText }));
 } finally {
