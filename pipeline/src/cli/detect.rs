@@ -225,8 +225,8 @@ pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
         );
     }
     let started = std::time::Instant::now();
-    let mut db = Reconnecting::new(&args.database_url, db);
-    let s = detect(executor, &mut db, &options, &metrics).await?;
+    let db = Reconnecting::new(&args.database_url, db);
+    let s = detect(executor, db, &options, &metrics).await?;
     println!(
         "detect: {} messages, {} ticks emitted, {} alerts and {} dead letters written in {} batches, {:.1}s",
         s.messages,

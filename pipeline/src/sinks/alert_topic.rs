@@ -129,3 +129,23 @@ impl AlertTopic {
         Ok(())
     }
 }
+
+#[async_trait::async_trait]
+impl crate::sinks::AlertSink for AlertTopic {
+    fn name(&self) -> String {
+        format!("Kafka topic {}", self.topic)
+    }
+
+    async fn write(
+        &mut self,
+        batch: &crate::sinks::AlertBatch,
+    ) -> Result<crate::sinks::Written, crate::sinks::SinkError> {
+        if !batch.alerts.is_empty() {
+            self.publish(&batch.alerts).await?;
+        }
+        Ok(crate::sinks::Written {
+            alerts: batch.alerts.len() as u64,
+            dead_letters: 0,
+        })
+    }
+}
