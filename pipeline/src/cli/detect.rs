@@ -227,8 +227,18 @@ pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let db = Reconnecting::new(&args.database_url, db);
     let s = detect(executor, db, &options, &metrics).await?;
+    // Gaps are rare and each was logged as it was found: named here only
+    // when there were some.
+    let gaps = if s.gaps > 0 {
+        format!(
+            "; {} offset gap(s) (records deleted or the topic recreated: see the log)",
+            s.gaps
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "detect: {} messages, {} ticks emitted, {} alerts and {} dead letters written in {} batches, {:.1}s",
+        "detect: {} messages, {} ticks emitted, {} alerts and {} dead letters written in {} batches, {:.1}s{gaps}",
         s.messages,
         s.emitted,
         s.alerts,

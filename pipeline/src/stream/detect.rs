@@ -86,6 +86,9 @@ pub struct DetectSummary {
     pub batches: u64,
     /// Partitions dropped because the group took them away.
     pub revoked: u64,
+    /// Offset gaps found on resuming a partition (records deleted by
+    /// retention, or the topic recreated), each logged with its offsets.
+    pub gaps: u64,
 }
 
 /// Why `detect` stopped.
@@ -481,6 +484,7 @@ pub async fn detect(
         dead_letters: s.dead_letters,
         batches: s.batches,
         revoked: s.revoked,
+        gaps: s.gaps,
     })
 }
 

@@ -17,6 +17,15 @@
 //! phase, cursor and symbols before the next fill; whoever owns it next
 //! resumes from the stored offsets.
 //!
+//! **Gaps.** The stored offsets may no longer exist: retention deleted the
+//! warm-up range, or the topic was recreated. The broker's watermarks are
+//! checked when a partition is resumed (and on the first message after the
+//! seek, should that not be the one sought): the gap is logged with the
+//! partition and offsets, reported ([`StreamBatch::gaps`]), and the warm-up
+//! restarts from the first offset that exists (live at once when that is
+//! past the stored next offset, or when the topic was recreated). Nothing
+//! is skipped silently.
+//!
 //! **Bad messages** become [`RefusedMessage`]s with their bytes and reason,
 //! for the dead letters; nothing is dropped silently.
 
@@ -32,7 +41,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::context::{GroupContext, GroupEvents};
 use super::{JsonTickDecoder, KafkaConfig};
 use crate::shutdown::Shutdown;
-use crate::sources::{Position, RefusedMessage, Source, SourceBatch, SourceError, StreamBatch};
+use crate::sources::{
+    OffsetGap, Position, RefusedMessage, Source, SourceBatch, SourceError, StreamBatch,
+};
 use crate::tick::TickBuilder;
 
 /// Where a consumer's stored positions live: partition → (next offset,
@@ -106,6 +117,8 @@ pub struct KafkaSource {
     cursor: HashMap<i32, i64>,
     /// Partitions assigned to this member, as the callbacks said.
     owned: BTreeSet<i32>,
+    /// Partitions sought to an offset whose first message has not come yet.
+    sought: HashMap<i32, i64>,
     /// Partitions revoked in the last batch: forgotten before the next fill.
     lost: Vec<i32>,
     /// The partition each symbol's last tick came from (detector mode), to
@@ -167,6 +180,7 @@ impl KafkaSource {
             phases: HashMap::new(),
             cursor: HashMap::new(),
             owned: BTreeSet::new(),
+            sought: HashMap::new(),
             lost: Vec::new(),
             symbol_partition: HashMap::new(),
         })
@@ -190,6 +204,89 @@ impl KafkaSource {
             .unwrap_or_default()
     }
 
+    /// Whether offset `start` of partition `p` is gone (`o` is the message
+    /// at hand): `Some((first offset that exists, recreated))` when the
+    /// records were deleted (`start` below the log start) or the topic was
+    /// recreated (`start` past its end, and the consumer was reset below
+    /// it). The broker is asked (watermarks); when it cannot answer, no gap
+    /// is assumed (the message is taken as one fetched before the seek).
+    fn gap_at(&self, p: i32, start: i64, o: i64) -> Option<(i64, bool)> {
+        let (low, high) = match self.consumer.fetch_watermarks(
+            &self.topic,
+            p,
+            Duration::from_secs(10),
+        ) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, partition = p, error = %e, "Cannot read the partition's watermarks to check for an offset gap.");
+                return None;
+            }
+        };
+        // tansu (and any broker) may answer ListOffsets with the base offset
+        // of the last record batch: the high watermark of the fetches,
+        // cached by librdkafka, is exact; take the larger.
+        let high = high.max(self.cached_high(p).unwrap_or(-1));
+        if start < low {
+            Some((low, false))
+        } else if o < start && start > high {
+            Some((low.min(o), true))
+        } else {
+            None
+        }
+    }
+
+    /// The high watermark of partition `p` from librdkafka's cache (its
+    /// fetch responses), when known.
+    fn cached_high(&self, p: i32) -> Option<i64> {
+        let c_topic = std::ffi::CString::new(self.topic.as_str()).ok()?;
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: the client pointer lives as long as `consumer`; the topic
+        // is a NUL-terminated string alive for the call; the outputs are
+        // plain integers. The call only reads librdkafka's cached offsets
+        // (rd_kafka_get_watermark_offsets).
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                c_topic.as_ptr(),
+                p,
+                &mut low,
+                &mut high,
+            )
+        };
+        (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+            .then_some(high)
+    }
+
+    /// Records a gap found on partition `p` (see the module documentation)
+    /// and returns the phase to resume in.
+    fn gap(
+        &self,
+        gaps: &mut Vec<OffsetGap>,
+        p: i32,
+        expected: i64,
+        (found, recreated): (i64, bool),
+        next: Option<i64>,
+    ) -> Phase {
+        tracing::warn!(
+            topic = %self.topic,
+            partition = p,
+            expected,
+            found,
+            recreated,
+            "Offsets missing in the partition (deleted by retention, or the topic was \
+             recreated): resuming from the first offset that exists."
+        );
+        gaps.push(OffsetGap {
+            partition: p,
+            expected,
+            found,
+        });
+        match next {
+            Some(next) if !recreated && found < next => Phase::WarmingUp { next },
+            _ => Phase::Live,
+        }
+    }
+
     /// Drops what is kept of the partitions revoked in the last batch.
     fn forget_lost(&mut self) {
         if self.lost.is_empty() {
@@ -199,6 +296,7 @@ impl KafkaSource {
         for p in &lost {
             self.phases.remove(p);
             self.cursor.remove(p);
+            self.sought.remove(p);
         }
         if self.store.is_some() {
             let builder = &mut self.builder;
@@ -242,6 +340,7 @@ struct Fill {
     payloads: BinaryBuilder,
     refused: Vec<RefusedMessage>,
     caught_up: Vec<(i32, Duration)>,
+    gaps: Vec<OffsetGap>,
     messages: u64,
 }
 
@@ -257,6 +356,7 @@ impl Source for KafkaSource {
             payloads: BinaryBuilder::new(),
             refused: Vec::new(),
             caught_up: Vec::new(),
+            gaps: Vec::new(),
             messages: 0,
         };
         let started = Instant::now();
@@ -296,22 +396,29 @@ impl Source for KafkaSource {
             fill.messages += 1;
             let (p, o) = (msg.partition(), msg.offset());
             let mut warm = false;
-            if let Some(store) = &mut self.store {
+            if self.store.is_some() {
                 let phase = match self.phases.get(&p) {
                     Some(ph) => *ph,
                     None => {
                         // First message of this partition here: resume
                         // where the store says, warming up first.
-                        let stored = store.load(&self.group, &self.topic).await?;
-                        let ph = match stored.get(&p) {
-                            Some(&(next, warm)) if warm < next => Phase::WarmingUp { next },
-                            _ => Phase::Live,
+                        let stored = match &mut self.store {
+                            Some(store) => store.load(&self.group, &self.topic).await?,
+                            None => BTreeMap::new(),
                         };
+                        let next = stored.get(&p).map(|&(next, _)| next);
+                        let (mut ph, mut start) = match stored.get(&p) {
+                            Some(&(next, warm)) if warm < next => (Phase::WarmingUp { next }, warm),
+                            Some(&(next, warm)) => (Phase::Live, warm.min(next)),
+                            None => (Phase::Live, o),
+                        };
+                        if start != o {
+                            if let Some(found) = self.gap_at(p, start, o) {
+                                ph = self.gap(&mut fill.gaps, p, start, found, next);
+                                start = found.0;
+                            }
+                        }
                         self.phases.insert(p, ph);
-                        let start = match stored.get(&p) {
-                            Some(&(next, warm)) => warm.min(next),
-                            None => o,
-                        };
                         self.cursor.insert(p, start - 1);
                         if start != o {
                             let sought = self.consumer.seek(
@@ -329,6 +436,7 @@ impl Source for KafkaSource {
                                 self.cursor.remove(&p);
                                 continue;
                             }
+                            self.sought.insert(p, start);
                             tracing::info!(
                                 partition = p,
                                 from = start,
@@ -339,6 +447,38 @@ impl Source for KafkaSource {
                         ph
                     }
                 };
+                let mut phase = phase;
+                if let Some(start) = self.sought.remove(&p) {
+                    // The first message after a seek: the offset sought
+                    // should come; if another does, the records may have
+                    // gone meanwhile (checked once per seek).
+                    if o != start {
+                        if let Some(found) = self.gap_at(p, start, o) {
+                            let next = match phase {
+                                Phase::WarmingUp { next } => Some(next),
+                                Phase::Live => None,
+                            };
+                            phase = self.gap(&mut fill.gaps, p, start, found, next);
+                            self.phases.insert(p, phase);
+                            self.cursor.insert(p, found.0 - 1);
+                            if o != found.0 {
+                                if let Err(e) = self.consumer.seek(
+                                    &self.topic,
+                                    p,
+                                    Offset::Offset(found.0),
+                                    Duration::from_secs(10),
+                                ) {
+                                    tracing::warn!(partition = p, error = %e, "Cannot seek (partition no longer assigned?); skipping it.");
+                                    self.phases.remove(&p);
+                                    self.cursor.remove(&p);
+                                    continue;
+                                }
+                                self.sought.insert(p, found.0);
+                                continue;
+                            }
+                        }
+                    }
+                }
                 let last = self.cursor.get(&p).copied().unwrap_or(o - 1);
                 let expected = match phase {
                     Phase::WarmingUp { .. } => o == last + 1,
@@ -413,7 +553,7 @@ impl Source for KafkaSource {
             assignment,
             waited,
             lag: self.store.is_some().then_some(lag),
-            gaps: Vec::new(),
+            gaps: fill.gaps,
         };
         Ok(Some(SourceBatch {
             ticks,

