@@ -192,3 +192,101 @@ async fn an_offset_gap_resumes_from_what_exists() {
         .get(0);
     assert_eq!(stored, second, "the partition was read to its end");
 }
+
+/// Copies the folder `from` to `to`, leaving out the top-level folders
+/// named in `skip`.
+fn copy_dir(from: &Path, to: &Path, skip: &[&str]) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        if skip.iter().any(|s| name.to_str() == Some(*s)) {
+            continue;
+        }
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(&name), &[]);
+        } else {
+            std::fs::copy(e.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// `detect` on a lake without the context tables the feature files read
+/// (here: no lake at all) used to start and compute those features as NULL,
+/// alerting on other numbers than `score`. It now refuses (exit 2), naming
+/// the table and --lake; on a lake that has ticks but no stored `profiles`
+/// or `betas` it starts and says they are made from the lake's ticks.
+#[tokio::test]
+async fn detect_refuses_a_lake_without_the_context_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let lake_s = lake.to_str().unwrap().to_owned();
+    common::simulate_backfill(dir.path(), &lake_s, ["2", "1", "200", "2", "73"]);
+    let brokers = service_env("STOCKANOMALY_TEST_KAFKA");
+    let topic = unique("context");
+    ok(
+        dir.path(),
+        &[
+            "produce",
+            "--lake",
+            &lake_s,
+            "--topic",
+            &topic,
+            "--brokers",
+            &brokers,
+            "--partitions",
+            "1",
+        ],
+    );
+    let db = TestDb::new("context").await;
+
+    let empty = dir.path().join("empty-lake");
+    std::fs::create_dir_all(&empty).unwrap();
+    let args = detect_args(empty.to_str().unwrap(), &topic, "context", &db.url, &[]);
+    let out = common::bin()
+        .current_dir(dir.path())
+        .args(&args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "refused as a configuration error:\n{}\n{err}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(err.contains("--lake"), "{err}");
+    assert!(
+        ["symbols", "profiles", "betas"]
+            .iter()
+            .any(|t| err.contains(&format!("has no `{t}` table"))),
+        "names the missing table: {err}"
+    );
+
+    // Ticks but no stored profiles or betas: made from the ticks, and said.
+    let partial = dir.path().join("partial-lake");
+    copy_dir(&lake, &partial, &["profiles", "betas"]);
+    let args = detect_args(partial.to_str().unwrap(), &topic, "context", &db.url, &[]);
+    let (success, out, err) = run(dir.path(), &args);
+    assert!(success, "{out}\n{err}");
+    let said = |table: &str| {
+        err.lines()
+            .find(|l| l.starts_with(&format!("detect: context table `{table}`")))
+            .unwrap_or_else(|| panic!("no word on `{table}`:\n{err}"))
+            .to_owned()
+    };
+    assert!(
+        said("profiles").ends_with("made from the lake's ticks"),
+        "{err}"
+    );
+    assert!(
+        said("betas").ends_with("made from the lake's ticks"),
+        "{err}"
+    );
+    assert!(said("symbols").ends_with("stored in the lake"), "{err}");
+    assert!(
+        said("market").ends_with("computed from the stream"),
+        "{err}"
+    );
+    assert!(summary_number(&out, "ticks emitted") > 0, "{out}");
+}

@@ -11,6 +11,7 @@ use super::{open_lake, UsageError};
 use crate::features::{Catalog, DEFAULT_QUERIES};
 use crate::model::Detector;
 use crate::sinks::postgres::{connect, migrate, register_model, Reconnecting};
+use crate::stream::context::{context_tables, ContextError};
 use crate::stream::{detect, load_symbols, DetectOptions, Executor, ExecutorConfig, Metrics};
 
 /// `stockanomaly detect`.
@@ -32,7 +33,11 @@ Partitions the group moves to another member are dropped from the state;
 while PostgreSQL is unreachable the batch is retried (reconnecting, with
 backoff) and no offset moves. With --allowed-lateness-ms, ticks up to that
 far behind their symbol's newest are put in order instead of refused.
-The lake (--lake) provides the `symbols` table (exchange time zones).
+The lake (--lake) provides the context tables the feature files read
+(`symbols`, `profiles`, `betas`; `market` comes from the stream): detect
+says at start where each comes from (stored, or made from the lake's ticks
+as backfill would) and refuses to start (exit 2) when one can be had
+neither way, since those features would be NULL.
 
 Examples:
   stockanomaly detect --model model/artifacts/1a2b3c4d --rules \\
@@ -164,6 +169,22 @@ pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
     let detectors =
         load_detectors(&catalog, args.model.as_deref(), args.rules, &args.queries).await?;
     let root = open_lake(lake)?;
+    // Refuse a lake without the context tables the feature files read: the
+    // features would be NULL and the alerts not backfill's.
+    let context = context_tables(&catalog, &root, args.market_topic.is_some())
+        .await
+        .map_err(|e| match e {
+            ContextError::Missing { .. } => anyhow::Error::new(UsageError(e.to_string())),
+            other => anyhow::Error::new(other),
+        })?;
+    for c in &context {
+        eprintln!(
+            "detect: context table `{}` ({}): {}",
+            c.table,
+            c.files.join(", "),
+            c.source
+        );
+    }
     let symbols = load_symbols(&root).await?;
     let mut db = connect(&args.database_url).await?;
     let applied = migrate(&mut db).await?;
