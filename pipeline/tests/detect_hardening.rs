@@ -290,3 +290,94 @@ async fn detect_refuses_a_lake_without_the_context_tables() {
     );
     assert!(summary_number(&out, "ticks emitted") > 0, "{out}");
 }
+
+/// Secured brokers need client options (TLS, SASL): `detect` takes them as
+/// `--kafka-option key=value` (repeatable, or `;`-separated in
+/// STOCKANOMALY_KAFKA_OPTIONS) for every client, and never shows a value:
+/// not in `--help`, not in its output or logs, even at debug level. The
+/// flag did not exist before.
+#[tokio::test]
+async fn kafka_options_reach_the_clients_and_their_values_stay_hidden() {
+    const SECRET: &str = "hunter2-not-for-logs";
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake").to_str().unwrap().to_owned();
+    common::simulate_backfill(dir.path(), &lake, ["2", "1", "150", "2", "79"]);
+    let brokers = service_env("STOCKANOMALY_TEST_KAFKA");
+    let topic = unique("options");
+    ok(
+        dir.path(),
+        &[
+            "produce",
+            "--lake",
+            &lake,
+            "--topic",
+            &topic,
+            "--brokers",
+            &brokers,
+            "--partitions",
+            "1",
+        ],
+    );
+    let db = TestDb::new("options").await;
+    let help = common::bin()
+        .args(["detect", "--help"])
+        .env(
+            "STOCKANOMALY_KAFKA_OPTIONS",
+            format!("sasl.password={SECRET}"),
+        )
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--kafka-option"), "{help}");
+    assert!(help.contains("STOCKANOMALY_KAFKA_OPTIONS"), "{help}");
+    assert!(!help.contains(SECRET), "{help}");
+
+    let args = detect_args(
+        &lake,
+        &topic,
+        "options",
+        &db.url,
+        &[
+            "--kafka-option",
+            "client.id=stockanomaly-options-test",
+            "--kafka-option",
+            &format!("sasl.password={SECRET}"),
+            "--alerts-topic",
+            &format!("{topic}-alerts"),
+        ],
+    );
+    let out = common::bin()
+        .current_dir(dir.path())
+        .args(&args)
+        .env("STOCKANOMALY_LOG", "debug")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(summary_number(&stdout, "ticks emitted") > 0, "{stdout}");
+    assert!(
+        stderr.contains("client.id, sasl.password (values not shown)"),
+        "the keys are named:\n{stderr}"
+    );
+    assert!(!stdout.contains(SECRET) && !stderr.contains(SECRET));
+
+    // The options reach the clients: one librdkafka refuses stops the run,
+    // naming the property and not the value.
+    let args = detect_args(
+        &lake,
+        &topic,
+        "options",
+        &db.url,
+        &["--kafka-option", &format!("socket.timeout.ms={SECRET}")],
+    );
+    let (success, stdout, stderr) = run(dir.path(), &args);
+    assert!(!success, "{stdout}\n{stderr}");
+    assert!(stderr.contains("socket.timeout.ms"), "{stderr}");
+    assert!(
+        !stdout.contains(SECRET) && !stderr.contains(SECRET),
+        "{stderr}"
+    );
+}

@@ -44,8 +44,8 @@ use crate::tick::RejectReason;
 /// Where `detect` reads and writes.
 #[derive(Debug, Clone)]
 pub struct DetectOptions {
-    /// Kafka bootstrap servers.
-    pub brokers: String,
+    /// Kafka brokers and client options (TLS, SASL; values never shown).
+    pub kafka: KafkaConfig,
     /// The tick topic.
     pub topic: String,
     /// Consumer group (also the key of the offsets in PostgreSQL).
@@ -423,7 +423,7 @@ pub async fn detect(
     metrics: &Metrics,
 ) -> Result<DetectSummary, DetectError> {
     let shutdown = Shutdown::on_signals();
-    let kafka = KafkaConfig::new(&options.brokers);
+    let kafka = options.kafka.clone();
     let db = shared(db);
     let mut source = KafkaSource::new(KafkaSourceOptions {
         kafka: kafka.clone(),
@@ -448,7 +448,7 @@ pub async fn detect(
     // batch and writes them again, under the same keys.
     let mut sinks: Vec<Box<dyn AlertSink>> = Vec::new();
     if let Some(t) = &options.alerts_topic {
-        let topic = AlertTopic::new(&options.brokers, t)
+        let topic = AlertTopic::new(&kafka, t)
             .await
             .map_err(crate::sinks::SinkError::from)?;
         sinks.push(Box::new(topic));

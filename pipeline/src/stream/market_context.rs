@@ -52,8 +52,8 @@ pub use crate::sources::kafka::market::{decode_market, encode_market, CLOSED_UNT
 /// Where and how `market-context` runs.
 #[derive(Debug, Clone)]
 pub struct MarketContextOptions {
-    /// Kafka bootstrap servers.
-    pub brokers: String,
+    /// Kafka brokers and client options (TLS, SASL; values never shown).
+    pub kafka: KafkaConfig,
     /// The tick topic (read in full).
     pub topic: String,
     /// The topic the market rows go to.
@@ -361,8 +361,8 @@ pub async fn market_context(
     lake: Option<&LakeRoot>,
     options: &MarketContextOptions,
 ) -> Result<MarketContextSummary, MarketContextError> {
-    let kafka = KafkaConfig::new(&options.brokers);
-    crate::sources::kafka::ensure_topic(&options.brokers, &options.market_topic, 1).await?;
+    let kafka = options.kafka.clone();
+    crate::sources::kafka::ensure_topic_with(&kafka, &options.market_topic, 1).await?;
     let resumed = last_closed_until(&kafka, &options.market_topic)?;
     let shutdown = Shutdown::on_signals();
     let mut source = KafkaSource::new(KafkaSourceOptions {
@@ -383,9 +383,9 @@ pub async fn market_context(
         kafka
             .finish(&mut config)
             .create()
-            .map_err(|source| MarketContextError::Kafka {
+            .map_err(|e| MarketContextError::Kafka {
                 context: "creating the producer".into(),
-                source,
+                source: kafka.redact(e),
             })?;
     let schema = held_schema();
     let mut closer = BucketCloser::new(Arc::clone(&schema), options.closer);

@@ -58,6 +58,26 @@ impl KafkaConfig {
         c
     }
 
+    /// `error` with every option value replaced by `<hidden>`: librdkafka
+    /// names a value it refuses when a client is created, and a value may
+    /// be a secret.
+    pub fn redact(&self, error: rdkafka::error::KafkaError) -> rdkafka::error::KafkaError {
+        use rdkafka::error::KafkaError;
+        let hide = |text: String| {
+            self.options
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .fold(text, |t, (_, v)| t.replace(v.as_str(), "<hidden>"))
+        };
+        match error {
+            KafkaError::ClientCreation(text) => KafkaError::ClientCreation(hide(text)),
+            KafkaError::ClientConfig(code, text, key, _value) => {
+                KafkaError::ClientConfig(code, hide(text), key, "<hidden>".into())
+            }
+            other => other,
+        }
+    }
+
     /// Applies the extra options to `config` (last, so they win).
     pub fn finish<'a>(&self, config: &'a mut ClientConfig) -> &'a mut ClientConfig {
         for (k, v) in &self.options {
@@ -67,9 +87,110 @@ impl KafkaConfig {
     }
 }
 
+/// Options a deployment may not set: the commands set them, and the
+/// detector's exactly-once and end-of-partition logic depend on them.
+const MANAGED: [(&str, &str); 4] = [
+    ("bootstrap.servers", "give the brokers in --source"),
+    ("group.id", "use --group"),
+    (
+        "enable.auto.commit",
+        "offsets are committed with the alerts",
+    ),
+    (
+        "enable.partition.eof",
+        "partition ends close market buckets",
+    ),
+];
+
+/// One `--kafka-option key=value`: a librdkafka client property (TLS,
+/// SASL, timeouts). The value may be a secret: `Debug` and `Display` show
+/// the key only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaOption {
+    key: String,
+    value: String,
+}
+
+impl KafkaOption {
+    /// The property's name.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl std::fmt::Debug for KafkaOption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}=<hidden>", self.key)
+    }
+}
+
+impl std::fmt::Display for KafkaOption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}=<hidden>", self.key)
+    }
+}
+
+impl std::str::FromStr for KafkaOption {
+    type Err = String;
+
+    /// Parses `key=value`; the error never repeats the value.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let Some((key, value)) = s.split_once('=') else {
+            return Err("expected KEY=VALUE (a librdkafka property, e.g. \
+                        security.protocol=SASL_SSL)"
+                .into());
+        };
+        let key = key.trim();
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
+        {
+            return Err(format!(
+                "{key:?} is not a librdkafka property name (letters, digits, dots)"
+            ));
+        }
+        if let Some((_, why)) = MANAGED.iter().find(|(k, _)| *k == key) {
+            return Err(format!("{key} cannot be set here: {why}"));
+        }
+        Ok(KafkaOption {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        })
+    }
+}
+
+impl KafkaConfig {
+    /// The brokers with `options` (see [`KafkaConfig::with_options`]).
+    pub fn from_options(brokers: &str, options: &[KafkaOption]) -> Self {
+        KafkaConfig::new(brokers).with_options(
+            options
+                .iter()
+                .map(|o| (o.key.clone(), o.value.clone()))
+                .collect(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_parse_and_never_show_their_values() {
+        let o: KafkaOption = "sasl.password=hunter2=x".parse().unwrap();
+        assert_eq!(o.key(), "sasl.password");
+        assert_eq!(o.value, "hunter2=x");
+        assert!(!format!("{o:?} {o}").contains("hunter2"));
+        let e = "sasl.password".parse::<KafkaOption>().unwrap_err();
+        assert!(e.contains("KEY=VALUE"), "{e}");
+        let e = "group.id=g".parse::<KafkaOption>().unwrap_err();
+        assert!(e.contains("--group"), "{e}");
+        let e = "bad key=hunter2".parse::<KafkaOption>().unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+        let c = KafkaConfig::from_options("b:1", &[o]);
+        assert_eq!(c.option_keys(), vec!["sasl.password"]);
+    }
 
     #[test]
     fn debug_never_shows_option_values() {
@@ -78,6 +199,20 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(shown.contains("sasl.password"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn refusals_do_not_repeat_the_values() {
+        let c = KafkaConfig::new("b:9092")
+            .with_options(vec![("socket.timeout.ms".into(), "s3cret".into())]);
+        let e = c.redact(rdkafka::error::KafkaError::ClientCreation(
+            "Invalid value \"s3cret\" for configuration property \"socket.timeout.ms\"".into(),
+        ));
+        let text = e.to_string();
+        assert!(
+            !text.contains("s3cret") && text.contains("socket.timeout.ms"),
+            "{text}"
+        );
     }
 
     #[test]

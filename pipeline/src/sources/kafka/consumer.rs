@@ -158,7 +158,11 @@ impl KafkaSource {
                 topic: options.topic.clone(),
                 events: Arc::clone(&events),
             })
-            .map_err(kafka(format!("creating the consumer of {}", options.topic)))?;
+            .map_err(|e| {
+                kafka(format!("creating the consumer of {}", options.topic))(
+                    options.kafka.redact(e),
+                )
+            })?;
         consumer
             .subscribe(&[options.topic.as_str()])
             .map_err(kafka(format!("subscribing to {}", options.topic)))?;

@@ -107,7 +107,7 @@ pub fn last_closed_until(kafka: &KafkaConfig, topic: &str) -> Result<Option<i64>
     let consumer: BaseConsumer = kafka
         .finish(&mut config)
         .create()
-        .map_err(err("creating the resume reader"))?;
+        .map_err(|e| err("creating the resume reader")(kafka.redact(e)))?;
     let (low, high) = match consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)) {
         Ok(w) => w,
         Err(_) => return Ok(None),
@@ -177,9 +177,9 @@ impl MarketReader {
         let consumer: BaseConsumer<QuietEof> = kafka
             .finish(&mut config)
             .create_with_context(QuietEof)
-            .map_err(|source| SourceError::Kafka {
+            .map_err(|e| SourceError::Kafka {
                 context: format!("creating the reader of {topic}"),
-                source,
+                source: kafka.redact(e),
             })?;
         let reader = MarketReader {
             consumer,

@@ -20,7 +20,7 @@ mod json;
 pub mod market;
 mod publish;
 
-pub use config::KafkaConfig;
+pub use config::{KafkaConfig, KafkaOption};
 pub use consumer::{KafkaSource, KafkaSourceOptions, OffsetStore, Resume};
 pub use context::{log_client_error, QuietEof};
 pub use json::{
@@ -28,6 +28,6 @@ pub use json::{
     TickField,
 };
 pub use publish::{
-    ensure_topic, sort_event_time, DeliveryTracker, ProduceError, PublishStats, TickPublisher,
-    TopicStatus,
+    ensure_topic, ensure_topic_with, sort_event_time, DeliveryTracker, ProduceError, PublishStats,
+    TickPublisher, TopicStatus,
 };
