@@ -61,7 +61,8 @@ async fn migrate_applies_once_and_creates_the_schema() {
         vec![
             "0001_init".to_owned(),
             "0002_review".to_owned(),
-            "0003_alert_delay".to_owned()
+            "0003_alert_delay".to_owned(),
+            "0004_offset_generation".to_owned()
         ]
     );
     let second = migrate(&mut c).await.unwrap();
@@ -170,7 +171,8 @@ async fn concurrent_migrations_both_succeed() {
         vec![
             "0001_init".to_owned(),
             "0002_review".to_owned(),
-            "0003_alert_delay".to_owned()
+            "0003_alert_delay".to_owned(),
+            "0004_offset_generation".to_owned()
         ],
         "{ra:?} {rb:?}"
     );

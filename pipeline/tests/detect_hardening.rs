@@ -381,3 +381,272 @@ async fn kafka_options_reach_the_clients_and_their_values_stay_hidden() {
         "{stderr}"
     );
 }
+
+/// A loopback TCP proxy to PostgreSQL that can stop forwarding without
+/// closing anything: connections stay open, bytes just stop, as with a
+/// network that drops packets or a frozen server.
+struct StallingProxy {
+    addr: std::net::SocketAddr,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StallingProxy {
+    async fn start(target: String) -> StallingProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stalled);
+        tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (target, flag) = (target.clone(), Arc::clone(&flag));
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
+                    // One direction: read, then write, holding the bytes
+                    // while stalled (never closing).
+                    async fn pump(
+                        mut r: tokio::net::tcp::OwnedReadHalf,
+                        mut w: tokio::net::tcp::OwnedWriteHalf,
+                        stalled: Arc<AtomicBool>,
+                    ) {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            while stalled.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            let n = match tokio::time::timeout(
+                                Duration::from_millis(100),
+                                r.read(&mut buf),
+                            )
+                            .await
+                            {
+                                Ok(Ok(0)) | Ok(Err(_)) => return,
+                                Ok(Ok(n)) => n,
+                                Err(_) => continue,
+                            };
+                            while stalled.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            if w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    tokio::join!(
+                        pump(ri, wo, Arc::clone(&flag)),
+                        pump(ro, wi, Arc::clone(&flag))
+                    );
+                });
+            }
+        });
+        StallingProxy { addr, stalled }
+    }
+
+    fn stall(&self, on: bool) {
+        self.stalled.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// PostgreSQL stops answering (no reset) for longer than the consumer's
+/// max.poll.interval.ms. The detector used to hang inside the commit for as
+/// long as TCP allowed, deaf to SIGTERM, while the group evicted it for not
+/// polling. Now every attempt is bounded, the consumer is polled with its
+/// partitions paused while the batch waits (no eviction), SIGTERM ends the
+/// run without committing, and a restart writes every alert exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_that_stops_answering_neither_hangs_nor_evicts_the_detector() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake").to_str().unwrap().to_owned();
+    common::simulate_backfill(dir.path(), &lake, ["3", "2", "400", "3", "83"]);
+    let brokers = service_env("STOCKANOMALY_TEST_KAFKA");
+    let topic = unique("stall");
+    ok(
+        dir.path(),
+        &[
+            "produce",
+            "--lake",
+            &lake,
+            "--topic",
+            &topic,
+            "--brokers",
+            &brokers,
+            "--partitions",
+            "2",
+        ],
+    );
+    let db = TestDb::new("stall").await;
+    ok(dir.path(), &["db", "migrate", "--database-url", &db.url]);
+    let client = db.client().await;
+    let target = url::Url::parse(&db.url).unwrap();
+    let proxy = StallingProxy::start(format!(
+        "{}:{}",
+        target.host_str().unwrap(),
+        target.port().unwrap_or(5432)
+    ))
+    .await;
+    let mut through = target.clone();
+    through.set_host(Some("127.0.0.1")).unwrap();
+    through.set_port(Some(proxy.addr.port())).unwrap();
+    let args = detect_args(
+        &lake,
+        &topic,
+        "stall",
+        through.as_str(),
+        &[
+            "--batch-rows",
+            "100",
+            "--kafka-option",
+            "max.poll.interval.ms=10000",
+        ],
+    );
+    let log = dir.path().join("stall.err");
+    let mut child = common::bin()
+        .current_dir(dir.path())
+        .args(&args)
+        .env("STOCKANOMALY_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(sql, &[])
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .unwrap_or(0)
+        }
+    };
+    let started = std::time::Instant::now();
+    while count("SELECT count(*) FROM detector_offsets").await < 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no progress:\n{}",
+            read_log()
+        );
+        assert!(child.try_wait().unwrap().is_none(), "{}", read_log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.stall(true);
+    // Longer than max.poll.interval.ms: a member that does not poll is
+    // evicted by now.
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the detector died during the stall:\n{}",
+        read_log()
+    );
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let stopping = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if stopping.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "SIGTERM did not stop the detector within 10 s of a stalled PostgreSQL:\n{}",
+                read_log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stderr = read_log();
+    assert!(
+        !status.success(),
+        "the batch in flight was not committed:\n{stderr}"
+    );
+    assert!(stderr.contains("stopped by a signal"), "{stderr}");
+    assert!(
+        stderr.contains("polling the group with the partitions paused"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("maximum poll interval") && !stderr.contains("MAXPOLL"),
+        "the member was not evicted for not polling:\n{stderr}"
+    );
+    proxy.stall(false);
+
+    // A restart (straight to PostgreSQL) finishes the stream: every alert
+    // of the batch answer, once.
+    let args = detect_args(&lake, &topic, "stall", &db.url, &["--batch-rows", "100"]);
+    let (success, out, err) = run(dir.path(), &args);
+    assert!(success, "{out}\n{err}");
+    let q = queries();
+    ok(
+        dir.path(),
+        &[
+            "score",
+            "--lake",
+            &lake,
+            "--queries",
+            q.to_str().unwrap(),
+            "--rules",
+        ],
+    );
+    let want = common::sql_number(
+        dir.path(),
+        &lake,
+        "SELECT count(*) FROM scores WHERE detector = 'rule' AND alert",
+    );
+    assert!(want > 0, "the rule alerts on this lake");
+    assert_eq!(
+        count("SELECT count(*) FROM alerts").await,
+        want,
+        "alerts after the stall and a restart vs batch"
+    );
+}
+
+/// Offsets are fenced by the consumer group's generation: a member evicted
+/// during an outage that commits late cannot move the offsets a member of a
+/// newer generation stored (its alerts are still stored, keyed). Before,
+/// the last writer won, backwards included.
+#[tokio::test]
+async fn offsets_of_an_evicted_member_never_move_a_newer_members_back() {
+    use stockanomaly::sinks::postgres::{commit_batch_fenced, load_offsets, migrate, OffsetRow};
+    let db = TestDb::new("fence").await;
+    let mut c = db.client().await;
+    migrate(&mut c).await.unwrap();
+    let offsets = |next: i64| {
+        vec![OffsetRow {
+            consumer_group: "g".into(),
+            topic: "t".into(),
+            partition: 0,
+            next_offset: next,
+            warmup_offset: next - 10,
+        }]
+    };
+    let newer = commit_batch_fenced(&mut c, &[], &[], &offsets(100), Some(5))
+        .await
+        .unwrap();
+    assert!(newer.fenced.is_empty());
+    // The evicted member (generation 4) commits its batch late.
+    let late = commit_batch_fenced(&mut c, &[], &[], &offsets(50), Some(4))
+        .await
+        .unwrap();
+    assert_eq!(late.fenced, vec![0]);
+    assert_eq!(load_offsets(&c, "g", "t").await.unwrap()[&0], (100, 90));
+    // The owner goes on.
+    commit_batch_fenced(&mut c, &[], &[], &offsets(120), Some(5))
+        .await
+        .unwrap();
+    assert_eq!(load_offsets(&c, "g", "t").await.unwrap()[&0], (120, 110));
+}

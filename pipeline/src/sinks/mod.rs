@@ -18,7 +18,7 @@ use arrow::array::RecordBatch;
 pub use postgres::{AlertRow, DeadLetterRow, OffsetRow};
 
 /// What one micro-batch produced, for the sinks.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct AlertBatch {
     /// One row per alerting tick and detector (built only when a sink
     /// needs them: see the driver's options).
@@ -31,6 +31,9 @@ pub struct AlertBatch {
     /// Per partition, the position after this batch: stored with the
     /// alerts by the system of record.
     pub offsets: Vec<OffsetRow>,
+    /// The consumer-group generation the batch was read in: fences the
+    /// offsets (an evicted member cannot move a newer member's).
+    pub generation: Option<i32>,
 }
 
 impl AlertBatch {

@@ -141,6 +141,9 @@ pub struct StreamBatch {
     pub lag: Option<BTreeMap<i32, i64>>,
     /// Offset gaps found after seeks (partition, expected, first found).
     pub gaps: Vec<OffsetGap>,
+    /// The consumer group's generation at the end of the fill (Kafka): it
+    /// fences the offsets stored for this batch.
+    pub generation: Option<i32>,
 }
 
 impl StreamBatch {
@@ -161,6 +164,7 @@ impl StreamBatch {
             waited: Duration::ZERO,
             lag: None,
             gaps: Vec::new(),
+            generation: None,
         }
     }
 }
@@ -291,6 +295,15 @@ pub trait Source: Send {
     /// a partitioned stream).
     fn partition_count(&self) -> Option<usize> {
         None
+    }
+
+    /// Called again and again while the sinks take long over a batch (an
+    /// outage): keeps the source's membership alive without reading ahead
+    /// (a consumer group polls with its partitions paused, so the member is
+    /// not evicted for not polling). Each call returns after a short while;
+    /// the default never returns (nothing to keep alive).
+    async fn idle(&mut self) {
+        std::future::pending::<()>().await;
     }
 
     /// Leaves cleanly (a consumer group: at once, so the partitions move to

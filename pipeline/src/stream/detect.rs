@@ -34,7 +34,9 @@ use crate::lake::LakeRoot;
 use crate::shutdown::Shutdown;
 use crate::sinks::alert_topic::AlertTopic;
 use crate::sinks::lake::{LakeAlertSink, LakeWrites};
-use crate::sinks::postgres::{shared, PgOffsetStore, PostgresSink, Reconnecting};
+use crate::sinks::postgres::{
+    shared, PgOffsetStore, PostgresSink, Reconnecting, STATEMENT_TIMEOUT,
+};
 use crate::sinks::{AlertBatch, AlertRow, AlertSink, DeadLetterRow, OffsetRow};
 use crate::sources::kafka::market::MarketReader;
 use crate::sources::kafka::{KafkaConfig, KafkaSource, KafkaSourceOptions, Resume};
@@ -375,6 +377,7 @@ impl Stage for ExecutorStage {
             })
             .collect();
         out.dead = dead;
+        out.generation = stream.generation;
         let progressed = had_ticks || processed.emitted > 0;
         processed.write =
             processed.raised > 0 || !out.dead.is_empty() || (progressed && !out.offsets.is_empty());
@@ -424,6 +427,10 @@ pub async fn detect(
 ) -> Result<DetectSummary, DetectError> {
     let shutdown = Shutdown::on_signals();
     let kafka = options.kafka.clone();
+    let db = db
+        .with_statement_timeout(STATEMENT_TIMEOUT)
+        .await
+        .map_err(crate::sinks::SinkError::from)?;
     let db = shared(db);
     let mut source = KafkaSource::new(KafkaSourceOptions {
         kafka: kafka.clone(),
@@ -431,7 +438,7 @@ pub async fn detect(
         group: options.group.clone(),
         batch_rows: options.batch_rows,
         batch_wait: options.batch_wait,
-        resume: Resume::Stored(Box::new(PgOffsetStore::new(db.clone()))),
+        resume: Resume::Stored(Box::new(PgOffsetStore::new(db.clone(), shutdown.clone()))),
         shutdown: shutdown.clone(),
     })?;
     let market = match &options.market_topic {

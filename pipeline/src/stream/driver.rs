@@ -387,10 +387,21 @@ async fn deliver<S: Source>(
     }
     let mut written = None;
     if processed.write {
-        let mut last = Written::default();
-        for sink in sinks.iter_mut() {
-            last = sink.write(&processed.output).await?;
-        }
+        let write = write_all(sinks, &processed.output);
+        tokio::pin!(write);
+        // A slow write (an outage being retried) must not cost the source
+        // its place: after a moment, keep it alive while waiting.
+        let patience = tokio::time::sleep(IDLE_AFTER);
+        tokio::pin!(patience);
+        let mut idling = false;
+        let last = loop {
+            tokio::select! {
+                biased;
+                r = &mut write => break r?,
+                () = &mut patience, if !idling => idling = true,
+                () = source.idle(), if idling => {}
+            }
+        };
         summary.alerts += last.alerts;
         summary.dead_letters += last.dead_letters;
         summary.batches += 1;
@@ -400,6 +411,22 @@ async fn deliver<S: Source>(
         source.commit(position).await?;
     }
     Ok(written)
+}
+
+/// How long a write may take before the driver keeps the source alive
+/// meanwhile ([`Source::idle`]).
+const IDLE_AFTER: Duration = Duration::from_secs(1);
+
+/// Writes `output` to every sink in order; the last one's counts.
+async fn write_all(
+    sinks: &mut [Box<dyn AlertSink>],
+    output: &AlertBatch,
+) -> Result<Written, SinkError> {
+    let mut last = Written::default();
+    for sink in sinks.iter_mut() {
+        last = sink.write(output).await?;
+    }
+    Ok(last)
 }
 
 /// A batch with nothing in it (the end of a bounded source).

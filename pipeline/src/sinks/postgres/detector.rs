@@ -1,13 +1,18 @@
 //! The streaming detector's side of PostgreSQL, the system of record:
 //! [`PostgresSink`] commits each batch's alerts, dead letters and offsets in
-//! one transaction ([`commit_batch`]), riding out outages, and writes the
+//! one transaction ([`commit_batch_fenced`], fenced by the consumer group's
+//! generation), riding out outages that close the connection or only stop
+//! answering (every attempt is bounded in time, and a stop is heard while
+//! waiting), and writes the
 //! `detector_stats` rows; [`PgOffsetStore`] gives the Kafka source the
 //! stored offsets it resumes from. Both share one reconnecting connection.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::{commit_batch, load_offsets, write_stats, DbError, Reconnecting, StatsRow};
+use super::{commit_batch_fenced, load_offsets, write_stats, DbError, Reconnecting, StatsRow};
 use crate::shutdown::Shutdown;
 use crate::sinks::{AlertBatch, AlertSink, RunStats, SinkError, Written};
 use crate::sources::kafka::OffsetStore;
@@ -19,6 +24,59 @@ pub type SharedDb = Arc<tokio::sync::Mutex<Reconnecting>>;
 /// Wraps a reconnecting client for sharing.
 pub fn shared(db: Reconnecting) -> SharedDb {
     Arc::new(tokio::sync::Mutex::new(db))
+}
+
+/// The server-side `statement_timeout` of the detector's session: a batch
+/// stuck behind a lock fails and is retried.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Longest the detector waits for PostgreSQL's answer to one attempt (a
+/// network that stops answering without closing the connection): then the
+/// connection is dropped and the attempt retried on a new one.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// After a stop was asked for, how long an attempt in flight may still
+/// finish (a healthy commit takes milliseconds: the batch is then
+/// committed as a stop promises).
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// How one attempt ended, seen from the retry loop.
+enum Attempt<T> {
+    Done(Result<T, DbError>),
+    Stopped,
+}
+
+/// Runs `attempt` within [`ANSWER_TIMEOUT`], unless a stop is asked for and
+/// the attempt does not finish within [`STOP_GRACE`] of it. A timeout is a
+/// retryable [`DbError::Timeout`]: the caller drops the connection.
+async fn bounded<T>(
+    context: &str,
+    shutdown: &mut Shutdown,
+    attempt: impl Future<Output = Result<T, DbError>>,
+) -> Attempt<T> {
+    let timed = tokio::time::timeout(ANSWER_TIMEOUT, attempt);
+    tokio::pin!(timed);
+    let result = tokio::select! {
+        r = &mut timed => r,
+        () = shutdown.wait() => match tokio::time::timeout(STOP_GRACE, &mut timed).await {
+            Ok(r) => r,
+            Err(_) => return Attempt::Stopped,
+        },
+    };
+    Attempt::Done(result.unwrap_or_else(|_| {
+        Err(DbError::Timeout {
+            context: context.to_owned(),
+            after: ANSWER_TIMEOUT,
+        })
+    }))
+}
+
+/// Drops the connection after a timeout (it may be stuck), so that the
+/// retry connects anew.
+fn after_attempt<T>(db: &mut Reconnecting, result: &Result<T, DbError>) {
+    if matches!(result, Err(DbError::Timeout { .. })) {
+        db.abandon();
+    }
 }
 
 /// Commits batches to PostgreSQL exactly once (see the module
@@ -59,23 +117,43 @@ impl AlertSink for PostgresSink {
 
     async fn write(&mut self, batch: &AlertBatch) -> Result<Written, SinkError> {
         let mut db = self.db.lock().await;
+        let mut shutdown = self.shutdown.clone();
         let stats = loop {
-            let attempt = match db.client().await {
-                Ok(c) => commit_batch(c, &batch.alerts, &batch.dead, &batch.offsets).await,
-                Err(e) => Err(e),
+            let outcome = bounded("commit batch", &mut shutdown, async {
+                let c = db.client().await?;
+                commit_batch_fenced(
+                    c,
+                    &batch.alerts,
+                    &batch.dead,
+                    &batch.offsets,
+                    batch.generation,
+                )
+                .await
+            })
+            .await;
+            let Attempt::Done(result) = outcome else {
+                return Err(SinkError::ShutdownDuringOutage);
             };
-            match attempt {
+            after_attempt(&mut db, &result);
+            match result {
                 Ok(s) => break s,
                 Err(e) => {
-                    let mut shutdown = self.shutdown.clone();
                     tokio::select! {
                         r = db.failed(e) => r?,
-                        _ = shutdown.wait() => return Err(SinkError::ShutdownDuringOutage),
+                        () = shutdown.wait() => return Err(SinkError::ShutdownDuringOutage),
                     }
                 }
             }
         };
         db.succeeded();
+        if !stats.fenced.is_empty() {
+            tracing::warn!(
+                partitions = ?stats.fenced,
+                generation = ?batch.generation,
+                "Offsets not stored: a member of a newer consumer-group generation owns these \
+                 partitions (this one was evicted); its alerts are stored, keyed."
+            );
+        }
         Ok(Written {
             alerts: stats.alerts_inserted,
             dead_letters: stats.dead_letters_inserted,
@@ -100,12 +178,17 @@ impl AlertSink for PostgresSink {
             e2e_p99_ms: stats.e2e_p99_ms,
         };
         let mut db = self.db.lock().await;
-        let result = match db.client().await {
-            Ok(c) => write_stats(c, &row).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "Could not write detector_stats.");
+        let mut shutdown = self.shutdown.clone();
+        let outcome = bounded("insert into detector_stats", &mut shutdown, async {
+            let c = db.client().await?;
+            write_stats(c, &row).await
+        })
+        .await;
+        if let Attempt::Done(result) = outcome {
+            after_attempt(&mut db, &result);
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "Could not write detector_stats.");
+            }
         }
     }
 }
@@ -114,12 +197,14 @@ impl AlertSink for PostgresSink {
 /// from; outages are retried with backoff.
 pub struct PgOffsetStore {
     db: SharedDb,
+    shutdown: Shutdown,
 }
 
 impl PgOffsetStore {
-    /// A store on `db`.
-    pub fn new(db: SharedDb) -> Self {
-        PgOffsetStore { db }
+    /// A store on `db`; a stop asked for while PostgreSQL is unreachable
+    /// ends the wait ([`SourceError::Stopped`]).
+    pub fn new(db: SharedDb, shutdown: Shutdown) -> Self {
+        PgOffsetStore { db, shutdown }
     }
 }
 
@@ -131,18 +216,32 @@ impl OffsetStore for PgOffsetStore {
         topic: &str,
     ) -> Result<BTreeMap<i32, (i64, i64)>, SourceError> {
         let mut db = self.db.lock().await;
+        let mut shutdown = self.shutdown.clone();
         let give_up = |e: DbError| SourceError::Offsets {
             topic: topic.to_owned(),
             detail: e.to_string(),
         };
+        let stopped = || SourceError::Stopped {
+            what: format!("loading the stored offsets of {topic} (PostgreSQL unreachable)"),
+        };
         let stored = loop {
-            let attempt = match db.client().await {
-                Ok(c) => load_offsets(c, group, topic).await,
-                Err(e) => Err(e),
+            let outcome = bounded("read detector_offsets", &mut shutdown, async {
+                let c = db.client().await?;
+                load_offsets(c, group, topic).await
+            })
+            .await;
+            let Attempt::Done(result) = outcome else {
+                return Err(stopped());
             };
-            match attempt {
+            after_attempt(&mut db, &result);
+            match result {
                 Ok(s) => break s,
-                Err(e) => db.failed(e).await.map_err(give_up)?,
+                Err(e) => {
+                    tokio::select! {
+                        r = db.failed(e) => r.map_err(give_up)?,
+                        () = shutdown.wait() => return Err(stopped()),
+                    }
+                }
             }
         };
         db.succeeded();

@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "alert_delay",
         sql: include_str!("../../../migrations/0003_alert_delay.sql"),
     },
+    Migration {
+        version: 4,
+        name: "offset_generation",
+        sql: include_str!("../../../migrations/0004_offset_generation.sql"),
+    },
 ];
 
 /// A migration recorded in `schema_migrations`.

@@ -18,13 +18,15 @@ mod ticks;
 mod tls;
 
 pub use connect::{connect, describe_target};
-pub use detector::{shared, PgOffsetStore, PostgresSink, SharedDb};
+pub use detector::{
+    shared, PgOffsetStore, PostgresSink, SharedDb, ANSWER_TIMEOUT, STATEMENT_TIMEOUT,
+};
 pub use error::DbError;
 pub use migrate::{applied_migrations, migrate, AppliedMigration, Migration, MIGRATIONS};
 pub use reconnect::Reconnecting;
 pub use sink::{
-    commit_batch, load_offsets, register_model, write_stats, AlertRow, CommitStats, DeadLetterRow,
-    OffsetRow, StatsRow,
+    commit_batch, commit_batch_fenced, load_offsets, register_model, write_stats, AlertRow,
+    CommitStats, DeadLetterRow, OffsetRow, StatsRow,
 };
 pub use ticks::{write_ticks, TickWriteStats};
 pub(crate) use ticks::{TickColumns, COPY_COLUMNS};

@@ -121,6 +121,11 @@ pub struct KafkaSource {
     sought: HashMap<i32, i64>,
     /// Partitions revoked in the last batch: forgotten before the next fill.
     lost: Vec<i32>,
+    /// The assignment was paused by [`Source::idle`]: resumed by the next
+    /// fill.
+    paused: bool,
+    /// Partition ends seen while idle, for the next fill.
+    idle_ends: Vec<i32>,
     /// The partition each symbol's last tick came from (detector mode), to
     /// forget the `seq` numbering of a revoked partition's symbols.
     symbol_partition: HashMap<String, i32>,
@@ -186,6 +191,8 @@ impl KafkaSource {
             owned: BTreeSet::new(),
             sought: HashMap::new(),
             lost: Vec::new(),
+            paused: false,
+            idle_ends: Vec::new(),
             symbol_partition: HashMap::new(),
         })
     }
@@ -291,6 +298,25 @@ impl KafkaSource {
         }
     }
 
+    /// The consumer group's generation now (`None` before the first join).
+    fn generation(&self) -> Option<i32> {
+        // SAFETY: the client pointer lives as long as `consumer`. The group
+        // metadata returned is owned by the caller and destroyed here after
+        // one plain read; a null pointer (no group) is checked first.
+        let generation = unsafe {
+            let md = rdkafka::bindings::rd_kafka_consumer_group_metadata(
+                self.consumer.client().native_ptr(),
+            );
+            if md.is_null() {
+                return None;
+            }
+            let g = rdkafka::bindings::rd_kafka_consumer_group_metadata_generation_id(md);
+            rdkafka::bindings::rd_kafka_consumer_group_metadata_destroy(md);
+            g
+        };
+        (generation >= 0).then_some(generation)
+    }
+
     /// Drops what is kept of the partitions revoked in the last batch.
     fn forget_lost(&mut self) {
         if self.lost.is_empty() {
@@ -352,6 +378,14 @@ struct Fill {
 impl Source for KafkaSource {
     async fn next_batch(&mut self) -> Result<Option<SourceBatch>, SourceError> {
         self.forget_lost();
+        if self.paused {
+            self.paused = false;
+            if let Ok(tpl) = self.consumer.assignment() {
+                if let Err(e) = self.consumer.resume(&tpl) {
+                    tracing::warn!(topic = %self.topic, error = %e, "Cannot resume the partitions paused during an outage.");
+                }
+            }
+        }
         let mut fill = Fill {
             partitions: Vec::new(),
             offsets: Vec::new(),
@@ -363,6 +397,8 @@ impl Source for KafkaSource {
             gaps: Vec::new(),
             messages: 0,
         };
+        fill.caught_up
+            .extend(self.idle_ends.drain(..).map(|p| (p, Duration::ZERO)));
         let started = Instant::now();
         let deadline = started + self.batch_wait;
         let mut shutdown = self.shutdown.clone();
@@ -558,6 +594,7 @@ impl Source for KafkaSource {
             waited,
             lag: self.store.is_some().then_some(lag),
             gaps: fill.gaps,
+            generation: self.store.as_ref().and_then(|_| self.generation()),
         };
         Ok(Some(SourceBatch {
             ticks,
@@ -651,6 +688,40 @@ impl Source for KafkaSource {
                 }
             })
             .collect()
+    }
+
+    async fn idle(&mut self) {
+        if !self.paused {
+            // Nothing is read ahead while the batch waits: the partitions
+            // resume where the last message taken left them.
+            if let Ok(tpl) = self.consumer.assignment() {
+                if let Err(e) = self.consumer.pause(&tpl) {
+                    tracing::warn!(topic = %self.topic, error = %e, "Cannot pause the partitions while waiting.");
+                }
+            }
+            self.paused = true;
+            tracing::info!(topic = %self.topic, "Sinks are slow: polling the group with the partitions paused.");
+        }
+        // Each poll tells the group this member is alive (max.poll.interval.ms).
+        match tokio::time::timeout(Duration::from_secs(1), self.consumer.recv()).await {
+            Ok(Ok(m)) => {
+                // Fetched before the pause took hold: not taken now, so
+                // read again after the resume.
+                let (p, o) = (m.partition(), m.offset());
+                drop(m);
+                if let Err(e) =
+                    self.consumer
+                        .seek(&self.topic, p, Offset::Offset(o), Duration::from_secs(10))
+                {
+                    tracing::warn!(partition = p, offset = o, error = %e, "Cannot seek back to a message fetched while paused (partition no longer assigned?).");
+                }
+            }
+            Ok(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => self.idle_ends.push(p),
+            Ok(Err(e)) => {
+                tracing::debug!(topic = %self.topic, error = %e, "Kafka error while paused.")
+            }
+            Err(_) => {}
+        }
     }
 
     fn partition_count(&self) -> Option<usize> {
