@@ -1,7 +1,8 @@
 //! Where results go outside the executor: alerts, dead letters, offsets and
 //! statistics in PostgreSQL ([`postgres`]), alerts to a Kafka topic
 //! ([`alert_topic`]) and to the lake ([`lake`]); and ingested ticks to the
-//! lake, Kafka or the tick store ([`tick_sink`]).
+//! lake, Kafka or the tick store ([`tick_sink`]). [`secondary`] keeps the
+//! sinks that are not the system of record from ever stopping it.
 //!
 //! The streaming driver hands each micro-batch's output to every
 //! [`AlertSink`] in turn, the system of record (PostgreSQL, which stores the
@@ -11,6 +12,7 @@
 pub mod alert_topic;
 pub mod lake;
 pub mod postgres;
+pub mod secondary;
 pub mod tick_sink;
 
 use arrow::array::RecordBatch;
@@ -24,8 +26,8 @@ pub struct AlertBatch {
     /// needs them: see the driver's options).
     pub alerts: Vec<AlertRow>,
     /// Per detector version, the alerting `scores` rows (the lake's
-    /// `alerts` table layout).
-    pub scores: Vec<(String, RecordBatch)>,
+    /// `alerts` table layout) and where each row's tick came from.
+    pub scores: Vec<ScoredAlerts>,
     /// Messages that did not become usable ticks, with their reasons.
     pub dead: Vec<DeadLetterRow>,
     /// Per partition, the position after this batch: stored with the
@@ -39,8 +41,19 @@ pub struct AlertBatch {
 impl AlertBatch {
     /// Alerting rows over every detector.
     pub fn alerting_rows(&self) -> usize {
-        self.scores.iter().map(|(_, s)| s.num_rows()).sum()
+        self.scores.iter().map(|s| s.rows.num_rows()).sum()
     }
+}
+
+/// One detector's alerting `scores` rows of a batch.
+#[derive(Debug, Clone)]
+pub struct ScoredAlerts {
+    /// The detector's version (`model_version` of the lake table).
+    pub version: String,
+    /// The rows, the `scores` schema.
+    pub rows: RecordBatch,
+    /// Source partition and offset of each row's tick, aligned with `rows`.
+    pub sources: Vec<(i32, i64)>,
 }
 
 /// What a sink stored of a batch (the system of record's counts are the

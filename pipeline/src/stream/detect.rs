@@ -37,7 +37,8 @@ use crate::sinks::lake::{LakeAlertSink, LakeWrites};
 use crate::sinks::postgres::{
     shared, PgOffsetStore, PostgresSink, Reconnecting, STATEMENT_TIMEOUT,
 };
-use crate::sinks::{AlertBatch, AlertRow, AlertSink, DeadLetterRow, OffsetRow};
+use crate::sinks::secondary::Secondary;
+use crate::sinks::{AlertBatch, AlertRow, AlertSink, DeadLetterRow, OffsetRow, ScoredAlerts};
 use crate::sources::kafka::market::MarketReader;
 use crate::sources::kafka::{KafkaConfig, KafkaSource, KafkaSourceOptions, Resume};
 use crate::sources::{Position, Source, SourceBatch, StreamBatch};
@@ -95,6 +96,10 @@ pub struct DetectSummary {
 
 /// Why `detect` stopped.
 pub type DetectError = DriverError;
+
+/// Batches a secondary sink (alert topic, lake) may fall behind before its
+/// alerts are dropped there (PostgreSQL keeps them all).
+const SECONDARY_BACKLOG: usize = 10_000;
 
 /// Quiet periods (`--exit-when-idle`) a detector reading a market-context
 /// stage waits at the end of the stream for the rows of its last buckets.
@@ -343,6 +348,7 @@ impl Stage for ExecutorStage {
         }
         for (d, detector) in self.executor.detectors().iter().enumerate() {
             let mut picked = Vec::new();
+            let mut sources = Vec::new();
             for step in &steps {
                 let Some(scores) = step.scores.get(d) else {
                     continue;
@@ -352,13 +358,23 @@ impl Stage for ExecutorStage {
                     picked.push(
                         filter_record_batch(scores, mask).map_err(super::ExecutorError::from)?,
                     );
+                    sources.extend(
+                        mask.iter()
+                            .zip(&step.sources)
+                            .filter(|(m, _)| m.unwrap_or(false))
+                            .map(|(_, s)| *s),
+                    );
                 }
             }
             if let Some(first) = picked.first() {
-                let all =
+                let rows =
                     concat_batches(&first.schema(), &picked).map_err(super::ExecutorError::from)?;
-                processed.raised += all.num_rows() as u64;
-                out.scores.push((detector.version(), all));
+                processed.raised += rows.num_rows() as u64;
+                out.scores.push(ScoredAlerts {
+                    version: detector.version(),
+                    rows,
+                    sources,
+                });
             }
         }
         // Partitions the group took away during this batch: their alerts
@@ -452,19 +468,18 @@ pub async fn detect(
         }
     };
     // The other outputs first: a crash before the transaction replays the
-    // batch and writes them again, under the same keys.
+    // batch and writes them again, under the same keys. They are secondary:
+    // retried in the background when they fail, never stopping PostgreSQL.
     let mut sinks: Vec<Box<dyn AlertSink>> = Vec::new();
     if let Some(t) = &options.alerts_topic {
         let topic = AlertTopic::new(&kafka, t)
             .await
             .map_err(crate::sinks::SinkError::from)?;
-        sinks.push(Box::new(topic));
+        sinks.push(Box::new(Secondary::new(Box::new(topic), SECONDARY_BACKLOG)));
     }
     if let Some(root) = &options.alerts_lake {
-        sinks.push(Box::new(LakeAlertSink::new(
-            root.clone(),
-            LakeWrites::PerBatch,
-        )));
+        let lake = LakeAlertSink::new(root.clone(), LakeWrites::Keyed);
+        sinks.push(Box::new(Secondary::new(Box::new(lake), SECONDARY_BACKLOG)));
     }
     sinks.push(Box::new(PostgresSink::new(
         db,
