@@ -12,6 +12,7 @@ pub mod lake;
 pub mod live_ingest;
 pub mod model;
 pub mod review;
+pub mod shutdown;
 pub mod sinks;
 pub mod sources;
 pub mod stream;

@@ -62,7 +62,8 @@ async fn migrate_applies_once_and_creates_the_schema() {
             "0001_init".to_owned(),
             "0002_review".to_owned(),
             "0003_alert_delay".to_owned(),
-            "0004_review_accounts".to_owned()
+            "0004_review_accounts".to_owned(),
+            "0005_offset_generation".to_owned()
         ]
     );
     let second = migrate(&mut c).await.unwrap();
@@ -172,7 +173,8 @@ async fn concurrent_migrations_both_succeed() {
             "0001_init".to_owned(),
             "0002_review".to_owned(),
             "0003_alert_delay".to_owned(),
-            "0004_review_accounts".to_owned()
+            "0004_review_accounts".to_owned(),
+            "0005_offset_generation".to_owned()
         ],
         "{ra:?} {rb:?}"
     );

@@ -226,77 +226,58 @@ async fn stream_test_day(
     model_dir: &Path,
     manifest: &crate::model::Manifest,
 ) -> anyhow::Result<()> {
-    use crate::lake::{Appender, AppenderOptions, TableSpec};
     use crate::model::{Detector, ModelDetector};
-    use crate::stream::{load_symbols, ticks_in_arrival_order, Executor, ExecutorConfig, Input};
-    use arrow::array::{AsArray, Int32Array, Int64Array};
+    use crate::sinks::lake::{LakeAlertSink, LakeWrites};
+    use crate::sinks::AlertSink;
+    use crate::sources::replay::BatchReplay;
+    use crate::stream::{
+        driver, load_symbols, ticks_in_arrival_order, DriverOptions, Executor, ExecutorConfig,
+        ExecutorStage,
+    };
 
     let (Some(valid), Some(test)) = (manifest.splits.get(1), manifest.splits.get(2)) else {
         anyhow::bail!("the manifest has no validation and test splits");
     };
     let model = ModelDetector::load(model_dir, catalog).map_err(classify)?;
     let version = model.version.clone();
-    let mut ex = Executor::new(
+    let ex = Executor::new(
         catalog.clone(),
         vec![Detector::Model(Box::new(model))],
         Some(load_symbols(root).await?),
         ExecutorConfig::default(),
     )?
     .with_profiles(root.clone());
-    // A replay has no idle time: groups and market buckets close by later
-    // ticks (and at the end), as in backfill, however long a batch takes.
-    ex.set_clock(std::time::Duration::ZERO);
     // History first: the last validation day, replayed without emitting.
     let history = ticks_in_arrival_order(root, valid.to, valid.to).await?;
-    let n = history.num_rows();
-    ex.warm_up(Input {
-        ticks: history,
-        partitions: Int32Array::from(vec![0; n]),
-        offsets: Int64Array::from_iter_values(0..n as i64),
-        arrived_us: None,
-    })?;
     let ticks = ticks_in_arrival_order(root, test.from, test.to).await?;
     let total = ticks.num_rows();
     let started = std::time::Instant::now();
     let bar = count_bar(total as u64, "stream ticks");
-    let mut alerts = Appender::new(
-        root.clone(),
-        TableSpec::alerts().sub_table(&version),
-        AppenderOptions::default(),
-    );
-    let (mut emitted, mut raised) = (0usize, 0usize);
     let batch = 5_000;
-    // The day in micro-batches, then one flush for the groups still open.
-    let mut offsets = (0..total).step_by(batch).peekable();
-    loop {
-        let step = match offsets.next() {
-            Some(start) => {
-                let len = batch.min(total - start);
-                bar.inc(len as u64);
-                let first = (n + start) as i64;
-                ex.step(Input {
-                    ticks: ticks.slice(start, len),
-                    partitions: Int32Array::from(vec![0; len]),
-                    offsets: Int64Array::from_iter_values(first..first + len as i64),
-                    arrived_us: None,
-                })
-                .await?
-            }
-            None => ex.flush(true).await?,
-        };
-        emitted += step.emitted();
-        for scores in step.scores {
-            let mask = scores.column(4).as_boolean().clone();
-            let picked = arrow::compute::filter_record_batch(&scores, &mask)?;
-            raised += picked.num_rows();
-            alerts.append(picked).await?;
-        }
-        if ex.pending() == 0 && offsets.peek().is_none() {
-            break;
-        }
-    }
+    // The day in micro-batches through the streaming driver, then the
+    // groups still open at the end; alerts into the lake's `alerts` table.
+    let mut source = BatchReplay::new(ticks, batch)
+        .with_history(history)
+        .with_progress(bar.clone());
+    let mut stage = ExecutorStage::replay(ex);
+    let mut sinks: Vec<Box<dyn AlertSink>> = vec![Box::new(LakeAlertSink::new(
+        root.clone(),
+        LakeWrites::AtClose,
+    ))];
+    let run = driver::run(
+        &mut source,
+        &mut stage,
+        &mut sinks,
+        &DriverOptions {
+            exit_when_idle: None,
+            stats_every: None,
+            shutdown: crate::shutdown::Shutdown::never(),
+            metrics: None,
+        },
+    )
+    .await?;
     bar.finish_and_clear();
-    alerts.finish().await?;
+    let (emitted, raised) = (run.emitted, run.raised);
     let took = started.elapsed();
     println!(
         "streamed {} ticks of {}..{} in micro-batches of {batch}: {} emitted, {raised} alerts, {}",

@@ -11,6 +11,8 @@ use super::{open_lake, UsageError};
 use crate::features::{Catalog, DEFAULT_QUERIES};
 use crate::model::Detector;
 use crate::sinks::postgres::{connect, migrate, register_model, Reconnecting};
+use crate::sources::kafka::{KafkaConfig, KafkaOption};
+use crate::stream::context::{context_tables, ContextError};
 use crate::stream::{detect, load_symbols, DetectOptions, Executor, ExecutorConfig, Metrics};
 
 /// `stockanomaly detect`.
@@ -32,13 +34,19 @@ Partitions the group moves to another member are dropped from the state;
 while PostgreSQL is unreachable the batch is retried (reconnecting, with
 backoff) and no offset moves. With --allowed-lateness-ms, ticks up to that
 far behind their symbol's newest are put in order instead of refused.
-The lake (--lake) provides the `symbols` table (exchange time zones).
+The lake (--lake) provides the context tables the feature files read
+(`symbols`, `profiles`, `betas`; `market` comes from the stream): detect
+says at start where each comes from (stored, or made from the lake's ticks
+as backfill would) and refuses to start (exit 2) when one can be had
+neither way, since those features would be NULL.
 
 Examples:
   stockanomaly detect --model model/artifacts/1a2b3c4d --rules \\
       --source kafka://localhost:9092/ticks --group surveillance
   DATABASE_URL=postgres://detector@db/stockanomaly stockanomaly detect --model DIR --source kafka://k1:9092,k2:9092/ticks \\
-      --alerts-topic alerts --metrics-addr 0.0.0.0:9187")]
+      --alerts-topic alerts --metrics-addr 0.0.0.0:9187
+  STOCKANOMALY_KAFKA_OPTIONS='security.protocol=SASL_SSL;sasl.mechanism=SCRAM-SHA-512;sasl.username=detector;sasl.password=...' \\
+      stockanomaly detect --model DIR --source kafka://broker:9093/ticks")]
 pub struct DetectArgs {
     /// Artifact folder written by `stockanomaly train`.
     #[arg(
@@ -126,6 +134,20 @@ pub struct DetectArgs {
     #[arg(long, env = "STOCKANOMALY_MARKET_TOPIC", value_name = "TOPIC")]
     pub market_topic: Option<String>,
 
+    /// A librdkafka client property for every Kafka client of the run
+    /// (consumer, alert and market topics), e.g. security.protocol=SASL_SSL,
+    /// sasl.mechanism=SCRAM-SHA-512, sasl.username=..., sasl.password=...,
+    /// ssl.ca.location=FILE; repeatable. Values are never printed or logged.
+    /// In the environment: KEY=VALUE pairs separated by `;`.
+    #[arg(
+        long = "kafka-option",
+        env = "STOCKANOMALY_KAFKA_OPTIONS",
+        hide_env_values = true,
+        value_name = "KEY=VALUE",
+        value_delimiter = ';'
+    )]
+    pub kafka_options: Vec<KafkaOption>,
+
     /// Serve Prometheus metrics on this address (GET /metrics), e.g.
     /// 127.0.0.1:9187.
     #[arg(long, env = "STOCKANOMALY_METRICS_ADDR", value_name = "HOST:PORT")]
@@ -164,6 +186,22 @@ pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
     let detectors =
         load_detectors(&catalog, args.model.as_deref(), args.rules, &args.queries).await?;
     let root = open_lake(lake)?;
+    // Refuse a lake without the context tables the feature files read: the
+    // features would be NULL and the alerts not backfill's.
+    let context = context_tables(&catalog, &root, args.market_topic.is_some())
+        .await
+        .map_err(|e| match e {
+            ContextError::Missing { .. } => anyhow::Error::new(UsageError(e.to_string())),
+            other => anyhow::Error::new(other),
+        })?;
+    for c in &context {
+        eprintln!(
+            "detect: context table `{}` ({}): {}",
+            c.table,
+            c.files.join(", "),
+            c.source
+        );
+    }
     let symbols = load_symbols(&root).await?;
     let mut db = connect(&args.database_url).await?;
     let applied = migrate(&mut db).await?;
@@ -192,8 +230,16 @@ pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
         },
     )?
     .with_profiles(root.clone());
+    let kafka = KafkaConfig::from_options(&brokers, &args.kafka_options);
+    if !args.kafka_options.is_empty() {
+        // Keys only: values may be credentials.
+        eprintln!(
+            "detect: Kafka client options {} (values not shown)",
+            kafka.option_keys().join(", ")
+        );
+    }
     let options = DetectOptions {
-        brokers,
+        kafka,
         topic: topic.clone(),
         group: args.group.clone(),
         batch_rows: args.batch_rows,
@@ -225,10 +271,20 @@ pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
         );
     }
     let started = std::time::Instant::now();
-    let mut db = Reconnecting::new(&args.database_url, db);
-    let s = detect(executor, &mut db, &options, &metrics).await?;
+    let db = Reconnecting::new(&args.database_url, db);
+    let s = detect(executor, db, &options, &metrics).await?;
+    // Gaps are rare and each was logged as it was found: named here only
+    // when there were some.
+    let gaps = if s.gaps > 0 {
+        format!(
+            "; {} offset gap(s) (records deleted or the topic recreated: see the log)",
+            s.gaps
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "detect: {} messages, {} ticks emitted, {} alerts and {} dead letters written in {} batches, {:.1}s",
+        "detect: {} messages, {} ticks emitted, {} alerts and {} dead letters written in {} batches, {:.1}s{gaps}",
         s.messages,
         s.emitted,
         s.alerts,
@@ -242,6 +298,55 @@ pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kafka_options_come_from_flags_and_the_environment_and_hide_their_values() {
+        use clap::{CommandFactory, Parser};
+        let cli = crate::cli::Cli::try_parse_from([
+            "stockanomaly",
+            "detect",
+            "--rules",
+            "--source",
+            "kafka://b:9092/t",
+            "--database-url",
+            "postgres://h/db",
+            "--kafka-option",
+            "security.protocol=SASL_SSL",
+            "--kafka-option",
+            "sasl.password=hunter2",
+        ])
+        .unwrap();
+        let crate::cli::Command::Detect(args) = cli.command else {
+            panic!("not detect");
+        };
+        let keys: Vec<&str> = args.kafka_options.iter().map(|o| o.key()).collect();
+        assert_eq!(keys, ["security.protocol", "sasl.password"]);
+        assert!(!format!("{args:?}").contains("hunter2"));
+        let e = crate::cli::Cli::try_parse_from([
+            "stockanomaly",
+            "detect",
+            "--rules",
+            "--source",
+            "kafka://b:9092/t",
+            "--database-url",
+            "postgres://h/db",
+            "--kafka-option",
+            "group.id=other",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("--group"), "{e}");
+        let mut cmd = crate::cli::Cli::command();
+        let detect = cmd.find_subcommand_mut("detect").unwrap();
+        let arg = detect
+            .get_arguments()
+            .find(|a| a.get_id() == "kafka_options")
+            .unwrap();
+        assert_eq!(
+            arg.get_env(),
+            Some(std::ffi::OsStr::new("STOCKANOMALY_KAFKA_OPTIONS"))
+        );
+        assert!(arg.is_hide_env_values_set());
+    }
 
     #[test]
     fn sources_are_kafka_urls() {

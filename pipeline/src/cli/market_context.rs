@@ -73,6 +73,19 @@ pub struct MarketContextArgs {
     #[arg(long, env = "STOCKANOMALY_EXIT_WHEN_IDLE", value_name = "SECS")]
     pub exit_when_idle: Option<f64>,
 
+    /// A librdkafka client property for every Kafka client of the stage
+    /// (TLS, SASL; see `detect --help`); repeatable. Values are never
+    /// printed or logged. In the environment: KEY=VALUE pairs separated by
+    /// `;`.
+    #[arg(
+        long = "kafka-option",
+        env = "STOCKANOMALY_KAFKA_OPTIONS",
+        hide_env_values = true,
+        value_name = "KEY=VALUE",
+        value_delimiter = ';'
+    )]
+    pub kafka_options: Vec<crate::sources::kafka::KafkaOption>,
+
     /// Folder holding `market/buckets.sql` (else the built-in query).
     #[arg(long, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
     pub queries: PathBuf,
@@ -89,7 +102,7 @@ pub(crate) async fn run(lake: &str, args: MarketContextArgs) -> anyhow::Result<(
     let root = open_lake(lake)?;
     let symbols = load_symbols(&root).await?;
     let options = MarketContextOptions {
-        brokers,
+        kafka: crate::sources::kafka::KafkaConfig::from_options(&brokers, &args.kafka_options),
         topic: topic.clone(),
         market_topic: args.market_topic.clone(),
         group: args.group,
@@ -105,6 +118,13 @@ pub(crate) async fn run(lake: &str, args: MarketContextArgs) -> anyhow::Result<(
         "market-context: buckets of {topic} to {}",
         args.market_topic
     );
+    if !args.kafka_options.is_empty() {
+        // Keys only: values may be credentials.
+        eprintln!(
+            "market-context: Kafka client options {} (values not shown)",
+            options.kafka.option_keys().join(", ")
+        );
+    }
     let started = std::time::Instant::now();
     let s = market_context(catalog.market_sql(), &symbols, Some(&root), &options).await?;
     println!(

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 
 use crate::sinks::postgres::AlertRow;
 
@@ -82,21 +81,27 @@ pub fn alert_json(a: &AlertRow) -> serde_json::Value {
 }
 
 impl AlertTopic {
-    /// A publisher to `topic` on `brokers` (idempotent producer, all acks),
-    /// creating the topic with one partition if it does not exist (one
-    /// partition keeps the alerts in commit order for readers).
-    pub async fn new(brokers: &str, topic: &str) -> Result<Self, AlertTopicError> {
-        crate::sources::kafka::ensure_topic(brokers, topic, 1).await?;
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+    /// A publisher to `topic` on the brokers of `kafka` (idempotent
+    /// producer, all acks, the deployment's client options), creating the
+    /// topic with one partition if it does not exist (one partition keeps
+    /// the alerts in commit order for readers).
+    pub async fn new(
+        kafka: &crate::sources::kafka::KafkaConfig,
+        topic: &str,
+    ) -> Result<Self, AlertTopicError> {
+        crate::sources::kafka::ensure_topic_with(kafka, topic, 1).await?;
+        let mut config = kafka.client();
+        config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000")
+            .set("message.timeout.ms", "30000");
+        let producer = kafka
+            .finish(&mut config)
             .create()
             .map_err(|e| AlertTopicError::Client {
-                brokers: brokers.to_owned(),
-                source: Box::new(e),
+                brokers: kafka.brokers().to_owned(),
+                source: Box::new(kafka.redact(e)),
             })?;
         Ok(AlertTopic {
             producer,
@@ -127,5 +132,25 @@ impl AlertTopic {
             r?;
         }
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::sinks::AlertSink for AlertTopic {
+    fn name(&self) -> String {
+        format!("Kafka topic {}", self.topic)
+    }
+
+    async fn write(
+        &mut self,
+        batch: &crate::sinks::AlertBatch,
+    ) -> Result<crate::sinks::Written, crate::sinks::SinkError> {
+        if !batch.alerts.is_empty() {
+            self.publish(&batch.alerts).await?;
+        }
+        Ok(crate::sinks::Written {
+            alerts: batch.alerts.len() as u64,
+            dead_letters: 0,
+        })
     }
 }

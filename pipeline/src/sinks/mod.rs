@@ -1,8 +1,140 @@
-//! Where the detector's results go outside the lake: alerts, dead letters,
-//! offsets and statistics in PostgreSQL ([`postgres`]), and alerts to a
-//! Kafka topic ([`alert_topic`]); and ingested ticks to the lake, Kafka or
-//! the tick store ([`tick_sink`]).
+//! Where results go outside the executor: alerts, dead letters, offsets and
+//! statistics in PostgreSQL ([`postgres`]), alerts to a Kafka topic
+//! ([`alert_topic`]) and to the lake ([`lake`]); and ingested ticks to the
+//! lake, Kafka or the tick store ([`tick_sink`]). [`secondary`] keeps the
+//! sinks that are not the system of record from ever stopping it.
+//!
+//! The streaming driver hands each micro-batch's output to every
+//! [`AlertSink`] in turn, the system of record (PostgreSQL, which stores the
+//! source positions in the same transaction as the alerts) last, and
+//! commits the source only once they all returned Ok.
 
 pub mod alert_topic;
+pub mod lake;
 pub mod postgres;
+pub mod secondary;
 pub mod tick_sink;
+
+use arrow::array::RecordBatch;
+
+pub use postgres::{AlertRow, DeadLetterRow, OffsetRow};
+
+/// What one micro-batch produced, for the sinks.
+#[derive(Debug, Default, Clone)]
+pub struct AlertBatch {
+    /// One row per alerting tick and detector (built only when a sink
+    /// needs them: see the driver's options).
+    pub alerts: Vec<AlertRow>,
+    /// Per detector version, the alerting `scores` rows (the lake's
+    /// `alerts` table layout) and where each row's tick came from.
+    pub scores: Vec<ScoredAlerts>,
+    /// Messages that did not become usable ticks, with their reasons.
+    pub dead: Vec<DeadLetterRow>,
+    /// Per partition, the position after this batch: stored with the
+    /// alerts by the system of record.
+    pub offsets: Vec<OffsetRow>,
+    /// The consumer-group generation the batch was read in: fences the
+    /// offsets (an evicted member cannot move a newer member's).
+    pub generation: Option<i32>,
+}
+
+impl AlertBatch {
+    /// Alerting rows over every detector.
+    pub fn alerting_rows(&self) -> usize {
+        self.scores.iter().map(|s| s.rows.num_rows()).sum()
+    }
+}
+
+/// One detector's alerting `scores` rows of a batch.
+#[derive(Debug, Clone)]
+pub struct ScoredAlerts {
+    /// The detector's version (`model_version` of the lake table).
+    pub version: String,
+    /// The rows, the `scores` schema.
+    pub rows: RecordBatch,
+    /// Source partition and offset of each row's tick, aligned with `rows`.
+    pub sources: Vec<(i32, i64)>,
+}
+
+/// What a sink stored of a batch (the system of record's counts are the
+/// run's: rows already there are not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Alerts new to the sink.
+    pub alerts: u64,
+    /// Dead letters new to the sink.
+    pub dead_letters: u64,
+}
+
+/// A run's counters at one moment, for sinks that keep statistics (the
+/// `detector_stats` table).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunStats {
+    /// Messages read.
+    pub messages: u64,
+    /// Messages per second since the start.
+    pub messages_per_s: Option<f64>,
+    /// Batches committed.
+    pub batches: u64,
+    /// Alerts stored.
+    pub alerts: u64,
+    /// Dead letters stored.
+    pub dead_letters: u64,
+    /// Messages behind the end of the source.
+    pub lag: Option<i64>,
+    /// Median batch time since the last report, ms.
+    pub batch_p50_ms: Option<f64>,
+    /// 99th percentile batch time since the last report, ms.
+    pub batch_p99_ms: Option<f64>,
+    /// Median arrival-to-commit time since the last report, ms.
+    pub e2e_p50_ms: Option<f64>,
+    /// 99th percentile arrival-to-commit time since the last report, ms.
+    pub e2e_p99_ms: Option<f64>,
+}
+
+/// Why a sink could not take a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// PostgreSQL refused the batch for good (not an outage: those are
+    /// retried).
+    #[error(transparent)]
+    Db(#[from] postgres::DbError),
+    /// The alert topic did not take the alerts.
+    #[error(transparent)]
+    AlertTopic(#[from] alert_topic::AlertTopicError),
+    /// The lake did not take the alerts.
+    #[error(transparent)]
+    Lake(#[from] crate::lake::LakeError),
+    /// Arranging rows failed.
+    #[error("arranging alerts: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// A stop was asked for while the system of record was unreachable.
+    #[error("stopped by a signal while PostgreSQL was unreachable; the batch in flight was not committed and will be read again")]
+    ShutdownDuringOutage,
+}
+
+/// A destination of the streaming driver's output.
+///
+/// Implement [`write`](AlertSink::write) to store one batch; return only
+/// when it is stored (or failed): the driver commits the source after every
+/// sink returned Ok, so a sink that returns early can lose alerts.
+/// [`report`](AlertSink::report) receives the run's counters periodically
+/// and at exit, [`close`](AlertSink::close) is called once at the end.
+#[async_trait::async_trait]
+pub trait AlertSink: Send {
+    /// What the sink writes to, for logs and errors.
+    fn name(&self) -> String;
+
+    /// Stores one batch's output.
+    async fn write(&mut self, batch: &AlertBatch) -> Result<Written, SinkError>;
+
+    /// Takes the run's counters (statistics tables); best effort.
+    async fn report(&mut self, stats: &RunStats) {
+        let _ = stats;
+    }
+
+    /// Writes what is buffered and lets go of connections.
+    async fn close(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}

@@ -8,6 +8,11 @@
 //! amendment batches; [`history`] fetches their REST history page by page;
 //! [`live`] keeps a feed's connection up and fills the gaps of its drops
 //! from that history, as a [`Source`].
+//!
+//! The streaming sources ([`kafka::KafkaSource`], and
+//! [`replay::BatchReplay`] for in-process replays) also say where each tick
+//! came from and what happened to their partitions ([`StreamBatch`]), which
+//! is what the streaming driver needs to resume, warm up and rebalance.
 
 pub mod alpaca;
 pub mod csv;
@@ -20,9 +25,12 @@ pub mod polygon;
 pub mod replay;
 pub mod simulate;
 
-use arrow::array::RecordBatch;
+use std::collections::BTreeMap;
+use std::time::Duration;
 
-use crate::tick::Reject;
+use arrow::array::{BinaryArray, RecordBatch};
+
+use crate::tick::{Reject, RejectReason};
 
 /// Where a source is, so that it can resume after the last committed batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +70,14 @@ pub enum Position {
         /// Ticks returned so far.
         ticks: u64,
     },
+    /// A partitioned stream (a Kafka topic): per partition, the first
+    /// offset not yet fully processed.
+    Partitions {
+        /// The topic.
+        topic: String,
+        /// Partition → next offset.
+        next: BTreeMap<i32, i64>,
+    },
 }
 
 /// One batch from a source: valid ticks, labels the input carried (annotated
@@ -80,6 +96,108 @@ pub struct SourceBatch {
     pub rejects: Vec<Reject>,
     /// The position after this batch.
     pub position: Position,
+    /// Where each tick came from, for partitioned streams (`None` for
+    /// files and feeds read once).
+    pub stream: Option<StreamBatch>,
+}
+
+/// What a partitioned, resumable stream adds to a [`SourceBatch`]: where each
+/// tick came from, the messages that were not ticks, and what happened to
+/// the partitions while the batch filled. The per-tick vectors are aligned
+/// with [`SourceBatch::ticks`].
+#[derive(Debug, Clone)]
+pub struct StreamBatch {
+    /// Messages read, every one (those skipped after a seek included).
+    pub messages: u64,
+    /// Source partition of each tick.
+    pub partitions: Vec<i32>,
+    /// Source offset of each tick.
+    pub offsets: Vec<i64>,
+    /// Arrival of each tick (wall clock, µs since the epoch); `None`: now.
+    pub arrived_us: Option<Vec<i64>>,
+    /// Per tick, whether it was replayed as history after a seek (warm-up):
+    /// it restores state and is never emitted.
+    pub warm: Vec<bool>,
+    /// Each tick's message as received, for a dead letter if the tick is
+    /// refused later (as late).
+    pub payloads: BinaryArray,
+    /// Messages that did not become ticks.
+    pub refused: Vec<RefusedMessage>,
+    /// Partitions whose end was reached during the fill, in order, with
+    /// when (time into the fill).
+    pub caught_up: Vec<(i32, Duration)>,
+    /// Partitions assigned since the last batch (and still assigned).
+    pub assigned: Vec<i32>,
+    /// Partitions taken away since the last batch (and not given back):
+    /// their ticks of this batch are still processed, then their state is
+    /// dropped.
+    pub revoked: Vec<i32>,
+    /// The partitions assigned at the end of the fill.
+    pub assignment: Vec<i32>,
+    /// Time the fill spent waiting for input: the idle clock of the stream
+    /// (processing time, outages included, never counts as idleness).
+    pub waited: Duration,
+    /// Consumer lag per partition, when the source knows it.
+    pub lag: Option<BTreeMap<i32, i64>>,
+    /// Offset gaps found after seeks (partition, expected, first found).
+    pub gaps: Vec<OffsetGap>,
+    /// The consumer group's generation at the end of the fill (Kafka): it
+    /// fences the offsets stored for this batch.
+    pub generation: Option<i32>,
+}
+
+impl StreamBatch {
+    /// An empty stream batch (nothing read, nothing happened).
+    pub fn empty() -> Self {
+        StreamBatch {
+            messages: 0,
+            partitions: Vec::new(),
+            offsets: Vec::new(),
+            arrived_us: None,
+            warm: Vec::new(),
+            payloads: BinaryArray::from(Vec::<&[u8]>::new()),
+            refused: Vec::new(),
+            caught_up: Vec::new(),
+            assigned: Vec::new(),
+            revoked: Vec::new(),
+            assignment: Vec::new(),
+            waited: Duration::ZERO,
+            lag: None,
+            gaps: Vec::new(),
+            generation: None,
+        }
+    }
+}
+
+/// A message of a stream that is not a valid tick, kept whole for the dead
+/// letters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefusedMessage {
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// The message as received.
+    pub payload: Vec<u8>,
+    /// Why it was refused.
+    pub reason: RejectReason,
+    /// The decoder's or validator's words.
+    pub detail: String,
+    /// Read during a warm-up (already dead-lettered by the run that first
+    /// read it).
+    pub warm: bool,
+}
+
+/// A partition whose offsets jump past where a seek put the consumer:
+/// retention deleted the records, or the topic was recreated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetGap {
+    /// The partition.
+    pub partition: i32,
+    /// The offset the consumer was positioned on.
+    pub expected: i64,
+    /// The first offset that exists there.
+    pub found: i64,
 }
 
 /// Errors a source can end with (bad records are not errors: they are
@@ -108,6 +226,30 @@ pub enum SourceError {
     /// reconnecting).
     #[error(transparent)]
     Feed(#[from] feed::connect::FeedError),
+    /// A Kafka call failed; `context` names the topic (and partition).
+    #[error("Kafka ({context}): {source}")]
+    Kafka {
+        /// What was being done, on which topic.
+        context: String,
+        /// rdkafka's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// Reading the stored positions of a stream failed for good.
+    #[error("loading the stored offsets of {topic}: {detail}")]
+    Offsets {
+        /// The topic.
+        topic: String,
+        /// What failed.
+        detail: String,
+    },
+    /// A stop was asked for while the source waited on something that must
+    /// finish first (the stored offsets during an outage).
+    #[error("stopped by a signal while {what}")]
+    Stopped {
+        /// What was in progress.
+        what: String,
+    },
     /// Reading the lake failed (replays).
     #[error("{origin}: {source}")]
     Lake {
@@ -126,6 +268,11 @@ pub enum SourceError {
 /// [`commit`](Source::commit) to make a position durable once everything
 /// downstream has accepted the batches before it. Sources that cannot resume
 /// (files read once) may ignore `commit`.
+///
+/// Partitioned streams also fill [`SourceBatch::stream`] and implement
+/// [`behind`](Source::behind) and [`partition_count`](Source::partition_count),
+/// which the streaming driver uses to close market buckets; a stream never
+/// ends, so its `next_batch` returns empty batches while nothing arrives.
 #[async_trait::async_trait]
 pub trait Source: Send {
     /// The next batch, or `None` at the end of a bounded input.
@@ -134,6 +281,34 @@ pub trait Source: Send {
     /// Marks everything up to `upto` as processed.
     async fn commit(&mut self, upto: &Position) -> Result<(), SourceError> {
         let _ = upto;
+        Ok(())
+    }
+
+    /// Of `partitions` (whose end was reached earlier), those that hold
+    /// unread messages now. Sources without partitions have none.
+    fn behind(&self, partitions: &[i32]) -> Vec<i32> {
+        let _ = partitions;
+        Vec::new()
+    }
+
+    /// How many partitions the source's topic has (`None`: unknown, or not
+    /// a partitioned stream).
+    fn partition_count(&self) -> Option<usize> {
+        None
+    }
+
+    /// Called again and again while the sinks take long over a batch (an
+    /// outage): keeps the source's membership alive without reading ahead
+    /// (a consumer group polls with its partitions paused, so the member is
+    /// not evicted for not polling). Each call returns after a short while;
+    /// the default never returns (nothing to keep alive).
+    async fn idle(&mut self) {
+        std::future::pending::<()>().await;
+    }
+
+    /// Leaves cleanly (a consumer group: at once, so the partitions move to
+    /// the other members without waiting for the session timeout).
+    async fn close(&mut self) -> Result<(), SourceError> {
         Ok(())
     }
 }

@@ -281,6 +281,7 @@ impl Source for ReplaySource {
                     ticks,
                     labels: None,
                     rejects: Vec::new(),
+                    stream: None,
                     position: Position::Replay {
                         ts_us: ts,
                         seq,
@@ -308,5 +309,144 @@ impl Source for ReplaySource {
                 None => return Ok(None),
             }
         }
+    }
+}
+
+/// Ticks already in memory, in arrival order, handed out in batches of at
+/// most `batch_rows` as one partition (0) with offsets counting from 0: the
+/// in-process replay of the demo and `bench --stream`, which drive the
+/// streaming executor without a broker. Optional history comes first, as
+/// one warm-up batch (restores state, never emitted). A replay has no idle
+/// time: it never waits, so groups and market buckets close by later
+/// ticks and at the end, as in backfill.
+pub struct BatchReplay {
+    history: Option<RecordBatch>,
+    ticks: RecordBatch,
+    next: usize,
+    batch_rows: usize,
+    /// Offset of the first tick of `ticks` (after the history).
+    base: i64,
+    progress: Option<indicatif::ProgressBar>,
+}
+
+impl BatchReplay {
+    /// A replay of `ticks` ([`tick_schema`]) in batches of `batch_rows`.
+    pub fn new(ticks: RecordBatch, batch_rows: usize) -> Self {
+        BatchReplay {
+            history: None,
+            ticks,
+            next: 0,
+            batch_rows: batch_rows.max(1),
+            base: 0,
+            progress: None,
+        }
+    }
+
+    /// Replays `history` first, as warm-up.
+    pub fn with_history(mut self, history: RecordBatch) -> Self {
+        self.base = history.num_rows() as i64;
+        self.history = Some(history);
+        self
+    }
+
+    /// Advances `bar` by each batch's ticks (not the history's).
+    pub fn with_progress(mut self, bar: indicatif::ProgressBar) -> Self {
+        self.progress = Some(bar);
+        self
+    }
+
+    /// Ticks to replay after the history.
+    pub fn len(&self) -> usize {
+        self.ticks.num_rows()
+    }
+
+    /// Whether there is nothing to replay after the history.
+    pub fn is_empty(&self) -> bool {
+        self.ticks.num_rows() == 0
+    }
+
+    fn batch(ticks: RecordBatch, first: i64, warm: bool) -> SourceBatch {
+        let n = ticks.num_rows();
+        let stream = super::StreamBatch {
+            messages: n as u64,
+            partitions: vec![0; n],
+            offsets: (first..first + n as i64).collect(),
+            warm: vec![warm; n],
+            ..super::StreamBatch::empty()
+        };
+        SourceBatch {
+            ticks,
+            labels: None,
+            amendments: None,
+            rejects: Vec::new(),
+            stream: Some(stream),
+            position: Position::Partitions {
+                topic: "replay".into(),
+                next: std::collections::BTreeMap::from([(0, first + n as i64)]),
+            },
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for BatchReplay {
+    async fn next_batch(&mut self) -> Result<Option<SourceBatch>, SourceError> {
+        if let Some(history) = self.history.take() {
+            return Ok(Some(Self::batch(history, 0, true)));
+        }
+        let total = self.ticks.num_rows();
+        if self.next >= total {
+            return Ok(None);
+        }
+        let start = self.next;
+        let len = self.batch_rows.min(total - start);
+        self.next += len;
+        if let Some(bar) = &self.progress {
+            bar.inc(len as u64);
+        }
+        Ok(Some(Self::batch(
+            self.ticks.slice(start, len),
+            self.base + start as i64,
+            false,
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticks(n: usize) -> RecordBatch {
+        let mut b = crate::tick::TickBuilder::new("test");
+        for i in 0..n {
+            b.push(&crate::tick::TickRecord::trade(
+                1_704_205_800_000_000 + i as i64,
+                "A",
+                10.0,
+                1.0,
+            ))
+            .unwrap();
+        }
+        b.finish()
+    }
+
+    #[tokio::test]
+    async fn history_first_then_batches_with_running_offsets() {
+        let mut r = BatchReplay::new(ticks(5), 2).with_history(ticks(3));
+        let mut seen = Vec::new();
+        while let Some(b) = r.next_batch().await.unwrap() {
+            let s = b.stream.unwrap();
+            seen.push((s.offsets.clone(), s.warm[0]));
+            assert_eq!(s.partitions.len(), b.ticks.num_rows());
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (vec![0, 1, 2], true),
+                (vec![3, 4], false),
+                (vec![5, 6], false),
+                (vec![7], false)
+            ]
+        );
     }
 }

@@ -2,14 +2,22 @@
 //! in-process replay), [`executor`] keeps each symbol's lookback of history
 //! and computes features and scores exactly as backfill and `score` do, and
 //! the alerts go to their sinks with the source positions, together.
+//!
+//! [`driver`] is the one loop every streaming command runs (fill, step,
+//! sink, commit); [`detect`] and [`market_context`] are its two stages and
+//! their wiring.
 
+pub mod context;
 pub mod detect;
+pub mod driver;
 pub mod executor;
 pub mod market;
 pub mod market_context;
 pub mod metrics;
 
-pub use detect::{detect, shutdown_signal, DetectError, DetectOptions, DetectSummary};
+pub use crate::shutdown::shutdown_signal;
+pub use detect::{detect, DetectError, DetectOptions, DetectSummary, ExecutorStage};
+pub use driver::{DriverError, DriverOptions, DriverSummary, Processed, Stage};
 pub use executor::{
     load_symbols, ticks_in_arrival_order, Executor, ExecutorConfig, ExecutorError, Input, LateTick,
     PartitionPosition, Step,

@@ -7,7 +7,7 @@ mod feeds;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use arrow::array::{ArrayRef, RecordBatch};
@@ -269,8 +269,11 @@ async fn run_stream(
     model: Option<&std::path::Path>,
     batch_rows: usize,
 ) -> anyhow::Result<()> {
-    use crate::stream::{load_symbols, ticks_in_arrival_order, Executor, ExecutorConfig, Input};
-    use arrow::array::{Int32Array, Int64Array};
+    use crate::sources::replay::BatchReplay;
+    use crate::stream::{
+        driver, load_symbols, ticks_in_arrival_order, DriverOptions, Executor, ExecutorConfig,
+        ExecutorStage,
+    };
 
     let root = LakeRoot::parse(lake)?;
     let catalog = Catalog::embedded()
@@ -279,15 +282,13 @@ async fn run_stream(
     let queries = std::path::Path::new(crate::features::DEFAULT_QUERIES);
     let detectors = super::train::load_detectors(&catalog, model, model.is_none(), queries).await?;
     let labels: Vec<String> = detectors.iter().map(|d| d.label()).collect();
-    let mut ex = Executor::new(
+    let ex = Executor::new(
         catalog,
         detectors,
         Some(load_symbols(&root).await?),
         ExecutorConfig::default(),
     )?
     .with_profiles(root.clone());
-    // A replay has no idle time (see the demo).
-    ex.set_clock(Duration::ZERO);
     let ctx = crate::lake::session_context(&root).await?;
     let first = super::sql::scalar_string(&ctx, "SELECT min(date) FROM ticks").await?;
     let last = super::sql::scalar_string(&ctx, "SELECT max(date) FROM ticks").await?;
@@ -308,34 +309,25 @@ async fn run_stream(
     );
     let bar = super::output::count_bar(total as u64, "stream ticks");
     let started = Instant::now();
-    let mut step_ms: Vec<f64> = Vec::new();
-    let (mut emitted, mut alerts) = (0usize, 0usize);
-    for start in (0..total).step_by(batch_rows) {
-        let len = batch_rows.min(total - start);
-        let t = Instant::now();
-        let step = ex
-            .step(Input {
-                ticks: ticks.slice(start, len),
-                partitions: Int32Array::from(vec![0; len]),
-                offsets: Int64Array::from_iter_values(start as i64..(start + len) as i64),
-                arrived_us: None,
-            })
-            .await?;
-        step_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        emitted += step.emitted();
-        alerts += step
-            .scores
-            .iter()
-            .map(|s| {
-                use arrow::array::AsArray;
-                s.column(4).as_boolean().true_count()
-            })
-            .sum::<usize>();
-        bar.inc(len as u64);
-    }
-    let last_step = ex.flush(true).await?;
-    emitted += last_step.emitted();
+    // The streaming driver over an in-process replay: a replay has no idle
+    // time, so groups close by later ticks and at the end (see the demo).
+    let mut source = BatchReplay::new(ticks, batch_rows).with_progress(bar.clone());
+    let mut stage = ExecutorStage::replay(ex);
+    let run = driver::run(
+        &mut source,
+        &mut stage,
+        &mut [],
+        &DriverOptions {
+            exit_when_idle: None,
+            stats_every: None,
+            shutdown: crate::shutdown::Shutdown::never(),
+            metrics: None,
+        },
+    )
+    .await?;
     bar.finish_and_clear();
+    let mut step_ms: Vec<f64> = run.step_seconds.iter().map(|s| s * 1e3).collect();
+    let (emitted, alerts) = (run.emitted, run.raised);
     let took = started.elapsed();
     step_ms.sort_by(f64::total_cmp);
     let pct = |q: f64| {
@@ -349,8 +341,8 @@ async fn run_stream(
         count(total as u64),
         took.as_secs_f64(),
         rate(total as f64, took),
-        count(emitted as u64),
-        count(alerts as u64),
+        count(emitted),
+        count(alerts),
         pct(0.5),
         pct(0.99)
     );

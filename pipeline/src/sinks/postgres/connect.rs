@@ -43,6 +43,24 @@ pub async fn connect(url: &str) -> Result<Client, DbError> {
             verify = full;
         }
     }
+    // A server or network that stops answering without closing the
+    // connection must not hang a caller for as long as TCP allows: connect
+    // within a bound, and probe an idle connection so that a dead peer
+    // fails it within about a minute (unless the URL says otherwise).
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if !url_sets(url, "keepalives_idle") {
+        config
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(KEEPALIVE_INTERVAL)
+            .keepalives_retries(KEEPALIVE_RETRIES);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        // Unacknowledged data fails the connection after this long.
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
     let root_cert = std::env::var_os("PGSSLROOTCERT")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
@@ -126,10 +144,26 @@ where
     });
 }
 
+/// Longest wait for a connection (unless the URL's `connect_timeout` says).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Idle time before TCP keepalive probes start.
+const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Time between keepalive probes.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// Unanswered probes before the connection is declared dead.
+const KEEPALIVE_RETRIES: u32 = 3;
+/// Longest time sent data may stay unacknowledged.
+const TCP_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Whether the connection string names `sslmode` itself (it then wins over
 /// `PGSSLMODE`, as in libpq).
 fn url_sets_sslmode(url: &str) -> bool {
-    url.to_ascii_lowercase().contains("sslmode=")
+    url_sets(url, "sslmode")
+}
+
+/// Whether the connection string sets parameter `key`.
+fn url_sets(url: &str, key: &str) -> bool {
+    url.to_ascii_lowercase().contains(&format!("{key}="))
 }
 
 /// `PGSSLMODE` as the driver's mode and whether to verify the certificate.

@@ -59,6 +59,16 @@ pub enum DbError {
         /// The version.
         version: String,
     },
+    /// The server did not answer in time: a network that drops packets
+    /// without closing the connection, or a stalled server. The connection
+    /// is dropped and the operation retried.
+    #[error("{context}: PostgreSQL did not answer within {after:?}")]
+    Timeout {
+        /// What was being done, naming the table.
+        context: String,
+        /// How long was waited.
+        after: std::time::Duration,
+    },
     /// A row cannot be stored as given (e.g. a value out of the column's range).
     #[error("{table}: {detail}")]
     InvalidRow {
@@ -77,7 +87,7 @@ impl DbError {
     /// errors, which a retry repeats.
     pub fn is_retryable(&self) -> bool {
         match self {
-            DbError::Connect { .. } => true,
+            DbError::Connect { .. } | DbError::Timeout { .. } => true,
             DbError::Query { source, .. } => driver_error_is_transient(source),
             _ => false,
         }

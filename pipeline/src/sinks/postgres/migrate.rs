@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "review_accounts",
         sql: include_str!("../../../migrations/0004_review_accounts.sql"),
     },
+    Migration {
+        version: 5,
+        name: "offset_generation",
+        sql: include_str!("../../../migrations/0005_offset_generation.sql"),
+    },
 ];
 
 /// A migration recorded in `schema_migrations`.

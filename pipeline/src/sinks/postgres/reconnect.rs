@@ -20,6 +20,8 @@ pub struct Reconnecting {
     client: Option<Client>,
     backoff: Duration,
     failures: u64,
+    /// The server-side `statement_timeout` of every session, if any.
+    statement_timeout: Option<Duration>,
 }
 
 impl Reconnecting {
@@ -30,7 +32,19 @@ impl Reconnecting {
             client: Some(client),
             backoff: FIRST_BACKOFF,
             failures: 0,
+            statement_timeout: None,
         }
+    }
+
+    /// Sets the server's `statement_timeout` on this session and every
+    /// reconnected one: a statement stuck on the server (a lock) ends with
+    /// an error the caller retries, instead of holding the batch.
+    pub async fn with_statement_timeout(mut self, timeout: Duration) -> Result<Self, DbError> {
+        self.statement_timeout = Some(timeout);
+        if let Some(c) = &self.client {
+            set_statement_timeout(c, timeout).await?;
+        }
+        Ok(self)
     }
 
     /// The client, connecting first if the last one was lost.
@@ -39,6 +53,9 @@ impl Reconnecting {
             Some(c) if !c.is_closed() => c,
             _ => {
                 let c = connect(&self.url).await?;
+                if let Some(t) = self.statement_timeout {
+                    set_statement_timeout(&c, t).await?;
+                }
                 tracing::info!(
                     after_failures = self.failures,
                     "Connected to PostgreSQL again."
@@ -47,6 +64,12 @@ impl Reconnecting {
             }
         };
         Ok(self.client.insert(client))
+    }
+
+    /// Drops the client (a call on it timed out: the connection may be
+    /// stuck), so that the next [`client`](Self::client) connects anew.
+    pub fn abandon(&mut self) {
+        self.client = None;
     }
 
     /// Records a success: the next failure waits the shortest time again.
@@ -74,4 +97,15 @@ impl Reconnecting {
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         Ok(())
     }
+}
+
+/// `SET statement_timeout` on `client`'s session.
+async fn set_statement_timeout(client: &Client, timeout: Duration) -> Result<(), DbError> {
+    client
+        .batch_execute(&format!(
+            "SET statement_timeout = {}",
+            timeout.as_millis().max(1)
+        ))
+        .await
+        .map_err(DbError::query("set statement_timeout"))
 }

@@ -82,7 +82,7 @@ pub struct OffsetRow {
 }
 
 /// What [`commit_batch`] stored.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommitStats {
     /// Alerts new to the table.
     pub alerts_inserted: u64,
@@ -90,6 +90,9 @@ pub struct CommitStats {
     pub alerts_existing: u64,
     /// Dead letters new to the table.
     pub dead_letters_inserted: u64,
+    /// Partitions whose offsets were not stored because a member of a newer
+    /// consumer-group generation stored them ([`commit_batch_fenced`]).
+    pub fenced: Vec<i32>,
 }
 
 /// A row of `detector_stats`: one instance's counters at one moment (the
@@ -137,11 +140,18 @@ const INSERT_DEAD: &str = "INSERT INTO dead_letters (source, source_partition, s
     SELECT * FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::bytea[], $5::text[], $6::text[]) \
     ON CONFLICT (source, source_partition, source_offset) DO NOTHING";
 
+// A row whose stored generation is newer than the writer's is left alone:
+// the writer was evicted from the group and another member owns the
+// partition now. A writer without a generation ($6 NULL) does not fence.
 const UPSERT_OFFSETS: &str = "INSERT INTO detector_offsets (consumer_group, topic, partition, \
-    next_offset, warmup_offset) \
-    SELECT * FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int8[], $5::int8[]) \
+    next_offset, warmup_offset, generation) \
+    SELECT u.*, $6::int4 FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int8[], $5::int8[]) AS u \
     ON CONFLICT (consumer_group, topic, partition) DO UPDATE \
-    SET next_offset = EXCLUDED.next_offset, warmup_offset = EXCLUDED.warmup_offset, updated = now()";
+    SET next_offset = EXCLUDED.next_offset, warmup_offset = EXCLUDED.warmup_offset, \
+    generation = EXCLUDED.generation, updated = now() \
+    WHERE EXCLUDED.generation IS NULL OR detector_offsets.generation IS NULL \
+    OR detector_offsets.generation <= EXCLUDED.generation \
+    RETURNING partition";
 
 /// Stores one batch in one transaction: `alerts` and `dead` are inserted
 /// (rows whose key is already stored are skipped, so a replayed batch adds
@@ -154,6 +164,21 @@ pub async fn commit_batch(
     alerts: &[AlertRow],
     dead: &[DeadLetterRow],
     offsets: &[OffsetRow],
+) -> Result<CommitStats, DbError> {
+    commit_batch_fenced(client, alerts, dead, offsets, None).await
+}
+
+/// [`commit_batch`] by a consumer-group member of `generation`: a partition
+/// whose offsets a member of a newer generation stored keeps them (the
+/// writer was evicted; its alerts are still stored, keyed, so nothing is
+/// lost or doubled) and is listed in [`CommitStats::fenced`]. `None` does
+/// not fence.
+pub async fn commit_batch_fenced(
+    client: &mut Client,
+    alerts: &[AlertRow],
+    dead: &[DeadLetterRow],
+    offsets: &[OffsetRow],
+    generation: Option<i32>,
 ) -> Result<CommitStats, DbError> {
     // Converted before the transaction opens: a bad row costs no round trip.
     let alert_cols = AlertColumns::new(alerts)?;
@@ -191,15 +216,24 @@ pub async fn commit_batch(
         let partition: Vec<i32> = offsets.iter().map(|o| o.partition).collect();
         let next: Vec<i64> = offsets.iter().map(|o| o.next_offset).collect();
         let warmup: Vec<i64> = offsets.iter().map(|o| o.warmup_offset).collect();
-        tx.execute(
-            UPSERT_OFFSETS,
-            &[&group, &topic, &partition, &next, &warmup],
-        )
-        .await
-        .map_err(DbError::query(format!(
-            "upsert {} rows into detector_offsets",
-            offsets.len()
-        )))?;
+        let stored: Vec<i32> = tx
+            .query(
+                UPSERT_OFFSETS,
+                &[&group, &topic, &partition, &next, &warmup, &generation],
+            )
+            .await
+            .map_err(DbError::query(format!(
+                "upsert {} rows into detector_offsets",
+                offsets.len()
+            )))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        stats.fenced = partition
+            .iter()
+            .copied()
+            .filter(|p| !stored.contains(p))
+            .collect();
     }
     if !alerts.is_empty() {
         let inserted = tx

@@ -208,6 +208,7 @@ impl CsvSource {
             ticks: self.ticks.finish(),
             labels,
             rejects,
+            stream: None,
             position: Position::File {
                 path: self.path.display().to_string(),
                 line: self.record.position().map_or(0, |p| p.line()),

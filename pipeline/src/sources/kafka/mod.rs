@@ -6,15 +6,28 @@
 //! [`TickPublisher`] write ticks so that they decode to exactly the lake's
 //! values. Keys are symbols, so each symbol's ticks stay in order in one
 //! partition and the consumer assigns the same `seq` as the lake has.
+//!
+//! [`KafkaSource`] is a consumer group member as a
+//! [`Source`](crate::sources::Source) (resume from stored offsets, warm-up,
+//! rebalances, dead letters); [`market`] is the market-context topic's codec
+//! and reader; [`KafkaConfig`] carries the brokers and the client options
+//! every client gets.
 
+mod config;
+mod consumer;
+mod context;
 mod json;
+pub mod market;
 mod publish;
 
+pub use config::{KafkaConfig, KafkaOption};
+pub use consumer::{KafkaSource, KafkaSourceOptions, OffsetStore, Resume};
+pub use context::{log_client_error, QuietEof};
 pub use json::{
     encode_tick_json, FieldMapping, JsonTickDecoder, MappingError, NotTickBatch, TickColumns,
     TickField,
 };
 pub use publish::{
-    ensure_topic, sort_event_time, DeliveryTracker, ProduceError, PublishStats, TickPublisher,
-    TopicStatus,
+    ensure_topic, ensure_topic_with, sort_event_time, DeliveryTracker, ProduceError, PublishStats,
+    TickPublisher, TopicStatus,
 };

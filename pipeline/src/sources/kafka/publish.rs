@@ -102,12 +102,22 @@ pub async fn ensure_topic(
     topic: &str,
     partitions: i32,
 ) -> Result<TopicStatus, ProduceError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    ensure_topic_with(&super::KafkaConfig::new(brokers), topic, partitions).await
+}
+
+/// [`ensure_topic`] with the client options of `kafka` (TLS, SASL).
+pub async fn ensure_topic_with(
+    kafka: &super::KafkaConfig,
+    topic: &str,
+    partitions: i32,
+) -> Result<TopicStatus, ProduceError> {
+    let brokers = kafka.brokers();
+    let admin: AdminClient<DefaultClientContext> = kafka
+        .finish(&mut kafka.client())
         .create()
         .map_err(|source| ProduceError::Client {
             brokers: brokers.to_owned(),
-            source: Box::new(source),
+            source: Box::new(kafka.redact(source)),
         })?;
     let results = admin
         .create_topics(

@@ -321,6 +321,7 @@ impl LiveSource {
             labels: None,
             amendments: (batch.amendments.num_rows() > 0).then_some(batch.amendments),
             rejects: batch.rejects,
+            stream: None,
             position: Position::Live {
                 feed: self.request.feed.feed().name(),
                 ticks: self.ticks,

@@ -847,6 +847,7 @@ impl Source for SimulatorSource {
             ticks: simulated.ticks,
             labels: Some(simulated.labels),
             rejects: simulated.rejects,
+            stream: None,
             position: Position::Simulated { day: day + 1 },
         }))
     }

@@ -146,6 +146,13 @@ pub struct Step {
     /// Arrival of each emitted tick (µs since the epoch), aligned with
     /// `features`.
     pub arrived_us: Vec<i64>,
+    /// When each emitted tick became final (µs since the epoch), aligned
+    /// with `features`: its arrival, or for a tick that waited (for later
+    /// ticks, its group, its market bucket) the first arrival of the input
+    /// that completed it, or the step's start for a step without input
+    /// (idle timeout, end of stream). Arrival to ready is what the pack's
+    /// declared waits cost; ready to committed is processing.
+    pub ready_us: Vec<i64>,
     /// Ticks refused as late.
     pub late: Vec<LateTick>,
     /// Positions of every partition seen, after this step.
@@ -283,6 +290,9 @@ pub struct Executor {
     market: Option<MarketContext>,
     /// A session for rule detectors (made once).
     rules_ctx: Option<SessionContext>,
+    /// The first arrival of the current step's input (`None`: a step
+    /// without input), for [`Step::ready_us`].
+    trigger_us: Option<i64>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -381,6 +391,7 @@ impl Executor {
             profiles_lake: None,
             profiles: BTreeMap::new(),
             rules_ctx,
+            trigger_us: None,
         })
     }
 
@@ -701,7 +712,12 @@ impl Executor {
 
     /// Adds ticks and emits every group now complete.
     pub async fn step(&mut self, input: Input) -> Result<Step, ExecutorError> {
+        let first_arrival = input
+            .arrived_us
+            .as_ref()
+            .and_then(|a| arrow::compute::min(a));
         let late = self.admit(input, true)?;
+        self.trigger_us = first_arrival;
         let mut step = self.emit(false).await?;
         step.late = late;
         Ok(step)
@@ -710,6 +726,7 @@ impl Executor {
     /// Emits the groups of symbols idle for the configured time (or of
     /// every symbol when `all`: the end of a stream).
     pub async fn flush(&mut self, all: bool) -> Result<Step, ExecutorError> {
+        self.trigger_us = None;
         self.emit(all).await
     }
 
@@ -1161,6 +1178,8 @@ impl Executor {
                 .zip(offs.as_primitive::<Int64Type>().values().iter().copied())
                 .collect();
             step.arrived_us = arrived.as_primitive::<Int64Type>().values().to_vec();
+            let trigger = self.trigger_us.unwrap_or_else(crate::stream::now_us);
+            step.ready_us = step.arrived_us.iter().map(|&a| a.max(trigger)).collect();
             step.scores = self.score(&features).await?;
             self.consume(&chunk, &held);
             for seg in &chunk.segments {
