@@ -10,6 +10,7 @@
 mod appender;
 mod context;
 mod error;
+pub mod live;
 mod root;
 mod sort;
 mod table;

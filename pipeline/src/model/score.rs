@@ -79,6 +79,9 @@ pub struct ModelDetector {
     pub booster: Booster,
     /// [`model_version`] of its `model.json`.
     pub version: String,
+    /// Predictions run in this many lanes of one XGBoost thread each
+    /// (`None`: one call, XGBoost on every core).
+    lanes: Option<usize>,
 }
 
 impl ModelDetector {
@@ -97,7 +100,17 @@ impl ModelDetector {
             manifest,
             booster,
             version: model_version(&bytes),
+            lanes: None,
         })
+    }
+
+    /// Predicts on one thread: for a caller that computes on every core
+    /// itself and predicts small batches often (the streaming executor),
+    /// where XGBoost's thread teams would only spin between batches.
+    pub fn single_threaded(&mut self) -> Result<(), XgbError> {
+        self.booster.set_param("nthread", "1")?;
+        self.lanes = Some(std::thread::available_parallelism().map_or(1, |n| n.get()));
+        Ok(())
     }
 
     /// The trees used for scoring: up to the best iteration.
@@ -108,10 +121,19 @@ impl ModelDetector {
     /// Scores feature columns (catalog order), straight from their
     /// buffers (XGBoost's in-place prediction).
     pub fn predict(&self, columns: &[&Float64Array]) -> Result<Vec<f32>, XgbError> {
-        Ok(self
-            .booster
-            .predict_columns(columns, PredictKind::Value, Some(self.rounds()))?
-            .0)
+        let rounds = Some(self.rounds());
+        Ok(match self.lanes {
+            Some(lanes) => {
+                self.booster
+                    .predict_in_lanes(columns, PredictKind::Value, rounds, lanes)?
+                    .0
+            }
+            None => {
+                self.booster
+                    .predict_columns(columns, PredictKind::Value, rounds)?
+                    .0
+            }
+        })
     }
 
     /// The `k` largest SHAP contributions (by magnitude) of each row, with
@@ -122,11 +144,19 @@ impl ModelDetector {
         names: &[&str],
         k: usize,
     ) -> Result<Vec<String>, XgbError> {
-        let m = DMatrix::from_columns(columns, None, None)?;
-        let (contribs, width) =
-            self.booster
-                .predict_with(&m, PredictKind::Contribs, Some(self.rounds()))?;
-        let mut out = Vec::with_capacity(m.num_rows()?);
+        let rounds = Some(self.rounds());
+        let (contribs, width) = match self.lanes {
+            Some(lanes) => {
+                self.booster
+                    .predict_in_lanes(columns, PredictKind::Contribs, rounds, lanes)?
+            }
+            None => {
+                let m = DMatrix::from_columns(columns, None, None)?;
+                self.booster
+                    .predict_with(&m, PredictKind::Contribs, rounds)?
+            }
+        };
+        let mut out = Vec::with_capacity(columns.first().map_or(0, |c| c.len()));
         for (row, c) in contribs.chunks(width.max(1)).enumerate() {
             // The last entry is the bias, not a feature.
             let mut idx: Vec<usize> = (0..width.saturating_sub(1)).collect();

@@ -250,10 +250,25 @@ impl DMatrix {
         label: Option<&[f32]>,
         weight: Option<&[f32]>,
     ) -> Result<DMatrix> {
+        Self::from_columns_on(columns, label, weight, 0)
+    }
+
+    /// [`DMatrix::from_columns`] on `threads` threads (0: all cores). One
+    /// thread for small matrices made often (a streaming step's alerts):
+    /// each OpenMP team leaves its threads spinning for a while after it.
+    pub fn from_columns_on(
+        columns: &[&Float64Array],
+        label: Option<&[f32]>,
+        weight: Option<&[f32]>,
+        threads: usize,
+    ) -> Result<DMatrix> {
         let table = Columnar::new(columns)?;
         // `missing` NaN: a NaN value is missing like a NULL (the mask turns
-        // NULLs into NaN inside XGBoost). nthread 0: all cores.
-        let config = cstring("config", r#"{"missing": NaN, "nthread": 0}"#)?;
+        // NULLs into NaN inside XGBoost).
+        let config = cstring(
+            "config",
+            &format!(r#"{{"missing": NaN, "nthread": {threads}}}"#),
+        )?;
         let mut handle: sys::DMatrixHandle = ptr::null_mut();
         // SAFETY: `table.json` describes `columns.len()` live Arrow buffers
         // of `rows` f64 (8-byte aligned, as arrow guarantees) and their
@@ -396,6 +411,21 @@ pub struct Booster {
 // outputs are copied right after each call, and `&mut`/no `Sync` keeps calls
 // from overlapping.
 unsafe impl Send for Booster {}
+
+/// Fewest rows a prediction lane takes: below it a thread costs more than
+/// it saves.
+const LANE_ROWS: usize = 2048;
+
+/// A booster shared by prediction lanes.
+struct Shared<'a>(&'a Booster);
+
+// SAFETY: only prediction calls are made through a shared booster
+// ([`Booster::predict_in_lanes`]), and XGBoost documents every prediction
+// function of a tree booster (gbtree, dart: what `train` makes) as thread
+// safe since 1.4 ("Thread Safety", doc/prediction.rst); each thread's output
+// buffer is its own (thread-local) and is copied out before the call
+// returns.
+unsafe impl Sync for Shared<'_> {}
 
 impl Booster {
     /// A new booster caching `matrices` (the training and evaluation sets).
@@ -557,6 +587,76 @@ impl Booster {
                 )
             },
         )
+    }
+
+    /// [`Booster::predict_columns`] (`kind` Value or Margin) or the SHAP
+    /// contributions (`kind` Contribs, through a `DMatrix` per lane) of the
+    /// rows, split into up to `lanes` ranges predicted side by side on
+    /// scoped threads, each with XGBoost on one thread. The values are those
+    /// of one call: each row's prediction depends on that row alone.
+    ///
+    /// For callers predicting often on every core themselves (the streaming
+    /// executor): XGBoost's own OpenMP teams would leave their threads
+    /// spinning against the caller's between calls.
+    pub fn predict_in_lanes(
+        &self,
+        columns: &[&Float64Array],
+        kind: PredictKind,
+        rounds: Option<(u32, u32)>,
+        lanes: usize,
+    ) -> Result<(Vec<f32>, usize)> {
+        let rows = columns.first().map_or(0, |c| c.len());
+        let one = |b: &Shared<'_>, range: std::ops::Range<usize>| -> Result<(Vec<f32>, usize)> {
+            let sliced: Vec<Float64Array> = columns
+                .iter()
+                .map(|c| Float64Array::slice(c, range.start, range.len()))
+                .collect();
+            let refs: Vec<&Float64Array> = sliced.iter().collect();
+            match kind {
+                PredictKind::Contribs => {
+                    let m = DMatrix::from_columns_on(&refs, None, None, 1)?;
+                    b.0.predict_with(&m, kind, rounds)
+                }
+                _ => b.0.predict_columns(&refs, kind, rounds),
+            }
+        };
+        let shared = Shared(self);
+        // Lanes cut at multiples of 64 rows, so that sliced validity bitmaps
+        // stay byte-aligned (no copy).
+        let per = rows.div_ceil(lanes.max(1)).div_ceil(64) * 64;
+        if lanes <= 1 || rows < 2 * LANE_ROWS || per >= rows {
+            return one(&shared, 0..rows);
+        }
+        let ranges: Vec<std::ops::Range<usize>> = (0..rows)
+            .step_by(per)
+            .map(|a| a..(a + per).min(rows))
+            .collect();
+        let results: Vec<Result<(Vec<f32>, usize)>> = std::thread::scope(|scope| {
+            let (shared, one) = (&shared, &one);
+            let handles: Vec<_> = ranges[1..]
+                .iter()
+                .cloned()
+                .map(|r| scope.spawn(move || one(shared, r)))
+                .collect();
+            let mut out = vec![one(shared, ranges[0].clone())];
+            for h in handles {
+                out.push(h.join().unwrap_or_else(|_| {
+                    Err(XgbError::Unexpected {
+                        call: "predict_in_lanes",
+                        detail: "a prediction lane panicked".into(),
+                    })
+                }));
+            }
+            out
+        });
+        let mut values = Vec::new();
+        let mut width = 1;
+        for r in results {
+            let (v, w) = r?;
+            values.extend_from_slice(&v);
+            width = w;
+        }
+        Ok((values, width))
     }
 
     /// Rounds boosted so far.
@@ -895,6 +995,51 @@ mod tests {
 
         let err = Booster::load_json(&dir.path().join("missing.json")).unwrap_err();
         assert!(err.to_string().contains("missing.json"), "{err}");
+    }
+
+    /// Lanes of single-threaded predictions give the bits of one call, in
+    /// place or through a DMatrix, values and SHAP contributions alike, for
+    /// row counts that do not divide into lanes of 64 and NULLs throughout.
+    #[test]
+    fn predictions_in_lanes_equal_one_call() {
+        let data = synthetic(9_001, 6);
+        let m = data.matrix();
+        let mut booster = train(&m, 12);
+        let whole = booster.predict(&m).unwrap();
+        let (contribs, width) = booster.predict_contribs(&m).unwrap();
+        booster.set_param("nthread", "1").unwrap();
+        for lanes in [1, 2, 3, 7] {
+            let (v, w) = booster
+                .predict_in_lanes(&data.refs(), PredictKind::Value, None, lanes)
+                .unwrap();
+            assert_eq!((v.len(), w), (whole.len(), 1));
+            assert!(
+                v.iter()
+                    .zip(&whole)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{lanes} lanes"
+            );
+            let (c, w) = booster
+                .predict_in_lanes(&data.refs(), PredictKind::Contribs, None, lanes)
+                .unwrap();
+            assert_eq!(w, width);
+            assert!(
+                c.iter()
+                    .zip(&contribs)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{lanes} lanes"
+            );
+        }
+        // A slice starting off a byte boundary keeps its NULLs.
+        let sliced: Vec<Float64Array> = data.columns.iter().map(|c| c.slice(13, 5000)).collect();
+        let refs: Vec<&Float64Array> = sliced.iter().collect();
+        let (v, _) = booster
+            .predict_in_lanes(&refs, PredictKind::Value, None, 2)
+            .unwrap();
+        assert!(v
+            .iter()
+            .zip(&whole[13..5013])
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 
     #[test]

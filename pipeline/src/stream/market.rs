@@ -31,11 +31,10 @@ use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 
 use std::sync::Arc;
 
-use datafusion::datasource::MemTable;
-
-use crate::features::market::{bucket_of, market_rows, BUCKET_US};
+use crate::features::market::{bucket_of, BUCKET_US};
 use crate::features::profiles::ProfileError;
-use crate::lake::{schema_session, with_partitions, TableSpec};
+use crate::lake::live::{LiveRows, LiveTable, PreparedQuery};
+use crate::lake::{with_partitions, TableSpec};
 use crate::tick::tick_schema;
 
 /// Tuning of a [`BucketCloser`].
@@ -265,58 +264,110 @@ impl BucketCloser {
     }
 }
 
-/// The `market` rows of closed buckets: the bucket query `sql` over
-/// `ticks` (the leading [`tick_schema`] columns of a batch holding every
-/// tick of those buckets), with the lake's `symbols` (with their `date`
-/// column) and the `profiles` of the buckets' days. The in-process
-/// executor and the `market-context` stage both compute rows through this.
-pub async fn bucket_rows(
-    ticks: &RecordBatch,
-    symbols: &RecordBatch,
-    profiles: &[RecordBatch],
-    sql: &str,
-) -> Result<RecordBatch, ProfileError> {
-    let first = ticks
-        .column(0)
-        .as_primitive::<TimestampMicrosecondType>()
-        .values()
-        .first()
-        .copied()
-        .unwrap_or(0);
-    let date = chrono::DateTime::from_timestamp_micros(first)
-        .map(|t| t.date_naive())
-        .unwrap_or_default();
-    let q = |source| ProfileError::Query {
-        table: "market",
-        date,
-        source,
-    };
-    let arrow = |e: arrow::error::ArrowError| q(e.into());
-    let n = tick_schema().fields().len();
-    let plain =
-        RecordBatch::try_new(tick_schema(), ticks.columns()[..n].to_vec()).map_err(arrow)?;
-    let ticks = crate::lake::with_date(&plain).map_err(arrow)?;
-    let ctx = schema_session();
-    let profiles_spec = TableSpec::profiles();
-    for (name, table) in [
-        (
-            "ticks",
-            MemTable::try_new(ticks.schema(), vec![vec![ticks]]),
-        ),
-        (
-            "symbols",
-            MemTable::try_new(symbols.schema(), vec![vec![symbols.clone()]]),
-        ),
-        (
-            profiles_spec.name.as_str(),
-            MemTable::try_new(with_partitions(&profiles_spec), vec![profiles.to_vec()]),
-        ),
-    ] {
-        ctx.deregister_table(name).map_err(q)?;
-        ctx.register_table(name, Arc::new(table.map_err(q)?))
+/// The bucket query (see [`crate::features::market`]) planned once and run
+/// over each closing's ticks: the in-process executor and the
+/// `market-context` stage close buckets every minute of event time (a
+/// replay, thousands of times), where parsing and planning the query anew
+/// cost more than running it ([`PreparedQuery`]).
+#[derive(Debug)]
+pub struct BucketQuery {
+    query: PreparedQuery,
+    ticks: LiveRows,
+    symbols: LiveRows,
+    profiles: LiveRows,
+}
+
+impl BucketQuery {
+    /// Plans the bucket query `sql` over the `ticks`, `symbols` and
+    /// `profiles` it will be given.
+    pub async fn new(sql: &str) -> Result<Self, ProfileError> {
+        let q = |source| ProfileError::Query {
+            table: "market",
+            date: chrono::NaiveDate::default(),
+            source,
+        };
+        let ctx = PreparedQuery::session().await.map_err(q)?;
+        let (ticks, symbols, profiles) = (
+            LiveRows::default(),
+            LiveRows::default(),
+            LiveRows::default(),
+        );
+        for (spec, rows) in [
+            (TableSpec::ticks(), &ticks),
+            (TableSpec::symbols(), &symbols),
+            (TableSpec::profiles(), &profiles),
+        ] {
+            let name = spec.name.as_str();
+            ctx.deregister_table(name).map_err(q)?;
+            ctx.register_table(
+                name,
+                Arc::new(LiveTable::new(with_partitions(&spec), rows.clone())),
+            )
             .map_err(q)?;
+        }
+        let view = ctx.sql(sql).await.map_err(q)?.into_view();
+        ctx.register_table("market_query", view).map_err(q)?;
+        let query = PreparedQuery::new(ctx, "SELECT * FROM market_query ORDER BY symbol, ts")
+            .await
+            .map_err(q)?;
+        Ok(Self {
+            query,
+            ticks,
+            symbols,
+            profiles,
+        })
     }
-    market_rows(&ctx, sql, date).await
+
+    /// The `market` rows of closed buckets: the query over `ticks` (the
+    /// leading [`tick_schema`] columns of a batch holding every tick of
+    /// those buckets), with the lake's `symbols` and the `profiles` of the
+    /// buckets' days (both with their `date` column).
+    pub async fn rows(
+        &mut self,
+        ticks: &RecordBatch,
+        symbols: &RecordBatch,
+        profiles: &[RecordBatch],
+    ) -> Result<RecordBatch, ProfileError> {
+        let first = ticks
+            .column(0)
+            .as_primitive::<TimestampMicrosecondType>()
+            .values()
+            .first()
+            .copied()
+            .unwrap_or(0);
+        let date = chrono::DateTime::from_timestamp_micros(first)
+            .map(|t| t.date_naive())
+            .unwrap_or_default();
+        let q = |source| ProfileError::Query {
+            table: "market",
+            date,
+            source,
+        };
+        let arrow = |e: arrow::error::ArrowError| q(e.into());
+        let n = tick_schema().fields().len();
+        let plain =
+            RecordBatch::try_new(tick_schema(), ticks.columns()[..n].to_vec()).map_err(arrow)?;
+        self.ticks
+            .set(vec![crate::lake::with_date(&plain).map_err(arrow)?]);
+        let symbols_schema = with_partitions(&TableSpec::symbols());
+        self.symbols.set(vec![
+            crate::features::conform(symbols, &symbols_schema).map_err(arrow)?
+        ]);
+        let profiles_schema = with_partitions(&TableSpec::profiles());
+        self.profiles.set(
+            profiles
+                .iter()
+                .map(|p| crate::features::conform(p, &profiles_schema))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(arrow)?,
+        );
+        let all = self.query.run().await.map_err(q);
+        // Nothing is held between closings.
+        for rows in [&self.ticks, &self.symbols, &self.profiles] {
+            rows.set(Vec::new());
+        }
+        crate::features::conform(&all?, &crate::features::market::market_schema()).map_err(arrow)
+    }
 }
 
 #[cfg(test)]
@@ -461,5 +512,53 @@ mod tests {
         let closed = c.close(Duration::from_secs(2), false).unwrap().unwrap();
         assert_eq!(closed.closed_until, T0 + 2 * BUCKET_US);
         assert_eq!(closed.ticks.num_rows(), 1);
+    }
+
+    /// The bucket query planned once and run over one closing after
+    /// another equals the query planned afresh over each (no build side,
+    /// sort or aggregate state leaks from a run into the next).
+    #[tokio::test]
+    async fn the_prepared_bucket_query_equals_a_fresh_plan_run_after_run() {
+        use crate::features::market::{market_rows, MARKET_SQL};
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let symbols = RecordBatch::new_empty(with_partitions(&TableSpec::symbols()));
+        let mut query = BucketQuery::new(MARKET_SQL).await.unwrap();
+        for run in 0..4 {
+            let mut b = TickBuilder::new("test");
+            let start = T0 + run * 7 * BUCKET_US;
+            for i in 0..(50 + run * 40) {
+                let sym = format!("S{}", rng.random_range(0..(3 + run * 2)));
+                let t = start + rng.random_range(0..(2 + run) * BUCKET_US);
+                let mut r =
+                    TickRecord::trade(t, &sym, 100.0 + rng.random::<f64>(), (i % 7 + 1) as f64);
+                if rng.random_bool(0.3) {
+                    (r.open, r.high, r.low) =
+                        (Some(r.price), Some(r.price + 1.0), Some(r.price - 1.0));
+                }
+                b.push(&r).unwrap();
+            }
+            let ticks = b.finish();
+            let got = query.rows(&ticks, &symbols, &[]).await.unwrap();
+            let ctx = crate::lake::schema_session();
+            let with_date = crate::lake::with_date(&ticks).unwrap();
+            ctx.deregister_table("ticks").unwrap();
+            ctx.register_table(
+                "ticks",
+                Arc::new(
+                    datafusion::datasource::MemTable::try_new(
+                        with_date.schema(),
+                        vec![vec![with_date]],
+                    )
+                    .unwrap(),
+                ),
+            )
+            .unwrap();
+            let want = market_rows(&ctx, MARKET_SQL, chrono::NaiveDate::default())
+                .await
+                .unwrap();
+            assert!(want.num_rows() > 3, "run {run}: {} rows", want.num_rows());
+            assert_eq!(got, want, "run {run}");
+        }
     }
 }

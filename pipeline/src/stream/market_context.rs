@@ -37,7 +37,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondT
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::driver::{self, DriverError, DriverOptions, Processed, Stage};
-use super::market::{bucket_rows, BucketCloser, CloserConfig};
+use super::market::{BucketCloser, BucketQuery, CloserConfig};
 use crate::features::market::market_schema;
 use crate::features::profiles::{profiles_for, ProfileError};
 use crate::lake::LakeRoot;
@@ -141,6 +141,8 @@ pub struct MarketStage {
     topic: String,
     market_topic: String,
     sql: String,
+    /// The bucket query, planned at the first closing.
+    buckets: Option<BucketQuery>,
     symbols: RecordBatch,
     lake: Option<LakeRoot>,
     profiles: BTreeMap<i64, RecordBatch>,
@@ -177,7 +179,13 @@ impl MarketStage {
                 load_profiles(root, &closed.ticks, &mut self.profiles).await?;
             }
             let day_profiles: Vec<RecordBatch> = self.profiles.values().cloned().collect();
-            bucket_rows(&closed.ticks, &self.symbols, &day_profiles, &self.sql).await?
+            let query = match &mut self.buckets {
+                Some(q) => q,
+                None => self.buckets.insert(BucketQuery::new(&self.sql).await?),
+            };
+            query
+                .rows(&closed.ticks, &self.symbols, &day_profiles)
+                .await?
         };
         let body = encode_market(&rows, closed.closed_until)?;
         let key = closed.closed_until.to_string();
@@ -404,6 +412,7 @@ pub async fn market_context(
         topic: options.topic.clone(),
         market_topic: options.market_topic.clone(),
         sql: sql.to_owned(),
+        buckets: None,
         symbols: symbols.clone(),
         lake: lake.cloned(),
         profiles: BTreeMap::new(),

@@ -20,7 +20,7 @@ pub use detect::{detect, DetectError, DetectOptions, DetectSummary, ExecutorStag
 pub use driver::{DriverError, DriverOptions, DriverSummary, Processed, Stage};
 pub use executor::{
     load_symbols, ticks_in_arrival_order, Executor, ExecutorConfig, ExecutorError, Input, LateTick,
-    PartitionPosition, Step,
+    PartitionPosition, Step, Timings,
 };
 pub use metrics::Metrics;
 

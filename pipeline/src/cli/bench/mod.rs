@@ -346,6 +346,18 @@ async fn run_stream(
         pct(0.5),
         pct(0.99)
     );
+    let ex = stage.executor();
+    println!("streaming executor time: {}", ex.timings());
+    // After the end of the stream every symbol still holds its lookback:
+    // the steady state of a long run.
+    let (symbols, bytes) = ex.memory();
+    println!(
+        "streaming executor memory: {} symbols held, {:.1} MB of state, {:.0} KB per symbol (lookback {})",
+        count(symbols as u64),
+        bytes as f64 / 1e6,
+        bytes as f64 / 1e3 / symbols.max(1) as f64,
+        ex.catalog().lookback()
+    );
     Ok(())
 }
 

@@ -62,7 +62,7 @@ use crate::features::{Catalog, Lookback};
 use crate::lake::{schema_session, with_date, with_partitions, TableSpec};
 use crate::model::score::score_batch;
 use crate::model::{Detector, TrainError};
-use crate::stream::market::{bucket_rows, BucketCloser, CloserConfig};
+use crate::stream::market::{BucketCloser, BucketQuery, CloserConfig};
 use crate::tick::{col, tick_schema};
 
 /// Column of a held tick's source partition.
@@ -182,6 +182,47 @@ pub enum ExecutorError {
     Profiles(#[from] crate::features::profiles::ProfileError),
 }
 
+/// Where an executor's time went, summed over its steps: what the streaming
+/// benchmark prints.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timings {
+    /// Admitting ticks (lateness, books, sorting each batch by key).
+    pub admit: Duration,
+    /// Loading profiles and betas, closing market buckets and computing
+    /// their rows.
+    pub context: Duration,
+    /// Finding what is final, gathering it into a chunk, assembling the
+    /// feature rows.
+    pub gather: Duration,
+    /// The incremental feature programs.
+    pub features: Duration,
+    /// Files recomputed over the held history.
+    pub recompute: Duration,
+    /// Scoring (and SHAP for alerts).
+    pub score: Duration,
+    /// Moving emitted ticks to history, pruning, positions.
+    pub bookkeeping: Duration,
+}
+
+impl std::fmt::Display for Timings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts = [
+            ("admit", self.admit),
+            ("context", self.context),
+            ("gather", self.gather),
+            ("features", self.features),
+            ("recompute", self.recompute),
+            ("score", self.score),
+            ("bookkeeping", self.bookkeeping),
+        ];
+        let shown: Vec<String> = parts
+            .iter()
+            .map(|(n, d)| format!("{n} {:.2}s", d.as_secs_f64()))
+            .collect();
+        write!(f, "{}", shown.join(", "))
+    }
+}
+
 /// What the executor knows of one symbol.
 #[derive(Debug, Default)]
 struct Book {
@@ -293,6 +334,9 @@ pub struct Executor {
     /// The first arrival of the current step's input (`None`: a step
     /// without input), for [`Step::ready_us`].
     trigger_us: Option<i64>,
+    timings: Timings,
+    /// The bucket query, planned at the first closing.
+    bucket_query: Option<BucketQuery>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -313,10 +357,18 @@ impl Executor {
     /// computed by the recompute path ([`Executor::not_incremental`]).
     pub fn new(
         catalog: Catalog,
-        detectors: Vec<Detector>,
+        mut detectors: Vec<Detector>,
         symbols: Option<RecordBatch>,
         config: ExecutorConfig,
     ) -> Result<Self, ExecutorError> {
+        // The executor computes on every core between predictions; a
+        // multi-threaded XGBoost would leave OpenMP threads spinning
+        // against it after every batch (measured: a fifth of the CPU).
+        for d in &mut detectors {
+            if let Detector::Model(m) = d {
+                m.single_threaded().map_err(TrainError::from)?;
+            }
+        }
         let mut fields: Vec<Field> = tick_schema()
             .fields()
             .iter()
@@ -392,7 +444,14 @@ impl Executor {
             profiles: BTreeMap::new(),
             rules_ctx,
             trigger_us: None,
+            timings: Timings::default(),
+            bucket_query: None,
         })
+    }
+
+    /// Where the time of the steps so far went.
+    pub fn timings(&self) -> Timings {
+        self.timings
     }
 
     /// The files computed by re-running their SQL over the held history
@@ -712,11 +771,10 @@ impl Executor {
 
     /// Adds ticks and emits every group now complete.
     pub async fn step(&mut self, input: Input) -> Result<Step, ExecutorError> {
-        let first_arrival = input
-            .arrived_us
-            .as_ref()
-            .and_then(|a| arrow::compute::min(a));
+        let first_arrival = input.arrived_us.as_ref().and_then(arrow::compute::min);
+        let clock = Instant::now();
         let late = self.admit(input, true)?;
+        self.timings.admit += clock.elapsed();
         self.trigger_us = first_arrival;
         let mut step = self.emit(false).await?;
         step.late = late;
@@ -1065,8 +1123,17 @@ impl Executor {
     /// Emits complete groups (all pending groups of idle symbols, or of
     /// every symbol when `all`), then prunes history.
     async fn emit(&mut self, all: bool) -> Result<Step, ExecutorError> {
+        let mut clock = Instant::now();
+        let lap = |clock: &mut Instant, spent: &mut Duration| {
+            let now = Instant::now();
+            *spent += now - *clock;
+            *clock = now;
+        };
         self.ensure_profiles().await?;
         self.close_market_buckets(all).await?;
+        self.sync_market_context();
+        self.program.refresh(&self.context).await?;
+        lap(&mut clock, &mut self.timings.context);
         let now = self.now();
         let lateness = duration_us(self.config.allowed_lateness);
         let delay = usize::try_from(self.catalog.delay()).unwrap_or(usize::MAX);
@@ -1120,10 +1187,9 @@ impl Executor {
         }
         let mut step = Step::default();
         if !emit.is_empty() {
-            self.sync_market_context();
-            self.program.refresh(&self.context).await?;
             let ahead = self.program.reads_ahead() || self.recompute.is_some();
             let (chunk, held) = self.chunk(&emit, ahead)?;
+            lap(&mut clock, &mut self.timings.gather);
             let live = chunk.live_indices();
             let whole = live.len() == chunk.ticks.num_rows();
             let pick = |c: &ArrayRef| -> Result<ArrayRef, ExecutorError> {
@@ -1137,6 +1203,7 @@ impl Executor {
             for (file, columns) in self.program.evaluate(&chunk, Mode::Emit)? {
                 by_file[file] = Some(columns);
             }
+            lap(&mut clock, &mut self.timings.features);
             if let Some(r) = &mut self.recompute {
                 let ctx = context_session(&self.context)?;
                 for (file, columns) in r
@@ -1146,6 +1213,7 @@ impl Executor {
                     step.recomputed += columns.first().map_or(0, |c| c.len());
                     by_file[file] = Some(columns);
                 }
+                lap(&mut clock, &mut self.timings.recompute);
             }
             let spec = crate::features::features_table(&self.catalog);
             let mut columns: Vec<ArrayRef> = Vec::with_capacity(spec.schema.fields().len());
@@ -1180,7 +1248,9 @@ impl Executor {
             step.arrived_us = arrived.as_primitive::<Int64Type>().values().to_vec();
             let trigger = self.trigger_us.unwrap_or_else(crate::stream::now_us);
             step.ready_us = step.arrived_us.iter().map(|&a| a.max(trigger)).collect();
+            lap(&mut clock, &mut self.timings.gather);
             step.scores = self.score(&features).await?;
+            lap(&mut clock, &mut self.timings.score);
             self.consume(&chunk, &held);
             for seg in &chunk.segments {
                 if let Some(Some(b)) = self.books.get_mut(seg.sym) {
@@ -1194,6 +1264,7 @@ impl Executor {
         }
         self.forget_market_rows(now);
         step.positions = self.positions();
+        lap(&mut clock, &mut self.timings.bookkeeping);
         Ok(step)
     }
 
@@ -1356,13 +1427,13 @@ impl Executor {
             RecordBatch::new_empty(crate::features::market::market_schema())
         } else {
             let profiles: Vec<RecordBatch> = self.profiles.values().cloned().collect();
-            bucket_rows(
-                &closed.ticks,
-                &self.symbols,
-                &profiles,
-                self.catalog.market_sql(),
-            )
-            .await?
+            let query = match &mut self.bucket_query {
+                Some(q) => q,
+                None => self
+                    .bucket_query
+                    .insert(BucketQuery::new(self.catalog.market_sql()).await?),
+            };
+            query.rows(&closed.ticks, &self.symbols, &profiles).await?
         };
         if let Some(m) = &mut self.market {
             m.add_rows(&rows, closed.closed_until)?;
