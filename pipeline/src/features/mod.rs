@@ -10,6 +10,7 @@
 //! bare number DataFusion would silently read as months.
 
 mod backfill;
+pub mod buckets;
 mod catalog;
 mod compute;
 mod error;

@@ -31,6 +31,7 @@ use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 
 use std::sync::Arc;
 
+use crate::features::buckets::NativeBuckets;
 use crate::features::market::{bucket_of, BUCKET_US};
 use crate::features::profiles::ProfileError;
 use crate::lake::live::{LiveRows, LiveTable, PreparedQuery};
@@ -264,13 +265,22 @@ impl BucketCloser {
     }
 }
 
-/// The bucket query (see [`crate::features::market`]) planned once and run
-/// over each closing's ticks: the in-process executor and the
-/// `market-context` stage close buckets every minute of event time (a
-/// replay, thousands of times), where parsing and planning the query anew
-/// cost more than running it ([`PreparedQuery`]).
+/// The bucket query (see [`crate::features::market`]) run over each
+/// closing's ticks: the in-process executor and the `market-context` stage
+/// close buckets every minute of event time (a replay: thousands of times).
+/// The shipped query runs natively ([`NativeBuckets`], the same bits);
+/// another is planned once and re-run ([`PreparedQuery`]), so parsing and
+/// planning are not paid at every closing.
 #[derive(Debug)]
 pub struct BucketQuery {
+    sql: String,
+    native: Option<NativeBuckets>,
+    prepared: Option<PreparedBuckets>,
+}
+
+/// The bucket query planned over live tables.
+#[derive(Debug)]
+struct PreparedBuckets {
     query: PreparedQuery,
     ticks: LiveRows,
     symbols: LiveRows,
@@ -278,9 +288,65 @@ pub struct BucketQuery {
 }
 
 impl BucketQuery {
+    /// The bucket query `sql`, run natively when it is the shipped one.
+    pub fn new(sql: &str) -> Self {
+        Self {
+            sql: sql.to_owned(),
+            native: (sql == crate::features::market::MARKET_SQL).then(NativeBuckets::default),
+            prepared: None,
+        }
+    }
+
+    /// The `market` rows of closed buckets: the query over `ticks` (the
+    /// leading [`tick_schema`] columns of a batch holding every tick of
+    /// those buckets), with the lake's `symbols` and the `profiles` of the
+    /// buckets' days (both with their `date` column).
+    pub async fn rows(
+        &mut self,
+        ticks: &RecordBatch,
+        symbols: &RecordBatch,
+        profiles: &[RecordBatch],
+    ) -> Result<RecordBatch, ProfileError> {
+        if let Some(native) = &mut self.native {
+            let date = date_of(ticks);
+            if let Some(rows) =
+                native
+                    .rows(ticks, symbols, profiles)
+                    .map_err(|e| ProfileError::Query {
+                        table: "market",
+                        date,
+                        source: e.into(),
+                    })?
+            {
+                return Ok(rows);
+            }
+        }
+        let prepared = match &mut self.prepared {
+            Some(p) => p,
+            None => self.prepared.insert(PreparedBuckets::new(&self.sql).await?),
+        };
+        prepared.rows(ticks, symbols, profiles).await
+    }
+}
+
+/// The UTC date of the first tick (for errors).
+fn date_of(ticks: &RecordBatch) -> chrono::NaiveDate {
+    let first = ticks
+        .column(0)
+        .as_primitive::<TimestampMicrosecondType>()
+        .values()
+        .first()
+        .copied()
+        .unwrap_or(0);
+    chrono::DateTime::from_timestamp_micros(first)
+        .map(|t| t.date_naive())
+        .unwrap_or_default()
+}
+
+impl PreparedBuckets {
     /// Plans the bucket query `sql` over the `ticks`, `symbols` and
     /// `profiles` it will be given.
-    pub async fn new(sql: &str) -> Result<Self, ProfileError> {
+    async fn new(sql: &str) -> Result<Self, ProfileError> {
         let q = |source| ProfileError::Query {
             table: "market",
             date: chrono::NaiveDate::default(),
@@ -318,26 +384,13 @@ impl BucketQuery {
         })
     }
 
-    /// The `market` rows of closed buckets: the query over `ticks` (the
-    /// leading [`tick_schema`] columns of a batch holding every tick of
-    /// those buckets), with the lake's `symbols` and the `profiles` of the
-    /// buckets' days (both with their `date` column).
-    pub async fn rows(
+    async fn rows(
         &mut self,
         ticks: &RecordBatch,
         symbols: &RecordBatch,
         profiles: &[RecordBatch],
     ) -> Result<RecordBatch, ProfileError> {
-        let first = ticks
-            .column(0)
-            .as_primitive::<TimestampMicrosecondType>()
-            .values()
-            .first()
-            .copied()
-            .unwrap_or(0);
-        let date = chrono::DateTime::from_timestamp_micros(first)
-            .map(|t| t.date_naive())
-            .unwrap_or_default();
+        let date = date_of(ticks);
         let q = |source| ProfileError::Query {
             table: "market",
             date,
@@ -523,7 +576,7 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let symbols = RecordBatch::new_empty(with_partitions(&TableSpec::symbols()));
-        let mut query = BucketQuery::new(MARKET_SQL).await.unwrap();
+        let mut query = PreparedBuckets::new(MARKET_SQL).await.unwrap();
         for run in 0..4 {
             let mut b = TickBuilder::new("test");
             let start = T0 + run * 7 * BUCKET_US;

@@ -181,7 +181,7 @@ impl MarketStage {
             let day_profiles: Vec<RecordBatch> = self.profiles.values().cloned().collect();
             let query = match &mut self.buckets {
                 Some(q) => q,
-                None => self.buckets.insert(BucketQuery::new(&self.sql).await?),
+                None => self.buckets.insert(BucketQuery::new(&self.sql)),
             };
             query
                 .rows(&closed.ticks, &self.symbols, &day_profiles)

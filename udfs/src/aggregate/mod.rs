@@ -60,7 +60,7 @@ use datafusion::logical_expr::{
 
 mod total;
 
-use total::ExactTotal;
+pub use total::ExactTotal;
 
 /// Every aggregate UDF of this module, ready to register.
 ///

@@ -37,18 +37,30 @@ const BIG_EXP: u32 = 960;
 const BIG_DOWN: f64 = f64::from_bits(((1023 - BIG_EXP) as u64) << 52);
 
 /// The exact sum of the finite values of a multiset of doubles, its
-/// non-finite values counted apart (see the module docs).
+/// non-finite values counted apart (see the module docs): what `exact_sum`
+/// and `exact_mean` keep per group, for callers computing the same values
+/// outside SQL.
+///
+/// ```
+/// use stockanomaly_udfs::aggregate::ExactTotal;
+/// let mut t = ExactTotal::new();
+/// for x in [1e16, 1.0, -1e16] {
+///     t.add(x);
+/// }
+/// assert_eq!(t.sum(), Some(1.0));
+/// assert_eq!(t.mean(), Some(1.0 / 3.0));
+/// ```
 #[derive(Debug, Clone, Default)]
-pub(crate) struct ExactTotal {
+pub struct ExactTotal {
     /// Exact sum of the finite values with `|x| <= SUM_LIMIT`.
-    pub small: ExactSum,
+    pub(crate) small: ExactSum,
     /// Exact sum of `x · 2^-960` over the finite values with `|x| > SUM_LIMIT`.
-    pub big: ExactSum,
+    pub(crate) big: ExactSum,
     /// Number of values (finite or not).
-    pub count: i64,
-    pub nan: i64,
-    pub pos_inf: i64,
-    pub neg_inf: i64,
+    pub(crate) count: i64,
+    pub(crate) nan: i64,
+    pub(crate) pos_inf: i64,
+    pub(crate) neg_inf: i64,
 }
 
 impl ExactTotal {

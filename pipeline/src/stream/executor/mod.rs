@@ -1431,7 +1431,7 @@ impl Executor {
                 Some(q) => q,
                 None => self
                     .bucket_query
-                    .insert(BucketQuery::new(self.catalog.market_sql()).await?),
+                    .insert(BucketQuery::new(self.catalog.market_sql())),
             };
             query.rows(&closed.ticks, &self.symbols, &profiles).await?
         };
