@@ -141,9 +141,11 @@ impl NativeBuckets {
             let name = symbol.value(first);
             let (exchange, zone) = match zones.get(name) {
                 Some((e, Ok(z))) => (e.as_str(), z),
-                Some((_, Err(z))) => return Err(ArrowError::ComputeError(format!(
+                Some((_, Err(z))) => {
+                    return Err(ArrowError::ComputeError(format!(
                     "session_minute(ts, zone, open): time zone {z:?} (symbol {name}) is not valid"
-                ))),
+                )))
+                }
                 None => (DEFAULT_EXCHANGE, &ny),
             };
             let first_open = if open.is_valid(first) {
