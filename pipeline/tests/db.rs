@@ -63,7 +63,8 @@ async fn migrate_applies_once_and_creates_the_schema() {
             "0002_review".to_owned(),
             "0003_alert_delay".to_owned(),
             "0004_review_accounts".to_owned(),
-            "0005_offset_generation".to_owned()
+            "0005_offset_generation".to_owned(),
+            "0006_latency_split".to_owned()
         ]
     );
     let second = migrate(&mut c).await.unwrap();
@@ -174,7 +175,8 @@ async fn concurrent_migrations_both_succeed() {
             "0002_review".to_owned(),
             "0003_alert_delay".to_owned(),
             "0004_review_accounts".to_owned(),
-            "0005_offset_generation".to_owned()
+            "0005_offset_generation".to_owned(),
+            "0006_latency_split".to_owned()
         ],
         "{ra:?} {rb:?}"
     );
@@ -335,13 +337,18 @@ async fn commit_batch_stores_everything_once() {
             batch_p99_ms: Some(20.0),
             e2e_p50_ms: None,
             e2e_p99_ms: None,
+            processing_p50_ms: Some(3.25),
+            processing_p99_ms: Some(41.0),
+            wait_p50_ms: Some(900.0),
+            wait_p99_ms: None,
         },
     )
     .await
     .unwrap();
     let row = c
         .query_one(
-            "SELECT instance, ticks, alerts, lag, ticks_per_s, e2e_p50_ms FROM detector_stats",
+            "SELECT instance, ticks, alerts, lag, ticks_per_s, e2e_p50_ms, processing_p50_ms, \
+             processing_p99_ms, wait_p50_ms, wait_p99_ms FROM detector_stats",
             &[],
         )
         .await
@@ -352,6 +359,10 @@ async fn commit_batch_stores_everything_once() {
     assert_eq!(row.get::<_, Option<i64>>(3), Some(17));
     assert_eq!(row.get::<_, Option<f64>>(4), Some(1234.5));
     assert_eq!(row.get::<_, Option<f64>>(5), None);
+    assert_eq!(row.get::<_, Option<f64>>(6), Some(3.25));
+    assert_eq!(row.get::<_, Option<f64>>(7), Some(41.0));
+    assert_eq!(row.get::<_, Option<f64>>(8), Some(900.0));
+    assert_eq!(row.get::<_, Option<f64>>(9), None);
 }
 
 #[tokio::test]

@@ -47,9 +47,13 @@ const DEFAULT_ZONE: &str = "America/New_York";
 /// closings: the indexes of the `symbols` and `profiles` it was last given.
 #[derive(Debug, Default)]
 pub struct NativeBuckets {
-    symbols: Option<(Vec<(usize, usize)>, HashMap<String, Zone>)>,
-    profiles: Option<(Vec<(usize, usize)>, Option<Profiles>)>,
+    symbols: Option<(BatchIds, HashMap<String, Zone>)>,
+    profiles: Option<(BatchIds, Option<Profiles>)>,
 }
+
+/// Which batches an index was made of (their buffers' addresses and
+/// lengths): the same batches again need no new index.
+type BatchIds = Vec<(usize, usize)>;
 
 /// A symbol's exchange and the zone of its clock (`Err`: the name the
 /// `symbols` table gives, which is no zone).
@@ -520,7 +524,7 @@ mod tests {
             let profiles = crate::lake::with_date(&profiles).unwrap();
             let want = sql(&ticks, &symbols, &profiles).await;
             let got = native
-                .rows(&ticks, &symbols, &[profiles.clone()])
+                .rows(&ticks, &symbols, std::slice::from_ref(&profiles))
                 .unwrap()
                 .unwrap();
             assert!(want.num_rows() > 0);

@@ -8,6 +8,7 @@
 //! contributions). Scoring a date again replaces that detector's files for
 //! the date. Dates are scored one at a time, so memory holds one date.
 
+use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -137,13 +138,14 @@ impl ModelDetector {
     }
 
     /// The `k` largest SHAP contributions (by magnitude) of each row, with
-    /// the feature's value, as one JSON array per row.
+    /// the feature's value: per row, the JSON array stored in `top_shap`
+    /// and the same contributions in words for `reason`.
     pub fn top_contributions(
         &self,
         columns: &[&Float64Array],
         names: &[&str],
         k: usize,
-    ) -> Result<Vec<String>, XgbError> {
+    ) -> Result<Vec<Explanation>, XgbError> {
         let rounds = Some(self.rounds());
         let (contribs, width) = match self.lanes {
             Some(lanes) => {
@@ -157,27 +159,72 @@ impl ModelDetector {
             }
         };
         let mut out = Vec::with_capacity(columns.first().map_or(0, |c| c.len()));
+        let mut idx: Vec<usize> = Vec::with_capacity(width);
+        let mut top: Vec<Contribution<'_>> = Vec::with_capacity(k);
         for (row, c) in contribs.chunks(width.max(1)).enumerate() {
             // The last entry is the bias, not a feature.
-            let mut idx: Vec<usize> = (0..width.saturating_sub(1)).collect();
+            idx.clear();
+            idx.extend(0..width.saturating_sub(1));
             idx.sort_by(|&a, &b| c[b].abs().total_cmp(&c[a].abs()).then(a.cmp(&b)));
-            let top: Vec<serde_json::Value> = idx
-                .into_iter()
-                .take(k)
-                .map(|i| {
-                    let col = columns[i];
-                    let value = (!col.is_null(row)).then(|| col.value(row));
-                    serde_json::json!({
-                        "feature": names.get(i).copied().unwrap_or("?"),
-                        "value": value,
-                        "contribution": c[i],
-                    })
-                })
-                .collect();
-            out.push(serde_json::Value::Array(top).to_string());
+            top.clear();
+            top.extend(idx.iter().take(k).map(|&i| {
+                let col = columns[i];
+                Contribution {
+                    // Widened as `serde_json::Value` would: the stored JSON
+                    // keeps the digits it always had.
+                    contribution: f64::from(c[i]),
+                    feature: names.get(i).copied().unwrap_or("?"),
+                    value: (!col.is_null(row)).then(|| col.value(row)),
+                }
+            }));
+            out.push(explain(&top)?);
         }
         Ok(out)
     }
+}
+
+/// A row's largest SHAP contributions, from
+/// [`ModelDetector::top_contributions`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    /// `[{"contribution": .., "feature": .., "value": ..}, ..]`, largest
+    /// first (the `top_shap` column).
+    pub json: String,
+    /// "model: price_z_30m +1.23, volume_z_30m +0.80" (the `reason`).
+    pub reason: String,
+}
+
+/// The JSON and the words of one row's contributions.
+fn explain(top: &[Contribution<'_>]) -> Result<Explanation, XgbError> {
+    let json = serde_json::to_string(top).map_err(|e| XgbError::Unexpected {
+        call: "top_contributions",
+        detail: e.to_string(),
+    })?;
+    let mut reason = String::with_capacity(8 + 24 * top.len());
+    reason.push_str("model: ");
+    for (n, t) in top.iter().enumerate() {
+        if n > 0 {
+            reason.push_str(", ");
+        }
+        // A non-finite contribution is `null` in the JSON and NaN in words,
+        // as the reason always said.
+        let v = if t.contribution.is_finite() {
+            t.contribution
+        } else {
+            f64::NAN
+        };
+        let _ = write!(reason, "{} {v:+.2}", t.feature);
+    }
+    Ok(Explanation { json, reason })
+}
+
+/// One entry of [`Explanation::json`]; fields in the order (alphabetical)
+/// the JSON has always had.
+#[derive(serde::Serialize)]
+struct Contribution<'a> {
+    contribution: f64,
+    feature: &'a str,
+    value: Option<f64>,
 }
 
 /// What scores ticks: a model or a rule.
@@ -372,9 +419,9 @@ pub(crate) async fn score_batch(
                     for a in alert.values().iter() {
                         // The contributions are of the alert rows, in order.
                         match if a { top.next() } else { None } {
-                            Some(json) => {
-                                reasons.push(Some(shap_reason(&json)));
-                                shaps.push(Some(json));
+                            Some(e) => {
+                                reasons.push(Some(e.reason));
+                                shaps.push(Some(e.json));
                             }
                             None => {
                                 reasons.push(None);
@@ -421,23 +468,6 @@ pub(crate) async fn score_batch(
         Arc::new(shap),
     ];
     Ok(RecordBatch::try_new(scores_schema(), columns)?)
-}
-
-/// "price_z_30m +1.23, volume_z_30m +0.80": the contributions of a
-/// [`ModelDetector::top_contributions`] row in words.
-fn shap_reason(json: &str) -> String {
-    let parsed: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
-    let parts: Vec<String> = parsed
-        .iter()
-        .map(|v| {
-            format!(
-                "{} {:+.2}",
-                v["feature"].as_str().unwrap_or("?"),
-                v["contribution"].as_f64().unwrap_or(f64::NAN)
-            )
-        })
-        .collect();
-    format!("model: {}", parts.join(", "))
 }
 
 /// A rule's score and reason for every row of the session's `features`
@@ -506,11 +536,43 @@ mod tests {
     }
 
     #[test]
-    fn shap_reasons_read_the_json() {
-        let r = shap_reason(
-            r#"[{"feature":"price_z_30m","value":5.0,"contribution":1.5},{"feature":"ret_1","value":null,"contribution":-0.25}]"#,
-        );
-        assert_eq!(r, "model: price_z_30m +1.50, ret_1 -0.25");
+    fn explanations_keep_the_json_and_words_they_always_had() {
+        // What the JSON was built with before (serde_json::json! of the f32
+        // contribution), and its reason read back from that JSON.
+        let cases: [(f32, &str, Option<f64>); 4] = [
+            (1.5, "price_z_30m", Some(5.0)),
+            (-0.1, "ret_1", None),
+            (f32::NAN, "gap", Some(f64::NAN)),
+            (3.4028235e38, "big", Some(-1e-300)),
+        ];
+        let before: Vec<serde_json::Value> = cases
+            .iter()
+            .map(|&(c, f, v)| serde_json::json!({"feature": f, "value": v, "contribution": c}))
+            .collect();
+        let before = serde_json::Value::Array(before).to_string();
+        let parsed: Vec<serde_json::Value> = serde_json::from_str(&before).unwrap();
+        let words: Vec<String> = parsed
+            .iter()
+            .map(|v| {
+                format!(
+                    "{} {:+.2}",
+                    v["feature"].as_str().unwrap(),
+                    v["contribution"].as_f64().unwrap_or(f64::NAN)
+                )
+            })
+            .collect();
+        let top: Vec<Contribution<'_>> = cases
+            .iter()
+            .map(|&(c, feature, value)| Contribution {
+                contribution: f64::from(c),
+                feature,
+                value,
+            })
+            .collect();
+        let e = explain(&top).unwrap();
+        assert_eq!(e.json, before);
+        assert_eq!(e.reason, format!("model: {}", words.join(", ")));
+        assert!(e.json.contains("-0.10000000149011612"), "{}", e.json);
     }
 
     #[test]

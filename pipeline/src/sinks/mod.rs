@@ -90,6 +90,16 @@ pub struct RunStats {
     pub e2e_p50_ms: Option<f64>,
     /// 99th percentile arrival-to-commit time since the last report, ms.
     pub e2e_p99_ms: Option<f64>,
+    /// Median time from a tick becoming final (its declared waits over) to
+    /// its alerts committed since the last report, ms: processing.
+    pub processing_p50_ms: Option<f64>,
+    /// 99th percentile of that, ms.
+    pub processing_p99_ms: Option<f64>,
+    /// Median time from a tick's arrival to it becoming final since the
+    /// last report, ms: what the pack declares (delay, bucket close).
+    pub wait_p50_ms: Option<f64>,
+    /// 99th percentile of that, ms.
+    pub wait_p99_ms: Option<f64>,
 }
 
 /// Why a sink could not take a batch.

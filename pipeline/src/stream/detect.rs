@@ -343,6 +343,7 @@ impl Stage for ExecutorStage {
             }
             processed.emitted += step.emitted() as u64;
             processed.arrived_us.extend_from_slice(&step.arrived_us);
+            processed.ready_us.extend_from_slice(&step.ready_us);
             if let Some(f) = &step.features {
                 let ts = f.column(0).as_primitive::<TimestampMicrosecondType>();
                 processed.event_us.extend_from_slice(ts.values());

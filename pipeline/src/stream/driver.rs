@@ -80,6 +80,10 @@ pub struct Processed {
     pub step_time: Option<Duration>,
     /// Arrival of each emitted tick (µs since the epoch).
     pub arrived_us: Vec<i64>,
+    /// When each emitted tick became final (µs since the epoch; see
+    /// [`crate::stream::Step::ready_us`]): arrival to ready is the wait the
+    /// pack declares, ready to commit is processing.
+    pub ready_us: Vec<i64>,
     /// Event time of each emitted tick (µs since the epoch).
     pub event_us: Vec<i64>,
 }
@@ -199,6 +203,9 @@ pub async fn run<S: Source>(
     let started = Instant::now();
     let mut last_stats = Instant::now();
     let mut window = StatsWindow::default();
+    // Statistics rows are written: every `stats_every`, and at the end to
+    // each sink.
+    let reports = options.stats_every.is_some() || !sinks.is_empty();
     let mut finished = false;
 
     loop {
@@ -244,15 +251,31 @@ pub async fn run<S: Source>(
         let emitted = processed.emitted;
         let written = deliver(source, sinks, &processed, &mut summary).await?;
         let commit_us = super::now_us();
-        let arrival_s: Vec<f64> = match written {
-            Some(_) => processed
-                .arrived_us
-                .iter()
-                .map(|&a| (commit_us - a) as f64 / 1e6)
-                .collect(),
-            None => Vec::new(),
+        // Per-tick latencies only for someone who reads them (statistics
+        // rows, metrics): a benchmark or a replay would pay for them per tick.
+        let latencies = written.is_some() && (reports || options.metrics.is_some());
+        let since = |at: &[i64]| -> Vec<f64> {
+            if latencies {
+                at.iter().map(|&t| (commit_us - t) as f64 / 1e6).collect()
+            } else {
+                Vec::new()
+            }
         };
-        window.e2e_ms.extend(arrival_s.iter().map(|s| s * 1e3));
+        let arrival_s = since(&processed.arrived_us);
+        let processing_s = since(&processed.ready_us);
+        if latencies && reports {
+            window.e2e_ms.extend(arrival_s.iter().map(|s| s * 1e3));
+            window
+                .processing_ms
+                .extend(processing_s.iter().map(|s| s * 1e3));
+            window.wait_ms.extend(
+                processed
+                    .ready_us
+                    .iter()
+                    .zip(&processed.arrived_us)
+                    .map(|(&r, &a)| (r - a) as f64 / 1e3),
+            );
+        }
         let batch_s = processed
             .had_ticks
             .then(|| batch_started.elapsed().as_secs_f64());
@@ -260,14 +283,7 @@ pub async fn run<S: Source>(
             window.batch_ms.push(s * 1e3);
         }
         if let Some(m) = &options.metrics {
-            let event_s: Vec<f64> = match written {
-                Some(_) => processed
-                    .event_us
-                    .iter()
-                    .map(|&t| (commit_us - t) as f64 / 1e6)
-                    .collect(),
-                None => Vec::new(),
-            };
+            let event_s = since(&processed.event_us);
             let reasons: Vec<&str> = match written {
                 Some(_) => processed
                     .output
@@ -287,6 +303,7 @@ pub async fn run<S: Source>(
                 dead_letters: &reasons,
                 batch_seconds: batch_s,
                 arrival_to_commit: &arrival_s,
+                ready_to_commit: &processing_s,
                 event_to_commit: &event_s,
                 held: stage.held() as u64,
             });
@@ -444,11 +461,74 @@ fn empty_batch() -> SourceBatch {
     }
 }
 
-/// Batch and arrival-to-commit times since the last statistics report.
+/// Batch and per-tick latencies since the last statistics report.
 #[derive(Debug, Default)]
 struct StatsWindow {
-    batch_ms: Vec<f64>,
-    e2e_ms: Vec<f64>,
+    batch_ms: Samples,
+    /// Arrival to commit.
+    e2e_ms: Samples,
+    /// Ready (final) to commit: processing.
+    processing_ms: Samples,
+    /// Arrival to ready: the pack's declared waits.
+    wait_ms: Samples,
+}
+
+/// Most latencies a [`Samples`] keeps between two reports.
+const MAX_SAMPLES: usize = 100_000;
+
+/// A uniform sample of at most [`MAX_SAMPLES`] of the values pushed
+/// (reservoir sampling): percentiles of a window of any length (a run
+/// without periodic reports, a burst of millions of ticks) in bounded
+/// memory.
+#[derive(Debug, Default)]
+struct Samples {
+    kept: Vec<f64>,
+    seen: u64,
+    rng: u64,
+}
+
+impl Samples {
+    fn push(&mut self, v: f64) {
+        self.seen += 1;
+        if self.kept.len() < MAX_SAMPLES {
+            self.kept.push(v);
+            return;
+        }
+        // xorshift64*: cheap, and only the spread of picks matters.
+        self.rng = if self.rng == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            self.rng
+        };
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let j = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) % self.seen;
+        if let Some(slot) = usize::try_from(j).ok().and_then(|j| self.kept.get_mut(j)) {
+            *slot = v;
+        }
+    }
+
+    fn extend(&mut self, values: impl IntoIterator<Item = f64>) {
+        for v in values {
+            self.push(v);
+        }
+    }
+
+    /// The `q` quantile of the values kept, and empties them.
+    fn take_quantiles(&mut self, qs: [f64; 2]) -> [Option<f64>; 2] {
+        let v = &mut self.kept;
+        v.sort_by(f64::total_cmp);
+        let out = qs.map(|q| (!v.is_empty()).then(|| v[((v.len() - 1) as f64 * q) as usize]));
+        v.clear();
+        self.seen = 0;
+        out
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.kept.is_empty()
+    }
 }
 
 impl StatsWindow {
@@ -460,11 +540,11 @@ impl StatsWindow {
         started: Instant,
         metrics: Option<&Metrics>,
     ) -> RunStats {
-        let pct = |v: &mut Vec<f64>, q: f64| {
-            v.sort_by(f64::total_cmp);
-            (!v.is_empty()).then(|| v[((v.len() - 1) as f64 * q) as usize])
-        };
-        let stats = RunStats {
+        let [batch_p50_ms, batch_p99_ms] = self.batch_ms.take_quantiles([0.5, 0.99]);
+        let [e2e_p50_ms, e2e_p99_ms] = self.e2e_ms.take_quantiles([0.5, 0.99]);
+        let [processing_p50_ms, processing_p99_ms] = self.processing_ms.take_quantiles([0.5, 0.99]);
+        let [wait_p50_ms, wait_p99_ms] = self.wait_ms.take_quantiles([0.5, 0.99]);
+        RunStats {
             messages: summary.messages,
             messages_per_s: Some(
                 summary.messages as f64 / started.elapsed().as_secs_f64().max(1e-3),
@@ -473,14 +553,15 @@ impl StatsWindow {
             alerts: summary.alerts,
             dead_letters: summary.dead_letters,
             lag: metrics.and_then(Metrics::total_lag),
-            batch_p50_ms: pct(&mut self.batch_ms, 0.5),
-            batch_p99_ms: pct(&mut self.batch_ms, 0.99),
-            e2e_p50_ms: pct(&mut self.e2e_ms, 0.5),
-            e2e_p99_ms: pct(&mut self.e2e_ms, 0.99),
-        };
-        self.batch_ms.clear();
-        self.e2e_ms.clear();
-        stats
+            batch_p50_ms,
+            batch_p99_ms,
+            e2e_p50_ms,
+            e2e_p99_ms,
+            processing_p50_ms,
+            processing_p99_ms,
+            wait_p50_ms,
+            wait_p99_ms,
+        }
     }
 }
 
@@ -490,14 +571,33 @@ mod tests {
 
     #[test]
     fn stats_percentiles_come_from_the_window_and_empty_it() {
-        let mut w = StatsWindow {
-            batch_ms: vec![3.0, 1.0, 2.0],
-            e2e_ms: Vec::new(),
-        };
+        let mut w = StatsWindow::default();
+        w.batch_ms.extend([3.0, 1.0, 2.0]);
+        w.processing_ms.extend([5.0, 9.0]);
         let s = w.take(&DriverSummary::default(), Instant::now(), None);
         assert_eq!(s.batch_p50_ms, Some(2.0));
         assert_eq!(s.batch_p99_ms, Some(2.0));
         assert_eq!(s.e2e_p50_ms, None);
+        assert_eq!(s.processing_p50_ms, Some(5.0));
+        assert_eq!(s.processing_p99_ms, Some(5.0));
+        assert_eq!(s.wait_p50_ms, None);
+        assert!(w.processing_ms.is_empty());
         assert!(w.batch_ms.is_empty());
+    }
+
+    #[test]
+    fn samples_stay_bounded_and_keep_the_spread() {
+        let mut s = Samples::default();
+        // 0..1000 ten times over: the sample's median stays near 500.
+        let n = 10 * MAX_SAMPLES;
+        s.extend((0..n).map(|i| (i % 1000) as f64));
+        assert_eq!(s.kept.len(), MAX_SAMPLES);
+        assert_eq!(s.seen, n as u64);
+        let [p50, p99] = s.take_quantiles([0.5, 0.99]);
+        let (p50, p99) = (p50.unwrap(), p99.unwrap());
+        assert!((480.0..=520.0).contains(&p50), "{p50}");
+        assert!((980.0..=999.0).contains(&p99), "{p99}");
+        assert!(s.is_empty());
+        assert_eq!(s.take_quantiles([0.5, 0.99]), [None, None]);
     }
 }

@@ -61,6 +61,7 @@ struct Inner {
     lag_values: Mutex<BTreeMap<i32, i64>>,
     batch_seconds: Histogram,
     arrival_to_commit: Histogram,
+    ready_to_commit: Histogram,
     event_to_commit: Histogram,
 }
 
@@ -82,6 +83,7 @@ impl Default for Inner {
             lag_values: Mutex::new(BTreeMap::new()),
             batch_seconds: latency_histogram(),
             arrival_to_commit: latency_histogram(),
+            ready_to_commit: latency_histogram(),
             event_to_commit: latency_histogram(),
         };
         // Counters are registered without `_total`: the client appends it,
@@ -133,6 +135,11 @@ impl Default for Inner {
             inner.arrival_to_commit.clone(),
         );
         r.register(
+            "stockanomaly_ready_to_commit_seconds",
+            "From a tick becoming final (the pack's declared waits over) to its alerts committed: processing",
+            inner.ready_to_commit.clone(),
+        );
+        r.register(
             "stockanomaly_event_to_commit_seconds",
             "From a tick's event time to its alerts committed",
             inner.event_to_commit.clone(),
@@ -169,6 +176,8 @@ pub struct BatchMetrics<'a> {
     pub batch_seconds: Option<f64>,
     /// Commit time minus each emitted tick's arrival, seconds.
     pub arrival_to_commit: &'a [f64],
+    /// Commit time minus the time each emitted tick became final, seconds.
+    pub ready_to_commit: &'a [f64],
     /// Commit time minus each emitted tick's event time, seconds.
     pub event_to_commit: &'a [f64],
     /// Ticks held in state after the batch.
@@ -203,6 +212,9 @@ impl Metrics {
         }
         for &t in b.arrival_to_commit {
             observe(&m.arrival_to_commit, t);
+        }
+        for &t in b.ready_to_commit {
+            observe(&m.ready_to_commit, t);
         }
         for &t in b.event_to_commit {
             observe(&m.event_to_commit, t);
@@ -322,6 +334,7 @@ mod tests {
             dead_letters: &["late", "late", "json"],
             batch_seconds: Some(0.02),
             arrival_to_commit: &[0.004, 0.004, 0.2, 3.0],
+            ready_to_commit: &[0.003, 0.2],
             event_to_commit: &[f64::NAN],
             held: 5,
         });
@@ -339,6 +352,8 @@ mod tests {
         assert!(text.contains("stockanomaly_arrival_to_commit_seconds_bucket{le=\"0.25\"} 3\n"));
         assert!(text.contains("stockanomaly_arrival_to_commit_seconds_bucket{le=\"+Inf\"} 4\n"));
         assert!(text.contains("stockanomaly_event_to_commit_seconds_count 0\n"));
+        assert!(text.contains("stockanomaly_ready_to_commit_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("stockanomaly_ready_to_commit_seconds_count 2\n"));
         m.set_lag(&BTreeMap::from([(0, 3), (1, 4)]));
         assert_eq!(m.total_lag(), Some(7));
         assert!(m

@@ -3,6 +3,7 @@
 //! [`feeds`], feed decoding and the PostgreSQL tick load. A report, not a
 //! pass/fail test: run it on a release build (`make bench`).
 
+mod consume;
 mod feeds;
 
 use std::path::PathBuf;
@@ -47,7 +48,8 @@ Examples:
   stockanomaly bench
   stockanomaly bench --feeds
   DATABASE_URL=postgres://postgres@localhost/scratch stockanomaly bench --feeds --ticks 200000
-  stockanomaly bench --stream lake --batch-rows 5000")]
+  stockanomaly bench --stream lake --batch-rows 5000
+  stockanomaly bench --consume kafka://localhost:9092/ticks")]
 pub struct BenchArgs {
     /// Ticks to simulate and rows to ingest.
     #[arg(long, env = "STOCKANOMALY_BENCH_ROWS", default_value_t = 10_000_000)]
@@ -72,6 +74,12 @@ pub struct BenchArgs {
     /// scoring with the rules, or with --model.
     #[arg(long, env = "STOCKANOMALY_BENCH_STREAM", value_name = "ROOT")]
     pub stream: Option<String>,
+
+    /// Instead: read this tick topic (`kafka://BROKERS/TOPIC`) from the
+    /// start with one consumer and nothing else, and print messages/s: the
+    /// ceiling the streaming detector's end-to-end figure is read against.
+    #[arg(long, env = "STOCKANOMALY_BENCH_CONSUME", value_name = "URL")]
+    pub consume: Option<String>,
 
     /// Model for the streaming benchmark (artifact folder of `train`).
     #[arg(long, env = "STOCKANOMALY_BENCH_MODEL", value_name = "DIR")]
@@ -121,6 +129,9 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(lake) = &args.xgboost {
         return run_xgboost(lake, args.rounds, args.export.as_deref()).await;
+    }
+    if let Some(url) = &args.consume {
+        return consume::run(url, args.batch_rows.max(1)).await;
     }
     if let Some(lake) = &args.stream {
         return run_stream(lake, args.model.as_deref(), args.batch_rows.max(1)).await;
@@ -259,8 +270,6 @@ fn for_csv(ticks: &RecordBatch) -> anyhow::Result<RecordBatch> {
     )?)
 }
 
-/// XGBoost training and prediction on a lake's whole training view, timed;
-/// prints `XGB_RUST_*=` lines for scripts/bench-xgboost.py's comparison.
 /// The streaming executor's own throughput, no broker or database: the
 /// lake's ticks in arrival order through [`Executor`](crate::stream::Executor)
 /// in micro-batches, then a final flush.
@@ -361,6 +370,8 @@ async fn run_stream(
     Ok(())
 }
 
+/// XGBoost training and prediction on a lake's whole training view, timed;
+/// prints `XGB_RUST_*=` lines for scripts/bench-xgboost.py's comparison.
 async fn run_xgboost(
     lake: &str,
     rounds: u32,

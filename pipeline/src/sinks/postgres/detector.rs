@@ -176,6 +176,10 @@ impl AlertSink for PostgresSink {
             batch_p99_ms: stats.batch_p99_ms,
             e2e_p50_ms: stats.e2e_p50_ms,
             e2e_p99_ms: stats.e2e_p99_ms,
+            processing_p50_ms: stats.processing_p50_ms,
+            processing_p99_ms: stats.processing_p99_ms,
+            wait_p50_ms: stats.wait_p50_ms,
+            wait_p99_ms: stats.wait_p99_ms,
         };
         let mut db = self.db.lock().await;
         let mut shutdown = self.shutdown.clone();

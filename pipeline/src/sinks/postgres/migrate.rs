@@ -56,6 +56,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "offset_generation",
         sql: include_str!("../../../migrations/0005_offset_generation.sql"),
     },
+    Migration {
+        version: 6,
+        name: "latency_split",
+        sql: include_str!("../../../migrations/0006_latency_split.sql"),
+    },
 ];
 
 /// A migration recorded in `schema_migrations`.

@@ -123,6 +123,15 @@ pub struct StatsRow {
     pub e2e_p50_ms: Option<f64>,
     /// 99th percentile time from tick to committed alert, ms.
     pub e2e_p99_ms: Option<f64>,
+    /// Median time from a tick becoming final to its alerts committed, ms.
+    pub processing_p50_ms: Option<f64>,
+    /// 99th percentile of that, ms.
+    pub processing_p99_ms: Option<f64>,
+    /// Median time from a tick's arrival to it becoming final (the pack's
+    /// declared waits), ms.
+    pub wait_p50_ms: Option<f64>,
+    /// 99th percentile of that, ms.
+    pub wait_p99_ms: Option<f64>,
 }
 
 // One statement per table whatever the batch size: the rows travel as one
@@ -324,8 +333,9 @@ pub async fn write_stats(client: &Client, row: &StatsRow) -> Result<(), DbError>
     client
         .execute(
             "INSERT INTO detector_stats (instance, consumer_group, ticks, ticks_per_s, batches, \
-             alerts, dead_letters, lag, batch_p50_ms, batch_p99_ms, e2e_p50_ms, e2e_p99_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             alerts, dead_letters, lag, batch_p50_ms, batch_p99_ms, e2e_p50_ms, e2e_p99_ms, \
+             processing_p50_ms, processing_p99_ms, wait_p50_ms, wait_p99_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
             &[
                 &row.instance,
                 &row.consumer_group,
@@ -339,6 +349,10 @@ pub async fn write_stats(client: &Client, row: &StatsRow) -> Result<(), DbError>
                 &row.batch_p99_ms,
                 &row.e2e_p50_ms,
                 &row.e2e_p99_ms,
+                &row.processing_p50_ms,
+                &row.processing_p99_ms,
+                &row.wait_p50_ms,
+                &row.wait_p99_ms,
             ],
         )
         .await
