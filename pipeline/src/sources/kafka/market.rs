@@ -169,6 +169,7 @@ fn check_framing(payload: &[u8]) -> Result<(), MarketDecodeError> {
             if batch.compression().is_some() {
                 return Err(bad("compressed buffers"));
             }
+            check_sizes(batch).map_err(|reason| bad(&reason))?;
             for b in batch.buffers().into_iter().flatten() {
                 let fits = usize::try_from(b.offset())
                     .ok()
@@ -185,6 +186,72 @@ fn check_framing(payload: &[u8]) -> Result<(), MarketDecodeError> {
             }
         }
         pos = meta_end + body_len;
+    }
+    Ok(())
+}
+
+/// Checks that a batch's columns hold what its row count needs, column by
+/// column of the market table: arrow builds validity bitmaps from them
+/// before validating, and panics when one is too short.
+fn check_sizes(batch: arrow::ipc::RecordBatch<'_>) -> Result<(), String> {
+    let want = market_schema();
+    let rows = usize::try_from(batch.length())
+        .map_err(|_| format!("a row count of {}", batch.length()))?;
+    let nodes = batch.nodes().ok_or("no column list")?;
+    let buffers = batch.buffers().ok_or("no buffer list")?;
+    if nodes.len() != want.fields().len() {
+        return Err(format!(
+            "{} columns, expected {}",
+            nodes.len(),
+            want.fields().len()
+        ));
+    }
+    let mut next = 0;
+    for (node, field) in nodes.iter().zip(want.fields()) {
+        if node.length() != batch.length() || !(0..=node.length()).contains(&node.null_count()) {
+            return Err(format!(
+                "column `{}`: {} rows and {} nulls in a batch of {rows} rows",
+                field.name(),
+                node.length(),
+                node.null_count()
+            ));
+        }
+        // What each buffer needs, `(bytes, element size)`: the validity
+        // bitmap (read only when the column has nulls), then the 8-byte
+        // values, or the i32 offsets and the string bytes (which arrow
+        // checks against the offsets). Arrow views a buffer as its element
+        // type and panics unless it starts 8-aligned (as the format
+        // requires) and holds whole elements.
+        let validity = if node.null_count() > 0 {
+            rows.div_ceil(8)
+        } else {
+            0
+        };
+        let needs = match field.data_type() {
+            DataType::Utf8 => vec![
+                (Some(validity), 1),
+                (rows.checked_add(1).and_then(|n| n.checked_mul(4)), 4),
+                (Some(0), 1),
+            ],
+            _ => vec![(Some(validity), 1), (rows.checked_mul(8), 8)],
+        };
+        for (need, size) in needs {
+            let got = (next < buffers.len()).then(|| buffers.get(next));
+            next += 1;
+            let fits = need.zip(got).is_some_and(|(need, got)| {
+                let len = usize::try_from(got.length()).unwrap_or(0);
+                len >= need && len % size == 0 && got.offset() % 8 == 0
+            });
+            if !fits {
+                return Err(format!(
+                    "column `{}`: buffer {next} ({} bytes at {}) does not hold the {} bytes its {rows} rows need, {size}-byte elements, 8-aligned",
+                    field.name(),
+                    got.map_or(0, |g| g.length()),
+                    got.map_or(0, |g| g.offset()),
+                    need.map_or("too many".into(), |n| n.to_string()),
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -503,6 +570,41 @@ mod tests {
             MarketDecodeError::WrongSchema {
                 reason: "no column list".into()
             }
+        );
+    }
+
+    /// Found by fuzzing (the input is kept as it was found): a column with
+    /// nulls whose validity buffer is empty made arrow panic building the
+    /// bitmap (`BooleanBuffer::new`: buffer not large enough) inside
+    /// `decode_market`.
+    #[test]
+    fn market_message_with_a_validity_buffer_too_short_is_refused() {
+        let payload = include_bytes!("testdata/market-validity-too-short.arrow");
+        let err = decode_market(payload).unwrap_err();
+        assert!(
+            matches!(&err, MarketDecodeError::NotIpc { reason } if reason.contains("column `")),
+            "{err}"
+        );
+    }
+
+    /// Found by fuzzing: a string column's offsets buffer that does not
+    /// hold whole i32s made arrow's validation panic (`typed_data`:
+    /// misaligned) inside `decode_market`.
+    #[test]
+    fn market_message_with_a_ragged_offsets_buffer_is_refused() {
+        let mut payload = two_rows();
+        let (start, end) = messages(&payload)[1];
+        let m = arrow::ipc::root_as_message(&payload[start..end]).unwrap();
+        let buffers = m.header_as_record_batch().unwrap().buffers().unwrap();
+        // Buffer 3 is `symbol`'s offsets (after `ts`'s two and its
+        // validity): 12 bytes for two rows, made 13.
+        assert_eq!(buffers.get(3).length(), 12);
+        let at = buffers.bytes().as_ptr() as usize - payload.as_ptr() as usize + 3 * 16 + 8;
+        payload[at..at + 8].copy_from_slice(&13i64.to_le_bytes());
+        let err = decode_market(&payload).unwrap_err();
+        assert!(
+            err.to_string().contains("column `symbol`: buffer 4"),
+            "{err}"
         );
     }
 
