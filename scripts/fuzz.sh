@@ -16,13 +16,14 @@
 # A crash, a hang (over 10 s) or an allocation over 2 GB stops that target,
 # leaves the input in fuzz/artifacts/<target>/, and makes the script exit 1
 # after the others have run. Reproduce one with
-#   cargo +nightly fuzz run <target> <artifact> [same build flags as below]
+#   /var/tmp/sa-fuzz-target/x86_64-unknown-linux-gnu/release/<target> <artifact>
 # and keep it as a unit test next to the decoder.
 #
 # Environment: FUZZ_TARGET_DIR (default /var/tmp/sa-fuzz-target),
-# FUZZ_SANITIZER (default none: the decoders are safe Rust and libFuzzer
-# finds panics, hangs and allocations without a sanitizer, at twice the
-# executions per second; `address` for unsafe code), XGBOOST_LIB_DIR
+# FUZZ_SANITIZER (default none: the decoders are safe Rust, and libFuzzer
+# catches panics, hangs and allocations without a sanitizer; `address`
+# adds AddressSanitizer for the unsafe code below them, at a cost in
+# speed; it needs its own build), XGBOOST_LIB_DIR
 # (default: scripts/xgboost-lib.sh, which the library links against).
 set -euo pipefail
 cd "$(dirname "$0")/.."
