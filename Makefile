@@ -10,7 +10,7 @@ export CARGO_TARGET_DIR
 # bakes the folder into the binaries' rpath.
 export XGBOOST_LIB_DIR := $(shell scripts/xgboost-lib.sh)
 
-.PHONY: demo test bench build fmt lint
+.PHONY: demo test bench fuzz build fmt lint
 
 demo:
 	cargo run --locked -p stockanomaly -- demo
@@ -24,6 +24,11 @@ test:
 bench:
 	scripts/bench.sh
 	scripts/bench-detect.sh
+
+# Every decoder of outside input under libFuzzer, 10^6 runs each (nightly and
+# cargo-fuzz; see README, "Fuzzing"). `scripts/fuzz.sh --runs 10000` is short.
+fuzz:
+	scripts/fuzz.sh
 
 build:
 	cargo build --locked
