@@ -184,6 +184,9 @@ pub struct IngestLiveArgs {
     )]
     pub watchdog_secs: f64,
 
+    #[command(flatten)]
+    pub future: super::future::FutureArgs,
+
     /// Connection attempts in a row that may fail before giving up.
     #[arg(
         long,
@@ -428,7 +431,7 @@ async fn run_live(lake: &str, args: IngestLiveArgs) -> anyhow::Result<()> {
             ..RetryPolicy::default()
         },
         batch_wait: Duration::from_millis(500),
-        validator: Validator::new(),
+        validator: args.future.validator(),
     };
     let feed = request.feed;
     let shown = redacted(&request.endpoint);

@@ -72,6 +72,8 @@ pub struct DetectOptions {
     /// `stockanomaly market-context`, instead of computing them from this
     /// detector's own partitions (exact only when it reads them all).
     pub market_topic: Option<String>,
+    /// Validation of the ticks (`--max-future`).
+    pub validator: crate::tick::Validator,
 }
 
 /// What a `detect` run did.
@@ -458,6 +460,7 @@ pub async fn detect(
         batch_wait: options.batch_wait,
         resume: Resume::Stored(Box::new(PgOffsetStore::new(db.clone(), shutdown.clone()))),
         shutdown: shutdown.clone(),
+        validator: options.validator.clone(),
     })?;
     let market = match &options.market_topic {
         Some(t) => {
