@@ -272,8 +272,25 @@ async fn an_offset_gap_resumes_from_what_exists() {
         "{second} messages, stored warm-up offset {warm}"
     );
 
-    let args = detect_args(&lake, &topic, "gap", &db.url, &[]);
-    let (success, out, err) = run(dir.path(), &args);
+    let args = detect_args(
+        &lake,
+        &topic,
+        "gap",
+        &db.url,
+        &["--metrics-addr", "127.0.0.1:0"],
+    );
+    let (mut child, out_path, log) = spawn(dir.path(), &args, "gap");
+    // The gap is counted in the metrics of the running detector.
+    let addr = metrics_addr(&log, &mut child).await;
+    scrape_until(
+        &addr,
+        &log,
+        &mut child,
+        "stockanomaly_offset_gaps_total",
+        1.0,
+    )
+    .await;
+    let (success, out, err) = wait(child, &out_path, &log).await;
     assert!(success, "{out}\n{err}");
     assert_eq!(
         summary_number(&out, "ticks emitted"),
@@ -797,7 +814,13 @@ async fn a_failing_secondary_sink_never_stops_postgresql() {
         &topic,
         "secondary",
         &db.url,
-        &["--batch-rows", "100", "--alerts-to-lake"],
+        &[
+            "--batch-rows",
+            "100",
+            "--alerts-to-lake",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
     );
     let log = dir.path().join("secondary.err");
     let mut child = common::bin()
@@ -830,6 +853,14 @@ async fn a_failing_secondary_sink_never_stops_postgresql() {
             read_log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The failures and retries are counted in the metrics.
+    let addr = metrics_addr(&log, &mut child).await;
+    for name in [
+        "stockanomaly_secondary_sink_failures_total{sink=\"lake\"}",
+        "stockanomaly_secondary_sink_retries_total{sink=\"lake\"}",
+    ] {
+        scrape_until(&addr, &log, &mut child, name, 1.0).await;
     }
     // The lake comes back.
     std::fs::remove_file(&blocker).unwrap();

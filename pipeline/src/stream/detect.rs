@@ -480,11 +480,19 @@ pub async fn detect(
         let topic = AlertTopic::new(&kafka, t)
             .await
             .map_err(crate::sinks::SinkError::from)?;
-        sinks.push(Box::new(Secondary::new(Box::new(topic), SECONDARY_BACKLOG)));
+        sinks.push(Box::new(Secondary::counted(
+            Box::new(topic),
+            SECONDARY_BACKLOG,
+            metrics.secondary("alert_topic"),
+        )));
     }
     if let Some(root) = &options.alerts_lake {
         let lake = LakeAlertSink::new(root.clone(), LakeWrites::Keyed);
-        sinks.push(Box::new(Secondary::new(Box::new(lake), SECONDARY_BACKLOG)));
+        sinks.push(Box::new(Secondary::counted(
+            Box::new(lake),
+            SECONDARY_BACKLOG,
+            metrics.secondary("lake"),
+        )));
     }
     sinks.push(Box::new(PostgresSink::new(
         db,
