@@ -543,6 +543,12 @@ fn print_live_summary(feed: LiveFeed, endpoint: &str, target: &TickTarget, st: &
     if let Some(p) = &st.rejects_path {
         println!("  rejects written to {}", p.display());
     }
+    if st.dropped_rejects > 0 {
+        println!(
+            "  {} rejects counted but not written (the writer was behind)",
+            count(st.dropped_rejects)
+        );
+    }
     match target {
         TickTarget::Postgres { .. } => println!(
             "  tick store: {} ticks new, {} already there, {} day partitions created",
