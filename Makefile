@@ -1,6 +1,9 @@
 # The two commands of the README, and a few helpers.
 #   make demo   builds and runs the demo (no servers needed)
 #   make test   installs and starts what the tests need, then runs them all
+#   make soak   crash soak of detect: 1M ticks, 100 SIGKILLs, 10 cut PostgreSQL
+#               connections, alerts compared with an uninterrupted run (long;
+#               not in CI; scripts/soak.sh --help for a smaller try)
 
 CARGO_TARGET_DIR ?= /var/tmp/stockanomaly-target
 export CARGO_TARGET_DIR
@@ -10,7 +13,7 @@ export CARGO_TARGET_DIR
 # bakes the folder into the binaries' rpath.
 export XGBOOST_LIB_DIR := $(shell scripts/xgboost-lib.sh)
 
-.PHONY: demo test bench fuzz build fmt lint
+.PHONY: demo test bench fuzz soak build fmt lint
 
 demo:
 	cargo run --locked -p stockanomaly -- demo
@@ -29,6 +32,10 @@ bench:
 # cargo-fuzz; see README, "Fuzzing"). `scripts/fuzz.sh --runs 10000` is short.
 fuzz:
 	scripts/fuzz.sh
+
+# Crash soak of detect (long; not in CI).
+soak:
+	scripts/soak.sh
 
 build:
 	cargo build --locked

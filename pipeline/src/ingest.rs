@@ -200,7 +200,7 @@ pub async fn ingest_csv(
     let mut seen = SymbolTracker::default();
     let mut summary = IngestSummary::default();
     for path in files {
-        let mut source = CsvSource::open(path, options.format, options.validator)?;
+        let mut source = CsvSource::open(path, options.format, options.validator.clone())?;
         let mut own_rejects = RejectWriter::new(default_rejects_path(path));
         let mut file = FileSummary {
             path: path.clone(),

@@ -9,6 +9,12 @@
 //! must not vanish). Everything else is written: at shutdown (SIGINT or
 //! SIGTERM, `--max-ticks`, or a fatal feed error) the reader hands over
 //! what it still holds and the sink is flushed before returning.
+//!
+//! The hand-over itself is bounded too ([`HANDOVERS`] batches): while it is
+//! full the reader folds what comes into one batch it keeps (ticks dropped
+//! and counted, amendments kept, rejects kept up to [`HELD_REJECTS`] and
+//! counted by reason beyond), so a sink stuck on an outage cannot make the
+//! reader's memory grow without end.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
+use arrow::compute::concat_batches;
 use tokio::sync::{mpsc, watch};
 
 use crate::ingest::IngestError;
@@ -27,6 +34,13 @@ use crate::sources::feed::FeedCounters;
 use crate::sources::live::{GapStats, LiveSource};
 use crate::sources::{Source, SourceBatch, SourceError};
 use crate::tick::{col, RejectCounts, RejectWriter};
+
+/// Batches the reader may hand over before the writer takes them.
+pub const HANDOVERS: usize = 64;
+
+/// Reject records the reader keeps while the hand-over is full; beyond,
+/// records are dropped and only counted (by reason).
+pub const HELD_REJECTS: usize = 100_000;
 
 /// How a live ingestion runs.
 #[derive(Debug, Clone)]
@@ -85,6 +99,9 @@ pub struct LiveStatus {
     pub dropped_ticks: u64,
     /// Batches whose ticks were dropped.
     pub dropped_batches: u64,
+    /// Rejected records counted but not written to the rejects file
+    /// (the writer was behind and [`HELD_REJECTS`] were held).
+    pub dropped_rejects: u64,
     /// Connection history.
     pub connection: ConnectionStats,
     /// Decoder counters (unknown message types among them).
@@ -100,8 +117,12 @@ pub struct LiveStatus {
 /// What the reader task hands over.
 struct Handover {
     batch: SourceBatch,
-    /// `batch.ticks` was dropped for want of room (its size).
+    /// Ticks dropped for want of room.
     dropped: usize,
+    /// Batches whose ticks were dropped.
+    dropped_batches: u64,
+    /// Rejects counted, not kept (beyond [`HELD_REJECTS`]).
+    rejects_dropped: RejectCounts,
     connection: ConnectionStats,
     counters: FeedCounters,
     gaps: GapStats,
@@ -118,7 +139,7 @@ pub async fn ingest_live(
     mut status: impl FnMut(&LiveStatus),
 ) -> Result<LiveStatus, IngestError> {
     let started = Instant::now();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Result<Handover, SourceError>>();
+    let (tx, mut rx) = mpsc::channel::<Result<Handover, SourceError>>(HANDOVERS);
     let (stop_tx, stop_rx) = watch::channel(false);
     let buffered = Arc::new(AtomicUsize::new(0));
     let reader = tokio::spawn(read(
@@ -150,7 +171,8 @@ pub async fn ingest_live(
             _ = tick.tick() => {
                 maybe_report(&mut st, &mut interval, &mut last_status, options, &mut status, started);
                 if last_flush.elapsed() >= options.flush_every {
-                    sink.flush().await?;
+                    // A failed flush keeps its rows for the next one.
+                    sink.flush_or_keep().await?;
                     last_flush = Instant::now();
                 }
                 continue;
@@ -167,10 +189,10 @@ pub async fn ingest_live(
         st.connection = h.connection;
         st.counters = h.counters;
         st.gaps = h.gaps;
-        if h.dropped > 0 {
-            st.dropped_ticks += h.dropped as u64;
-            st.dropped_batches += 1;
-        }
+        st.dropped_ticks += h.dropped as u64;
+        st.dropped_batches += h.dropped_batches;
+        st.rejects.merge(&h.rejects_dropped);
+        st.dropped_rejects += h.rejects_dropped.total();
         if let Some(w) = rejects.as_mut() {
             for r in &h.batch.rejects {
                 w.write(r).map_err(|source| IngestError::Rejects {
@@ -286,11 +308,52 @@ fn count_symbols(
     }
 }
 
+/// Folds `more` into `held` while the hand-over is full: `more`'s ticks
+/// are dropped (the writer is behind), its amendments kept, its rejects
+/// kept up to [`HELD_REJECTS`] and counted beyond.
+fn fold(held: &mut Handover, mut more: Handover, buffered: &AtomicUsize) {
+    let n = more.batch.ticks.num_rows();
+    if n > 0 {
+        buffered.fetch_sub(n, Ordering::Relaxed);
+        more.dropped += n;
+        more.dropped_batches += 1;
+    }
+    held.dropped += more.dropped;
+    held.dropped_batches += more.dropped_batches;
+    held.rejects_dropped.merge(&more.rejects_dropped);
+    let room = HELD_REJECTS.saturating_sub(held.batch.rejects.len());
+    for r in more
+        .batch
+        .rejects
+        .drain(room.min(more.batch.rejects.len())..)
+    {
+        held.rejects_dropped.add(r.reason);
+    }
+    held.batch.rejects.append(&mut more.batch.rejects);
+    held.batch.amendments = match (held.batch.amendments.take(), more.batch.amendments) {
+        (Some(a), Some(b)) => match concat_batches(&a.schema(), [&a, &b]) {
+            Ok(c) => Some(c),
+            // Same schema from the same decoder: cannot fail; keep the
+            // newer rather than panic.
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot merge amendments batches; the older is lost.");
+                Some(b)
+            }
+        },
+        (a, b) => a.or(b),
+    };
+    held.connection = more.connection;
+    held.counters = more.counters;
+    held.gaps = more.gaps;
+}
+
 /// The reader task: batches from the feed into the channel, ticks dropped
-/// when the buffer is full, until stopped or the feed fails.
+/// when the buffer is full, until stopped or the feed fails. It never waits
+/// for the writer while reading (see the module documentation); only the
+/// last hand-overs, after the feed is closed, wait for room.
 async fn read(
     mut source: LiveSource,
-    tx: mpsc::UnboundedSender<Result<Handover, SourceError>>,
+    tx: mpsc::Sender<Result<Handover, SourceError>>,
     mut stop: watch::Receiver<bool>,
     buffered: Arc<AtomicUsize>,
     capacity: usize,
@@ -320,34 +383,129 @@ async fn read(
         Handover {
             batch,
             dropped,
+            dropped_batches: u64::from(dropped > 0),
+            rejects_dropped: RejectCounts::default(),
             connection: source.connection().clone(),
             counters: source.counters().clone(),
             gaps: source.gaps().clone(),
         }
     };
+    // What could not be handed over yet (the channel was full).
+    let mut held: Option<Handover> = None;
+    let mut failure = None;
     loop {
         let next = tokio::select! {
             r = source.next_batch() => r,
             _ = stop.wait_for(|s| *s) => break,
         };
-        match next {
-            Ok(Some(batch)) => {
-                if tx
-                    .send(Ok(hand(&source, batch, &mut drops_logged)))
-                    .is_err()
-                {
-                    return;
-                }
-            }
+        let h = match next {
+            Ok(Some(batch)) => hand(&source, batch, &mut drops_logged),
             Ok(None) => break,
             Err(e) => {
-                let last = source.finish().await;
-                let _ = tx.send(Ok(hand(&source, last, &mut drops_logged)));
-                let _ = tx.send(Err(e));
-                return;
+                failure = Some(e);
+                break;
             }
+        };
+        let h = match held.take() {
+            Some(mut kept) => {
+                fold(&mut kept, h, &buffered);
+                kept
+            }
+            None => h,
+        };
+        match tx.try_send(Ok(h)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(Ok(h))) => held = Some(h),
+            Err(_) => return,
+        }
+    }
+    // The end: what is kept, then the feed's last batch, waiting for room
+    // (the writer takes everything before it finishes).
+    if let Some(kept) = held.take() {
+        if tx.send(Ok(kept)).await.is_err() {
+            return;
         }
     }
     let last = source.finish().await;
-    let _ = tx.send(Ok(hand(&source, last, &mut drops_logged)));
+    if tx
+        .send(Ok(hand(&source, last, &mut drops_logged)))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    if let Some(e) = failure {
+        let _ = tx.send(Err(e)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::Position;
+    use crate::tick::{Reject, RejectReason, Rejection, TickBuilder, TickRecord, Validator};
+
+    fn handover(ticks: usize, rejects: usize) -> Handover {
+        let mut b = TickBuilder::with_validator("t", Validator::with_now(2_000_000_000_000_000));
+        for i in 0..ticks {
+            b.push(&TickRecord::trade(
+                1_700_000_000_000_000 + i as i64,
+                "A",
+                1.0,
+                1.0,
+            ))
+            .unwrap();
+        }
+        let reject = Reject::new(
+            "t",
+            0,
+            Rejection::new(RejectReason::NonPositivePrice, "price is -1"),
+            String::new(),
+        );
+        Handover {
+            batch: SourceBatch {
+                ticks: b.finish(),
+                labels: None,
+                amendments: None,
+                rejects: vec![reject; rejects],
+                stream: None,
+                position: Position::Partitions {
+                    topic: String::new(),
+                    next: Default::default(),
+                },
+            },
+            dropped: 0,
+            dropped_batches: 0,
+            rejects_dropped: RejectCounts::default(),
+            connection: ConnectionStats::default(),
+            counters: FeedCounters::default(),
+            gaps: GapStats::default(),
+        }
+    }
+
+    /// While the writer is stuck the reader folds what comes into the batch
+    /// it holds: its memory stays bounded (the channel was unbounded, and
+    /// every reject of a stuck run was held), ticks are dropped and counted,
+    /// and every reject is still counted by reason.
+    #[test]
+    fn a_stuck_writer_bounds_what_the_reader_holds() {
+        let buffered = AtomicUsize::new(0);
+        let mut held = handover(10, 0);
+        buffered.fetch_add(10, Ordering::Relaxed);
+        let per = HELD_REJECTS / 4 + 1;
+        for _ in 0..8 {
+            buffered.fetch_add(5, Ordering::Relaxed);
+            fold(&mut held, handover(5, per), &buffered);
+        }
+        assert_eq!(held.batch.ticks.num_rows(), 10, "admitted before: kept");
+        assert_eq!(held.dropped, 40);
+        assert_eq!(held.dropped_batches, 8);
+        assert_eq!(buffered.load(Ordering::Relaxed), 10);
+        assert_eq!(held.batch.rejects.len(), HELD_REJECTS);
+        assert_eq!(
+            held.batch.rejects.len() as u64 + held.rejects_dropped.total(),
+            8 * per as u64,
+            "every reject is counted"
+        );
+    }
 }

@@ -10,9 +10,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{ok, queries, service_env, TestDb};
-use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn unique(tag: &str) -> String {
     format!(
@@ -66,6 +68,50 @@ fn run(dir: &Path, args: &[String]) -> (bool, String, String) {
     )
 }
 
+/// Starts the binary with stdout and stderr to files named by `tag`; the
+/// child and both paths.
+fn spawn(
+    dir: &Path,
+    args: &[String],
+    tag: &str,
+) -> (std::process::Child, std::path::PathBuf, std::path::PathBuf) {
+    let out = dir.join(format!("{tag}.out"));
+    let err = dir.join(format!("{tag}.err"));
+    let child = common::bin()
+        .current_dir(dir)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    (child, out, err)
+}
+
+/// Waits for a [`spawn`]ed child (up to five minutes); (success, stdout,
+/// stderr).
+async fn wait(mut child: std::process::Child, out: &Path, err: &Path) -> (bool, String, String) {
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            let _ = child.kill();
+            panic!(
+                "still running:\n{}",
+                std::fs::read_to_string(err).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    (
+        status.success(),
+        std::fs::read_to_string(out).unwrap_or_default(),
+        std::fs::read_to_string(err).unwrap_or_default(),
+    )
+}
+
 /// The number before `what` in a `detect:` summary line.
 fn summary_number(out: &str, what: &str) -> i64 {
     let line = out
@@ -78,6 +124,70 @@ fn summary_number(out: &str, what: &str) -> i64 {
         .last()
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no number before {what:?} in {line}"))
+}
+
+/// GET `http://addr/metrics`.
+async fn scrape(addr: &str) -> Option<String> {
+    let mut c = tokio::net::TcpStream::connect(addr).await.ok()?;
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .ok()?;
+    let mut out = String::new();
+    c.read_to_string(&mut out).await.ok()?;
+    Some(out)
+}
+
+/// The value of the sample `name` (with its labels) in a scrape.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The metrics address a running `detect` printed to its log
+/// (`--metrics-addr 127.0.0.1:0`).
+async fn metrics_addr(log: &Path, child: &mut std::process::Child) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(addr) = text.lines().find_map(|l| {
+            l.strip_prefix("detect: metrics on http://")?
+                .strip_suffix("/metrics")
+                .map(str::to_owned)
+        }) {
+            return addr;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(60),
+            "no metrics address:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Scrapes `detect`'s metrics until `sample` reaches `at_least` (while it
+/// runs); the value.
+async fn scrape_until(
+    addr: &str,
+    log: &Path,
+    child: &mut std::process::Child,
+    name: &str,
+    at_least: f64,
+) -> f64 {
+    let started = std::time::Instant::now();
+    loop {
+        let text = scrape(addr).await.unwrap_or_default();
+        let v = sample(&text, name).unwrap_or(0.0);
+        if v >= at_least {
+            return v;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(180),
+            "{name} stayed at {v}:\n{text}\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The topic was recreated (tansu, the test broker, has no DeleteRecords,
@@ -162,8 +272,25 @@ async fn an_offset_gap_resumes_from_what_exists() {
         "{second} messages, stored warm-up offset {warm}"
     );
 
-    let args = detect_args(&lake, &topic, "gap", &db.url, &[]);
-    let (success, out, err) = run(dir.path(), &args);
+    let args = detect_args(
+        &lake,
+        &topic,
+        "gap",
+        &db.url,
+        &["--metrics-addr", "127.0.0.1:0"],
+    );
+    let (mut child, out_path, log) = spawn(dir.path(), &args, "gap");
+    // The gap is counted in the metrics of the running detector.
+    let addr = metrics_addr(&log, &mut child).await;
+    scrape_until(
+        &addr,
+        &log,
+        &mut child,
+        "stockanomaly_offset_gaps_total",
+        1.0,
+    )
+    .await;
+    let (success, out, err) = wait(child, &out_path, &log).await;
     assert!(success, "{out}\n{err}");
     assert_eq!(
         summary_number(&out, "ticks emitted"),
@@ -687,7 +814,13 @@ async fn a_failing_secondary_sink_never_stops_postgresql() {
         &topic,
         "secondary",
         &db.url,
-        &["--batch-rows", "100", "--alerts-to-lake"],
+        &[
+            "--batch-rows",
+            "100",
+            "--alerts-to-lake",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
     );
     let log = dir.path().join("secondary.err");
     let mut child = common::bin()
@@ -720,6 +853,14 @@ async fn a_failing_secondary_sink_never_stops_postgresql() {
             read_log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The failures and retries are counted in the metrics.
+    let addr = metrics_addr(&log, &mut child).await;
+    for name in [
+        "stockanomaly_secondary_sink_failures_total{sink=\"lake\"}",
+        "stockanomaly_secondary_sink_retries_total{sink=\"lake\"}",
+    ] {
+        scrape_until(&addr, &log, &mut child, name, 1.0).await;
     }
     // The lake comes back.
     std::fs::remove_file(&blocker).unwrap();
@@ -812,4 +953,107 @@ async fn a_replay_adds_no_rows_to_the_lake_alerts() {
     assert!(pg > 1, "{pg} alerts");
     assert_eq!(distinct, pg);
     assert_eq!(in_lake, distinct, "the replay duplicated lake rows");
+}
+
+/// One tick stamped three hours ahead used to pass (a day was allowed) and
+/// become its symbol's newest time: every real tick after it was refused
+/// as `late` until the clock caught up. Now a tick more than `--max-future`
+/// (5 s) ahead of its arrival is refused as `timestamp_in_future`,
+/// dead-lettered and counted, and the real ticks are all admitted.
+#[tokio::test]
+async fn a_tick_hours_ahead_does_not_make_the_real_ticks_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake").to_str().unwrap().to_owned();
+    common::simulate_backfill(dir.path(), &lake, ["2", "1", "300", "2", "61"]);
+    let symbol = common::sql_json(dir.path(), &lake, "SELECT min(symbol) AS s FROM ticks")[0]["s"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let brokers = service_env("STOCKANOMALY_TEST_KAFKA");
+    let topic = unique("future");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    // First on the topic: the symbol's tick three hours from now.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let ahead = (chrono::Utc::now().timestamp_micros() + 3 * 3_600_000_000) as f64 / 1e6;
+    let payload = format!(r#"{{"symbol":"{symbol}","ts":{ahead},"price":100.0,"volume":1}}"#);
+    producer
+        .send(
+            FutureRecord::to(&topic).key(&symbol).payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    // Then the real ticks.
+    ok(
+        dir.path(),
+        &[
+            "produce",
+            "--lake",
+            &lake,
+            "--topic",
+            &topic,
+            "--brokers",
+            &brokers,
+            "--partitions",
+            "1",
+        ],
+    );
+    let total = common::sql_number(dir.path(), &lake, "SELECT count(*) FROM ticks");
+    let db = TestDb::new("future").await;
+    let args = detect_args(
+        &lake,
+        &topic,
+        "future",
+        &db.url,
+        &["--metrics-addr", "127.0.0.1:0"],
+    );
+    let (mut child, out_path, log) = spawn(dir.path(), &args, "future");
+    let addr = metrics_addr(&log, &mut child).await;
+    scrape_until(
+        &addr,
+        &log,
+        &mut child,
+        "stockanomaly_dead_letters_total{reason=\"timestamp_in_future\"}",
+        1.0,
+    )
+    .await;
+    let (success, out, err) = wait(child, &out_path, &log).await;
+    assert!(success, "{out}\n{err}");
+    let client = db.client().await;
+    let dead: Vec<(String, i64)> = client
+        .query(
+            "SELECT reason, count(*) FROM dead_letters GROUP BY reason ORDER BY reason",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        dead,
+        vec![("timestamp_in_future".to_owned(), 1)],
+        "only the tick ahead is refused:\n{err}"
+    );
+    assert_eq!(
+        summary_number(&out, "ticks emitted"),
+        total,
+        "every real tick is emitted:\n{out}\n{err}"
+    );
 }

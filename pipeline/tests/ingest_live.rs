@@ -501,6 +501,112 @@ async fn alpaca_into_postgres_until_sigterm_with_the_correction_recorded() {
     assert_eq!(a[0]["new_price"], 189.51);
 }
 
+/// The tick store's connection is cut mid-run (`pg_terminate_backend`, as
+/// a database restart or failover does). `ingest live` used to fail on the
+/// next batch and exit, losing what followed; it now reconnects with
+/// backoff and every trade arrives, once.
+#[tokio::test]
+async fn a_killed_postgres_connection_is_reconnected_and_no_tick_is_lost() {
+    let db = common::TestDb::new("live_pg_kill").await;
+    let client = db.client().await;
+    let (ws, rest, _complaints, _rest_log) = servers();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = live(
+        dir.path(),
+        &[
+            "--symbols",
+            "AAPL,MSFT",
+            "--endpoint",
+            &ws,
+            "--rest-endpoint",
+            &rest,
+            "--to",
+            &db.url,
+            "--lake",
+            "lake",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let client = &client;
+    let count = || async move {
+        match client.query_one("SELECT count(*) FROM ticks", &[]).await {
+            Ok(r) => r.get::<_, i64>(0),
+            Err(_) => 0, // the schema is not there yet
+        }
+    };
+    // The first batch is in: the connection is cut before the next.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count().await == 0 {
+        assert!(Instant::now() < deadline, "no tick stored after 60 s");
+        assert!(child.try_wait().unwrap().is_none(), "ingest live exited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()) k",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed >= 1, "the ingester's connection was found");
+    let stored_before = count().await;
+    assert!(
+        (stored_before as usize) < TRADES.len(),
+        "the cut came before the last trades ({stored_before} stored)"
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let n = count().await;
+        if n as usize == TRADES.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{n} ticks stored after the cut");
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            let (o, e) = text(&out);
+            panic!("ingest live exited after the cut with {n} ticks stored:\n{o}\n{e}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let (o, e) = text(&out);
+    assert!(out.status.success(), "SIGTERM exits 0:\n{o}\n{e}");
+    assert!(
+        o.contains("tick store: 11 ticks new"),
+        "each trade stored once:\n{o}"
+    );
+    let got: Vec<(String, i64, u64, f64, f64)> = client
+        .query(
+            "SELECT symbol, (extract(epoch FROM ts) * 1000000)::bigint, seq, price, volume \
+             FROM ticks ORDER BY symbol, ts, seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let us: i64 = r.get(1);
+            let seq: i32 = r.get(2);
+            (r.get(0), us - T0_US, seq as u64, r.get(3), r.get(4))
+        })
+        .collect();
+    assert_eq!(got, expected(), "every trade once");
+}
+
 #[test]
 fn refused_credentials_stop_at_once_naming_the_cause() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -148,6 +148,9 @@ pub struct DetectArgs {
     )]
     pub kafka_options: Vec<KafkaOption>,
 
+    #[command(flatten)]
+    pub future: super::future::FutureArgs,
+
     /// Serve Prometheus metrics on this address (GET /metrics), e.g.
     /// 127.0.0.1:9187.
     #[arg(long, env = "STOCKANOMALY_METRICS_ADDR", value_name = "HOST:PORT")]
@@ -249,6 +252,7 @@ pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
         alerts_topic: args.alerts_topic.clone(),
         alerts_lake: args.alerts_to_lake.then(|| root.clone()),
         market_topic: args.market_topic.clone(),
+        validator: args.future.validator(),
     };
     let metrics = Metrics::default();
     if let Some(addr) = args.metrics_addr {

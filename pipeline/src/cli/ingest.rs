@@ -184,6 +184,9 @@ pub struct IngestLiveArgs {
     )]
     pub watchdog_secs: f64,
 
+    #[command(flatten)]
+    pub future: super::future::FutureArgs,
+
     /// Connection attempts in a row that may fail before giving up.
     #[arg(
         long,
@@ -428,7 +431,7 @@ async fn run_live(lake: &str, args: IngestLiveArgs) -> anyhow::Result<()> {
             ..RetryPolicy::default()
         },
         batch_wait: Duration::from_millis(500),
-        validator: Validator::new(),
+        validator: args.future.validator(),
     };
     let feed = request.feed;
     let shown = redacted(&request.endpoint);
@@ -539,6 +542,12 @@ fn print_live_summary(feed: LiveFeed, endpoint: &str, target: &TickTarget, st: &
     }
     if let Some(p) = &st.rejects_path {
         println!("  rejects written to {}", p.display());
+    }
+    if st.dropped_rejects > 0 {
+        println!(
+            "  {} rejects counted but not written (the writer was behind)",
+            count(st.dropped_rejects)
+        );
     }
     match target {
         TickTarget::Postgres { .. } => println!(

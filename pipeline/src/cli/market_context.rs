@@ -86,6 +86,9 @@ pub struct MarketContextArgs {
     )]
     pub kafka_options: Vec<crate::sources::kafka::KafkaOption>,
 
+    #[command(flatten)]
+    pub future: super::future::FutureArgs,
+
     /// Folder holding `market/buckets.sql` (else the built-in query).
     #[arg(long, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
     pub queries: PathBuf,
@@ -113,6 +116,7 @@ pub(crate) async fn run(lake: &str, args: MarketContextArgs) -> anyhow::Result<(
             allowed_lateness: Duration::from_millis(args.allowed_lateness_ms),
         },
         exit_when_idle: args.exit_when_idle.map(Duration::from_secs_f64),
+        validator: args.future.validator(),
     };
     eprintln!(
         "market-context: buckets of {topic} to {}",

@@ -7,6 +7,7 @@ mod db;
 mod demo;
 mod detect;
 mod features;
+mod future;
 mod ingest;
 mod labels;
 mod market_context;

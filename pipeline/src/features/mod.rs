@@ -21,11 +21,11 @@ pub mod market;
 mod probe_order;
 pub mod profiles;
 
+pub(crate) use backfill::conform;
 pub use backfill::{
     backfill, feature_query, features_table, snapshot_session, training_session, BackfillError,
     BackfillOptions, BackfillSummary, CHUNK_TICKS, ROWS_SEARCH_DAYS,
 };
-pub(crate) use backfill::{conform, remove_date};
 pub(crate) use catalog::read_sql_folder;
 pub use catalog::{Catalog, FeatureFile, DEFAULT_QUERIES, MARKET_FILE, QUERIES_ENV};
 pub use compute::{compute_features, line_up_files};

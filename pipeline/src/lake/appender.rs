@@ -6,6 +6,7 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::TimestampMicrosecondType;
 use futures::StreamExt;
+use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -78,6 +79,8 @@ pub struct Appender {
     buffers: BTreeMap<i32, (Vec<RecordBatch>, usize)>,
     buffered: usize,
     stats: AppendStats,
+    /// Every file stored (written, or found with the same content).
+    files: Vec<Path>,
 }
 
 impl Appender {
@@ -116,6 +119,7 @@ impl Appender {
             buffers: BTreeMap::new(),
             buffered: 0,
             stats: AppendStats::default(),
+            files: Vec::new(),
         }
     }
 
@@ -170,10 +174,17 @@ impl Appender {
     }
 
     /// Writes everything still buffered and returns what was done.
-    pub async fn finish(mut self) -> Result<AppendStats, LakeError> {
+    pub async fn finish(self) -> Result<AppendStats, LakeError> {
+        self.finish_files().await.map(|(stats, _)| stats)
+    }
+
+    /// [`finish`](Self::finish), also naming every file of the rows
+    /// appended (written now, or already there with the same content): what
+    /// a replacement keeps.
+    pub async fn finish_files(mut self) -> Result<(AppendStats, Vec<Path>), LakeError> {
         let days: Vec<i32> = self.buffers.keys().copied().collect();
         self.write_days(&days).await?;
-        Ok(self.stats)
+        Ok((self.stats, self.files))
     }
 
     async fn flush_day(&mut self, day: i32) -> Result<(), LakeError> {
@@ -205,11 +216,15 @@ impl Appender {
             .buffered(cores);
         while let Some(outcome) = stored.next().await {
             match outcome? {
-                Stored::Written { bytes } => {
+                Stored::Written { bytes, path } => {
                     self.stats.files_written += 1;
                     self.stats.bytes_written += bytes;
+                    self.files.push(path);
                 }
-                Stored::Existing => self.stats.files_existing += 1,
+                Stored::Existing { path } => {
+                    self.stats.files_existing += 1;
+                    self.files.push(path);
+                }
             }
         }
         Ok(())
@@ -238,8 +253,8 @@ impl Appender {
 
 /// What [`store_part`] did.
 enum Stored {
-    Written { bytes: u64 },
-    Existing,
+    Written { bytes: u64, path: Path },
+    Existing { path: Path },
 }
 
 /// Encodes a date's rows (on a blocking thread) and puts the file under its
@@ -280,7 +295,7 @@ async fn store_part(
     match store.head(&path).await {
         Ok(_) => {
             tracing::debug!(path = %path, "Lake file already present, not rewritten.");
-            return Ok(Stored::Existing);
+            return Ok(Stored::Existing { path });
         }
         Err(object_store::Error::NotFound { .. }) => {}
         Err(source) => return Err(store_err(source)),
@@ -291,7 +306,7 @@ async fn store_part(
         .await
         .map_err(store_err)?;
     tracing::debug!(path = %path, rows, "Lake file written.");
-    Ok(Stored::Written { bytes: len })
+    Ok(Stored::Written { bytes: len, path })
 }
 
 /// `YYYY-MM-DD` of a day number since the epoch.
@@ -359,6 +374,52 @@ fn encode_parquet(
     writer.write(batch)?;
     writer.close()?;
     Ok(buf)
+}
+
+/// Replaces the files of `spec`'s table for `date` with `batch` (rows of
+/// that date): the new files are written first and only then are the old
+/// ones removed, as [`replace_named`] does, so a write that fails leaves the
+/// date's old files whole. Readers may see both for a moment, never
+/// neither. Files of the same content are kept, not rewritten.
+pub async fn replace_date(
+    root: &LakeRoot,
+    spec: &TableSpec,
+    date: &str,
+    batch: RecordBatch,
+    options: AppenderOptions,
+) -> Result<ReplaceStats, LakeError> {
+    use futures::TryStreamExt;
+
+    let mut appender = Appender::new(root.clone(), spec.clone(), options);
+    appender.append(batch).await?;
+    let (stats, kept) = appender.finish_files().await?;
+    let prefix = root.path(&format!("{}/date={date}", spec.name));
+    let store = root.store();
+    let listed: Vec<object_store::ObjectMeta> = store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|source| LakeError::Store {
+            path: prefix.to_string(),
+            source,
+        })?;
+    let mut removed = 0;
+    for meta in listed {
+        if !kept.contains(&meta.location) {
+            store
+                .delete(&meta.location)
+                .await
+                .map_err(|source| LakeError::Store {
+                    path: meta.location.to_string(),
+                    source,
+                })?;
+            removed += 1;
+        }
+    }
+    Ok(ReplaceStats {
+        written: usize::try_from(stats.files_written).unwrap_or(usize::MAX),
+        removed,
+    })
 }
 
 /// What [`replace_named`] did.

@@ -16,7 +16,7 @@ mod sort;
 mod table;
 
 pub use appender::{
-    date_string, replace_named, AppendStats, Appender, AppenderOptions, ReplaceStats,
+    date_string, replace_date, replace_named, AppendStats, Appender, AppenderOptions, ReplaceStats,
 };
 pub use context::{register_table, schema_session, session_context, with_date, with_partitions};
 pub use error::LakeError;

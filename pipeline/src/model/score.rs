@@ -26,8 +26,8 @@ use super::manifest::{Manifest, MODEL_FILE};
 use super::rules::{hex, Rule};
 use super::train::{date_spans, TrainError};
 use super::xgb::{Booster, DMatrix, PredictKind, XgbError};
-use crate::features::{remove_date, snapshot_session, Catalog};
-use crate::lake::{Appender, AppenderOptions, LakeRoot, TableSpec};
+use crate::features::{snapshot_session, Catalog};
+use crate::lake::{replace_date, AppenderOptions, LakeRoot, TableSpec};
 use crate::tick::{col as tick_col, ts_type};
 
 /// Column names of the `scores` table.
@@ -336,16 +336,27 @@ pub async fn score(
             totals.2 += batch.num_rows() as u64;
             totals.3 += alerts as u64;
             let spec = table.sub_table(&detector.version());
-            remove_date(root, &spec, date).await?;
-            let mut appender = Appender::new(root.clone(), spec, AppenderOptions::default());
-            appender.append(batch).await?;
-            appender.finish().await?;
+            store_scores(root, &spec, date, batch).await?;
         }
         tracing::info!(%date, rows = features.num_rows(), "Scored.");
         summary.dates.push(date);
         bar.inc(1);
     }
     Ok(summary)
+}
+
+/// Replaces a detector's scores of `date` with `batch`: written first, the
+/// old files removed after, so a failed write leaves the old scores whole
+/// (they used to be deleted first, and a failure left the date empty).
+async fn store_scores(
+    root: &LakeRoot,
+    spec: &TableSpec,
+    date: NaiveDate,
+    batch: RecordBatch,
+) -> Result<(), TrainError> {
+    let date = date.format("%Y-%m-%d").to_string();
+    replace_date(root, spec, &date, batch, AppenderOptions::default()).await?;
+    Ok(())
 }
 
 /// The key and feature columns of the `features` view, in key order.
@@ -573,6 +584,78 @@ mod tests {
         assert_eq!(e.json, before);
         assert_eq!(e.reason, format!("model: {}", words.join(", ")));
         assert!(e.json.contains("-0.10000000149011612"), "{}", e.json);
+    }
+
+    /// Rows of `scores` for one day, `n` of them, scored `score`.
+    fn scores_rows(day_us: i64, n: usize, score: f64) -> RecordBatch {
+        use arrow::array::{StringArray, TimestampMicrosecondArray, UInt32Array};
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values((0..n).map(|i| day_us + i as i64))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from_iter_values((0..n).map(|_| "AAPL"))),
+            Arc::new(UInt32Array::from_iter_values((0..n).map(|_| 0))),
+            Arc::new(Float64Array::from_iter_values((0..n).map(|_| score))),
+            Arc::new(BooleanArray::from_iter((0..n).map(|_| Some(false)))),
+            Arc::new(Float64Array::from_iter_values((0..n).map(|_| 0.9))),
+            Arc::new(StringArray::from_iter_values((0..n).map(|_| "rule"))),
+            Arc::new(StringArray::from_iter((0..n).map(|_| None::<&str>))),
+            Arc::new(StringArray::from_iter((0..n).map(|_| None::<&str>))),
+        ];
+        RecordBatch::try_new(scores_schema(), cols).unwrap()
+    }
+
+    /// Files under the date's folder of `spec`.
+    fn files(dir: &Path, spec: &TableSpec) -> Vec<String> {
+        let folder = dir.join(&spec.name).join("date=2024-03-01");
+        let mut names: Vec<String> = std::fs::read_dir(folder)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// `score` deleted a date's files before writing the new ones: a write
+    /// that failed (here: rows the table refuses) left the date with no
+    /// scores at all. Now the old files stay until the new ones are there.
+    #[tokio::test]
+    async fn a_failed_write_keeps_the_dates_old_scores() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = LakeRoot::parse(dir.path().to_str().unwrap()).unwrap();
+        let spec = TableSpec::scores().sub_table("rules-test");
+        let date = NaiveDate::from_ymd_opt(2024, 3, 1).unwrap();
+        let day_us = 1_709_251_200_000_000;
+        store_scores(&root, &spec, date, scores_rows(day_us, 10, 0.1))
+            .await
+            .unwrap();
+        let old = files(dir.path(), &spec);
+        assert_eq!(old.len(), 1, "{old:?}");
+        // A batch that cannot be written: one column short.
+        let bad = scores_rows(day_us, 10, 0.2)
+            .project(&[0, 1, 2, 3, 4, 5, 6, 7])
+            .unwrap();
+        assert!(store_scores(&root, &spec, date, bad).await.is_err());
+        assert_eq!(
+            files(dir.path(), &spec),
+            old,
+            "the old scores are still there"
+        );
+        // A good one replaces them.
+        store_scores(&root, &spec, date, scores_rows(day_us, 10, 0.3))
+            .await
+            .unwrap();
+        let new = files(dir.path(), &spec);
+        assert_eq!(new.len(), 1, "{new:?}");
+        assert_ne!(new, old);
+        // The same scores again: the file is kept, not removed.
+        store_scores(&root, &spec, date, scores_rows(day_us, 10, 0.3))
+            .await
+            .unwrap();
+        assert_eq!(files(dir.path(), &spec), new);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 pub mod alert_topic;
 pub mod lake;
+pub mod lake_units;
 pub mod postgres;
 pub mod secondary;
 pub mod tick_sink;

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::sinks::{AlertBatch, AlertSink, SinkError, Written};
@@ -34,6 +35,18 @@ struct Job {
     done: Option<oneshot::Sender<()>>,
 }
 
+/// Counters a secondary sink moves, for the metrics (each shares its value
+/// with the one registered; the defaults count for no one).
+#[derive(Debug, Clone, Default)]
+pub struct SecondaryCounters {
+    /// Failed write attempts (each is retried).
+    pub failures: Counter,
+    /// Retries of a failed write.
+    pub retries: Counter,
+    /// Alerts dropped from a full backlog (PostgreSQL has them).
+    pub dropped: Counter,
+}
+
 /// What the task and the driver both see.
 #[derive(Debug, Default)]
 struct State {
@@ -45,6 +58,8 @@ struct State {
     failures: AtomicU64,
     /// Alerts never handed over (the backlog was full).
     dropped: AtomicU64,
+    /// The same, for the metrics.
+    counters: SecondaryCounters,
 }
 
 /// A secondary sink (see the module documentation).
@@ -64,9 +79,19 @@ impl Secondary {
     /// Runs `inner` on its own task with a backlog of at most `capacity`
     /// batches.
     pub fn new(inner: Box<dyn AlertSink>, capacity: usize) -> Self {
+        Self::counted(inner, capacity, SecondaryCounters::default())
+    }
+
+    /// [`new`](Self::new), moving `counters` as it goes.
+    pub fn counted(
+        inner: Box<dyn AlertSink>,
+        capacity: usize,
+        counters: SecondaryCounters,
+    ) -> Self {
         let name = inner.name();
         let state = Arc::new(State {
             healthy: AtomicBool::new(true),
+            counters,
             ..State::default()
         });
         let (tx, rx) = mpsc::channel(capacity.max(1));
@@ -101,6 +126,7 @@ async fn run(mut inner: Box<dyn AlertSink>, mut rx: mpsc::Receiver<Job>, state: 
                 Err(e) => {
                     state.healthy.store(false, Ordering::Relaxed);
                     let failures = state.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                    state.counters.failures.inc();
                     tracing::warn!(
                         sink = %name,
                         error = %e,
@@ -111,6 +137,7 @@ async fn run(mut inner: Box<dyn AlertSink>, mut rx: mpsc::Receiver<Job>, state: 
                     );
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
+                    state.counters.retries.inc();
                 }
             }
         }
@@ -156,6 +183,7 @@ impl AlertSink for Secondary {
         if tx.try_send(job).is_err() {
             self.state.backlog.fetch_sub(n, Ordering::Relaxed);
             let dropped = self.state.dropped.fetch_add(n, Ordering::Relaxed) + n;
+            self.state.counters.dropped.inc_by(n);
             tracing::error!(
                 sink = %self.name,
                 alerts = n,
@@ -261,12 +289,14 @@ mod tests {
     #[tokio::test]
     async fn failures_are_retried_in_order_and_never_returned() {
         let written = Arc::new(Mutex::new(Vec::new()));
-        let mut s = Secondary::new(
+        let counters = SecondaryCounters::default();
+        let mut s = Secondary::counted(
             Box::new(Flaky {
                 fail: 3,
                 written: Arc::clone(&written),
             }),
             8,
+            counters.clone(),
         );
         for n in [1, 2, 3] {
             assert!(s.write(&batch(n)).await.is_ok());
@@ -274,5 +304,7 @@ mod tests {
         s.close().await.unwrap();
         assert_eq!(*written.lock().unwrap(), vec![1, 2, 3]);
         assert_eq!(s.failures(), 3);
+        assert_eq!(counters.failures.get(), 3);
+        assert_eq!(counters.retries.get(), 3);
     }
 }

@@ -2,14 +2,36 @@
 //! Kafka topic of JSON ticks, or PostgreSQL's tick store
 //! ([`TickTarget`]); with the amendments a live feed sends (corrections,
 //! cancels, revised bars) written to the lake's `amendments` table.
+//!
+//! Nothing handed over is dropped on a failure: lake rows stay in memory
+//! until a flush has them in files ([`LakeUnits`]), and a PostgreSQL write
+//! reconnects and retries with backoff (bounded) before it gives up.
 
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
 
+use super::lake_units::{add, LakeUnits};
+use super::postgres::{DbError, Reconnecting};
 use crate::ingest::{IngestError, TickTarget};
-use crate::lake::{AppendStats, Appender, AppenderOptions, LakeRoot, TableSpec};
+use crate::lake::{AppendStats, LakeRoot, TableSpec};
 use crate::sources::kafka::{ensure_topic, TickPublisher};
+
+/// Attempts at one PostgreSQL write before giving up: with the backoff of
+/// [`Reconnecting`] (0.2 s doubling up to 10 s) about a minute of outage is
+/// ridden out.
+const PG_ATTEMPTS: u32 = 10;
+
+/// Lake rows held before a write flushes them (the appender's own bound).
+const LAKE_FLUSH_ROWS: usize = 4_000_000;
+
+/// Lake rows held while flushes fail before the sink gives up: memory is
+/// not endless.
+const LAKE_HOLD_ROWS: usize = 2 * LAKE_FLUSH_ROWS;
+
+/// Attempts of the last flush, at [`TickSink::finish`], with a doubling
+/// pause from half a second.
+const FINISH_ATTEMPTS: u32 = 5;
 
 /// What a [`TickSink`] wrote.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -34,23 +56,22 @@ pub struct SinkStats {
 // One sink per run: the size difference between variants is moot.
 #[allow(clippy::large_enum_variant)]
 enum Inner {
-    Lake(Appender),
+    Lake(LakeUnits),
     Kafka(TickPublisher),
-    Postgres(tokio_postgres::Client),
+    Postgres(Reconnecting),
 }
 
 /// Writes tick batches to a [`TickTarget`].
 ///
-/// The lake buffers per day and writes files when buffers fill (memory
-/// stays bounded) and at [`flush`](Self::flush); Kafka publishes each
-/// batch (librdkafka queues and retries); PostgreSQL commits each batch
-/// (COPY into a staging table, insert what is new on the tick key).
+/// The lake holds rows until [`flush`](Self::flush) (or until they are
+/// many) and keeps them when a flush fails; Kafka publishes each batch
+/// (librdkafka queues and retries); PostgreSQL commits each batch (COPY
+/// into a staging table, insert what is new on the tick key), reconnecting
+/// and retrying when the connection fails.
 pub struct TickSink {
     inner: Inner,
-    /// The lake root of the tick files (to reopen after a flush).
-    lake: Option<LakeRoot>,
     amendments_root: Option<LakeRoot>,
-    amendments: Option<Appender>,
+    amendments: Option<LakeUnits>,
     stats: SinkStats,
 }
 
@@ -65,27 +86,26 @@ impl TickSink {
         target: &TickTarget,
         amendments_lake: Option<LakeRoot>,
     ) -> Result<Self, IngestError> {
-        let (inner, lake) = match target {
-            TickTarget::Lake(root) => (Inner::Lake(ticks_appender(root)), Some(root.clone())),
+        let inner = match target {
+            TickTarget::Lake(root) => Inner::Lake(LakeUnits::new(root.clone(), TableSpec::ticks())),
             TickTarget::Kafka {
                 brokers,
                 topic,
                 partitions,
             } => {
                 ensure_topic(brokers, topic, i32::from(*partitions)).await?;
-                (Inner::Kafka(TickPublisher::new(brokers, topic, &[])?), None)
+                Inner::Kafka(TickPublisher::new(brokers, topic, &[])?)
             }
             TickTarget::Postgres { url } => {
                 let mut client = crate::sinks::postgres::connect(url).await?;
                 // The tick store's table and partition function come with
                 // the schema; applying what is missing is idempotent.
                 crate::sinks::postgres::migrate(&mut client).await?;
-                (Inner::Postgres(client), None)
+                Inner::Postgres(Reconnecting::new(url, client))
             }
         };
         Ok(Self {
             inner,
-            lake,
             amendments_root: amendments_lake,
             amendments: None,
             stats: SinkStats::default(),
@@ -97,16 +117,22 @@ impl TickSink {
         if ticks.num_rows() == 0 {
             return Ok(());
         }
-        self.stats.ticks += ticks.num_rows() as u64;
+        let n = ticks.num_rows() as u64;
         match &mut self.inner {
-            Inner::Lake(a) => a.append(ticks).await?,
+            Inner::Lake(units) => {
+                units.push(ticks);
+                if units.rows() >= LAKE_FLUSH_ROWS {
+                    self.flush_or_keep().await?;
+                }
+            }
             Inner::Kafka(p) => p.publish_batch(&ticks).await?,
-            Inner::Postgres(client) => {
-                let w = crate::sinks::postgres::write_ticks(client, &ticks).await?;
+            Inner::Postgres(db) => {
+                let w = write_with_retries(db, &ticks).await?;
                 self.stats.stored_new += w.inserted;
                 self.stats.partitions_created += w.partitions_created;
             }
         }
+        self.stats.ticks += n;
         Ok(())
     }
 
@@ -122,27 +148,52 @@ impl TickSink {
             });
         };
         self.stats.amendments += amendments.num_rows() as u64;
-        let a = self
-            .amendments
-            .get_or_insert_with(|| amendments_appender(root));
-        a.append(amendments).await?;
+        self.amendments
+            .get_or_insert_with(|| LakeUnits::new(root.clone(), TableSpec::amendments()))
+            .push(amendments);
         Ok(())
     }
 
-    /// Makes everything written so far durable: the lake's buffers become
+    /// Makes everything written so far durable: the lake's rows become
     /// files (a live ingestion calls this every few seconds, so that a
     /// crash loses at most that much). Kafka and PostgreSQL are durable
-    /// per batch already.
+    /// per batch already. On an error the rows are kept, and the next
+    /// flush writes them.
     pub async fn flush(&mut self) -> Result<(), IngestError> {
-        if let (Inner::Lake(a), Some(root)) = (&mut self.inner, &self.lake) {
-            let full = std::mem::replace(a, ticks_appender(root));
-            add(&mut self.stats.tick_files, full.finish().await?);
+        if let Inner::Lake(units) = &mut self.inner {
+            add(&mut self.stats.tick_files, units.flush().await?);
         }
-        if let (Some(a), Some(root)) = (self.amendments.take(), &self.amendments_root) {
-            add(&mut self.stats.amendment_files, a.finish().await?);
-            self.amendments = Some(amendments_appender(root));
+        if let Some(units) = &mut self.amendments {
+            add(&mut self.stats.amendment_files, units.flush().await?);
         }
         Ok(())
+    }
+
+    /// [`flush`](Self::flush) for a periodic flush: a failure is logged
+    /// and the rows kept for the next one; the error is returned only when
+    /// more than [`LAKE_HOLD_ROWS`] rows are held.
+    pub async fn flush_or_keep(&mut self) -> Result<(), IngestError> {
+        match self.flush().await {
+            Ok(()) => Ok(()),
+            Err(e) if self.unflushed() <= LAKE_HOLD_ROWS => {
+                tracing::warn!(
+                    error = %e,
+                    kept = self.unflushed(),
+                    "Lake flush failed: the rows are kept for the next flush."
+                );
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Rows handed over and not yet in lake files (ticks and amendments).
+    pub fn unflushed(&self) -> usize {
+        let ticks = match &self.inner {
+            Inner::Lake(units) => units.rows(),
+            _ => 0,
+        };
+        ticks + self.amendments.as_ref().map_or(0, LakeUnits::rows)
     }
 
     /// What was written so far.
@@ -153,12 +204,32 @@ impl TickSink {
     /// Flushes and closes: lake files written, Kafka acknowledgements
     /// awaited (up to two minutes).
     pub async fn finish(mut self) -> Result<SinkStats, IngestError> {
-        if let Some(a) = self.amendments.take() {
-            add(&mut self.stats.amendment_files, a.finish().await?);
+        // The last chance for rows a failed flush kept: a few attempts.
+        let mut pause = Duration::from_millis(500);
+        for attempt in 1..=FINISH_ATTEMPTS {
+            match self.flush().await {
+                Ok(()) => break,
+                Err(e) if attempt < FINISH_ATTEMPTS => {
+                    tracing::warn!(
+                        error = %e,
+                        kept = self.unflushed(),
+                        retry_in = ?pause,
+                        "Lake flush failed at the end; retrying."
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        kept = self.unflushed(),
+                        "Lake flush failed at the end: these rows are not stored."
+                    );
+                    return Err(e);
+                }
+            }
         }
         match self.inner {
-            Inner::Lake(a) => add(&mut self.stats.tick_files, a.finish().await?),
-            Inner::Postgres(_) => {}
+            Inner::Lake(_) | Inner::Postgres(_) => {}
             Inner::Kafka(p) => {
                 // flush blocks on librdkafka: off the runtime's threads.
                 let flushed =
@@ -174,21 +245,75 @@ impl TickSink {
     }
 }
 
-fn ticks_appender(root: &LakeRoot) -> Appender {
-    Appender::new(root.clone(), TableSpec::ticks(), AppenderOptions::default())
+/// Writes `ticks` to the tick store, reconnecting and retrying (the write
+/// is one transaction keyed on the tick key, so a retry after a commit whose
+/// answer was lost stores nothing twice); gives up after [`PG_ATTEMPTS`] or
+/// on an error a retry cannot cure.
+async fn write_with_retries(
+    db: &mut Reconnecting,
+    ticks: &RecordBatch,
+) -> Result<crate::sinks::postgres::TickWriteStats, DbError> {
+    let mut attempt = 1;
+    loop {
+        let written = match db.client().await {
+            Ok(client) => crate::sinks::postgres::write_ticks(client, ticks).await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(w) => {
+                db.succeeded();
+                return Ok(w);
+            }
+            Err(e) if attempt < PG_ATTEMPTS => {
+                // Sleeps the backoff for a connection-class error, returns
+                // any other at once.
+                db.failed(e).await?;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
-fn amendments_appender(root: &LakeRoot) -> Appender {
-    Appender::new(
-        root.clone(),
-        TableSpec::amendments(),
-        AppenderOptions::default(),
-    )
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tick::{TickBuilder, TickRecord, Validator};
 
-fn add(total: &mut AppendStats, more: AppendStats) {
-    total.rows += more.rows;
-    total.files_written += more.files_written;
-    total.files_existing += more.files_existing;
-    total.bytes_written += more.bytes_written;
+    fn ticks(from: i64, n: i64) -> RecordBatch {
+        let mut b = TickBuilder::with_validator("t", Validator::with_now(2_000_000_000_000_000));
+        for i in from..from + n {
+            b.push(&TickRecord::trade(
+                1_700_000_000_000_000 + i * 1_000_000,
+                "AAPL",
+                10.0,
+                1.0,
+            ))
+            .unwrap();
+        }
+        b.finish()
+    }
+
+    /// A flush that failed used to take the appender's rows with it: they
+    /// were never written. Now they are kept and the next flush writes them.
+    #[tokio::test]
+    async fn a_failed_lake_flush_keeps_its_rows_for_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = LakeRoot::parse(dir.path().to_str().unwrap()).unwrap();
+        let mut sink = TickSink::open(&TickTarget::Lake(root), None).await.unwrap();
+        sink.write(ticks(0, 3)).await.unwrap();
+        // The table's folder cannot be made: a file is in the way.
+        let blocker = dir.path().join("ticks");
+        std::fs::write(&blocker, b"not a folder").unwrap();
+        assert!(sink.flush().await.is_err());
+        assert_eq!(sink.unflushed(), 3);
+        assert!(sink.flush_or_keep().await.is_ok(), "kept, not fatal");
+        sink.write(ticks(3, 2)).await.unwrap();
+        std::fs::remove_file(&blocker).unwrap();
+        sink.flush().await.unwrap();
+        assert_eq!(sink.unflushed(), 0);
+        let stats = sink.finish().await.unwrap();
+        assert_eq!(stats.ticks, 5);
+        assert_eq!(stats.tick_files.rows, 5, "every row is in a file");
+    }
 }

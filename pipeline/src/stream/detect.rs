@@ -72,6 +72,8 @@ pub struct DetectOptions {
     /// `stockanomaly market-context`, instead of computing them from this
     /// detector's own partitions (exact only when it reads them all).
     pub market_topic: Option<String>,
+    /// Validation of the ticks (`--max-future`).
+    pub validator: crate::tick::Validator,
 }
 
 /// What a `detect` run did.
@@ -459,6 +461,7 @@ pub async fn detect(
         batch_wait: options.batch_wait,
         resume: Resume::Stored(Box::new(PgOffsetStore::new(db.clone(), shutdown.clone()))),
         shutdown: shutdown.clone(),
+        validator: options.validator.clone(),
     })?;
     let market = match &options.market_topic {
         Some(t) => {
@@ -478,11 +481,19 @@ pub async fn detect(
         let topic = AlertTopic::new(&kafka, t)
             .await
             .map_err(crate::sinks::SinkError::from)?;
-        sinks.push(Box::new(Secondary::new(Box::new(topic), SECONDARY_BACKLOG)));
+        sinks.push(Box::new(Secondary::counted(
+            Box::new(topic),
+            SECONDARY_BACKLOG,
+            metrics.secondary("alert_topic"),
+        )));
     }
     if let Some(root) = &options.alerts_lake {
         let lake = LakeAlertSink::new(root.clone(), LakeWrites::Keyed);
-        sinks.push(Box::new(Secondary::new(Box::new(lake), SECONDARY_BACKLOG)));
+        sinks.push(Box::new(Secondary::counted(
+            Box::new(lake),
+            SECONDARY_BACKLOG,
+            metrics.secondary("lake"),
+        )));
     }
     sinks.push(Box::new(PostgresSink::new(
         db,

@@ -242,6 +242,9 @@ pub async fn run<S: Source>(
             .unwrap_or_default();
         if let Some(stream) = &batch.stream {
             summary.gaps += stream.gaps.len() as u64;
+            if let Some(m) = &options.metrics {
+                m.record_gaps(stream.gaps.len() as u64);
+            }
             if let (Some(m), Some(lag)) = (&options.metrics, &stream.lag) {
                 m.set_lag(lag);
             }

@@ -69,6 +69,8 @@ pub struct MarketContextOptions {
     /// Stop after this long without a tick, closing every bucket first (the
     /// end of a replay); run until a signal otherwise.
     pub exit_when_idle: Option<Duration>,
+    /// Validation of the ticks (`--max-future`).
+    pub validator: crate::tick::Validator,
 }
 
 /// What a `market-context` run did.
@@ -381,6 +383,7 @@ pub async fn market_context(
         batch_wait: options.batch_wait,
         resume: Resume::Committed,
         shutdown: shutdown.clone(),
+        validator: options.validator.clone(),
     })?;
     let mut config = kafka.client();
     config

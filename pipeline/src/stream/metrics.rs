@@ -40,6 +40,12 @@ struct Reason {
     reason: String,
 }
 
+/// A secondary sink (bounded: the alert topic and the lake).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Sink {
+    sink: String,
+}
+
 /// A Kafka partition.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Partition {
@@ -54,6 +60,10 @@ struct Inner {
     alerts: Counter,
     batches: Counter,
     dead_letters: Family<Reason, Counter>,
+    offset_gaps: Counter,
+    secondary_failures: Family<Sink, Counter>,
+    secondary_retries: Family<Sink, Counter>,
+    secondary_dropped: Family<Sink, Counter>,
     held: Gauge,
     lag: Family<Partition, Gauge>,
     /// The last lag per partition, for [`Metrics::total_lag`] (a family
@@ -78,6 +88,10 @@ impl Default for Inner {
             alerts: Counter::default(),
             batches: Counter::default(),
             dead_letters: Family::default(),
+            offset_gaps: Counter::default(),
+            secondary_failures: Family::default(),
+            secondary_retries: Family::default(),
+            secondary_dropped: Family::default(),
             held: Gauge::default(),
             lag: Family::default(),
             lag_values: Mutex::new(BTreeMap::new()),
@@ -113,6 +127,26 @@ impl Default for Inner {
             "stockanomaly_dead_letters",
             "Dead letters written, by reason",
             inner.dead_letters.clone(),
+        );
+        r.register(
+            "stockanomaly_offset_gaps",
+            "Offset gaps found in a partition (records deleted, topic recreated), each logged",
+            inner.offset_gaps.clone(),
+        );
+        r.register(
+            "stockanomaly_secondary_sink_failures",
+            "Failed writes to a secondary sink (alert topic, lake), each retried",
+            inner.secondary_failures.clone(),
+        );
+        r.register(
+            "stockanomaly_secondary_sink_retries",
+            "Retries of failed secondary sink writes",
+            inner.secondary_retries.clone(),
+        );
+        r.register(
+            "stockanomaly_secondary_sink_dropped_alerts",
+            "Alerts a secondary sink dropped from a full backlog (PostgreSQL has them)",
+            inner.secondary_dropped.clone(),
         );
         r.register(
             "stockanomaly_held_ticks",
@@ -220,6 +254,25 @@ impl Metrics {
             observe(&m.event_to_commit, t);
         }
         m.held.set(i64::try_from(b.held).unwrap_or(i64::MAX));
+    }
+
+    /// Counts offset gaps found (each was logged with its offsets).
+    pub fn record_gaps(&self, gaps: u64) {
+        self.inner.offset_gaps.inc_by(gaps);
+    }
+
+    /// The counters of the secondary sink labelled `sink` (`alert_topic`,
+    /// `lake`), shared with the exposition.
+    pub fn secondary(&self, sink: &str) -> crate::sinks::secondary::SecondaryCounters {
+        let label = Sink {
+            sink: sink.to_owned(),
+        };
+        let m = &self.inner;
+        crate::sinks::secondary::SecondaryCounters {
+            failures: m.secondary_failures.get_or_create(&label).clone(),
+            retries: m.secondary_retries.get_or_create(&label).clone(),
+            dropped: m.secondary_dropped.get_or_create(&label).clone(),
+        }
     }
 
     /// Replaces the consumer lag of every partition (messages behind the
@@ -359,6 +412,17 @@ mod tests {
         assert!(m
             .render()
             .contains("stockanomaly_consumer_lag{partition=\"1\"} 4\n"));
+        m.record_gaps(2);
+        m.secondary("lake").failures.inc();
+        let text = m.render();
+        assert!(
+            text.contains("stockanomaly_offset_gaps_total 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stockanomaly_secondary_sink_failures_total{sink=\"lake\"} 1\n"),
+            "{text}"
+        );
         m.set_lag(&BTreeMap::from([(0, 1)]));
         assert!(
             !m.render().contains("partition=\"1\""),

@@ -129,6 +129,21 @@ impl TickBuilder {
     /// unchanged and takes no `seq`.
     pub fn push(&mut self, r: &TickRecord<'_>) -> Result<(), Rejection> {
         self.validator.check(r)?;
+        self.append(r);
+        Ok(())
+    }
+
+    /// [`push`](Self::push) for a record that arrived at `arrived_us`:
+    /// its timestamp is also bounded by the arrival (see
+    /// [`Validator::check_arrived`]).
+    pub fn push_arrived(&mut self, r: &TickRecord<'_>, arrived_us: i64) -> Result<(), Rejection> {
+        self.validator.check_arrived(r, arrived_us)?;
+        self.append(r);
+        Ok(())
+    }
+
+    /// Appends a validated record.
+    fn append(&mut self, r: &TickRecord<'_>) {
         let seq = self.seqs.next(r.symbol, r.ts_us);
         self.ts.append_value(r.ts_us);
         self.symbol.append_value(r.symbol);
@@ -143,7 +158,6 @@ impl TickBuilder {
         self.bid_size.append_option(r.bid_size);
         self.ask_size.append_option(r.ask_size);
         self.source_col.append_value(&self.source);
-        Ok(())
     }
 
     /// Ticks appended since the last [`finish`](Self::finish).

@@ -18,4 +18,7 @@ pub use builder::{TickBuilder, TickRecord};
 pub use reject::{Reject, RejectCounts, RejectWriter};
 pub use schema::{col, tick_schema, ts_type, TICK_KEY};
 pub use seq::SeqAssigner;
-pub use validate::{RejectReason, Rejection, Validator, MIN_TS_US};
+pub use validate::{
+    Clock, ManualClock, RejectReason, Rejection, SystemClock, Validator, DEFAULT_MAX_FUTURE,
+    MIN_TS_US,
+};

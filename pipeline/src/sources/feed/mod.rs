@@ -302,9 +302,9 @@ impl FeedCore {
     pub fn new(feed: Feed, validator: Validator) -> Self {
         Self {
             feed,
+            ticks: TickBuilder::with_validator(feed.name(), validator.clone()),
+            amendments: AmendmentBuilder::new(feed.name(), validator.clone()),
             validator,
-            ticks: TickBuilder::with_validator(feed.name(), validator),
-            amendments: AmendmentBuilder::new(feed.name(), validator),
             bars: BarBook::default(),
             quotes: HashMap::new(),
             rejects: Vec::new(),

@@ -413,13 +413,13 @@ impl HistoryFetcher {
         let decoder =
             match (request.feed, request.timeframe) {
                 (HistoryFeed::Alpaca, Timeframe::Minute) => Decoder::Alpaca(
-                    AlpacaHistoryDecoder::new(AlpacaHistory::Bars, request.validator),
+                    AlpacaHistoryDecoder::new(AlpacaHistory::Bars, request.validator.clone()),
                 ),
                 (HistoryFeed::Alpaca, Timeframe::Trades) => Decoder::Alpaca(
-                    AlpacaHistoryDecoder::new(AlpacaHistory::Trades, request.validator),
+                    AlpacaHistoryDecoder::new(AlpacaHistory::Trades, request.validator.clone()),
                 ),
                 (HistoryFeed::Polygon, _) => {
-                    Decoder::Polygon(PolygonAggsDecoder::new(request.validator))
+                    Decoder::Polygon(PolygonAggsDecoder::new(request.validator.clone()))
                 }
             };
         let pending = request.symbols.iter().cloned().collect();

@@ -44,7 +44,7 @@ use crate::shutdown::Shutdown;
 use crate::sources::{
     OffsetGap, Position, RefusedMessage, Source, SourceBatch, SourceError, StreamBatch,
 };
-use crate::tick::TickBuilder;
+use crate::tick::{TickBuilder, Validator};
 
 /// Where a consumer's stored positions live: partition → (next offset,
 /// warm-up offset), as the detector's sink commits them with its alerts.
@@ -86,6 +86,9 @@ pub struct KafkaSourceOptions {
     pub resume: Resume,
     /// Ends a fill early (the batch so far is returned).
     pub shutdown: Shutdown,
+    /// Validation of the ticks: its clock and how far ahead of a message's
+    /// arrival a tick may be (`--max-future`).
+    pub validator: Validator,
 }
 
 /// A partition's phase (detector mode).
@@ -178,7 +181,10 @@ impl KafkaSource {
         Ok(KafkaSource {
             consumer,
             events,
-            builder: TickBuilder::new(&format!("kafka:{}", options.topic)),
+            builder: TickBuilder::with_validator(
+                &format!("kafka:{}", options.topic),
+                options.validator,
+            ),
             topic: options.topic,
             group: options.group,
             batch_rows: options.batch_rows.max(1),
@@ -538,10 +544,18 @@ impl Source for KafkaSource {
                 };
             }
             let payload = msg.payload().unwrap_or_default();
+            // Arrival is the message's timestamp (when the producer sent it
+            // or the broker stored it), not when this member reads it: a
+            // warm-up replay or a restart after an outage then refuses the
+            // same ticks as the first reading did.
+            let arrived = match msg.timestamp().to_millis() {
+                Some(ms) if ms > 0 => ms.saturating_mul(1000),
+                _ => crate::stream::now_us(),
+            };
             let decoded = self
                 .decoder
                 .decode(payload)
-                .and_then(|r| self.builder.push(&r).map(|()| r.symbol));
+                .and_then(|r| self.builder.push_arrived(&r, arrived).map(|()| r.symbol));
             match decoded {
                 Ok(symbol) => {
                     if self.store.is_some() && self.symbol_partition.get(symbol) != Some(&p) {

@@ -239,7 +239,7 @@ impl LiveSource {
             ));
         }
         let symbols = request.symbols.clone();
-        let v = request.validator;
+        let v = request.validator.clone();
         let o = request.connect;
         let url = request.endpoint.clone();
         let client: Box<dyn Client> = match request.feed {
@@ -422,7 +422,7 @@ impl LiveSource {
             alpaca_feed: r.alpaca_feed.clone(),
             page_limit: None,
             retry: r.retry,
-            validator: r.validator,
+            validator: r.validator.clone(),
         })
         .map_err(|e| e.to_string())?;
         let mut pages = Vec::new();
