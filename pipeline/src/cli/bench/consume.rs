@@ -11,6 +11,7 @@ use super::super::output::{count, rate};
 use crate::shutdown::Shutdown;
 use crate::sources::kafka::{KafkaConfig, KafkaSource, KafkaSourceOptions, Resume};
 use crate::sources::Source;
+use crate::tick::Validator;
 
 /// How long the topic may stay silent before the reading is over.
 const QUIET: Duration = Duration::from_secs(2);
@@ -32,6 +33,7 @@ pub(super) async fn run(url: &str, batch_rows: usize) -> anyhow::Result<()> {
         batch_wait: Duration::from_millis(100),
         resume: Resume::Committed,
         shutdown: Shutdown::on_signals(),
+        validator: Validator::new(),
     })
     .with_context(|| format!("consuming {topic} from {brokers}"))?;
     let asked = Instant::now();
