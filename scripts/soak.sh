@@ -16,7 +16,10 @@
 #
 # Options: --ticks N (about; the simulator decides the exact count),
 # --kills N, --cuts N, --partitions N (of the tick topic, default 4),
-# --seed N (ticks and kill points), --keep (leave the scratch folder).
+# --seed N (ticks and kill points), --batch-rows N (detect's micro-batch,
+# default 1000: small batches commit often, so the kill points spread over
+# the stream instead of falling after its end), --keep (leave the scratch
+# folder).
 # Environment: STOCKANOMALY_BIN (binary to run; when unset, the release
 # binary is built in CARGO_TARGET_DIR), TMPDIR (scratch). PostgreSQL and
 # the tansu broker are started as for the tests (scripts/test-env.sh),
@@ -45,6 +48,7 @@ KILLS=100
 CUTS=10
 PARTITIONS=4
 SEED=1
+BATCH_ROWS=1000
 KEEP=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -53,6 +57,7 @@ while [ $# -gt 0 ]; do
   --cuts) CUTS="${2:?--cuts needs a number}"; shift 2 ;;
   --partitions) PARTITIONS="${2:?--partitions needs a number}"; shift 2 ;;
   --seed) SEED="${2:?--seed needs a number}"; shift 2 ;;
+  --batch-rows) BATCH_ROWS="${2:?--batch-rows needs a number}"; shift 2 ;;
   --keep) KEEP=1; shift ;;
   -h | --help)
     sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
@@ -61,7 +66,7 @@ while [ $# -gt 0 ]; do
   *) die "unknown argument '$1' (see scripts/soak.sh --help)" ;;
   esac
 done
-for v in TICKS KILLS CUTS PARTITIONS SEED; do
+for v in TICKS KILLS CUTS PARTITIONS SEED BATCH_ROWS; do
   [[ "${!v}" =~ ^[0-9]+$ ]] || die "--${v,,} must be a whole number, not '${!v}'"
 done
 [ "$TICKS" -ge 1000 ] || die "--ticks must be at least 1000"
@@ -156,7 +161,7 @@ say "produce $TOTAL ticks to $TOPIC ($PARTITIONS partitions)"
 detect_args() { # group url
   printf '%s\n' detect --lake "$LAKE" --queries "$ROOT/queries" --rules \
     --source "kafka://$BROKERS/$TOPIC" --group "$1" --database-url "$2" \
-    --idle-timeout-ms 300 --exit-when-idle 5
+    --idle-timeout-ms 300 --exit-when-idle 5 --batch-rows "$BATCH_ROWS"
 }
 
 say "the uninterrupted run"
@@ -215,6 +220,8 @@ EVENTS="$(awk -v k="$KILLS" -v c="$CUTS" -v n="$TOTAL" -v s="$SEED" 'BEGIN {
 say "soak: $KILLS kills and $CUTS connection cuts over $TOTAL ticks"
 KILLED=0
 KILLS_OK=0
+# Kills that hit a detector with ticks still to read (not after the end).
+MID=0
 CUT=0
 CUTS_OK=0
 started=$(date +%s)
@@ -232,6 +239,7 @@ while read -r at kind pause; do
       sleep "$pause"
     fi
     kill -KILL "$DETECT_PID" 2>/dev/null || true
+    [ "$(progress)" -lt "$TOTAL" ] && MID=$((MID + 1))
     set +e
     wait "$DETECT_PID" 2>/dev/null
     set -e
@@ -287,7 +295,7 @@ DEAD=$(psql "$SOAK_URL" -Atc "SELECT count(*) FROM dead_letters")
 
 echo
 echo "soak: $TOTAL ticks, $PARTITIONS partitions, $RUNS detector runs, $REF_N alerts in the uninterrupted run"
-echo "connection cuts survived $CUTS_OK/$CUT; alerts not in the uninterrupted run $EXTRA, with another score $DIFFER; dead letters $DEAD"
+echo "kills before the end of the stream $MID/$KILLED; connection cuts survived $CUTS_OK/$CUT; alerts not in the uninterrupted run $EXTRA, with another score $DIFFER; dead letters $DEAD"
 echo "kills survived $KILLS_OK/$KILLED, alerts lost $LOST, alerts duplicated $DUP"
 if [ "$KILLS_OK" = "$KILLS" ] && [ "$KILLED" = "$KILLS" ] && [ "$CUTS_OK" = "$CUTS" ] &&
   [ "$LOST" = 0 ] && [ "$DUP" = 0 ] && [ "$EXTRA" = 0 ] && [ "$DIFFER" = 0 ] &&
