@@ -153,7 +153,7 @@ echo
 echo "Streaming detector, $(basename "$BIN") ($TICKS ticks, model + default feature pack)"
 echo "in process (executor only, lake x micro-batch):"
 for l in "${INPROC_LINES[@]}"; do echo "  $l"; done
-echo "$(printf '%s\n' "$CEILING" | sed -n 's/^broker consumer ceiling: /broker consumer ceiling: /p')"
+printf '%s\n' "$CEILING" | grep '^broker consumer ceiling:' || echo 'broker consumer ceiling: ?'
 echo "end to end (tansu -> detect -> PostgreSQL): $E2E_RATE ticks/s (wall time minus the 3 s idle exit)"
 echo "latency at $RATE ticks/s offered (p50: median of 1 s windows, p99: worst 1 s window):"
 echo "  processing (final -> alerts committed): p50 ${PP50:-?} ms, p99 ${PP99:-?} ms"
