@@ -346,6 +346,16 @@ async fn two_detectors_in_a_group_write_the_alerts_of_one_across_a_rebalance() {
     )
     .await;
     assert!(stats > 0, "detector_stats rows carry latency and lag");
+    // The latency split: what processing adds (from a tick becoming
+    // emittable to its commit) and what the pack's declared waits cost.
+    let split = count(
+        &client,
+        "SELECT count(*) FROM detector_stats \
+         WHERE processing_p50_ms >= 0 AND processing_p50_ms <= processing_p99_ms \
+           AND wait_p50_ms >= 0 AND wait_p50_ms <= wait_p99_ms",
+    )
+    .await;
+    assert!(split > 0, "detector_stats rows carry the latency split");
 }
 
 /// A loopback TCP proxy to PostgreSQL that can be cut: when down, it closes

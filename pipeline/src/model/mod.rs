@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod report;
 pub mod rules;
 pub mod score;
+pub mod shap;
 pub mod train;
 pub mod xgb;
 

@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 use super::manifest::{Manifest, MODEL_FILE};
 use super::rules::{hex, Rule};
+use super::shap::TreeShap;
 use super::train::{date_spans, TrainError};
 use super::xgb::{Booster, DMatrix, PredictKind, XgbError};
 use crate::features::{snapshot_session, Catalog};
@@ -83,6 +84,9 @@ pub struct ModelDetector {
     /// Predictions run in this many lanes of one XGBoost thread each
     /// (`None`: one call, XGBoost on every core).
     lanes: Option<usize>,
+    /// The trees compiled for SHAP values (`None`: XGBoost's own, for a
+    /// model [`TreeShap`] cannot explain).
+    shap: Option<TreeShap>,
 }
 
 impl ModelDetector {
@@ -97,11 +101,20 @@ impl ModelDetector {
             source,
         })?;
         let booster = Booster::load_from_buffer(&bytes)?;
+        let rounds = (0, manifest.best_iteration + 1);
+        let shap = TreeShap::compile(&bytes, catalog.feature_names().len(), rounds);
+        if shap.is_none() {
+            tracing::info!(
+                model = %path.display(),
+                "SHAP explanations by XGBoost (a model the compiled explainer does not run)."
+            );
+        }
         Ok(ModelDetector {
             manifest,
             booster,
             version: model_version(&bytes),
             lanes: None,
+            shap,
         })
     }
 
@@ -147,24 +160,35 @@ impl ModelDetector {
         k: usize,
     ) -> Result<Vec<Explanation>, XgbError> {
         let rounds = Some(self.rounds());
-        let (contribs, width) = match self.lanes {
-            Some(lanes) => {
-                self.booster
-                    .predict_in_lanes(columns, PredictKind::Contribs, rounds, lanes)?
+        // `width` values a row, the first `features` of them the features'
+        // (XGBoost's last is the bias).
+        let (contribs, width, features) = match (&self.shap, self.lanes) {
+            (Some(shap), lanes) => {
+                let lanes = lanes
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+                let width = shap.features();
+                (shap.explain(columns, lanes), width, width)
             }
-            None => {
+            (None, Some(lanes)) => {
+                let (c, w) =
+                    self.booster
+                        .predict_in_lanes(columns, PredictKind::Contribs, rounds, lanes)?;
+                (c, w, w.saturating_sub(1))
+            }
+            (None, None) => {
                 let m = DMatrix::from_columns(columns, None, None)?;
-                self.booster
-                    .predict_with(&m, PredictKind::Contribs, rounds)?
+                let (c, w) = self
+                    .booster
+                    .predict_with(&m, PredictKind::Contribs, rounds)?;
+                (c, w, w.saturating_sub(1))
             }
         };
         let mut out = Vec::with_capacity(columns.first().map_or(0, |c| c.len()));
         let mut idx: Vec<usize> = Vec::with_capacity(width);
         let mut top: Vec<Contribution<'_>> = Vec::with_capacity(k);
         for (row, c) in contribs.chunks(width.max(1)).enumerate() {
-            // The last entry is the bias, not a feature.
             idx.clear();
-            idx.extend(0..width.saturating_sub(1));
+            idx.extend(0..features);
             idx.sort_by(|&a, &b| c[b].abs().total_cmp(&c[a].abs()).then(a.cmp(&b)));
             top.clear();
             top.extend(idx.iter().take(k).map(|&i| {

@@ -204,6 +204,21 @@ pub struct Timings {
     pub bookkeeping: Duration,
 }
 
+impl Timings {
+    /// The time spent since `earlier` (a copy of these timings).
+    pub fn since(&self, earlier: &Timings) -> Timings {
+        Timings {
+            admit: self.admit.saturating_sub(earlier.admit),
+            context: self.context.saturating_sub(earlier.context),
+            gather: self.gather.saturating_sub(earlier.gather),
+            features: self.features.saturating_sub(earlier.features),
+            recompute: self.recompute.saturating_sub(earlier.recompute),
+            score: self.score.saturating_sub(earlier.score),
+            bookkeeping: self.bookkeeping.saturating_sub(earlier.bookkeeping),
+        }
+    }
+}
+
 impl std::fmt::Display for Timings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let parts = [
@@ -217,7 +232,7 @@ impl std::fmt::Display for Timings {
         ];
         let shown: Vec<String> = parts
             .iter()
-            .map(|(n, d)| format!("{n} {:.2}s", d.as_secs_f64()))
+            .map(|(n, d)| format!("{n} {:.3}s", d.as_secs_f64()))
             .collect();
         write!(f, "{}", shown.join(", "))
     }
@@ -773,11 +788,22 @@ impl Executor {
     pub async fn step(&mut self, input: Input) -> Result<Step, ExecutorError> {
         let first_arrival = input.arrived_us.as_ref().and_then(arrow::compute::min);
         let clock = Instant::now();
+        let before = self.timings;
         let late = self.admit(input, true)?;
         self.timings.admit += clock.elapsed();
         self.trigger_us = first_arrival;
         let mut step = self.emit(false).await?;
         step.late = late;
+        // Which part of a slow step was slow: the tail of the step times is
+        // a few steps, and the summed timings hide them.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let spent = self.timings.since(&before);
+            tracing::debug!(
+                emitted = step.emitted(),
+                took_ms = clock.elapsed().as_secs_f64() * 1e3,
+                "step: {spent}"
+            );
+        }
         Ok(step)
     }
 
