@@ -193,7 +193,7 @@ fn unalias(e: &Expr) -> &Expr {
 }
 
 /// The literal an argument is (through casts), if it is one.
-fn literal(e: &Expr) -> Option<ScalarValue> {
+pub(super) fn literal(e: &Expr) -> Option<ScalarValue> {
     match e {
         Expr::Literal(v, _) => Some(v.clone()),
         Expr::Cast(c) => literal(&c.expr)?.cast_to(c.field.data_type()).ok(),
@@ -204,9 +204,11 @@ fn literal(e: &Expr) -> Option<ScalarValue> {
 
 impl Compiler<'_> {
     fn physical(&self, e: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>, Why> {
+        let cannot = |err| why(&e.to_string(), format!("cannot plan `{e}`: {err}"));
+        let fast = super::trunc::fast_date_trunc(e.clone(), schema).map_err(cannot)?;
         self.state
-            .create_physical_expr(e.clone(), schema)
-            .map_err(|err| why(&e.to_string(), format!("cannot plan `{e}`: {err}")))
+            .create_physical_expr(fast, schema)
+            .map_err(cannot)
     }
 
     fn node(&mut self, plan: &LogicalPlan) -> Result<(Node, Vec<ColInfo>), Why> {

@@ -52,6 +52,7 @@ mod compile;
 mod join;
 #[cfg(test)]
 mod tests;
+mod trunc;
 
 use std::path::PathBuf;
 use std::sync::Arc;
