@@ -171,10 +171,32 @@ started=$(date +%s)
   die "the uninterrupted run failed: $(tail -n 20 "$SCRATCH/ref.err")"
 say "$(grep '^detect: ' "$SCRATCH/ref.out" | tail -n 1) ($(($(date +%s) - started)) s)"
 
-# Committed progress of the soaked group: the sum of its next offsets.
+# Committed progress of the soaked group: the sum of its next offsets, in
+# PROGRESS. Read over one psql kept open (the cuts spare it by its
+# application name): a new psql per poll took tens of ms on a loaded
+# machine, while the detector ran thousands of ticks past the kill point.
+# A one-off psql stands in when that connection is gone.
+"$BIN" db migrate --database-url "$SOAK_URL" >/dev/null || die "cannot migrate $SOAK_DB"
+PROGRESS_SQL="SELECT coalesce(sum(next_offset), 0) FROM detector_offsets \
+  WHERE consumer_group = 'soak';"
+coproc MONITOR { PGAPPNAME=soak-monitor exec psql "$SOAK_URL" -Atq 2>/dev/null; }
+MONITOR_OUT="${MONITOR[0]}"
+MONITOR_IN="${MONITOR[1]}"
+PROGRESS=0
+poll_progress() {
+  local v=""
+  # (a psql that died must not take the script with it by SIGPIPE)
+  trap '' PIPE
+  if ! { printf '%s\n' "$PROGRESS_SQL" >&"$MONITOR_IN" && read -r -t 5 -u "$MONITOR_OUT" v; } \
+    2>/dev/null || ! [[ "$v" =~ ^[0-9]+$ ]]; then
+    v="$(psql "$SOAK_URL" -Atc "$PROGRESS_SQL" 2>/dev/null)" || v=0
+  fi
+  trap - PIPE
+  PROGRESS="${v:-0}"
+}
 progress() {
-  psql "$SOAK_URL" -Atc "SELECT coalesce(sum(next_offset), 0) FROM detector_offsets \
-    WHERE consumer_group = 'soak'" 2>/dev/null || echo 0
+  poll_progress
+  echo "$PROGRESS"
 }
 mapfile -t ARGS < <(detect_args soak "$SOAK_URL")
 RUNS=0
@@ -196,25 +218,31 @@ exited() {
 # Waits until committed progress passes $1 or the detector exits;
 # returns 0 on progress (or a clean finish), 1 if it exited with an error.
 wait_progress() { # above timeout_s
-  local deadline=$(($(date +%s) + $2))
-  while [ "$(progress)" -le "$1" ]; do
+  local deadline=$((SECONDS + $2))
+  poll_progress
+  while [ "$PROGRESS" -le "$1" ]; do
     if exited; then
-      [ "$STATUS" = 0 ] && [ "$(progress)" -ge "$TOTAL" ] && return 0
+      poll_progress
+      [ "$STATUS" = 0 ] && [ "$PROGRESS" -ge "$TOTAL" ] && return 0
       say "detect exited with status $STATUS (run $RUNS); restarting"
       start_detect
     fi
-    [ "$(date +%s)" -lt "$deadline" ] || return 1
-    sleep 0.1
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 0.02
+    poll_progress
   done
   return 0
 }
 
 # The events: KILLS SIGKILLs and CUTS connection cuts at random committed
-# offsets in the first 95% of the stream, in order, each a random 0-500 ms
-# after its offset is committed (a random point in the next batch).
+# offsets in the first 95% of the stream, in order, each a random 0-100 ms
+# after its offset is committed (a random point in the next batches: a
+# 1000-row batch takes a few tens of ms; with 0-500 ms the detector ran tens
+# of thousands of ticks past the point, and in a 100k-tick try 6 of 10
+# kills came after the stream's end).
 EVENTS="$(awk -v k="$KILLS" -v c="$CUTS" -v n="$TOTAL" -v s="$SEED" 'BEGIN {
   srand(s);
-  for (i = 0; i < k + c; i++) printf "%d %s %.3f\n", int(rand() * n * 0.95), (i < k ? "kill" : "cut"), rand() * 0.5;
+  for (i = 0; i < k + c; i++) printf "%d %s %.3f\n", int(rand() * n * 0.95), (i < k ? "kill" : "cut"), rand() * 0.1;
 }' | sort -n)"
 
 say "soak: $KILLS kills and $CUTS connection cuts over $TOTAL ticks"
@@ -231,26 +259,35 @@ while read -r at kind pause; do
     say "no progress past offset $at within 300 s"
   fi
   sleep "$pause"
-  before="$(progress)"
   if [ "$kind" = kill ]; then
     if exited; then
       # Finished (or failed) before the kill: start it again to kill it.
+      say "kill $((KILLED + 1)): the detector had exited (status $STATUS); restarted to be killed"
       start_detect
       sleep "$pause"
     fi
     kill -KILL "$DETECT_PID" 2>/dev/null || true
-    [ "$(progress)" -lt "$TOTAL" ] && MID=$((MID + 1))
     set +e
     wait "$DETECT_PID" 2>/dev/null
     set -e
+    # The offsets stored when it died: read after the kill (read before
+    # it, a commit in between made the restart's "progress" already there).
+    poll_progress
+    before=$PROGRESS
+    [ "$before" -lt "$TOTAL" ] && MID=$((MID + 1))
     KILLED=$((KILLED + 1))
+    say "kill $KILLED: point $at (+${pause} s), offsets stored at the kill $before/$TOTAL"
     start_detect
     if wait_progress "$before" 300; then KILLS_OK=$((KILLS_OK + 1)); else
       say "kill $KILLED at offset $before: no progress after the restart"
     fi
   else
     psql "$SOAK_URL" -Atc "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-      WHERE datname = current_database() AND pid <> pg_backend_pid()" >/dev/null || true
+      WHERE datname = current_database() AND pid <> pg_backend_pid() \
+      AND application_name <> 'soak-monitor'" >/dev/null || true
+    # Progress past what was stored at the cut needs a new connection.
+    poll_progress
+    before=$PROGRESS
     CUT=$((CUT + 1))
     runs=$RUNS
     if wait_progress "$before" 300 && [ "$RUNS" = "$runs" ]; then CUTS_OK=$((CUTS_OK + 1)); else

@@ -215,6 +215,109 @@ fn backfill_resumes_and_force_recomputes() {
     );
 }
 
+/// `backfill --force` deleted a date's feature files (and its `_SUCCESS`
+/// marker) before computing and writing the new ones: a run that failed
+/// after that (here: the next date's folder cannot be written) left the
+/// date with no features and not done. Now a run's old files are removed
+/// only once its new ones are written; a run that succeeds still leaves
+/// each date exactly its new files (a leftover copy is removed).
+#[test]
+fn a_failed_forced_backfill_keeps_the_dates_old_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake_dir = dir.path().join("lake");
+    let lake = lake_dir.display().to_string();
+    ok(
+        dir.path(),
+        &[
+            "simulate",
+            "--lake",
+            &lake,
+            "--symbols",
+            "2",
+            "--days",
+            "2",
+            "--trades-per-day",
+            "300",
+        ],
+    );
+    let q = queries().display().to_string();
+    let first = ok(dir.path(), &["backfill", "--lake", &lake, "--queries", &q]);
+    assert!(
+        first.contains("2 dates computed, 0 already done"),
+        "{first}"
+    );
+    // features/<hash>/date=D/ for the two dates.
+    let features = std::fs::read_dir(lake_dir.join("features"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut dates: Vec<PathBuf> = std::fs::read_dir(&features)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dates.sort();
+    assert_eq!(dates.len(), 2, "{dates:?}");
+    let before = common::files_under(&dates[0]);
+    assert!(before.contains_key("_SUCCESS"), "{:?}", before.keys());
+    // The second date's folder is a file: its features cannot be written.
+    std::fs::remove_dir_all(&dates[1]).unwrap();
+    std::fs::write(&dates[1], b"in the way").unwrap();
+    let out = common::run(
+        dir.path(),
+        &["backfill", "--lake", &lake, "--queries", &q, "--force"],
+    );
+    assert!(!out.status.success(), "the forced run should fail");
+    let after = common::files_under(&dates[0]);
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>(),
+        "the first date's features and marker are still there"
+    );
+    assert!(after == before, "the first date's files are unchanged");
+    // Clear the way and leave a stray copy of a file in the first date (what
+    // an interrupted run of other content leaves): a forced run that
+    // succeeds replaces each date's files with exactly its new ones.
+    std::fs::remove_file(&dates[1]).unwrap();
+    let part = before.keys().find(|k| k.ends_with(".parquet")).unwrap();
+    std::fs::copy(
+        dates[0].join(part),
+        dates[0].join("part-000000000000.parquet"),
+    )
+    .unwrap();
+    let forced = ok(
+        dir.path(),
+        &["backfill", "--lake", &lake, "--queries", &q, "--force"],
+    );
+    assert!(
+        forced.contains("2 dates computed, 0 already done"),
+        "{forced}"
+    );
+    let after = common::files_under(&dates[0]);
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>(),
+        "the stray copy is removed"
+    );
+    assert!(after == before, "the same features again");
+    let ticks = sql_number(dir.path(), &lake, "SELECT count(*) FROM ticks");
+    let rows = ok(
+        dir.path(),
+        &[
+            "sql",
+            "--lake",
+            &lake,
+            "--queries",
+            &q,
+            "--format",
+            "csv",
+            "SELECT count(*) FROM features",
+        ],
+    );
+    assert_eq!(rows.lines().nth(1).unwrap().parse::<i64>().unwrap(), ticks);
+}
+
 #[test]
 fn backfill_over_s3_equals_a_local_folder() {
     let endpoint = service_env("STOCKANOMALY_TEST_S3_ENDPOINT");

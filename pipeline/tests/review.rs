@@ -655,6 +655,103 @@ async fn strangers_get_401_or_the_login_page_and_viewers_cannot_give_verdicts() 
     assert!(r.body.contains("page × per_page"), "{}", r.body);
 }
 
+/// The login form posted as a browser at `from` would: (status, answer).
+async fn login_from(base: &str, name: &str, password: &str, from: &str) -> review_support::Reply {
+    let page = get("/login").from(from).send(base).await;
+    let cookie = format!(
+        "sa_login={}",
+        cookie_value(page.set_cookie("sa_login").unwrap())
+    );
+    post_form(
+        "/login",
+        &[
+            ("name", name),
+            ("password", password),
+            ("csrf", &csrf_in(&page.body)),
+            ("next", "/"),
+        ],
+    )
+    .origin(base)
+    .cookie(&cookie)
+    .from(from)
+    .send(base)
+    .await
+}
+
+/// The review server had no limit on failed sign-ins: a stranger could try
+/// passwords against an account, or one password against every account,
+/// as fast as Argon2 allowed. Now five failures (login form and HTTP Basic
+/// alike) lock the account out from anywhere, and apart the address for
+/// any account, with 429 and Retry-After, the right password included;
+/// the lockout ends on its own and a success starts the counts over.
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_sign_ins_lock_the_account_and_the_address_out() {
+    let f = Fixture::new("throttle").await;
+    f.add_user("ana", "analyst", ANA_PW);
+    f.add_user("vic", "viewer", VIC_PW);
+    let server = f.serve(&["--login-lockout-minutes", "0.05"]);
+    let base = server.base.as_str();
+
+    // Four wrong passwords on the form from one address, a fifth by Basic
+    // from another: each a plain 401.
+    for _ in 0..4 {
+        let r = login_from(base, "ana", "not her password", "127.0.0.2").await;
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+    let r = get("/api/alerts")
+        .basic("ana", "not her password")
+        .from("127.0.0.3")
+        .send(base)
+        .await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    // The account is locked out, from a third address, right password and
+    // all, on the form and the API.
+    let r = login_from(base, "ana", ANA_PW, "127.0.0.4").await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.set_cookie("sa_session").is_none());
+    assert!(r.body.contains("too many failed sign-ins"), "{}", r.body);
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=3).contains(&wait), "{wait}");
+    let r = get("/api/alerts")
+        .basic("ana", ANA_PW)
+        .from("127.0.0.4")
+        .send(base)
+        .await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.header("retry-after").is_some());
+    assert!(r.json()["error"].as_str().unwrap().contains("try again"));
+    // Another account from that address is not.
+    let r = get("/api/alerts")
+        .basic("vic", VIC_PW)
+        .from("127.0.0.4")
+        .send(base)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // One address trying five names is locked out for every name.
+    for name in ["a1", "a2", "a3", "a4", "a5"] {
+        let r = login_from(base, name, "guess", "127.0.0.5").await;
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+    let r = login_from(base, "vic", VIC_PW, "127.0.0.5").await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.header("retry-after").is_some());
+    assert!(login_from(base, "vic", VIC_PW, "127.0.0.6").await.status == 303);
+
+    // The lockout ends by itself; a success then clears the count, so one
+    // more mistake is a 401 again, not a lockout.
+    tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
+    let r = login_from(base, "ana", ANA_PW, "127.0.0.2").await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let r = login_from(base, "ana", "not her password", "127.0.0.2").await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = login_from(base, "ana", ANA_PW, "127.0.0.2").await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(log.contains("too many failed"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sign_in_rotates_the_session_and_cross_site_form_posts_are_refused() {
     let f = Fixture::new("session").await;

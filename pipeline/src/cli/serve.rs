@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use ipnet::IpNet;
 
 use super::{open_lake, UsageError};
-use crate::review::auth::{Auth, AuthMode, Role, SessionPolicy, Site};
+use crate::review::auth::{Auth, AuthMode, LoginLimiter, LoginLimits, Role, SessionPolicy, Site};
 use crate::review::{serve, AppState, Pool, PoolOptions, TickStore};
 use crate::web::Limits;
 
@@ -53,7 +53,13 @@ Unauthenticated requests get 401 (API) or the login page; a role without the
 right gets 403; posts whose Origin is not this server (or absent, except for
 HTTP Basic scripts) get 403, and forms carry a CSRF token. Only the Host of
 --public-url is served (needed when listening on all interfaces; cookies are
-Secure when it is https). The server holds at most --db-pool-size database
+Secure when it is https). After --login-max-failures failed sign-ins (login
+form or HTTP Basic) within --login-window-minutes, the account (from any
+address) and the client's address (for any account) are refused with 429
+and Retry-After for --login-lockout-minutes, the right password included; a
+success starts the counts over. Behind a reverse proxy, give its address as
+--trusted-proxy so the client's address is read from X-Forwarded-For
+(otherwise every client counts as the proxy). The server holds at most --db-pool-size database
 connections and closes connections that send no request within
 --header-timeout-ms.
 
@@ -96,7 +102,9 @@ pub struct ServeArgs {
     pub auth: Vec<String>,
 
     /// Address (or CIDR range) of the SSO proxy whose user header is
-    /// believed (`--auth trusted-header`); repeat or separate with commas.
+    /// believed (`--auth trusted-header`); with `--auth accounts`, of the
+    /// reverse proxy whose X-Forwarded-For names the client (the address
+    /// the sign-in limit counts). Repeat or separate with commas.
     #[arg(
         long,
         env = "STOCKANOMALY_TRUSTED_PROXY",
@@ -170,6 +178,45 @@ pub struct ServeArgs {
     /// Requests handled at once; more wait (within the request timeout).
     #[arg(long, env = "STOCKANOMALY_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: usize,
+
+    /// Failed sign-ins (login form or HTTP Basic) within
+    /// --login-window-minutes after which the account, and apart the client
+    /// address, is locked out (429, even with the right password).
+    #[arg(long, env = "STOCKANOMALY_LOGIN_MAX_FAILURES", default_value_t = 5)]
+    pub login_max_failures: u32,
+
+    /// Minutes over which failed sign-ins are counted.
+    #[arg(
+        long,
+        env = "STOCKANOMALY_LOGIN_WINDOW_MINUTES",
+        default_value_t = 15.0
+    )]
+    pub login_window_minutes: f64,
+
+    /// Minutes a locked-out account or address is refused.
+    #[arg(
+        long,
+        env = "STOCKANOMALY_LOGIN_LOCKOUT_MINUTES",
+        default_value_t = 15.0
+    )]
+    pub login_lockout_minutes: f64,
+}
+
+/// Account names (and, apart, client addresses) the sign-in limit
+/// remembers at most; the least recently failed are forgotten first.
+const LOGIN_LIMIT_ENTRIES: usize = 10_000;
+
+/// The sign-in limit of `args`.
+fn login_limits(args: &ServeArgs) -> Result<LoginLimits, UsageError> {
+    if args.login_max_failures == 0 {
+        return Err(UsageError("--login-max-failures must be at least 1".into()));
+    }
+    Ok(LoginLimits {
+        max_failures: args.login_max_failures,
+        window: duration_of("--login-window-minutes", args.login_window_minutes, 60.0)?,
+        lockout: duration_of("--login-lockout-minutes", args.login_lockout_minutes, 60.0)?,
+        max_entries: LOGIN_LIMIT_ENTRIES,
+    })
 }
 
 /// `--auth` as a mode.
@@ -245,6 +292,12 @@ fn duration_of(what: &str, v: f64, unit: f64) -> Result<Duration, UsageError> {
 
 pub(crate) async fn run(lake: &str, args: ServeArgs) -> anyhow::Result<()> {
     let mode = auth_mode(&args)?;
+    let limits = login_limits(&args)?;
+    let forwarded_by = args
+        .trusted_proxy
+        .iter()
+        .map(|p| parse_proxy(p))
+        .collect::<Result<Vec<_>, _>>()?;
     let policy = SessionPolicy {
         ttl: duration_of("--session-hours", args.session_hours, 3600.0)?,
         idle: duration_of("--session-idle-minutes", args.session_idle_minutes, 60.0)?,
@@ -276,7 +329,7 @@ pub(crate) async fn run(lake: &str, args: ServeArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let limits = Limits {
+    let web_limits = Limits {
         max_connections: args.max_connections,
         header_read_timeout: Duration::from_millis(args.header_timeout_ms.max(1)),
         request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
@@ -297,11 +350,11 @@ pub(crate) async fn run(lake: &str, args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(%addr, "Serving without authentication (--auth none).");
     }
     tracing::info!(%addr, auth = mode_name, "Review server listening.");
-    let auth = Auth::new(mode, site, policy);
+    let auth = Auth::new(mode, site, policy, LoginLimiter::new(limits), forwarded_by);
     serve(
         listener,
         AppState { pool, ticks, auth },
-        &limits,
+        &web_limits,
         crate::stream::shutdown_signal(),
     )
     .await
@@ -360,6 +413,30 @@ mod tests {
         assert!(
             matches!(m, Ok(AuthMode::TrustedHeader { header, .. }) if header == "x-forwarded-user")
         );
+    }
+
+    #[test]
+    fn the_sign_in_limit_defaults_to_five_in_fifteen_minutes_and_is_set_by_flags() {
+        let l = login_limits(&parse(&[])).unwrap();
+        assert_eq!(l.max_failures, 5);
+        assert_eq!(l.window, Duration::from_secs(900));
+        assert_eq!(l.lockout, Duration::from_secs(900));
+        assert_eq!(l.max_entries, LOGIN_LIMIT_ENTRIES);
+        let l = login_limits(&parse(&[
+            "--login-max-failures",
+            "3",
+            "--login-window-minutes",
+            "1",
+            "--login-lockout-minutes",
+            "0.5",
+        ]))
+        .unwrap();
+        assert_eq!(
+            (l.max_failures, l.window, l.lockout),
+            (3, Duration::from_secs(60), Duration::from_secs(30))
+        );
+        assert!(login_limits(&parse(&["--login-max-failures", "0"])).is_err());
+        assert!(login_limits(&parse(&["--login-lockout-minutes", "0"])).is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use chrono::NaiveDate;
 use datafusion::prelude::SessionContext;
 use indicatif::ProgressBar;
+use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 
 use super::Catalog;
@@ -206,9 +207,9 @@ pub async fn backfill(
             previous_pending = false;
             continue;
         }
-        if done {
-            remove_date(root, &spec, date).await?;
-        }
+        // A date done already (recomputed with --force) keeps its files
+        // and marker until its new files are written: `finish_write` then
+        // removes the old ones, so a run that fails leaves it whole.
         match chunks.last_mut() {
             Some(chunk) if previous_pending && chunk_ticks + ticks <= limit => {
                 chunk.push(date);
@@ -277,10 +278,13 @@ pub async fn backfill(
 /// A run of dates whose features are being written.
 type PendingWrite = (
     Vec<NaiveDate>,
-    tokio::task::JoinHandle<Result<u64, BackfillError>>,
+    tokio::task::JoinHandle<Result<(u64, Vec<Path>), BackfillError>>,
 );
 
-/// Waits for a run's write, then marks its dates done.
+/// Waits for a run's write, then removes its dates' other files (what an
+/// earlier run wrote there: the run replaces them) and marks its dates
+/// done. Nothing is removed before the whole run is written, so a write
+/// that fails leaves every date of the run as it was.
 async fn finish_write(
     root: &LakeRoot,
     spec: &TableSpec,
@@ -289,10 +293,14 @@ async fn finish_write(
     progress: &ProgressBar,
 ) -> Result<(), BackfillError> {
     let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
-    let rows = task.await.map_err(|e| BackfillError::Write {
+    let (rows, written) = task.await.map_err(|e| BackfillError::Write {
         date: first,
         reason: e.to_string(),
     })??;
+    let kept: std::collections::HashSet<Path> = written.into_iter().collect();
+    for &date in &chunk {
+        remove_other_files(root, spec, date, &kept).await?;
+    }
     // Markers only once every date of the run is written.
     for date in &chunk {
         let marker = root.path(&format!("{}/date={date}/_SUCCESS", spec.name));
@@ -475,12 +483,14 @@ async fn compute_dates(
     Ok(features)
 }
 
-/// Writes a run of dates' features (one batch) to the snapshot.
+/// Writes a run of dates' features (one batch) to the snapshot; returns
+/// the rows and every file that holds them (written now, or there already
+/// with the same content).
 async fn write_features(
     root: LakeRoot,
     spec: TableSpec,
     features: RecordBatch,
-) -> Result<u64, BackfillError> {
+) -> Result<(u64, Vec<Path>), BackfillError> {
     let clock = Instant::now();
     let options = AppenderOptions {
         float_dictionary: false,
@@ -489,13 +499,13 @@ async fn write_features(
     let mut appender = Appender::new(root, spec, options);
     let rows = features.num_rows() as u64;
     appender.append(features).await?;
-    appender.finish().await?;
+    let (_, files) = appender.finish_files().await?;
     tracing::debug!(
         rows,
         secs = clock.elapsed().as_secs_f64(),
         "Features written."
     );
-    Ok(rows)
+    Ok((rows, files))
 }
 
 /// Of `ticks` sorted by `(symbol, ts, seq)`, the rows the features of the
@@ -693,14 +703,18 @@ pub(crate) fn conform(
     RecordBatch::try_new(schema.clone(), columns)
 }
 
-/// Deletes every file of `spec`'s partition for `date`.
-pub(crate) async fn remove_date(
+/// Deletes the files of `spec`'s partition for `date` that are not in
+/// `kept` (its `_SUCCESS` marker stays): what a run that wrote `kept`
+/// replaces.
+async fn remove_other_files(
     root: &LakeRoot,
     spec: &TableSpec,
     date: NaiveDate,
+    kept: &std::collections::HashSet<Path>,
 ) -> Result<(), LakeError> {
     use futures::TryStreamExt;
     let prefix = root.path(&format!("{}/date={date}", spec.name));
+    let marker = root.path(&format!("{}/date={date}/_SUCCESS", spec.name));
     let store = root.store();
     let files: Vec<_> = store
         .list(Some(&prefix))
@@ -711,6 +725,9 @@ pub(crate) async fn remove_date(
             source,
         })?;
     for f in files {
+        if f.location == marker || kept.contains(&f.location) {
+            continue;
+        }
         store
             .delete(&f.location)
             .await

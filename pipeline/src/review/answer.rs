@@ -56,7 +56,12 @@ impl<A: Answer> IntoResponse for Failure<A> {
         ) {
             tracing::warn!(error = %self.0, "Refused a request.");
         }
-        (status, A::body(self.0.public_message())).into_response()
+        let mut resp = (status, A::body(self.0.public_message())).into_response();
+        if let Some(secs) = self.0.retry_after() {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }
 

@@ -37,6 +37,16 @@ pub enum ReviewError {
     /// A form's CSRF token is missing or does not belong to the session.
     #[error("the form's security token is missing or stale (reload the page and try again)")]
     Csrf,
+    /// Too many failed sign-ins for the account or from the client's
+    /// address: refused, the right password included, for `retry_after`.
+    #[error(
+        "too many failed sign-ins for this account or from this address: try again in {} s",
+        retry_after_secs(*.retry_after)
+    )]
+    TooManySignIns {
+        /// How long the lockout still lasts.
+        retry_after: std::time::Duration,
+    },
     /// Every database connection is busy (or the database does not answer
     /// within the acquire timeout).
     #[error("the server is busy: try again in a moment")]
@@ -60,6 +70,11 @@ pub enum ReviewError {
     Evidence(#[from] datafusion::error::DataFusionError),
 }
 
+/// Whole seconds of a `Retry-After`, rounded up (at least 1).
+pub(crate) fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
 impl ReviewError {
     /// A closure mapping a driver error to [`ReviewError::Query`] naming `what`.
     pub fn query(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Self {
@@ -75,9 +90,18 @@ impl ReviewError {
             ReviewError::Forbidden(_) | ReviewError::CrossSite { .. } | ReviewError::Csrf => {
                 StatusCode::FORBIDDEN
             }
+            ReviewError::TooManySignIns { .. } => StatusCode::TOO_MANY_REQUESTS,
             ReviewError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ReviewError::Db(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `Retry-After` seconds a response to this error carries.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ReviewError::TooManySignIns { retry_after } => Some(retry_after_secs(*retry_after)),
+            _ => None,
         }
     }
 
@@ -111,5 +135,15 @@ mod tests {
         let e = ReviewError::BadRequest("per_page must be ...".into());
         assert!(e.public_message().contains("per_page"));
         assert_eq!(ReviewError::Busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let e = ReviewError::TooManySignIns {
+            retry_after: std::time::Duration::from_millis(90_500),
+        };
+        assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.retry_after(), Some(91));
+        assert!(
+            e.public_message().contains("91 s"),
+            "{}",
+            e.public_message()
+        );
     }
 }

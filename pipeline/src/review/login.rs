@@ -11,7 +11,7 @@ use axum::{Extension, Form};
 use serde::Deserialize;
 
 use super::answer::failure;
-use super::auth::{constant_time_eq, Auth, AuthMode, Identity, Via, LOGIN_CSRF_COOKIE};
+use super::auth::{constant_time_eq, Auth, AuthMode, ClientAddr, Identity, Via, LOGIN_CSRF_COOKIE};
 use super::pages::{error_page, login_page};
 use super::server::AppState;
 use super::ReviewError;
@@ -132,6 +132,7 @@ pub(crate) async fn login_form(
 /// `POST /login` (its origin already checked by the gate).
 pub(crate) async fn login(
     State(st): State<AppState>,
+    Extension(client): Extension<ClientAddr>,
     headers: HeaderMap,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
@@ -161,7 +162,7 @@ pub(crate) async fn login(
         );
     }
     let user = match auth
-        .check_password(&st.pool, f.name.trim(), f.password)
+        .check_password(&st.pool, f.name.trim(), f.password, client)
         .await
     {
         Ok(Some(u)) => u,
@@ -173,6 +174,19 @@ pub(crate) async fn login(
                 Some("Wrong user name or password."),
                 &next,
             )
+        }
+        Err(e @ ReviewError::TooManySignIns { .. }) => {
+            let mut page = show_login(
+                auth,
+                &headers,
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(&format!("Sign-in refused: {}.", e.public_message())),
+                &next,
+            );
+            if let Some(secs) = e.retry_after() {
+                page.headers_mut().insert(header::RETRY_AFTER, secs.into());
+            }
+            return page;
         }
         Err(e) => return failure(false, e),
     };

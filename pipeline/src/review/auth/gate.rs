@@ -9,7 +9,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine as _;
 
-use super::{find_user, Auth, AuthMode, Identity, Role, Via};
+use super::{find_user, Auth, AuthMode, ClientAddr, Identity, Role, Via};
 use crate::review::answer::{failure, is_api};
 use crate::review::{Pool, ReviewError};
 
@@ -24,9 +24,11 @@ pub struct GateState {
 
 /// Runs before every route but `/healthz` (and `/favicon.ico`, a 404): refuses a foreign `Host`; lets
 /// `/login` through; finds the request's [`Identity`] (401 for the API,
-/// a redirect to `/login` for pages when there is none); refuses
-/// state-changing requests from other sites (403); and puts the identity
-/// in the request's extensions for the handlers.
+/// a redirect to `/login` for pages when there is none; 429 while HTTP
+/// Basic credentials' account or address is locked out by the sign-in
+/// limit); refuses state-changing requests from other sites (403); and
+/// puts the identity and the [`ClientAddr`] in the request's extensions
+/// for the handlers.
 pub async fn gate(State(st): State<GateState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
     // The health check, and the icon browsers ask for on every page (sent
@@ -39,7 +41,14 @@ pub async fn gate(State(st): State<GateState>, mut req: Request, next: Next) -> 
         return failure(api, e);
     }
     let writes = !matches!(*req.method(), Method::GET | Method::HEAD);
-    if path == "/login" {
+    let login = path == "/login";
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_canonical());
+    let client = st.auth.client_addr(peer, req.headers());
+    req.extensions_mut().insert(client);
+    if login {
         if writes {
             if let Err(e) = st.auth.site.check_origin(req.headers(), false) {
                 return failure(false, e);
@@ -47,12 +56,8 @@ pub async fn gate(State(st): State<GateState>, mut req: Request, next: Next) -> 
         }
         return next.run(req).await;
     }
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_canonical());
     // The request's body is not `Sync`: only its headers cross the awaits.
-    let identity = match identify(&st, req.headers(), peer, api).await {
+    let identity = match identify(&st, req.headers(), peer, client, api).await {
         Ok(Some(identity)) => identity,
         Ok(None) => return unauthenticated(&st.auth, api, &req),
         Err(e) => return failure(api, e),
@@ -76,6 +81,7 @@ async fn identify(
     st: &GateState,
     headers: &HeaderMap,
     peer: Option<IpAddr>,
+    client: ClientAddr,
     api: bool,
 ) -> Result<Option<Identity>, ReviewError> {
     match &st.auth.mode {
@@ -138,7 +144,7 @@ async fn identify(
             };
             Ok(st
                 .auth
-                .check_password(&st.pool, &name, password)
+                .check_password(&st.pool, &name, password, client)
                 .await?
                 .map(|u| Identity {
                     name: u.name,

@@ -15,12 +15,14 @@ mod gate;
 mod password;
 mod session;
 mod site;
+mod throttle;
 mod users;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::HeaderName;
+use axum::http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 
 pub use csrf::{constant_time_eq, CsrfKey, LOGIN_CSRF_COOKIE};
@@ -28,6 +30,7 @@ pub(crate) use gate::auth_db;
 pub use gate::{gate, GateState};
 pub use password::{check_password_rules, hash_password, Hasher, MIN_PASSWORD_CHARS};
 pub use session::{read_cookie, SessionCookie, SessionPolicy, Sessions};
+pub use throttle::{Clock, LoginLimiter, LoginLimits, ManualClock, SystemClock};
 
 /// A fresh token for the login form's double-submit cookie.
 pub(crate) fn new_login_token() -> String {
@@ -154,11 +157,29 @@ pub struct Auth {
     pub csrf: CsrfKey,
     /// Password verification, off the async threads and bounded.
     pub hasher: Hasher,
+    /// Failed sign-ins per account name and client address.
+    pub limiter: Arc<LoginLimiter>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (the
+    /// address the sign-in limit counts); from anyone else it is ignored.
+    pub forwarded_by: Vec<IpNet>,
 }
 
+/// The client address of a request, as the gate puts it in the request's
+/// extensions: what the sign-in limit counts failures under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub Option<IpAddr>);
+
 impl Auth {
-    /// The auth of a server in `mode` at `site`, sessions per `policy`.
-    pub fn new(mode: AuthMode, site: Site, policy: SessionPolicy) -> Arc<Self> {
+    /// The auth of a server in `mode` at `site`, sessions per `policy`,
+    /// sign-ins limited by `limiter`, client addresses read from the
+    /// `X-Forwarded-For` of the proxies `forwarded_by`.
+    pub fn new(
+        mode: AuthMode,
+        site: Site,
+        policy: SessionPolicy,
+        limiter: LoginLimiter,
+        forwarded_by: Vec<IpNet>,
+    ) -> Arc<Self> {
         let cookie = SessionCookie::new(site.secure());
         Arc::new(Auth {
             mode,
@@ -166,7 +187,29 @@ impl Auth {
             sessions: Sessions::new(policy, cookie),
             csrf: CsrfKey::random(),
             hasher: Hasher::default(),
+            limiter: Arc::new(limiter),
+            forwarded_by,
         })
+    }
+
+    /// The client behind a request from `peer`: `peer` itself, unless it is
+    /// one of the [`forwarded_by`](Self::forwarded_by) proxies, whose last
+    /// `X-Forwarded-For` address (the one it saw connect) is taken instead.
+    pub fn client_addr(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> ClientAddr {
+        let Some(ip) = peer else {
+            return ClientAddr(None);
+        };
+        if !self.forwarded_by.iter().any(|net| net.contains(&ip)) {
+            return ClientAddr(Some(ip));
+        }
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|a| a.trim().parse::<IpAddr>().ok());
+        ClientAddr(Some(forwarded.map_or(ip, |a| a.to_canonical())))
     }
 
     /// The CSRF token that forms shown to `identity` carry.
@@ -184,13 +227,26 @@ impl Auth {
 
     /// The enabled account `name` whose password is `password`, else
     /// `None` (unknown name, wrong password, no password, disabled: all
-    /// alike, and as slow).
+    /// alike, and as slow). Counted by the sign-in limit under `name` and
+    /// `client`; while either is locked out the password is not checked
+    /// and the answer is [`TooManySignIns`](super::ReviewError::TooManySignIns).
     pub async fn check_password(
         &self,
         pool: &super::Pool,
         name: &str,
         password: String,
+        client: ClientAddr,
     ) -> Result<Option<User>, super::ReviewError> {
+        let shown = if check_name(name).is_ok() {
+            name
+        } else {
+            "(not a user name)"
+        };
+        if let Err(wait) = self.limiter.check(name, client.0) {
+            tracing::warn!(user = shown, client = ?client.0, retry_after_s = wait.as_secs(),
+                "Refused a sign-in: too many failed ones for this account or address.");
+            return Err(super::ReviewError::TooManySignIns { retry_after: wait });
+        }
         // The connection goes back before the (slow) hash is checked.
         let user = {
             let client = pool.get().await?;
@@ -202,14 +258,11 @@ impl Auth {
             .and_then(|u| u.password_hash.clone());
         let ok = self.hasher.verify(hash, password).await;
         if ok {
+            self.limiter.succeeded(name, client.0);
             Ok(user)
         } else {
-            let shown = if check_name(name).is_ok() {
-                name
-            } else {
-                "(not a user name)"
-            };
-            tracing::info!(user = shown, "Failed sign-in.");
+            self.limiter.failed(name, client.0);
+            tracing::info!(user = shown, client = ?client.0, "Failed sign-in.");
             Ok(None)
         }
     }
@@ -233,5 +286,49 @@ mod tests {
             assert_eq!(Role::parse(r.as_str()), Some(r));
         }
         assert_eq!(Role::parse("root"), None);
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_a_trusted_proxy_forwards_it() {
+        let site = Site::listening("127.0.0.1:8080".parse().unwrap()).unwrap();
+        let policy = SessionPolicy {
+            ttl: DEFAULT_SESSION_TTL,
+            idle: DEFAULT_SESSION_IDLE,
+        };
+        let auth = Auth::new(
+            AuthMode::Accounts,
+            site,
+            policy,
+            LoginLimiter::default(),
+            vec!["10.0.0.5/32".parse().unwrap()],
+        );
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "203.0.113.9, 198.51.100.4".parse().unwrap(),
+        );
+        // From the proxy: the address it saw connect (the last one; what a
+        // client writes before it is not believed).
+        assert_eq!(
+            auth.client_addr(ip("10.0.0.5"), &h),
+            ClientAddr(ip("198.51.100.4"))
+        );
+        // From anyone else the header is ignored.
+        assert_eq!(
+            auth.client_addr(ip("10.0.0.6"), &h),
+            ClientAddr(ip("10.0.0.6"))
+        );
+        // A proxy that sends none (or garbage) is the client.
+        h.insert("x-forwarded-for", "not an address".parse().unwrap());
+        assert_eq!(
+            auth.client_addr(ip("10.0.0.5"), &h),
+            ClientAddr(ip("10.0.0.5"))
+        );
+        assert_eq!(
+            auth.client_addr(ip("10.0.0.5"), &HeaderMap::new()),
+            ClientAddr(ip("10.0.0.5"))
+        );
+        assert_eq!(auth.client_addr(None, &h), ClientAddr(None));
     }
 }
