@@ -329,6 +329,13 @@ DUP=$(($(wc -l <"$SCRATCH/soak.keys.all") - $(wc -l <"$SCRATCH/soak.keys")))
 DIFFER=$(comm -3 "$SCRATCH/ref.alerts" "$SCRATCH/soak.alerts" | tr -d '\t' | cut -d' ' -f1 |
   sort | uniq -d | wc -l)
 DEAD=$(psql "$SOAK_URL" -Atc "SELECT count(*) FROM dead_letters")
+# Dead letters by reason in each run: a tick refused in one run and taken
+# in the other changes its symbol's windows for their span.
+dead_reasons() { # url
+  psql "$1" -Atc "SELECT coalesce(string_agg(reason || ' ' || n, ', ' ORDER BY reason), 'none') \
+    FROM (SELECT reason, count(*) AS n FROM dead_letters GROUP BY reason) d"
+}
+say "dead letters: uninterrupted run $(dead_reasons "$REF_URL"); soaked run $(dead_reasons "$SOAK_URL")"
 
 echo
 echo "soak: $TOTAL ticks, $PARTITIONS partitions, $RUNS detector runs, $REF_N alerts in the uninterrupted run"

@@ -129,7 +129,7 @@ fn executor(catalog: &Catalog) -> Executor {
 
 /// Feeds the stream in batches of random sizes (log-uniform up to
 /// `max_batch`), restarting the executor `restarts` times at random points
-/// from its positions; returns every emission by key, checking repeats
+/// from its positions (replaying in batches of random sizes); returns every emission by key, checking repeats
 /// (ticks after the positions are read again after a restart) agree.
 async fn run(
     catalog: &Catalog,
@@ -181,9 +181,15 @@ async fn run(
             let replay: Vec<usize> = (0..n)
                 .filter(|&i| within(i, |p| p.warmup_offset, |p| p.next_offset))
                 .collect();
-            if !replay.is_empty() {
-                let late = ex.warm_up(input(&ticks, &parts, &offs, &replay)).unwrap();
+            // Replayed in batches of random sizes too, as a consumer reads
+            // them: a cut may fall inside a (symbol, ts) group.
+            let mut rest = &replay[..];
+            while !rest.is_empty() {
+                let size = (max_batch as f64).powf(rng.random::<f64>()) as usize;
+                let (now, later) = rest.split_at(size.clamp(1, rest.len()));
+                let late = ex.warm_up(input(&ticks, &parts, &offs, now)).unwrap();
                 assert!(late.is_empty(), "{late:?}");
+                rest = later;
             }
             todo = (0..n)
                 .filter(|&i| pos.get(&parts[i]).is_none_or(|p| offs[i] >= p.next_offset))

@@ -278,7 +278,14 @@ impl Stage for ExecutorStage {
             let warm: BooleanArray = stream.warm.iter().map(|&w| Some(w)).collect();
             let live: BooleanArray = stream.warm.iter().map(|&w| Some(!w)).collect();
             if warm.true_count() > 0 {
-                self.executor.warm_up(input(&ticks, &stream, &warm)?)?;
+                let late = self.executor.warm_up(input(&ticks, &stream, &warm)?)?;
+                if !late.is_empty() {
+                    // Refused when first read too: dead-lettered then.
+                    tracing::debug!(
+                        refused = late.len(),
+                        "Replayed ticks refused again as late."
+                    );
+                }
             }
             if live.true_count() > 0 {
                 let started = Instant::now();

@@ -15,11 +15,22 @@ use rdkafka::ClientContext;
 /// (`enable.partition.eof`) are events the consumer loops act on, not
 /// errors: they are logged at debug.
 pub fn log_client_error(error: rdkafka::error::KafkaError, reason: &str) {
-    if matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+    if is_partition_eof(&error) {
         tracing::debug!(%error, reason, "Kafka partition end reached.");
     } else {
         tracing::error!(%error, reason, "librdkafka error.");
     }
+}
+
+/// Whether `error` reports a partition's end. The error callback gets it
+/// as a global error code ("Fetch from broker ... reached end of
+/// partition"), the message stream as `PartitionEOF(partition)`.
+fn is_partition_eof(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    matches!(
+        error,
+        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+    )
 }
 
 /// A consumer context that only logs client errors (end-of-partition at
@@ -100,5 +111,27 @@ impl ConsumerContext for GroupContext {
         GroupContext::with(&self.events, |e| {
             e.changes.extend(parts.iter().map(|&p| (p, assigned)))
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+    use super::is_partition_eof;
+
+    #[test]
+    fn partition_ends_in_either_form_are_not_errors() {
+        assert!(is_partition_eof(&KafkaError::PartitionEOF(3)));
+        // The form the soak's detector logged ~300 times at ERROR.
+        assert!(is_partition_eof(&KafkaError::Global(
+            RDKafkaErrorCode::PartitionEOF
+        )));
+        assert!(!is_partition_eof(&KafkaError::Global(
+            RDKafkaErrorCode::BrokerTransportFailure
+        )));
+        assert!(!is_partition_eof(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+        )));
     }
 }

@@ -257,6 +257,9 @@ struct Book {
     buckets: BTreeMap<i64, i64>,
     /// Admitted ticks not emitted yet, in key order.
     pending: Pending,
+    /// The pending ticks are a replay's tail, already emitted before the
+    /// restart (see [`Executor::warm_up`]): never emitted again.
+    replayed_tail: bool,
     /// Emitted ticks a restart must replay to rebuild the state.
     history: History,
 }
@@ -333,6 +336,9 @@ pub struct Executor {
     books: Vec<Option<Book>>,
     /// Last offset seen per partition.
     seen: BTreeMap<i32, i64>,
+    /// Partitions whose symbols hold a replay's tail (see
+    /// [`Executor::warm_up`]).
+    replay_tails: BTreeSet<i32>,
     /// The clock idleness is measured on: set by the caller, or wall time
     /// since `origin`.
     clock: Option<Duration>,
@@ -453,6 +459,7 @@ impl Executor {
             names: Symbols::default(),
             books: Vec::new(),
             seen: BTreeMap::new(),
+            replay_tails: BTreeSet::new(),
             clock: None,
             origin: Instant::now(),
             profiles_lake: None,
@@ -779,9 +786,14 @@ impl Executor {
             .sum()
     }
 
-    /// Ticks held and not yet emitted.
+    /// Ticks held and not yet emitted (a replay's tail aside: it was).
     pub fn pending(&self) -> usize {
-        self.books.iter().flatten().map(|b| b.pending.len()).sum()
+        self.books
+            .iter()
+            .flatten()
+            .filter(|b| !b.replayed_tail)
+            .map(|b| b.pending.len())
+            .sum()
     }
 
     /// Adds ticks and emits every group now complete.
@@ -789,6 +801,17 @@ impl Executor {
         let first_arrival = input.arrived_us.as_ref().and_then(arrow::compute::min);
         let clock = Instant::now();
         let before = self.timings;
+        if !self.replay_tails.is_empty() {
+            // A live tick of a partition ends its replay: its tails are
+            // whole, and must be history before the tick is judged.
+            let done: Vec<i32> = self
+                .replay_tails
+                .iter()
+                .copied()
+                .filter(|p| input.partitions.values().contains(p))
+                .collect();
+            self.settle_replay_tails(&done)?;
+        }
         let late = self.admit(input, true)?;
         self.timings.admit += clock.elapsed();
         self.trigger_us = first_arrival;
@@ -811,6 +834,10 @@ impl Executor {
     /// every symbol when `all`: the end of a stream).
     pub async fn flush(&mut self, all: bool) -> Result<Step, ExecutorError> {
         self.trigger_us = None;
+        if all && !self.replay_tails.is_empty() {
+            let tails: Vec<i32> = self.replay_tails.iter().copied().collect();
+            self.settle_replay_tails(&tails)?;
+        }
         self.emit(all).await
     }
 
@@ -818,6 +845,13 @@ impl Executor {
     /// after a restart or a new partition assignment, the ticks from the
     /// warm-up offset to the next offset. They are taken as emitted: each
     /// advances its symbol's window state as it did when first emitted.
+    ///
+    /// A replay may come in several calls, cut anywhere: the newest group
+    /// of each replayed symbol (with reordering, every tick within the
+    /// allowed lateness of its newest) may go on in the next call, so it is
+    /// held as the symbol's replayed tail until its partition's first live
+    /// tick, or the end of the stream, shows it whole. It is never emitted
+    /// again, and positions stay past it.
     pub fn warm_up(&mut self, input: Input) -> Result<Vec<LateTick>, ExecutorError> {
         // Only the replayed symbols: others may be live with groups pending
         // (another partition of this consumer), which must still be emitted.
@@ -832,24 +866,66 @@ impl Executor {
         let late = self.admit(input, false)?;
         let mut ids: Vec<usize> = replayed.iter().filter_map(|s| self.names.get(s)).collect();
         ids.sort_unstable();
+        let lateness = duration_us(self.config.allowed_lateness);
         let emit: Vec<(usize, usize)> = ids
             .iter()
             .filter_map(|&id| {
                 let b = self.books.get(id)?.as_ref()?;
-                (!b.pending.is_empty()).then_some((id, b.pending.len()))
+                let bound = b.newest.saturating_sub(lateness);
+                let tail = b
+                    .pending
+                    .rows_rev()
+                    .filter_map(|r| self.ts_of(r))
+                    .take_while(|&t| t >= bound)
+                    .count();
+                let whole = b.pending.len() - tail;
+                (whole > 0).then_some((id, whole))
             })
             .collect();
-        if !emit.is_empty() {
-            let (chunk, held) = self.chunk(&emit, false)?;
-            self.program.evaluate(&chunk, Mode::WarmUp)?;
-            self.consume(&chunk, &held);
-        }
+        self.replay_into_state(&emit)?;
         for &id in &ids {
             if let Some(Some(book)) = self.books.get_mut(id) {
-                book.emitted = Some(book.newest);
+                book.replayed_tail = !book.pending.is_empty();
+                if book.replayed_tail {
+                    self.replay_tails.insert(book.partition);
+                }
             }
         }
         Ok(late)
+    }
+
+    /// Advances the state over the first pending ticks of the symbols of
+    /// `emit` (number, ticks) and makes them history, without emitting.
+    fn replay_into_state(&mut self, emit: &[(usize, usize)]) -> Result<(), ExecutorError> {
+        if emit.is_empty() {
+            return Ok(());
+        }
+        let (chunk, held) = self.chunk(emit, false)?;
+        self.program.evaluate(&chunk, Mode::WarmUp)?;
+        self.consume(&chunk, &held);
+        Ok(())
+    }
+
+    /// Makes the replayed tails of `partitions`' symbols history: their
+    /// replays are over.
+    fn settle_replay_tails(&mut self, partitions: &[i32]) -> Result<(), ExecutorError> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let mut emit = Vec::new();
+        for (id, book) in self.books.iter_mut().enumerate() {
+            let Some(b) = book else { continue };
+            if b.replayed_tail && partitions.contains(&b.partition) {
+                b.replayed_tail = false;
+                if !b.pending.is_empty() {
+                    emit.push((id, b.pending.len()));
+                }
+            }
+        }
+        for p in partitions {
+            self.replay_tails.remove(p);
+        }
+        self.replay_into_state(&emit)
     }
 
     /// Accounts for a message that never became a tick (undecodable or
@@ -891,6 +967,7 @@ impl Executor {
         }
         for p in partitions {
             self.seen.remove(p);
+            self.replay_tails.remove(p);
         }
         if let Some(m) = &mut self.market {
             for p in partitions {
@@ -926,7 +1003,19 @@ impl Executor {
             };
             // Without reordering a symbol's ticks are held in arrival order,
             // so its oldest pending tick has the smallest offset.
-            let pending_min = if reordering {
+            let pending_min = if b.replayed_tail {
+                // Emitted before the restart: history to warm up from.
+                if let Some(o) = b
+                    .pending
+                    .rows()
+                    .filter_map(|r| held::ts_offset(&self.arena, r, offset_col))
+                    .map(|(_, o)| o)
+                    .min()
+                {
+                    pos.warmup_offset = pos.warmup_offset.min(o);
+                }
+                None
+            } else if reordering {
                 b.pending
                     .rows()
                     .filter_map(|r| held::ts_offset(&self.arena, r, offset_col))
@@ -1169,7 +1258,7 @@ impl Executor {
         for (id, book) in self.books.iter().enumerate() {
             let Some(book) = book else { continue };
             let m = book.pending.len();
-            if m == 0 {
+            if m == 0 || book.replayed_tail {
                 continue;
             }
             let idle = book

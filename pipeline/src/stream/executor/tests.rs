@@ -356,3 +356,66 @@ fn confirmation_waits_for_settled_followers_and_never_splits_a_timestamp() {
     assert_eq!(confirmed_prefix(newest_first(), 6, 4, 2), 1);
     assert_eq!(confirmed_prefix(newest_first(), 6, 0, 2), 0);
 }
+
+/// A replay read in several batches can split a `(symbol, ts)` group
+/// between two of them: the second part must join the first, not be refused
+/// as late (the crash soak found a restarted detector whose 30-minute
+/// volume z-score missed such a tick for half an hour).
+#[tokio::test]
+async fn a_replay_split_inside_a_group_restores_the_whole_group() {
+    let config = || ExecutorConfig {
+        idle_timeout: Duration::from_secs(3600),
+        ..ExecutorConfig::default()
+    };
+    let ticks = [
+        (T0, 10.0),
+        (T0 + 1_000_000, 10.4),
+        (T0 + 1_000_000, 10.2),
+        (T0 + 2_000_000, 10.3),
+        (T0 + 3_000_000, 10.1),
+    ];
+    let mut b = TickBuilder::new("test");
+    // Uninterrupted: every tick live.
+    let mut whole = Executor::new(pack_without_delay().await, Vec::new(), None, config()).unwrap();
+    whole.set_clock(Duration::ZERO);
+    let first = whole.step(input(&ticks, 0, &mut b)).await.unwrap();
+    let end = whole.flush(true).await.unwrap();
+    let parts: Vec<RecordBatch> = [first.features, end.features]
+        .into_iter()
+        .flatten()
+        .collect();
+    let want = concat_batches(&parts[0].schema(), &parts).unwrap();
+    assert_eq!(want.num_rows(), ticks.len());
+
+    // Restarted after the first four were emitted: replayed in two
+    // batches cut inside the group at T0 + 1 s, then the last tick live.
+    let mut ex = Executor::new(pack_without_delay().await, Vec::new(), None, config()).unwrap();
+    ex.set_clock(Duration::ZERO);
+    let mut b = TickBuilder::new("test");
+    let late = ex.warm_up(input(&ticks[..2], 0, &mut b)).unwrap();
+    assert!(late.is_empty(), "{late:?}");
+    let late = ex.warm_up(input(&ticks[2..4], 2, &mut b)).unwrap();
+    assert!(
+        late.is_empty(),
+        "the group's second tick joins it: {late:?}"
+    );
+    assert_eq!(ex.pending(), 0, "replayed ticks are never emitted again");
+    assert_eq!(
+        ex.positions().get(&0).map(|p| p.next_offset),
+        Some(4),
+        "positions stay past the replay"
+    );
+    let step = ex.step(input(&ticks[4..], 4, &mut b)).await.unwrap();
+    assert!(step.late.is_empty(), "{:?}", step.late);
+    let end = ex.flush(true).await.unwrap();
+    assert_eq!(step.emitted() + end.emitted(), 1);
+    let got = [step.features, end.features]
+        .into_iter()
+        .flatten()
+        .next()
+        .unwrap();
+    let want = want.slice(4, 1);
+    for (i, f) in want.schema().fields().iter().enumerate() {
+        assert_eq!(got.column(i), want.column(i), "{}", f.name());
+    }
+}
