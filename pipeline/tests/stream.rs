@@ -178,9 +178,12 @@ async fn micro_batches_equal_backfill_and_score() {
     assert!(symbols.num_rows() > 0);
     for batch_rows in [n + 1, 997, 113] {
         let rules = RuleSet::load(&queries(), &catalog).await.unwrap();
-        let mut detectors = vec![Detector::Model(Box::new(
-            ModelDetector::load(&dir.path().join("m"), &catalog).unwrap(),
-        ))];
+        let model = ModelDetector::load(&dir.path().join("m"), &catalog).unwrap();
+        // The pack's trained model runs on the compiled trees, scores and
+        // explanations (a silent fall-back to XGBoost would pass the parity
+        // checks below and cost the detector its speed).
+        assert_eq!(model.compiled(), (true, true));
+        let mut detectors = vec![Detector::Model(Box::new(model))];
         detectors.extend(rules.rules().iter().cloned().map(Detector::Rule));
         let versions: Vec<String> = detectors.iter().map(Detector::version).collect();
         let mut ex = Executor::new(

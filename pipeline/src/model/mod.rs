@@ -18,7 +18,10 @@ pub mod report;
 pub mod rules;
 pub mod score;
 pub mod shap;
+#[cfg(test)]
+mod testing;
 pub mod train;
+pub mod trees;
 pub mod xgb;
 
 pub use events::{event_metrics, EventMetrics, LabelEvent};

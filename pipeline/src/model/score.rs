@@ -26,6 +26,7 @@ use super::manifest::{Manifest, MODEL_FILE};
 use super::rules::{hex, Rule};
 use super::shap::TreeShap;
 use super::train::{date_spans, TrainError};
+use super::trees::CompiledTrees;
 use super::xgb::{Booster, DMatrix, PredictKind, XgbError};
 use crate::features::{snapshot_session, Catalog};
 use crate::lake::{replace_date, AppenderOptions, LakeRoot, TableSpec};
@@ -87,6 +88,9 @@ pub struct ModelDetector {
     /// The trees compiled for SHAP values (`None`: XGBoost's own, for a
     /// model [`TreeShap`] cannot explain).
     shap: Option<TreeShap>,
+    /// The trees compiled for scores (`None`: XGBoost's, for a model
+    /// [`CompiledTrees`] cannot score exactly).
+    trees: Option<CompiledTrees>,
 }
 
 impl ModelDetector {
@@ -102,11 +106,19 @@ impl ModelDetector {
         })?;
         let booster = Booster::load_from_buffer(&bytes)?;
         let rounds = (0, manifest.best_iteration + 1);
-        let shap = TreeShap::compile(&bytes, catalog.feature_names().len(), rounds);
+        let features = catalog.feature_names().len();
+        let shap = TreeShap::compile(&bytes, features, rounds);
         if shap.is_none() {
             tracing::info!(
                 model = %path.display(),
                 "SHAP explanations by XGBoost (a model the compiled explainer does not run)."
+            );
+        }
+        let trees = CompiledTrees::compile(&bytes, features, rounds, &booster);
+        if trees.is_none() {
+            tracing::info!(
+                model = %path.display(),
+                "Scores by XGBoost (a model the compiled trees do not score exactly)."
             );
         }
         Ok(ModelDetector {
@@ -115,6 +127,7 @@ impl ModelDetector {
             version: model_version(&bytes),
             lanes: None,
             shap,
+            trees,
         })
     }
 
@@ -132,9 +145,22 @@ impl ModelDetector {
         (0, self.manifest.best_iteration + 1)
     }
 
+    /// Whether scores and explanations come from the compiled trees (both
+    /// equal XGBoost's), not from calls into XGBoost.
+    pub fn compiled(&self) -> (bool, bool) {
+        (self.trees.is_some(), self.shap.is_some())
+    }
+
     /// Scores feature columns (catalog order), straight from their
-    /// buffers (XGBoost's in-place prediction).
+    /// buffers: the compiled trees, or XGBoost's in-place prediction (the
+    /// same bits).
     pub fn predict(&self, columns: &[&Float64Array]) -> Result<Vec<f32>, XgbError> {
+        if let Some(trees) = &self.trees {
+            let lanes = self
+                .lanes
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            return Ok(trees.predict(columns, lanes));
+        }
         let rounds = Some(self.rounds());
         Ok(match self.lanes {
             Some(lanes) => {
