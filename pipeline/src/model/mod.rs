@@ -14,6 +14,7 @@ pub mod curves;
 pub mod events;
 pub mod manifest;
 pub mod metrics;
+mod model_json;
 pub mod report;
 pub mod rules;
 pub mod score;

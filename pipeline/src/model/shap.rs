@@ -42,8 +42,8 @@
 
 use std::ops::Range;
 
+use super::model_json::RawTree;
 use arrow::array::{Array, Float64Array};
-use serde_json::Value;
 
 /// Most table entries (`f64`) compiled for one model, summed over its
 /// leaves (`2^d · d` each): 8M entries, 64 MB. The default model needs
@@ -95,52 +95,16 @@ pub struct TreeShap {
     features: usize,
 }
 
-/// A node of the JSON tree, as read.
-struct RawTree {
-    left: Vec<i64>,
-    right: Vec<i64>,
-    feature: Vec<u32>,
-    cond: Vec<f32>,
-    default_left: Vec<bool>,
-    cover: Vec<f64>,
-}
-
 impl TreeShap {
     /// Compiles the trees of rounds `rounds` (`begin..end`) of an XGBoost
     /// JSON model (`model.json`) over `features` feature columns; `None`
     /// when the model is not one this can explain exactly, or too large.
     pub fn compile(model_json: &[u8], features: usize, rounds: (u32, u32)) -> Option<TreeShap> {
-        let model: Value = serde_json::from_slice(model_json).ok()?;
-        let learner = &model["learner"];
-        let param = &learner["learner_model_param"];
-        let num = |v: &Value| -> Option<u64> {
-            v.as_u64()
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-        };
-        if num(&param["num_class"]).unwrap_or(0) > 1 || num(&param["num_target"]).unwrap_or(1) != 1
-        {
-            return None;
-        }
-        let booster = &learner["gradient_booster"];
-        if booster["name"].as_str() != Some("gbtree") {
-            return None;
-        }
-        let model = &booster["model"];
-        let trees = model["trees"].as_array()?;
-        // Trees of round r: iteration_indptr[r]..iteration_indptr[r + 1].
-        let (begin, end) = (rounds.0 as usize, rounds.1 as usize);
-        let span = match model["iteration_indptr"].as_array() {
-            Some(ptr) => {
-                let at = |r: usize| ptr.get(r.min(ptr.len().saturating_sub(1))).and_then(num);
-                at(begin)? as usize..at(end)? as usize
-            }
-            None => begin.min(trees.len())..end.min(trees.len()),
-        };
+        let model = super::model_json::read(model_json, features, rounds).ok()?;
         let mut budget = TABLE_BUDGET;
-        let mut compiled = Vec::with_capacity(span.len());
-        for t in trees.get(span)? {
-            let raw = RawTree::read(t, features)?;
-            compiled.push(raw.compile(&mut budget)?);
+        let mut compiled = Vec::with_capacity(model.trees.len());
+        for raw in &model.trees {
+            compiled.push(compile_tree(raw, &mut budget)?);
         }
         Some(TreeShap {
             trees: compiled,
@@ -259,153 +223,87 @@ impl Tree {
     }
 }
 
-impl RawTree {
-    /// The arrays of one tree of the JSON model; `None` for what is not a
-    /// plain numeric tree over `features` columns.
-    fn read(t: &Value, features: usize) -> Option<RawTree> {
-        let ints =
-            |k: &str| -> Option<Vec<i64>> { t[k].as_array()?.iter().map(Value::as_i64).collect() };
-        let floats =
-            |k: &str| -> Option<Vec<f64>> { t[k].as_array()?.iter().map(Value::as_f64).collect() };
-        let left = ints("left_children")?;
-        let right = ints("right_children")?;
-        let n = left.len();
-        let feature: Vec<u32> = ints("split_indices")?
-            .into_iter()
-            .map(|f| u32::try_from(f).ok())
-            .collect::<Option<_>>()?;
-        let cond: Vec<f32> = floats("split_conditions")?
-            .into_iter()
-            .map(|c| c as f32)
-            .collect();
-        let default_left: Vec<bool> = t["default_left"]
-            .as_array()?
-            .iter()
-            .map(|v| v.as_bool().or_else(|| v.as_i64().map(|i| i != 0)))
-            .collect::<Option<_>>()?;
-        let cover = floats("sum_hessian")?;
-        let categorical = t["split_type"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|v| v.as_i64() != Some(0)));
-        let vector_leaf = t["tree_param"]["size_leaf_vector"]
-            .as_str()
-            .and_then(|s| s.parse::<u64>().ok())
-            .is_some_and(|s| s > 1);
-        if categorical
-            || vector_leaf
-            || [
-                right.len(),
-                feature.len(),
-                cond.len(),
-                default_left.len(),
-                cover.len(),
-            ]
-            .iter()
-            .any(|&l| l != n)
-        {
-            return None;
-        }
-        for i in 0..n {
-            let leaf = left[i] < 0;
-            if !leaf
-                && (feature[i] as usize >= features
-                    || [left[i], right[i]]
-                        .iter()
-                        .any(|&c| c <= 0 || c as usize >= n)
-                    || cover[i] <= 0.0
-                    || !cover[i].is_finite())
-            {
-                return None;
-            }
-        }
-        Some(RawTree {
-            left,
-            right,
-            feature,
-            cond,
-            default_left,
-            cover,
-        })
+/// The compiled tree: dense splits, and per leaf its path and table.
+/// Takes the table's entries from `budget`; `None` when it runs out, or
+/// for a split node without cover (no cover fractions to weigh by).
+fn compile_tree(raw: &RawTree, budget: &mut usize) -> Option<Tree> {
+    let n = raw.left.len();
+    if (0..n).any(|i| raw.left[i] >= 0 && !(raw.cover[i] > 0.0 && raw.cover[i].is_finite())) {
+        return None;
     }
-
-    /// The compiled tree: dense splits, and per leaf its path and table.
-    /// Takes the table's entries from `budget`; `None` when it runs out.
-    fn compile(&self, budget: &mut usize) -> Option<Tree> {
-        let n = self.left.len();
-        let mut dense = vec![u32::MAX; n];
-        let mut tree = Tree::default();
-        for (i, slot) in dense.iter_mut().enumerate() {
-            if self.left[i] >= 0 {
-                *slot = u32::try_from(tree.splits.len()).ok()?;
-                tree.splits.push(Split {
-                    feature: self.feature[i],
-                    cond: self.cond[i],
-                    default_left: self.default_left[i],
-                });
-            }
-        }
-        // Depth-first from the root, with the path so far: (node, went left).
-        let mut stack: Vec<(usize, Vec<(usize, bool)>)> = vec![(0, Vec::new())];
-        // A node reached twice means a malformed tree, not a loop to follow.
-        let mut seen = vec![false; n];
-        while let Some((node, path)) = stack.pop() {
-            if std::mem::replace(seen.get_mut(node)?, true) {
-                return None;
-            }
-            if self.left[node] >= 0 {
-                for (child, left) in [(self.left[node], true), (self.right[node], false)] {
-                    let mut p = path.clone();
-                    p.push((node, left));
-                    stack.push((child as usize, p));
-                }
-                continue;
-            }
-            let value = f64::from(self.cond[node]);
-            // Distinct features in order of first appearance, each with its
-            // cover fraction product.
-            let mut feats: Vec<u32> = Vec::new();
-            let mut zero: Vec<f64> = Vec::new();
-            let first = tree.steps.len();
-            for &(at, left) in &path {
-                let f = self.feature[at];
-                let bit = match feats.iter().position(|&g| g == f) {
-                    Some(b) => b,
-                    None => {
-                        feats.push(f);
-                        zero.push(1.0);
-                        feats.len() - 1
-                    }
-                };
-                let child = if left { self.left[at] } else { self.right[at] } as usize;
-                let cover = *self.cover.get(child)?;
-                if !(cover > 0.0 && cover.is_finite()) {
-                    return None;
-                }
-                zero[bit] *= cover / self.cover[at];
-                tree.steps.push(Step {
-                    split: dense[at],
-                    left,
-                    bit: u8::try_from(bit).ok()?,
-                });
-            }
-            let d = feats.len();
-            if d >= usize::BITS as usize - 1 {
-                return None;
-            }
-            let size = (1usize << d) * d;
-            *budget = budget.checked_sub(size)?;
-            let table = tree.table.len();
-            tree.table.extend(leaf_table(value, &zero));
-            let features = tree.features.len();
-            tree.features.extend(&feats);
-            tree.leaves.push(Leaf {
-                steps: first..tree.steps.len(),
-                features: features..tree.features.len(),
-                table,
+    let mut dense = vec![u32::MAX; n];
+    let mut tree = Tree::default();
+    for (i, slot) in dense.iter_mut().enumerate() {
+        if raw.left[i] >= 0 {
+            *slot = u32::try_from(tree.splits.len()).ok()?;
+            tree.splits.push(Split {
+                feature: raw.feature[i],
+                cond: raw.cond[i],
+                default_left: raw.default_left[i],
             });
         }
-        Some(tree)
     }
+    // Depth-first from the root, with the path so far: (node, went left).
+    let mut stack: Vec<(usize, Vec<(usize, bool)>)> = vec![(0, Vec::new())];
+    // A node reached twice means a malformed tree, not a loop to follow.
+    let mut seen = vec![false; n];
+    while let Some((node, path)) = stack.pop() {
+        if std::mem::replace(seen.get_mut(node)?, true) {
+            return None;
+        }
+        if raw.left[node] >= 0 {
+            for (child, left) in [(raw.left[node], true), (raw.right[node], false)] {
+                let mut p = path.clone();
+                p.push((node, left));
+                stack.push((child as usize, p));
+            }
+            continue;
+        }
+        let value = f64::from(raw.cond[node]);
+        // Distinct features in order of first appearance, each with its
+        // cover fraction product.
+        let mut feats: Vec<u32> = Vec::new();
+        let mut zero: Vec<f64> = Vec::new();
+        let first = tree.steps.len();
+        for &(at, left) in &path {
+            let f = raw.feature[at];
+            let bit = match feats.iter().position(|&g| g == f) {
+                Some(b) => b,
+                None => {
+                    feats.push(f);
+                    zero.push(1.0);
+                    feats.len() - 1
+                }
+            };
+            let child = if left { raw.left[at] } else { raw.right[at] } as usize;
+            let cover = *raw.cover.get(child)?;
+            if !(cover > 0.0 && cover.is_finite()) {
+                return None;
+            }
+            zero[bit] *= cover / raw.cover[at];
+            tree.steps.push(Step {
+                split: dense[at],
+                left,
+                bit: u8::try_from(bit).ok()?,
+            });
+        }
+        let d = feats.len();
+        if d >= usize::BITS as usize - 1 {
+            return None;
+        }
+        let size = (1usize << d) * d;
+        *budget = budget.checked_sub(size)?;
+        let table = tree.table.len();
+        tree.table.extend(leaf_table(value, &zero));
+        let features = tree.features.len();
+        tree.features.extend(&feats);
+        tree.leaves.push(Leaf {
+            steps: first..tree.steps.len(),
+            features: features..tree.features.len(),
+            table,
+        });
+    }
+    Some(tree)
 }
 
 /// A leaf's contributions per agreement pattern: `2^d` rows (bit `j` of the
@@ -455,6 +353,7 @@ mod tests {
     use super::*;
     use crate::model::testing::{data, trained};
     use crate::model::xgb::{DMatrix, PredictKind};
+    use serde_json::Value;
 
     /// Our contributions against XGBoost's own `pred_contribs` over the
     /// same rows and rounds: equal to float precision.

@@ -35,10 +35,9 @@
 
 use std::collections::VecDeque;
 
-use arrow::array::{Array, Float64Array};
-use serde_json::Value;
-
+use super::model_json::RawTree;
 use super::xgb::{Booster, PredictKind};
+use arrow::array::{Array, Float64Array};
 
 /// A tree node. A split's children are `left` and `left + 1`. A leaf reads
 /// the always-missing feature past the real ones and defaults to `left`,
@@ -105,98 +104,29 @@ impl CompiledTrees {
         features: usize,
         rounds: (u32, u32),
     ) -> Result<CompiledTrees, &'static str> {
-        let model: Value = serde_json::from_slice(model_json).map_err(|_| "not JSON")?;
-        let learner = &model["learner"];
-        if learner["objective"]["name"].as_str() != Some("binary:logistic") {
+        let model = super::model_json::read(model_json, features, rounds)?;
+        if model.objective.as_deref() != Some("binary:logistic") {
             return Err("not a binary:logistic model");
         }
-        let param = &learner["learner_model_param"];
-        let text = |v: &Value| -> Option<String> {
-            v.as_str()
-                .map(str::to_owned)
-                .or_else(|| v.as_f64().map(|f| f.to_string()))
-        };
-        let num = |v: &Value| -> Option<u64> { text(v)?.parse().ok() };
-        if num(&param["num_class"]).unwrap_or(0) > 1 || num(&param["num_target"]).unwrap_or(1) != 1
-        {
-            return Err("more than one output");
-        }
-        // "[4.5602882E-1]" (XGBoost 3) or "4.5602882E-1".
-        let base: f32 = text(&param["base_score"])
-            .and_then(|s| s.trim_matches(['[', ']']).parse().ok())
-            .ok_or("no base_score")?;
+        let base = model.base_score.ok_or("no base_score")?;
         if !(base > 0.0 && base < 1.0) {
             return Err("base_score outside (0, 1)");
         }
-        let booster = &learner["gradient_booster"];
-        if booster["name"].as_str() != Some("gbtree") {
-            return Err("not a gbtree booster");
-        }
-        let model = &booster["model"];
-        let trees = model["trees"].as_array().ok_or("no trees")?;
-        let (begin, end) = (rounds.0 as usize, rounds.1 as usize);
-        let span = match model["iteration_indptr"].as_array() {
-            Some(ptr) => {
-                let at = |r: usize| {
-                    ptr.get(r.min(ptr.len().saturating_sub(1)))
-                        .and_then(num)
-                        .map(|v| v as usize)
-                };
-                at(begin).ok_or("bad iteration_indptr")?..at(end).ok_or("bad iteration_indptr")?
-            }
-            None => begin.min(trees.len())..end.min(trees.len()),
-        };
         let mut out = CompiledTrees {
             nodes: Vec::new(),
             roots: Vec::new(),
             intercept: -(1.0f32 / base - 1.0).ln(),
             features,
         };
-        for t in trees.get(span).ok_or("rounds beyond the trees")? {
+        for t in &model.trees {
             out.push_tree(t)?;
         }
         Ok(out)
     }
 
-    fn push_tree(&mut self, t: &Value) -> Result<(), &'static str> {
-        let ints =
-            |k: &str| -> Option<Vec<i64>> { t[k].as_array()?.iter().map(Value::as_i64).collect() };
-        let floats =
-            |k: &str| -> Option<Vec<f64>> { t[k].as_array()?.iter().map(Value::as_f64).collect() };
-        let left = ints("left_children").ok_or("no left_children")?;
-        let right = ints("right_children").ok_or("no right_children")?;
-        let feature = ints("split_indices").ok_or("no split_indices")?;
-        let cond = floats("split_conditions").ok_or("no split_conditions")?;
-        let default_left: Vec<bool> = t["default_left"]
-            .as_array()
-            .and_then(|a| {
-                a.iter()
-                    .map(|v| v.as_bool().or_else(|| v.as_i64().map(|i| i != 0)))
-                    .collect()
-            })
-            .ok_or("no default_left")?;
-        if t["split_type"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|v| v.as_i64() != Some(0)))
-        {
-            return Err("categorical splits");
-        }
-        if t["tree_param"]["size_leaf_vector"]
-            .as_str()
-            .and_then(|s| s.parse::<u64>().ok())
-            .is_some_and(|s| s > 1)
-        {
-            return Err("vector leaves");
-        }
-        let n = left.len();
-        if n == 0
-            || [right.len(), feature.len(), cond.len(), default_left.len()]
-                .iter()
-                .any(|&l| l != n)
-        {
-            return Err("tree arrays of different lengths");
-        }
-        // Breadth first, each split's children put side by side.
+    /// Appends tree `t`, breadth first, each split's children side by side.
+    fn push_tree(&mut self, t: &RawTree) -> Result<(), &'static str> {
+        let n = t.left.len();
         let slot = |i: usize| u32::try_from(i).map_err(|_| "too many nodes");
         let root = slot(self.nodes.len())?;
         let placeholder = Node {
@@ -212,28 +142,22 @@ impl CompiledTrees {
         let mut depth = 0;
         while let Some((i, d)) = queue.pop_front() {
             let me = at[i];
-            if left[i] < 0 {
+            if t.left[i] < 0 {
                 self.nodes[me as usize] = Node {
                     feature: slot(self.features)?,
-                    value: cond[i] as f32,
+                    value: t.cond[i],
                     left: me,
                     default_left: true,
                 };
                 depth = depth.max(d);
                 continue;
             }
-            let f = usize::try_from(feature[i]).map_err(|_| "bad feature")?;
-            if f >= self.features {
-                return Err("a split on a feature beyond the columns");
-            }
             let first = slot(self.nodes.len())?;
             self.nodes.extend([placeholder, placeholder]);
-            for (k, c) in [left[i], right[i]].into_iter().enumerate() {
-                let c = usize::try_from(c)
-                    .ok()
-                    .filter(|&c| c > 0 && c < n)
-                    .ok_or("bad child")?;
-                // A node reached twice: a malformed tree, not a loop.
+            for (k, c) in [t.left[i], t.right[i]].into_iter().enumerate() {
+                // In range (checked when read); reached twice: a malformed
+                // tree, not a loop.
+                let c = c as usize;
                 if at[c] != u32::MAX {
                     return Err("a node with two parents");
                 }
@@ -241,10 +165,10 @@ impl CompiledTrees {
                 queue.push_back((c, d + 1));
             }
             self.nodes[me as usize] = Node {
-                feature: f as u32,
-                value: cond[i] as f32,
+                feature: t.feature[i],
+                value: t.cond[i],
                 left: first,
-                default_left: default_left[i],
+                default_left: t.default_left[i],
             };
         }
         self.roots.push((root, depth));
@@ -395,6 +319,7 @@ fn sigmoid(x: f32) -> f32 {
 mod tests {
     use super::*;
     use crate::model::testing::{data, trained};
+    use serde_json::Value;
 
     /// Scores equal to XGBoost's in-place prediction (the one `score`
     /// used), bit for bit.
