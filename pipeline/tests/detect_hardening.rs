@@ -383,12 +383,12 @@ async fn detect_refuses_a_lake_without_the_context_tables() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(err.contains("--lake"), "{err}");
-    assert!(
-        ["symbols", "profiles", "betas"]
-            .iter()
-            .any(|t| err.contains(&format!("has no `{t}` table"))),
-        "names the missing table: {err}"
-    );
+    for t in ["symbols", "profiles", "betas"] {
+        assert!(
+            err.contains(&format!("`{t}` (")),
+            "names every missing table ({t}): {err}"
+        );
+    }
 
     // Ticks but no stored profiles or betas: made from the ticks, and said.
     let partial = dir.path().join("partial-lake");

@@ -62,18 +62,18 @@ pub struct ContextTable {
 /// Why the context tables are not there.
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
-    /// A table the feature files read is neither stored nor makeable.
+    /// Tables the feature files read are neither stored nor makeable.
     #[error(
-        "the feature files read the lake's `{table}` table ({files}), but the lake {lake} has \
-         no `{table}` table and no ticks to make it from: those features would be NULL and the \
-         alerts differ from backfill's; give --lake (or STOCKANOMALY_LAKE) the lake the feature \
-         set was backfilled on"
+        "the feature files read the lake's {}, but the lake {lake} has {} and no ticks to make \
+         {} from: those features would be NULL and the alerts differ from backfill's; give \
+         --lake (or STOCKANOMALY_LAKE) the lake the feature set was backfilled on",
+        missing_list(tables),
+        if tables.len() == 1 { "no such table" } else { "none of them" },
+        if tables.len() == 1 { "it" } else { "them" }
     )]
     Missing {
-        /// The table.
-        table: &'static str,
-        /// The files reading it.
-        files: String,
+        /// Each missing table, with the files reading it.
+        tables: Vec<(&'static str, String)>,
         /// The lake.
         lake: String,
     },
@@ -89,6 +89,19 @@ pub enum ContextError {
     /// The lake could not be listed.
     #[error(transparent)]
     Lake(#[from] LakeError),
+}
+
+/// "`betas` (returns.sql) and `profiles` (seasonality) tables".
+fn missing_list(tables: &[(&'static str, String)]) -> String {
+    let named: Vec<String> = tables
+        .iter()
+        .map(|(t, files)| format!("`{t}` ({files})"))
+        .collect();
+    match named.as_slice() {
+        [one] => format!("{one} table"),
+        [rest @ .., last] => format!("{} and {last} tables", rest.join(", ")),
+        [] => "tables".into(),
+    }
 }
 
 /// The context tables `catalog` reads and where each will come from;
@@ -131,6 +144,7 @@ pub async fn context_tables(
     }
     let has_ticks = table_has_files(root, "ticks").await?;
     let mut out = Vec::new();
+    let mut missing = Vec::new();
     for (table, files) in reads {
         let source = if table == "market" {
             ContextSource::Stream
@@ -139,16 +153,19 @@ pub async fn context_tables(
         } else if has_ticks {
             ContextSource::FromTicks
         } else {
-            return Err(ContextError::Missing {
-                table,
-                files: files.join(", "),
-                lake: root.to_string(),
-            });
+            missing.push((table, files.join(", ")));
+            continue;
         };
         out.push(ContextTable {
             table,
             files,
             source,
+        });
+    }
+    if !missing.is_empty() {
+        return Err(ContextError::Missing {
+            tables: missing,
+            lake: root.to_string(),
         });
     }
     Ok(out)
@@ -197,6 +214,11 @@ mod tests {
         let text = e.to_string();
         assert!(matches!(e, ContextError::Missing { .. }), "{text}");
         assert!(text.contains("--lake"), "{text}");
+        // Every missing table is named, not only the first.
+        for t in ["betas", "profiles", "symbols"] {
+            assert!(text.contains(&format!("`{t}` (")), "{t}: {text}");
+        }
+        assert!(text.contains("none of them"), "{text}");
     }
 
     #[tokio::test]
