@@ -64,7 +64,8 @@ async fn migrate_applies_once_and_creates_the_schema() {
             "0003_alert_delay".to_owned(),
             "0004_review_accounts".to_owned(),
             "0005_offset_generation".to_owned(),
-            "0006_latency_split".to_owned()
+            "0006_latency_split".to_owned(),
+            "0007_cases".to_owned()
         ]
     );
     let second = migrate(&mut c).await.unwrap();
@@ -176,7 +177,8 @@ async fn concurrent_migrations_both_succeed() {
             "0003_alert_delay".to_owned(),
             "0004_review_accounts".to_owned(),
             "0005_offset_generation".to_owned(),
-            "0006_latency_split".to_owned()
+            "0006_latency_split".to_owned(),
+            "0007_cases".to_owned()
         ],
         "{ra:?} {rb:?}"
     );
@@ -766,4 +768,129 @@ async fn cli_csv_into_the_tick_store_twice_keeps_one_copy() {
     assert_eq!(count(&c, "ticks").await, good);
     // The ticks never went to the lake.
     assert!(!dir.path().join("lake/ticks").exists());
+}
+
+/// Cases go in the batch's transaction: upserted as they stand, deleted
+/// when they close without opening, left alone on a fenced partition, and
+/// read back (exactly) as the open cases of a partition.
+#[tokio::test]
+async fn cases_are_upserted_with_the_batch_and_restored_per_partition() {
+    use stockanomaly::model::cases::{AlertIn, CaseRule, CaseTracker};
+    use stockanomaly::sinks::postgres::{commit_output, load_open_cases};
+    use stockanomaly::sinks::CaseUpdate;
+
+    let db = TestDb::new("cases").await;
+    let mut c = db.client().await;
+    migrate(&mut c).await.unwrap();
+    let s = 1_000_000;
+    let mut t = CaseTracker::new(CaseRule::open_all(300 * s));
+    let shap = r#"[{"contribution": 1.5, "feature": "z", "value": 4.0}]"#;
+    let a = |ts: i64, score: Option<f32>, partition: i32| AlertIn {
+        ts_us: 1_704_205_800_000_000 + ts * s,
+        seq: 7,
+        model_score: score,
+        detectors: if score.is_some() { 1 } else { 2 },
+        top_shap: score.map(|_| shap),
+        partition: Some(partition),
+    };
+    t.alert("IBM", a(0, Some(0.875), 0));
+    t.alert("IBM", a(10, Some(0.9375), 0));
+    // A rule's alone: never opens.
+    t.alert("AAPL", a(0, None, 1));
+    let update = |case: stockanomaly::model::cases::Case| CaseUpdate {
+        version: "xgb-abc".into(),
+        source: "ticks".into(),
+        detectors: "model".into(),
+        case,
+    };
+    let ibm = t.open_case("IBM").unwrap().clone();
+    let aapl = t.open_case("AAPL").unwrap().clone();
+    let stats = commit_output(
+        &mut c,
+        &[],
+        &[],
+        &[offset(0, 10, 0), offset(1, 10, 0)],
+        &[update(ibm.clone()), update(aapl.clone())],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(stats.cases_upserted, 2);
+    let back = load_open_cases(&c, "xgb-abc", "ticks", &[0]).await.unwrap();
+    assert_eq!(back.len(), 1);
+    let mut restored = back[0].clone();
+    // JSON comes back as PostgreSQL writes it.
+    assert!(restored
+        .top_shap
+        .take()
+        .unwrap()
+        .contains("\"feature\": \"z\""));
+    let mut want = ibm.clone();
+    want.top_shap = None;
+    assert_eq!(restored, want, "restored exactly");
+    assert_eq!(
+        load_open_cases(&c, "xgb-abc", "ticks", &[1])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(load_open_cases(&c, "xgb-abc", "other", &[0, 1])
+        .await
+        .unwrap()
+        .is_empty());
+
+    // AAPL closes unopened: deleted. IBM closes opened: kept, closed.
+    let mut closed_aapl = aapl;
+    closed_aapl.closed = true;
+    let mut closed_ibm = ibm;
+    closed_ibm.closed = true;
+    commit_output(
+        &mut c,
+        &[],
+        &[],
+        &[],
+        &[update(closed_ibm), update(closed_aapl)],
+        None,
+    )
+    .await
+    .unwrap();
+    let rows = c
+        .query("SELECT symbol, status, alerts FROM cases", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (
+            rows[0].get::<_, String>(0),
+            rows[0].get::<_, String>(1),
+            rows[0].get::<_, i32>(2)
+        ),
+        ("IBM".to_owned(), "closed".to_owned(), 2)
+    );
+    assert!(load_open_cases(&c, "xgb-abc", "ticks", &[0, 1])
+        .await
+        .unwrap()
+        .is_empty());
+
+    // A member of an older generation writes nothing of a fenced partition.
+    commit_output(&mut c, &[], &[], &[offset(2, 50, 0)], &[], Some(5))
+        .await
+        .unwrap();
+    let mut late = CaseTracker::new(CaseRule::open_all(300 * s));
+    late.alert("MSFT", a(0, Some(0.75), 2));
+    let msft = late.open_case("MSFT").unwrap().clone();
+    let stale = commit_output(
+        &mut c,
+        &[],
+        &[],
+        &[offset(2, 40, 0)],
+        &[update(msft)],
+        Some(4),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stale.fenced, vec![2]);
+    assert_eq!(stale.cases_upserted, 0);
+    assert_eq!(count(&c, "cases").await, 1);
 }

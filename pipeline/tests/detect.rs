@@ -315,6 +315,24 @@ async fn killed_and_restarted_detectors_write_exactly_the_alerts_once() {
     ok(dir.path(), &last);
     let got = common::pg_alerts(&client, &version).await;
     common::assert_same(&got, &want, "after kills and restarts vs batch");
+    // The cases, carried across the kills (the first two land inside
+    // cases: alerts come in episodes), equal batch `score`'s.
+    let want_cases = common::batch_cases(dir.path(), lake, &version);
+    assert!(!want_cases.is_empty(), "the batch opened no case");
+    let got_cases = common::pg_cases(&client, &version).await;
+    assert_eq!(
+        got_cases, want_cases,
+        "cases after kills and restarts vs batch"
+    );
+    let discarded: i64 = client
+        .query_one(
+            "SELECT count(*) FROM cases WHERE opened_ts IS NULL AND status = 'closed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(discarded, 0, "a case that closed unopened is not kept");
 }
 
 /// Two detectors sharing the partitions take the market context from the

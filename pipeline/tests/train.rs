@@ -100,6 +100,25 @@ async fn trains_evaluates_and_refuses_a_mismatched_model() {
         "model.json names its features"
     );
     assert_eq!(manifest["xgboost_version"], "3.4.1");
+    // Cases: the rule learnt on validation, and figures per split.
+    let case_rule = &manifest["case_rule"];
+    assert!(case_rule["threshold"].as_f64().is_some(), "{manifest}");
+    assert!(
+        case_rule["learnt_from"][0].as_u64().unwrap() > 0,
+        "{manifest}"
+    );
+    for split in ["train", "valid", "test"] {
+        let c = &manifest["metrics"][split]["cases"];
+        assert!(
+            c["cases"].as_u64().unwrap() <= c["candidates"].as_u64().unwrap(),
+            "{c}"
+        );
+        assert!(
+            out.contains(&format!("cases, {split}: event recall")),
+            "{out}"
+        );
+    }
+    assert!(out.contains("cases open at case score"), "{out}");
     let best = manifest["best_iteration"].as_u64().unwrap();
     assert!(best < 15, "{manifest}");
     let split_names: Vec<&str> = manifest["splits"]
@@ -320,6 +339,49 @@ async fn trains_evaluates_and_refuses_a_mismatched_model() {
         ],
     );
     assert!(scored.contains("rule zscore_4"), "{scored}");
+    // The opened cases of the run, one row each, joining both detectors'
+    // alerts: each case's alert count is the alerting ticks of its symbol
+    // inside its span.
+    let opened = sql_number(dir.path(), lake, "SELECT count(*) FROM cases");
+    assert!(opened > 0, "{scored}");
+    assert!(
+        scored.contains(&format!("{opened} case(s) opened of")),
+        "{scored}"
+    );
+    assert_eq!(
+        sql_number(
+            dir.path(),
+            lake,
+            "SELECT count(DISTINCT case_id) FROM cases"
+        ),
+        opened
+    );
+    assert_eq!(
+        sql_number(
+            dir.path(),
+            lake,
+            &format!(
+                "SELECT count(*) FROM cases WHERE model_version = '{}' \
+                 AND start_ts <= opened_ts AND opened_ts <= end_ts AND peak_ts >= start_ts \
+                 AND peak_ts <= end_ts AND model_alerts >= 1 AND alerts >= model_alerts \
+                 AND top_shap IS NOT NULL AND status IN ('open', 'closed')",
+                manifest["version"].as_str().unwrap()
+            )
+        ),
+        opened
+    );
+    assert_eq!(
+        sql_number(
+            dir.path(),
+            lake,
+            "SELECT count(*) FROM (SELECT c.case_id, c.alerts, \
+             count(DISTINCT CAST(s.ts AS BIGINT) * 1000 + s.seq) AS n \
+             FROM cases c JOIN scores s ON s.symbol = c.symbol AND s.alert \
+             AND s.ts >= c.start_ts AND s.ts <= c.end_ts \
+             GROUP BY c.case_id, c.alerts) WHERE n = alerts"
+        ),
+        opened
+    );
     assert_eq!(
         sql_number(
             dir.path(),
@@ -404,6 +466,15 @@ async fn trains_evaluates_and_refuses_a_mismatched_model() {
             &format!("SELECT count(*) FROM scores WHERE model_version = '{version}'")
         ),
         rows
+    );
+    assert_eq!(
+        sql_number(dir.path(), lake, "SELECT count(*) FROM cases"),
+        sql_number(
+            dir.path(),
+            lake,
+            "SELECT count(DISTINCT case_id) FROM cases"
+        ),
+        "scoring again replaces the cases"
     );
 
     // A manifest whose feature list differs is refused, naming the feature.

@@ -200,19 +200,27 @@ async fn print_context_margin(
             |e| format!("{}/{}", e.detected, e.events),
         )
     };
+    let cases = |m: Option<&crate::model::Metrics>| {
+        m.and_then(|m| m.cases.as_ref()).map_or_else(
+            || "-".to_owned(),
+            |c| format!("{} (case precision {:.2})", c.cases, c.precision),
+        )
+    };
     let fmt = |p: Option<f64>| p.map_or_else(|| "-".to_owned(), |p| format!("{p:.4}"));
     let gain = match (pr(full), per_symbol.test.pr_auc) {
         (Some(a), Some(b)) => format!(" ({:+.4})", a - b),
         _ => String::new(),
     };
     println!(
-        "test PR-AUC with market context and confirmation ({}): {}{gain}, events {}; \
-         per-symbol files only, same days: {}, events {}",
+        "test PR-AUC with market context and confirmation ({}): {}{gain}, events {}, cases {}; \
+         per-symbol files only, same days: {}, events {}, alert episodes {}",
         context.join(", "),
         fmt(pr(full)),
         recall(full),
+        cases(full),
         fmt(per_symbol.test.pr_auc),
         recall(Some(&per_symbol.test)),
+        cases(Some(&per_symbol.test)),
     );
     Ok(())
 }

@@ -25,6 +25,15 @@ contributions of each model alert as JSON. Scoring a date again replaces
 that detector's rows for the date. Refuses a model whose feature names or
 feature-set hash differ from the catalog's.
 
+With a model, the alerts of every detector of the run (the model's and the
+rules') are grouped into cases: one symbol's alerts at most the case gap
+apart (5 minutes by default). A case opens, for an analyst, when its case
+score (learnt by `train` on the validation split) reaches the model's case
+threshold; opened cases go to cases/model_version=<version>/date=<start
+date>/, one row each (case_id, symbol, start_ts, end_ts, alerts, peak and
+mean score, case score, opened_ts, detectors, top SHAP at the peak with
+--top-shap, status open or closed).
+
 Query the result with `stockanomaly sql`, e.g.
   SELECT model_version, count(*) FILTER (WHERE alert) FROM scores GROUP BY 1
 
@@ -101,6 +110,14 @@ pub(crate) async fn run(lake: &str, args: ScoreArgs) -> anyhow::Result<()> {
             "{label:<32} {version:<32} {:>12} {:>10}",
             count(*rows),
             count(*alerts)
+        );
+    }
+    if let Some((opened, episodes)) = summary.cases {
+        println!(
+            "{} case(s) opened of {} alert episode(s), in {root}/cases (one row per case: \
+             symbol, start_ts, end_ts, alerts, peak and case score, detectors, top SHAP, status)",
+            count(opened),
+            count(episodes)
         );
     }
     Ok(())

@@ -119,6 +119,12 @@ pub struct TrainArgs {
     )]
     pub target_event_precision: Option<f64>,
 
+    /// Case threshold: the lowest whose validation *case* precision (opened
+    /// cases that overlap a labelled event) reaches this (default: the best
+    /// case F1, event recall against case precision).
+    #[arg(long, env = "STOCKANOMALY_TARGET_CASE_PRECISION", value_name = "P")]
+    pub target_case_precision: Option<f64>,
+
     /// Alerts of one symbol closer than this many seconds form one episode
     /// (one case for an analyst) in the event metrics.
     #[arg(
@@ -229,6 +235,7 @@ pub(crate) async fn run_train(lake: &str, args: TrainArgs) -> anyhow::Result<()>
     for (flag, p) in [
         ("--target-precision", args.target_precision),
         ("--target-event-precision", args.target_event_precision),
+        ("--target-case-precision", args.target_case_precision),
     ] {
         if let Some(p) = p {
             if !(p > 0.0 && p <= 1.0) {
@@ -257,6 +264,7 @@ pub(crate) async fn run_train(lake: &str, args: TrainArgs) -> anyhow::Result<()>
         seed: args.seed,
         target_precision: args.target_precision,
         target_event_precision: args.target_event_precision,
+        target_case_precision: args.target_case_precision,
         episode_gap_us: i64::from(args.episode_gap_secs) * 1_000_000,
         rules: baseline_rules(&args.queries, &catalog).await,
         balance_events: args.balance_events,
@@ -305,6 +313,9 @@ pub(crate) async fn run_train(lake: &str, args: TrainArgs) -> anyhow::Result<()>
         manifest.embargo_secs,
         count(embargoed)
     );
+    if let Some(r) = &manifest.case_rule {
+        println!("{}", case_rule_line(r));
+    }
     print_baselines(&manifest);
     println!(
         "wrote {}, {} and {} (model version {})",
@@ -436,6 +447,19 @@ pub(crate) fn print_baselines(manifest: &Manifest) {
     }
 }
 
+/// How cases open, in words.
+pub(crate) fn case_rule_line(r: &crate::model::cases::CaseRule) -> String {
+    let chosen = match (r.target_precision, r.target_reached) {
+        (Some(p), true) => format!("lowest reaching validation case precision {p}"),
+        (Some(p), false) => format!("best validation case F1: case precision {p} was not reached"),
+        (None, _) => "best validation case F1".to_owned(),
+    };
+    format!(
+        "cases open at case score {:.4} ({chosen}; learnt from {} validation alert episodes, {} true)",
+        r.threshold, r.learnt_from.0, r.learnt_from.1
+    )
+}
+
 fn rule(r: &ThresholdRule) -> String {
     match r {
         ThresholdRule::BestF1 => "best validation F1".to_owned(),
@@ -500,6 +524,48 @@ pub(crate) fn print_table(rows: &[(String, String, &Metrics)]) {
             println!("{}", event_line(name, e));
         }
     }
+    for (name, _, m) in rows {
+        if let Some(c) = &m.cases {
+            println!("{}", case_line(name, c));
+        }
+    }
+}
+
+/// One split's case metrics as a line: events caught by an opened case,
+/// per kind, cases opened of the alert episodes, their precision, median
+/// time to a case.
+pub(crate) fn case_line(name: &str, c: &crate::model::cases::CaseMetrics) -> String {
+    let secs = |s: Option<f64>| s.map_or_else(|| "-".to_owned(), |s| format!("{s:.0} s"));
+    let kinds: Vec<String> = c
+        .by_kind
+        .iter()
+        .map(|(k, r)| {
+            format!(
+                "{k} {}/{} ({:.2}, {})",
+                r.detected,
+                r.events,
+                r.recall,
+                secs(r.median_time_to_case_s)
+            )
+        })
+        .collect();
+    format!(
+        "cases, {name}: event recall {:.2} ({}/{}; {}), {} cases opened of {} alert episodes, \
+         {} true (case precision {:.2}), median time to a case {}",
+        c.recall,
+        c.detected,
+        c.events,
+        if kinds.is_empty() {
+            "no events".to_owned()
+        } else {
+            kinds.join(", ")
+        },
+        c.cases,
+        c.candidates,
+        c.true_cases,
+        c.precision,
+        secs(c.median_time_to_case_s)
+    )
 }
 
 /// The ablation table: one row per model (all files, then without each),

@@ -166,6 +166,19 @@ impl TableSpec {
         }
     }
 
+    /// The `cases` table: the cases a model's `score` run opened, under
+    /// `cases/model_version=<version>/date=<start date>/`.
+    pub fn cases() -> Self {
+        use crate::model::case_table::{cases_schema, col as case};
+        Self {
+            name: "cases".into(),
+            schema: cases_schema(),
+            partition_ts: case::START_TS,
+            sort_by: vec![case::SYMBOL, case::START_TS],
+            outer_partition: Some(crate::model::score::col::MODEL_VERSION),
+        }
+    }
+
     /// The folder of one value of the outer partition, as a table of its
     /// own (what an [`Appender`](super::Appender) writes to).
     pub fn sub_table(&self, value: &str) -> Self {
@@ -188,6 +201,7 @@ impl TableSpec {
             Self::symbols(),
             Self::scores(),
             Self::alerts(),
+            Self::cases(),
             Self::amendments(),
             Self::profiles(),
             Self::minute_stats(),

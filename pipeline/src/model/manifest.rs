@@ -103,6 +103,11 @@ pub struct Manifest {
     /// (`train --balance-events`).
     #[serde(default)]
     pub balance_events: bool,
+    /// When an alert episode becomes a case for an analyst, learnt on the
+    /// validation split (`None`: a model trained before cases; every
+    /// episode opens, see [`Manifest::case_rule`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case_rule: Option<super::cases::CaseRule>,
 }
 
 /// How much the model uses one feature.
@@ -134,6 +139,14 @@ pub enum ManifestError {
 }
 
 impl Manifest {
+    /// The rule cases open by: the learnt one, or every alert episode for
+    /// a model trained before cases.
+    pub fn case_rule(&self) -> super::cases::CaseRule {
+        self.case_rule.clone().unwrap_or_else(|| {
+            super::cases::CaseRule::open_all(super::events::DEFAULT_EPISODE_GAP_US)
+        })
+    }
+
     /// Reads `dir/manifest.json`.
     pub fn read(dir: &Path) -> Result<Manifest, ManifestError> {
         let path = dir.join(MANIFEST_FILE);

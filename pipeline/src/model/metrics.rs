@@ -107,6 +107,10 @@ pub struct Metrics {
     /// same threshold, when the rows' keys and labels were at hand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<super::events::EventMetrics>,
+    /// Case-level metrics (cases opened by the model's case rule; every
+    /// alert episode for rules) at the same alert threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cases: Option<super::cases::CaseMetrics>,
 }
 
 impl Metrics {
@@ -148,6 +152,7 @@ impl Metrics {
             confusion,
             recall_by_kind,
             events: None,
+            cases: None,
         }
     }
 

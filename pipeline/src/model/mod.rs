@@ -10,6 +10,8 @@
 //! and writes an artifact folder (`model.json`, [`manifest`]); [`metrics`]
 //! scores a model against labels.
 
+pub mod case_table;
+pub mod cases;
 pub mod curves;
 pub mod events;
 pub mod manifest;

@@ -462,6 +462,7 @@ mod tests {
             embargo_secs: 0.0,
             delay_ticks: 0,
             balance_events: false,
+            case_rule: None,
             params: BTreeMap::new(),
             max_rounds: 10,
             patience: 3,

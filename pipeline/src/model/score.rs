@@ -22,6 +22,8 @@ use datafusion::error::DataFusionError;
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 
+use super::case_table::cases_batch;
+use super::cases::{Case, CaseTracker};
 use super::manifest::{Manifest, MODEL_FILE};
 use super::rules::{hex, Rule};
 use super::shap::TreeShap;
@@ -311,6 +313,14 @@ impl Detector {
         }
     }
 
+    /// `model`, or the rule's name: how a case lists its detectors.
+    pub fn short_name(&self) -> String {
+        match self {
+            Detector::Model(_) => "model".to_owned(),
+            Detector::Rule(r) => r.name.clone(),
+        }
+    }
+
     /// A name for tables and logs: the rule's name, or `model`.
     pub fn label(&self) -> String {
         match self {
@@ -338,6 +348,8 @@ pub struct ScoreSummary {
     pub detectors: Vec<(String, String, u64, u64)>,
     /// Dates scored.
     pub dates: Vec<NaiveDate>,
+    /// With a model: `(cases opened, alert episodes)` written to `cases/`.
+    pub cases: Option<(u64, u64)>,
 }
 
 /// Scores the snapshot's dates in range with every detector and writes
@@ -375,24 +387,97 @@ pub async fn score(
             .map(|d| (d.label(), d.version(), 0, 0))
             .collect(),
         dates: Vec::new(),
+        cases: None,
     };
     let table = TableSpec::scores();
-    for date in dates {
+    // Cases join the alerts of every detector of the run; they are the
+    // model's (its case rule, its version), so a run without a model has
+    // none.
+    let mut cases = detectors.iter().find_map(|d| match d {
+        Detector::Model(m) => Some(RunCases {
+            version: m.version.clone(),
+            tracker: CaseTracker::new(m.manifest.case_rule()),
+            done: Vec::new(),
+        }),
+        Detector::Rule(_) => None,
+    });
+    for &date in &dates {
         let ctx = snapshot_session(root, catalog, Some((date, date))).await?;
         let features = read_features(&ctx, catalog).await?;
+        let mut batches = Vec::with_capacity(detectors.len());
         for (detector, totals) in detectors.iter().zip(&mut summary.detectors) {
             let batch = score_batch(&ctx, catalog, detector, &features, options.top_shap).await?;
             let alerts = batch.column(4).as_boolean().true_count();
             totals.2 += batch.num_rows() as u64;
             totals.3 += alerts as u64;
             let spec = table.sub_table(&detector.version());
-            store_scores(root, &spec, date, batch).await?;
+            store_scores(root, &spec, date, batch.clone()).await?;
+            batches.push(batch);
+        }
+        if let Some(c) = &mut cases {
+            c.feed(detectors, &batches)?;
         }
         tracing::info!(%date, rows = features.num_rows(), "Scored.");
         summary.dates.push(date);
         bar.inc(1);
     }
+    if let Some(c) = cases {
+        summary.cases = Some(c.store(root, detectors, &dates).await?);
+    }
     Ok(summary)
+}
+
+/// The cases of a `score` run being formed, date after date.
+struct RunCases {
+    version: String,
+    tracker: CaseTracker,
+    /// Cases over, in the order they ended.
+    done: Vec<Case>,
+}
+
+impl RunCases {
+    /// Takes one date's scores (one batch per detector, the same rows in
+    /// `(symbol, ts, seq)` order).
+    fn feed(&mut self, detectors: &[Detector], batches: &[RecordBatch]) -> Result<(), TrainError> {
+        let is_model: Vec<bool> = detectors
+            .iter()
+            .map(|d| matches!(d, Detector::Model(_)))
+            .collect();
+        let mut touched = Vec::new();
+        self.tracker
+            .feed_scores(&is_model, batches, None, &mut self.done, &mut touched)?;
+        Ok(())
+    }
+
+    /// Writes the opened cases, each under its start date, replacing every
+    /// scored date's cases; returns how many opened of how many episodes.
+    async fn store(
+        self,
+        root: &LakeRoot,
+        detectors: &[Detector],
+        dates: &[NaiveDate],
+    ) -> Result<(u64, u64), TrainError> {
+        let mut all = self.done;
+        all.extend(self.tracker.finish());
+        let names: Vec<String> = detectors.iter().map(Detector::short_name).collect();
+        let spec = TableSpec::cases().sub_table(&self.version);
+        let mut opened = 0u64;
+        for &date in dates {
+            let of_date: Vec<Case> = all
+                .iter()
+                .filter(|c| {
+                    chrono::DateTime::from_timestamp_micros(c.start_us)
+                        .is_some_and(|d| d.date_naive() == date)
+                })
+                .cloned()
+                .collect();
+            let batch = cases_batch(&of_date, &names)?;
+            opened += batch.num_rows() as u64;
+            let date = date.format("%Y-%m-%d").to_string();
+            replace_date(root, &spec, &date, batch, AppenderOptions::default()).await?;
+        }
+        Ok((opened, all.len() as u64))
+    }
 }
 
 /// Replaces a detector's scores of `date` with `batch`: written first, the

@@ -25,6 +25,7 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use indicatif::ProgressBar;
 
+use super::cases::{case_metrics, learn_case_rule, CaseRule};
 use super::curves::Curves;
 use super::events::{
     event_metrics, threshold_for_event_precision, EventMetrics, LabelEvent, ScoredRows,
@@ -67,6 +68,10 @@ pub struct TrainOptions {
     /// (alert episodes overlapping a label interval) reaches this, instead
     /// of the best F1.
     pub target_event_precision: Option<f64>,
+    /// Choose the case threshold (when an alert episode opens a case) whose
+    /// validation case precision reaches this (the best case F1 when
+    /// `None`).
+    pub target_case_precision: Option<f64>,
     /// Alerts of a symbol closer than this (µs) form one episode.
     pub episode_gap_us: i64,
     /// Rules evaluated on the test rows beside the model (the baselines).
@@ -87,6 +92,7 @@ impl Default for TrainOptions {
             rounds: 300,
             patience: 20,
             target_event_precision: None,
+            target_case_precision: None,
             episode_gap_us: DEFAULT_EPISODE_GAP_US,
             seed: 42,
             target_precision: None,
@@ -315,11 +321,45 @@ impl Dataset {
         )
     }
 
-    /// Row metrics and event metrics of `scores` at `threshold`.
+    /// Row metrics, event metrics and case metrics (every alert episode a
+    /// case) of `scores` at `threshold`.
     pub fn metrics(&self, scores: &[f32], threshold: f32, episode_gap_us: i64) -> Metrics {
+        self.metrics_with_cases(
+            scores,
+            threshold,
+            episode_gap_us,
+            &CaseRule::open_all(episode_gap_us),
+        )
+    }
+
+    /// [`Dataset::metrics`] with cases opening by `rule`.
+    pub fn metrics_with_cases(
+        &self,
+        scores: &[f32],
+        threshold: f32,
+        episode_gap_us: i64,
+        rule: &CaseRule,
+    ) -> Metrics {
         let mut m = Metrics::compute(scores, &self.label, &self.kinds(), threshold);
         m.events = Some(self.event_metrics(scores, threshold, episode_gap_us));
+        m.cases = Some(case_metrics(
+            self.scored(scores),
+            &self.events,
+            threshold,
+            rule,
+            0,
+        ));
         m
+    }
+
+    /// These rows with `scores`, for event and case metrics.
+    pub fn scored<'a>(&'a self, scores: &'a [f32]) -> ScoredRows<'a> {
+        ScoredRows {
+            symbol: &self.symbol,
+            ts_us: &self.ts_us,
+            scores,
+            delay_ticks: self.delay_ticks,
+        }
     }
 
     /// An XGBoost matrix of the columns `cols` (named `names`) and labels.
@@ -728,6 +768,14 @@ pub async fn train(
                 }
             }
         };
+    let case_rule = learn_case_rule(
+        valid_set.scored(&valid_scores),
+        &valid_set.events,
+        threshold,
+        options.episode_gap_us,
+        0,
+        options.target_case_precision,
+    );
     let mut metrics = BTreeMap::new();
     for ((plan, set), scores) in
         plans
@@ -737,7 +785,7 @@ pub async fn train(
     {
         metrics.insert(
             plan.name.to_owned(),
-            set.metrics(scores, threshold, options.episode_gap_us),
+            set.metrics_with_cases(scores, threshold, options.episode_gap_us, &case_rule),
         );
     }
 
@@ -825,6 +873,7 @@ pub async fn train(
         version: version.clone(),
         importance,
         baselines,
+        case_rule: Some(case_rule),
     };
     manifest.write(out)?;
     let by = |f: fn(&Importance) -> f64| {
@@ -1091,7 +1140,8 @@ pub async fn evaluate(
     }
     let refs: Vec<&Float64Array> = set.columns.iter().collect();
     let scores = model.predict(&refs)?;
-    let metrics = set.metrics(&scores, model.manifest.threshold, DEFAULT_EPISODE_GAP_US);
+    let rule = model.manifest.case_rule();
+    let metrics = set.metrics_with_cases(&scores, model.manifest.threshold, rule.gap_us(), &rule);
     Ok((model.manifest, from, to, metrics))
 }
 

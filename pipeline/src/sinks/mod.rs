@@ -37,6 +37,29 @@ pub struct AlertBatch {
     /// The consumer-group generation the batch was read in: fences the
     /// offsets (an evicted member cannot move a newer member's).
     pub generation: Option<i32>,
+    /// Cases this batch changed (alerts joined, opened, closed), as they
+    /// stand after it: stored with the alerts by the system of record.
+    pub cases: Vec<CaseUpdate>,
+}
+
+/// A case as a batch left it, for the system of record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaseUpdate {
+    /// The model version whose case rule it opens by.
+    pub version: String,
+    /// The topic its ticks came from.
+    pub source: String,
+    /// The detectors that fired in it, by name, comma-separated.
+    pub detectors: String,
+    /// The case.
+    pub case: crate::model::cases::Case,
+}
+
+impl CaseUpdate {
+    /// Whether the case ended without ever opening: nothing to keep.
+    pub fn is_discarded(&self) -> bool {
+        self.case.closed && self.case.opened_us.is_none()
+    }
 }
 
 impl AlertBatch {
@@ -148,4 +171,17 @@ pub trait AlertSink: Send {
     async fn close(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
+}
+
+/// Where a streaming detector's open cases were stored, for a detector
+/// given partitions to take them back (restart, rebalance).
+#[async_trait::async_trait]
+pub trait CaseStore: Send {
+    /// The open cases of model `version` from `source`'s `partitions`.
+    async fn load(
+        &mut self,
+        version: &str,
+        source: &str,
+        partitions: &[i32],
+    ) -> Result<Vec<crate::model::cases::Case>, SinkError>;
 }

@@ -27,6 +27,7 @@ use arrow::array::{Array, AsArray, BooleanArray, Int32Array, Int64Array, RecordB
 use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::{Float64Type, TimestampMicrosecondType, UInt32Type};
 
+use super::cases::StreamCases;
 use super::driver::{self, DriverError, DriverOptions, Processed, Stage};
 use super::executor::{Executor, Input, Step};
 use super::metrics::Metrics;
@@ -35,10 +36,12 @@ use crate::shutdown::Shutdown;
 use crate::sinks::alert_topic::AlertTopic;
 use crate::sinks::lake::{LakeAlertSink, LakeWrites};
 use crate::sinks::postgres::{
-    shared, PgOffsetStore, PostgresSink, Reconnecting, STATEMENT_TIMEOUT,
+    shared, PgCaseStore, PgOffsetStore, PostgresSink, Reconnecting, STATEMENT_TIMEOUT,
 };
 use crate::sinks::secondary::Secondary;
-use crate::sinks::{AlertBatch, AlertRow, AlertSink, DeadLetterRow, OffsetRow, ScoredAlerts};
+use crate::sinks::{
+    AlertBatch, AlertRow, AlertSink, CaseStore, DeadLetterRow, OffsetRow, ScoredAlerts,
+};
 use crate::sources::kafka::market::MarketReader;
 use crate::sources::kafka::{KafkaConfig, KafkaSource, KafkaSourceOptions, Resume};
 use crate::sources::{Position, Source, SourceBatch, StreamBatch};
@@ -126,6 +129,8 @@ pub struct ExecutorStage {
     topic_partitions: Option<usize>,
     /// Next offset for batches without stream information.
     next_offset: i64,
+    /// The model's alerts grouped into cases ([`ExecutorStage::with_cases`]).
+    cases: Option<StreamCases>,
 }
 
 impl ExecutorStage {
@@ -143,7 +148,17 @@ impl ExecutorStage {
             idle_flush: true,
             topic_partitions: None,
             next_offset: 0,
+            cases: None,
         }
+    }
+
+    /// Also groups the model's alerts (and the rules' beside them) into
+    /// cases, written with each batch (see [`super::cases`]); the open
+    /// cases of a partition are taken back from `store` before its ticks.
+    /// Without a model there are no cases.
+    pub fn with_cases(mut self, store: Option<Box<dyn CaseStore>>) -> Self {
+        self.cases = StreamCases::new(self.executor.detectors(), &self.topic, store);
+        self
     }
 
     /// For replays: no alert rows (the lake sink and the counters take the
@@ -270,6 +285,14 @@ impl Stage for ExecutorStage {
                 });
             }
         }
+        if let Some(cases) = &mut self.cases {
+            // Before any tick of a partition reaches a case: its open
+            // cases as the last commit left them.
+            let seen = stream.partitions.iter().copied();
+            cases
+                .restore(stream.assignment.iter().copied().chain(seen))
+                .await?;
+        }
         // Warm-up ticks first (history), then the live ones.
         let had_ticks = ticks.num_rows() > 0;
         let mut steps: Vec<Step> = Vec::new();
@@ -323,6 +346,9 @@ impl Stage for ExecutorStage {
         };
         let mut origin: Option<HashMap<(i32, i64), usize>> = None;
         for step in &steps {
+            if let Some(cases) = &mut self.cases {
+                cases.feed(step)?;
+            }
             if self.alert_rows {
                 out.alerts
                     .extend(alert_rows(&self.executor, step, &self.topic)?);
@@ -406,9 +432,21 @@ impl Stage for ExecutorStage {
             .collect();
         out.dead = dead;
         out.generation = stream.generation;
+        if let Some(cases) = &mut self.cases {
+            // As with offsets, a revoked partition's cases are its next
+            // owner's: it replays this batch from the stored state.
+            out.cases = cases.take_updates();
+            out.cases.retain(|u| {
+                !u.case
+                    .partition
+                    .is_some_and(|p| stream.revoked.contains(&p))
+            });
+        }
         let progressed = had_ticks || processed.emitted > 0;
-        processed.write =
-            processed.raised > 0 || !out.dead.is_empty() || (progressed && !out.offsets.is_empty());
+        processed.write = processed.raised > 0
+            || !out.dead.is_empty()
+            || !out.cases.is_empty()
+            || (progressed && !out.offsets.is_empty());
         if processed.write {
             processed.commit = Some(Position::Partitions {
                 topic: self.topic.clone(),
@@ -425,6 +463,9 @@ impl Stage for ExecutorStage {
 
     fn forget(&mut self, partitions: &[i32]) -> Result<(), DriverError> {
         self.executor.forget_partitions(partitions)?;
+        if let Some(cases) = &mut self.cases {
+            cases.forget(partitions);
+        }
         Ok(())
     }
 
@@ -503,11 +544,13 @@ pub async fn detect(
         )));
     }
     sinks.push(Box::new(PostgresSink::new(
-        db,
+        db.clone(),
         Some(options.group.clone()),
         shutdown.clone(),
     )));
-    let mut stage = ExecutorStage::new(executor, market, &options.topic, &options.group);
+    let cases: Box<dyn CaseStore> = Box::new(PgCaseStore::new(db, shutdown.clone()));
+    let mut stage = ExecutorStage::new(executor, market, &options.topic, &options.group)
+        .with_cases(Some(cases));
     let s = driver::run(
         &mut source,
         &mut stage,

@@ -7,6 +7,7 @@
 //! sink, commit); [`detect`] and [`market_context`] are its two stages and
 //! their wiring.
 
+pub mod cases;
 pub mod context;
 pub mod detect;
 pub mod driver;

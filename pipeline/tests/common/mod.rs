@@ -363,6 +363,75 @@ pub async fn pg_alerts(client: &tokio_postgres::Client, version: &str) -> BTreeM
         .collect()
 }
 
+/// A case as compared between batch and streaming: id → (symbol, start µs,
+/// end µs, alerts, model alerts, case score, opened µs, status).
+pub type CaseRow = (String, i64, i64, i64, i64, f64, i64, String);
+
+/// The opened cases of `version` in the lake's `cases` table (from `score`).
+pub fn batch_cases(dir: &Path, lake: &str, version: &str) -> BTreeMap<String, CaseRow> {
+    sql_json(
+        dir,
+        lake,
+        &format!(
+            "SELECT case_id, symbol, CAST(start_ts AS BIGINT) AS s, CAST(end_ts AS BIGINT) AS e, \
+             alerts, model_alerts, case_score, CAST(opened_ts AS BIGINT) AS o, status \
+             FROM cases WHERE model_version = '{version}'"
+        ),
+    )
+    .iter()
+    .map(|v| {
+        (
+            v["case_id"].as_str().unwrap().to_owned(),
+            (
+                v["symbol"].as_str().unwrap().to_owned(),
+                v["s"].as_i64().unwrap(),
+                v["e"].as_i64().unwrap(),
+                v["alerts"].as_i64().unwrap(),
+                v["model_alerts"].as_i64().unwrap(),
+                v["case_score"].as_f64().unwrap(),
+                v["o"].as_i64().unwrap(),
+                v["status"].as_str().unwrap().to_owned(),
+            ),
+        )
+    })
+    .collect()
+}
+
+/// The opened cases of `version` in PostgreSQL (a detector's).
+pub async fn pg_cases(client: &tokio_postgres::Client, version: &str) -> BTreeMap<String, CaseRow> {
+    let us = |c: &str| format!("(extract(epoch FROM {c}) * 1000000)::bigint");
+    let rows = client
+        .query(
+            &format!(
+                "SELECT case_id, symbol, {}, {}, alerts::int8, model_alerts::int8, case_score, \
+                 {}, status FROM cases WHERE model_version = $1 AND opened_ts IS NOT NULL",
+                us("start_ts"),
+                us("end_ts"),
+                us("opened_ts")
+            ),
+            &[&version],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| {
+            (
+                r.get(0),
+                (
+                    r.get(1),
+                    r.get(2),
+                    r.get(3),
+                    r.get(4),
+                    r.get(5),
+                    r.get(6),
+                    r.get(7),
+                    r.get(8),
+                ),
+            )
+        })
+        .collect()
+}
+
 /// Asserts two alert maps are equal, printing a short account of the
 /// differences (the maps hold hundreds of entries).
 pub fn assert_same(got: &BTreeMap<Key, f64>, want: &BTreeMap<Key, f64>, what: &str) {

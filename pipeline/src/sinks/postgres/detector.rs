@@ -12,9 +12,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{commit_batch_fenced, load_offsets, write_stats, DbError, Reconnecting, StatsRow};
+use super::cases::load_open_cases;
+use super::{commit_output, load_offsets, write_stats, DbError, Reconnecting, StatsRow};
+use crate::model::cases::Case;
 use crate::shutdown::Shutdown;
-use crate::sinks::{AlertBatch, AlertSink, RunStats, SinkError, Written};
+use crate::sinks::{AlertBatch, AlertSink, CaseStore, RunStats, SinkError, Written};
 use crate::sources::kafka::OffsetStore;
 use crate::sources::SourceError;
 
@@ -79,6 +81,38 @@ fn after_attempt<T>(db: &mut Reconnecting, result: &Result<T, DbError>) {
     }
 }
 
+/// Runs one database call until it succeeds: each attempt bounded in time
+/// ([`bounded`]), a failure reconnecting with backoff (`$db.failed`, whose
+/// final error goes through `$give_up`), a stop asked for meanwhile
+/// returning `Err($stopped)` from the enclosing function. `$c` names the
+/// client inside `$call`.
+macro_rules! until_done {
+    ($db:ident, $shutdown:ident, $context:expr, $stopped:expr, $give_up:expr, |$c:ident| $call:expr) => {{
+        let value = loop {
+            let outcome = bounded($context, &mut $shutdown, async {
+                let $c = $db.client().await?;
+                $call.await
+            })
+            .await;
+            let Attempt::Done(result) = outcome else {
+                return Err($stopped);
+            };
+            after_attempt(&mut $db, &result);
+            match result {
+                Ok(v) => break v,
+                Err(e) => {
+                    tokio::select! {
+                        r = $db.failed(e) => r.map_err($give_up)?,
+                        () = $shutdown.wait() => return Err($stopped),
+                    }
+                }
+            }
+        };
+        $db.succeeded();
+        value
+    }};
+}
+
 /// Commits batches to PostgreSQL exactly once (see the module
 /// documentation). While PostgreSQL is unreachable a batch is retried with
 /// backoff, reconnecting, and nothing moves; a stop asked for meanwhile
@@ -118,34 +152,21 @@ impl AlertSink for PostgresSink {
     async fn write(&mut self, batch: &AlertBatch) -> Result<Written, SinkError> {
         let mut db = self.db.lock().await;
         let mut shutdown = self.shutdown.clone();
-        let stats = loop {
-            let outcome = bounded("commit batch", &mut shutdown, async {
-                let c = db.client().await?;
-                commit_batch_fenced(
-                    c,
-                    &batch.alerts,
-                    &batch.dead,
-                    &batch.offsets,
-                    batch.generation,
-                )
-                .await
-            })
-            .await;
-            let Attempt::Done(result) = outcome else {
-                return Err(SinkError::ShutdownDuringOutage);
-            };
-            after_attempt(&mut db, &result);
-            match result {
-                Ok(s) => break s,
-                Err(e) => {
-                    tokio::select! {
-                        r = db.failed(e) => r?,
-                        () = shutdown.wait() => return Err(SinkError::ShutdownDuringOutage),
-                    }
-                }
-            }
-        };
-        db.succeeded();
+        let stats = until_done!(
+            db,
+            shutdown,
+            "commit batch",
+            SinkError::ShutdownDuringOutage,
+            SinkError::from,
+            |c| commit_output(
+                c,
+                &batch.alerts,
+                &batch.dead,
+                &batch.offsets,
+                &batch.cases,
+                batch.generation,
+            )
+        );
         if !stats.fenced.is_empty() {
             tracing::warn!(
                 partitions = ?stats.fenced,
@@ -228,27 +249,51 @@ impl OffsetStore for PgOffsetStore {
         let stopped = || SourceError::Stopped {
             what: format!("loading the stored offsets of {topic} (PostgreSQL unreachable)"),
         };
-        let stored = loop {
-            let outcome = bounded("read detector_offsets", &mut shutdown, async {
-                let c = db.client().await?;
-                load_offsets(c, group, topic).await
-            })
-            .await;
-            let Attempt::Done(result) = outcome else {
-                return Err(stopped());
-            };
-            after_attempt(&mut db, &result);
-            match result {
-                Ok(s) => break s,
-                Err(e) => {
-                    tokio::select! {
-                        r = db.failed(e) => r.map_err(give_up)?,
-                        () = shutdown.wait() => return Err(stopped()),
-                    }
-                }
-            }
-        };
-        db.succeeded();
+        let stored = until_done!(
+            db,
+            shutdown,
+            "read detector_offsets",
+            stopped(),
+            give_up,
+            |c| load_offsets(c, group, topic)
+        );
         Ok(stored)
+    }
+}
+
+/// The open cases [`PostgresSink`] stored, for a detector given partitions
+/// to take back; outages are retried with backoff.
+pub struct PgCaseStore {
+    db: SharedDb,
+    shutdown: Shutdown,
+}
+
+impl PgCaseStore {
+    /// A store on `db`; a stop asked for while PostgreSQL is unreachable
+    /// ends the wait.
+    pub fn new(db: SharedDb, shutdown: Shutdown) -> Self {
+        PgCaseStore { db, shutdown }
+    }
+}
+
+#[async_trait::async_trait]
+impl CaseStore for PgCaseStore {
+    async fn load(
+        &mut self,
+        version: &str,
+        source: &str,
+        partitions: &[i32],
+    ) -> Result<Vec<Case>, SinkError> {
+        let mut db = self.db.lock().await;
+        let mut shutdown = self.shutdown.clone();
+        let cases = until_done!(
+            db,
+            shutdown,
+            "read the open cases",
+            SinkError::ShutdownDuringOutage,
+            SinkError::from,
+            |c| load_open_cases(c, version, source, partitions)
+        );
+        Ok(cases)
     }
 }

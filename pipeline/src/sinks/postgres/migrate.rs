@@ -61,6 +61,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "latency_split",
         sql: include_str!("../../../migrations/0006_latency_split.sql"),
     },
+    Migration {
+        version: 7,
+        name: "cases",
+        sql: include_str!("../../../migrations/0007_cases.sql"),
+    },
 ];
 
 /// A migration recorded in `schema_migrations`.

@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
+use super::cases::write_cases;
 use super::DbError;
+use crate::sinks::CaseUpdate;
 
 /// An alert to store in `alerts`. Its key is (model_version, symbol, ts, seq):
 /// storing it again does nothing.
@@ -93,6 +95,9 @@ pub struct CommitStats {
     /// Partitions whose offsets were not stored because a member of a newer
     /// consumer-group generation stored them ([`commit_batch_fenced`]).
     pub fenced: Vec<i32>,
+    /// Case rows upserted (cases that closed without opening are deleted
+    /// instead).
+    pub cases_upserted: u64,
 }
 
 /// A row of `detector_stats`: one instance's counters at one moment (the
@@ -189,6 +194,20 @@ pub async fn commit_batch_fenced(
     offsets: &[OffsetRow],
     generation: Option<i32>,
 ) -> Result<CommitStats, DbError> {
+    commit_output(client, alerts, dead, offsets, &[], generation).await
+}
+
+/// [`commit_batch_fenced`] with the cases the batch changed, in the same
+/// transaction ([`write_cases`]: a fenced partition's cases are left to
+/// the member that owns it now).
+pub async fn commit_output(
+    client: &mut Client,
+    alerts: &[AlertRow],
+    dead: &[DeadLetterRow],
+    offsets: &[OffsetRow],
+    cases: &[CaseUpdate],
+    generation: Option<i32>,
+) -> Result<CommitStats, DbError> {
     // Converted before the transaction opens: a bad row costs no round trip.
     let alert_cols = AlertColumns::new(alerts)?;
     let offsets = last_per_partition(offsets);
@@ -243,6 +262,9 @@ pub async fn commit_batch_fenced(
             .copied()
             .filter(|p| !stored.contains(p))
             .collect();
+    }
+    if !cases.is_empty() {
+        stats.cases_upserted = write_cases(&tx, cases, &stats.fenced).await?;
     }
     if !alerts.is_empty() {
         let inserted = tx
