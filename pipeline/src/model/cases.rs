@@ -38,7 +38,7 @@ use arrow::error::ArrowError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::events::{LabelEvent, ScoredRows, EPISODE_SPAN_GAPS};
+use super::events::{median, ratio, LabelEvent, ScoredRows, EPISODE_SPAN_GAPS};
 use super::rules::hex;
 use super::score::col as score_col;
 use crate::tick::col as tick_col;
@@ -701,27 +701,6 @@ fn metrics_of(
             })
             .collect(),
     }
-}
-
-fn ratio(a: u64, b: u64) -> f64 {
-    if b == 0 {
-        0.0
-    } else {
-        a as f64 / b as f64
-    }
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
 }
 
 /// Thresholds tried when choosing the case threshold, at most.

@@ -106,7 +106,8 @@ fn symbol_ranges(symbol: &StringArray) -> BTreeMap<&str, (usize, usize)> {
     out
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+/// The median of `v` (`None` when empty).
+pub(super) fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -119,7 +120,8 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
-fn ratio(a: u64, b: u64) -> f64 {
+/// `a / b`, 0 when `b` is 0.
+pub(super) fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 {
         0.0
     } else {

@@ -78,6 +78,11 @@ impl RollingFn {
         self.name
     }
 
+    /// The window width, in the unit of `ts`.
+    pub fn width(&self) -> i64 {
+        self.width
+    }
+
     /// How many value columns come before `ts` (2 for `rolling_vwap`).
     pub fn value_columns(&self) -> usize {
         self.kind.values()
@@ -176,6 +181,49 @@ impl Ring {
         self.base += 1;
     }
 
+    /// Appends the partition's next rows `rows` of `ts` and `values` (one
+    /// array per ring column), refusing rows out of `ts` order or a group of
+    /// peers split from rows already held. Returns the partition row numbers
+    /// they got.
+    fn append(
+        &mut self,
+        name: &str,
+        ts: &[i64],
+        values: &[&Float64Array],
+        rows: Range<usize>,
+    ) -> Result<Range<usize>> {
+        if values.len() != self.values.len() {
+            return internal_err!(
+                "{name}: {} value columns given, {} expected",
+                values.len(),
+                self.values.len()
+            );
+        }
+        let new = &ts[rows.clone()];
+        if new.windows(2).any(|w| w[0] > w[1]) {
+            return exec_err!("{name}: rows reach the state out of `ts` order");
+        }
+        if let (Some(&last), Some(&first)) = (self.ts.back(), new.first()) {
+            if first <= last {
+                return exec_err!(
+                    "{name}: a row at ts {first} reaches the state after one at ts {last}: \
+                     a group of peers was split, or rows came out of order"
+                );
+            }
+        }
+        let start = self.next();
+        self.ts.extend(new.iter().copied());
+        for (col, (v, ok)) in values.iter().zip(&mut self.values) {
+            let raw = &col.values()[rows.clone()];
+            v.extend(raw.iter().copied());
+            match col.nulls() {
+                Some(n) => ok.extend(rows.clone().map(|i| n.is_valid(i))),
+                None => ok.extend(std::iter::repeat_n(true, raw.len())),
+            }
+        }
+        Ok(start..self.next())
+    }
+
     fn heap_bytes(&self) -> usize {
         self.ts.capacity() * 8
             + self
@@ -227,40 +275,10 @@ impl RollingState {
         out: &mut RollingOut,
     ) -> Result<()> {
         let name = f.name;
-        if values.len() != f.kind.values() {
-            return internal_err!(
-                "{name}: {} value columns given, {} expected",
-                values.len(),
-                f.kind.values()
-            );
-        }
         if rows.is_empty() {
             return Ok(());
         }
-        let new = &ts[rows.clone()];
-        if new.windows(2).any(|w| w[0] > w[1]) {
-            return exec_err!("{name}: rows reach the state out of `ts` order");
-        }
-        if let Some(&last) = self.rows.ts.back() {
-            if new[0] <= last {
-                return exec_err!(
-                    "{name}: a row at ts {} reaches the state after one at ts {last}: \
-                     a group of peers was split, or rows came out of order",
-                    new[0]
-                );
-            }
-        }
-        let start = self.rows.next();
-        self.rows.ts.extend(new.iter().copied());
-        for (col, (v, ok)) in values.iter().zip(&mut self.rows.values) {
-            let raw = &col.values()[rows.clone()];
-            v.extend(raw.iter().copied());
-            match col.nulls() {
-                Some(n) => ok.extend(rows.clone().map(|i| n.is_valid(i))),
-                None => ok.extend(std::iter::repeat_n(true, raw.len())),
-            }
-        }
-        let end = self.rows.next();
+        let Range { start, end } = self.rows.append(name, ts, values, rows)?;
         let w = f.width;
         let rows = &mut self.rows;
         match (&mut self.kernel, out) {
@@ -315,6 +333,208 @@ fn walk<K: Kernel>(
         k.emit(rows, i..group_end, out);
         i = group_end;
     }
+}
+
+/// Rolling functions of one width over one partition's `ts`, sharing one
+/// ring of the rows inside their window: a feature file's calls `OVER w5m`
+/// store each row once and let it go once, however many statistics read
+/// it. Each function's kernel sees exactly the pushes, pops and emits it
+/// would see alone, so the values are the same bits.
+#[derive(Debug, Clone)]
+pub struct RollingGroup {
+    width: i64,
+    /// Per member, its function and the ring columns it reads (one per
+    /// value column of the function, in order).
+    members: Vec<(RollingFn, Vec<usize>)>,
+    /// Distinct value columns held in the ring.
+    columns: usize,
+}
+
+impl RollingGroup {
+    /// A group of `members` (all of one width), each reading the given
+    /// positions among `columns` distinct value columns.
+    pub fn new(members: Vec<(RollingFn, Vec<usize>)>, columns: usize) -> Result<Self> {
+        let Some(width) = members.first().map(|(f, _)| f.width) else {
+            return internal_err!("a rolling group without members");
+        };
+        for (f, cols) in &members {
+            if f.width != width {
+                return internal_err!("{}: a rolling group mixes window widths", f.name);
+            }
+            if cols.len() != f.kind.values() || cols.iter().any(|&c| c >= columns) {
+                return internal_err!("{}: value columns {cols:?} of {columns}", f.name);
+            }
+        }
+        Ok(Self {
+            width,
+            members,
+            columns,
+        })
+    }
+
+    /// The members, in order.
+    pub fn functions(&self) -> impl Iterator<Item = &RollingFn> {
+        self.members.iter().map(|(f, _)| f)
+    }
+
+    /// The state of an empty partition.
+    pub fn state(&self) -> RollingGroupState {
+        RollingGroupState {
+            kernels: self
+                .members
+                .iter()
+                .map(|(f, _)| AnyKernel::new(f.kind))
+                .collect(),
+            rows: Ring::new(self.columns),
+        }
+    }
+
+    /// One output builder per member, for `capacity` values each.
+    pub fn outputs(&self, capacity: usize) -> Vec<RollingOut> {
+        self.members
+            .iter()
+            .map(|(f, _)| f.output(capacity))
+            .collect()
+    }
+}
+
+/// A [`RollingGroup`]'s state over one partition: its kernels and the rows
+/// of their (common) window.
+pub struct RollingGroupState {
+    kernels: Vec<AnyKernel>,
+    rows: Ring,
+}
+
+impl std::fmt::Debug for RollingGroupState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RollingGroupState")
+            .field("kernels", &self.kernels.len())
+            .field("held", &self.rows.ts.len())
+            .finish()
+    }
+}
+
+/// A member's view of the shared ring: its value column `c` is ring column
+/// `cols[c]`.
+struct Cols<'a> {
+    ring: &'a Ring,
+    cols: &'a [usize],
+}
+
+impl Src for Cols<'_> {
+    #[inline]
+    fn get(&self, col: usize, j: usize) -> Option<f64> {
+        self.ring.get(self.cols[col], j)
+    }
+}
+
+impl RollingGroupState {
+    /// [`RollingState::advance`] for every member at once: `values` are the
+    /// group's distinct value columns, `outs` the members' builders.
+    pub fn advance(
+        &mut self,
+        g: &RollingGroup,
+        ts: &[i64],
+        values: &[&Float64Array],
+        rows: Range<usize>,
+        outs: &mut [RollingOut],
+    ) -> Result<()> {
+        if outs.len() != g.members.len() || self.kernels.len() != g.members.len() {
+            return internal_err!(
+                "a rolling group of {} given {} outputs",
+                g.members.len(),
+                outs.len()
+            );
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let name = g.members[0].0.name;
+        let Range { start, end } = self.rows.append(name, ts, values, rows)?;
+        let mut lo = self.rows.base;
+        for ((kernel, (f, cols)), out) in self.kernels.iter_mut().zip(&g.members).zip(outs) {
+            let view = Cols {
+                ring: &self.rows,
+                cols,
+            };
+            let w = g.width;
+            lo = match (kernel, out) {
+                (AnyKernel::Count(k), RollingOut::Int64(o)) => {
+                    shared_walk(k, &view, w, start, end, o)
+                }
+                (AnyKernel::Sum(k), RollingOut::Float64(o)) => {
+                    shared_walk(k, &view, w, start, end, o)
+                }
+                (AnyKernel::Moment(k), RollingOut::Float64(o)) => {
+                    shared_walk(k, &view, w, start, end, o)
+                }
+                (AnyKernel::MinMax(k), RollingOut::Float64(o)) => {
+                    shared_walk(k, &view, w, start, end, o)
+                }
+                (AnyKernel::First(k), RollingOut::Float64(o)) => {
+                    shared_walk(k, &view, w, start, end, o)
+                }
+                (AnyKernel::Vwap(k), RollingOut::Float64(o)) => {
+                    shared_walk(k, &view, w, start, end, o)
+                }
+                _ => return internal_err!("{}: output builder of the wrong type", f.name),
+            };
+        }
+        // Every member has the same width, so all left the same rows.
+        while self.rows.base < lo {
+            self.rows.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Rows held (the window of the newest row).
+    pub fn held(&self) -> usize {
+        self.rows.ts.len()
+    }
+
+    /// Bytes on the heap (the rows held once, and every kernel's sums).
+    pub fn heap_bytes(&self) -> usize {
+        self.rows.heap_bytes()
+            + self
+                .kernels
+                .iter()
+                .map(AnyKernel::heap_bytes)
+                .sum::<usize>()
+    }
+}
+
+/// [`walk`] over a ring shared with other kernels: rows leave this kernel
+/// but stay in the ring; returns the first row still in the window.
+fn shared_walk<K: Kernel>(
+    k: &mut K,
+    rows: &Cols<'_>,
+    width: i64,
+    start: usize,
+    end: usize,
+    out: &mut PrimitiveBuilder<K::Out>,
+) -> usize {
+    let ring = rows.ring;
+    let mut lo = ring.base;
+    let (mut hi, mut i) = (start, start);
+    while i < end {
+        let now = ring.ts(i);
+        let mut group_end = i + 1;
+        while group_end < end && ring.ts(group_end) == now {
+            group_end += 1;
+        }
+        while hi < group_end {
+            k.push(rows, hi);
+            hi += 1;
+        }
+        let lower = now.saturating_sub(width);
+        while ring.ts(lo) < lower {
+            k.pop(rows, lo);
+            lo += 1;
+        }
+        k.emit(rows, i..group_end, out);
+        i = group_end;
+    }
+    lo
 }
 
 /// A planned call of `ewm_zscore(x, halflife_ticks, max_ticks)`.
@@ -502,6 +722,108 @@ mod tests {
                 assert_eq!(bits(&got), bits(&batch), "{name}, cuts {cuts:?}");
             }
         }
+    }
+
+    /// Every function in one group sharing a ring of two columns (the
+    /// one-column ones on either), over every split: each member's bits are
+    /// the batch UDF's.
+    #[test]
+    fn a_group_sharing_one_ring_gives_each_function_the_batch_bits() {
+        let ts: Vec<i64> = [0, 0, 1, 3, 3, 7, 8, 20, 21, 21, 40, 44, 60]
+            .iter()
+            .map(|s| s * 1_000_000)
+            .collect();
+        let x = Float64Array::from(vec![
+            Some(1000.000001),
+            None,
+            Some(999.5),
+            Some(1001.25),
+            Some(f64::NAN),
+            Some(1000.1),
+            Some(3.0),
+            None,
+            Some(1e-3),
+            Some(-2.5),
+            Some(7.0),
+            Some(7.0),
+            Some(8.0),
+        ]);
+        let y = Float64Array::from(vec![
+            Some(1.0),
+            Some(2.0),
+            None,
+            Some(5.0),
+            Some(6.0),
+            Some(7.0),
+            Some(0.0),
+            Some(1.5),
+            Some(2.0),
+            Some(3.0),
+            Some(4.0),
+            Some(6.0),
+            Some(7.0),
+        ]);
+        let n = ts.len();
+        let ts_array: ArrayRef = Arc::new(
+            arrow::array::TimestampMicrosecondArray::from(ts.clone()).with_timezone("UTC"),
+        );
+        let columns: [ArrayRef; 2] = [Arc::new(x.clone()), Arc::new(y.clone())];
+        let mut members = Vec::new();
+        let mut want = Vec::new();
+        for (k, name) in super::super::ROLLING_UDF_NAMES.iter().enumerate() {
+            let f = RollingFn::new(name, &width(5), &ts_type())
+                .unwrap()
+                .unwrap();
+            let cols: Vec<usize> = if f.value_columns() == 2 {
+                vec![0, 1]
+            } else {
+                vec![k % 2]
+            };
+            let values: Vec<ArrayRef> = cols.iter().map(|&c| Arc::clone(&columns[c])).collect();
+            want.push(bits(&batch_values(name, &values, &ts_array)));
+            members.push((f, cols));
+        }
+        let g = RollingGroup::new(members, 2).unwrap();
+        let starts: Vec<usize> = (0..n).filter(|&i| i == 0 || ts[i] != ts[i - 1]).collect();
+        for mask in 0..(1u32 << (starts.len() - 1)) {
+            let mut cuts = vec![0];
+            for (b, &s) in starts[1..].iter().enumerate() {
+                if mask & (1 << b) != 0 {
+                    cuts.push(s);
+                }
+            }
+            cuts.push(n);
+            let mut state = g.state();
+            let mut outs = g.outputs(n);
+            for w in cuts.windows(2) {
+                state
+                    .advance(&g, &ts, &[&x, &y], w[0]..w[1], &mut outs)
+                    .unwrap();
+            }
+            // The ring holds only the newest row's window (60 s alone).
+            assert_eq!(state.held(), 1);
+            for ((f, out), want) in g.functions().zip(&mut outs).zip(&want) {
+                assert_eq!(&bits(&out.finish()), want, "{}, cuts {cuts:?}", f.name());
+            }
+        }
+        let mixed = RollingGroup::new(
+            vec![
+                (
+                    RollingFn::new("rolling_sum", &width(5), &ts_type())
+                        .unwrap()
+                        .unwrap(),
+                    vec![0],
+                ),
+                (
+                    RollingFn::new("rolling_sum", &width(6), &ts_type())
+                        .unwrap()
+                        .unwrap(),
+                    vec![0],
+                ),
+            ],
+            1,
+        );
+        assert!(mixed.is_err());
     }
 
     fn bits(a: &ArrayRef) -> Vec<Option<u64>> {

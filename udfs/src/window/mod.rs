@@ -54,7 +54,9 @@ mod rolling;
 
 pub use ewm::{EwmZscoreUdf, EWM_MAX_TICKS};
 pub use exact_sum::{two_prod, ExactSum, MOMENT_LIMIT, MOMENT_TINY, SUM_LIMIT};
-pub use incremental::{ts_unit, EwmFn, EwmState, RollingFn, RollingOut, RollingState};
+pub use incremental::{
+    ts_unit, EwmFn, EwmState, RollingFn, RollingGroup, RollingGroupState, RollingOut, RollingState,
+};
 pub use rewrite::ExactRangeWindowsRule;
 pub use rolling::{
     RollingCountUdf, RollingFirstUdf, RollingMaxUdf, RollingMeanUdf, RollingMinUdf, RollingStdUdf,

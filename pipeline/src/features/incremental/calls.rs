@@ -10,7 +10,9 @@ use arrow::compute::{concat, take};
 use arrow::datatypes::{DataType, Float64Type};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
-use stockanomaly_udfs::window::{EwmFn, EwmState, RollingFn, RollingState};
+use stockanomaly_udfs::window::{
+    EwmFn, EwmState, RollingFn, RollingGroup, RollingGroupState, RollingState,
+};
 
 use super::Segment;
 
@@ -166,15 +168,71 @@ impl Call {
     }
 }
 
-/// The state, for a symbol not seen yet, of a call of `kind` with output
-/// type `data_type`.
-pub(super) fn fresh_state(kind: &CallKind, data_type: &DataType) -> CallState {
-    match kind {
-        CallKind::Rolling(f) => CallState::Rolling(f.state()),
-        CallKind::Ewm(f) => CallState::Ewm(f.state()),
-        CallKind::Lag(_) if *data_type == DataType::Float64 => CallState::LagF64(VecDeque::new()),
-        CallKind::Lag(_) => CallState::LagAny(None),
-        CallKind::Lead(_) => CallState::None,
+/// What one slot of a file's per-symbol state table holds.
+pub(super) enum Slot {
+    /// One call's state.
+    Call(CallKind, DataType),
+    /// The shared state of the rolling calls of one width.
+    Group(RollingGroup),
+    /// A rolling call's own slot, given up to its group.
+    Unused,
+}
+
+/// The rolling calls of one `Window` step sharing a width: computed
+/// together over one ring of rows ([`RollingGroup`]).
+pub(super) struct Group {
+    pub f: RollingGroup,
+    /// Positions of the member calls among the step's calls.
+    pub members: Vec<usize>,
+    /// The distinct value arguments of the members.
+    pub args: Vec<Arc<dyn PhysicalExpr>>,
+    /// Its state's slot.
+    pub slot: usize,
+}
+
+impl Group {
+    /// The members' outputs over `rows` rows whose distinct value
+    /// arguments are `args` (see [`Call::evaluate`]).
+    pub fn evaluate(
+        &self,
+        args: &[ArrayRef],
+        ts: &[i64],
+        segments: &[Segment],
+        rows: usize,
+        states: &mut [Vec<CallState>],
+    ) -> Result<Vec<ArrayRef>> {
+        let values: Vec<&Float64Array> = args
+            .iter()
+            .map(|a| {
+                a.as_primitive_opt::<Float64Type>()
+                    .ok_or_else(|| internal(&format!("a rolling value of type {}", a.data_type())))
+            })
+            .collect::<Result<_>>()?;
+        let mut outs = self.f.outputs(rows);
+        for seg in segments {
+            let CallState::Group(s) = get(states, Some(self.slot), seg.sym)? else {
+                return Err(internal("rolling group state of another kind"));
+            };
+            s.advance(&self.f, ts, &values, seg.start..seg.live_end, &mut outs)?;
+            for o in &mut outs {
+                o.append_nulls(seg.end - seg.live_end);
+            }
+        }
+        Ok(outs.iter_mut().map(|o| o.finish()).collect())
+    }
+}
+
+/// The state, for a symbol not seen yet, of `slot`.
+pub(super) fn fresh_state(slot: &Slot) -> CallState {
+    match slot {
+        Slot::Call(CallKind::Rolling(f), _) => CallState::Rolling(f.state()),
+        Slot::Call(CallKind::Ewm(f), _) => CallState::Ewm(f.state()),
+        Slot::Call(CallKind::Lag(_), t) if *t == DataType::Float64 => {
+            CallState::LagF64(VecDeque::new())
+        }
+        Slot::Call(CallKind::Lag(_), _) => CallState::LagAny(None),
+        Slot::Call(CallKind::Lead(_), _) | Slot::Unused => CallState::None,
+        Slot::Group(g) => CallState::Group(g.state()),
     }
 }
 
@@ -200,6 +258,7 @@ fn internal(what: &str) -> DataFusionError {
 /// What one call keeps for one symbol.
 pub(super) enum CallState {
     Rolling(RollingState),
+    Group(RollingGroupState),
     Ewm(EwmState),
     /// The last `k` values of a `Float64` lag.
     LagF64(VecDeque<Option<f64>>),
@@ -214,6 +273,7 @@ impl CallState {
     pub fn heap_bytes(&self) -> usize {
         match self {
             CallState::Rolling(s) => s.heap_bytes(),
+            CallState::Group(s) => s.heap_bytes(),
             CallState::Ewm(s) => s.heap_bytes(),
             CallState::LagF64(r) => r.capacity() * std::mem::size_of::<Option<f64>>(),
             CallState::LagAny(a) => a.as_ref().map_or(0, |a| a.get_array_memory_size()),

@@ -1,6 +1,7 @@
 //! From a feature file's optimized logical plan to a [`Node`] tree the
 //! incremental path evaluates, or the reason it cannot.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -11,9 +12,9 @@ use datafusion::logical_expr::{
     Expr, ExprSchemable, JoinType, LogicalPlan, SortExpr, WindowFunctionDefinition,
 };
 use datafusion::physical_expr::PhysicalExpr;
-use stockanomaly_udfs::window::{EwmFn, RollingFn};
+use stockanomaly_udfs::window::{EwmFn, RollingFn, RollingGroup};
 
-use super::calls::{Call, CallKind};
+use super::calls::{Call, CallKind, Group, Slot};
 use super::join::RightSide;
 use crate::tick::col;
 
@@ -45,10 +46,12 @@ pub(super) enum Node {
         exprs: Vec<Arc<dyn PhysicalExpr>>,
         schema: SchemaRef,
     },
-    /// The input's columns and one column per window call.
+    /// The input's columns and one column per window call; the rolling
+    /// calls are computed by their width's group.
     Window {
         input: Box<Node>,
         calls: Vec<Call>,
+        groups: Vec<Group>,
         schema: SchemaRef,
     },
     /// The input's columns and the matching row of a context table.
@@ -90,8 +93,8 @@ pub(super) struct Compiled {
     /// Output column of each feature (the file's feature order).
     pub features: Vec<usize>,
     pub rights: Vec<RightSide>,
-    /// Per state slot, the call kind and output type (to make fresh states).
-    pub slots: Vec<(CallKind, DataType)>,
+    /// What each state slot holds (to make fresh states).
+    pub slots: Vec<Slot>,
     /// Some call reads later rows (`lead`).
     pub reads_ahead: bool,
     /// Some scan reads the `date` partition column.
@@ -151,7 +154,7 @@ struct Compiler<'a> {
     file: &'a str,
     ticks: SchemaRef,
     rights: Vec<RightSide>,
-    slots: Vec<(CallKind, DataType)>,
+    slots: Vec<Slot>,
     reads_ahead: bool,
     reads_date: bool,
 }
@@ -278,10 +281,12 @@ impl Compiler<'_> {
                     calls.push(call);
                     infos.push(info);
                 }
+                let groups = self.group_rolling(&calls)?;
                 Ok((
                     Node::Window {
                         input: Box::new(input),
                         calls,
+                        groups,
                         schema: nullable(plan.schema()),
                     },
                     infos,
@@ -525,7 +530,7 @@ impl Compiler<'_> {
             .map(|v| self.physical(v, schema))
             .collect::<Result<Vec<_>, _>>()?;
         if slot.is_some() {
-            self.slots.push((kind.clone(), data_type.clone()));
+            self.slots.push(Slot::Call(kind.clone(), data_type.clone()));
         }
         Ok((
             Call {
@@ -536,6 +541,66 @@ impl Compiler<'_> {
             },
             info,
         ))
+    }
+}
+
+impl Compiler<'_> {
+    /// Groups a `Window` step's rolling calls by width: each group keeps
+    /// one ring of rows per symbol for all its calls (a file's `OVER w5m`
+    /// statistics), in the slot of its first call.
+    fn group_rolling(&mut self, calls: &[Call]) -> Result<Vec<Group>, Why> {
+        let mut by_width: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        for (i, c) in calls.iter().enumerate() {
+            if let CallKind::Rolling(f) = &c.kind {
+                by_width.entry(f.width()).or_default().push(i);
+            }
+        }
+        let mut groups = Vec::with_capacity(by_width.len());
+        for members in by_width.into_values() {
+            let mut args: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
+            let mut names: Vec<String> = Vec::new();
+            let mut fns = Vec::with_capacity(members.len());
+            for &m in &members {
+                let CallKind::Rolling(f) = &calls[m].kind else {
+                    continue;
+                };
+                let cols = calls[m]
+                    .args
+                    .iter()
+                    .map(|a| {
+                        // Physical expressions over one input print alike
+                        // exactly when they compute alike (columns by index).
+                        let name = a.to_string();
+                        match names.iter().position(|n| *n == name) {
+                            Some(c) => c,
+                            None => {
+                                names.push(name);
+                                args.push(Arc::clone(a));
+                                names.len() - 1
+                            }
+                        }
+                    })
+                    .collect();
+                fns.push((*f, cols));
+            }
+            let slots: Vec<usize> = members.iter().filter_map(|&m| calls[m].slot).collect();
+            let Some(&slot) = slots.first() else {
+                continue;
+            };
+            let f = RollingGroup::new(fns, args.len())
+                .map_err(|e| why("OVER", format!("grouping the rolling windows: {e}")))?;
+            for &s in &slots {
+                self.slots[s] = Slot::Unused;
+            }
+            self.slots[slot] = Slot::Group(f.clone());
+            groups.push(Group {
+                f,
+                members,
+                args,
+                slot,
+            });
+        }
+        Ok(groups)
     }
 }
 

@@ -381,12 +381,7 @@ impl FileProgram {
             }
             let st = &mut self.states[s.sym];
             if st.is_empty() {
-                st.extend(
-                    self.compiled
-                        .slots
-                        .iter()
-                        .map(|(kind, t)| fresh_state(kind, t)),
-                );
+                st.extend(self.compiled.slots.iter().map(fresh_state));
             }
         }
     }
@@ -427,13 +422,27 @@ fn eval(
         Node::Window {
             input: below,
             calls,
+            groups,
             ..
         } => {
             let b = eval(below, input, states, rights)?;
+            let mut outputs: Vec<Option<ArrayRef>> = vec![None; calls.len()];
+            for g in groups {
+                let args = join::evaluate(&g.args, &b)?;
+                let outs = g.evaluate(&args, &chunk.ts, &chunk.segments, rows, states)?;
+                for (&m, out) in g.members.iter().zip(outs) {
+                    outputs[m] = Some(out);
+                }
+            }
             let mut cols = b.columns().to_vec();
-            for call in calls {
-                let args = join::evaluate(&call.args, &b)?;
-                cols.push(call.evaluate(&args, &chunk.ts, &chunk.segments, rows, states)?);
+            for (call, out) in calls.iter().zip(outputs) {
+                cols.push(match out {
+                    Some(out) => out,
+                    None => {
+                        let args = join::evaluate(&call.args, &b)?;
+                        call.evaluate(&args, &chunk.ts, &chunk.segments, rows, states)?
+                    }
+                });
             }
             cols
         }
