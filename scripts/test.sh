@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`make test` and `.ci/run` call this):
 # installs and starts the services the tests need on loopback, then runs
-# rustfmt, clippy and every test, and stops what it started.
+# rustfmt, clippy, rustdoc (warnings denied) and every test, and stops what
+# it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,5 +20,7 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo doc --no-deps (warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 echo "==> cargo test"
 cargo test --workspace --locked --no-fail-fast "$@"

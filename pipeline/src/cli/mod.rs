@@ -1,5 +1,9 @@
 //! The `stockanomaly` command line: flags (clap derive, every flag also read
 //! from a `STOCKANOMALY_*` variable) and one module per command.
+//!
+//! The doc comments of the flags are their `--help` text, written for a
+//! terminal (`<queries>/rules/`, `user[:password]`), not for rustdoc.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 
 mod backfill;
 mod bench;

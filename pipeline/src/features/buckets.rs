@@ -1,4 +1,4 @@
-//! The shipped bucket query ([`MARKET_SQL`], `queries/market/buckets.sql`)
+//! The shipped bucket query ([`MARKET_SQL`](super::market::MARKET_SQL), `queries/market/buckets.sql`)
 //! computed in one pass over the ticks instead of through DataFusion.
 //!
 //! The streaming executor and the `market-context` stage close a bucket

@@ -15,7 +15,7 @@
 //! give the same bits.
 //!
 //! **`betas`** of day `D`: per symbol, the slope of its bucket returns on
-//! the market's mean return over the `market` rows of the [`PROFILE_DAYS`]
+//! the market's mean return over the `market` rows of the [`PROFILE_DAYS`](super::profiles::PROFILE_DAYS)
 //! latest dates before `D`, from exact sums, so it is known before `D`
 //! starts and is the same wherever it is computed (stored by backfill and
 //! `stockanomaly profiles`, loaded by the streaming executor like the

@@ -53,7 +53,7 @@ pub struct TrainOptions {
     pub valid_days: usize,
     /// Dates in the test split.
     pub test_days: usize,
-    /// XGBoost parameters that replace the defaults ([`params`]).
+    /// XGBoost parameters that replace the defaults ([`default_params`]).
     pub params: Vec<(String, String)>,
     /// Maximum boosting rounds.
     pub rounds: u32,

@@ -171,7 +171,7 @@ impl TickSink {
 
     /// [`flush`](Self::flush) for a periodic flush: a failure is logged
     /// and the rows kept for the next one; the error is returned only when
-    /// more than [`LAKE_HOLD_ROWS`] rows are held.
+    /// more than `LAKE_HOLD_ROWS` rows are held.
     pub async fn flush_or_keep(&mut self) -> Result<(), IngestError> {
         match self.flush().await {
             Ok(()) => Ok(()),

@@ -1,5 +1,5 @@
 //! `detect`: Kafka ticks through the [`Executor`] into PostgreSQL, exactly
-//! once, wired on the [driver](super::driver).
+//! once, wired on the [`driver`](mod@super::driver).
 //!
 //! [`ExecutorStage`] is the executor as a driver [`Stage`]: warm-up ticks
 //! restore state, live ticks are stepped, idle groups flushed; each batch's

@@ -11,7 +11,7 @@
 //! the codec): the closed buckets' rows and the `closed_until` watermark.
 //! The topic has one partition, so the last message is the stage's state.
 //!
-//! [`MarketStage`] is the stage on the [driver](super::driver): the same
+//! [`MarketStage`] is the stage on the [`driver`](mod@super::driver): the same
 //! Kafka source as the detector's (reading the group's committed offsets),
 //! the bucket closer in place of the executor, the market topic as output.
 //!

@@ -3,8 +3,8 @@
 //! and computes features and scores exactly as backfill and `score` do, and
 //! the alerts go to their sinks with the source positions, together.
 //!
-//! [`driver`] is the one loop every streaming command runs (fill, step,
-//! sink, commit); [`detect`] and [`market_context`] are its two stages and
+//! [`mod@driver`] is the one loop every streaming command runs (fill, step,
+//! sink, commit); [`mod@detect`] and [`market_context`] are its two stages and
 //! their wiring.
 
 pub mod cases;

@@ -11,7 +11,7 @@
 //! Quotes do not become ticks of their own: the tick model carries quotes as
 //! the `bid`/`ask` columns of trades (as the simulator produces them), so a
 //! decoder keeps each symbol's latest quote and stamps it on the symbol's
-//! next trades. Bars go through the [`bars`] book so that a re-sent bar
+//! next trades. Bars go through the `bars` book so that a re-sent bar
 //! replaces, never duplicates, its minute.
 
 pub mod amend;

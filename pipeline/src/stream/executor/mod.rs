@@ -29,7 +29,7 @@
 //! partition (topics are keyed by symbol).
 //!
 //! **Cost.** A step costs in proportion to the ticks it admits and emits:
-//! admitted batches are kept whole and referenced by row ([`held`]), each
+//! admitted batches are kept whole and referenced by row (the `held` module), each
 //! emitted tick advances its symbol's state once, and only a file the
 //! incremental path cannot run ([`Executor::not_incremental`]) re-runs its
 //! SQL over the held history of the symbols it emits.
