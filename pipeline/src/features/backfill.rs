@@ -23,9 +23,7 @@ use super::Catalog;
 use crate::lake::{
     register_table, session_context, Appender, AppenderOptions, LakeError, LakeRoot, TableSpec,
 };
-use crate::tick::{col, schema::ts_type};
-
-const DAY_US: i64 = 86_400_000_000;
+use crate::tick::{col, schema::ts_type, DAY_US};
 
 /// How far back, in days, backfill searches for the tick-count part of a
 /// lookback (a symbol with fewer ticks than that in this span is taken with

@@ -33,12 +33,10 @@ use stockanomaly_udfs::aggregate::ExactTotal;
 
 use super::market::market_schema;
 use crate::lake::{with_partitions, TableSpec};
-use crate::tick::col;
+use crate::tick::{col, DAY_US};
 
 /// One minute, in µs.
 const MINUTE_US: i64 = 60_000_000;
-/// One day, in µs.
-const DAY_US: i64 = 86_400_000_000;
 /// What the query takes for a symbol without a `symbols` row.
 const DEFAULT_EXCHANGE: &str = "XNYS";
 const DEFAULT_ZONE: &str = "America/New_York";

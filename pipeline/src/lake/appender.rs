@@ -15,8 +15,7 @@ use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 
 use super::{sort_by, LakeError, LakeRoot, TableSpec};
-
-const DAY_US: i64 = 86_400_000_000;
+use crate::tick::DAY_US;
 
 /// Tuning of an [`Appender`].
 #[derive(Debug, Clone, Copy)]

@@ -67,9 +67,9 @@ pub fn schema_session() -> SessionContext {
 pub fn with_date(
     batch: &arrow::array::RecordBatch,
 ) -> Result<arrow::array::RecordBatch, arrow::error::ArrowError> {
+    use crate::tick::DAY_US;
     use arrow::array::{Array, AsArray, StringBuilder};
     use arrow::datatypes::TimestampMicrosecondType;
-    const DAY_US: i64 = 86_400_000_000;
     let ts = batch.column(0).as_primitive::<TimestampMicrosecondType>();
     let mut date = StringBuilder::with_capacity(ts.len(), ts.len() * 10);
     // Rows of a day share its text: format each day once.

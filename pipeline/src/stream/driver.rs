@@ -253,7 +253,7 @@ pub async fn run<S: Source>(
         let processed = stage.process(batch, end_of_stream).await?;
         let emitted = processed.emitted;
         let written = deliver(source, sinks, &processed, &mut summary).await?;
-        let commit_us = super::now_us();
+        let commit_us = crate::tick::now_us();
         // Per-tick latencies only for someone who reads them (statistics
         // rows, metrics): a benchmark or a replay would pay for them per tick.
         let latencies = written.is_some() && (reports || options.metrics.is_some());

@@ -461,7 +461,7 @@ async fn load_profiles(
     ticks: &RecordBatch,
     loaded: &mut BTreeMap<i64, RecordBatch>,
 ) -> Result<(), ProfileError> {
-    const DAY_US: i64 = 86_400_000_000;
+    use crate::tick::DAY_US;
     let ts = ticks.column(0).as_primitive::<TimestampMicrosecondType>();
     let days: std::collections::BTreeSet<i64> =
         ts.values().iter().map(|t| t.div_euclid(DAY_US)).collect();

@@ -25,10 +25,4 @@ pub use executor::{
 };
 pub use metrics::Metrics;
 
-/// Wall-clock time in µs since the epoch (arrival and commit stamps).
-pub fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub use crate::tick::now_us;

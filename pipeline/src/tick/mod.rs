@@ -12,12 +12,14 @@ mod builder;
 mod reject;
 pub mod schema;
 mod seq;
+mod time;
 mod validate;
 
 pub use builder::{TickBuilder, TickRecord};
 pub use reject::{Reject, RejectCounts, RejectWriter};
 pub use schema::{col, tick_schema, ts_type, TICK_KEY};
 pub use seq::SeqAssigner;
+pub use time::{now_us, DAY_US};
 pub use validate::{
     Clock, ManualClock, RejectReason, Rejection, SystemClock, Validator, DEFAULT_MAX_FUTURE,
     MIN_TS_US,

@@ -446,7 +446,7 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_700_000_000_000_000;
-    const DAY_US: i64 = 86_400_000_000;
+    use crate::tick::DAY_US;
 
     fn good() -> TickRecord<'static> {
         TickRecord {

@@ -14,9 +14,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
 use super::DbError;
-use crate::tick::col;
-
-const DAY_US: i64 = 86_400_000_000;
+use crate::tick::{col, DAY_US};
 
 /// Float columns of the tick schema, in the order of [`COPY_COLUMNS`].
 const FLOATS: [&str; 9] = [

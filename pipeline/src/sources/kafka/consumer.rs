@@ -550,7 +550,7 @@ impl Source for KafkaSource {
             // same ticks as the first reading did.
             let arrived = match msg.timestamp().to_millis() {
                 Some(ms) if ms > 0 => ms.saturating_mul(1000),
-                _ => crate::stream::now_us(),
+                _ => crate::tick::now_us(),
             };
             let decoded = self
                 .decoder
@@ -564,7 +564,7 @@ impl Source for KafkaSource {
                     }
                     fill.partitions.push(p);
                     fill.offsets.push(o);
-                    fill.arrived.push(crate::stream::now_us());
+                    fill.arrived.push(crate::tick::now_us());
                     fill.warm.push(warm);
                     fill.payloads.append_value(payload);
                 }

@@ -458,10 +458,6 @@ fn rfc3339(us: i64) -> String {
         .unwrap_or_else(|| format!("{us} µs"))
 }
 
-fn now_us() -> i64 {
-    Utc::now().timestamp_micros()
-}
-
 #[async_trait::async_trait]
 impl Source for LiveSource {
     /// Reads the feed for up to the request's `batch_wait` (less when the
@@ -477,7 +473,7 @@ impl Source for LiveSource {
         let drops = self.client.stats().drops;
         if drops > self.drops_seen {
             self.drops_seen = drops;
-            self.tracker.dropped(now_us());
+            self.tracker.dropped(crate::tick::now_us());
         }
         self.ticks += batch.ticks.num_rows() as u64;
         Ok(Some(self.to_source_batch(batch)))

@@ -63,7 +63,7 @@ use crate::lake::{schema_session, with_date, with_partitions, TableSpec};
 use crate::model::score::score_batch;
 use crate::model::{Detector, TrainError};
 use crate::stream::market::{BucketCloser, BucketQuery, CloserConfig};
-use crate::tick::{col, tick_schema};
+use crate::tick::{col, tick_schema, DAY_US};
 
 /// Column of a held tick's source partition.
 const PARTITION: &str = "_partition";
@@ -263,9 +263,6 @@ struct Book {
     /// Emitted ticks a restart must replay to rebuild the state.
     history: History,
 }
-
-/// Microseconds in a day.
-const DAY_US: i64 = 86_400_000_000;
 
 /// Of a symbol's pending ticks, how many are confirmed for delayed
 /// confirmation: each has `delay` later ticks, the `delay`-th settled. `ts`
@@ -1143,7 +1140,7 @@ impl Executor {
         }
         let arrived = match input.arrived_us {
             Some(a) => a,
-            None => Int64Array::from_value(crate::stream::now_us(), n),
+            None => Int64Array::from_value(crate::tick::now_us(), n),
         };
         let mut columns: Vec<ArrayRef> = input.ticks.columns().to_vec();
         columns.push(Arc::new(input.partitions));
