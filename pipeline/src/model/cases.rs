@@ -40,7 +40,7 @@ use sha2::{Digest, Sha256};
 
 use super::events::{median, ratio, LabelEvent, ScoredRows, EPISODE_SPAN_GAPS};
 use super::rules::hex;
-use super::score::col as score_col;
+use super::scores_table::col as score_col;
 use crate::tick::col as tick_col;
 
 /// Names of the case score's inputs, in the order of [`CaseRule::weights`].

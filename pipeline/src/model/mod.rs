@@ -20,6 +20,7 @@ mod model_json;
 pub mod report;
 pub mod rules;
 pub mod score;
+pub mod scores_table;
 pub mod shap;
 #[cfg(test)]
 mod testing;

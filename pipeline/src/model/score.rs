@@ -16,7 +16,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray,
 };
 use arrow::compute::{cast, concat_batches, filter};
-use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Float64Type, Schema};
 use chrono::NaiveDate;
 use datafusion::error::DataFusionError;
 use indicatif::ProgressBar;
@@ -32,41 +32,9 @@ use super::trees::CompiledTrees;
 use super::xgb::{Booster, DMatrix, PredictKind, XgbError};
 use crate::features::{snapshot_session, Catalog};
 use crate::lake::{replace_date, AppenderOptions, LakeRoot, TableSpec};
-use crate::tick::{col as tick_col, ts_type};
+use crate::tick::col as tick_col;
 
-/// Column names of the `scores` table.
-pub mod col {
-    /// The detector's score (a probability for models; rules choose).
-    pub const SCORE: &str = "score";
-    /// Whether the score reaches the threshold.
-    pub const ALERT: &str = "alert";
-    /// The detector's threshold.
-    pub const THRESHOLD: &str = "threshold";
-    /// `model` or `rule`.
-    pub const DETECTOR: &str = "detector";
-    /// Why an alert fired (NULL for other rows).
-    pub const REASON: &str = "reason";
-    /// A model alert's largest SHAP contributions, as JSON (NULL otherwise).
-    pub const TOP_SHAP: &str = "top_shap";
-    /// The detector version (a partition column: `model_version=...`).
-    pub const MODEL_VERSION: &str = "model_version";
-}
-
-/// Schema of the `scores` files (the `model_version` and `date` partition
-/// columns come from folder names).
-pub fn scores_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new(tick_col::TS, ts_type(), false),
-        Field::new(tick_col::SYMBOL, DataType::Utf8, false),
-        Field::new(tick_col::SEQ, DataType::UInt32, false),
-        Field::new(col::SCORE, DataType::Float64, true),
-        Field::new(col::ALERT, DataType::Boolean, false),
-        Field::new(col::THRESHOLD, DataType::Float64, false),
-        Field::new(col::DETECTOR, DataType::Utf8, false),
-        Field::new(col::REASON, DataType::Utf8, true),
-        Field::new(col::TOP_SHAP, DataType::Utf8, true),
-    ]))
-}
+pub use super::scores_table::{col, scores_schema};
 
 /// The version of a model: `xgb-` and the first 12 hex digits of the
 /// SHA-256 of its `model.json`. The same trees give the same version,
