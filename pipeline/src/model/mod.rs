@@ -13,6 +13,8 @@
 pub mod case_table;
 pub mod cases;
 pub mod curves;
+pub mod dates;
+pub mod error;
 pub mod events;
 pub mod manifest;
 pub mod metrics;

@@ -24,10 +24,11 @@ use sha2::{Digest, Sha256};
 
 use super::case_table::cases_batch;
 use super::cases::{Case, CaseTracker};
+use super::dates::date_spans;
+use super::error::TrainError;
 use super::manifest::{Manifest, MODEL_FILE};
 use super::rules::{hex, Rule};
 use super::shap::TreeShap;
-use super::train::{date_spans, TrainError};
 use super::trees::CompiledTrees;
 use super::xgb::{Booster, DMatrix, PredictKind, XgbError};
 use crate::features::{snapshot_session, Catalog};

@@ -27,6 +27,8 @@ use indicatif::ProgressBar;
 
 use super::cases::{case_metrics, learn_case_rule, CaseRule};
 use super::curves::Curves;
+pub use super::dates::{date_spans, DateSpan};
+pub use super::error::TrainError;
 use super::events::{
     event_metrics, threshold_for_event_precision, EventMetrics, LabelEvent, ScoredRows,
     DEFAULT_EPISODE_GAP_US,
@@ -40,7 +42,7 @@ use super::rules::Rule;
 use super::score::{model_version, run_rule, ModelDetector};
 use super::xgb::{Booster, DMatrix, PredictKind, XgbError};
 use crate::features::{snapshot_session, training_session, Catalog};
-use crate::lake::{LakeError, LakeRoot};
+use crate::lake::LakeRoot;
 
 /// What to train.
 #[derive(Debug, Clone)]
@@ -102,84 +104,6 @@ impl Default for TrainOptions {
     }
 }
 
-/// Why training or evaluation stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    /// Nothing backfilled for this feature set.
-    #[error(
-        "no feature snapshot for feature set {feature_set} in {lake}: \
-         run `stockanomaly backfill` first"
-    )]
-    NoSnapshot { feature_set: String, lake: String },
-    /// Too few dates for the splits.
-    #[error(
-        "the feature snapshot has {have} date(s) in range, the splits need at least {need} \
-         ({valid} validation, {test} test and one training): backfill more dates or lower \
-         --valid-days/--test-days"
-    )]
-    NotEnoughDates {
-        have: usize,
-        need: usize,
-        valid: usize,
-        test: usize,
-    },
-    /// A split without positive labels cannot train, stop early or be scored.
-    #[error(
-        "the {split} split ({from}..{to}) has no positive labels: check the lake's \
-         `labels` table covers these dates (or choose other dates)"
-    )]
-    NoPositives {
-        split: String,
-        from: NaiveDate,
-        to: NaiveDate,
-    },
-    /// No rows in the evaluated range.
-    #[error("no feature rows between {from} and {to}")]
-    NoRows { from: NaiveDate, to: NaiveDate },
-    /// A parameter XGBoost or we refused.
-    #[error("parameter {name}={value}: {reason}")]
-    BadParam {
-        name: String,
-        value: String,
-        reason: String,
-    },
-    #[error(transparent)]
-    Lake(#[from] LakeError),
-    #[error("reading the training view: {0}")]
-    Query(#[from] DataFusionError),
-    #[error("reading the training view: {0}")]
-    Arrow(#[from] arrow::error::ArrowError),
-    #[error(transparent)]
-    Xgb(#[from] XgbError),
-    #[error(transparent)]
-    Manifest(#[from] ManifestError),
-}
-
-impl TrainError {
-    /// A mistake of the user's (flags, data not prepared) rather than a
-    /// failure of the run.
-    pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
-            TrainError::NoSnapshot { .. }
-                | TrainError::NotEnoughDates { .. }
-                | TrainError::NoPositives { .. }
-                | TrainError::NoRows { .. }
-                | TrainError::BadParam { .. }
-                | TrainError::Manifest(ManifestError::Mismatch { .. })
-        )
-    }
-}
-
-/// One date of the snapshot: its first and last tick (µs) and row count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DateSpan {
-    pub date: NaiveDate,
-    pub first_us: i64,
-    pub last_us: i64,
-    pub rows: u64,
-}
-
 /// A split to read: dates `from..=to`, rows with `ts > after_us`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SplitPlan {
@@ -229,38 +153,6 @@ pub fn plan_splits(
         prev_end = span.iter().map(|d| d.last_us).max();
         plan
     }))
-}
-
-/// The snapshot's dates with their first and last tick, in order.
-pub async fn date_spans(ctx: &SessionContext) -> Result<Vec<DateSpan>, TrainError> {
-    let batches = ctx
-        .sql(
-            "SELECT date, min(CAST(ts AS BIGINT)), max(CAST(ts AS BIGINT)), count(*) \
-             FROM features GROUP BY date ORDER BY date",
-        )
-        .await?
-        .collect()
-        .await?;
-    let mut out = Vec::new();
-    for b in &batches {
-        let date = cast(b.column(0), &DataType::Utf8)?;
-        let date = date.as_string::<i32>();
-        let first = b.column(1).as_primitive::<Int64Type>();
-        let last = b.column(2).as_primitive::<Int64Type>();
-        let rows = b.column(3).as_primitive::<Int64Type>();
-        for i in 0..b.num_rows() {
-            let d = NaiveDate::parse_from_str(date.value(i), "%Y-%m-%d").map_err(|e| {
-                DataFusionError::Execution(format!("partition date={:?}: {e}", date.value(i)))
-            })?;
-            out.push(DateSpan {
-                date: d,
-                first_us: first.value(i),
-                last_us: last.value(i),
-                rows: rows.value(i) as u64,
-            });
-        }
-    }
-    Ok(out)
 }
 
 /// Feature rows with labels, column by column.

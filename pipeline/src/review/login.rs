@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::answer::failure;
 use super::auth::{constant_time_eq, Auth, AuthMode, ClientAddr, Identity, Via, LOGIN_CSRF_COOKIE};
 use super::pages::{error_page, login_page};
-use super::server::AppState;
+use super::AppState;
 use super::ReviewError;
 
 /// How long a shown login form stays valid.

@@ -27,4 +27,15 @@ pub use query::{
     Verdict, DEFAULT_CONFIRMED_KIND, MAX_QUEUE_DEPTH, MODEL_VERSION_CHOICES_SQL, STATUSES,
     SYMBOL_CHOICES_SQL,
 };
-pub use server::{router, serve, AppState, API_DOC};
+pub use server::{router, serve, API_DOC};
+
+/// What every request handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// PostgreSQL connections (alerts, dispositions, accounts, sessions).
+    pub pool: Pool,
+    /// Where evidence ticks are read.
+    pub ticks: TickStore,
+    /// Who may do what, and how they sign in.
+    pub auth: std::sync::Arc<auth::Auth>,
+}

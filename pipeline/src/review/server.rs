@@ -2,7 +2,6 @@
 //! (documented in `API.md`, served at `/api`), behind [`auth::gate`].
 
 use std::future::Future;
-use std::sync::Arc;
 
 use axum::extract::rejection::{FormRejection, JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -15,27 +14,15 @@ use tokio::net::TcpListener;
 
 use super::answer::{ApiError, HtmlError};
 use super::auth::{self, Auth, GateState, Identity, Via};
-use super::evidence::{window, TickStore};
+use super::evidence::window;
 use super::login;
 use super::pages::{alert_page, queue_page, Choices, Viewer};
-use super::pool::Pool;
 use super::query::{self, AlertFilter, NewDisposition, RawFilter};
-use super::ReviewError;
+use super::{AppState, ReviewError};
 use crate::web::{self, Limits};
 
 /// The API's documentation, served at `/api`.
 pub const API_DOC: &str = include_str!("API.md");
-
-/// What every request handler shares.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    /// PostgreSQL connections (alerts, dispositions, accounts, sessions).
-    pub pool: Pool,
-    /// Where evidence ticks are read.
-    pub ticks: TickStore,
-    /// Who may do what, and how they sign in.
-    pub auth: Arc<Auth>,
-}
 
 /// The app's routes over `state`, every one behind [`auth::gate`].
 pub fn router(state: AppState) -> Router {

@@ -16,6 +16,7 @@ use stockanomaly_udfs::window::{EwmFn, RollingFn, RollingGroup};
 
 use super::calls::{Call, CallKind, Group, Slot};
 use super::join::RightSide;
+use super::literal;
 use crate::tick::col;
 
 /// Why a plan cannot run incrementally, with a word to find in the source
@@ -192,16 +193,6 @@ fn unalias(e: &Expr) -> &Expr {
     match e {
         Expr::Alias(a) => unalias(&a.expr),
         other => other,
-    }
-}
-
-/// The literal an argument is (through casts), if it is one.
-pub(super) fn literal(e: &Expr) -> Option<ScalarValue> {
-    match e {
-        Expr::Literal(v, _) => Some(v.clone()),
-        Expr::Cast(c) => literal(&c.expr)?.cast_to(c.field.data_type()).ok(),
-        Expr::TryCast(c) => literal(&c.expr)?.cast_to(c.field.data_type()).ok(),
-        _ => None,
     }
 }
 

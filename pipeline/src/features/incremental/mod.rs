@@ -317,6 +317,17 @@ impl Program {
     }
 }
 
+/// The literal an argument is (through casts), if it is one.
+fn literal(e: &datafusion::logical_expr::Expr) -> Option<datafusion::common::ScalarValue> {
+    use datafusion::logical_expr::Expr;
+    match e {
+        Expr::Literal(v, _) => Some(v.clone()),
+        Expr::Cast(c) => literal(&c.expr)?.cast_to(c.field.data_type()).ok(),
+        Expr::TryCast(c) => literal(&c.expr)?.cast_to(c.field.data_type()).ok(),
+        _ => None,
+    }
+}
+
 /// Chunks smaller than this are computed on the calling thread: below it,
 /// starting threads costs more than it saves.
 const PARALLEL_ROWS: usize = 512;

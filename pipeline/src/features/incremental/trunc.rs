@@ -33,7 +33,7 @@ pub(super) fn fast_date_trunc(e: Expr, schema: &DFSchema) -> Result<Expr> {
         };
         let unit = match f.args.as_slice() {
             [granularity, ts] if f.func.name() == "date_trunc" => {
-                let g = match super::compile::literal(granularity) {
+                let g = match super::literal(granularity) {
                     Some(
                         ScalarValue::Utf8(Some(g))
                         | ScalarValue::Utf8View(Some(g))
