@@ -11,7 +11,8 @@ use arrow::datatypes::TimestampMicrosecondType;
 use indicatif::ProgressBar;
 
 use crate::lake::{AppendStats, Appender, AppenderOptions, LakeError, LakeRoot, TableSpec};
-use crate::sinks::tick_sink::{SinkStats, TickSink};
+pub use crate::sinks::tick_sink::TickTarget;
+use crate::sinks::tick_sink::{SinkStats, TickSink, TickSinkError};
 use crate::sources::csv::{CsvFormat, CsvSource};
 use crate::sources::SourceError;
 use crate::tick::{col, Reject, RejectCounts, RejectWriter, Validator};
@@ -149,13 +150,9 @@ pub enum IngestError {
     /// Writing to PostgreSQL's tick store failed.
     #[error(transparent)]
     Db(#[from] crate::sinks::postgres::DbError),
-    /// A live feed sent amendments and the target has no lake to record
-    /// them in.
-    #[error("{amendments} amendments (trade corrections, cancels, revised bars) arrived and no lake was given to record them in")]
-    NoAmendmentTable {
-        /// Amendments in the batch.
-        amendments: u64,
-    },
+    /// The ticks' destination failed.
+    #[error(transparent)]
+    Sink(#[from] TickSinkError),
     /// `--exchange` names a venue the project does not know.
     #[error("unknown exchange {mic:?}: expected a market identifier code among {known}")]
     UnknownExchange {
@@ -334,78 +331,6 @@ impl SymbolTracker {
                 Some((a, b)) => (a.min(lo), b.max(hi)),
                 None => (lo, hi),
             });
-        }
-    }
-}
-
-/// Where fetched ticks go.
-#[derive(Debug, Clone)]
-pub enum TickTarget {
-    /// The lake's `ticks` table (content-addressed files: re-ingesting the
-    /// same range adds nothing).
-    Lake(LakeRoot),
-    /// A Kafka topic, as the JSON tick `detect` consumes, keyed by symbol.
-    Kafka {
-        /// Bootstrap servers (`host:port`, comma-separated).
-        brokers: String,
-        /// The topic.
-        topic: String,
-        /// Partitions if the topic has to be created.
-        partitions: u16,
-    },
-    /// PostgreSQL's `ticks` table (the tick store): COPY into a staging
-    /// table, insert what is new on the tick key, so re-ingesting adds
-    /// nothing.
-    Postgres {
-        /// Connection URL (never printed).
-        url: String,
-    },
-}
-
-impl TickTarget {
-    /// Reads `kafka://BROKERS/TOPIC`, or a lake root (a folder,
-    /// `file://`, `s3://`, `memory://`); the error says what is expected.
-    pub fn parse(to: &str, partitions: u16) -> Result<Self, String> {
-        if let Some(rest) = to.strip_prefix("kafka://") {
-            return match rest.rsplit_once('/') {
-                Some((brokers, topic)) if !brokers.is_empty() && !topic.is_empty() => {
-                    Ok(Self::Kafka {
-                        brokers: brokers.to_owned(),
-                        topic: topic.to_owned(),
-                        partitions,
-                    })
-                }
-                _ => Err(format!(
-                    "{to:?}: expected kafka://BROKERS/TOPIC, e.g. kafka://localhost:9092/ticks"
-                )),
-            };
-        }
-        if to.starts_with("postgres://") || to.starts_with("postgresql://") {
-            return Ok(Self::Postgres { url: to.to_owned() });
-        }
-        if to == "postgres" {
-            return match std::env::var("DATABASE_URL") {
-                Ok(url) if !url.is_empty() => Ok(Self::Postgres { url }),
-                _ => Err(
-                    "--to postgres reads the database from DATABASE_URL, which is not set \
-                          (or give --to postgres://user@host/db; the password in PGPASSWORD)"
-                        .into(),
-                ),
-            };
-        }
-        LakeRoot::parse(to)
-            .map(Self::Lake)
-            .map_err(|e| e.to_string())
-    }
-}
-
-impl std::fmt::Display for TickTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Lake(root) => write!(f, "{root}"),
-            Self::Kafka { brokers, topic, .. } => write!(f, "kafka://{brokers}/{topic}"),
-            // The URL may carry a password.
-            Self::Postgres { .. } => f.write_str("PostgreSQL's ticks table"),
         }
     }
 }

@@ -13,7 +13,6 @@ use arrow::array::RecordBatch;
 
 use super::lake_units::{add, LakeUnits};
 use super::postgres::{DbError, Reconnecting};
-use crate::ingest::{IngestError, TickTarget};
 use crate::lake::{AppendStats, LakeRoot, TableSpec};
 use crate::sources::kafka::{ensure_topic, TickPublisher};
 
@@ -32,6 +31,99 @@ const LAKE_HOLD_ROWS: usize = 2 * LAKE_FLUSH_ROWS;
 /// Attempts of the last flush, at [`TickSink::finish`], with a doubling
 /// pause from half a second.
 const FINISH_ATTEMPTS: u32 = 5;
+
+/// Why a [`TickSink`] could not take ticks.
+#[derive(Debug, thiserror::Error)]
+pub enum TickSinkError {
+    /// Writing the lake failed.
+    #[error(transparent)]
+    Lake(#[from] crate::lake::LakeError),
+    /// Publishing to Kafka failed.
+    #[error(transparent)]
+    Kafka(#[from] crate::sources::kafka::ProduceError),
+    /// Writing to PostgreSQL's tick store failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// A live feed sent amendments and the target has no lake to record
+    /// them in.
+    #[error("{amendments} amendments (trade corrections, cancels, revised bars) arrived and no lake was given to record them in")]
+    NoAmendmentTable {
+        /// Amendments in the batch.
+        amendments: u64,
+    },
+}
+
+/// Where fetched ticks go.
+#[derive(Debug, Clone)]
+pub enum TickTarget {
+    /// The lake's `ticks` table (content-addressed files: re-ingesting the
+    /// same range adds nothing).
+    Lake(LakeRoot),
+    /// A Kafka topic, as the JSON tick `detect` consumes, keyed by symbol.
+    Kafka {
+        /// Bootstrap servers (`host:port`, comma-separated).
+        brokers: String,
+        /// The topic.
+        topic: String,
+        /// Partitions if the topic has to be created.
+        partitions: u16,
+    },
+    /// PostgreSQL's `ticks` table (the tick store): COPY into a staging
+    /// table, insert what is new on the tick key, so re-ingesting adds
+    /// nothing.
+    Postgres {
+        /// Connection URL (never printed).
+        url: String,
+    },
+}
+
+impl TickTarget {
+    /// Reads `kafka://BROKERS/TOPIC`, or a lake root (a folder,
+    /// `file://`, `s3://`, `memory://`); the error says what is expected.
+    pub fn parse(to: &str, partitions: u16) -> Result<Self, String> {
+        if let Some(rest) = to.strip_prefix("kafka://") {
+            return match rest.rsplit_once('/') {
+                Some((brokers, topic)) if !brokers.is_empty() && !topic.is_empty() => {
+                    Ok(Self::Kafka {
+                        brokers: brokers.to_owned(),
+                        topic: topic.to_owned(),
+                        partitions,
+                    })
+                }
+                _ => Err(format!(
+                    "{to:?}: expected kafka://BROKERS/TOPIC, e.g. kafka://localhost:9092/ticks"
+                )),
+            };
+        }
+        if to.starts_with("postgres://") || to.starts_with("postgresql://") {
+            return Ok(Self::Postgres { url: to.to_owned() });
+        }
+        if to == "postgres" {
+            return match std::env::var("DATABASE_URL") {
+                Ok(url) if !url.is_empty() => Ok(Self::Postgres { url }),
+                _ => Err(
+                    "--to postgres reads the database from DATABASE_URL, which is not set \
+                          (or give --to postgres://user@host/db; the password in PGPASSWORD)"
+                        .into(),
+                ),
+            };
+        }
+        LakeRoot::parse(to)
+            .map(Self::Lake)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl std::fmt::Display for TickTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Lake(root) => write!(f, "{root}"),
+            Self::Kafka { brokers, topic, .. } => write!(f, "kafka://{brokers}/{topic}"),
+            // The URL may carry a password.
+            Self::Postgres { .. } => f.write_str("PostgreSQL's ticks table"),
+        }
+    }
+}
 
 /// What a [`TickSink`] wrote.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +177,7 @@ impl TickSink {
     pub async fn open(
         target: &TickTarget,
         amendments_lake: Option<LakeRoot>,
-    ) -> Result<Self, IngestError> {
+    ) -> Result<Self, TickSinkError> {
         let inner = match target {
             TickTarget::Lake(root) => Inner::Lake(LakeUnits::new(root.clone(), TableSpec::ticks())),
             TickTarget::Kafka {
@@ -113,7 +205,7 @@ impl TickSink {
     }
 
     /// Writes a batch of ticks ([`tick_schema`](crate::tick::tick_schema)).
-    pub async fn write(&mut self, ticks: RecordBatch) -> Result<(), IngestError> {
+    pub async fn write(&mut self, ticks: RecordBatch) -> Result<(), TickSinkError> {
         if ticks.num_rows() == 0 {
             return Ok(());
         }
@@ -138,12 +230,12 @@ impl TickSink {
 
     /// Records a batch of amendments
     /// ([`amendment_schema`](crate::sources::feed::amendment_schema)).
-    pub async fn write_amendments(&mut self, amendments: RecordBatch) -> Result<(), IngestError> {
+    pub async fn write_amendments(&mut self, amendments: RecordBatch) -> Result<(), TickSinkError> {
         if amendments.num_rows() == 0 {
             return Ok(());
         }
         let Some(root) = &self.amendments_root else {
-            return Err(IngestError::NoAmendmentTable {
+            return Err(TickSinkError::NoAmendmentTable {
                 amendments: amendments.num_rows() as u64,
             });
         };
@@ -159,7 +251,7 @@ impl TickSink {
     /// crash loses at most that much). Kafka and PostgreSQL are durable
     /// per batch already. On an error the rows are kept, and the next
     /// flush writes them.
-    pub async fn flush(&mut self) -> Result<(), IngestError> {
+    pub async fn flush(&mut self) -> Result<(), TickSinkError> {
         if let Inner::Lake(units) = &mut self.inner {
             add(&mut self.stats.tick_files, units.flush().await?);
         }
@@ -172,7 +264,7 @@ impl TickSink {
     /// [`flush`](Self::flush) for a periodic flush: a failure is logged
     /// and the rows kept for the next one; the error is returned only when
     /// more than `LAKE_HOLD_ROWS` rows are held.
-    pub async fn flush_or_keep(&mut self) -> Result<(), IngestError> {
+    pub async fn flush_or_keep(&mut self) -> Result<(), TickSinkError> {
         match self.flush().await {
             Ok(()) => Ok(()),
             Err(e) if self.unflushed() <= LAKE_HOLD_ROWS => {
@@ -203,7 +295,7 @@ impl TickSink {
 
     /// Flushes and closes: lake files written, Kafka acknowledgements
     /// awaited (up to two minutes).
-    pub async fn finish(mut self) -> Result<SinkStats, IngestError> {
+    pub async fn finish(mut self) -> Result<SinkStats, TickSinkError> {
         // The last chance for rows a failed flush kept: a few attempts.
         let mut pause = Duration::from_millis(500);
         for attempt in 1..=FINISH_ATTEMPTS {
