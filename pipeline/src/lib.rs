@@ -4,6 +4,7 @@
 //! [`tick`] batches, the [`lake`] stores them as Parquet, and the CLI in
 //! [`cli`] ties the stages into commands.
 
+pub mod backoff;
 pub mod cli;
 pub mod features;
 pub mod ingest;

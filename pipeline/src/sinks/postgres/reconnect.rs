@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::{connect, DbError};
+use crate::backoff::Backoff;
 
 /// Longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -18,7 +19,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 pub struct Reconnecting {
     url: String,
     client: Option<Client>,
-    backoff: Duration,
+    backoff: Backoff,
     failures: u64,
     /// The server-side `statement_timeout` of every session, if any.
     statement_timeout: Option<Duration>,
@@ -30,7 +31,7 @@ impl Reconnecting {
         Reconnecting {
             url: url.to_owned(),
             client: Some(client),
-            backoff: FIRST_BACKOFF,
+            backoff: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF),
             failures: 0,
             statement_timeout: None,
         }
@@ -74,7 +75,6 @@ impl Reconnecting {
 
     /// Records a success: the next failure waits the shortest time again.
     pub fn succeeded(&mut self) {
-        self.backoff = FIRST_BACKOFF;
         self.failures = 0;
     }
 
@@ -85,16 +85,18 @@ impl Reconnecting {
         if !error.is_retryable() {
             return Err(error);
         }
+        let pause = self
+            .backoff
+            .delay(u32::try_from(self.failures).unwrap_or(u32::MAX));
         self.failures += 1;
         tracing::warn!(
             error = %error,
-            retry_in = ?self.backoff,
+            retry_in = ?pause,
             failures = self.failures,
             "PostgreSQL unavailable; will reconnect and retry."
         );
         self.client = None;
-        tokio::time::sleep(self.backoff).await;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        tokio::time::sleep(pause).await;
         Ok(())
     }
 }

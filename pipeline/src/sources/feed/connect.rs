@@ -33,7 +33,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -41,6 +40,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::{FaultAction, Feed, FeedBatch, FeedCounters, FeedEvent, FeedFault, FrameDecoder};
+use crate::backoff::Backoff;
 
 /// What one feed says on the wire beyond its data: the messages a client
 /// sends to log in and subscribe.
@@ -218,13 +218,14 @@ pub struct FeedClient<P, D> {
     stats: ConnectionStats,
     events: Vec<FeedEvent>,
     outbox: Vec<String>,
-    rng: rand_chacha::ChaCha8Rng,
+    backoff: Backoff,
 }
 
 impl<P: FeedProtocol, D: FrameDecoder> FeedClient<P, D> {
     /// A client that connects on the first [`next_batch`](Self::next_batch).
     pub fn new(protocol: P, decoder: D, options: ConnectOptions) -> Self {
         let now = Instant::now();
+        let backoff = Backoff::new(options.backoff_initial, options.backoff_max);
         Self {
             protocol,
             decoder,
@@ -241,7 +242,7 @@ impl<P: FeedProtocol, D: FrameDecoder> FeedClient<P, D> {
             stats: ConnectionStats::default(),
             events: Vec::new(),
             outbox: Vec::new(),
-            rng: rand_chacha::ChaCha8Rng::from_os_rng(),
+            backoff,
         }
     }
 
@@ -445,13 +446,8 @@ impl<P: FeedProtocol, D: FrameDecoder> FeedClient<P, D> {
         if self.stats.connects == 0 && self.failures == 0 {
             return Duration::ZERO;
         }
-        let o = &self.options;
-        let exp = o
-            .backoff_initial
-            .saturating_mul(1u32 << self.failures.min(20))
-            .min(o.backoff_max);
-        let jittered = exp / 2 + exp.mul_f64(self.rng.random::<f64>() / 2.0);
-        jittered.max(self.min_delay).min(o.backoff_max)
+        let jittered = self.backoff.delay(self.failures);
+        jittered.max(self.min_delay).min(self.backoff.max())
     }
 
     /// One connection attempt; `Err` once too many failed in a row or the

@@ -10,11 +10,11 @@
 
 use std::time::Duration;
 
-use rand::{Rng, SeedableRng};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
 
 use super::{HistoryError, HistoryStats};
+use crate::backoff::Backoff;
 use crate::sources::feed::Feed;
 
 /// How failed requests are retried.
@@ -59,7 +59,7 @@ pub(crate) struct Service {
     policy: RetryPolicy,
     /// Variables to name when the API refuses the credentials.
     credential_vars: &'static str,
-    rng: rand_chacha::ChaCha8Rng,
+    backoff: Backoff,
 }
 
 impl Service {
@@ -78,6 +78,7 @@ impl Service {
                 feed,
                 reason: e.without_url().to_string(),
             })?;
+        let backoff = Backoff::new(policy.backoff_initial, policy.backoff_max);
         Ok(Self {
             feed,
             client,
@@ -85,7 +86,7 @@ impl Service {
             secrets,
             policy,
             credential_vars,
-            rng: rand_chacha::ChaCha8Rng::from_os_rng(),
+            backoff,
         })
     }
 
@@ -173,16 +174,9 @@ impl Service {
         }
     }
 
-    /// `initial × 2^retries` with equal jitter (between half and all of it),
-    /// capped: clients retrying in lock step after an outage would be
-    /// refused together again.
+    /// The pause before retry number `retries` ([`Backoff`]).
     fn backoff(&mut self, retries: u32) -> Duration {
-        let exp = self
-            .policy
-            .backoff_initial
-            .saturating_mul(1u32 << retries.min(20))
-            .min(self.policy.backoff_max);
-        exp / 2 + exp.mul_f64(self.rng.random::<f64>() / 2.0)
+        self.backoff.delay(retries)
     }
 
     /// The error for an answer that retrying cannot change.
