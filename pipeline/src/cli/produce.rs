@@ -12,10 +12,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::output::{count, rate};
 use super::{existing_file, open_lake, UsageError};
 use crate::sources::csv::{CsvFormat, CsvSource};
-use crate::sources::kafka::{ensure_topic, sort_event_time, TickColumns, TickPublisher};
+use crate::sources::kafka::{ensure_topic, sort_event_time, TickPublisher};
 use crate::sources::replay::{Pacer, ReplayOptions, ReplaySource};
 use crate::sources::simulate::{SimConfig, SimKind, Simulator};
 use crate::sources::Source;
+use crate::tick::TickView;
 use crate::tick::{Reject, Validator};
 
 /// `stockanomaly produce`.
@@ -285,7 +286,7 @@ struct Output {
 impl Output {
     /// Publishes a batch already in event-time order.
     async fn publish(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
-        let cols = TickColumns::new(batch)?;
+        let cols = TickView::new(batch)?;
         for row in 0..cols.len() {
             let sent = self.publisher.stats().messages;
             self.pace.wait(sent, cols.ts_us(row)).await;

@@ -14,6 +14,7 @@ pub mod schema;
 mod seq;
 mod time;
 mod validate;
+mod view;
 
 pub use builder::{TickBuilder, TickRecord};
 pub use reject::{Reject, RejectCounts, RejectWriter};
@@ -24,3 +25,4 @@ pub use validate::{
     Clock, ManualClock, RejectReason, Rejection, SystemClock, Validator, DEFAULT_MAX_FUTURE,
     MIN_TS_US,
 };
+pub use view::{NotTickBatch, TickView, OPTIONAL_FLOATS};

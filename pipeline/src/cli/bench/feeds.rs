@@ -27,7 +27,7 @@ use tokio_postgres::Client;
 
 use super::super::output::{count, rate};
 use super::super::UsageError;
-use crate::sinks::postgres::{migrate, write_ticks, TickColumns, COPY_COLUMNS};
+use crate::sinks::postgres::{migrate, write_ticks, StoreColumns, COPY_COLUMNS};
 use crate::sources::alpaca::AlpacaDecoder;
 use crate::sources::feed::FrameDecoder;
 use crate::sources::finnhub::FinnhubDecoder;
@@ -580,7 +580,7 @@ async fn load_both(
 /// before the next (no pipelining), inside one transaction committed at the
 /// end (psycopg2's default: no autocommit). Timed from BEGIN to COMMIT.
 async fn insert_rows_one_by_one(db: &mut Client, ticks: &RecordBatch) -> anyhow::Result<Duration> {
-    let cols = TickColumns::of(ticks)?;
+    let cols = StoreColumns::of(ticks)?;
     let stmt = db
         .prepare(&format!(
             "INSERT INTO ticks ({COPY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \

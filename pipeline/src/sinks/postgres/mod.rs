@@ -31,4 +31,4 @@ pub use sink::{
     AlertRow, CommitStats, DeadLetterRow, OffsetRow, StatsRow,
 };
 pub use ticks::{write_ticks, TickWriteStats};
-pub(crate) use ticks::{TickColumns, COPY_COLUMNS};
+pub(crate) use ticks::{StoreColumns, COPY_COLUMNS};

@@ -5,8 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use arrow::array::{Array, AsArray, Float64Array, RecordBatch};
-use arrow::datatypes::{Float64Type, TimestampMicrosecondType, UInt32Type};
+use arrow::array::{Array, Float64Array, RecordBatch, StringArray, UInt32Array};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -14,33 +13,19 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
 use super::DbError;
-use crate::tick::{col, DAY_US};
-
-/// Float columns of the tick schema, in the order of [`COPY_COLUMNS`].
-const FLOATS: [&str; 9] = [
-    col::PRICE,
-    col::VOLUME,
-    col::OPEN,
-    col::HIGH,
-    col::LOW,
-    col::BID,
-    col::ASK,
-    col::BID_SIZE,
-    col::ASK_SIZE,
-];
+use crate::tick::{col, TickView, DAY_US};
 
 /// The staging table's columns, as COPY sends them (and as
 /// [`TickRow::params`] orders its values).
 pub(crate) const COPY_COLUMNS: &str =
     "symbol, ts, seq, price, volume, open, high, low, bid, ask, bid_size, ask_size, source";
 
-/// The columns of a tick batch, typed, for writing rows to `ticks`.
-pub(crate) struct TickColumns<'a> {
-    pub ts: &'a arrow::array::TimestampMicrosecondArray,
-    symbol: &'a arrow::array::StringArray,
-    seq: &'a arrow::array::UInt32Array,
-    source: &'a arrow::array::StringArray,
-    floats: Vec<&'a Float64Array>,
+/// The tick columns of a batch with the `seq` and `source` the store keys
+/// and keeps, for writing rows to `ticks`.
+pub(crate) struct StoreColumns<'a> {
+    view: TickView<'a>,
+    seq: &'a UInt32Array,
+    source: &'a StringArray,
 }
 
 /// One tick's values, in [`COPY_COLUMNS`] order.
@@ -74,54 +59,44 @@ impl TickRow<'_> {
     }
 }
 
-impl<'a> TickColumns<'a> {
+impl<'a> StoreColumns<'a> {
     /// The tick schema's columns of `batch`; an error names what is missing
     /// or mistyped.
     pub(crate) fn of(batch: &'a RecordBatch) -> Result<Self, DbError> {
-        let column = |name: &str| {
-            batch
-                .column_by_name(name)
-                .ok_or_else(|| invalid(format!("the batch has no column {name}")))
-        };
+        let view = TickView::new(batch).map_err(|e| invalid(e.to_string()))?;
+        let missing = |name: &str| invalid(format!("the batch has no column {name}"));
         Ok(Self {
-            ts: column(col::TS)?
-                .as_primitive_opt::<TimestampMicrosecondType>()
-                .ok_or_else(|| invalid("ts is not a µs timestamp".into()))?,
-            symbol: column(col::SYMBOL)?
-                .as_string_opt::<i32>()
-                .ok_or_else(|| invalid("symbol is not text".into()))?,
-            source: column(col::SOURCE)?
-                .as_string_opt::<i32>()
-                .ok_or_else(|| invalid("source is not text".into()))?,
-            seq: column(col::SEQ)?
-                .as_primitive_opt::<UInt32Type>()
-                .ok_or_else(|| invalid("seq is not a u32".into()))?,
-            floats: FLOATS
-                .iter()
-                .map(|name| {
-                    column(name)?
-                        .as_primitive_opt::<Float64Type>()
-                        .ok_or_else(|| invalid(format!("{name} is not a float")))
-                })
-                .collect::<Result<_, _>>()?,
+            seq: view.seq.ok_or_else(|| missing(col::SEQ))?,
+            source: view.source.ok_or_else(|| missing(col::SOURCE))?,
+            view,
         })
+    }
+
+    /// Event times, µs.
+    pub(crate) fn ts(&self) -> &'a arrow::array::TimestampMicrosecondArray {
+        self.view.ts
     }
 
     /// Row `i`'s values; an error for a timestamp or `seq` PostgreSQL
     /// cannot hold.
     pub(crate) fn row(&self, i: usize) -> Result<TickRow<'a>, DbError> {
-        let t = self.ts.value(i);
+        let v = &self.view;
+        let t = v.ts.value(i);
         let seq = self.seq.value(i);
+        let float = |c: &Float64Array| (!c.is_null(i)).then(|| c.value(i));
+        let mut floats = [None; 9];
+        floats[0] = float(v.price);
+        floats[1] = float(v.volume);
+        for (slot, (_, c)) in floats[2..].iter_mut().zip(v.optional) {
+            *slot = float(c);
+        }
         Ok(TickRow {
-            symbol: self.symbol.value(i),
+            symbol: v.symbol.value(i),
             at: DateTime::<Utc>::from_timestamp_micros(t)
                 .ok_or_else(|| invalid(format!("ts {t} is out of range")))?,
             seq: i32::try_from(seq)
                 .map_err(|_| invalid(format!("seq {seq} exceeds a PostgreSQL integer")))?,
-            floats: std::array::from_fn(|k| {
-                let c = self.floats[k];
-                (!c.is_null(i)).then(|| c.value(i))
-            }),
+            floats,
             source: self.source.value(i),
         })
     }
@@ -152,8 +127,8 @@ pub async fn write_ticks(
     client: &mut Client,
     batch: &RecordBatch,
 ) -> Result<TickWriteStats, DbError> {
-    let cols = TickColumns::of(batch)?;
-    let ts = cols.ts;
+    let cols = StoreColumns::of(batch)?;
+    let ts = cols.ts();
     let mut stats = TickWriteStats {
         rows: batch.num_rows() as u64,
         ..TickWriteStats::default()

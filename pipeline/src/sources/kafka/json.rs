@@ -30,14 +30,13 @@ use std::borrow::Cow;
 use std::fmt;
 use std::io::Write;
 
-use arrow::array::{Array, AsArray, Float64Array, RecordBatch, StringArray};
-use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
+use arrow::array::{Array, RecordBatch};
 use serde::de::{DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, Visitor};
 
 use crate::sources::csv::format::TsFormat;
 use crate::sources::csv::parse;
 use crate::sources::feed::json::{Scalar, ScalarSeed};
-use crate::tick::{col, Rejection, TickRecord};
+use crate::tick::{Rejection, TickRecord, TickView};
 
 /// A tick field that a JSON key can carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -538,83 +537,7 @@ fn epoch_int(v: i64) -> Option<i64> {
     }
 }
 
-/// The columns of a tick batch, looked up once so that encoding many rows
-/// costs no schema lookups.
-#[derive(Debug, Clone, Copy)]
-pub struct TickColumns<'b> {
-    ts: &'b arrow::array::TimestampMicrosecondArray,
-    symbol: &'b StringArray,
-    price: &'b Float64Array,
-    volume: &'b Float64Array,
-    optional: [(&'static str, &'b Float64Array); 7],
-}
-
-/// The batch does not have the tick columns.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not a tick batch: column `{column}` is missing or not of the tick schema's type")]
-pub struct NotTickBatch {
-    /// The first column that is wrong.
-    pub column: &'static str,
-}
-
-impl<'b> TickColumns<'b> {
-    /// The tick columns of `batch` (extra columns, such as the lake's `date`,
-    /// are ignored).
-    pub fn new(batch: &'b RecordBatch) -> Result<Self, NotTickBatch> {
-        let get = |name: &'static str| {
-            batch
-                .column_by_name(name)
-                .ok_or(NotTickBatch { column: name })
-        };
-        let f64s = |name: &'static str| {
-            get(name)?
-                .as_primitive_opt::<Float64Type>()
-                .ok_or(NotTickBatch { column: name })
-        };
-        let opt = |name: &'static str| f64s(name).map(|a| (name, a));
-        Ok(Self {
-            ts: get(col::TS)?
-                .as_primitive_opt::<TimestampMicrosecondType>()
-                .ok_or(NotTickBatch { column: col::TS })?,
-            symbol: get(col::SYMBOL)?
-                .as_string_opt::<i32>()
-                .ok_or(NotTickBatch {
-                    column: col::SYMBOL,
-                })?,
-            price: f64s(col::PRICE)?,
-            volume: f64s(col::VOLUME)?,
-            optional: [
-                opt(col::OPEN)?,
-                opt(col::HIGH)?,
-                opt(col::LOW)?,
-                opt(col::BID)?,
-                opt(col::ASK)?,
-                opt(col::BID_SIZE)?,
-                opt(col::ASK_SIZE)?,
-            ],
-        })
-    }
-
-    /// Rows in the batch.
-    pub fn len(&self) -> usize {
-        self.ts.len()
-    }
-
-    /// Whether the batch has no rows.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The symbol of `row` (the message key).
-    pub fn symbol(&self, row: usize) -> &'b str {
-        self.symbol.value(row)
-    }
-
-    /// The event time of `row`, µs.
-    pub fn ts_us(&self, row: usize) -> i64 {
-        self.ts.value(row)
-    }
-
+impl TickView<'_> {
     /// Appends `row` as a JSON object to `out` (see [`encode_tick_json`]).
     ///
     /// # Panics
@@ -646,7 +569,7 @@ impl<'b> TickColumns<'b> {
 /// NULL optional fields left out. [`JsonTickDecoder`] decodes it to the same
 /// microseconds and bit-identical values.
 ///
-/// For many rows of one batch, [`TickColumns::encode`] avoids looking the
+/// For many rows of one batch, [`TickView::encode`] avoids looking the
 /// columns up per row.
 ///
 /// # Panics
@@ -654,7 +577,7 @@ impl<'b> TickColumns<'b> {
 /// If `batch` lacks the tick columns or `row` is out of range: both are bugs
 /// of the caller, not bad input.
 pub fn encode_tick_json(batch: &RecordBatch, row: usize, out: &mut Vec<u8>) {
-    match TickColumns::new(batch) {
+    match TickView::new(batch) {
         Ok(c) => c.encode(row, out),
         Err(e) => panic!("encode_tick_json: {e}"),
     }

@@ -23,10 +23,7 @@ mod publish;
 pub use config::{KafkaConfig, KafkaOption};
 pub use consumer::{KafkaSource, KafkaSourceOptions, OffsetStore, Resume};
 pub use context::{log_client_error, QuietEof};
-pub use json::{
-    encode_tick_json, FieldMapping, JsonTickDecoder, MappingError, NotTickBatch, TickColumns,
-    TickField,
-};
+pub use json::{encode_tick_json, FieldMapping, JsonTickDecoder, MappingError, TickField};
 pub use publish::{
     ensure_topic, ensure_topic_with, sort_event_time, DeliveryTracker, ProduceError, PublishStats,
     TickPublisher, TopicStatus,

@@ -12,8 +12,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Message};
 
-use super::json::{NotTickBatch, TickColumns};
 use crate::tick::schema;
+use crate::tick::{NotTickBatch, TickView};
 
 /// What went wrong talking to the broker; each names the topic (and the
 /// partition, offset or tick involved when there is one).
@@ -214,7 +214,7 @@ pub struct PublishStats {
     pub delivered: u64,
 }
 
-/// Publishes ticks as JSON ([`TickColumns::encode`]) keyed by symbol.
+/// Publishes ticks as JSON ([`TickView::encode`]) keyed by symbol.
 ///
 /// The producer is idempotent with `acks=all`: a retried batch is not
 /// duplicated and messages of one partition keep their order, which the
@@ -265,11 +265,7 @@ impl TickPublisher {
     /// Publishes row `row` of `cols`. Waits (without blocking the runtime)
     /// while the producer's queue is full; fails as soon as a delivery has
     /// failed, so a dead broker stops the run instead of filling memory.
-    pub async fn publish(
-        &mut self,
-        cols: &TickColumns<'_>,
-        row: usize,
-    ) -> Result<(), ProduceError> {
+    pub async fn publish(&mut self, cols: &TickView<'_>, row: usize) -> Result<(), ProduceError> {
         self.check_deliveries()?;
         self.buf.clear();
         cols.encode(row, &mut self.buf);
@@ -300,7 +296,7 @@ impl TickPublisher {
 
     /// Publishes every row of a tick batch, in row order.
     pub async fn publish_batch(&mut self, batch: &RecordBatch) -> Result<(), ProduceError> {
-        let cols = TickColumns::new(batch)?;
+        let cols = TickView::new(batch)?;
         for row in 0..cols.len() {
             self.publish(&cols, row).await?;
         }
