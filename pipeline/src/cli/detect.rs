@@ -40,6 +40,13 @@ says at start where each comes from (stored, or made from the lake's ticks
 as backfill would) and refuses to start (exit 2) when one can be had
 neither way, since those features would be NULL.
 
+With a model, the alerts (the rules' too) are grouped into cases as
+`score` groups them, and each batch's changed cases are written to the
+`cases` table in the same transaction: opened_ts is set when the model's
+case rule opens a case, status becomes closed a gap after its last alert,
+and a restarted or rebalanced detector takes its partitions' open cases
+back from the table.
+
 Examples:
   stockanomaly detect --model model/artifacts/1a2b3c4d --rules \\
       --source kafka://localhost:9092/ticks --group surveillance
