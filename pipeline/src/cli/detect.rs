@@ -9,7 +9,6 @@ use clap::Args;
 use super::train::load_detectors;
 use super::{open_lake, UsageError};
 use crate::features::{Catalog, DEFAULT_QUERIES};
-use crate::model::Detector;
 use crate::sinks::postgres::{connect, migrate, register_model, Reconnecting};
 use crate::sources::kafka::{KafkaConfig, KafkaOption};
 use crate::stream::context::{context_tables, ContextError};
@@ -219,13 +218,7 @@ pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
         println!("migrated the database: {}", applied.join(", "));
     }
     for d in &detectors {
-        let (kind, manifest) = match d {
-            Detector::Model(m) => ("model", serde_json::to_value(&m.manifest)?),
-            Detector::Rule(r) => (
-                "rule",
-                serde_json::json!({"name": r.name, "sql": r.sql, "threshold": r.threshold, "path": r.path}),
-            ),
-        };
+        let (kind, manifest) = d.registration()?;
         register_model(&db, &d.version(), kind, &manifest).await?;
     }
     let labels: Vec<String> = detectors.iter().map(|d| d.label()).collect();

@@ -12,8 +12,8 @@ use crate::features::{Catalog, DEFAULT_QUERIES};
 use crate::model::manifest::{Manifest, ThresholdRule, MANIFEST_FILE, MODEL_FILE};
 use crate::model::report::REPORT_FILE;
 use crate::model::{
-    ablate, evaluate, evaluate_rules, train, Ablation, Detector, Metrics, ModelDetector, Rule,
-    RuleSet, TrainError, TrainOptions, Variant,
+    ablate, evaluate, evaluate_rules, train, Ablation, Detector, Metrics, Rule, RuleSet,
+    TrainError, TrainOptions, Variant,
 };
 
 /// `stockanomaly train`.
@@ -379,14 +379,16 @@ pub(crate) async fn run_evaluate(lake: &str, args: EvaluateArgs) -> anyhow::Resu
 }
 
 fn check_artifact(dir: &std::path::Path) -> anyhow::Result<()> {
-    if !dir.join(MANIFEST_FILE).exists() {
-        return Err(UsageError(format!(
-            "{}: no {MANIFEST_FILE} (is this a folder written by `stockanomaly train`?)",
-            dir.display()
-        ))
-        .into());
+    crate::model::detectors::check_artifact(dir).map_err(load_error)
+}
+
+/// A usage mistake exits 2, anything else 1.
+fn load_error(e: crate::model::detectors::LoadError) -> anyhow::Error {
+    if e.is_usage() {
+        UsageError(e.to_string()).into()
+    } else {
+        e.into()
     }
-    Ok(())
 }
 
 /// The detectors of `score`: the model in `model` (if any), then the rules
@@ -397,20 +399,9 @@ pub(crate) async fn load_detectors(
     rules: bool,
     queries: &std::path::Path,
 ) -> anyhow::Result<Vec<Detector>> {
-    let mut out = Vec::new();
-    if let Some(dir) = model {
-        check_artifact(dir)?;
-        out.push(Detector::Model(Box::new(
-            ModelDetector::load(dir, catalog).map_err(classify)?,
-        )));
-    }
-    if rules {
-        let set = RuleSet::load(queries, catalog)
-            .await
-            .map_err(|e| UsageError(e.to_string()))?;
-        out.extend(set.rules().iter().cloned().map(Detector::Rule));
-    }
-    Ok(out)
+    crate::model::detectors::load_detectors(catalog, model, rules, queries)
+        .await
+        .map_err(load_error)
 }
 
 /// The rules of `queries` as training baselines; a broken rule file is

@@ -32,16 +32,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Float64Type, TimestampMicrosecondType, UInt32Type};
+use arrow::array::{Array, RecordBatch};
 use arrow::error::ArrowError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::events::{median, ratio, LabelEvent, ScoredRows, EPISODE_SPAN_GAPS};
 use super::rules::hex;
-use super::scores_table::col as score_col;
-use crate::tick::col as tick_col;
+use super::scores_table::ScoresView;
 
 /// Names of the case score's inputs, in the order of [`CaseRule::weights`].
 pub const CASE_FEATURES: [&str; 4] = [
@@ -377,66 +375,35 @@ impl CaseTracker {
         closed: &mut Vec<Case>,
         touched: &mut Vec<String>,
     ) -> Result<(), ArrowError> {
-        let Some(first) = batches.first() else {
+        let views = batches
+            .iter()
+            .map(ScoresView::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(first) = views.first().copied() else {
             return Ok(());
         };
-        let bad = |what: &str| ArrowError::SchemaError(format!("cases from scores: {what}"));
-        let column = |b: &RecordBatch, name: &str| {
-            b.column_by_name(name)
-                .cloned()
-                .ok_or_else(|| bad(&format!("no `{name}` column")))
-        };
-        let ts = column(first, tick_col::TS)?;
-        let ts = ts
-            .as_primitive_opt::<TimestampMicrosecondType>()
-            .ok_or_else(|| bad("`ts` is not a µs timestamp"))?;
-        let symbol = column(first, tick_col::SYMBOL)?;
-        let symbol = symbol
-            .as_string_opt::<i32>()
-            .ok_or_else(|| bad("`symbol` is not text"))?;
-        let seq = column(first, tick_col::SEQ)?;
-        let seq = seq
-            .as_primitive_opt::<UInt32Type>()
-            .ok_or_else(|| bad("`seq` is not UInt32"))?;
-        let mut views = Vec::with_capacity(batches.len());
-        for (&model, b) in is_model.iter().zip(batches) {
-            if b.num_rows() != first.num_rows() {
-                return Err(bad("detectors scored different rows"));
-            }
-            let alert = column(b, score_col::ALERT)?;
-            let score = column(b, score_col::SCORE)?;
-            let shap = column(b, score_col::TOP_SHAP)?;
-            views.push((model, alert, score, shap));
-        }
-        let mut typed = Vec::with_capacity(views.len());
-        for (model, alert, score, shap) in &views {
-            typed.push((
-                *model,
-                alert
-                    .as_boolean_opt()
-                    .ok_or_else(|| bad("`alert` is not boolean"))?,
-                score
-                    .as_primitive_opt::<Float64Type>()
-                    .ok_or_else(|| bad("`score` is not DOUBLE"))?,
-                shap.as_string_opt::<i32>()
-                    .ok_or_else(|| bad("`top_shap` is not text"))?,
+        if views.iter().any(|v| v.ts.len() != first.ts.len()) {
+            return Err(ArrowError::SchemaError(
+                "cases from scores: detectors scored different rows".into(),
             ));
         }
-        for i in 0..first.num_rows() {
+        let (ts, symbol, seq) = (first.ts, first.symbol, first.seq);
+        let typed: Vec<(bool, &ScoresView<'_>)> = is_model.iter().copied().zip(&views).collect();
+        for i in 0..first.ts.len() {
             let (sym, t) = (symbol.value(i), ts.value(i));
             closed.extend(self.tick(sym, t));
             let mut fired = 0u64;
             let mut model_score = None;
             let mut top_shap = None;
-            for (k, (is_model, alert, score, shap)) in typed.iter().enumerate() {
-                if !alert.value(i) {
+            for (k, (is_model, v)) in typed.iter().enumerate() {
+                if !v.alert.value(i) {
                     continue;
                 }
                 fired |= 1u64 << k.min(63);
                 if *is_model && model_score.is_none() {
                     // Model scores are f32 widened: narrowing is exact.
-                    model_score = Some(score.value(i) as f32);
-                    top_shap = shap.is_valid(i).then(|| shap.value(i));
+                    model_score = Some(v.score.value(i) as f32);
+                    top_shap = v.top_shap.is_valid(i).then(|| v.top_shap.value(i));
                 }
             }
             if fired == 0 {

@@ -14,6 +14,7 @@ pub mod case_table;
 pub mod cases;
 pub mod curves;
 pub mod dates;
+pub mod detectors;
 pub mod error;
 pub mod events;
 pub mod manifest;

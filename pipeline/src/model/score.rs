@@ -376,7 +376,9 @@ pub async fn score(
         let mut batches = Vec::with_capacity(detectors.len());
         for (detector, totals) in detectors.iter().zip(&mut summary.detectors) {
             let batch = score_batch(&ctx, catalog, detector, &features, options.top_shap).await?;
-            let alerts = batch.column(4).as_boolean().true_count();
+            let alerts = super::scores_table::ScoresView::new(&batch)?
+                .alert
+                .true_count();
             totals.2 += batch.num_rows() as u64;
             totals.3 += alerts as u64;
             let spec = table.sub_table(&detector.version());

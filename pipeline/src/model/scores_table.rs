@@ -4,7 +4,14 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{
+    AsArray, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt32Array,
+};
+use arrow::datatypes::{
+    DataType, Field, Float64Type, Schema, SchemaRef, TimestampMicrosecondType, UInt32Type,
+};
+use arrow::error::ArrowError;
 
 use crate::tick::{col as tick_col, ts_type};
 
@@ -40,4 +47,61 @@ pub fn scores_schema() -> SchemaRef {
         Field::new(col::REASON, DataType::Utf8, true),
         Field::new(col::TOP_SHAP, DataType::Utf8, true),
     ]))
+}
+
+/// A `scores` batch's columns, typed and looked up by name once per batch.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoresView<'a> {
+    /// Event time, µs UTC.
+    pub ts: &'a TimestampMicrosecondArray,
+    /// Symbol.
+    pub symbol: &'a StringArray,
+    /// Sequence number within `(symbol, ts)`.
+    pub seq: &'a UInt32Array,
+    /// The detector's score.
+    pub score: &'a Float64Array,
+    /// Whether the score reaches the threshold.
+    pub alert: &'a BooleanArray,
+    /// The threshold.
+    pub threshold: &'a Float64Array,
+    /// Why an alert fired.
+    pub reason: &'a StringArray,
+    /// A model alert's top SHAP contributions (JSON).
+    pub top_shap: &'a StringArray,
+}
+
+impl<'a> ScoresView<'a> {
+    /// The columns of `batch`, which must have the [`scores_schema`]'s
+    /// columns (by name, of their types).
+    pub fn new(batch: &'a RecordBatch) -> Result<Self, ArrowError> {
+        let get = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| ArrowError::SchemaError(format!("scores: no `{name}` column")))
+        };
+        let wrong =
+            |name: &str| ArrowError::SchemaError(format!("scores: `{name}` of another type"));
+        let f64s = |name: &str| {
+            get(name)?
+                .as_primitive_opt::<Float64Type>()
+                .ok_or_else(|| wrong(name))
+        };
+        let text = |name: &str| get(name)?.as_string_opt::<i32>().ok_or_else(|| wrong(name));
+        Ok(Self {
+            ts: get(tick_col::TS)?
+                .as_primitive_opt::<TimestampMicrosecondType>()
+                .ok_or_else(|| wrong(tick_col::TS))?,
+            symbol: text(tick_col::SYMBOL)?,
+            seq: get(tick_col::SEQ)?
+                .as_primitive_opt::<UInt32Type>()
+                .ok_or_else(|| wrong(tick_col::SEQ))?,
+            score: f64s(col::SCORE)?,
+            alert: get(col::ALERT)?
+                .as_boolean_opt()
+                .ok_or_else(|| wrong(col::ALERT))?,
+            threshold: f64s(col::THRESHOLD)?,
+            reason: text(col::REASON)?,
+            top_shap: text(col::TOP_SHAP)?,
+        })
+    }
 }

@@ -25,13 +25,14 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch};
 use arrow::compute::{concat_batches, filter_record_batch};
-use arrow::datatypes::{Float64Type, TimestampMicrosecondType, UInt32Type};
+use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
 
 use super::cases::StreamCases;
 use super::driver::{self, DriverError, DriverOptions, Processed, Stage};
 use super::executor::{Executor, Input, Step};
 use super::metrics::Metrics;
 use crate::lake::LakeRoot;
+use crate::model::scores_table::ScoresView;
 use crate::shutdown::Shutdown;
 use crate::sinks::alert_topic::AlertTopic;
 use crate::sinks::lake::{LakeAlertSink, LakeWrites};
@@ -391,7 +392,9 @@ impl Stage for ExecutorStage {
                 let Some(scores) = step.scores.get(d) else {
                     continue;
                 };
-                let mask = scores.column(4).as_boolean();
+                let mask = ScoresView::new(scores)
+                    .map_err(super::ExecutorError::from)?
+                    .alert;
                 if mask.true_count() > 0 {
                     picked.push(
                         filter_record_batch(scores, mask).map_err(super::ExecutorError::from)?,
@@ -582,25 +585,34 @@ fn alert_rows(executor: &Executor, step: &Step, topic: &str) -> Result<Vec<Alert
     let names = executor.catalog().feature_names();
     let span = i64::try_from(executor.catalog().lookback().time.as_micros()).unwrap_or(0);
     let delay_ticks = u32::try_from(executor.catalog().delay()).unwrap_or(u32::MAX);
+    // The feature columns by name, once per step.
+    let columns = names
+        .iter()
+        .map(|n| {
+            features
+                .column_by_name(n)
+                .and_then(|c| c.as_primitive_opt::<Float64Type>())
+                .ok_or_else(|| {
+                    super::ExecutorError::from(arrow::error::ArrowError::SchemaError(format!(
+                        "feature rows without a DOUBLE `{n}`"
+                    )))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut out = Vec::new();
     for (detector, scores) in executor.detectors().iter().zip(&step.scores) {
-        let alert = scores.column(4).as_boolean();
-        let score = scores.column(3).as_primitive::<Float64Type>();
-        let threshold = scores.column(5).as_primitive::<Float64Type>();
-        let reason = scores.column(7).as_string::<i32>();
-        let shap = scores.column(8).as_string::<i32>();
-        let ts = scores.column(0).as_primitive::<TimestampMicrosecondType>();
-        let sym = scores.column(1).as_string::<i32>();
-        let seq = scores.column(2).as_primitive::<UInt32Type>();
+        let v = ScoresView::new(scores).map_err(super::ExecutorError::from)?;
+        let (alert, score, threshold, reason, shap) =
+            (v.alert, v.score, v.threshold, v.reason, v.top_shap);
+        let (ts, sym, seq) = (v.ts, v.symbol, v.seq);
         for i in 0..scores.num_rows() {
             if !alert.value(i) {
                 continue;
             }
             let values: serde_json::Map<String, serde_json::Value> = names
                 .iter()
-                .enumerate()
-                .map(|(j, n)| {
-                    let c = features.column(3 + j).as_primitive::<Float64Type>();
+                .zip(&columns)
+                .map(|(n, c)| {
                     let v = if c.is_null(i) || !c.value(i).is_finite() {
                         serde_json::Value::Null
                     } else {

@@ -643,8 +643,9 @@ mod tests {
     /// A partition with ties, NULLs, a NaN and gaps, its groups cut into
     /// calls at every possible place: every rolling function gives the
     /// batch UDF's bits.
-    #[test]
-    fn any_split_into_calls_gives_the_batch_bits() {
+    /// Rows of one partition: peers, NULLs, a NaN, equal values, gaps
+    /// longer than the window; `ts` in µs and two value columns.
+    fn fixture() -> (Vec<i64>, Float64Array, Float64Array) {
         let ts: Vec<i64> = vec![0, 0, 1, 3, 3, 3, 7, 8, 20, 21, 21, 40, 41, 43, 44, 60]
             .into_iter()
             .map(|s: i64| s * 1_000_000)
@@ -685,6 +686,12 @@ mod tests {
             Some(6.0),
             Some(7.0),
         ]);
+        (ts, x, y)
+    }
+
+    #[test]
+    fn any_split_into_calls_gives_the_batch_bits() {
+        let (ts, x, y) = fixture();
         let n = ts.len();
         let ts_array: ArrayRef = Arc::new(
             arrow::array::TimestampMicrosecondArray::from(ts.clone()).with_timezone("UTC"),
@@ -729,40 +736,7 @@ mod tests {
     /// the batch UDF's.
     #[test]
     fn a_group_sharing_one_ring_gives_each_function_the_batch_bits() {
-        let ts: Vec<i64> = [0, 0, 1, 3, 3, 7, 8, 20, 21, 21, 40, 44, 60]
-            .iter()
-            .map(|s| s * 1_000_000)
-            .collect();
-        let x = Float64Array::from(vec![
-            Some(1000.000001),
-            None,
-            Some(999.5),
-            Some(1001.25),
-            Some(f64::NAN),
-            Some(1000.1),
-            Some(3.0),
-            None,
-            Some(1e-3),
-            Some(-2.5),
-            Some(7.0),
-            Some(7.0),
-            Some(8.0),
-        ]);
-        let y = Float64Array::from(vec![
-            Some(1.0),
-            Some(2.0),
-            None,
-            Some(5.0),
-            Some(6.0),
-            Some(7.0),
-            Some(0.0),
-            Some(1.5),
-            Some(2.0),
-            Some(3.0),
-            Some(4.0),
-            Some(6.0),
-            Some(7.0),
-        ]);
+        let (ts, x, y) = fixture();
         let n = ts.len();
         let ts_array: ArrayRef = Arc::new(
             arrow::array::TimestampMicrosecondArray::from(ts.clone()).with_timezone("UTC"),

@@ -10,9 +10,7 @@ use arrow::compute::{concat, take};
 use arrow::datatypes::{DataType, Float64Type};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr::PhysicalExpr;
-use stockanomaly_udfs::window::{
-    EwmFn, EwmState, RollingFn, RollingGroup, RollingGroupState, RollingState,
-};
+use stockanomaly_udfs::window::{EwmFn, EwmState, RollingFn, RollingGroup, RollingGroupState};
 
 use super::Segment;
 
@@ -48,32 +46,17 @@ impl Call {
     pub fn evaluate(
         &self,
         args: &[ArrayRef],
-        ts: &[i64],
         segments: &[Segment],
         rows: usize,
         states: &mut [Vec<CallState>],
     ) -> Result<ArrayRef> {
         let slot = self.slot;
         match &self.kind {
-            CallKind::Rolling(f) => {
-                let values: Vec<&Float64Array> = args
-                    .iter()
-                    .map(|a| {
-                        a.as_primitive_opt::<Float64Type>().ok_or_else(|| {
-                            internal(&format!("{}: a value of type {}", f.name(), a.data_type()))
-                        })
-                    })
-                    .collect::<Result<_>>()?;
-                let mut out = f.output(rows);
-                for seg in segments {
-                    let CallState::Rolling(s) = get(states, slot, seg.sym)? else {
-                        return Err(internal("rolling state of another kind"));
-                    };
-                    s.advance(f, ts, &values, seg.start..seg.live_end, &mut out)?;
-                    out.append_nulls(seg.end - seg.live_end);
-                }
-                Ok(out.finish())
-            }
+            // Every rolling call is computed by its width's group.
+            CallKind::Rolling(f) => Err(internal(&format!(
+                "{}: a rolling call outside its group",
+                f.name()
+            ))),
             CallKind::Ewm(f) => {
                 let x = float_arg(args, "ewm_zscore")?;
                 let mut out = Float64Builder::with_capacity(rows);
@@ -225,13 +208,13 @@ impl Group {
 /// The state, for a symbol not seen yet, of `slot`.
 pub(super) fn fresh_state(slot: &Slot) -> CallState {
     match slot {
-        Slot::Call(CallKind::Rolling(f), _) => CallState::Rolling(f.state()),
         Slot::Call(CallKind::Ewm(f), _) => CallState::Ewm(f.state()),
         Slot::Call(CallKind::Lag(_), t) if *t == DataType::Float64 => {
             CallState::LagF64(VecDeque::new())
         }
         Slot::Call(CallKind::Lag(_), _) => CallState::LagAny(None),
-        Slot::Call(CallKind::Lead(_), _) | Slot::Unused => CallState::None,
+        // A rolling call's state is its group's.
+        Slot::Call(CallKind::Lead(_) | CallKind::Rolling(_), _) | Slot::Unused => CallState::None,
         Slot::Group(g) => CallState::Group(g.state()),
     }
 }
@@ -257,7 +240,6 @@ fn internal(what: &str) -> DataFusionError {
 
 /// What one call keeps for one symbol.
 pub(super) enum CallState {
-    Rolling(RollingState),
     Group(RollingGroupState),
     Ewm(EwmState),
     /// The last `k` values of a `Float64` lag.
@@ -272,7 +254,6 @@ impl CallState {
     /// Bytes on the heap.
     pub fn heap_bytes(&self) -> usize {
         match self {
-            CallState::Rolling(s) => s.heap_bytes(),
             CallState::Group(s) => s.heap_bytes(),
             CallState::Ewm(s) => s.heap_bytes(),
             CallState::LagF64(r) => r.capacity() * std::mem::size_of::<Option<f64>>(),

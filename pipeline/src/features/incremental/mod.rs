@@ -451,7 +451,7 @@ fn eval(
                     Some(out) => out,
                     None => {
                         let args = join::evaluate(&call.args, &b)?;
-                        call.evaluate(&args, &chunk.ts, &chunk.segments, rows, states)?
+                        call.evaluate(&args, &chunk.segments, rows, states)?
                     }
                 });
             }
