@@ -12,7 +12,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::output::{count, rate};
 use super::{existing_file, open_lake, UsageError};
 use crate::sources::csv::{CsvFormat, CsvSource};
-use crate::sources::kafka::{ensure_topic, sort_event_time, TickPublisher};
+use crate::sources::kafka::{
+    ensure_topic_with, sort_event_time, KafkaConfig, KafkaOption, TickPublisher,
+};
 use crate::sources::replay::{Pacer, ReplayOptions, ReplaySource};
 use crate::sources::simulate::{SimConfig, SimKind, Simulator};
 use crate::sources::Source;
@@ -50,14 +52,17 @@ pub struct ProduceArgs {
     #[arg(long, env = "STOCKANOMALY_KAFKA_PARTITIONS", default_value_t = 6)]
     pub partitions: u16,
 
-    /// Extra librdkafka producer settings (KEY=VALUE, repeatable).
+    /// librdkafka settings for every Kafka client of the command (TLS,
+    /// SASL, tuning), as for `detect`: KEY=VALUE, repeatable; in the
+    /// environment, pairs separated by `;`. Values are never printed.
     #[arg(
         long = "kafka-option",
         env = "STOCKANOMALY_KAFKA_OPTIONS",
-        value_delimiter = ',',
-        value_name = "KEY=VALUE"
+        hide_env_values = true,
+        value_name = "KEY=VALUE",
+        value_delimiter = ';'
     )]
-    pub kafka_options: Vec<String>,
+    pub kafka_options: Vec<KafkaOption>,
 
     /// First date to publish from the lake (YYYY-MM-DD, UTC).
     #[arg(long, env = "STOCKANOMALY_FROM")]
@@ -148,16 +153,9 @@ const BAR_STEP: u64 = 4096;
 
 pub(crate) async fn run(lake: &str, args: ProduceArgs) -> anyhow::Result<()> {
     check(&args)?;
-    let options: Vec<(&str, &str)> = args
-        .kafka_options
-        .iter()
-        .map(|o| {
-            o.split_once('=')
-                .ok_or_else(|| UsageError(format!("--kafka-option {o:?}: expected KEY=VALUE")))
-        })
-        .collect::<Result<_, _>>()?;
+    let kafka = KafkaConfig::from_options(&args.brokers, &args.kafka_options);
     let started = Instant::now();
-    let topic = ensure_topic(&args.brokers, &args.topic, i32::from(args.partitions)).await?;
+    let topic = ensure_topic_with(&kafka, &args.topic, i32::from(args.partitions)).await?;
     if !topic.created && topic.partitions != usize::from(args.partitions) {
         tracing::warn!(
             "topic {} exists with {} partitions (--partitions {} not applied)",
@@ -167,7 +165,7 @@ pub(crate) async fn run(lake: &str, args: ProduceArgs) -> anyhow::Result<()> {
         );
     }
     let mut out = Output {
-        publisher: TickPublisher::new(&args.brokers, &args.topic, &options)?,
+        publisher: TickPublisher::new(&kafka, &args.topic)?,
         pace: Pace::new(&args),
         bar: message_bar(),
         since_bar: 0,
@@ -369,4 +367,41 @@ async fn produce_csv(path: &std::path::Path, out: &mut Output) -> anyhow::Result
     // seq was assigned in file order; sorting by (ts, seq) keeps it.
     let all = arrow::compute::concat_batches(&crate::tick::tick_schema(), &batches)?;
     out.publish(&sort_event_time(&all)?).await
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    /// `produce` reads `--kafka-option` as `detect` does: the same parser
+    /// (values hidden, options the command sets refused).
+    #[test]
+    fn kafka_options_are_detects() {
+        let cli = crate::cli::Cli::try_parse_from([
+            "stockanomaly",
+            "produce",
+            "--topic",
+            "t",
+            "--kafka-option",
+            "security.protocol=SASL_SSL",
+            "--kafka-option",
+            "sasl.password=hunter2",
+        ])
+        .unwrap();
+        let crate::cli::Command::Produce(args) = cli.command else {
+            panic!("not produce");
+        };
+        let keys: Vec<&str> = args.kafka_options.iter().map(|o| o.key()).collect();
+        assert_eq!(keys, ["security.protocol", "sasl.password"]);
+        assert!(!format!("{args:?}").contains("hunter2"));
+        assert!(crate::cli::Cli::try_parse_from([
+            "stockanomaly",
+            "produce",
+            "--topic",
+            "t",
+            "--kafka-option",
+            "no-equals-sign",
+        ])
+        .is_err());
+    }
 }

@@ -14,7 +14,7 @@ use arrow::array::RecordBatch;
 use super::lake_units::{add, LakeUnits};
 use super::postgres::{DbError, Reconnecting};
 use crate::lake::{AppendStats, LakeRoot, TableSpec};
-use crate::sources::kafka::{ensure_topic, TickPublisher};
+use crate::sources::kafka::{ensure_topic, KafkaConfig, TickPublisher};
 
 /// Attempts at one PostgreSQL write before giving up: with the backoff of
 /// [`Reconnecting`] (0.2 s doubling up to 10 s) about a minute of outage is
@@ -186,7 +186,7 @@ impl TickSink {
                 partitions,
             } => {
                 ensure_topic(brokers, topic, i32::from(*partitions)).await?;
-                Inner::Kafka(TickPublisher::new(brokers, topic, &[])?)
+                Inner::Kafka(TickPublisher::new(&KafkaConfig::new(brokers), topic)?)
             }
             TickTarget::Postgres { url } => {
                 let mut client = crate::sinks::postgres::connect(url).await?;

@@ -10,7 +10,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientConfig, ClientContext, Message};
+use rdkafka::{ClientContext, Message};
 
 use crate::tick::schema;
 use crate::tick::{NotTickBatch, TickView};
@@ -228,26 +228,24 @@ pub struct TickPublisher {
 }
 
 impl TickPublisher {
-    /// A publisher to `topic` on `brokers`; `options` are librdkafka settings
-    /// applied over the defaults (`enable.idempotence=true`, `acks=all`,
-    /// `compression.type=zstd`, `linger.ms=20`).
-    pub fn new(brokers: &str, topic: &str, options: &[(&str, &str)]) -> Result<Self, ProduceError> {
-        let mut config = ClientConfig::new();
+    /// A publisher to `topic` on `kafka`'s brokers; its options
+    /// (`--kafka-option`: TLS, SASL, tuning) are applied over the defaults
+    /// (`enable.idempotence=true`, `acks=all`, `compression.type=zstd`,
+    /// `linger.ms=20`), and never shown in errors.
+    pub fn new(kafka: &super::KafkaConfig, topic: &str) -> Result<Self, ProduceError> {
+        let mut config = kafka.client();
         config
-            .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "zstd")
             .set("linger.ms", "20")
             .set("message.timeout.ms", "120000");
-        for (k, v) in options {
-            config.set(*k, *v);
-        }
-        let producer = config
+        let producer = kafka
+            .finish(&mut config)
             .create_with_context(DeliveryTracker::default())
             .map_err(|source| ProduceError::Client {
-                brokers: brokers.to_owned(),
-                source: Box::new(source),
+                brokers: kafka.brokers().to_owned(),
+                source: Box::new(kafka.redact(source)),
             })?;
         Ok(Self {
             producer,
