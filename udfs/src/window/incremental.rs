@@ -172,6 +172,13 @@ impl Ring {
         self.ts[j - self.base]
     }
 
+    /// Lets go of the rows before partition row `lo`.
+    fn pop_until(&mut self, lo: usize) {
+        while self.base < lo {
+            self.pop_front();
+        }
+    }
+
     fn pop_front(&mut self) {
         self.ts.pop_front();
         for (v, ok) in &mut self.values {
@@ -279,17 +286,12 @@ impl RollingState {
             return Ok(());
         }
         let Range { start, end } = self.rows.append(name, ts, values, rows)?;
-        let w = f.width;
-        let rows = &mut self.rows;
-        match (&mut self.kernel, out) {
-            (AnyKernel::Count(k), RollingOut::Int64(out)) => walk(k, rows, w, start, end, out),
-            (AnyKernel::Sum(k), RollingOut::Float64(out)) => walk(k, rows, w, start, end, out),
-            (AnyKernel::Moment(k), RollingOut::Float64(out)) => walk(k, rows, w, start, end, out),
-            (AnyKernel::MinMax(k), RollingOut::Float64(out)) => walk(k, rows, w, start, end, out),
-            (AnyKernel::First(k), RollingOut::Float64(out)) => walk(k, rows, w, start, end, out),
-            (AnyKernel::Vwap(k), RollingOut::Float64(out)) => walk(k, rows, w, start, end, out),
-            _ => return internal_err!("{name}: output builder of the wrong type"),
-        }
+        let view = Cols {
+            ring: &self.rows,
+            cols: &ALL_COLUMNS[..f.kind.values()],
+        };
+        let lo = walk_any(&mut self.kernel, &view, f, start, end, out)?;
+        self.rows.pop_until(lo);
         Ok(())
     }
 
@@ -304,37 +306,6 @@ impl RollingState {
     }
 }
 
-/// [`frame::run`]'s two-pointer walk over the rows `start..end` of `rows`,
-/// the rows before `start` being in the kernel already.
-fn walk<K: Kernel>(
-    k: &mut K,
-    rows: &mut Ring,
-    width: i64,
-    start: usize,
-    end: usize,
-    out: &mut PrimitiveBuilder<K::Out>,
-) {
-    let (mut hi, mut i) = (start, start);
-    while i < end {
-        let now = rows.ts(i);
-        let mut group_end = i + 1;
-        while group_end < end && rows.ts(group_end) == now {
-            group_end += 1;
-        }
-        while hi < group_end {
-            k.push(rows, hi);
-            hi += 1;
-        }
-        let lower = now.saturating_sub(width);
-        while rows.ts(rows.base) < lower {
-            k.pop(rows, rows.base);
-            rows.pop_front();
-        }
-        k.emit(rows, i..group_end, out);
-        i = group_end;
-    }
-}
-
 /// Rolling functions of one width over one partition's `ts`, sharing one
 /// ring of the rows inside their window: a feature file's calls `OVER w5m`
 /// store each row once and let it go once, however many statistics read
@@ -342,7 +313,6 @@ fn walk<K: Kernel>(
 /// would see alone, so the values are the same bits.
 #[derive(Debug, Clone)]
 pub struct RollingGroup {
-    width: i64,
     /// Per member, its function and the ring columns it reads (one per
     /// value column of the function, in order).
     members: Vec<(RollingFn, Vec<usize>)>,
@@ -365,11 +335,7 @@ impl RollingGroup {
                 return internal_err!("{}: value columns {cols:?} of {columns}", f.name);
             }
         }
-        Ok(Self {
-            width,
-            members,
-            columns,
-        })
+        Ok(Self { members, columns })
     }
 
     /// The members, in order.
@@ -457,33 +423,10 @@ impl RollingGroupState {
                 ring: &self.rows,
                 cols,
             };
-            let w = g.width;
-            lo = match (kernel, out) {
-                (AnyKernel::Count(k), RollingOut::Int64(o)) => {
-                    shared_walk(k, &view, w, start, end, o)
-                }
-                (AnyKernel::Sum(k), RollingOut::Float64(o)) => {
-                    shared_walk(k, &view, w, start, end, o)
-                }
-                (AnyKernel::Moment(k), RollingOut::Float64(o)) => {
-                    shared_walk(k, &view, w, start, end, o)
-                }
-                (AnyKernel::MinMax(k), RollingOut::Float64(o)) => {
-                    shared_walk(k, &view, w, start, end, o)
-                }
-                (AnyKernel::First(k), RollingOut::Float64(o)) => {
-                    shared_walk(k, &view, w, start, end, o)
-                }
-                (AnyKernel::Vwap(k), RollingOut::Float64(o)) => {
-                    shared_walk(k, &view, w, start, end, o)
-                }
-                _ => return internal_err!("{}: output builder of the wrong type", f.name),
-            };
+            lo = walk_any(kernel, &view, f, start, end, out)?;
         }
         // Every member has the same width, so all left the same rows.
-        while self.rows.base < lo {
-            self.rows.pop_front();
-        }
+        self.rows.pop_until(lo);
         Ok(())
     }
 
@@ -503,8 +446,35 @@ impl RollingGroupState {
     }
 }
 
-/// [`walk`] over a ring shared with other kernels: rows leave this kernel
-/// but stay in the ring; returns the first row still in the window.
+/// The ring columns of a function alone on its ring: its value columns.
+const ALL_COLUMNS: [usize; 2] = [0, 1];
+
+/// [`shared_walk`] for whichever kernel `f` runs; `Err` when the output
+/// builder is not of the kernel's type.
+fn walk_any(
+    kernel: &mut AnyKernel,
+    view: &Cols<'_>,
+    f: &RollingFn,
+    start: usize,
+    end: usize,
+    out: &mut RollingOut,
+) -> Result<usize> {
+    let w = f.width;
+    Ok(match (kernel, out) {
+        (AnyKernel::Count(k), RollingOut::Int64(o)) => shared_walk(k, view, w, start, end, o),
+        (AnyKernel::Sum(k), RollingOut::Float64(o)) => shared_walk(k, view, w, start, end, o),
+        (AnyKernel::Moment(k), RollingOut::Float64(o)) => shared_walk(k, view, w, start, end, o),
+        (AnyKernel::MinMax(k), RollingOut::Float64(o)) => shared_walk(k, view, w, start, end, o),
+        (AnyKernel::First(k), RollingOut::Float64(o)) => shared_walk(k, view, w, start, end, o),
+        (AnyKernel::Vwap(k), RollingOut::Float64(o)) => shared_walk(k, view, w, start, end, o),
+        _ => return internal_err!("{}: output builder of the wrong type", f.name),
+    })
+}
+
+/// [`frame::run`]'s two-pointer walk over the rows `start..end` of a ring
+/// (the rows before `start` being in the kernel already), which may be
+/// shared with other kernels: rows leave this kernel but stay in the ring;
+/// returns the first row still in the window.
 fn shared_walk<K: Kernel>(
     k: &mut K,
     rows: &Cols<'_>,
