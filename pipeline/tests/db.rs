@@ -65,7 +65,8 @@ async fn migrate_applies_once_and_creates_the_schema() {
             "0004_review_accounts".to_owned(),
             "0005_offset_generation".to_owned(),
             "0006_latency_split".to_owned(),
-            "0007_cases".to_owned()
+            "0007_cases".to_owned(),
+            "0008_case_review".to_owned()
         ]
     );
     let second = migrate(&mut c).await.unwrap();
@@ -178,7 +179,8 @@ async fn concurrent_migrations_both_succeed() {
             "0004_review_accounts".to_owned(),
             "0005_offset_generation".to_owned(),
             "0006_latency_split".to_owned(),
-            "0007_cases".to_owned()
+            "0007_cases".to_owned(),
+            "0008_case_review".to_owned()
         ],
         "{ra:?} {rb:?}"
     );

@@ -726,6 +726,21 @@ async fn every_dashboard_query_runs_on_a_detector_run_and_shows_data() {
     let dir = tempfile::tempdir().unwrap();
     let detector = common::detector_run::detector_run(dir.path(), "grafana").await;
     let detected = started.elapsed();
+    // Analysts' verdicts on the first two opened cases, as the review page
+    // records them, for the review panels (verdicts by kind, time to one).
+    let owner = detector.db.client().await;
+    let judged = owner
+        .execute(
+            "INSERT INTO case_dispositions (case_ref, status, kind, analyst) \
+             SELECT id, CASE WHEN row_number() OVER (ORDER BY id) = 1 THEN 'confirmed' \
+             ELSE 'dismissed' END, CASE WHEN row_number() OVER (ORDER BY id) = 1 \
+             THEN 'spoofing' END, 'grafana-test' \
+             FROM cases WHERE opened_ts IS NOT NULL ORDER BY id LIMIT 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(judged, 2, "the detector run opened two cases");
     // Connect as the provisioned data source would.
     let client =
         stockanomaly::sinks::postgres::connect(&provisioned_datasource_url(&detector.db.url))
@@ -796,6 +811,26 @@ async fn every_dashboard_query_runs_on_a_detector_run_and_shows_data() {
             .any(|u| u.starts_with("http://127.0.0.1:8080/alerts/")),
         "a link to the review page: {links:?}"
     );
+    assert!(
+        review
+            .iter()
+            .any(|u| u.starts_with("http://127.0.0.1:8080/cases/")),
+        "a link to a case's review page: {links:?}"
+    );
+    for u in &review {
+        if let Some(id) = u.strip_prefix("http://127.0.0.1:8080/cases/") {
+            let id: i64 = id.parse().unwrap_or_else(|e| panic!("{u}: {e}"));
+            let n: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM cases WHERE id = $1 AND opened_ts IS NOT NULL",
+                    &[&id],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, 1, "{u} names an opened case");
+        }
+    }
     for u in review {
         if let Some(id) = u.strip_prefix("http://127.0.0.1:8080/alerts/") {
             let id: i64 = id.parse().unwrap_or_else(|e| panic!("{u}: {e}"));

@@ -256,6 +256,178 @@ async fn api_checks(who: &Who, client: &tokio_postgres::Client) {
     assert!(doc.contains("POST /api/alerts/{id}/dispositions"));
 }
 
+/// The case API: the queue of opened cases (sorts, filters), one case with
+/// exactly its alerts, its evidence, verdicts. Dismisses the last case of
+/// the queue and returns it.
+async fn case_api_checks(who: &Who, client: &tokio_postgres::Client) -> Value {
+    let all = who.get_json("/api/cases?per_page=500").await;
+    let cases = all["cases"].as_array().unwrap();
+    let opened: i64 = client
+        .query_one(
+            "SELECT count(*) FROM cases WHERE opened_ts IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(opened >= 2, "the detector run opened cases: {opened}");
+    assert_eq!(all["total"].as_i64().unwrap(), opened, "only opened cases");
+    assert_eq!(cases.len() as i64, opened.min(500));
+    let field = |v: &Value, k: &str| -> Vec<f64> {
+        v["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c[k].as_f64().unwrap_or(f64::NEG_INFINITY))
+            .collect()
+    };
+    let descending = |xs: &[f64]| xs.windows(2).all(|w| w[0] >= w[1]);
+    assert_eq!(all["sort"], "case_score");
+    assert!(descending(&field(&all, "case_score")), "by case score");
+    for (sort, key) in [("alerts", "alerts"), ("peak_score", "peak_score")] {
+        let got = who
+            .get_json(&format!("/api/cases?per_page=500&sort={sort}"))
+            .await;
+        assert_eq!(got["total"], all["total"]);
+        assert!(descending(&field(&got, key)), "sorted by {sort}: {got}");
+    }
+    let (status, body) = who.get("/api/cases?sort=score").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("sort must be one of case_score"), "{body}");
+    for (path, word) in [("/api/cases/abc", "case id"), ("/cases/-1", "case id")] {
+        let (status, body) = who.get(path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains(word), "{path}: {body}");
+    }
+    let (status, body) = who.get("/api/cases/999999999").await;
+    assert_eq!(
+        (status, body.contains("no case with id")),
+        (404, true),
+        "{body}"
+    );
+
+    // Filters, each against PostgreSQL's own count.
+    let count = |cond: String| async move {
+        let n: i64 = client
+            .query_one(
+                &format!("SELECT count(*) FROM cases WHERE opened_ts IS NOT NULL AND {cond}"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    let sym = cases[0]["symbol"].as_str().unwrap().to_owned();
+    let got = who.get_json(&format!("/api/cases?symbol={sym}")).await;
+    assert_eq!(got["total"], count(format!("symbol = '{sym}'")).await);
+    let min = cases[cases.len() / 2]["case_score"].as_f64().unwrap();
+    let got = who.get_json(&format!("/api/cases?min_score={min:?}")).await;
+    assert_eq!(got["total"], count(format!("case_score >= {min:?}")).await);
+    for (kind, cond) in [
+        ("model", "model_alerts > 0"),
+        ("rule", "alerts > model_alerts"),
+    ] {
+        let got = who.get_json(&format!("/api/cases?kind={kind}")).await;
+        assert_eq!(got["total"], count(cond.to_owned()).await, "{kind}");
+    }
+
+    // One case: its alerts are exactly its alerting ticks, in its span.
+    for c in cases.iter().take(5) {
+        let id = c["id"].as_i64().unwrap();
+        let d = who.get_json(&format!("/api/cases/{id}")).await;
+        let alerts = d["case_alerts"].as_array().unwrap();
+        let ticks: std::collections::BTreeSet<(String, i64)> = alerts
+            .iter()
+            .map(|a| {
+                (
+                    a["ts"].as_str().unwrap().to_owned(),
+                    a["seq"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(ticks.len() as i64, d["alerts"].as_i64().unwrap(), "{d}");
+        let model = alerts.iter().filter(|a| a["kind"] == "model").count();
+        assert_eq!(model as i64, d["model_alerts"].as_i64().unwrap(), "{d}");
+        assert!(alerts.iter().all(|a| a["symbol"] == d["symbol"]));
+        assert_eq!(alerts[0]["ts"], d["start_ts"]);
+        assert_eq!(alerts.last().unwrap()["ts"], d["end_ts"]);
+        assert!(d["opened_at"].is_string(), "the detector stored when: {d}");
+        let ev = who.get_json(&format!("/api/cases/{id}/evidence")).await;
+        let start = chrono::DateTime::parse_from_rfc3339(d["start_ts"].as_str().unwrap())
+            .unwrap()
+            .timestamp_micros();
+        assert!(ev["start_us"].as_i64().unwrap() <= start - 300_000_000);
+        assert!(!ev["ts_us"].as_array().unwrap().is_empty(), "{ev}");
+        let (status, page) = who.get(&format!("/cases/{id}")).await;
+        assert_eq!(status, 200);
+        let lines = page.matches("class=\"alert-marker ").count();
+        assert!(lines >= 1 && lines <= ticks.len(), "{lines} markers");
+    }
+    // A case that has not opened is nobody's work: no page, no verdict.
+    let unopened: Option<i64> = client
+        .query_opt("SELECT id FROM cases WHERE opened_ts IS NULL LIMIT 1", &[])
+        .await
+        .unwrap()
+        .map(|r| r.get(0));
+    if let Some(id) = unopened {
+        let (status, _) = who.get(&format!("/api/cases/{id}")).await;
+        assert_eq!(status, 404);
+        let (code, _) = who
+            .post_json(
+                &format!("/api/cases/{id}/dispositions"),
+                &json!({"status": "dismissed"}),
+                None,
+            )
+            .await;
+        assert_eq!(code, 404);
+    }
+
+    // A verdict on a case, kept with its history.
+    let last = cases.last().unwrap().clone();
+    let id = last["id"].as_i64().unwrap();
+    for status in ["escalated", "dismissed"] {
+        let (code, body) = who
+            .post_json(
+                &format!("/api/cases/{id}/dispositions"),
+                &json!({"status": status, "note": "<b>not</b> an episode"}),
+                None,
+            )
+            .await;
+        assert_eq!(code, 201, "{body}");
+        assert_eq!(
+            (body["case"].as_i64(), &body["analyst"]),
+            (Some(id), &json!(RUST.0))
+        );
+    }
+    let (code, _) = who
+        .post_json(
+            &format!("/api/cases/{id}/dispositions"),
+            &json!({"status": "confirmed", "kind": "Bad Kind"}),
+            None,
+        )
+        .await;
+    assert_eq!(code, 400);
+    let history = who.get_json(&format!("/api/cases/{id}/dispositions")).await;
+    assert_eq!(history.as_array().unwrap().len(), 2, "{history}");
+    let d = who.get_json(&format!("/api/cases/{id}")).await;
+    assert_eq!(d["status"], "dismissed");
+    let got = who.get_json("/api/cases?status=dismissed").await;
+    assert_eq!(got["total"], 1);
+    assert_eq!(got["cases"][0]["id"], id);
+    let (_, page) = who.get(&format!("/cases/{id}")).await;
+    assert!(
+        page.contains("&lt;b&gt;not&lt;/b&gt; an episode"),
+        "escaped"
+    );
+    let e = client
+        .execute("DELETE FROM case_dispositions", &[])
+        .await
+        .unwrap_err();
+    assert!(format!("{e:?}").contains("append-only"), "{e:?}");
+    d
+}
+
 /// `pos` of each split in `train`'s metrics table.
 fn split_positives(train_out: &str) -> std::collections::BTreeMap<String, (String, u64)> {
     train_out
@@ -327,6 +499,7 @@ async fn analysts_review_alerts_in_a_browser_and_their_verdicts_train_the_next_m
 
     let client = run.db.client().await;
     api_checks(&who, &client).await;
+    let dismissed_case = case_api_checks(&who, &client).await;
 
     // The evidence from PostgreSQL's tick store equals the lake's: the
     // lake's window copied into `ticks`, read by a server told to use it.
@@ -382,7 +555,7 @@ async fn analysts_review_alerts_in_a_browser_and_their_verdicts_train_the_next_m
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("review-screenshots");
     let _ = std::fs::remove_dir_all(&shots);
     let seen = browser(base, &shots, PLAYWRIGHT);
-    for f in ["queue.png", "alert.png"] {
+    for f in ["cases.png", "case.png", "queue.png", "alert.png"] {
         let len = std::fs::metadata(shots.join(f))
             .map(|m| m.len())
             .unwrap_or(0);
@@ -394,6 +567,14 @@ async fn analysts_review_alerts_in_a_browser_and_their_verdicts_train_the_next_m
     assert_eq!(detail["status"], "confirmed");
     assert_eq!(detail["dispositions"][0]["kind"], "spoofing");
     assert_eq!(detail["dispositions"][0]["analyst"], "playwright");
+    let case = who
+        .get_json(&format!("/api/cases/{}", seen["case_id"]))
+        .await;
+    assert_eq!(case["status"], "confirmed", "{case}");
+    assert_eq!(case["symbol"], seen["case_symbol"]);
+    assert_eq!(case["dispositions"][0]["kind"], "spoofing");
+    assert_eq!(case["dispositions"][0]["analyst"], "playwright");
+    assert_ne!(case["id"], dismissed_case["id"]);
 
     // Only the analysts' labels from here on: without them training has
     // nothing to learn from.
@@ -473,7 +654,8 @@ async fn analysts_review_alerts_in_a_browser_and_their_verdicts_train_the_next_m
     );
     assert!(
         out.contains(&format!(
-            "exported {} confirmed and {dismissed_total} dismissed",
+            "exported {} confirmed and {dismissed_total} dismissed alerts, \
+             1 confirmed and 1 dismissed cases",
             confirmed.len()
         )),
         "{out}"
@@ -483,17 +665,38 @@ async fn analysts_review_alerts_in_a_browser_and_their_verdicts_train_the_next_m
         dir.path(),
         &["labels", "export", "--database-url", url, "--lake", lake],
     );
-    let labels = common::sql_json(
+    let mut labels = common::sql_json(
         dir.path(),
         lake,
-        "SELECT symbol, CAST(start_ts AS VARCHAR) AS s, CAST(end_ts AS VARCHAR) AS e, kind, source \
+        "SELECT symbol, CAST(start_ts AS VARCHAR) AS s, CAST(end_ts AS VARCHAR) AS e, \
+         CAST(start_ts AS BIGINT) AS s_us, CAST(end_ts AS BIGINT) AS e_us, kind, source \
          FROM labels ORDER BY symbol, start_ts, kind",
     );
     assert_eq!(
         labels.len() as u64,
-        confirmed.len() as u64 + dismissed_total,
+        confirmed.len() as u64 + dismissed_total + 2,
         "{labels:?}"
     );
+    // Each case is a label over its span: the confirmed one of its kind,
+    // the dismissed one a reviewed negative.
+    let us = |c: &Value, k: &str| {
+        chrono::DateTime::parse_from_rfc3339(c[k].as_str().unwrap())
+            .unwrap()
+            .timestamp_micros()
+    };
+    for (c, kind) in [(&case, "spoofing"), (&dismissed_case, "reviewed_negative")] {
+        let at = labels
+            .iter()
+            .position(|l| {
+                l["symbol"] == c["symbol"]
+                    && l["kind"] == kind
+                    && l["s_us"].as_i64() == Some(us(c, "start_ts"))
+                    && l["e_us"].as_i64() == Some(us(c, "end_ts"))
+            })
+            .unwrap_or_else(|| panic!("a {kind} label over case {c}: {labels:?}"));
+        labels.remove(at);
+    }
+    // The alerts' labels are their ticks.
     assert!(labels
         .iter()
         .all(|l| l["source"] == "review" && l["s"] == l["e"]));
@@ -511,24 +714,36 @@ async fn analysts_review_alerts_in_a_browser_and_their_verdicts_train_the_next_m
         dismissed_total
     );
 
-    // `train` learns from exactly the confirmed ticks.
+    // `train` learns from exactly the confirmed ticks: the confirmed
+    // alerts' and those over the confirmed case.
     let out = ok(dir.path(), &train_args);
     let splits = split_positives(&out);
+    let mut positive: Vec<String> = confirmed
+        .iter()
+        .map(|(sym, ts)| format!("(symbol = '{sym}' AND ts = CAST('{ts}' AS TIMESTAMP))"))
+        .collect();
+    positive.push(format!(
+        "(symbol = '{}' AND ts BETWEEN CAST('{}' AS TIMESTAMP) AND CAST('{}' AS TIMESTAMP))",
+        case["symbol"].as_str().unwrap(),
+        case["start_ts"].as_str().unwrap(),
+        case["end_ts"].as_str().unwrap()
+    ));
     for split in ["train", "valid"] {
         let (dates, pos) = &splits[split];
-        let mut want = 0;
-        for (sym, ts) in &confirmed {
-            if dates.contains(&ts[..10]) {
-                want += common::sql_number(
-                    dir.path(),
-                    lake,
-                    &format!(
-                        "SELECT count(*) FROM ticks WHERE symbol = '{sym}' \
-                         AND ts = CAST('{ts}' AS TIMESTAMP)"
-                    ),
-                );
-            }
-        }
+        let in_split: Vec<String> = days
+            .iter()
+            .filter(|d| dates.contains(d.as_str()))
+            .map(|d| format!("'{d}'"))
+            .collect();
+        let want = common::sql_number(
+            dir.path(),
+            lake,
+            &format!(
+                "SELECT count(*) FROM ticks WHERE CAST(date AS VARCHAR) IN ({}) AND ({})",
+                in_split.join(", "),
+                positive.join(" OR ")
+            ),
+        );
         assert!(want > 0, "{split} ({dates}) has confirmed ticks");
         assert_eq!(*pos, want as u64, "{split} positives:\n{out}");
     }
@@ -605,6 +820,21 @@ async fn strangers_get_401_or_the_login_page_and_viewers_cannot_give_verdicts() 
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body.contains("analyst role"), "{}", r.body);
     assert_eq!(f.verdicts().await, 0);
+    // Nor on a case (refused before the case is even looked up), and a
+    // stranger gets nothing of the case queue.
+    let r = post_json("/api/cases/1/dispositions", &verdict)
+        .basic("vic", VIC_PW)
+        .send(base)
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(get("/api/cases").send(base).await.status, 401);
+    let r = get("/api/cases").basic("vic", VIC_PW).send(base).await;
+    assert_eq!(
+        (r.status, &r.json()["total"]),
+        (200, &json!(0)),
+        "{}",
+        r.body
+    );
 
     // An analyst's script (HTTP Basic, no browser headers) gives one; the
     // verdict records who signed in, not what the body claims.
@@ -1396,7 +1626,7 @@ async fn queue_menus_are_index_lookups_and_errors_keep_database_internals_in() {
     let server = f.serve(&[]);
     let base = server.base.as_str();
     let vic = sign_in(base, "vic", VIC_PW).await;
-    let page = get("/").cookie(&vic).send(base).await;
+    let page = get("/alerts").cookie(&vic).send(base).await;
     assert_eq!(page.status, 200);
     for s in ["S0", "S1", "S2", "AAA", "m-0", "m-1", "rules-1"] {
         assert!(page.body.contains(&format!("<option value=\"{s}\"")), "{s}");
@@ -1419,7 +1649,7 @@ async fn queue_menus_are_index_lookups_and_errors_keep_database_internals_in() {
         .await
         .unwrap();
     let api = get("/api/alerts").basic("vic", VIC_PW).send(base).await;
-    let html = get("/").cookie(&vic).send(base).await;
+    let html = get("/alerts").cookie(&vic).send(base).await;
     c.batch_execute("ALTER TABLE alerts_gone RENAME TO alerts")
         .await
         .unwrap();

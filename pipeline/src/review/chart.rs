@@ -15,6 +15,11 @@ const HEIGHT: f64 = 340.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 10.0;
 
+/// Most markers drawn as lines across the chart; more (a long case's
+/// alerts) are short ticks in the band between price and volume, which
+/// keep the price line readable.
+const MAX_MARKER_LINES: usize = 40;
+
 /// Most x positions drawn: ticks are binned to at most this many columns
 /// (last price and summed volume per column).
 const MAX_COLUMNS: usize = 600;
@@ -23,9 +28,20 @@ fn fmt(v: f64) -> String {
     format!("{v:.1}")
 }
 
-/// Price (line) and volume (bars) over the evidence window, with the alert's
-/// time marked by a vertical line.
-pub fn evidence_chart(ev: &Evidence, alert_us: i64) -> Markup {
+/// A time marked on the evidence chart by a vertical line: an alert's tick.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Marker {
+    /// Event time, µs UTC.
+    pub ts_us: i64,
+    /// `model` or `rule`: the line's class beside `alert-marker`.
+    pub detector: String,
+    /// Text above the line, if any.
+    pub label: Option<&'static str>,
+}
+
+/// Price (line) and volume (bars) over the evidence window, with each
+/// marker's time marked by a vertical line (one alert, or a case's alerts).
+pub fn evidence_chart(ev: &Evidence, markers: &[Marker]) -> Markup {
     let plot_w = WIDTH - LEFT - RIGHT;
     let span = (ev.end_us - ev.start_us).max(1) as f64;
     let x_of = |us: i64| LEFT + (us - ev.start_us) as f64 / span * plot_w;
@@ -49,7 +65,6 @@ pub fn evidence_chart(ev: &Evidence, alert_us: i64) -> Markup {
         .iter()
         .map(|c| format!("{},{}", fmt(x_of(c.ts_us)), fmt(y_price(c.price))))
         .collect();
-    let alert_x = fmt(x_of(alert_us));
     let label = |us: i64| {
         chrono::DateTime::from_timestamp_micros(us)
             .map(|t| t.format("%H:%M:%S").to_string())
@@ -71,8 +86,19 @@ pub fn evidence_chart(ev: &Evidence, alert_us: i64) -> Markup {
                     width=(fmt(bar_w)) height=(fmt(h)) {}
             }
             polyline .price points=(points.join(" ")) fill="none" {}
-            line .alert-marker x1=(alert_x) x2=(alert_x) y1=(PRICE_TOP) y2=(VOLUME_TOP + VOLUME_HEIGHT) {}
-            text x=(alert_x) y=(PRICE_TOP - 1.0) text-anchor="middle" class="marker-label" { "alert" }
+            @let (y1, y2) = if markers.len() > MAX_MARKER_LINES {
+                (PRICE_TOP + PRICE_HEIGHT + 2.0, VOLUME_TOP - 2.0)
+            } else {
+                (PRICE_TOP, VOLUME_TOP + VOLUME_HEIGHT)
+            };
+            @for m in markers {
+                @let x = fmt(x_of(m.ts_us));
+                line class=(format!("alert-marker {}", m.detector)) x1=(x) x2=(x) y1=(y1)
+                    y2=(y2) data-ts=(m.ts_us) {}
+                @if let Some(label) = m.label {
+                    text x=(x) y=(PRICE_TOP - 1.0) text-anchor="middle" class="marker-label" { (label) }
+                }
+            }
         }
     }
 }

@@ -12,9 +12,14 @@ pub enum ReviewError {
     /// A request's parameter or body is invalid: the message names which and why.
     #[error("bad request: {0}")]
     BadRequest(String),
-    /// No alert has this id.
-    #[error("no alert with id {0}")]
-    NotFound(i64),
+    /// No alert (or case: `what`) has this id.
+    #[error("no {what} with id {id}")]
+    NotFound {
+        /// `alert` or `case`.
+        what: &'static str,
+        /// The id asked for.
+        id: i64,
+    },
     /// The request names a `Host` this server does not answer for (a DNS
     /// rebinding attempt, or `--public-url` not set to the address in use).
     #[error("this server does not answer for Host {host:?}: see --public-url")]
@@ -85,7 +90,7 @@ impl ReviewError {
     pub fn status(&self) -> StatusCode {
         match self {
             ReviewError::BadRequest(_) | ReviewError::UnknownHost { .. } => StatusCode::BAD_REQUEST,
-            ReviewError::NotFound(_) => StatusCode::NOT_FOUND,
+            ReviewError::NotFound { .. } => StatusCode::NOT_FOUND,
             ReviewError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ReviewError::Forbidden(_) | ReviewError::CrossSite { .. } | ReviewError::Csrf => {
                 StatusCode::FORBIDDEN

@@ -60,6 +60,20 @@ pub fn window(ts_us: i64, evidence_start_us: Option<i64>) -> (i64, i64) {
     (start, ts_us.saturating_add(after))
 }
 
+/// The window to show around a case whose alerts span `start_us ..=
+/// end_us`: the span, with half its length (at least five minutes) before
+/// it, to show what led up to it, and half (at least two minutes) after.
+pub fn case_window(start_us: i64, end_us: i64) -> (i64, i64) {
+    let half = (end_us - start_us).max(0) / 2;
+    (
+        start_us.saturating_sub(half.max(CASE_MIN_BEFORE_US)),
+        end_us.saturating_add(half.max(MIN_AFTER_US)),
+    )
+}
+
+/// At least this much before a case's first alert is shown.
+const CASE_MIN_BEFORE_US: i64 = 5 * 60 * 1_000_000;
+
 impl TickStore {
     /// The ticks of `symbol` with `start_us <= ts <= end_us`, in event order.
     pub async fn evidence(
@@ -177,5 +191,13 @@ mod tests {
             (85 * m, 100 * m + 7 * m + 30_000_000)
         );
         assert_eq!(window(100 * m, Some(101 * m)).0, 85 * m);
+    }
+
+    #[test]
+    fn a_case_window_shows_what_led_up_and_what_followed() {
+        let m = 60_000_000;
+        assert_eq!(case_window(100 * m, 120 * m), (90 * m, 130 * m));
+        // One alert: five minutes before, two after.
+        assert_eq!(case_window(100 * m, 100 * m), (95 * m, 102 * m));
     }
 }

@@ -1,13 +1,16 @@
 //! The review app's HTML pages, rendered on the server by `maud` (every
-//! interpolated value is escaped): the alert queue, one alert, sign-in.
+//! interpolated value is escaped): the alert queue, one alert, sign-in, and
+//! the pieces the case pages ([`case_pages`](super::case_pages)) share.
 //! Every form that changes something carries the viewer's CSRF token.
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use super::auth::Role;
-use super::chart::{contributions, contributions_chart, evidence_chart};
+use super::chart::{contributions, contributions_chart, evidence_chart, Contribution, Marker};
 use super::evidence::Evidence;
-use super::query::{AlertDetail, AlertPage, RawFilter, DETECTORS, QUEUE_STATUSES, STATUSES};
+use super::query::{
+    AlertDetail, AlertPage, RawFilter, Recorded, DETECTORS, QUEUE_STATUSES, STATUSES,
+};
 
 const STYLE: &str = r#"
 body { font: 14px/1.4 system-ui, sans-serif; margin: 0; color: #1d2330; background: #f6f7f9; }
@@ -39,6 +42,10 @@ section { margin-bottom: 20px; }
 pre.note { white-space: pre-wrap; margin: 0; }
 header { display: flex; justify-content: space-between; align-items: center; }
 header form { display: inline; margin: 0; }
+header nav a { margin-left: 16px; font-weight: 400; }
+th a.sort { color: inherit; } th a.sort.current { text-decoration: none; }
+.chart .alert-marker.rule { stroke: #b07a16; }
+div.scroll { max-height: 420px; overflow-y: auto; }
 header .who { font-size: 13px; }
 header button { margin-left: 8px; }
 form.login { background: #fff; border: 1px solid #e3e6eb; padding: 16px 20px; max-width: 320px; }
@@ -60,7 +67,7 @@ pub struct Viewer {
     pub can_sign_out: bool,
 }
 
-fn layout(title: &str, viewer: Option<&Viewer>, body: Markup) -> Markup {
+pub(super) fn layout(title: &str, viewer: Option<&Viewer>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -72,7 +79,12 @@ fn layout(title: &str, viewer: Option<&Viewer>, body: Markup) -> Markup {
             }
             body {
                 header {
-                    a href="/" { "StockAnomaly · alert review" }
+                    span {
+                        a href="/" { "StockAnomaly · review" }
+                        @if viewer.is_some() {
+                            nav { a #nav-cases href="/" { "Cases" } a #nav-alerts href="/alerts" { "Alerts" } }
+                        }
+                    }
                     @if let Some(v) = viewer {
                         span .who #who {
                             (v.name) " (" (v.role) ")"
@@ -103,11 +115,11 @@ pub fn error_page(message: &str) -> Markup {
     )
 }
 
-fn when(t: &chrono::DateTime<chrono::Utc>) -> String {
+pub(super) fn when(t: &chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string()
 }
 
-fn select(name: &str, label: &str, current: Option<&str>, options: &[String]) -> Markup {
+pub(super) fn select(name: &str, label: &str, current: Option<&str>, options: &[String]) -> Markup {
     html! {
         label { (label)
             select name=(name) {
@@ -137,11 +149,11 @@ pub fn queue_page(raw: &RawFilter, page: &AlertPage, choices: &Choices, viewer: 
     let link = |p: i64| {
         let mut r = raw.clone();
         r.page = Some(p.to_string());
-        format!("/?{}", query_string(&r))
+        format!("/alerts?{}", query_string(&r))
     };
     let body = html! {
         h1 { "Alert queue" }
-        form .filters #filters method="get" action="/" {
+        form .filters #filters method="get" action="/alerts" {
             (select("symbol", "Symbol", raw.symbol.as_deref(), &choices.symbols))
             (select("kind", "Kind", raw.kind.as_deref(), &owned(&DETECTORS)))
             label { "Min score" input type="number" step="any" name="min_score" value=(get(&raw.min_score)) size="6"; }
@@ -151,7 +163,7 @@ pub fn queue_page(raw: &RawFilter, page: &AlertPage, choices: &Choices, viewer: 
             (select("status", "Status", raw.status.as_deref(), &owned(&QUEUE_STATUSES)))
             input type="hidden" name="per_page" value=(page.per_page);
             button type="submit" #apply { "Filter" }
-            a href="/" { "Clear" }
+            a href="/alerts" { "Clear" }
         }
         p #summary { (page.total) @if !page.total_exact { "+" } " alerts · page " (page.page) " of " (pages) }
         table #queue {
@@ -193,6 +205,7 @@ pub fn query_string(raw: &RawFilter) -> String {
         ("status", &raw.status),
         ("page", &raw.page),
         ("per_page", &raw.per_page),
+        ("sort", &raw.sort),
     ];
     let mut out = url::form_urlencoded::Serializer::new(String::new());
     for (k, v) in fields {
@@ -251,7 +264,11 @@ pub fn alert_page(
             h2 { "Price and volume around the alert" }
             @match evidence {
                 Ok(ev) if !ev.ts_us.is_empty() => {
-                    (evidence_chart(ev, s.ts.timestamp_micros()))
+                    (evidence_chart(ev, &[Marker {
+                        ts_us: s.ts.timestamp_micros(),
+                        detector: s.kind.clone(),
+                        label: Some("alert"),
+                    }]))
                     p { (ev.ts_us.len()) " ticks"
                         @if ev.truncated { " (window cut: too many ticks)" } }
                 }
@@ -260,45 +277,71 @@ pub fn alert_page(
             }
         }
         div .grid {
-            section #contributions {
-                h2 { "Top contributions (SHAP)" }
-                @if contribs.is_empty() {
-                    p { "None recorded (a rule alert, or a model run without contributions)." }
-                } @else {
-                    (contributions_chart(&contribs))
-                    table { tr { th { "Feature" } th { "Value" } th { "Contribution" } }
-                        @for c in &contribs { tr {
-                            td { (c.feature) }
-                            td .num { (c.value.map(|v| format!("{v:.6}")).unwrap_or_else(|| "NULL".into())) }
-                            td .num { (format!("{:+.4}", c.contribution)) }
-                        } }
-                    }
-                }
-            }
+            (contributions_section(&contribs))
             section #features {
                 h2 { "Feature values" }
                 table { @for (k, v) in &features { tr { td { (k) } td .num { (v) } } } }
             }
         }
+        (verdicts_section(
+            a.dispositions.iter().map(|d| &d.verdict),
+            &format!("/alerts/{}/disposition", s.id),
+            "alert",
+            viewer,
+        ))
+    };
+    layout(&format!("Alert {}", s.id), Some(viewer), body)
+}
+
+/// The SHAP contributions: a bar chart and a table.
+pub(super) fn contributions_section(contribs: &[Contribution]) -> Markup {
+    html! {
+        section #contributions {
+            h2 { "Top contributions (SHAP)" }
+            @if contribs.is_empty() {
+                p { "None recorded (a rule alert, or a model run without contributions)." }
+            } @else {
+                (contributions_chart(contribs))
+                table { tr { th { "Feature" } th { "Value" } th { "Contribution" } }
+                    @for c in contribs { tr {
+                        td { (c.feature) }
+                        td .num { (c.value.map(|v| format!("{v:.6}")).unwrap_or_else(|| "NULL".into())) }
+                        td .num { (format!("{:+.4}", c.contribution)) }
+                    } }
+                }
+            }
+        }
+    }
+}
+
+/// The verdict history (oldest first) of an alert or a case (`what`), and
+/// for an analyst a form posting a new one to `action`.
+pub(super) fn verdicts_section<'a>(
+    history: impl ExactSizeIterator<Item = &'a Recorded>,
+    action: &str,
+    what: &str,
+    viewer: &Viewer,
+) -> Markup {
+    html! {
         section #dispositions {
             h2 { "Verdicts" }
-            @if a.dispositions.is_empty() { p #no-verdicts { "No verdict yet." } }
+            @if history.len() == 0 { p #no-verdicts { "No verdict yet." } }
             @else {
                 table #history {
                     tr { th { "When" } th { "Verdict" } th { "Kind" } th { "Analyst" } th { "Note" } }
-                    @for d in &a.dispositions { tr .verdict {
+                    @for d in history { tr .verdict {
                         td { (when(&d.at)) } td { (d.status) } td { (d.kind.as_deref().unwrap_or("")) }
                         td { (d.analyst) } td { pre .note { (d.note) } }
                     } }
                 }
             }
             @if !viewer.role.can_decide() {
-                p #viewer-only { "You can read this alert; recording verdicts needs the analyst role." }
+                p #viewer-only { "You can read this " (what) "; recording verdicts needs the analyst role." }
             } @else {
-            form #verdict method="post" action=(format!("/alerts/{}/disposition", s.id)) {
+            form #verdict method="post" action=(action) {
                 input type="hidden" name="csrf" value=(viewer.csrf);
                 fieldset {
-                    legend { "Record a verdict as " (viewer.name) }
+                    legend { "Record a verdict on this " (what) " as " (viewer.name) }
                     @for st in STATUSES {
                         label { input type="radio" name="status" value=(st) required; " " (st) } " "
                     }
@@ -313,8 +356,7 @@ pub fn alert_page(
             }
             }
         }
-    };
-    layout(&format!("Alert {}", s.id), Some(viewer), body)
+    }
 }
 
 /// The sign-in page: name, password, the login form's CSRF token and where

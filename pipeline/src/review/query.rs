@@ -1,6 +1,7 @@
 //! The review app's reads and writes in PostgreSQL: the alert queue, one
-//! alert with its verdicts, and recording a verdict. Every query is
-//! parameterised; filters arrive as text and are validated here.
+//! alert with its verdicts, and recording a verdict (on an alert or a case:
+//! [`VerdictOn`]). Every query is parameterised; filters arrive as text and
+//! are validated here. The case queue is in [`cases`](super::cases).
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,10 @@ pub const DETECTORS: [&str; 2] = ["model", "rule"];
 
 /// Default page size of the queue.
 pub const DEFAULT_PER_PAGE: i64 = 50;
+
+/// How the alert queue can be sorted (`sort`): highest score first (the
+/// default) or newest first.
+pub const ALERT_SORTS: [&str; 2] = ["score", "time"];
 
 /// Largest page size accepted.
 pub const MAX_PER_PAGE: i64 = 500;
@@ -52,6 +57,8 @@ pub struct RawFilter {
     pub page: Option<String>,
     /// Alerts per page (1 to 500); `page × per_page` at most 10 000.
     pub per_page: Option<String>,
+    /// Order of the queue: one of the queue's sorts (the first when unset).
+    pub sort: Option<String>,
 }
 
 /// Validated queue filters.
@@ -75,6 +82,8 @@ pub struct AlertFilter {
     pub page: i64,
     /// Alerts per page.
     pub per_page: i64,
+    /// Order: one of the sorts the queue was parsed for.
+    pub sort: &'static str,
 }
 
 fn set(v: &Option<String>) -> Option<&str> {
@@ -96,7 +105,7 @@ pub fn check_text(what: &str, value: &str, max: usize) -> Result<String, ReviewE
     Ok(value.to_owned())
 }
 
-fn one_of(what: &str, value: &str, allowed: &[&str]) -> Result<String, ReviewError> {
+pub(crate) fn one_of(what: &str, value: &str, allowed: &[&str]) -> Result<String, ReviewError> {
     if allowed.contains(&value) {
         Ok(value.to_owned())
     } else {
@@ -135,8 +144,24 @@ fn parse_time(what: &str, value: &str, end: bool) -> Result<DateTime<Utc>, Revie
 }
 
 impl AlertFilter {
-    /// Validates raw filters; the message names the offending parameter.
+    /// Validates raw filters of the alert queue ([`ALERT_SORTS`]); the
+    /// message names the offending parameter.
     pub fn parse(raw: &RawFilter) -> Result<Self, ReviewError> {
+        Self::parse_sorted(raw, &ALERT_SORTS)
+    }
+
+    /// Validates raw filters of a queue sorted one of `sorts` ways (the
+    /// first is the default).
+    pub fn parse_sorted(raw: &RawFilter, sorts: &[&'static str]) -> Result<Self, ReviewError> {
+        let sort = match set(&raw.sort) {
+            None => sorts.first().copied().unwrap_or_default(),
+            Some(s) => sorts.iter().copied().find(|k| *k == s).ok_or_else(|| {
+                ReviewError::BadRequest(format!(
+                    "sort must be one of {}, not {s:?}",
+                    sorts.join(", ")
+                ))
+            })?,
+        };
         let min_score = match set(&raw.min_score) {
             None => None,
             Some(s) => match s.parse::<f64>() {
@@ -189,6 +214,7 @@ impl AlertFilter {
                 .transpose()?,
             page,
             per_page,
+            sort,
         })
     }
 }
@@ -242,6 +268,14 @@ pub struct Disposition {
     pub id: i64,
     /// The alert.
     pub alert_id: i64,
+    /// What was decided.
+    #[serde(flatten)]
+    pub verdict: Recorded,
+}
+
+/// A verdict as recorded, on an alert or a case.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recorded {
     /// `confirmed`, `dismissed` or `escalated`.
     pub status: String,
     /// The manipulation kind of a confirmation.
@@ -369,7 +403,8 @@ impl NewDisposition {
     }
 }
 
-const SUMMARY_COLUMNS: &str = "a.id, a.model_version, a.detector, a.symbol, a.ts, a.seq, \
+pub(super) const SUMMARY_COLUMNS: &str =
+    "a.id, a.model_version, a.detector, a.symbol, a.ts, a.seq, \
      a.detected_at, a.score, a.threshold, a.reason, coalesce(s.status, 'open') AS status";
 
 /// `WHERE` clause over `alerts a LEFT JOIN alert_status s`, parameters $1..$7.
@@ -381,7 +416,7 @@ const FILTER: &str = "WHERE ($1::text IS NULL OR a.symbol = $1) \
      AND ($6::text IS NULL OR a.model_version = $6) \
      AND ($7::text IS NULL OR coalesce(s.status, 'open') = $7)";
 
-fn summary(row: &Row) -> AlertSummary {
+pub(super) fn summary(row: &Row) -> AlertSummary {
     AlertSummary {
         id: row.get(0),
         model_version: row.get(1),
@@ -434,7 +469,11 @@ pub async fn list_alerts(client: &Client, filter: &AlertFilter) -> Result<AlertP
             &format!(
                 "SELECT {SUMMARY_COLUMNS} FROM alerts a \
                  LEFT JOIN alert_status s ON s.alert_id = a.id {FILTER} \
-                 ORDER BY a.score DESC, a.id LIMIT $8 OFFSET $9"
+                 ORDER BY {} LIMIT $8 OFFSET $9",
+                match filter.sort {
+                    "time" => "a.ts DESC, a.id",
+                    _ => "a.score DESC, a.id",
+                }
             ),
             &all,
         )
@@ -499,7 +538,7 @@ pub async fn get_alert(client: &Client, id: i64) -> Result<AlertDetail, ReviewEr
         )
         .await
         .map_err(ReviewError::query("read an alert"))?
-        .ok_or(ReviewError::NotFound(id))?;
+        .ok_or(ReviewError::NotFound { what: "alert", id })?;
     Ok(AlertDetail {
         summary: summary(&row),
         top_features: row.get(11),
@@ -514,15 +553,22 @@ pub async fn get_alert(client: &Client, id: i64) -> Result<AlertDetail, ReviewEr
     })
 }
 
+/// The verdict columns of a `RETURNING` or a select, from column `at`.
+pub(super) fn recorded(row: &Row, at: usize) -> Recorded {
+    Recorded {
+        status: row.get(at),
+        kind: row.get(at + 1),
+        note: row.get(at + 2),
+        analyst: row.get(at + 3),
+        at: row.get(at + 4),
+    }
+}
+
 fn disposition(row: &Row) -> Disposition {
     Disposition {
         id: row.get(0),
         alert_id: row.get(1),
-        status: row.get(2),
-        kind: row.get(3),
-        note: row.get(4),
-        analyst: row.get(5),
-        at: row.get(6),
+        verdict: recorded(row, 2),
     }
 }
 
@@ -539,71 +585,132 @@ pub async fn dispositions(client: &Client, alert_id: i64) -> Result<Vec<Disposit
     Ok(rows.iter().map(disposition).collect())
 }
 
-/// Records a verdict (validated first) given by `by`, and returns it.
+/// What a verdict is given on: an alert, or an (opened) case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerdictOn {
+    /// An alert, by `alerts.id`.
+    Alert(i64),
+    /// A case, by `cases.id`.
+    Case(i64),
+}
+
+impl VerdictOn {
+    fn not_found(self) -> ReviewError {
+        match self {
+            Self::Alert(id) => ReviewError::NotFound { what: "alert", id },
+            Self::Case(id) => ReviewError::NotFound { what: "case", id },
+        }
+    }
+}
+
+/// Records a verdict (validated first) given by `by` on `on`, and returns
+/// its id, what it is on and the verdict as stored.
+pub async fn record_verdict(
+    client: &Client,
+    on: VerdictOn,
+    new: &NewDisposition,
+    by: &Identity,
+) -> Result<(i64, Recorded), ReviewError> {
+    let (status, kind, note, analyst) = new.validate(&by.name)?;
+    // A case that has not opened is no analyst's work yet (and may still
+    // be deleted by the detector when it closes unopened).
+    let (exists, insert, id) = match on {
+        VerdictOn::Alert(id) => (
+            "SELECT 1 FROM alerts WHERE id = $1",
+            "INSERT INTO dispositions (alert_id, status, kind, note, analyst, user_id) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, status, kind, note, analyst, at",
+            id,
+        ),
+        VerdictOn::Case(id) => (
+            "SELECT 1 FROM cases WHERE id = $1 AND opened_ts IS NOT NULL",
+            "INSERT INTO case_dispositions (case_ref, status, kind, note, analyst, user_id) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, status, kind, note, analyst, at",
+            id,
+        ),
+    };
+    let found = client
+        .query_opt(exists, &[&id])
+        .await
+        .map_err(ReviewError::query("find what the verdict is on"))?;
+    if found.is_none() {
+        return Err(on.not_found());
+    }
+    let row = client
+        .query_one(insert, &[&id, &status, &kind, &note, &analyst, &by.user_id])
+        .await
+        .map_err(ReviewError::query("record a disposition"))?;
+    Ok((row.get(0), recorded(&row, 1)))
+}
+
+/// Records a verdict (validated first) given by `by` on an alert, and
+/// returns it.
 pub async fn record_disposition(
     client: &Client,
     alert_id: i64,
     new: &NewDisposition,
     by: &Identity,
 ) -> Result<Disposition, ReviewError> {
-    let (status, kind, note, analyst) = new.validate(&by.name)?;
-    let exists = client
-        .query_opt("SELECT 1 FROM alerts WHERE id = $1", &[&alert_id])
-        .await
-        .map_err(ReviewError::query("find the alert"))?;
-    if exists.is_none() {
-        return Err(ReviewError::NotFound(alert_id));
-    }
-    let row = client
-        .query_one(
-            "INSERT INTO dispositions (alert_id, status, kind, note, analyst, user_id) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             RETURNING id, alert_id, status, kind, note, analyst, at",
-            &[&alert_id, &status, &kind, &note, &analyst, &by.user_id],
-        )
-        .await
-        .map_err(ReviewError::query("record a disposition"))?;
-    Ok(disposition(&row))
+    let (id, verdict) = record_verdict(client, VerdictOn::Alert(alert_id), new, by).await?;
+    Ok(Disposition {
+        id,
+        alert_id,
+        verdict,
+    })
 }
 
-/// A reviewed alert's latest verdict, as `labels export` reads it.
+/// A reviewed alert's or case's latest verdict, as `labels export` reads it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
-    /// The alert.
-    pub alert_id: i64,
+    /// The alert or the case.
+    pub on: VerdictOn,
     /// Its symbol.
     pub symbol: String,
-    /// Its tick's event time, µs UTC.
-    pub ts_us: i64,
+    /// The alert's tick's event time, or the case's first alert's, µs UTC.
+    pub start_us: i64,
+    /// The alert's tick's event time, or the case's last alert's, µs UTC.
+    pub end_us: i64,
     /// `confirmed` or `dismissed`.
     pub status: String,
     /// The confirmation's kind.
     pub kind: Option<String>,
 }
 
-/// Every alert whose latest verdict is `confirmed` or `dismissed`.
+/// Every alert and case whose latest verdict is `confirmed` or
+/// `dismissed`: alerts first, each in id order.
 pub async fn final_verdicts(client: &Client) -> Result<Vec<Verdict>, ReviewError> {
-    let rows = client
+    let alerts = client
         .query(
-            "SELECT a.id, a.symbol, a.ts, s.status, s.kind FROM alert_status s \
+            "SELECT a.id, a.symbol, a.ts, a.ts, s.status, s.kind FROM alert_status s \
              JOIN alerts a ON a.id = s.alert_id \
              WHERE s.status IN ('confirmed', 'dismissed') ORDER BY a.id",
             &[],
         )
         .await
-        .map_err(ReviewError::query("read the verdicts"))?;
-    Ok(rows
+        .map_err(ReviewError::query("read the alerts' verdicts"))?;
+    let cases = client
+        .query(
+            "SELECT c.id, c.symbol, c.start_ts, c.end_ts, s.status, s.kind FROM case_status s \
+             JOIN cases c ON c.id = s.case_ref \
+             WHERE s.status IN ('confirmed', 'dismissed') ORDER BY c.id",
+            &[],
+        )
+        .await
+        .map_err(ReviewError::query("read the cases' verdicts"))?;
+    let verdict = |r: &Row, on: fn(i64) -> VerdictOn| {
+        let (start, end): (DateTime<Utc>, DateTime<Utc>) = (r.get(2), r.get(3));
+        Verdict {
+            on: on(r.get(0)),
+            symbol: r.get(1),
+            start_us: start.timestamp_micros(),
+            end_us: end.timestamp_micros(),
+            status: r.get(4),
+            kind: r.get(5),
+        }
+    };
+    Ok(alerts
         .iter()
-        .map(|r| {
-            let ts: DateTime<Utc> = r.get(2);
-            Verdict {
-                alert_id: r.get(0),
-                symbol: r.get(1),
-                ts_us: ts.timestamp_micros(),
-                status: r.get(3),
-                kind: r.get(4),
-            }
-        })
+        .map(|r| verdict(r, VerdictOn::Alert))
+        .chain(cases.iter().map(|r| verdict(r, VerdictOn::Case)))
         .collect())
 }
 

@@ -9,15 +9,16 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Extension, Form, Json, Router};
-use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use super::answer::{ApiError, HtmlError};
-use super::auth::{self, Auth, GateState, Identity, Via};
+use super::auth::{self, GateState, Identity};
+use super::case_routes;
 use super::evidence::window;
 use super::login;
-use super::pages::{alert_page, queue_page, Choices, Viewer};
-use super::query::{self, AlertFilter, NewDisposition, RawFilter};
+use super::pages::{alert_page, queue_page};
+use super::query::{self, NewDisposition, RawFilter};
+use super::request::{choices, filter_of, parse_id_of, require_decider, viewer, VerdictForm};
 use super::{AppState, ReviewError};
 use crate::web::{self, Limits};
 
@@ -31,7 +32,8 @@ pub fn router(state: AppState) -> Router {
         pool: state.pool.clone(),
     };
     Router::new()
-        .route("/", get(queue))
+        .route("/", get(case_routes::case_queue))
+        .route("/alerts", get(queue))
         .route("/alerts/{id}", get(alert))
         .route("/alerts/{id}/disposition", post(post_disposition_form))
         .route("/login", get(login::login_form).post(login::login))
@@ -44,6 +46,7 @@ pub fn router(state: AppState) -> Router {
             "/api/alerts/{id}/dispositions",
             get(api_dispositions).post(api_post_disposition),
         )
+        .merge(case_routes::routes())
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(gate, auth::gate))
@@ -61,47 +64,12 @@ pub async fn serve(
     web::serve(listener, router(state), limits, shutdown).await
 }
 
-/// The page header's view of `me`.
-pub(crate) fn viewer(auth: &Auth, me: &Identity) -> Viewer {
-    Viewer {
-        name: me.name.clone(),
-        role: me.role,
-        csrf: auth.csrf_token(me),
-        can_sign_out: matches!(me.via, Via::Session(_)),
-    }
-}
-
-/// Refuses `me` unless their role records verdicts.
-fn require_decider(me: &Identity) -> Result<(), ReviewError> {
-    if me.role.can_decide() {
-        Ok(())
-    } else {
-        Err(ReviewError::Forbidden(format!(
-            "{} is a {}: recording verdicts needs the analyst role",
-            me.name, me.role
-        )))
-    }
-}
-
 async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "not found\n").into_response()
 }
 
 fn parse_id(raw: &str) -> Result<i64, ReviewError> {
-    match raw.parse::<i64>() {
-        Ok(id) if id > 0 => Ok(id),
-        _ => Err(ReviewError::BadRequest(format!(
-            "alert id must be a positive whole number, not {raw:?}"
-        ))),
-    }
-}
-
-fn filter_of(
-    q: Result<Query<RawFilter>, QueryRejection>,
-) -> Result<(RawFilter, AlertFilter), ReviewError> {
-    let Query(raw) = q.map_err(|e| ReviewError::BadRequest(e.body_text()))?;
-    let filter = AlertFilter::parse(&raw)?;
-    Ok((raw, filter))
+    parse_id_of("alert", raw)
 }
 
 async fn queue(
@@ -109,15 +77,11 @@ async fn queue(
     Extension(me): Extension<Identity>,
     q: Result<Query<RawFilter>, QueryRejection>,
 ) -> Result<Response, HtmlError> {
-    let (raw, filter) = filter_of(q)?;
+    let (raw, filter) = filter_of(q, &query::ALERT_SORTS)?;
     let client = st.pool.get().await?;
     let page = query::list_alerts(&client, &filter).await?;
-    let (symbols, model_versions) = query::filter_choices(&client).await?;
+    let choices = choices(&client).await?;
     drop(client);
-    let choices = Choices {
-        symbols,
-        model_versions,
-    };
     Ok(queue_page(&raw, &page, &choices, &viewer(&st.auth, &me)).into_response())
 }
 
@@ -156,19 +120,6 @@ async fn alert(
     Ok(render_alert(&st, &me, id, None).await?.into_response())
 }
 
-/// The verdict form's fields.
-#[derive(Debug, Deserialize)]
-struct VerdictForm {
-    status: String,
-    #[serde(default)]
-    kind: Option<String>,
-    #[serde(default)]
-    note: Option<String>,
-    /// The form's CSRF token.
-    #[serde(default)]
-    csrf: String,
-}
-
 async fn post_disposition_form(
     State(st): State<AppState>,
     Extension(me): Extension<Identity>,
@@ -176,17 +127,7 @@ async fn post_disposition_form(
     form: Result<Form<VerdictForm>, FormRejection>,
 ) -> Result<Response, HtmlError> {
     let id = parse_id(&id)?;
-    require_decider(&me)?;
-    let Form(f) = form.map_err(|e| ReviewError::BadRequest(e.body_text()))?;
-    if !st.auth.csrf_ok(&me, &f.csrf) {
-        return Err(ReviewError::Csrf.into());
-    }
-    let new = NewDisposition {
-        status: f.status,
-        kind: f.kind,
-        note: f.note,
-        analyst: None,
-    };
+    let new = VerdictForm::checked(form, &st, &me)?;
     let client = st.pool.get().await?;
     let result = query::record_disposition(&client, id, &new, &me).await;
     drop(client);
@@ -212,7 +153,7 @@ async fn api_alerts(
     State(st): State<AppState>,
     q: Result<Query<RawFilter>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let (_, filter) = filter_of(q)?;
+    let (_, filter) = filter_of(q, &query::ALERT_SORTS)?;
     let client = st.pool.get().await?;
     Ok(Json(query::list_alerts(&client, &filter).await?).into_response())
 }

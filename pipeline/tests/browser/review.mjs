@@ -1,14 +1,16 @@
 // Drives the review app in headless Chromium, as an analyst would: is sent to
-// the login page, signs in, opens the queue, filters it, opens a model alert,
-// checks that the evidence chart and the SHAP contributions are drawn,
-// records a verdict (under the signed-in name), takes screenshots, and signs
-// out.
+// the login page, signs in, lands on the case queue, sorts and filters it,
+// opens a case, checks that the evidence over the whole case is drawn with
+// its alerts marked, records a verdict on the case; then opens the alert
+// queue, filters it, opens a model alert, checks that the evidence chart and
+// the SHAP contributions are drawn, records a verdict (under the signed-in
+// name), takes screenshots, and signs out.
 //
 // Usage: node review.mjs BASE_URL OUT_DIR
 // Environment: CHROMIUM (default /usr/bin/chromium); REVIEW_USER and
 // REVIEW_PASSWORD, an analyst's account.
-// Prints one JSON line on stdout: {"alert_id", "symbol", "ts"} of the alert
-// it confirmed. Any failed check throws (exit status 1) with the reason.
+// Prints one JSON line on stdout: {"case_id", "case_symbol"} of the case and
+// {"alert_id", "symbol", "heading"} of the alert it confirmed. Any failed check throws (exit status 1) with the reason.
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -53,7 +55,75 @@ try {
   check(session && session.httpOnly && session.sameSite === 'Lax', `an HttpOnly SameSite session cookie: ${JSON.stringify(session)}`);
   check(await page.evaluate(() => document.cookie.includes('sa_session')) === false, 'scripts cannot read the session');
 
-  // The queue.
+  // The start page is the case queue, highest case score first.
+  const caseRows = page.locator('#cases tbody tr.case-row');
+  const ncases = await caseRows.count();
+  check(ncases > 0, `the case queue lists cases (got ${ncases})`);
+  const numbers = async (sel) => (await page.locator(sel).allInnerTexts()).map(Number);
+  const descending = (xs) => xs.every((x, i) => i === 0 || xs[i - 1] >= x);
+  const caseScores = await numbers('#cases td.case-score a');
+  check(descending(caseScores), `cases sorted by case score: ${caseScores}`);
+  await page.screenshot({ path: join(out, 'cases.png'), fullPage: false });
+
+  // A click on a column sorts by it: most alerts first.
+  await Promise.all([page.waitForURL(/sort=alerts/), page.click('#cases th a[data-sort=alerts]')]);
+  const counts = await numbers('#cases td.alerts');
+  check(counts.length === ncases, `the same cases, resorted (${counts.length} of ${ncases})`);
+  check(descending(counts), `cases sorted by alerts: ${counts}`);
+
+  // Filter to one symbol's cases awaiting a verdict; the sort is kept.
+  const openStatus = await page.locator('#cases tr.case-row').evaluateAll((rs) => rs
+    .filter((r) => r.querySelector('.status').innerText === 'open')
+    .map((r) => r.querySelector('td.symbol').innerText));
+  check(openStatus.length > 0, 'some case awaits a verdict');
+  const caseSymbol = openStatus[0];
+  await page.selectOption('select[name=symbol]', caseSymbol);
+  await page.selectOption('select[name=status]', 'open');
+  await Promise.all([page.waitForURL(/symbol=/), page.click('#apply')]);
+  const caseSymbols = await page.locator('#cases td.symbol').allInnerTexts();
+  check(caseSymbols.length > 0 && caseSymbols.every((s) => s === caseSymbol),
+    `every case is ${caseSymbol}: ${caseSymbols}`);
+  check(page.url().includes('sort=alerts'), `the sort survives filtering: ${page.url()}`);
+  check(descending(await numbers('#cases td.alerts')), 'still sorted by alerts');
+
+  // The case page: the evidence over the whole case, every alert marked.
+  const firstCase = caseRows.first();
+  const caseId = Number(await firstCase.getAttribute('data-id'));
+  const caseAlerts = Number(await firstCase.locator('td.alerts').innerText());
+  await Promise.all([page.waitForURL(new RegExp(`/cases/${caseId}$`)),
+    firstCase.locator('td.case-score a').click()]);
+  const casePrice = page.locator('#evidence-chart polyline.price');
+  check(await casePrice.count() === 1, 'the case chart has a price line');
+  const markers = page.locator('#evidence-chart line.alert-marker');
+  const nmarkers = await markers.count();
+  check(nmarkers >= 1 && nmarkers <= caseAlerts,
+    `the case's alerting ticks are marked (${nmarkers} lines for ${caseAlerts} alerts)`);
+  const chartBox = await page.locator('#evidence-chart').boundingBox();
+  const boxes = await markers.evaluateAll((ls) => ls.map((l) => {
+    const r = l.getBoundingClientRect();
+    return { x: r.x, height: r.height };
+  }));
+  boxes.forEach((b, i) => check(
+    b.x >= chartBox.x && b.x <= chartBox.x + chartBox.width && b.height >= 5,
+    `marker ${i} is drawn inside the chart: ${JSON.stringify(b)} in ${JSON.stringify(chartBox)}`));
+  const listed = await page.locator('#case-alert-list tr.case-alert').count();
+  check(listed >= caseAlerts, `the case lists its ${caseAlerts} alerts (${listed} rows)`);
+  check((await page.locator('#case-alerts').innerText()).startsWith(String(caseAlerts)), 'the alert count');
+  await page.check('input[name=status][value=confirmed]');
+  await page.fill('input[name=kind]', 'spoofing');
+  await page.fill('textarea[name=note]', 'the whole episode: <i>layering</i>');
+  await Promise.all([page.waitForURL(new RegExp(`/cases/${caseId}$`)), page.click('#record')]);
+  check((await page.locator('#status').innerText()) === 'confirmed', 'the case is confirmed');
+  check((await page.locator('#history tr.verdict td:nth-child(4)').last().innerText()) === user,
+    'the case verdict records the signed-in user');
+  await page.screenshot({ path: join(out, 'case.png'), fullPage: true });
+  await page.goto(`${base}/?status=open&symbol=${encodeURIComponent(caseSymbol)}`);
+  const openCases = await page.locator('#cases tr.case-row').evaluateAll(
+    (rs) => rs.map((r) => Number(r.dataset.id)));
+  check(!openCases.includes(caseId), 'the confirmed case left the open queue');
+
+  // The alert queue.
+  await Promise.all([page.waitForURL(`${base}/alerts`), page.click('#nav-alerts')]);
   const rows = page.locator('#queue tbody tr.alert-row');
   const total = await rows.count();
   check(total > 0, `the queue lists alerts (got ${total})`);
@@ -69,7 +139,7 @@ try {
     await page.selectOption('select[name=kind]', 'model');
     await Promise.all([page.waitForURL(/symbol=/), page.click('#apply')]);
     if (await rows.count() > 0) { symbol = s; break; }
-    await page.goto(`${base}/`);
+    await page.goto(`${base}/alerts`);
   }
   check(symbol !== null, 'some symbol has model alerts');
   const shownSymbols = await page.locator('#queue td.symbol').allInnerTexts();
@@ -114,7 +184,7 @@ try {
   await page.screenshot({ path: join(out, 'alert.png'), fullPage: true });
 
   // Back in the queue, the alert is no longer open.
-  await page.goto(`${base}/?status=open&symbol=${encodeURIComponent(symbol)}`);
+  await page.goto(`${base}/alerts?status=open&symbol=${encodeURIComponent(symbol)}`);
   const openIds = await page.locator('#queue tr.alert-row').evaluateAll(
     (rs) => rs.map((r) => Number(r.dataset.id)));
   check(!openIds.includes(alertId), 'the confirmed alert left the open queue');
@@ -127,7 +197,9 @@ try {
   await page.goto(`${base}/`);
   check(new URL(page.url()).pathname === '/login', 'signed out');
 
-  console.log(JSON.stringify({ alert_id: alertId, symbol, heading: tsText }));
+  console.log(JSON.stringify({
+    case_id: caseId, case_symbol: caseSymbol, alert_id: alertId, symbol, heading: tsText,
+  }));
 } finally {
   await browser.close();
 }

@@ -14,9 +14,10 @@ use crate::sinks::CaseUpdate;
 // after a crash writes the same row again.
 const UPSERT_CASES: &str = "INSERT INTO cases (model_version, case_id, symbol, start_ts, end_ts, \
     alerts, model_alerts, peak_score, peak_ts, score_sum, case_score, opened_ts, detectors, \
-    detector_bits, top_shap, status, source, source_partition) \
+    detector_bits, top_shap, status, source, source_partition, opened_at) \
     SELECT u.v, u.id, u.sym, u.st, u.et, u.n, u.nm, u.peak, u.pts, u.ssum, u.cs, u.ots, u.dets, \
-    u.bits, u.shap::jsonb, u.status, u.src, u.part \
+    u.bits, u.shap::jsonb, u.status, u.src, u.part, \
+    CASE WHEN u.ots IS NOT NULL THEN now() END \
     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], \
     $6::int4[], $7::int4[], $8::float8[], $9::timestamptz[], $10::float8[], $11::float8[], \
     $12::timestamptz[], $13::text[], $14::int8[], $15::text[], $16::text[], $17::text[], \
@@ -28,7 +29,8 @@ const UPSERT_CASES: &str = "INSERT INTO cases (model_version, case_id, symbol, s
     score_sum = EXCLUDED.score_sum, case_score = EXCLUDED.case_score, \
     opened_ts = EXCLUDED.opened_ts, detectors = EXCLUDED.detectors, \
     detector_bits = EXCLUDED.detector_bits, top_shap = EXCLUDED.top_shap, \
-    status = EXCLUDED.status, updated = now()";
+    status = EXCLUDED.status, updated = now(), \
+    opened_at = coalesce(cases.opened_at, EXCLUDED.opened_at)";
 
 const DELETE_CASES: &str = "DELETE FROM cases c USING UNNEST($1::text[], $2::text[]) AS d(v, id) \
     WHERE c.model_version = d.v AND c.case_id = d.id";

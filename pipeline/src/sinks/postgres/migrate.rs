@@ -66,6 +66,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "cases",
         sql: include_str!("../../../migrations/0007_cases.sql"),
     },
+    Migration {
+        version: 8,
+        name: "case_review",
+        sql: include_str!("../../../migrations/0008_case_review.sql"),
+    },
 ];
 
 /// A migration recorded in `schema_migrations`.
