@@ -11,6 +11,9 @@ CREATE UNIQUE INDEX cases_id_idx ON cases (id);
 -- When the detector first stored the case opened (NULL before it opens, or
 -- for cases opened before this migration).
 ALTER TABLE cases ADD COLUMN opened_at timestamptz;
+-- The manipulation kinds the detectors that fired in it tell (a rule's
+-- `-- kinds:`), comma-separated; NULL when none tells one.
+ALTER TABLE cases ADD COLUMN likely_kinds text;
 -- The queue: opened cases, highest case score first.
 CREATE INDEX cases_queue_idx ON cases (case_score DESC, id) WHERE opened_ts IS NOT NULL;
 CREATE INDEX cases_symbol_idx ON cases (symbol, start_ts) WHERE opened_ts IS NOT NULL;

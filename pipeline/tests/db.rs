@@ -803,6 +803,7 @@ async fn cases_are_upserted_with_the_batch_and_restored_per_partition() {
         version: "xgb-abc".into(),
         source: "ticks".into(),
         detectors: "model".into(),
+        likely_kinds: Some("spoofing".into()),
         case,
     };
     let ibm = t.open_case("IBM").unwrap().clone();
@@ -858,7 +859,10 @@ async fn cases_are_upserted_with_the_batch_and_restored_per_partition() {
     .await
     .unwrap();
     let rows = c
-        .query("SELECT symbol, status, alerts FROM cases", &[])
+        .query(
+            "SELECT symbol, status, alerts, likely_kinds, opened_at IS NOT NULL FROM cases",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(rows.len(), 1);
@@ -866,9 +870,17 @@ async fn cases_are_upserted_with_the_batch_and_restored_per_partition() {
         (
             rows[0].get::<_, String>(0),
             rows[0].get::<_, String>(1),
-            rows[0].get::<_, i32>(2)
+            rows[0].get::<_, i32>(2),
+            rows[0].get::<_, Option<String>>(3),
+            rows[0].get::<_, bool>(4)
         ),
-        ("IBM".to_owned(), "closed".to_owned(), 2)
+        (
+            "IBM".to_owned(),
+            "closed".to_owned(),
+            2,
+            Some("spoofing".to_owned()),
+            true
+        )
     );
     assert!(load_open_cases(&c, "xgb-abc", "ticks", &[0, 1])
         .await

@@ -1,5 +1,6 @@
 //! Header comments of a feature or rule file: `-- name:`,
-//! `-- description:`, `-- lookback:`, `-- delay:`, `-- threshold:` (rules).
+//! `-- description:`, `-- lookback:`, `-- delay:`, and for rules
+//! `-- threshold:` and `-- kinds:`.
 
 use std::time::Duration;
 
@@ -29,6 +30,9 @@ pub struct Header {
     /// of the symbol (`lead(x, k)`, `ROWS ... k FOLLOWING`), and a tick's
     /// features are final, so it is scored, once they have arrived.
     pub delay: Option<u64>,
+    /// A rule file's manipulation kinds (`-- kinds: spoofing, layering`):
+    /// what a case it fires in likely is. Each of `a-z`, `0-9` and `_`.
+    pub kinds: Vec<String>,
 }
 
 impl Header {
@@ -71,6 +75,10 @@ impl Header {
                     h.delay = Some(parse_delay(value).map_err(|m| (i + 1, m))?);
                     "delay"
                 }
+                "kinds" => {
+                    h.kinds = parse_kinds(value).map_err(|m| (i + 1, m))?;
+                    "kinds"
+                }
                 "threshold" => {
                     let t: f64 = value
                         .parse()
@@ -95,8 +103,29 @@ impl Header {
 fn is_key(k: &str) -> bool {
     matches!(
         k,
-        "name" | "description" | "lookback" | "delay" | "threshold"
+        "name" | "description" | "lookback" | "delay" | "threshold" | "kinds"
     )
+}
+
+/// Parses `spoofing, layering`: kinds as labels name them (1 to 40 of
+/// `a-z`, `0-9`, `_`), sorted, without repeats.
+pub fn parse_kinds(s: &str) -> Result<Vec<String>, String> {
+    let mut kinds = Vec::new();
+    for k in s.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+        let plain = k.len() <= 40
+            && k.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !plain {
+            return Err(format!(
+                "kinds {s:?}: {k:?} is not a kind (1 to 40 of a-z, 0-9 and _), \
+                 e.g. `-- kinds: spoofing, layering`"
+            ));
+        }
+        kinds.push(k.to_owned());
+    }
+    kinds.sort();
+    kinds.dedup();
+    Ok(kinds)
 }
 
 /// Parses `5 ticks` (a delay is counted in ticks: the streaming executor
@@ -152,6 +181,16 @@ pub fn parse_lookback(s: &str) -> Result<Lookback, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rule_names_its_kinds() {
+        let h = Header::parse("-- kinds: spoofing, layering,spoofing\nSELECT 1").unwrap();
+        assert_eq!(h.kinds, ["layering", "spoofing"]);
+        assert!(Header::parse("SELECT 1").unwrap().kinds.is_empty());
+        let (line, e) = Header::parse("-- name: r\n-- kinds: Spoofing!\nSELECT 1").unwrap_err();
+        assert_eq!(line, 2);
+        assert!(e.contains("\"Spoofing!\" is not a kind"), "{e}");
+    }
 
     #[test]
     fn reads_the_leading_comments_only() {

@@ -9,7 +9,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 
-use super::cases::{detector_names, Case};
+use super::cases::{Case, CaseLabels};
 use crate::tick::ts_type;
 
 /// Column names of the `cases` table.
@@ -38,6 +38,9 @@ pub mod col {
     pub const OPENED_TS: &str = "opened_ts";
     /// The detectors that fired, comma-separated (`model`, rule names).
     pub const DETECTORS: &str = "detectors";
+    /// The manipulation kinds those detectors tell, comma-separated (NULL
+    /// when none tells one).
+    pub const LIKELY_KINDS: &str = "likely_kinds";
     /// The model's top SHAP contributions at the peak (JSON).
     pub const TOP_SHAP: &str = "top_shap";
     /// `open` or `closed`.
@@ -60,14 +63,15 @@ pub fn cases_schema() -> SchemaRef {
         Field::new(col::CASE_SCORE, DataType::Float64, false),
         Field::new(col::OPENED_TS, ts_type(), false),
         Field::new(col::DETECTORS, DataType::Utf8, false),
+        Field::new(col::LIKELY_KINDS, DataType::Utf8, true),
         Field::new(col::TOP_SHAP, DataType::Utf8, true),
         Field::new(col::STATUS, DataType::Utf8, false),
     ]))
 }
 
-/// The opened `cases` as rows of [`cases_schema`]; bit `i` of a case's
-/// detectors names `detectors[i]`. Cases that never opened are left out.
-pub fn cases_batch(cases: &[Case], detectors: &[String]) -> Result<RecordBatch, ArrowError> {
+/// The opened `cases` as rows of [`cases_schema`], their detectors and
+/// kinds named by `labels`. Cases that never opened are left out.
+pub fn cases_batch(cases: &[Case], labels: &CaseLabels) -> Result<RecordBatch, ArrowError> {
     let opened: Vec<&Case> = cases.iter().filter(|c| c.opened_us.is_some()).collect();
     let ts = |v: Vec<Option<i64>>| -> ArrayRef {
         Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"))
@@ -102,9 +106,10 @@ pub fn cases_batch(cases: &[Case], detectors: &[String]) -> Result<RecordBatch, 
         )),
         ts(opened.iter().map(|c| c.opened_us).collect()),
         Arc::new(StringArray::from_iter_values(
-            opened
-                .iter()
-                .map(|c| detector_names(c.detectors, detectors)),
+            opened.iter().map(|c| labels.detectors(c.detectors)),
+        )),
+        Arc::new(StringArray::from_iter(
+            opened.iter().map(|c| labels.likely_kinds(c.detectors)),
         )),
         Arc::new(StringArray::from_iter(
             opened.iter().map(|c| c.top_shap.as_deref()),
@@ -163,7 +168,11 @@ mod tests {
             },
         );
         let cases = t.finish();
-        let b = cases_batch(&cases, &["model".into(), "zscore".into()]).unwrap();
+        let labels = CaseLabels::new(
+            vec!["model".into(), "zscore".into()],
+            vec![vec![], vec!["pump_and_dump".into(), "spoofing".into()]],
+        );
+        let b = cases_batch(&cases, &labels).unwrap();
         assert_eq!(b.num_rows(), 1);
         let str_col = |name: &str| {
             b.column_by_name(name)
@@ -174,6 +183,9 @@ mod tests {
         };
         assert_eq!(str_col(col::SYMBOL), "A");
         assert_eq!(str_col(col::DETECTORS), "model,zscore");
+        assert_eq!(str_col(col::LIKELY_KINDS), "pump_and_dump,spoofing");
+        // The model alone tells no kind.
+        assert_eq!(labels.likely_kinds(0b01), None);
         assert_eq!(str_col(col::TOP_SHAP), shap);
         assert_eq!(str_col(col::STATUS), "open");
         assert_eq!(

@@ -206,16 +206,52 @@ impl Case {
     }
 }
 
-/// The names of the detectors whose bits are set in `bits` (bit `i` names
-/// `names[i]`), comma-separated: how a case lists who fired.
-pub fn detector_names(bits: u64, names: &[String]) -> String {
-    names
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i < 64 && bits & (1 << i) != 0)
-        .map(|(_, n)| n.as_str())
-        .collect::<Vec<_>>()
-        .join(",")
+/// How a case names the detectors that fired in it and the manipulation
+/// kinds they tell: per detector bit `i`, its name and the kinds it
+/// declares (a rule's `-- kinds:`; the model, a binary classifier, tells
+/// none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaseLabels {
+    names: Vec<String>,
+    kinds: Vec<Vec<String>>,
+}
+
+impl CaseLabels {
+    /// Labels of detectors `names[i]` telling `kinds[i]` (missing: none).
+    pub fn new(names: Vec<String>, kinds: Vec<Vec<String>>) -> Self {
+        Self { names, kinds }
+    }
+
+    fn set(bits: u64, i: usize) -> bool {
+        i < 64 && bits & (1 << i) != 0
+    }
+
+    /// The names of the detectors whose bits are set in `bits`,
+    /// comma-separated: how a case lists who fired.
+    pub fn detectors(&self, bits: u64) -> String {
+        self.names
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Self::set(bits, *i))
+            .map(|(_, n)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The kinds the detectors of `bits` tell, sorted, comma-separated;
+    /// `None` when none of them tells one.
+    pub fn likely_kinds(&self, bits: u64) -> Option<String> {
+        let mut kinds: Vec<&str> = self
+            .kinds
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Self::set(bits, *i))
+            .flat_map(|(_, k)| k.iter().map(String::as_str))
+            .collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        (!kinds.is_empty()).then(|| kinds.join(","))
+    }
 }
 
 /// The id of a case of `symbol` whose first alert is the tick `(ts_us,

@@ -9,10 +9,14 @@
 //! -- name: zscore_4
 //! -- description: |z| of price or volume over 4.
 //! -- threshold: 4
+//! -- kinds: momentum_ignition
 //! SELECT symbol, ts, seq, greatest(abs(price_z_30m), abs(volume_z_30m)) AS score,
 //!        'large |z|' AS reason
 //! FROM features
 //! ```
+//!
+//! `-- kinds:` (optional) names the manipulation kinds the rule detects: a
+//! case it fires in lists them as its likely kinds.
 //!
 //! A tick the rule does not return, or returns with a NULL score, scores
 //! lowest and never alerts.
@@ -48,6 +52,9 @@ pub struct Rule {
     pub name: String,
     /// The header's description.
     pub description: Option<String>,
+    /// The manipulation kinds the header says it detects (`-- kinds:`),
+    /// sorted; empty when it does not say.
+    pub kinds: Vec<String>,
     /// The query text.
     pub sql: String,
     /// A tick alerts when its score is at least this.
@@ -210,6 +217,7 @@ async fn check_rule(
         path: path.to_owned(),
         name,
         description: header.description,
+        kinds: header.kinds,
         sql: sql.to_owned(),
         threshold,
         hash,

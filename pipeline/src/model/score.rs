@@ -23,7 +23,7 @@ use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 
 use super::case_table::cases_batch;
-use super::cases::{Case, CaseTracker};
+use super::cases::{Case, CaseLabels, CaseTracker};
 use super::dates::date_spans;
 use super::error::TrainError;
 use super::manifest::{Manifest, MODEL_FILE};
@@ -290,6 +290,23 @@ impl Detector {
         }
     }
 
+    /// The manipulation kinds it tells: a rule's `-- kinds:`; none for the
+    /// model (a binary classifier).
+    pub fn kinds(&self) -> &[String] {
+        match self {
+            Detector::Model(_) => &[],
+            Detector::Rule(r) => &r.kinds,
+        }
+    }
+
+    /// How cases name `detectors` (in their bit order) and their kinds.
+    pub fn case_labels(detectors: &[Detector]) -> CaseLabels {
+        CaseLabels::new(
+            detectors.iter().map(Detector::short_name).collect(),
+            detectors.iter().map(|d| d.kinds().to_vec()).collect(),
+        )
+    }
+
     /// A name for tables and logs: the rule's name, or `model`.
     pub fn label(&self) -> String {
         match self {
@@ -430,7 +447,7 @@ impl RunCases {
     ) -> Result<(u64, u64), TrainError> {
         let mut all = self.done;
         all.extend(self.tracker.finish());
-        let names: Vec<String> = detectors.iter().map(Detector::short_name).collect();
+        let labels = Detector::case_labels(detectors);
         let spec = TableSpec::cases().sub_table(&self.version);
         let mut opened = 0u64;
         for &date in dates {
@@ -442,7 +459,7 @@ impl RunCases {
                 })
                 .cloned()
                 .collect();
-            let batch = cases_batch(&of_date, &names)?;
+            let batch = cases_batch(&of_date, &labels)?;
             opened += batch.num_rows() as u64;
             let date = date.format("%Y-%m-%d").to_string();
             replace_date(root, &spec, &date, batch, AppenderOptions::default()).await?;

@@ -73,7 +73,7 @@ pub fn case_queue_page(
                 @for (title, key) in SORTABLE.iter().skip(3) {
                     th { a .sort .current[page.sort == *key] href=(link(1, key)) data-sort=(key) { (title) } }
                 }
-                th { "Span" } th { "Detectors" } th { "Case" } th { "Status" }
+                th { "Span" } th { "Detectors" } th { "Likely kinds" } th { "Case" } th { "Status" }
             } }
             tbody {
                 @for c in &page.cases {
@@ -86,6 +86,7 @@ pub fn case_queue_page(
                         td .opened data-us=(c.opened_ts.timestamp_micros()) { (when(&c.opened_ts)) }
                         td { (span(c)) }
                         td .detectors { (c.detectors) }
+                        td .kinds { (c.likely_kinds.as_deref().unwrap_or("")) }
                         td .state { (c.state) }
                         td { span .status .(format!("status-{}", c.status)) { (c.status) } }
                     }
@@ -136,6 +137,8 @@ pub fn case_page(
             tr { th { "Opened" } td { "at the alert of " (when(&s.opened_ts))
                 @if let Some(t) = &c.opened_at { ", stored " (when(t)) } } }
             tr { th { "Detectors" } td #detectors { (s.detectors) } }
+            tr { th { "Likely kinds" } td #likely-kinds {
+                (s.likely_kinds.as_deref().unwrap_or("none told (the model does not tell kinds; a rule does with `-- kinds:`)")) } }
             tr { th { "Case id" } td { code { (s.case_id) } " · " (c.source)
                 @if let Some(p) = c.source_partition { " partition " (p) } } }
             tr { th { "State" } td #state { (s.state) } }

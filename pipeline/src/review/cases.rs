@@ -45,6 +45,9 @@ pub struct CaseSummary {
     pub opened_ts: DateTime<Utc>,
     /// The detectors that fired, comma-separated.
     pub detectors: String,
+    /// The manipulation kinds those detectors tell (a rule's `-- kinds:`),
+    /// comma-separated; none when no detector tells one.
+    pub likely_kinds: Option<String>,
     /// `open` while alerts may still join it, `closed` after the gap.
     pub state: String,
     /// `open` (no verdict yet) or its latest verdict.
@@ -106,7 +109,7 @@ pub struct CaseDetail {
 
 const CASE_COLUMNS: &str = "c.id, c.case_id, c.model_version, c.symbol, c.start_ts, c.end_ts, \
      c.alerts, c.model_alerts, c.peak_score, c.case_score, c.opened_ts, c.detectors, c.status, \
-     coalesce(s.status, 'open') AS review_status";
+     coalesce(s.status, 'open') AS review_status, c.likely_kinds";
 
 /// `WHERE` clause over `cases c LEFT JOIN case_status s`, parameters
 /// $1..$7 as the alert queue's: a case of kind `model` has model alerts, of
@@ -147,6 +150,7 @@ fn case_summary(row: &Row) -> CaseSummary {
         detectors: row.get(11),
         state: row.get(12),
         status: row.get(13),
+        likely_kinds: row.get(14),
     }
 }
 
@@ -217,7 +221,7 @@ pub async fn get_case(client: &Client, id: i64) -> Result<CaseDetail, ReviewErro
         .map_err(ReviewError::query("read a case"))?
         .ok_or(ReviewError::NotFound { what: "case", id })?;
     let summary = case_summary(&row);
-    let source: String = row.get(16);
+    let source: String = row.get(17);
     // The case's alerts: its symbol's from the same stream over its span,
     // the model's of its version and the rules' (a case joins both).
     let alerts = client
@@ -241,11 +245,11 @@ pub async fn get_case(client: &Client, id: i64) -> Result<CaseDetail, ReviewErro
         .await
         .map_err(ReviewError::query("read a case's alerts"))?;
     Ok(CaseDetail {
-        peak_ts: row.get(14),
-        top_shap: row.get(15),
+        peak_ts: row.get(15),
+        top_shap: row.get(16),
         source,
-        source_partition: row.get(17),
-        opened_at: row.get(18),
+        source_partition: row.get(18),
+        opened_at: row.get(19),
         case_alerts: alerts.iter().map(query::summary).collect(),
         dispositions: case_dispositions(client, id).await?,
         summary,

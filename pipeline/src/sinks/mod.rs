@@ -51,6 +51,8 @@ pub struct CaseUpdate {
     pub source: String,
     /// The detectors that fired in it, by name, comma-separated.
     pub detectors: String,
+    /// The kinds those detectors tell, comma-separated, if any.
+    pub likely_kinds: Option<String>,
     /// The case.
     pub case: crate::model::cases::Case,
 }

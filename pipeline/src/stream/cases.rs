@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::model::cases::{detector_names, Case, CaseTracker};
+use crate::model::cases::{Case, CaseLabels, CaseTracker};
 use crate::model::Detector;
 use crate::sinks::{CaseStore, CaseUpdate};
 
@@ -21,8 +21,8 @@ pub struct StreamCases {
     version: String,
     /// Per detector of the executor, whether it is the model.
     is_model: Vec<bool>,
-    /// Per detector, its name in a case's list.
-    names: Vec<String>,
+    /// The detectors' names and kinds in a case's lists.
+    labels: CaseLabels,
     /// The topic (the cases' `source`).
     source: String,
     store: Option<Box<dyn CaseStore>>,
@@ -53,7 +53,7 @@ impl StreamCases {
                 .iter()
                 .map(|d| matches!(d, Detector::Model(_)))
                 .collect(),
-            names: detectors.iter().map(Detector::short_name).collect(),
+            labels: Detector::case_labels(detectors),
             source: source.to_owned(),
             store,
             restored: BTreeSet::new(),
@@ -125,7 +125,8 @@ impl StreamCases {
             .map(|case| CaseUpdate {
                 version: self.version.clone(),
                 source: self.source.clone(),
-                detectors: detector_names(case.detectors, &self.names),
+                detectors: self.labels.detectors(case.detectors),
+                likely_kinds: self.labels.likely_kinds(case.detectors),
                 case,
             })
             .collect()

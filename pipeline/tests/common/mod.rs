@@ -365,7 +365,18 @@ pub async fn pg_alerts(client: &tokio_postgres::Client, version: &str) -> BTreeM
 
 /// A case as compared between batch and streaming: id → (symbol, start µs,
 /// end µs, alerts, model alerts, case score, opened µs, status).
-pub type CaseRow = (String, i64, i64, i64, i64, f64, i64, String);
+pub type CaseRow = (
+    String,
+    i64,
+    i64,
+    i64,
+    i64,
+    f64,
+    i64,
+    String,
+    String,
+    Option<String>,
+);
 
 /// The opened cases of `version` in the lake's `cases` table (from `score`).
 pub fn batch_cases(dir: &Path, lake: &str, version: &str) -> BTreeMap<String, CaseRow> {
@@ -374,8 +385,8 @@ pub fn batch_cases(dir: &Path, lake: &str, version: &str) -> BTreeMap<String, Ca
         lake,
         &format!(
             "SELECT case_id, symbol, CAST(start_ts AS BIGINT) AS s, CAST(end_ts AS BIGINT) AS e, \
-             alerts, model_alerts, case_score, CAST(opened_ts AS BIGINT) AS o, status \
-             FROM cases WHERE model_version = '{version}'"
+             alerts, model_alerts, case_score, CAST(opened_ts AS BIGINT) AS o, status, \
+             detectors, likely_kinds FROM cases WHERE model_version = '{version}'"
         ),
     )
     .iter()
@@ -391,6 +402,8 @@ pub fn batch_cases(dir: &Path, lake: &str, version: &str) -> BTreeMap<String, Ca
                 v["case_score"].as_f64().unwrap(),
                 v["o"].as_i64().unwrap(),
                 v["status"].as_str().unwrap().to_owned(),
+                v["detectors"].as_str().unwrap().to_owned(),
+                v["likely_kinds"].as_str().map(str::to_owned),
             ),
         )
     })
@@ -404,7 +417,8 @@ pub async fn pg_cases(client: &tokio_postgres::Client, version: &str) -> BTreeMa
         .query(
             &format!(
                 "SELECT case_id, symbol, {}, {}, alerts::int8, model_alerts::int8, case_score, \
-                 {}, status FROM cases WHERE model_version = $1 AND opened_ts IS NOT NULL",
+                 {}, status, detectors, likely_kinds FROM cases \
+                 WHERE model_version = $1 AND opened_ts IS NOT NULL",
                 us("start_ts"),
                 us("end_ts"),
                 us("opened_ts")
@@ -426,6 +440,8 @@ pub async fn pg_cases(client: &tokio_postgres::Client, version: &str) -> BTreeMa
                     r.get(6),
                     r.get(7),
                     r.get(8),
+                    r.get(9),
+                    r.get(10),
                 ),
             )
         })

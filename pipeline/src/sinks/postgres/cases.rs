@@ -14,21 +14,22 @@ use crate::sinks::CaseUpdate;
 // after a crash writes the same row again.
 const UPSERT_CASES: &str = "INSERT INTO cases (model_version, case_id, symbol, start_ts, end_ts, \
     alerts, model_alerts, peak_score, peak_ts, score_sum, case_score, opened_ts, detectors, \
-    detector_bits, top_shap, status, source, source_partition, opened_at) \
+    detector_bits, top_shap, status, source, source_partition, likely_kinds, opened_at) \
     SELECT u.v, u.id, u.sym, u.st, u.et, u.n, u.nm, u.peak, u.pts, u.ssum, u.cs, u.ots, u.dets, \
-    u.bits, u.shap::jsonb, u.status, u.src, u.part, \
+    u.bits, u.shap::jsonb, u.status, u.src, u.part, u.kinds, \
     CASE WHEN u.ots IS NOT NULL THEN now() END \
     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], \
     $6::int4[], $7::int4[], $8::float8[], $9::timestamptz[], $10::float8[], $11::float8[], \
     $12::timestamptz[], $13::text[], $14::int8[], $15::text[], $16::text[], $17::text[], \
-    $18::int4[]) AS u(v, id, sym, st, et, n, nm, peak, pts, ssum, cs, ots, dets, bits, shap, \
-    status, src, part) \
+    $18::int4[], $19::text[]) AS u(v, id, sym, st, et, n, nm, peak, pts, ssum, cs, ots, dets, \
+    bits, shap, status, src, part, kinds) \
     ON CONFLICT (model_version, case_id) DO UPDATE SET end_ts = EXCLUDED.end_ts, \
     alerts = EXCLUDED.alerts, model_alerts = EXCLUDED.model_alerts, \
     peak_score = EXCLUDED.peak_score, peak_ts = EXCLUDED.peak_ts, \
     score_sum = EXCLUDED.score_sum, case_score = EXCLUDED.case_score, \
     opened_ts = EXCLUDED.opened_ts, detectors = EXCLUDED.detectors, \
-    detector_bits = EXCLUDED.detector_bits, top_shap = EXCLUDED.top_shap, \
+    detector_bits = EXCLUDED.detector_bits, likely_kinds = EXCLUDED.likely_kinds, \
+    top_shap = EXCLUDED.top_shap, \
     status = EXCLUDED.status, updated = now(), \
     opened_at = coalesce(cases.opened_at, EXCLUDED.opened_at)";
 
@@ -103,6 +104,7 @@ pub async fn write_cases(
     let status: Vec<&str> = kept.iter().map(|u| u.case.status()).collect();
     let source: Vec<&str> = kept.iter().map(|u| u.source.as_str()).collect();
     let partition: Vec<Option<i32>> = kept.iter().map(|u| u.case.partition).collect();
+    let kinds: Vec<Option<&str>> = kept.iter().map(|u| u.likely_kinds.as_deref()).collect();
     tx.execute(
         UPSERT_CASES,
         &[
@@ -124,6 +126,7 @@ pub async fn write_cases(
             &status,
             &source,
             &partition,
+            &kinds,
         ],
     )
     .await
