@@ -118,7 +118,7 @@ DB_URL="${psql_url%/*}/$db"
 
 say "end to end: $TICKS ticks on a 6-partition topic, then detect until idle"
 TOPIC="bench-$$"
-"$BIN" produce --lake "$LAKE" --topic "$TOPIC" --brokers "$STOCKANOMALY_TEST_KAFKA" --partitions 6 >&2
+"$BIN" produce "kafka://$STOCKANOMALY_TEST_KAFKA/$TOPIC" --lake "$LAKE" --partitions 6 >&2
 CEILING="$("$BIN" bench --consume "kafka://$STOCKANOMALY_TEST_KAFKA/$TOPIC" --batch-rows 10000)"
 printf '%s\n' "$CEILING" >&2
 start=$(date +%s.%N)
@@ -136,7 +136,7 @@ LTOPIC="bench-latency-$$"
   --exit-when-idle 5 --batch-rows 10000 --batch-ms 20 --stats-every 1 >"$SCRATCH/latency.out" 2>"$SCRATCH/latency.err" &
 DETECT_PID=$!
 sleep 2
-"$BIN" produce --lake "$LAKE" --topic "$LTOPIC" --brokers "$STOCKANOMALY_TEST_KAFKA" --partitions 6 \
+"$BIN" produce "kafka://$STOCKANOMALY_TEST_KAFKA/$LTOPIC" --lake "$LAKE" --partitions 6 \
   --rate "$RATE" >&2
 wait "$DETECT_PID" || die "the latency detector failed: $(tail -n 20 "$SCRATCH/latency.err")"
 DETECT_PID=""

@@ -154,7 +154,7 @@ SOAK_URL="${PG%/*}/$SOAK_DB"
 
 TOPIC="soak-$$"
 say "produce $TOTAL ticks to $TOPIC ($PARTITIONS partitions)"
-"$BIN" produce --lake "$LAKE" --topic "$TOPIC" --brokers "$BROKERS" \
+"$BIN" produce "kafka://$BROKERS/$TOPIC" --lake "$LAKE" \
   --partitions "$PARTITIONS" >"$SCRATCH/produce.log" 2>&1 ||
   die "produce failed: $(tail -n 5 "$SCRATCH/produce.log")"
 

@@ -226,12 +226,9 @@ fn scored_lake_on_a_topic(
         dir,
         &[
             "produce",
+            &format!("kafka://{brokers}/{topic}"),
             "--lake",
             lake,
-            "--topic",
-            &topic,
-            "--brokers",
-            &brokers,
             "--partitions",
             "3",
         ],

@@ -209,10 +209,7 @@ async fn produce_lake_round_trips_every_tick_exactly() {
         dir.path(),
         &[
             "produce",
-            "--topic",
-            &topic,
-            "--brokers",
-            &brokers,
+            &format!("kafka://{brokers}/{topic}"),
             "--lake",
             lake.to_str().unwrap(),
             "--partitions",
@@ -239,9 +236,10 @@ async fn produce_lake_round_trips_every_tick_exactly() {
         .as_primitive::<UInt32Type>();
     assert!(seqs.values().iter().any(|&s| s > 0));
 
-    // Date range: only the first day.
+    // Date range: only the first day. (Named the old way, --topic and
+    // --brokers: still published, with a warning.)
     let topic2 = unique_topic("lake-day");
-    ok(
+    let out = common::run(
         dir.path(),
         &[
             "produce",
@@ -259,6 +257,21 @@ async fn produce_lake_round_trips_every_tick_exactly() {
             "2024-01-02",
         ],
     );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--topic/--brokers is deprecated"),
+        "{stderr}"
+    );
+    // Both ways at once is a usage error, and no way at all says how.
+    let both = common::run(
+        dir.path(),
+        &["produce", "kafka://localhost:1/t", "--topic", "t"],
+    );
+    assert_eq!(both.status.code(), Some(2));
+    let none = common::run(dir.path(), &["produce", "--lake", lake.to_str().unwrap()]);
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("kafka://BROKER[,BROKER...]/TOPIC"));
     let day1 = by_key(&decode_all(&consume_all(&brokers, &topic2, 1)));
     let ts = day1
         .column_by_name("ts")

@@ -1,13 +1,10 @@
 //! `stockanomaly backfill`
 
-use std::path::PathBuf;
-
-use chrono::NaiveDate;
 use clap::Args;
 
 use super::output::{count, count_bar, rate};
 use super::{open_lake, UsageError};
-use crate::features::{backfill, BackfillOptions, Catalog, CHUNK_TICKS, DEFAULT_QUERIES};
+use crate::features::{backfill, BackfillOptions, Catalog, CHUNK_TICKS};
 
 /// `stockanomaly backfill`.
 #[derive(Debug, Args)]
@@ -22,16 +19,17 @@ Examples:
   stockanomaly backfill
   stockanomaly backfill --from 2024-01-02 --to 2024-01-31 --symbols AAPL,MSFT")]
 pub struct BackfillArgs {
-    /// First date to compute (YYYY-MM-DD; default: the lake's first).
-    #[arg(long, env = "STOCKANOMALY_FROM")]
-    pub from: Option<NaiveDate>,
-
-    /// Last date to compute, inclusive (default: the lake's last).
-    #[arg(long, env = "STOCKANOMALY_TO")]
-    pub to: Option<NaiveDate>,
+    /// The dates.
+    #[command(flatten)]
+    pub dates: super::shared::DateRangeArgs,
 
     /// Only these symbols (comma-separated).
-    #[arg(long, env = "STOCKANOMALY_SYMBOLS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "STOCKANOMALY_SYMBOLS",
+        value_delimiter = ',',
+        value_name = "A,B"
+    )]
     pub symbols: Vec<String>,
 
     /// Recompute dates that are already done.
@@ -45,24 +43,20 @@ pub struct BackfillArgs {
     #[arg(long, env = "STOCKANOMALY_CHUNK_TICKS", default_value_t = CHUNK_TICKS, value_name = "N")]
     pub chunk_ticks: u64,
 
-    /// Folder holding `features/*.sql`.
-    #[arg(long, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
-    pub queries: PathBuf,
+    /// The SQL files.
+    #[command(flatten)]
+    pub sql: super::shared::QueriesArgs,
 }
 
 pub(crate) async fn run(lake: &str, args: BackfillArgs) -> anyhow::Result<()> {
-    if let (Some(f), Some(t)) = (args.from, args.to) {
-        if f > t {
-            return Err(UsageError(format!("--from {f} is after --to {t}")).into());
-        }
-    }
-    let catalog = Catalog::load_or_embedded(&args.queries)
+    args.dates.check()?;
+    let catalog = Catalog::load_or_embedded(&args.sql.queries)
         .await
         .map_err(|e| UsageError(e.to_string()))?;
     let root = open_lake(lake)?;
     let options = BackfillOptions {
-        from: args.from,
-        to: args.to,
+        from: args.dates.from,
+        to: args.dates.to,
         symbols: args.symbols,
         force: args.force,
         chunk_ticks: args.chunk_ticks,

@@ -2,6 +2,7 @@
 
 use clap::{Args, Subcommand};
 
+use super::shared::DbUrlArgs;
 use super::UsageError;
 use crate::sinks::postgres::{self, DbError, MIGRATIONS};
 
@@ -34,15 +35,6 @@ pub enum DbCommand {
     Migrate(DbUrlArgs),
     /// List the applied and pending migrations.
     Status(DbUrlArgs),
-}
-
-/// Where the database is.
-#[derive(Debug, Args)]
-pub struct DbUrlArgs {
-    /// PostgreSQL connection URL, postgres://user[:password]@host[:port]/db[?sslmode=...].
-    /// Its value is never printed.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
-    pub database_url: String,
 }
 
 pub(crate) async fn run(args: DbArgs) -> anyhow::Result<()> {

@@ -8,9 +8,9 @@ use clap::Args;
 
 use super::train::load_detectors;
 use super::{open_lake, UsageError};
-use crate::features::{Catalog, DEFAULT_QUERIES};
+use crate::features::Catalog;
 use crate::sinks::postgres::{connect, migrate, register_model, Reconnecting};
-use crate::sources::kafka::{KafkaConfig, KafkaOption};
+use crate::sources::kafka::{KafkaConfig, KafkaOption, KafkaUrl};
 use crate::stream::context::{context_tables, ContextError};
 use crate::stream::{detect, load_symbols, DetectOptions, Executor, ExecutorConfig, Metrics};
 
@@ -79,9 +79,9 @@ pub struct DetectArgs {
     )]
     pub group: String,
 
-    /// PostgreSQL URL (password from the URL or PGPASSWORD; never printed).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
-    pub database_url: String,
+    /// The database.
+    #[command(flatten)]
+    pub db: super::shared::DbUrlArgs,
 
     /// Most ticks per micro-batch.
     #[arg(long, env = "STOCKANOMALY_BATCH_ROWS", default_value_t = 10_000)]
@@ -98,8 +98,13 @@ pub struct DetectArgs {
     #[arg(long, env = "STOCKANOMALY_IDLE_TIMEOUT_MS", default_value_t = 2_000)]
     pub idle_timeout_ms: u64,
 
-    /// SHAP contributions kept per model alert.
-    #[arg(long, env = "STOCKANOMALY_TOP_SHAP", default_value_t = 3)]
+    /// Keep the K largest SHAP contributions of each model alert.
+    #[arg(
+        long,
+        env = "STOCKANOMALY_TOP_SHAP",
+        default_value_t = 3,
+        value_name = "K"
+    )]
     pub top_shap: usize,
 
     /// Exit once nothing arrived for this many seconds and nothing is
@@ -162,26 +167,16 @@ pub struct DetectArgs {
     #[arg(long, env = "STOCKANOMALY_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
-    /// Folder holding `features/*.sql` and `rules/*.sql`.
-    #[arg(long, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
-    pub queries: PathBuf,
+    /// The SQL files.
+    #[command(flatten)]
+    pub sql: super::shared::QueriesArgs,
 }
 
-/// `kafka://brokers/topic` → (brokers, topic).
+/// `--source kafka://brokers/topic` → (brokers, topic).
 pub(super) fn parse_source(url: &str) -> Result<(String, String), UsageError> {
-    let rest = url.strip_prefix("kafka://").ok_or_else(|| {
-        UsageError(format!(
-            "--source {url:?}: expected kafka://BROKER[,BROKER...]/TOPIC"
-        ))
-    })?;
-    match rest.split_once('/') {
-        Some((b, t)) if !b.is_empty() && !t.is_empty() && !t.contains('/') => {
-            Ok((b.to_owned(), t.to_owned()))
-        }
-        _ => Err(UsageError(format!(
-            "--source {url:?}: expected kafka://BROKER[,BROKER...]/TOPIC"
-        ))),
-    }
+    let KafkaUrl { brokers, topic } =
+        KafkaUrl::parse(url).map_err(|e| UsageError(format!("--source {e}")))?;
+    Ok((brokers, topic))
 }
 
 pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
@@ -189,11 +184,16 @@ pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
     if args.batch_rows == 0 {
         return Err(UsageError("--batch-rows must be at least 1".into()).into());
     }
-    let catalog = Catalog::load_or_embedded(&args.queries)
+    let catalog = Catalog::load_or_embedded(&args.sql.queries)
         .await
         .map_err(|e| UsageError(e.to_string()))?;
-    let detectors =
-        load_detectors(&catalog, args.model.as_deref(), args.rules, &args.queries).await?;
+    let detectors = load_detectors(
+        &catalog,
+        args.model.as_deref(),
+        args.rules,
+        &args.sql.queries,
+    )
+    .await?;
     let root = open_lake(lake)?;
     // Refuse a lake without the context tables the feature files read: the
     // features would be NULL and the alerts not backfill's.
@@ -212,7 +212,7 @@ pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
         );
     }
     let symbols = load_symbols(&root).await?;
-    let mut db = connect(&args.database_url).await?;
+    let mut db = connect(&args.db.database_url).await?;
     let applied = migrate(&mut db).await?;
     if !applied.is_empty() {
         println!("migrated the database: {}", applied.join(", "));
@@ -275,7 +275,7 @@ pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
         );
     }
     let started = std::time::Instant::now();
-    let db = Reconnecting::new(&args.database_url, db);
+    let db = Reconnecting::new(&args.db.database_url, db);
     let s = detect(executor, db, &options, &metrics).await?;
     // Gaps are rare and each was logged as it was found: named here only
     // when there were some.

@@ -11,8 +11,8 @@ use crate::lake::schema_session;
 /// `stockanomaly features`.
 #[derive(Debug, Args)]
 pub struct FeaturesArgs {
-    /// Folder holding `features/*.sql` (the built-in pack is used when the
-    /// default folder does not exist).
+    /// Folder of the SQL files: features/*.sql, market/*.sql (the market
+    /// context) and rules/*.sql.
     #[arg(long, global = true, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
     pub queries: PathBuf,
 

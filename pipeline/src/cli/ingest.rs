@@ -143,13 +143,6 @@ pub struct IngestLiveArgs {
     #[arg(long, env = "STOCKANOMALY_NO_GAP_FILL")]
     pub no_gap_fill: bool,
 
-    /// Where the ticks go: a lake root (default: --lake),
-    /// kafka://BROKERS/TOPIC (JSON ticks keyed by symbol, as `detect`
-    /// consumes them), or PostgreSQL's tick store: `postgres` (the database
-    /// in DATABASE_URL) or a postgres:// URL (password in PGPASSWORD).
-    #[arg(long, env = "STOCKANOMALY_LIVE_TO", value_name = "TARGET")]
-    pub to: Option<String>,
-
     /// Stop after this many ticks.
     #[arg(long, env = "STOCKANOMALY_MAX_TICKS", value_name = "N")]
     pub max_ticks: Option<u64>,
@@ -196,14 +189,9 @@ pub struct IngestLiveArgs {
     )]
     pub max_reconnects: u32,
 
-    /// Write every rejected record here (CSV: origin, frame number, reason,
-    /// detail, record).
-    #[arg(long, env = "STOCKANOMALY_REJECTS", value_name = "FILE")]
-    pub rejects: Option<PathBuf>,
-
-    /// Partitions of the Kafka topic when it has to be created.
-    #[arg(long, env = "STOCKANOMALY_KAFKA_PARTITIONS", default_value_t = 6)]
-    pub partitions: u16,
+    /// Where the ticks and rejects go.
+    #[command(flatten)]
+    pub target: super::shared::IngestTargetArgs,
 }
 
 /// `stockanomaly ingest history`.
@@ -242,13 +230,6 @@ pub struct IngestHistoryArgs {
     #[arg(long, value_name = "URL")]
     pub rest_endpoint: Option<String>,
 
-    /// Where the ticks go: a lake root (default: --lake),
-    /// kafka://BROKERS/TOPIC (JSON ticks keyed by symbol, as `detect`
-    /// consumes them), or PostgreSQL's tick store: `postgres` (the database
-    /// in DATABASE_URL) or a postgres:// URL (password in PGPASSWORD).
-    #[arg(long, env = "STOCKANOMALY_HISTORY_TO", value_name = "TARGET")]
-    pub to: Option<String>,
-
     /// Alpaca's data feed (iex, sip, ...); the plan's default if absent.
     #[arg(long = "feed", env = "STOCKANOMALY_ALPACA_FEED", value_name = "FEED")]
     pub data_feed: Option<String>,
@@ -267,14 +248,9 @@ pub struct IngestHistoryArgs {
     )]
     pub max_retries: u32,
 
-    /// Write every rejected record here (CSV: origin, record number, reason,
-    /// detail, record).
-    #[arg(long, env = "STOCKANOMALY_REJECTS", value_name = "FILE")]
-    pub rejects: Option<PathBuf>,
-
-    /// Partitions of the Kafka topic when it has to be created.
-    #[arg(long, env = "STOCKANOMALY_KAFKA_PARTITIONS", default_value_t = 6)]
-    pub partitions: u16,
+    /// Where the ticks and rejects go.
+    #[command(flatten)]
+    pub target: super::shared::IngestTargetArgs,
 }
 
 /// `stockanomaly ingest csv`.
@@ -288,24 +264,9 @@ pub struct IngestCsvArgs {
     #[arg(long, env = "STOCKANOMALY_CSV_FORMAT", value_enum, default_value_t = CsvFormat::Auto)]
     pub format: CsvFormat,
 
-    /// Write every rejected row here instead of `<FILE>.rejects.csv`.
-    #[arg(long, env = "STOCKANOMALY_REJECTS", value_name = "FILE")]
-    pub rejects: Option<PathBuf>,
-
     /// Stop at the first bad row (exit 1) instead of setting it aside.
     #[arg(long, env = "STOCKANOMALY_STRICT")]
     pub strict: bool,
-
-    /// Where the ticks go: the lake (default: --lake), PostgreSQL's tick
-    /// store (`postgres`: the database in DATABASE_URL, or a postgres://
-    /// URL, password in PGPASSWORD; re-ingesting a file adds nothing), or
-    /// kafka://BROKERS/TOPIC. Labels and symbols always go to the lake.
-    #[arg(long, env = "STOCKANOMALY_CSV_TO", value_name = "TARGET")]
-    pub to: Option<String>,
-
-    /// Partitions of the Kafka topic when it has to be created.
-    #[arg(long, env = "STOCKANOMALY_KAFKA_PARTITIONS", default_value_t = 6)]
-    pub partitions: u16,
 
     /// Market identifier code of the venue the symbols are listed on (XNYS,
     /// XNAS, XNSE, XBOM, XLON, XETR, XPAR, XTKS, XHKG, XASX, XTSE, ARCX,
@@ -314,6 +275,10 @@ pub struct IngestCsvArgs {
     /// without a listing are taken as New York.
     #[arg(long, env = "STOCKANOMALY_EXCHANGE", value_name = "MIC")]
     pub exchange: Option<String>,
+
+    /// Where the ticks and rejects go.
+    #[command(flatten)]
+    pub target: super::shared::IngestTargetArgs,
 }
 
 pub(crate) async fn run(lake: &str, args: IngestArgs) -> anyhow::Result<()> {
@@ -328,7 +293,8 @@ async fn run_history(lake: &str, args: IngestHistoryArgs) -> anyhow::Result<()> 
     if let Some(0) = args.page_limit {
         return Err(UsageError("--page-limit must be at least 1".into()).into());
     }
-    let target = parse_target(args.to.as_deref().unwrap_or(lake), args.partitions)?;
+    let to = args.target.to_or_deprecated("STOCKANOMALY_HISTORY_TO");
+    let target = parse_target(to.as_deref().unwrap_or(lake), args.target.partitions)?;
     let endpoint = args
         .rest_endpoint
         .or_else(|| {
@@ -361,7 +327,7 @@ async fn run_history(lake: &str, args: IngestHistoryArgs) -> anyhow::Result<()> 
     let mut fetcher = HistoryFetcher::new(request)?;
     let bar = open_bar("pages");
     bar.set_message("0 ticks".to_owned());
-    let summary = ingest_history(&mut fetcher, &target, args.rejects.as_deref(), &bar).await;
+    let summary = ingest_history(&mut fetcher, &target, args.target.rejects.as_deref(), &bar).await;
     bar.finish_and_clear();
     let summary = summary.with_context(|| {
         format!(
@@ -382,7 +348,8 @@ fn secs(flag: &str, v: f64) -> anyhow::Result<Duration> {
 }
 
 async fn run_live(lake: &str, args: IngestLiveArgs) -> anyhow::Result<()> {
-    let target = parse_target(args.to.as_deref().unwrap_or(lake), args.partitions)?;
+    let to = args.target.to_or_deprecated("STOCKANOMALY_LIVE_TO");
+    let target = parse_target(to.as_deref().unwrap_or(lake), args.target.partitions)?;
     let amendments_lake = open_lake(lake)?;
     let flush_every = secs("--flush-secs", args.flush_secs)?;
     let watchdog = secs("--watchdog-secs", args.watchdog_secs)?;
@@ -444,7 +411,7 @@ async fn run_live(lake: &str, args: IngestLiveArgs) -> anyhow::Result<()> {
         buffer_ticks: args.buffer_ticks,
         flush_every,
         status_every: Duration::from_secs(1),
-        rejects: args.rejects,
+        rejects: args.target.rejects,
     };
     let bar = open_bar("ticks");
     bar.set_message(format!("connecting to {shown}"));
@@ -657,8 +624,8 @@ async fn run_csv(lake: &str, args: IngestCsvArgs) -> anyhow::Result<()> {
             .with_context(|| format!("{}", f.display()))?
             .len();
     }
-    let to = match args.to.as_deref() {
-        Some(to) => Some(parse_target(to, args.partitions)?),
+    let to = match args.target.to_or_deprecated("STOCKANOMALY_CSV_TO") {
+        Some(to) => Some(parse_target(&to, args.target.partitions)?),
         None => None,
     };
     let shown = to
@@ -667,7 +634,7 @@ async fn run_csv(lake: &str, args: IngestCsvArgs) -> anyhow::Result<()> {
     let options = IngestOptions {
         exchange: args.exchange,
         format: args.format,
-        rejects: args.rejects,
+        rejects: args.target.rejects,
         strict: args.strict,
         validator: Validator::new(),
         to,
@@ -768,7 +735,7 @@ mod tests {
         assert!(matches!(a.from, Bound::Day(_)));
         assert!(matches!(a.until, Bound::At(_)));
         assert_eq!(a.timeframe, Timeframe::Trades);
-        assert_eq!(a.to.as_deref(), Some("kafka://localhost:9092/ticks"));
+        assert_eq!(a.target.to.as_deref(), Some("kafka://localhost:9092/ticks"));
         assert_eq!(a.max_retries, 8);
         let a = history(&[
             "polygon",
@@ -782,7 +749,7 @@ mod tests {
             "1min",
         ]);
         assert_eq!(a.timeframe, Timeframe::Minute);
-        assert_eq!(a.to, None);
+        assert_eq!(a.target.to, None);
     }
 
     #[test]

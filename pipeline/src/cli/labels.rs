@@ -37,9 +37,9 @@ Examples:
   stockanomaly labels export --database-url postgres://review@db/stockanomaly --lake parquet
   stockanomaly labels export --pad-seconds 60")]
 pub struct LabelsExportArgs {
-    /// PostgreSQL connection URL. Its value is never printed.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
-    pub database_url: String,
+    /// The database.
+    #[command(flatten)]
+    pub db: super::shared::DbUrlArgs,
 
     /// Seconds added before and after each label interval (an alert's tick,
     /// a case's span).
@@ -51,7 +51,7 @@ pub(crate) async fn run(lake: &str, args: LabelsArgs) -> anyhow::Result<()> {
     match args.command {
         LabelsCommand::Export(a) => {
             let root = open_lake(lake)?;
-            let pool = Pool::connect(&a.database_url).await?;
+            let pool = Pool::connect(&a.db.database_url).await?;
             let client = pool.get().await?;
             let verdicts = final_verdicts(&client).await?;
             let s = export_labels(&root, &verdicts, i64::from(a.pad_seconds) * 1_000_000).await?;

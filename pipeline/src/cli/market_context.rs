@@ -1,13 +1,12 @@
 //! `stockanomaly market-context`: the market rows of every one-minute
 //! bucket of the tick topic, to the `market` topic the detectors read.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 
 use super::{open_lake, UsageError};
-use crate::features::{Catalog, DEFAULT_QUERIES};
+use crate::features::Catalog;
 use crate::stream::load_symbols;
 use crate::stream::market::CloserConfig;
 use crate::stream::market_context::{market_context, MarketContextOptions};
@@ -89,9 +88,9 @@ pub struct MarketContextArgs {
     #[command(flatten)]
     pub future: super::future::FutureArgs,
 
-    /// Folder holding `market/buckets.sql` (else the built-in query).
-    #[arg(long, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
-    pub queries: PathBuf,
+    /// The SQL files.
+    #[command(flatten)]
+    pub sql: super::shared::QueriesArgs,
 }
 
 pub(crate) async fn run(lake: &str, args: MarketContextArgs) -> anyhow::Result<()> {
@@ -99,7 +98,7 @@ pub(crate) async fn run(lake: &str, args: MarketContextArgs) -> anyhow::Result<(
     if args.batch_rows == 0 {
         return Err(UsageError("--batch-rows must be at least 1".into()).into());
     }
-    let catalog = Catalog::load_or_embedded(&args.queries)
+    let catalog = Catalog::load_or_embedded(&args.sql.queries)
         .await
         .map_err(|e| UsageError(e.to_string()))?;
     let root = open_lake(lake)?;

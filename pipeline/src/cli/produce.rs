@@ -10,10 +10,11 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::output::{count, rate};
+use super::shared::deprecated_flag;
 use super::{existing_file, open_lake, UsageError};
 use crate::sources::csv::{CsvFormat, CsvSource};
 use crate::sources::kafka::{
-    ensure_topic_with, sort_event_time, KafkaConfig, KafkaOption, TickPublisher,
+    ensure_topic_with, sort_event_time, KafkaConfig, KafkaOption, KafkaUrl, TickPublisher,
 };
 use crate::sources::replay::{Pacer, ReplayOptions, ReplaySource};
 use crate::sources::simulate::{SimConfig, SimKind, Simulator};
@@ -24,32 +25,42 @@ use crate::tick::{Reject, Validator};
 /// `stockanomaly produce`.
 #[derive(Debug, Clone, Args)]
 #[command(after_long_help = "\
-Publishes ticks to a Kafka topic as JSON objects keyed by symbol
+Publishes ticks to the Kafka topic TARGET (kafka://BROKERS/TOPIC, the form
+`detect --source` and `ingest --to` take) as JSON objects keyed by symbol
 ({\"symbol\":..,\"timestamp\":\"2024-01-02T14:30:00.123456Z\",\"price\":..,\"volume\":..}),
 in event-time order, so each symbol's ticks stay in order in one partition.
 The ticks come from the lake (default), a CSV file or the simulator. The
 topic is created with --partitions partitions if missing.
 
-Examples:
-  stockanomaly produce --topic ticks --brokers localhost:9092
-  stockanomaly produce --topic ticks --lake parquet --from 2024-01-02 --to 2024-01-05 --speed 60
-  stockanomaly produce --topic ticks --csv trades.csv --rate 1000
-  stockanomaly produce --topic ticks --simulate --symbols 5 --days 1")]
-pub struct ProduceArgs {
-    /// Topic to publish to.
-    #[arg(long, env = "STOCKANOMALY_KAFKA_TOPIC")]
-    pub topic: String,
+--topic and --brokers (and STOCKANOMALY_KAFKA_TOPIC, _BROKERS) still work
+in this release, with a warning: name the topic as a URL instead.
 
-    /// Kafka bootstrap servers (host:port, comma-separated).
-    #[arg(
-        long,
-        env = "STOCKANOMALY_KAFKA_BROKERS",
-        default_value = "localhost:9092"
-    )]
-    pub brokers: String,
+Examples:
+  stockanomaly produce kafka://localhost:9092/ticks
+  stockanomaly produce kafka://localhost:9092/ticks --lake parquet --from 2024-01-02 --to 2024-01-05 --speed 60
+  stockanomaly produce kafka://localhost:9092/ticks --csv trades.csv --rate 1000
+  stockanomaly produce kafka://localhost:9092/ticks --simulate --symbols 5 --days 1")]
+pub struct ProduceArgs {
+    /// The topic to publish to: kafka://BROKER[,BROKER...]/TOPIC.
+    #[arg(env = "STOCKANOMALY_PRODUCE_TO", value_name = "TARGET")]
+    pub target: Option<String>,
+
+    /// Deprecated: the topic (name it in TARGET).
+    #[arg(long, env = "STOCKANOMALY_KAFKA_TOPIC", conflicts_with = "target")]
+    pub topic: Option<String>,
+
+    /// Deprecated: bootstrap servers, host:port[,...] (name them in TARGET;
+    /// default localhost:9092).
+    #[arg(long, env = "STOCKANOMALY_KAFKA_BROKERS", conflicts_with = "target")]
+    pub brokers: Option<String>,
 
     /// Partitions of the topic when it has to be created.
-    #[arg(long, env = "STOCKANOMALY_KAFKA_PARTITIONS", default_value_t = 6)]
+    #[arg(
+        long,
+        env = "STOCKANOMALY_KAFKA_PARTITIONS",
+        default_value_t = 6,
+        value_name = "N"
+    )]
     pub partitions: u16,
 
     /// librdkafka settings for every Kafka client of the command (TLS,
@@ -64,13 +75,9 @@ pub struct ProduceArgs {
     )]
     pub kafka_options: Vec<KafkaOption>,
 
-    /// First date to publish from the lake (YYYY-MM-DD, UTC).
-    #[arg(long, env = "STOCKANOMALY_FROM")]
-    pub from: Option<NaiveDate>,
-
-    /// Last date to publish from the lake, inclusive.
-    #[arg(long, env = "STOCKANOMALY_TO")]
-    pub to: Option<NaiveDate>,
+    /// The dates.
+    #[command(flatten)]
+    pub dates: super::shared::DateRangeArgs,
 
     /// Publish this CSV file (any layout `ingest csv` reads) instead of the
     /// lake. The file is sorted in memory by event time.
@@ -151,21 +158,45 @@ const LAKE_BATCH_ROWS: usize = 64 * 1024;
 /// would cost more than the message).
 const BAR_STEP: u64 = 4096;
 
+/// The topic to publish to: TARGET, or the deprecated --topic and
+/// --brokers.
+fn target(args: &ProduceArgs) -> Result<KafkaUrl, UsageError> {
+    if let Some(url) = &args.target {
+        return KafkaUrl::parse(url).map_err(UsageError);
+    }
+    let Some(topic) = &args.topic else {
+        return Err(UsageError(format!(
+            "name the topic to publish to: stockanomaly produce {} (e.g. \
+             kafka://localhost:9092/ticks)",
+            KafkaUrl::FORM
+        )));
+    };
+    deprecated_flag("--topic/--brokers", "a kafka://BROKERS/TOPIC argument");
+    Ok(KafkaUrl {
+        brokers: args
+            .brokers
+            .clone()
+            .unwrap_or_else(|| "localhost:9092".to_owned()),
+        topic: topic.clone(),
+    })
+}
+
 pub(crate) async fn run(lake: &str, args: ProduceArgs) -> anyhow::Result<()> {
     check(&args)?;
-    let kafka = KafkaConfig::from_options(&args.brokers, &args.kafka_options);
+    let url = target(&args)?;
+    let kafka = KafkaConfig::from_options(&url.brokers, &args.kafka_options);
     let started = Instant::now();
-    let topic = ensure_topic_with(&kafka, &args.topic, i32::from(args.partitions)).await?;
+    let topic = ensure_topic_with(&kafka, &url.topic, i32::from(args.partitions)).await?;
     if !topic.created && topic.partitions != usize::from(args.partitions) {
         tracing::warn!(
             "topic {} exists with {} partitions (--partitions {} not applied)",
-            args.topic,
+            url.topic,
             topic.partitions,
             args.partitions
         );
     }
     let mut out = Output {
-        publisher: TickPublisher::new(&kafka, &args.topic)?,
+        publisher: TickPublisher::new(&kafka, &url.topic)?,
         pace: Pace::new(&args),
         bar: message_bar(),
         since_bar: 0,
@@ -199,7 +230,7 @@ pub(crate) async fn run(lake: &str, args: ProduceArgs) -> anyhow::Result<()> {
         "produced {} messages ({:.1} MB of JSON) from {what} to topic {} ({} partitions{}) in {:.2}s, {}",
         count(stats.messages),
         stats.bytes as f64 / 1e6,
-        args.topic,
+        url.topic,
         topic.partitions,
         if topic.created { ", created" } else { "" },
         elapsed.as_secs_f64(),
@@ -215,11 +246,7 @@ pub(crate) async fn run(lake: &str, args: ProduceArgs) -> anyhow::Result<()> {
 }
 
 fn check(args: &ProduceArgs) -> anyhow::Result<()> {
-    if let (Some(f), Some(t)) = (args.from, args.to) {
-        if f > t {
-            return Err(UsageError(format!("--from {f} is after --to {t}")).into());
-        }
-    }
+    args.dates.check()?;
     if let Some(r) = args.rate {
         if !(r.is_finite() && r > 0.0) {
             return Err(UsageError(format!("--rate {r}: expected a positive number")).into());
@@ -323,8 +350,8 @@ async fn produce_lake(
     let mut source = ReplaySource::open(
         root,
         ReplayOptions {
-            from: args.from,
-            to: args.to,
+            from: args.dates.from,
+            to: args.dates.to,
             batch_rows: LAKE_BATCH_ROWS,
             ..ReplayOptions::default()
         },

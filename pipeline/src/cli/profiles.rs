@@ -7,7 +7,7 @@ use clap::Args;
 use super::{open_lake, UsageError};
 use crate::features::market::write_betas;
 use crate::features::profiles::{write_profiles, PROFILE_DAYS};
-use crate::features::{Catalog, DEFAULT_QUERIES};
+use crate::features::Catalog;
 
 /// `stockanomaly profiles`.
 #[derive(Debug, Args)]
@@ -37,15 +37,14 @@ pub struct ProfilesArgs {
     )]
     pub date: Vec<NaiveDate>,
 
-    /// Folder holding the feature files (to know whether they read the
-    /// market, and its bucket query).
-    #[arg(long, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
-    pub queries: std::path::PathBuf,
+    /// The SQL files.
+    #[command(flatten)]
+    pub sql: super::shared::QueriesArgs,
 }
 
 pub(crate) async fn run(lake: &str, args: ProfilesArgs) -> anyhow::Result<()> {
     let root = open_lake(lake)?;
-    let catalog = Catalog::load_or_embedded(&args.queries)
+    let catalog = Catalog::load_or_embedded(&args.sql.queries)
         .await
         .map_err(|e| UsageError(e.to_string()))?;
     let dates = if args.date.is_empty() {

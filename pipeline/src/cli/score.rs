@@ -3,13 +3,12 @@
 
 use std::path::PathBuf;
 
-use chrono::NaiveDate;
 use clap::Args;
 
 use super::output::{count, count_bar};
-use super::train::{check_range, classify, load_detectors};
+use super::train::{classify, load_detectors};
 use super::{open_lake, UsageError};
-use crate::features::{Catalog, DEFAULT_QUERIES};
+use crate::features::Catalog;
 use crate::model::{score, ScoreOptions};
 
 /// `stockanomaly score`.
@@ -55,13 +54,9 @@ pub struct ScoreArgs {
     #[arg(long, env = "STOCKANOMALY_RULES")]
     pub rules: bool,
 
-    /// First date to score (default: the snapshot's first).
-    #[arg(long, env = "STOCKANOMALY_FROM")]
-    pub from: Option<NaiveDate>,
-
-    /// Last date to score, inclusive (default: the snapshot's last).
-    #[arg(long, env = "STOCKANOMALY_TO")]
-    pub to: Option<NaiveDate>,
+    /// The dates.
+    #[command(flatten)]
+    pub dates: super::shared::DateRangeArgs,
 
     /// Keep the K largest SHAP contributions of each model alert.
     #[arg(
@@ -72,22 +67,27 @@ pub struct ScoreArgs {
     )]
     pub top_shap: usize,
 
-    /// Folder holding `features/*.sql` and `rules/*.sql`.
-    #[arg(long, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
-    pub queries: PathBuf,
+    /// The SQL files.
+    #[command(flatten)]
+    pub sql: super::shared::QueriesArgs,
 }
 
 pub(crate) async fn run(lake: &str, args: ScoreArgs) -> anyhow::Result<()> {
-    check_range(args.from, args.to)?;
-    let catalog = Catalog::load_or_embedded(&args.queries)
+    args.dates.check()?;
+    let catalog = Catalog::load_or_embedded(&args.sql.queries)
         .await
         .map_err(|e| UsageError(e.to_string()))?;
     let root = open_lake(lake)?;
-    let detectors =
-        load_detectors(&catalog, args.model.as_deref(), args.rules, &args.queries).await?;
+    let detectors = load_detectors(
+        &catalog,
+        args.model.as_deref(),
+        args.rules,
+        &args.sql.queries,
+    )
+    .await?;
     let options = ScoreOptions {
-        from: args.from,
-        to: args.to,
+        from: args.dates.from,
+        to: args.dates.to,
         top_shap: args.top_shap,
     };
     let bar = count_bar(0, "score dates");

@@ -70,11 +70,9 @@ Examples:
   stockanomaly serve --auth trusted-header X-Forwarded-User --trusted-proxy 10.0.0.5 \\
       --listen 0.0.0.0:8080 --public-url https://review.example.com")]
 pub struct ServeArgs {
-    /// PostgreSQL connection URL (the detector's database, migrated); best
-    /// a role that is a member of `stockanomaly_review`. Its value is never
-    /// printed.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
-    pub database_url: String,
+    /// The database.
+    #[command(flatten)]
+    pub db: super::shared::DbUrlArgs,
 
     /// Address to listen on.
     #[arg(
@@ -321,7 +319,7 @@ pub(crate) async fn run(lake: &str, args: ServeArgs) -> anyhow::Result<()> {
     }
     let site = site(&args, addr)?;
     let pool = Pool::connect_with(
-        &args.database_url,
+        &args.db.database_url,
         &PoolOptions {
             max_size: args.db_pool_size,
             acquire_timeout: Duration::from_millis(args.db_acquire_timeout_ms.max(1)),

@@ -11,7 +11,7 @@ use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
 use super::{open_lake, UsageError};
-use crate::features::{training_session, Catalog, DEFAULT_QUERIES};
+use crate::features::{training_session, Catalog};
 use crate::lake::session_context;
 
 /// Output formats of `sql`.
@@ -48,9 +48,9 @@ pub struct SqlArgs {
     #[arg(long, env = "STOCKANOMALY_SQL_FORMAT", value_enum, default_value_t = SqlFormat::Table)]
     pub format: SqlFormat,
 
-    /// Folder holding `features/*.sql` (for the `features` and `training` tables).
-    #[arg(long, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
-    pub queries: std::path::PathBuf,
+    /// The SQL files.
+    #[command(flatten)]
+    pub sql: super::shared::QueriesArgs,
 
     /// Write to this file instead of standard output.
     #[arg(long, short, env = "STOCKANOMALY_SQL_OUTPUT", value_name = "FILE")]
@@ -64,7 +64,7 @@ pub(crate) async fn run(lake: &str, args: SqlArgs) -> anyhow::Result<()> {
     let root = open_lake(lake)?;
     // With a valid feature catalog, `features` (its snapshot) and `training`
     // (features x labels) are there too.
-    let ctx = match Catalog::load_or_embedded(&args.queries).await {
+    let ctx = match Catalog::load_or_embedded(&args.sql.queries).await {
         Ok(catalog) => training_session(&root, &catalog).await?,
         Err(e) => {
             tracing::warn!(error = %e, "Feature catalog not loaded; `features` and `training` are not available.");

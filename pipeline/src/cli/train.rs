@@ -3,12 +3,11 @@
 
 use std::path::PathBuf;
 
-use chrono::NaiveDate;
 use clap::Args;
 
 use super::output::{count, count_bar};
 use super::{open_lake, UsageError};
-use crate::features::{Catalog, DEFAULT_QUERIES};
+use crate::features::Catalog;
 use crate::model::manifest::{Manifest, ThresholdRule, MANIFEST_FILE, MODEL_FILE};
 use crate::model::report::REPORT_FILE;
 use crate::model::{
@@ -46,13 +45,9 @@ Examples:
   stockanomaly train --target-precision 0.8 --out model/artifacts/precise
   stockanomaly train --ablate --rounds 100")]
 pub struct TrainArgs {
-    /// First date to use (YYYY-MM-DD; default: the snapshot's first).
-    #[arg(long, env = "STOCKANOMALY_FROM")]
-    pub from: Option<NaiveDate>,
-
-    /// Last date to use, inclusive (default: the snapshot's last).
-    #[arg(long, env = "STOCKANOMALY_TO")]
-    pub to: Option<NaiveDate>,
+    /// The dates.
+    #[command(flatten)]
+    pub dates: super::shared::DateRangeArgs,
 
     /// Dates in the validation split (after the training dates).
     #[arg(
@@ -159,9 +154,9 @@ pub struct TrainArgs {
     #[arg(long, env = "STOCKANOMALY_OUT", value_name = "DIR")]
     pub out: Option<PathBuf>,
 
-    /// Folder holding `features/*.sql`.
-    #[arg(long, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
-    pub queries: PathBuf,
+    /// The SQL files.
+    #[command(flatten)]
+    pub sql: super::shared::QueriesArgs,
 }
 
 /// `stockanomaly evaluate`.
@@ -192,17 +187,13 @@ pub struct EvaluateArgs {
     #[arg(long, env = "STOCKANOMALY_RULES")]
     pub rules: bool,
 
-    /// First date to score (default: the snapshot's first).
-    #[arg(long, env = "STOCKANOMALY_FROM")]
-    pub from: Option<NaiveDate>,
+    /// The dates.
+    #[command(flatten)]
+    pub dates: super::shared::DateRangeArgs,
 
-    /// Last date to score, inclusive (default: the snapshot's last).
-    #[arg(long, env = "STOCKANOMALY_TO")]
-    pub to: Option<NaiveDate>,
-
-    /// Folder holding `features/*.sql` and `rules/*.sql`.
-    #[arg(long, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
-    pub queries: PathBuf,
+    /// The SQL files.
+    #[command(flatten)]
+    pub sql: super::shared::QueriesArgs,
 }
 
 fn parse_param(s: &str) -> Result<(String, String), String> {
@@ -210,15 +201,6 @@ fn parse_param(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
         _ => Err(format!("expected key=value, found {s:?}")),
     }
-}
-
-pub(crate) fn check_range(from: Option<NaiveDate>, to: Option<NaiveDate>) -> anyhow::Result<()> {
-    if let (Some(f), Some(t)) = (from, to) {
-        if f > t {
-            return Err(UsageError(format!("--from {f} is after --to {t}")).into());
-        }
-    }
-    Ok(())
 }
 
 /// A usage mistake exits 2, anything else 1.
@@ -231,7 +213,7 @@ pub(crate) fn classify(e: TrainError) -> anyhow::Error {
 }
 
 pub(crate) async fn run_train(lake: &str, args: TrainArgs) -> anyhow::Result<()> {
-    check_range(args.from, args.to)?;
+    args.dates.check()?;
     for (flag, p) in [
         ("--target-precision", args.target_precision),
         ("--target-event-precision", args.target_event_precision),
@@ -246,7 +228,7 @@ pub(crate) async fn run_train(lake: &str, args: TrainArgs) -> anyhow::Result<()>
     if args.rounds == 0 {
         return Err(UsageError("--rounds must be at least 1".into()).into());
     }
-    let catalog = Catalog::load_or_embedded(&args.queries)
+    let catalog = Catalog::load_or_embedded(&args.sql.queries)
         .await
         .map_err(|e| UsageError(e.to_string()))?;
     let root = open_lake(lake)?;
@@ -254,8 +236,8 @@ pub(crate) async fn run_train(lake: &str, args: TrainArgs) -> anyhow::Result<()>
         .out
         .unwrap_or_else(|| PathBuf::from("model/artifacts").join(catalog.hash()));
     let options = TrainOptions {
-        from: args.from,
-        to: args.to,
+        from: args.dates.from,
+        to: args.dates.to,
         valid_days: args.valid_days,
         test_days: args.test_days,
         params: args.params,
@@ -266,7 +248,7 @@ pub(crate) async fn run_train(lake: &str, args: TrainArgs) -> anyhow::Result<()>
         target_event_precision: args.target_event_precision,
         target_case_precision: args.target_case_precision,
         episode_gap_us: i64::from(args.episode_gap_secs) * 1_000_000,
-        rules: baseline_rules(&args.queries, &catalog).await,
+        rules: baseline_rules(&args.sql.queries, &catalog).await,
         balance_events: args.balance_events,
     };
     if args.ablate {
@@ -328,8 +310,8 @@ pub(crate) async fn run_train(lake: &str, args: TrainArgs) -> anyhow::Result<()>
 }
 
 pub(crate) async fn run_evaluate(lake: &str, args: EvaluateArgs) -> anyhow::Result<()> {
-    check_range(args.from, args.to)?;
-    let catalog = Catalog::load_or_embedded(&args.queries)
+    args.dates.check()?;
+    let catalog = Catalog::load_or_embedded(&args.sql.queries)
         .await
         .map_err(|e| UsageError(e.to_string()))?;
     let root = open_lake(lake)?;
@@ -338,7 +320,7 @@ pub(crate) async fn run_evaluate(lake: &str, args: EvaluateArgs) -> anyhow::Resu
     if let Some(model) = &args.model {
         check_artifact(model)?;
         let (manifest, from, to, metrics): (Manifest, _, _, _) =
-            evaluate(&root, &catalog, model, args.from, args.to)
+            evaluate(&root, &catalog, model, args.dates.from, args.dates.to)
                 .await
                 .map_err(classify)?;
         println!(
@@ -356,13 +338,18 @@ pub(crate) async fn run_evaluate(lake: &str, args: EvaluateArgs) -> anyhow::Resu
         ));
     }
     if args.rules {
-        let rules = RuleSet::load(&args.queries, &catalog)
+        let rules = RuleSet::load(&args.sql.queries, &catalog)
             .await
             .map_err(|e| UsageError(e.to_string()))?;
-        let (from, to, metrics) =
-            evaluate_rules(&root, &catalog, rules.rules(), args.from, args.to)
-                .await
-                .map_err(classify)?;
+        let (from, to, metrics) = evaluate_rules(
+            &root,
+            &catalog,
+            rules.rules(),
+            args.dates.from,
+            args.dates.to,
+        )
+        .await
+        .map_err(classify)?;
         for (name, m) in metrics {
             rows.push((format!("rule:{name}"), format!("{from}..{to}"), m));
         }

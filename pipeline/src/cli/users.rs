@@ -4,7 +4,7 @@ use std::io::{BufRead, IsTerminal};
 
 use clap::{Args, Subcommand};
 
-use super::db::DbUrlArgs;
+use super::shared::DbUrlArgs;
 use super::UsageError;
 use crate::review::auth::{
     self, add_user, check_password_rules, hash_password, list_users, set_disabled, set_password,

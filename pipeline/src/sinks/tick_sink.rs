@@ -14,7 +14,7 @@ use arrow::array::RecordBatch;
 use super::lake_units::{add, LakeUnits};
 use super::postgres::{DbError, Reconnecting};
 use crate::lake::{AppendStats, LakeRoot, TableSpec};
-use crate::sources::kafka::{ensure_topic, KafkaConfig, TickPublisher};
+use crate::sources::kafka::{ensure_topic, KafkaConfig, KafkaUrl, TickPublisher};
 
 /// Attempts at one PostgreSQL write before giving up: with the backoff of
 /// [`Reconnecting`] (0.2 s doubling up to 10 s) about a minute of outage is
@@ -81,19 +81,13 @@ impl TickTarget {
     /// Reads `kafka://BROKERS/TOPIC`, or a lake root (a folder,
     /// `file://`, `s3://`, `memory://`); the error says what is expected.
     pub fn parse(to: &str, partitions: u16) -> Result<Self, String> {
-        if let Some(rest) = to.strip_prefix("kafka://") {
-            return match rest.rsplit_once('/') {
-                Some((brokers, topic)) if !brokers.is_empty() && !topic.is_empty() => {
-                    Ok(Self::Kafka {
-                        brokers: brokers.to_owned(),
-                        topic: topic.to_owned(),
-                        partitions,
-                    })
-                }
-                _ => Err(format!(
-                    "{to:?}: expected kafka://BROKERS/TOPIC, e.g. kafka://localhost:9092/ticks"
-                )),
-            };
+        if to.starts_with("kafka://") {
+            let KafkaUrl { brokers, topic } = KafkaUrl::parse(to)?;
+            return Ok(Self::Kafka {
+                brokers,
+                topic,
+                partitions,
+            });
         }
         if to.starts_with("postgres://") || to.starts_with("postgresql://") {
             return Ok(Self::Postgres { url: to.to_owned() });

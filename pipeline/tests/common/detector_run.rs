@@ -100,12 +100,9 @@ pub async fn detector_run_days(dir: &Path, tag: &str, days: u32) -> DetectorRun 
         dir,
         &[
             "produce",
+            &format!("kafka://{brokers}/{topic}"),
             "--lake",
             lake_s,
-            "--topic",
-            &topic,
-            "--brokers",
-            &brokers,
             "--partitions",
             "3",
         ],

@@ -1,10 +1,60 @@
 //! How to reach the brokers: bootstrap servers plus the librdkafka options a
-//! deployment needs (TLS, SASL), shared by every client a command makes.
+//! deployment needs (TLS, SASL), shared by every client a command makes;
+//! and the one way a topic is named on the command line,
+//! `kafka://BROKERS/TOPIC` ([`KafkaUrl`]).
 //!
 //! Option values may be secrets (`sasl.password`, `ssl.key.password`), so
 //! they are never shown: [`KafkaConfig`]'s `Debug` prints the keys only.
 
 use rdkafka::ClientConfig;
+
+/// A topic and its brokers as every command names them:
+/// `kafka://BROKER[,BROKER...]/TOPIC`.
+///
+/// ```
+/// use stockanomaly::sources::kafka::KafkaUrl;
+///
+/// let url = KafkaUrl::parse("kafka://k1:9092,k2:9092/ticks").unwrap();
+/// assert_eq!((url.brokers.as_str(), url.topic.as_str()), ("k1:9092,k2:9092", "ticks"));
+/// assert!(KafkaUrl::parse("localhost:9092/ticks").is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaUrl {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// The topic.
+    pub topic: String,
+}
+
+impl KafkaUrl {
+    /// The form, for messages.
+    pub const FORM: &'static str = "kafka://BROKER[,BROKER...]/TOPIC";
+
+    /// Reads `kafka://BROKERS/TOPIC`; the error says what is expected.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "{url:?}: expected {}, e.g. kafka://localhost:9092/ticks",
+                Self::FORM
+            )
+        };
+        let rest = url.strip_prefix("kafka://").ok_or_else(bad)?;
+        match rest.split_once('/') {
+            // A topic name never holds a `/` (Kafka allows [a-zA-Z0-9._-]).
+            Some((b, t)) if !b.is_empty() && !t.is_empty() && !t.contains('/') => Ok(KafkaUrl {
+                brokers: b.to_owned(),
+                topic: t.to_owned(),
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for KafkaUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "kafka://{}/{}", self.brokers, self.topic)
+    }
+}
 
 /// Bootstrap servers and extra client options (see the module
 /// documentation).

@@ -20,7 +20,7 @@ mod json;
 pub mod market;
 mod publish;
 
-pub use config::{KafkaConfig, KafkaOption};
+pub use config::{KafkaConfig, KafkaOption, KafkaUrl};
 pub use consumer::{KafkaSource, KafkaSourceOptions, OffsetStore, Resume};
 pub use context::{log_client_error, QuietEof};
 pub use json::{encode_tick_json, FieldMapping, JsonTickDecoder, MappingError, TickField};
