@@ -156,6 +156,39 @@ pub enum SinkError {
 /// sink returned Ok, so a sink that returns early can lose alerts.
 /// [`report`](AlertSink::report) receives the run's counters periodically
 /// and at exit, [`close`](AlertSink::close) is called once at the end.
+///
+/// A sink that counts what it was given (a real one stores it, as
+/// [`postgres::PostgresSink`] does, before returning):
+///
+/// ```
+/// use stockanomaly::sinks::{AlertBatch, AlertSink, SinkError, Written};
+///
+/// #[derive(Default)]
+/// struct Counting {
+///     alerts: u64,
+/// }
+///
+/// #[async_trait::async_trait]
+/// impl AlertSink for Counting {
+///     fn name(&self) -> String {
+///         "counting".into()
+///     }
+///
+///     async fn write(&mut self, batch: &AlertBatch) -> Result<Written, SinkError> {
+///         let n = batch.alerting_rows() as u64;
+///         self.alerts += n;
+///         Ok(Written { alerts: n, dead_letters: batch.dead.len() as u64 })
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), SinkError> {
+/// let mut sink = Counting::default();
+/// let written = sink.write(&AlertBatch::default()).await?;
+/// assert_eq!(written, Written::default());
+/// sink.close().await?;
+/// # Ok(()) }
+/// ```
 #[async_trait::async_trait]
 pub trait AlertSink: Send {
     /// What the sink writes to, for logs and errors.

@@ -273,6 +273,36 @@ pub enum SourceError {
 /// [`behind`](Source::behind) and [`partition_count`](Source::partition_count),
 /// which the streaming driver uses to close market buckets; a stream never
 /// ends, so its `next_batch` returns empty batches while nothing arrives.
+///
+/// Reading a source to its end, as `ingest` does: valid ticks arrive as
+/// Arrow batches, refused records beside them with their reasons.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use stockanomaly::sources::csv::{CsvFormat, CsvSource};
+/// use stockanomaly::sources::Source;
+/// use stockanomaly::tick::Validator;
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("trades.csv");
+/// std::fs::write(
+///     &path,
+///     "ts,symbol,price,volume\n\
+///      2024-01-02T14:30:00Z,AAPL,190.2,100\n\
+///      2024-01-02T14:30:01Z,AAPL,-1,5\n",
+/// )?;
+/// let mut source = CsvSource::open(&path, CsvFormat::Auto, Validator::new())?;
+/// let (mut ticks, mut rejects) = (0, Vec::new());
+/// while let Some(batch) = source.next_batch().await? {
+///     ticks += batch.ticks.num_rows();
+///     rejects.extend(batch.rejects);
+///     source.commit(&batch.position).await?;
+/// }
+/// // The negative price is refused, not dropped: it comes back with why.
+/// assert_eq!((ticks, rejects.len()), (1, 1));
+/// # Ok(()) }
+/// ```
 #[async_trait::async_trait]
 pub trait Source: Send {
     /// The next batch, or `None` at the end of a bounded input.

@@ -133,6 +133,8 @@ impl fmt::Display for Rejection {
     }
 }
 
+impl std::error::Error for Rejection {}
+
 /// Where a [`Validator`] reads "now".
 pub trait Clock: Send + Sync + fmt::Debug {
     /// Microseconds since the epoch, UTC.

@@ -10,7 +10,7 @@
 use serde::Deserialize;
 
 use super::{bar_fields, key_index, N};
-use crate::sources::feed::json::{field, scan, walk_object, Slots};
+use crate::sources::feed::json::{field, spans_of, walk_object, ArraysByKey, Slots};
 use crate::sources::feed::{Feed, FeedBatch, FeedCore, FeedCounters, PageError};
 use crate::tick::{Rejection, TickRecord, Validator};
 
@@ -33,10 +33,15 @@ impl AlpacaHistory {
     }
 }
 
-/// The page's scalar fields; the records are found by [`scan`] so that
-/// each can be decoded (and quoted in a reject) on its own.
+/// A page, read in one pass: its scalar fields, and its records as raw
+/// JSON per symbol (under `bars` or `trades`), so that each record can be
+/// decoded (and quoted in a reject) on its own.
 #[derive(Deserialize)]
-struct PageHead {
+struct Page<'a> {
+    #[serde(default, borrow)]
+    bars: Option<ArraysByKey<'a>>,
+    #[serde(default, borrow)]
+    trades: Option<ArraysByKey<'a>>,
     #[serde(default)]
     next_page_token: Option<String>,
     #[serde(default)]
@@ -83,17 +88,14 @@ impl AlpacaHistoryDecoder {
             endpoint,
             reason,
         };
-        let head: PageHead = serde_json::from_slice(body).map_err(|e| malformed(e.to_string()))?;
-        let key = match self.kind {
-            AlpacaHistory::Bars => "bars",
-            AlpacaHistory::Trades => "trades",
+        let page: Page = serde_json::from_slice(body).map_err(|e| malformed(e.to_string()))?;
+        let (key, records) = match self.kind {
+            AlpacaHistory::Bars => ("bars", page.bars),
+            AlpacaHistory::Trades => ("trades", page.trades),
         };
-        // Symbol -> array of records: `(symbol span, array start)`.
-        let mut arrays: Vec<(usize, usize, usize)> = Vec::new();
-        let records = scan::member(body, key).filter(|&(vs, _)| body.get(vs) == Some(&b'{'));
-        let Some((obj, _)) = records else {
+        let Some(records) = records else {
             // An error body (`{"message": "..."}`) or another endpoint's page.
-            return Err(match head.message {
+            return Err(match page.message {
                 Some(message) => PageError::Api {
                     feed: Feed::Alpaca,
                     endpoint,
@@ -103,39 +105,13 @@ impl AlpacaHistoryDecoder {
                 None => malformed(format!("no `{key}` object")),
             });
         };
-        let mut bad_member = false;
-        scan::members(body, obj, |k, vs, _| {
-            if body.get(vs) == Some(&b'[') {
-                let ks = k.as_ptr() as usize - body.as_ptr() as usize;
-                arrays.push((ks, ks + k.len(), vs));
-            } else {
-                bad_member = true;
-            }
-        })
-        .ok_or_else(|| malformed(format!("`{key}` is not an object of arrays")))?;
-        if bad_member {
-            return Err(malformed(format!(
-                "`{key}` holds a value that is not an array"
-            )));
-        }
         self.core.counters.frames += 1;
         let mut slots: Slots<'_, N> = Default::default();
         let mut spans = std::mem::take(&mut self.core.spans);
-        for (ks, ke, array) in arrays {
-            let raw_key = &body[ks..ke];
-            // Symbols with JSON escapes (rare) are unescaped; others borrowed.
-            let unescaped;
-            let symbol: &str = if raw_key.contains(&b'\\') {
-                let quoted = &body[ks - 1..ke + 1];
-                unescaped = serde_json::from_slice::<String>(quoted).unwrap_or_default();
-                &unescaped
-            } else {
-                std::str::from_utf8(raw_key).unwrap_or("")
-            };
+        for (symbol, array) in &records.0 {
+            let symbol: &str = &symbol.0;
             spans.clear();
-            if scan::array_spans(body, array, &mut spans).is_none() {
-                continue;
-            }
+            spans_of(body, array, &mut spans);
             for &(a, b) in &spans {
                 self.core.counters.messages += 1;
                 let line = self.core.counters.messages;
@@ -175,7 +151,7 @@ impl AlpacaHistoryDecoder {
             }
         }
         self.core.spans = spans;
-        Ok(head.next_page_token.filter(|t| !t.is_empty()))
+        Ok(page.next_page_token.filter(|t| !t.is_empty()))
     }
 
     /// Takes the ticks and rejects decoded so far.

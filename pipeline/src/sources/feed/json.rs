@@ -1,6 +1,7 @@
 //! The JSON plumbing the feed decoders share: splitting a frame into its
-//! messages, walking one flat message object into typed slots, and a fast
-//! RFC 3339 parser.
+//! messages and a page into its records (as spans of the text, each found
+//! by serde_json in the one pass that checks the text), walking one flat
+//! message object into typed slots, and a fast RFC 3339 parser.
 //!
 //! Nothing here builds a `serde_json::Value` tree: keys are matched as they
 //! stream past and strings are borrowed from the frame, so decoding a message
@@ -11,6 +12,7 @@ use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize as _;
+use serde_json::value::RawValue;
 
 use crate::tick::Rejection;
 
@@ -49,182 +51,230 @@ pub(crate) type Slots<'a, const N: usize> = [Option<Scalar<'a>>; N];
 /// Splits `frame` into its messages as byte ranges: the elements of a
 /// top-level JSON array, or the frame itself when it is a single object.
 ///
-/// The whole frame is checked to be valid JSON first, so a broken frame
-/// yields no message at all rather than a good prefix: the caller rejects it
-/// whole, once, with the parser's position.
+/// One pass: serde_json checks the whole frame and hands each message over
+/// as a [`RawValue`] borrowed from it, whose place in the frame is its span.
+/// A broken frame yields no message at all rather than a good prefix: the
+/// caller rejects it whole, once, with the parser's position.
 pub(crate) fn split_frame(frame: &[u8], out: &mut Vec<(usize, usize)>) -> Result<(), String> {
     out.clear();
-    validate(frame).map_err(|e| format!("not a JSON array of messages: {e}"))?;
-    let i = scan::skip_ws(frame, 0);
-    let found = match frame.get(i) {
-        Some(b'[') => scan::array_spans(frame, i, out),
-        Some(b'{') => scan::value_end(frame, i).map(|end| out.push((i, end))),
-        _ => return Err("not a JSON array or object".into()),
+    let first = frame
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    let mut de = serde_json::Deserializer::from_slice(frame);
+    let base = frame.as_ptr() as usize;
+    let found = match first {
+        Some(b'[') => de.deserialize_seq(SpanSink {
+            base,
+            out: &mut *out,
+        }),
+        Some(b'{') => <&RawValue>::deserialize(&mut de).map(|raw| push_span(base, raw, out)),
+        Some(_) => {
+            // A frame of another JSON value, or not JSON at all.
+            return Err(match validate(frame) {
+                Ok(()) => "not a JSON array or object".to_owned(),
+                Err(e) => format!("not a JSON array of messages: {e}"),
+            });
+        }
+        None => return Err("not a JSON array of messages: empty frame".into()),
     };
-    found.ok_or_else(|| {
+    found.and_then(|()| de.end()).map_err(|e| {
         out.clear();
-        "not a JSON array of messages".to_owned()
+        format!("not a JSON array of messages: {e}")
     })
 }
 
 /// Checks that `bytes` is exactly one JSON value, without building it.
-pub(crate) fn validate(bytes: &[u8]) -> Result<(), serde_json::Error> {
+fn validate(bytes: &[u8]) -> Result<(), serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     IgnoredAny::deserialize(&mut de).and_then(|_| de.end())
 }
 
-/// Finds the array under `key` in the valid JSON object `json` and pushes
-/// the spans of its elements (relative to `json`) to `out`. `Ok(false)` when
-/// the key is absent or `null`.
+/// Finds the array under `key` in the JSON object `json` and pushes the
+/// spans of its elements (relative to `json`) to `out`, in one pass that
+/// checks the object too. `Ok(false)` when the key is absent or `null`.
 pub(crate) fn field_elements(
     json: &str,
     key: &str,
     out: &mut Vec<(usize, usize)>,
 ) -> Result<bool, String> {
     out.clear();
-    let b = json.as_bytes();
-    let Some((vs, _)) = scan::member(b, key) else {
-        return Ok(false);
-    };
-    match b.get(vs) {
-        Some(b'n') => Ok(false),
-        Some(b'[') => scan::array_spans(b, vs, out)
-            .map(|()| true)
-            .ok_or_else(|| format!("field `{key}`: not a JSON array")),
-        _ => Err(format!("field `{key}`: expected an array")),
+    let mut de = serde_json::Deserializer::from_str(json);
+    let found = de
+        .deserialize_map(FieldSpans {
+            key,
+            base: json.as_ptr() as usize,
+            out: &mut *out,
+        })
+        .and_then(|found| de.end().map(|()| found));
+    found.map_err(|e| {
+        out.clear();
+        format!("field `{key}`: {e}")
+    })
+}
+
+/// The span of `raw`, borrowed from the text starting at address `base`.
+fn span_of(base: usize, raw: &RawValue) -> (usize, usize) {
+    let start = raw.get().as_ptr() as usize - base;
+    (start, start + raw.get().len())
+}
+
+fn push_span(base: usize, raw: &RawValue, out: &mut Vec<(usize, usize)>) {
+    out.push(span_of(base, raw));
+}
+
+/// The spans of `raws`, borrowed from `text`, pushed to `out`.
+pub(crate) fn spans_of(text: &[u8], raws: &[&RawValue], out: &mut Vec<(usize, usize)>) {
+    let base = text.as_ptr() as usize;
+    out.extend(raws.iter().map(|r| span_of(base, r)));
+}
+
+/// Deserializes a JSON array into the spans of its elements.
+struct SpanSink<'o> {
+    base: usize,
+    out: &'o mut Vec<(usize, usize)>,
+}
+
+impl<'de> Visitor<'de> for SpanSink<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            push_span(self.base, raw, self.out);
+        }
+        Ok(())
     }
 }
 
-/// Structural scanning of JSON text that serde_json has already validated:
-/// finds where values start and end without decoding them, so messages can
-/// be handed on (and quoted in rejects) as the exact bytes the feed sent.
-/// Every function answers `None` rather than panicking on text it does not
-/// expect.
-pub(crate) mod scan {
-    /// The first non-whitespace index at or after `i`.
-    pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
-        while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
-            i += 1;
-        }
-        i
+impl<'de> DeserializeSeed<'de> for SpanSink<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+/// Deserializes an object, taking the spans of the array under `key`
+/// (`true`) and skipping every other member; `null` counts as absent.
+struct FieldSpans<'k, 'o> {
+    key: &'k str,
+    base: usize,
+    out: &'o mut Vec<(usize, usize)>,
+}
+
+impl<'de> Visitor<'de> for FieldSpans<'_, '_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
     }
 
-    /// The end (exclusive) of the string starting at `b[i] == '"'`.
-    fn string_end(b: &[u8], i: usize) -> Option<usize> {
-        let mut j = i + 1;
-        while j < b.len() {
-            match b[j] {
-                b'\\' => j += 2,
-                b'"' => return Some(j + 1),
-                _ => j += 1,
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let mut found = false;
+        while let Some(k) = map.next_key::<KeyStr<'de>>()? {
+            if k.0 != self.key {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            found = map
+                .next_value_seed(OptionalSpans {
+                    base: self.base,
+                    out: &mut *self.out,
+                })
+                .map_err(|_| serde::de::Error::custom("expected an array"))?;
+        }
+        Ok(found)
+    }
+}
+
+/// An array's element spans (`true`), or `null` (`false`).
+struct OptionalSpans<'o> {
+    base: usize,
+    out: &'o mut Vec<(usize, usize)>,
+}
+
+impl<'de> DeserializeSeed<'de> for OptionalSpans<'_> {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OptionalSpans<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array or null")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_seq(SpanSink {
+            base: self.base,
+            out: self.out,
+        })
+        .map(|()| true)
+    }
+}
+
+/// A key or string as written: borrowed from the text, or unescaped when
+/// it held JSON escapes (rare).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyStr<'a>(pub(crate) Cow<'a, str>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for KeyStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = KeyStr<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(KeyStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(KeyStr(Cow::Owned(v.to_owned())))
             }
         }
-        None
+        d.deserialize_str(V(std::marker::PhantomData))
     }
+}
 
-    /// The end (exclusive) of the value starting at `i`.
-    pub(crate) fn value_end(b: &[u8], i: usize) -> Option<usize> {
-        match *b.get(i)? {
-            b'"' => string_end(b, i),
-            b'[' | b'{' => {
-                let mut depth = 0usize;
-                let mut j = i;
-                while j < b.len() {
-                    match b[j] {
-                        b'"' => {
-                            j = string_end(b, j)?;
-                            continue;
-                        }
-                        b'[' | b'{' => depth += 1,
-                        b']' | b'}' => {
-                            depth = depth.checked_sub(1)?;
-                            if depth == 0 {
-                                return Some(j + 1);
-                            }
-                        }
-                        _ => {}
-                    }
-                    j += 1;
+/// The arrays of an object of arrays (`{"AAPL": [..], "MSFT": [..]}`), in
+/// the order written: each key with its elements as raw JSON borrowed from
+/// the text.
+#[derive(Debug, Default)]
+pub(crate) struct ArraysByKey<'a>(pub(crate) Vec<(KeyStr<'a>, Vec<&'a RawValue>)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for ArraysByKey<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = ArraysByKey<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of arrays")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(k) = map.next_key::<KeyStr<'a>>()? {
+                    out.push((k, map.next_value::<Vec<&'a RawValue>>()?));
                 }
-                None
-            }
-            _ => {
-                let mut j = i;
-                while j < b.len()
-                    && !matches!(b[j], b',' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r')
-                {
-                    j += 1;
-                }
-                (j > i).then_some(j)
+                Ok(ArraysByKey(out))
             }
         }
-    }
-
-    /// Pushes the spans of the elements of the array starting at
-    /// `b[start] == '['`.
-    pub(crate) fn array_spans(b: &[u8], start: usize, out: &mut Vec<(usize, usize)>) -> Option<()> {
-        if b.get(start) != Some(&b'[') {
-            return None;
-        }
-        let mut i = skip_ws(b, start + 1);
-        if b.get(i) == Some(&b']') {
-            return Some(());
-        }
-        loop {
-            let end = value_end(b, i)?;
-            out.push((i, end));
-            i = skip_ws(b, end);
-            match b.get(i)? {
-                b',' => i = skip_ws(b, i + 1),
-                b']' => return Some(()),
-                _ => return None,
-            }
-        }
-    }
-
-    /// Calls `f(raw key, value start, value end)` for each member of the
-    /// object starting at `b[start] == '{'`; the key is its text between
-    /// the quotes, escapes left as written.
-    pub(crate) fn members(
-        b: &[u8],
-        start: usize,
-        mut f: impl FnMut(&[u8], usize, usize),
-    ) -> Option<()> {
-        if b.get(start) != Some(&b'{') {
-            return None;
-        }
-        let mut i = skip_ws(b, start + 1);
-        if b.get(i) == Some(&b'}') {
-            return Some(());
-        }
-        loop {
-            let key_end = string_end(b, i)?;
-            let key = b.get(i + 1..key_end - 1)?;
-            i = skip_ws(b, key_end);
-            if b.get(i) != Some(&b':') {
-                return None;
-            }
-            let vs = skip_ws(b, i + 1);
-            let ve = value_end(b, vs)?;
-            f(key, vs, ve);
-            i = skip_ws(b, ve);
-            match b.get(i)? {
-                b',' => i = skip_ws(b, i + 1),
-                b'}' => return Some(()),
-                _ => return None,
-            }
-        }
-    }
-
-    /// The value span of the top-level member `key` of the object `b`.
-    pub(crate) fn member(b: &[u8], key: &str) -> Option<(usize, usize)> {
-        let mut found = None;
-        members(b, skip_ws(b, 0), |k, vs, ve| {
-            if k == key.as_bytes() {
-                found = Some((vs, ve));
-            }
-        })?;
-        found
+        d.deserialize_map(V(std::marker::PhantomData))
     }
 }
 

@@ -8,18 +8,22 @@
 //! credentials: add the key again, as a Bearer header or `apiKey=`).
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::{key_index, CLOSE, HIGH, LOW, N, OPEN, TIME, VOLUME};
-use crate::sources::feed::json::{field, field_elements, walk_object, Slots};
+use crate::sources::feed::json::{field, spans_of, walk_object, Slots};
 use crate::sources::feed::{Feed, FeedBatch, FeedCore, FeedCounters, PageError};
 use crate::tick::{Rejection, TickRecord, Validator};
 
 const ENDPOINT: &str = "/v2/aggs";
 
-/// The page's scalar fields; `results` is found by scanning so that each
-/// record can be decoded (and quoted in a reject) on its own.
+/// A page, read in one pass: its scalar fields and its `results` as raw
+/// JSON, so that each record can be decoded (and quoted in a reject) on its
+/// own.
 #[derive(Deserialize)]
-struct Page {
+struct Page<'a> {
+    #[serde(default, borrow)]
+    results: Option<Vec<&'a RawValue>>,
     #[serde(default)]
     ticker: Option<String>,
     #[serde(default)]
@@ -86,7 +90,12 @@ impl PolygonAggsDecoder {
         // Valid JSON (parsed above), so the text is UTF-8.
         let text = std::str::from_utf8(body).map_err(|e| malformed(e.to_string()))?;
         let mut results = std::mem::take(&mut self.core.spans);
-        field_elements(text, "results", &mut results).map_err(malformed)?;
+        results.clear();
+        spans_of(
+            body,
+            page.results.as_deref().unwrap_or_default(),
+            &mut results,
+        );
         let ticker = match (&page.ticker, results.is_empty()) {
             (Some(t), _) => t.as_str(),
             (None, true) => "",

@@ -313,6 +313,50 @@ fn confirmed_prefix(
 }
 
 /// The streaming executor (see the module documentation).
+///
+/// A feature file as data scientists write it, computed incrementally over
+/// micro-batches: each step emits the ticks whose features are final, and
+/// the end of the stream emits the rest.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use arrow::array::{AsArray, Int32Array, Int64Array};
+/// use arrow::datatypes::Float64Type;
+/// use stockanomaly::features::Catalog;
+/// use stockanomaly::stream::{Executor, ExecutorConfig, Input};
+/// use stockanomaly::tick::{TickBuilder, TickRecord};
+///
+/// let sql = "SELECT symbol, ts, seq, \
+///     price - lag(price) OVER (PARTITION BY symbol ORDER BY ts, seq) AS change \
+///     FROM ticks";
+/// let catalog = Catalog::from_sources(vec![("features/change.sql".into(), sql.into())]).await?;
+/// let mut ex = Executor::new(catalog, Vec::new(), None, ExecutorConfig::default())?;
+///
+/// let t0 = 1_704_205_800_000_000; // 2024-01-02 14:30 UTC, in µs
+/// let mut ticks = TickBuilder::new("example");
+/// let mut batch = |prices: &[(i64, f64)], first_offset: i64| -> Result<Input, Box<dyn std::error::Error>> {
+///     for &(s, price) in prices {
+///         ticks.push(&TickRecord::trade(t0 + s * 1_000_000, "ACME", price, 100.0))?;
+///     }
+///     let n = prices.len();
+///     Ok(Input {
+///         ticks: ticks.finish(),
+///         partitions: Int32Array::from(vec![0; n]),
+///         offsets: Int64Array::from_iter_values(first_offset..first_offset + n as i64),
+///         arrived_us: None,
+///     })
+/// };
+/// // A tick's (symbol, ts) group is final once a later tick of the symbol
+/// // arrived: the first two are emitted, the third waits.
+/// let step = ex.step(batch(&[(0, 10.0), (1, 10.5), (2, 10.25)], 0)?).await?;
+/// assert_eq!(step.emitted(), 2);
+/// let step = ex.flush(true).await?;
+/// let features = step.features.expect("the last tick");
+/// let change = features.column_by_name("change").unwrap().as_primitive::<Float64Type>();
+/// assert_eq!(change.value(0), -0.25);
+/// # Ok(()) }
+/// ```
 pub struct Executor {
     catalog: Catalog,
     detectors: Vec<Detector>,
