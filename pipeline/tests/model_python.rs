@@ -62,8 +62,10 @@ async fn python_and_rust_xgboost_agree_both_ways() {
             lake,
             "--queries",
             q,
+            // Enough rounds for early stopping to stop before the last
+            // (the data and seed are fixed, so it does every run).
             "--rounds",
-            "20",
+            "80",
             "--patience",
             "5",
             "--out",
@@ -104,6 +106,29 @@ async fn python_and_rust_xgboost_agree_both_ways() {
         Some(0.0),
         "Python's inplace_predict differs from `score`'s: {summary}"
     );
+    // A scikit-learn user passes no iteration_range: model.json's
+    // best_iteration attribute (as Python's early stopping leaves it) picks
+    // the rounds `score` used, bit for bit.
+    let best = manifest["best_iteration"].as_u64().unwrap();
+    assert_eq!(
+        summary["best_iteration_attr"],
+        best.to_string(),
+        "{summary}"
+    );
+    assert_eq!(summary["sklearn_best_iteration"].as_u64(), Some(best));
+    assert!(summary["best_score_attr"].is_string(), "{summary}");
+    assert_eq!(
+        summary["max_abs_diff_sklearn"].as_f64(),
+        Some(0.0),
+        "XGBClassifier differs from `score`: {summary}"
+    );
+    // Early stopping left trees after the best round, so the attribute is
+    // what made the difference.
+    assert!(
+        best + 1 < manifest["rounds_trained"].as_u64().unwrap(),
+        "early stopping stopped early: {manifest}"
+    );
+    assert_eq!(summary["every_tree_differs"], true, "{summary}");
 
     // A model trained in Python scores identically from Rust.
     let trained = python(dir.path(), &["train", lake, &hash, "m1", "py"]);

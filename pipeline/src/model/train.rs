@@ -607,7 +607,7 @@ pub async fn train(
     let (train_set, valid_set, test_set) = (&data[0], &data[1], &data[2]);
     let all_cols: Vec<usize> = (0..names.len()).collect();
     let Fit {
-        booster,
+        mut booster,
         dtrain,
         dvalid,
         params,
@@ -700,6 +700,13 @@ pub async fn train(
         move |source| ManifestError::Io { path, source }
     };
     std::fs::create_dir_all(out).map_err(io_err(out))?;
+    // As Python's `xgb.train` with early stopping leaves them, so that
+    // `XGBClassifier().load_model(...)` predicts with the best rounds (as
+    // `score` does) without an `iteration_range`.
+    booster.set_attr("best_iteration", &best_round.to_string())?;
+    if best_aucpr.is_finite() {
+        booster.set_attr("best_score", &best_aucpr.to_string())?;
+    }
     let model_json = booster.save_to_buffer("json")?;
     let model_path = out.join(MODEL_FILE);
     std::fs::write(&model_path, &model_json).map_err(io_err(&model_path))?;

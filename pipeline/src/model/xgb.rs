@@ -459,6 +459,37 @@ impl Booster {
         })
     }
 
+    /// Sets a model attribute (saved in the model file, read by Python's
+    /// `Booster.attr`): `best_iteration` and `best_score` are those
+    /// XGBoost's own early stopping sets.
+    pub fn set_attr(&mut self, key: &str, value: &str) -> Result<()> {
+        let key = cstring("attribute name", key)?;
+        let value = cstring("attribute value", value)?;
+        // SAFETY: live handle, NUL-terminated strings XGBoost copies.
+        check("XGBoosterSetAttr", unsafe {
+            sys::XGBoosterSetAttr(self.handle, key.as_ptr(), value.as_ptr())
+        })
+    }
+
+    /// A model attribute (`None` when not set).
+    pub fn attr(&self, key: &str) -> Result<Option<String>> {
+        let key = cstring("attribute name", key)?;
+        let mut out: *const c_char = ptr::null();
+        let mut found: c_int = 0;
+        // SAFETY: live handle, NUL-terminated key; `out` points to a
+        // NUL-terminated string owned by the booster until its next call,
+        // copied below.
+        check("XGBoosterGetAttr", unsafe {
+            sys::XGBoosterGetAttr(self.handle, key.as_ptr(), &mut out, &mut found)
+        })?;
+        if found == 0 || out.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: `out` is NUL-terminated (above).
+        let value = unsafe { std::ffi::CStr::from_ptr(out) };
+        Ok(Some(value.to_string_lossy().into_owned()))
+    }
+
     /// Runs boosting round `iter` (0-based) on `train`.
     pub fn update(&mut self, iter: u32, train: &DMatrix) -> Result<()> {
         let iter = round_index(iter)?;

@@ -5,8 +5,11 @@
         Python's xgboost, predicts the feature rows of the dates with
         iteration_range=(0, best_iteration + 1) from the manifest, and
         compares with the `scores` rows `stockanomaly score` wrote for the
-        model's version. Prints a JSON summary; exits 1 when a row is missing
-        or a score differs by more than 1e-6.
+        model's version; then loads it as a scikit-learn `XGBClassifier`
+        user would, without an iteration_range (the model's
+        `best_iteration` attribute picks the rounds), and compares again.
+        Prints a JSON summary; exits 1 when a row is missing or a score
+        differs.
 
     xgb_parity.py train LAKE FEATURE_SET RUST_MODEL_DIR OUT_DIR
         Trains a model in Python (xgboost.train) on the same feature rows
@@ -85,12 +88,26 @@ def predict(lake, feature_set, model_dir, date_from, date_to):
     missing = [k for k in keys if k not in rust]
     diffs = [abs(float(p) - rust[k]) for k, p in zip(keys, ours) if k in rust]
     diffs_dm = [abs(float(p) - float(q)) for p, q in zip(ours, via_dmatrix)]
+
+    # A scikit-learn user: no iteration_range, the attributes decide.
+    from xgboost import XGBClassifier
+
+    clf = XGBClassifier()
+    clf.load_model(f"{model_dir}/model.json")
+    by_sklearn = clf.predict_proba(x)[:, 1]
+    diffs_sk = [abs(float(p) - rust[k]) for k, p in zip(keys, by_sklearn) if k in rust]
+    every_tree = booster.inplace_predict(x, iteration_range=(0, 0))
     summary = {
         "rows": len(keys),
         "rust_rows": len(rust),
         "missing": len(missing),
         "max_abs_diff": max(diffs) if diffs else None,
         "max_abs_diff_dmatrix": max(diffs_dm) if diffs_dm else None,
+        "max_abs_diff_sklearn": max(diffs_sk) if diffs_sk else None,
+        "best_iteration_attr": booster.attr("best_iteration"),
+        "best_score_attr": booster.attr("best_score"),
+        "sklearn_best_iteration": int(clf.best_iteration),
+        "every_tree_differs": bool(np.any(every_tree != by_sklearn)),
         "version": version,
         "mean_score": float(np.mean(ours)) if len(ours) else None,
     }
@@ -100,6 +117,7 @@ def predict(lake, feature_set, model_dir, date_from, date_to):
         and not missing
         and len(rust) == len(keys)
         and summary["max_abs_diff"] == 0.0
+        and summary["max_abs_diff_sklearn"] == 0.0
     )
     sys.exit(0 if ok else 1)
 
