@@ -62,8 +62,9 @@ pub fn schema_session() -> SessionContext {
     ctx
 }
 
-/// `batch` (ticks: `ts` first) with a `date` column, the partition column
-/// of the lake's tables: the UTC date of each `ts`.
+/// `batch` with a `date` column, the partition column of the lake's
+/// tables: the UTC date of its first column's time (a tick's `ts`, the
+/// `symbols` table's validity start, ...), whatever that column's name.
 pub fn with_date(
     batch: &arrow::array::RecordBatch,
 ) -> Result<arrow::array::RecordBatch, arrow::error::ArrowError> {

@@ -13,14 +13,15 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::array::{BooleanArray, RecordBatch};
 use arrow::compute::{concat_batches, filter_record_batch};
-use arrow::datatypes::{TimestampMicrosecondType, UInt32Type};
+use arrow::error::ArrowError;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 
 use crate::lake::{replace_named, Appender, AppenderOptions, LakeError, LakeRoot, TableSpec};
 use crate::sinks::{AlertBatch, AlertSink, SinkError, Written};
+use crate::tick::{event_times, seqs, symbols};
 
 /// Offsets of a source partition whose alerts share one lake file.
 pub const OFFSET_BLOCK: i64 = 100_000;
@@ -71,9 +72,8 @@ impl LakeAlertSink {
         batches.push(rows);
         let schema = batches[0].schema();
         let all = concat_batches(&schema, &batches)?;
-        let ts = all.column(0).as_primitive::<TimestampMicrosecondType>();
-        let sym = all.column(1).as_string::<i32>();
-        let seq = all.column(2).as_primitive::<UInt32Type>();
+        let columns = event_times(&all).and_then(|ts| Ok((ts, symbols(&all)?, seqs(&all)?)));
+        let (ts, sym, seq) = columns.map_err(ArrowError::from)?;
         let mut seen: HashSet<(&str, i64, u32)> = HashSet::with_capacity(all.num_rows());
         let keep: BooleanArray = (0..all.num_rows())
             .map(|i| Some(seen.insert((sym.value(i), ts.value(i), seq.value(i)))))

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch};
 use arrow::compute::{concat_batches, filter_record_batch};
-use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
+use arrow::datatypes::Float64Type;
+use arrow::error::ArrowError;
 
 use super::cases::StreamCases;
 use super::driver::{self, DriverError, DriverOptions, Processed, Stage};
@@ -46,7 +47,7 @@ use crate::sinks::{
 use crate::sources::kafka::market::MarketReader;
 use crate::sources::kafka::{KafkaConfig, KafkaSource, KafkaSourceOptions, Resume};
 use crate::sources::{Position, Source, SourceBatch, StreamBatch};
-use crate::tick::RejectReason;
+use crate::tick::{event_times, RejectReason};
 
 /// Where `detect` reads and writes.
 #[derive(Debug, Clone)]
@@ -380,8 +381,9 @@ impl Stage for ExecutorStage {
             processed.emitted += step.emitted() as u64;
             processed.arrived_us.extend_from_slice(&step.arrived_us);
             processed.ready_us.extend_from_slice(&step.ready_us);
-            if let Some(f) = &step.features {
-                let ts = f.column(0).as_primitive::<TimestampMicrosecondType>();
+            let ts = step.features.as_ref().map(event_times).transpose();
+            let ts = ts.map_err(|e| DriverError::Executor(ArrowError::from(e).into()))?;
+            if let Some(ts) = ts {
                 processed.event_us.extend_from_slice(ts.values());
             }
         }

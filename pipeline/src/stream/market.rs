@@ -25,9 +25,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use arrow::array::{AsArray, BooleanArray, Int32Array, RecordBatch};
+use arrow::array::{BooleanArray, Int32Array, RecordBatch};
 use arrow::compute::{concat_batches, filter_record_batch};
-use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
+use arrow::datatypes::SchemaRef;
 
 use std::sync::Arc;
 
@@ -36,7 +36,7 @@ use crate::features::market::{bucket_of, BUCKET_US};
 use crate::features::profiles::ProfileError;
 use crate::lake::live::{LiveRows, LiveTable, PreparedQuery};
 use crate::lake::{with_partitions, TableSpec};
-use crate::tick::tick_schema;
+use crate::tick::{event_times, tick_schema};
 
 /// Tuning of a [`BucketCloser`].
 #[derive(Debug, Clone, Copy)]
@@ -128,7 +128,7 @@ impl BucketCloser {
         partitions: &Int32Array,
         now: Duration,
     ) -> Result<Vec<bool>, arrow::error::ArrowError> {
-        let ts = ticks.column(0).as_primitive::<TimestampMicrosecondType>();
+        let ts = event_times(ticks)?;
         let mut late = Vec::with_capacity(ticks.num_rows());
         for (i, t) in ts.values().iter().enumerate() {
             let mark = self
@@ -186,9 +186,7 @@ impl BucketCloser {
         }
         self.closed_until = until;
         let all_open = concat_batches(&self.schema, &self.open)?;
-        let ts = all_open
-            .column(0)
-            .as_primitive::<TimestampMicrosecondType>();
+        let ts = event_times(&all_open)?;
         let closing: BooleanArray = ts
             .values()
             .iter()
@@ -331,12 +329,9 @@ impl BucketQuery {
 
 /// The UTC date of the first tick (for errors).
 fn date_of(ticks: &RecordBatch) -> chrono::NaiveDate {
-    let first = ticks
-        .column(0)
-        .as_primitive::<TimestampMicrosecondType>()
-        .values()
-        .first()
-        .copied()
+    let first = event_times(ticks)
+        .ok()
+        .and_then(|ts| ts.values().first().copied())
         .unwrap_or(0);
     chrono::DateTime::from_timestamp_micros(first)
         .map(|t| t.date_naive())

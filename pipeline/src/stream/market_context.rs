@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use arrow::array::{ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::driver::{self, DriverError, DriverOptions, Processed, Stage};
@@ -45,7 +45,7 @@ use crate::shutdown::Shutdown;
 use crate::sources::kafka::market::last_closed_until;
 use crate::sources::kafka::{KafkaConfig, KafkaSource, KafkaSourceOptions, Resume};
 use crate::sources::{Position, Source, SourceBatch, SourceError};
-use crate::tick::tick_schema;
+use crate::tick::{event_times, symbols, tick_schema};
 
 pub use crate::sources::kafka::market::{decode_market, encode_market, CLOSED_UNTIL};
 
@@ -286,8 +286,9 @@ impl Stage for MarketStage {
         }
         if ticks.num_rows() > 0 {
             // Late for its symbol, as the detectors judge it.
-            let syms = ticks.column(1).as_string::<i32>();
-            let ts = ticks.column(0).as_primitive::<TimestampMicrosecondType>();
+            let (syms, ts) = symbols(&ticks)
+                .and_then(|s| Ok((s, event_times(&ticks)?)))
+                .map_err(|e| MarketContextError::from(arrow::error::ArrowError::from(e)))?;
             let lateness = self.lateness;
             let keep: BooleanArray = (0..ticks.num_rows())
                 .map(|i| {
@@ -462,9 +463,10 @@ async fn load_profiles(
     loaded: &mut BTreeMap<i64, RecordBatch>,
 ) -> Result<(), ProfileError> {
     use crate::tick::DAY_US;
-    let ts = ticks.column(0).as_primitive::<TimestampMicrosecondType>();
-    let days: std::collections::BTreeSet<i64> =
-        ts.values().iter().map(|t| t.div_euclid(DAY_US)).collect();
+    // Held ticks always carry `ts`; a batch without it has no days.
+    let days: std::collections::BTreeSet<i64> = event_times(ticks)
+        .map(|ts| ts.values().iter().map(|t| t.div_euclid(DAY_US)).collect())
+        .unwrap_or_default();
     // Only the days at hand: a long run does not keep every day's.
     loaded.retain(|d, _| days.contains(d));
     for d in days {

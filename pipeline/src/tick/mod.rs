@@ -25,4 +25,4 @@ pub use validate::{
     Clock, ManualClock, RejectReason, Rejection, SystemClock, Validator, DEFAULT_MAX_FUTURE,
     MIN_TS_US,
 };
-pub use view::{NotTickBatch, TickView, OPTIONAL_FLOATS};
+pub use view::{event_times, seqs, symbols, NotTickBatch, TickView, OPTIONAL_FLOATS};

@@ -114,3 +114,36 @@ impl<'b> TickView<'b> {
         self.ts.value(row)
     }
 }
+
+/// The event times (`ts`, µs UTC) of a batch holding the tick columns or
+/// a prefix of them (held ticks, feature rows), found by name.
+pub fn event_times(batch: &RecordBatch) -> Result<&TimestampMicrosecondArray, NotTickBatch> {
+    batch
+        .column_by_name(col::TS)
+        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+        .ok_or(NotTickBatch { column: col::TS })
+}
+
+/// The symbols of a batch holding the tick columns, found by name.
+pub fn symbols(batch: &RecordBatch) -> Result<&StringArray, NotTickBatch> {
+    batch
+        .column_by_name(col::SYMBOL)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or(NotTickBatch {
+            column: col::SYMBOL,
+        })
+}
+
+/// The sequence numbers of a batch holding the tick columns, by name.
+pub fn seqs(batch: &RecordBatch) -> Result<&UInt32Array, NotTickBatch> {
+    batch
+        .column_by_name(col::SEQ)
+        .and_then(|c| c.as_primitive_opt::<UInt32Type>())
+        .ok_or(NotTickBatch { column: col::SEQ })
+}
+
+impl From<NotTickBatch> for arrow::error::ArrowError {
+    fn from(e: NotTickBatch) -> Self {
+        arrow::error::ArrowError::SchemaError(e.to_string())
+    }
+}
