@@ -14,7 +14,10 @@ use super::case_pages::{case_page, case_queue_page};
 use super::cases::{self, CaseDetail, CaseDisposition, CASE_SORTS};
 use super::evidence::{case_window, Evidence};
 use super::query::{record_verdict, NewDisposition, RawFilter, VerdictOn};
-use super::request::{choices, filter_of, parse_id_of, require_decider, viewer, VerdictForm};
+use super::request::{
+    choices, filter_of, parse_id_of, record_form_verdict, require_decider, shown_evidence, viewer,
+    VerdictForm,
+};
 use super::{AppState, ReviewError};
 
 /// The case routes but the queue (which is `/`, routed with the others).
@@ -74,14 +77,7 @@ async fn render_case(
     error: Option<&str>,
 ) -> Result<maud::Markup, ReviewError> {
     let (detail, evidence) = case_with_evidence(st, id).await?;
-    let shown = match &evidence {
-        Ok(ev) => Ok(ev),
-        Err(e) => {
-            // The page says it failed; what failed (paths, SQL) is logged.
-            tracing::error!(case = id, error = %e, "Reading a case's evidence failed.");
-            Err("the server's log has the details")
-        }
-    };
+    let shown = shown_evidence(&evidence, "case", id);
     Ok(case_page(&detail, shown, error, &viewer(&st.auth, me)))
 }
 
@@ -101,18 +97,13 @@ async fn post_case_disposition_form(
     form: Result<Form<VerdictForm>, FormRejection>,
 ) -> Result<Response, HtmlError> {
     let id = parse_id(&id)?;
-    let new = VerdictForm::checked(form, &st, &me)?;
-    let client = st.pool.get().await?;
-    let result = record_verdict(&client, VerdictOn::Case(id), &new, &me).await;
-    drop(client);
-    match result {
+    match record_form_verdict(&st, &me, VerdictOn::Case(id), form).await? {
         // Post/redirect/get: reloading the page does not post again.
-        Ok(_) => Ok(Redirect::to(&format!("/cases/{id}")).into_response()),
-        Err(ReviewError::BadRequest(msg)) => {
+        None => Ok(Redirect::to(&format!("/cases/{id}")).into_response()),
+        Some(msg) => {
             let page = render_case(&st, &me, id, Some(&msg)).await?;
             Ok((StatusCode::BAD_REQUEST, page).into_response())
         }
-        Err(e) => Err(e.into()),
     }
 }
 

@@ -8,9 +8,41 @@ use axum::Form;
 use serde::Deserialize;
 
 use super::auth::{Auth, Identity, Via};
+use super::evidence::Evidence;
 use super::pages::{Choices, Viewer};
-use super::query::{self, AlertFilter, NewDisposition, RawFilter};
+use super::query::{self, record_verdict, AlertFilter, NewDisposition, RawFilter, VerdictOn};
 use super::{AppState, ReviewError};
+
+/// The evidence as a page shows it: the ticks, or a message saying it
+/// failed (what failed, paths and SQL, goes to the log, naming `what`).
+pub(super) fn shown_evidence<'e>(
+    evidence: &'e Result<Evidence, ReviewError>,
+    what: &str,
+    id: i64,
+) -> Result<&'e Evidence, &'static str> {
+    evidence.as_ref().map_err(|e| {
+        tracing::error!(%what, id, error = %e, "Reading the evidence failed.");
+        "the server's log has the details"
+    })
+}
+
+/// Records the verdict `form` posts on `on` for `me`: `Ok(None)` when
+/// stored, `Ok(Some(message))` when the verdict itself is refused (the
+/// page shows it again with the message), `Err` for anything else.
+pub(super) async fn record_form_verdict(
+    st: &AppState,
+    me: &Identity,
+    on: VerdictOn,
+    form: Result<Form<VerdictForm>, FormRejection>,
+) -> Result<Option<String>, ReviewError> {
+    let new = VerdictForm::checked(form, st, me)?;
+    let client = st.pool.get().await?;
+    match record_verdict(&client, on, &new, me).await {
+        Ok(_) => Ok(None),
+        Err(ReviewError::BadRequest(msg)) => Ok(Some(msg)),
+        Err(e) => Err(e),
+    }
+}
 
 /// The page header's view of `me`.
 pub(super) fn viewer(auth: &Auth, me: &Identity) -> Viewer {

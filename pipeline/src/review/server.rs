@@ -17,8 +17,11 @@ use super::case_routes;
 use super::evidence::window;
 use super::login;
 use super::pages::{alert_page, queue_page};
-use super::query::{self, NewDisposition, RawFilter};
-use super::request::{choices, filter_of, parse_id_of, require_decider, viewer, VerdictForm};
+use super::query::{self, NewDisposition, RawFilter, VerdictOn};
+use super::request::{
+    choices, filter_of, parse_id_of, record_form_verdict, require_decider, shown_evidence, viewer,
+    VerdictForm,
+};
 use super::{AppState, ReviewError};
 use crate::web::{self, Limits};
 
@@ -100,14 +103,7 @@ async fn render_alert(
         .evidence(&client, &detail.summary.symbol, start, end)
         .await;
     drop(client);
-    let shown = match &evidence {
-        Ok(ev) => Ok(ev),
-        Err(e) => {
-            // The page says it failed; what failed (paths, SQL) is logged.
-            tracing::error!(alert = id, error = %e, "Reading an alert's evidence failed.");
-            Err("the server's log has the details")
-        }
-    };
+    let shown = shown_evidence(&evidence, "alert", id);
     Ok(alert_page(&detail, shown, error, &viewer(&st.auth, me)))
 }
 
@@ -127,18 +123,13 @@ async fn post_disposition_form(
     form: Result<Form<VerdictForm>, FormRejection>,
 ) -> Result<Response, HtmlError> {
     let id = parse_id(&id)?;
-    let new = VerdictForm::checked(form, &st, &me)?;
-    let client = st.pool.get().await?;
-    let result = query::record_disposition(&client, id, &new, &me).await;
-    drop(client);
-    match result {
+    match record_form_verdict(&st, &me, VerdictOn::Alert(id), form).await? {
         // Post/redirect/get: reloading the page does not post again.
-        Ok(_) => Ok(Redirect::to(&format!("/alerts/{id}")).into_response()),
-        Err(ReviewError::BadRequest(msg)) => {
+        None => Ok(Redirect::to(&format!("/alerts/{id}")).into_response()),
+        Some(msg) => {
             let page = render_alert(&st, &me, id, Some(&msg)).await?;
             Ok((StatusCode::BAD_REQUEST, page).into_response())
         }
-        Err(e) => Err(e.into()),
     }
 }
 
