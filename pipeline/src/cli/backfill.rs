@@ -2,9 +2,9 @@
 
 use clap::Args;
 
+use super::open_lake;
 use super::output::{count, count_bar, rate};
-use super::{open_lake, UsageError};
-use crate::features::{backfill, BackfillOptions, Catalog, CHUNK_TICKS};
+use crate::features::{backfill, BackfillOptions, CHUNK_TICKS};
 
 /// `stockanomaly backfill`.
 #[derive(Debug, Args)]
@@ -50,9 +50,7 @@ pub struct BackfillArgs {
 
 pub(crate) async fn run(lake: &str, args: BackfillArgs) -> anyhow::Result<()> {
     args.dates.check()?;
-    let catalog = Catalog::load_or_embedded(&args.sql.queries)
-        .await
-        .map_err(|e| UsageError(e.to_string()))?;
+    let catalog = args.sql.catalog().await?;
     let root = open_lake(lake)?;
     let options = BackfillOptions {
         from: args.dates.from,

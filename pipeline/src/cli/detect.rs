@@ -8,7 +8,6 @@ use clap::Args;
 
 use super::train::load_detectors;
 use super::{open_lake, UsageError};
-use crate::features::Catalog;
 use crate::sinks::postgres::{connect, migrate, register_model, Reconnecting};
 use crate::sources::kafka::{KafkaConfig, KafkaOption, KafkaUrl};
 use crate::stream::context::{context_tables, ContextError};
@@ -184,9 +183,7 @@ pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
     if args.batch_rows == 0 {
         return Err(UsageError("--batch-rows must be at least 1".into()).into());
     }
-    let catalog = Catalog::load_or_embedded(&args.sql.queries)
-        .await
-        .map_err(|e| UsageError(e.to_string()))?;
+    let catalog = args.sql.catalog().await?;
     let detectors = load_detectors(
         &catalog,
         args.model.as_deref(),

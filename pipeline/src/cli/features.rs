@@ -4,8 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use super::UsageError;
-use crate::features::{Catalog, DEFAULT_QUERIES};
+use crate::features::DEFAULT_QUERIES;
 use crate::lake::schema_session;
 
 /// `stockanomaly features`.
@@ -33,9 +32,7 @@ pub enum FeaturesCommand {
 }
 
 pub(crate) async fn run(args: FeaturesArgs) -> anyhow::Result<()> {
-    let catalog = Catalog::load_or_embedded(&args.queries)
-        .await
-        .map_err(|e| UsageError(e.to_string()))?;
+    let catalog = super::shared::load_catalog(&args.queries).await?;
     match args.command {
         FeaturesCommand::List => {
             for f in catalog.files() {

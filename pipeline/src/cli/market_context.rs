@@ -6,7 +6,6 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{open_lake, UsageError};
-use crate::features::Catalog;
 use crate::stream::load_symbols;
 use crate::stream::market::CloserConfig;
 use crate::stream::market_context::{market_context, MarketContextOptions};
@@ -98,9 +97,7 @@ pub(crate) async fn run(lake: &str, args: MarketContextArgs) -> anyhow::Result<(
     if args.batch_rows == 0 {
         return Err(UsageError("--batch-rows must be at least 1".into()).into());
     }
-    let catalog = Catalog::load_or_embedded(&args.sql.queries)
-        .await
-        .map_err(|e| UsageError(e.to_string()))?;
+    let catalog = args.sql.catalog().await?;
     let root = open_lake(lake)?;
     let symbols = load_symbols(&root).await?;
     let options = MarketContextOptions {

@@ -4,10 +4,9 @@ use anyhow::Context;
 use chrono::NaiveDate;
 use clap::Args;
 
-use super::{open_lake, UsageError};
+use super::open_lake;
 use crate::features::market::write_betas;
 use crate::features::profiles::{write_profiles, PROFILE_DAYS};
-use crate::features::Catalog;
 
 /// `stockanomaly profiles`.
 #[derive(Debug, Args)]
@@ -44,9 +43,7 @@ pub struct ProfilesArgs {
 
 pub(crate) async fn run(lake: &str, args: ProfilesArgs) -> anyhow::Result<()> {
     let root = open_lake(lake)?;
-    let catalog = Catalog::load_or_embedded(&args.sql.queries)
-        .await
-        .map_err(|e| UsageError(e.to_string()))?;
+    let catalog = args.sql.catalog().await?;
     let dates = if args.date.is_empty() {
         let ctx = crate::lake::session_context(&root).await?;
         let last = super::sql::scalar_string(&ctx, "SELECT max(date) FROM ticks").await?;

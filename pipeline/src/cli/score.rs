@@ -5,10 +5,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use super::open_lake;
 use super::output::{count, count_bar};
 use super::train::{classify, load_detectors};
-use super::{open_lake, UsageError};
-use crate::features::Catalog;
 use crate::model::{score, ScoreOptions};
 
 /// `stockanomaly score`.
@@ -74,9 +73,7 @@ pub struct ScoreArgs {
 
 pub(crate) async fn run(lake: &str, args: ScoreArgs) -> anyhow::Result<()> {
     args.dates.check()?;
-    let catalog = Catalog::load_or_embedded(&args.sql.queries)
-        .await
-        .map_err(|e| UsageError(e.to_string()))?;
+    let catalog = args.sql.catalog().await?;
     let root = open_lake(lake)?;
     let detectors = load_detectors(
         &catalog,

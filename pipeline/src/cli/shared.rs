@@ -9,7 +9,7 @@ use chrono::NaiveDate;
 use clap::Args;
 
 use super::UsageError;
-use crate::features::DEFAULT_QUERIES;
+use crate::features::{Catalog, DEFAULT_QUERIES};
 
 /// `--queries DIR`: where the SQL files are.
 #[derive(Debug, Clone, Args)]
@@ -18,6 +18,22 @@ pub struct QueriesArgs {
     /// context) and rules/*.sql.
     #[arg(long, env = "STOCKANOMALY_QUERIES", default_value = DEFAULT_QUERIES, value_name = "DIR")]
     pub queries: PathBuf,
+}
+
+impl QueriesArgs {
+    /// The feature catalog of `--queries` (see [`load_catalog`]).
+    pub async fn catalog(&self) -> Result<Catalog, UsageError> {
+        load_catalog(&self.queries).await
+    }
+}
+
+/// The feature catalog of the folder `dir` (the built-in pack when the
+/// default folder does not exist); a file that does not plan is a usage
+/// error naming it.
+pub async fn load_catalog(dir: &std::path::Path) -> Result<Catalog, UsageError> {
+    Catalog::load_or_embedded(dir)
+        .await
+        .map_err(|e| UsageError(e.to_string()))
 }
 
 /// `--from DATE --to DATE`: the dates a command works on.

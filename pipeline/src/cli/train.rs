@@ -228,9 +228,7 @@ pub(crate) async fn run_train(lake: &str, args: TrainArgs) -> anyhow::Result<()>
     if args.rounds == 0 {
         return Err(UsageError("--rounds must be at least 1".into()).into());
     }
-    let catalog = Catalog::load_or_embedded(&args.sql.queries)
-        .await
-        .map_err(|e| UsageError(e.to_string()))?;
+    let catalog = args.sql.catalog().await?;
     let root = open_lake(lake)?;
     let out = args
         .out
@@ -311,9 +309,7 @@ pub(crate) async fn run_train(lake: &str, args: TrainArgs) -> anyhow::Result<()>
 
 pub(crate) async fn run_evaluate(lake: &str, args: EvaluateArgs) -> anyhow::Result<()> {
     args.dates.check()?;
-    let catalog = Catalog::load_or_embedded(&args.sql.queries)
-        .await
-        .map_err(|e| UsageError(e.to_string()))?;
+    let catalog = args.sql.catalog().await?;
     let root = open_lake(lake)?;
     let mut rows: Vec<(String, String, Metrics)> = Vec::new();
     let mut threshold_line = None;
