@@ -21,7 +21,9 @@ pub struct QueriesArgs {
 }
 
 impl QueriesArgs {
-    /// The feature catalog of `--queries` (see [`load_catalog`]).
+    /// The feature catalog of `--queries`: the built-in pack when the
+    /// default folder does not exist; a file that does not plan is a usage
+    /// error naming it.
     pub async fn catalog(&self) -> Result<Catalog, UsageError> {
         load_catalog(&self.queries).await
     }
