@@ -808,12 +808,16 @@ async fn cases_are_upserted_with_the_batch_and_restored_per_partition() {
     };
     let ibm = t.open_case("IBM").unwrap().clone();
     let aapl = t.open_case("AAPL").unwrap().clone();
+    // IBM twice in one batch (as after a partition moved away and back):
+    // the last state is stored, in one statement that touches it once.
+    let mut earlier = ibm.clone();
+    earlier.alerts = 1;
     let stats = commit_output(
         &mut c,
         &[],
         &[],
         &[offset(0, 10, 0), offset(1, 10, 0)],
-        &[update(ibm.clone()), update(aapl.clone())],
+        &[update(earlier), update(ibm.clone()), update(aapl.clone())],
         None,
     )
     .await

@@ -2,6 +2,8 @@
 //! transaction ([`write_cases`]) and read back by a detector given a
 //! partition ([`load_open_cases`]).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use tokio_postgres::{Client, Transaction};
 
@@ -45,8 +47,21 @@ pub async fn write_cases(
     fenced: &[i32],
 ) -> Result<u64, DbError> {
     let mine = |u: &&CaseUpdate| !u.case.partition.is_some_and(|p| fenced.contains(&p));
-    let (gone, kept): (Vec<&CaseUpdate>, Vec<&CaseUpdate>) =
-        cases.iter().filter(mine).partition(|u| u.is_discarded());
+    // A case can come twice in one batch (it closed, the partition moved
+    // away and back, the case was taken back from the store and changed
+    // again): the last is how the batch left it, and one statement may
+    // touch a row only once.
+    let mut last: HashMap<(&str, &str), usize> = HashMap::with_capacity(cases.len());
+    for (i, u) in cases.iter().enumerate() {
+        last.insert((u.version.as_str(), u.case.case_id.as_str()), i);
+    }
+    let (gone, kept): (Vec<&CaseUpdate>, Vec<&CaseUpdate>) = cases
+        .iter()
+        .enumerate()
+        .filter(|(i, u)| last.get(&(u.version.as_str(), u.case.case_id.as_str())) == Some(i))
+        .map(|(_, u)| u)
+        .filter(mine)
+        .partition(|u| u.is_discarded());
     if !gone.is_empty() {
         let v: Vec<&str> = gone.iter().map(|u| u.version.as_str()).collect();
         let id: Vec<&str> = gone.iter().map(|u| u.case.case_id.as_str()).collect();
