@@ -17,8 +17,8 @@ use datafusion::common::tree_node::Transformed;
 use datafusion::common::{DFSchema, Result, ScalarValue};
 use datafusion::logical_expr::expr::{WindowFunction, WindowFunctionParams};
 use datafusion::logical_expr::{
-    col, Expr, ExprSchemable, LogicalPlan, Window, WindowFrame, WindowFrameBound, WindowFrameUnits,
-    WindowFunctionDefinition, WindowUDF,
+    col, when, Expr, ExprSchemable, LogicalPlan, Window, WindowFrame, WindowFrameBound,
+    WindowFrameUnits, WindowFunctionDefinition, WindowUDF,
 };
 use datafusion::optimizer::AnalyzerRule;
 
@@ -168,11 +168,14 @@ fn rewrite(e: &Expr, input: &DFSchema) -> Result<Option<Expr>> {
     if !matches!(order.expr.get_type(input)?, DataType::Timestamp(_, _)) {
         return Ok(None);
     }
+    let Some(x) = value_arg(wf.fun.name(), x, input)? else {
+        return Ok(None);
+    };
     let order_by = p.order_by.clone();
     let new = Expr::WindowFunction(Box::new(WindowFunction {
         fun: WindowFunctionDefinition::WindowUDF(Arc::new(udf)),
         params: WindowFunctionParams {
-            args: vec![x.clone(), order.expr.clone(), Expr::Literal(width, None)],
+            args: vec![x, order.expr.clone(), Expr::Literal(width, None)],
             partition_by: p.partition_by.clone(),
             order_by,
             window_frame: WindowFrame::new(Some(true)),
@@ -187,6 +190,29 @@ fn rewrite(e: &Expr, input: &DFSchema) -> Result<Option<Expr>> {
         return Ok(None);
     }
     Ok(Some(new.alias(name)))
+}
+
+/// The Float64 column the exact UDF reads for the call's argument `x`, or
+/// `None` when the call must stay as it is.
+///
+/// The UDFs read Float64 values. `count` only asks whether a value is there,
+/// so any type (and `count(*)`, planned as `count(1)`) counts as 1.0 where
+/// it is not NULL. The other functions keep a non-Float64 argument (an
+/// integer `sum` or `min` has an integer result, which the type check
+/// refuses anyway; an integer `avg` is cast by type coercion before this
+/// rule runs).
+fn value_arg(fun: &str, x: &Expr, input: &DFSchema) -> Result<Option<Expr>> {
+    if x.get_type(input)? == DataType::Float64 {
+        return Ok(Some(x.clone()));
+    }
+    if fun != "count" {
+        return Ok(None);
+    }
+    let one = Expr::Literal(ScalarValue::Float64(Some(1.0)), None);
+    Ok(Some(match x {
+        Expr::Literal(v, _) if !v.is_null() => one,
+        _ => when(x.clone().is_not_null(), one).end()?,
+    }))
 }
 
 #[cfg(test)]
@@ -275,6 +301,45 @@ mod tests {
         )
         .await;
         assert_eq!(first[0].map(f64::from_bits), Some(1000.000002));
+    }
+
+    /// `count` over any column (and `count(*)`) gives stock DataFusion's
+    /// counts: the UDF reads Float64, so the rule must not hand it an
+    /// integer or string column as it is.
+    #[tokio::test]
+    async fn counts_any_type_like_stock_datafusion() {
+        let ours = session().await;
+        let stock = SessionContext::new();
+        for b in ours
+            .sql("SELECT * FROM t")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap()
+        {
+            let t = datafusion::datasource::MemTable::try_new(b.schema(), vec![vec![b]]).unwrap();
+            stock.register_table("t", std::sync::Arc::new(t)).unwrap();
+        }
+        let frame = "OVER (PARTITION BY symbol ORDER BY ts RANGE BETWEEN INTERVAL '2 minutes' PRECEDING AND CURRENT ROW)";
+        for arg in ["n", "*", "1", "symbol", "x", "CAST(x AS INT)", "NULL"] {
+            let sql = format!("SELECT count({arg}) {frame} AS v FROM t ORDER BY symbol, ts, seq");
+            let plan = ours
+                .sql(&sql)
+                .await
+                .unwrap()
+                .into_optimized_plan()
+                .unwrap()
+                .display_indent()
+                .to_string();
+            assert!(
+                plan.contains("rolling_count"),
+                "count({arg}) not rewritten:\n{plan}"
+            );
+            let a = column(&ours, &sql).await;
+            assert_eq!(a, column(&stock, &sql).await, "count({arg})");
+            assert_eq!(a.len(), 7);
+        }
     }
 
     #[tokio::test]
