@@ -11,7 +11,15 @@ What it does, to do the same work as `stockanomaly backfill`:
   * `ticks` = read_parquet('LAKE/ticks/**/*.parquet', hive_partitioning=true);
   * `symbols`, and `profiles`, `market` and `betas` as the backfill wrote
     them (read, not recomputed, as the timed backfill of the feature files
-    alone reads them too);
+    alone reads them too); with --whole-job, DuckDB makes them itself first
+    (timed with the features, as `backfill --force` makes them): the
+    per-day minute statistics and the profiles' medians over the 20 trailing
+    dates (the SQL the backfill runs, features/profiles.rs), the market
+    buckets from QUERIES_DIR/market/buckets.sql (the same file; the
+    project's aggregates `exact_sum`, `exact_mean`, `first_value(x ORDER BY
+    ...)` as DuckDB's `sum`, `avg`, `first(x ORDER BY ...)`) and the betas
+    (`regr_slope` over the trailing dates' buckets traded by two symbols or
+    more), each written to zstd Parquet;
   * every `QUERIES_DIR/features/*.sql` (file-name order) as a temp view, with
     `ewm_zscore(...) OVER (...)` replaced by NULL::DOUBLE (no DuckDB
     equivalent: that one column is not computed here);
@@ -29,7 +37,8 @@ few features computed by both (max abs/rel difference; informational:
 DuckDB's sliding-window sums are not exact, so small differences are
 expected).
 
-The last line printed is machine-readable: DUCKDB_ROWS_PER_SEC=<float>.
+The last line printed is machine-readable: DUCKDB_ROWS_PER_SEC=<float> (with
+--whole-job: the context tables and the features, over the feature rows).
 """
 
 from __future__ import annotations
@@ -186,6 +195,11 @@ def main() -> None:
         help=f"features to compare with the backfill's output (default {DEFAULT_CHECK}; '' to skip)",
     )
     ap.add_argument("--scratch", help="scratch folder (default: a temporary one, removed)")
+    ap.add_argument(
+        "--whole-job",
+        action="store_true",
+        help="make the context tables (profiles, market, betas) too, timed with the features",
+    )
     args = ap.parse_args()
 
     try:
@@ -243,12 +257,16 @@ def run(duckdb, lake, tick_glob, files, scratch, args) -> None:
     # (intraday profiles, market buckets, betas), as the backfill that ran
     # before this wrote them: read, not recomputed, so DuckDB does a little
     # less work here than the backfill, which makes them.
-    for table in ("profiles", "market", "betas"):
-        pattern = os.path.join(lake, table, "*", "*.parquet")
-        if glob.glob(pattern):
-            con.execute(
-                f"CREATE VIEW {table} AS SELECT * FROM read_parquet({sql_str(pattern)}, hive_partitioning = true)"
-            )
+    context_seconds = 0.0
+    if args.whole_job:
+        context_seconds = make_context_tables(con, args.queries, scratch)
+    else:
+        for table in ("profiles", "market", "betas"):
+            pattern = os.path.join(lake, table, "*", "*.parquet")
+            if glob.glob(pattern):
+                con.execute(
+                    f"CREATE VIEW {table} AS SELECT * FROM read_parquet({sql_str(pattern)}, hive_partitioning = true)"
+                )
 
     selects = [f"f0.{k}" for k in KEY]
     joins = []
@@ -311,12 +329,92 @@ def run(duckdb, lake, tick_glob, files, scratch, args) -> None:
         die(f"the feature query failed: {e}")
     seconds = time.perf_counter() - started
     rows = con.execute(f"SELECT count(*) FROM read_parquet({sql_str(out)})").fetchone()[0]
+    if args.whole_job:
+        note(f"features {seconds:.2f} s after the context tables' {context_seconds:.2f} s")
+        seconds += context_seconds
     rate = rows / max(seconds, 1e-9)
     print(f"duckdb: {rows:,} rows in {seconds:.2f} s, {rate:,.0f} rows/s", flush=True)
 
-    check(con, lake, out, features, [c for c in args.check.split(",") if c.strip()], not_computed)
+    wanted = [c for c in args.check.split(",") if c.strip()]
+    check(con, lake, out, features, wanted if not args.whole_job else [], not_computed)
     con.close()
     print(f"DUCKDB_ROWS_PER_SEC={rate:.1f}", flush=True)
+
+
+# The backfill's per-day minute statistics (features/profiles.rs,
+# compute_minute_stats), over every date at once.
+MINUTE_STATS_SQL = """
+WITH z AS (SELECT symbol, min(timezone) AS timezone FROM symbols GROUP BY symbol)
+SELECT CAST(k.date AS DATE) AS d, k.symbol,
+       CAST(floor(session_minute(k.ts, coalesce(z.timezone, 'America/New_York'), '00:00')) AS INT) AS minute,
+       sum(k.volume) AS volume, CAST(count(*) AS DOUBLE) AS ticks,
+       abs(ln(last(k.price ORDER BY k.ts, k.seq) / first(k.price ORDER BY k.ts, k.seq))) AS abs_return
+FROM ticks k LEFT JOIN z ON z.symbol = k.symbol
+GROUP BY ALL
+"""
+
+# Each date with ticks and the (at most 20) latest dates with ticks before
+# it within 60 days: what its profiles and betas are made from
+# (features/profiles.rs, trailing_dates).
+TRAILING_SQL = """
+WITH d AS (SELECT DISTINCT CAST(date AS DATE) AS d FROM ticks),
+     n AS (SELECT d, row_number() OVER (ORDER BY d) AS n FROM d)
+SELECT a.d AS for_d, b.d AS from_d
+FROM n a JOIN n b ON b.n < a.n AND b.n >= a.n - 20 AND b.d >= a.d - INTERVAL 60 DAY
+"""
+
+PROFILES_SQL = """
+SELECT CAST(t.for_d AS TIMESTAMPTZ) AS ts, m.symbol, m.minute, count(*) AS days,
+       median(m.volume) AS median_volume, median(m.ticks) AS median_ticks,
+       median(m.abs_return) AS median_abs_return, CAST(t.for_d AS VARCHAR) AS date
+FROM trailing_dates t JOIN minute_stats m ON m.d = t.from_d
+GROUP BY ALL
+"""
+
+BETAS_SQL = """
+SELECT CAST(t.for_d AS TIMESTAMPTZ) AS ts, m.symbol, count(*) AS buckets,
+       regr_slope(m.ret, m.ret_mean) AS beta, CAST(t.for_d AS VARCHAR) AS date
+FROM trailing_dates t JOIN market m ON CAST(m.ts AS DATE) = t.from_d
+WHERE m.symbols >= 2 AND isfinite(m.ret) AND isfinite(m.ret_mean)
+GROUP BY ALL
+"""
+
+
+def duckdb_bucket_sql(sql: str) -> str:
+    """The bucket file in DuckDB's words: its aggregates `exact_sum`,
+    `exact_mean` and `first_value`/`last_value(x ORDER BY ...)` (ordered
+    aggregates, not windows, in that file) as `sum`, `avg`, `first`/`last`."""
+    sql = strip_comments(sql).strip().rstrip(";")
+    sql = re.sub(r"\bexact_sum\s*\(", "sum(", sql, flags=re.I)
+    sql = re.sub(r"\bexact_mean\s*\(", "avg(", sql, flags=re.I)
+    sql = re.sub(r"\bfirst_value\s*\(", "first(", sql, flags=re.I)
+    sql = re.sub(r"\blast_value\s*\(", "last(", sql, flags=re.I)
+    return sql
+
+
+def make_context_tables(con, queries: str, scratch: str) -> float:
+    """Makes `profiles`, `market` and `betas` (each written to Parquet and
+    read back as the feature files' tables); returns the seconds taken."""
+    bucket_file = os.path.join(queries, "market", "buckets.sql")
+    try:
+        with open(bucket_file, encoding="utf-8") as fh:
+            buckets = duckdb_bucket_sql(fh.read())
+    except OSError as e:
+        die(f"{bucket_file}: {e}")
+    started = time.perf_counter()
+    con.execute(f"CREATE TEMP TABLE minute_stats AS {MINUTE_STATS_SQL}")
+    con.execute(f"CREATE TEMP TABLE trailing_dates AS {TRAILING_SQL}")
+    for table, sql in (("profiles", PROFILES_SQL), ("market", buckets), ("betas", BETAS_SQL)):
+        out = os.path.join(scratch, f"{table}.parquet")
+        try:
+            con.execute(
+                f"COPY ({sql}) TO {sql_str(out)} (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1)"
+            )
+        except Exception as e:  # duckdb.Error: the module is imported by main
+            die(f"the {table} table failed in DuckDB: {e}")
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({sql_str(out)})")
+        note(f"{table}: {con.execute(f'SELECT count(*) FROM {table}').fetchone()[0]:,} rows")
+    return time.perf_counter() - started
 
 
 def check(con, lake, out, features, wanted, not_computed) -> None:

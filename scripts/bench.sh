@@ -126,6 +126,9 @@ backfill_rate() {
   sa_rows="$(printf '%s\n' "$line" | sed -E 's/.* ([0-9,]+) rows in ([0-9.]+)s.*/\1/' | tr -d ,)"
   secs="$(printf '%s\n' "$line" | sed -E 's/.* ([0-9,]+) rows in ([0-9.]+)s.*/\2/')"
   sa_rate="$(LC_ALL=C awk -v r="$sa_rows" -v s="$secs" 'BEGIN { if (s <= 0) s = 0.005; printf "%.1f", r / s }')"
+  # "  peak memory 1.23 GB (resident)"
+  sa_peak="$(printf '%s\n' "$out" | sed -n 's/^  peak memory \(.*\) (resident)$/\1/p' | tail -n 1)"
+  sa_peak="${sa_peak:--}"
   [ "$sa_rows" = "$ticks" ] || say "note: backfill wrote $(fmt_int "$sa_rows") rows for $(fmt_int "$ticks") ticks"
 }
 
@@ -157,6 +160,7 @@ for ds in "${DATASETS[@]}"; do
   say "== $name: stockanomaly backfill --force (context tables and features)"
   backfill_rate "$name" --force
   full_rate="$sa_rate"
+  full_peak="$sa_peak"
   rm -rf "$lake/features"
   say "== $name: stockanomaly backfill (the feature files alone; context tables as stored)"
   backfill_rate "$name"
@@ -171,9 +175,18 @@ for ds in "${DATASETS[@]}"; do
   grep -v '^DUCKDB_ROWS_PER_SEC=' "$duck_log" >&2 || true
   duck_rate="$(sed -n 's/^DUCKDB_ROWS_PER_SEC=//p' "$duck_log" | tail -n 1)"
   [ -n "$duck_rate" ] || die "$name: no DUCKDB_ROWS_PER_SEC line from scripts/bench-duckdb.py"
+  say "== $name: DuckDB, the whole job: context tables from the same SQL, then the features"
+  TMPDIR="$SCRATCH" "$PY" "$ROOT/scripts/bench-duckdb.py" "$lake" "$ROOT/queries" --threads "$THREADS" \
+    --whole-job >"$duck_log" 2>&1 || {
+    cat "$duck_log" >&2
+    die "$name: scripts/bench-duckdb.py --whole-job failed"
+  }
+  grep -v '^DUCKDB_ROWS_PER_SEC=' "$duck_log" >&2 || true
+  duck_whole="$(sed -n 's/^DUCKDB_ROWS_PER_SEC=//p' "$duck_log" | tail -n 1)"
+  [ -n "$duck_whole" ] || die "$name: no DUCKDB_ROWS_PER_SEC line from scripts/bench-duckdb.py --whole-job"
   ratio="$(LC_ALL=C awk -v a="$sa_rate" -v b="$duck_rate" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
-  full_ratio="$(LC_ALL=C awk -v a="$full_rate" -v b="$duck_rate" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
-  RESULTS+=("$name|$sa_rows|$sa_rate|$duck_rate|$ratio|$full_rate|$full_ratio")
+  full_ratio="$(LC_ALL=C awk -v a="$full_rate" -v b="$duck_whole" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
+  RESULTS+=("$name|$sa_rows|$sa_rate|$duck_rate|$ratio|$full_rate|$duck_whole|$full_ratio|$full_peak")
   NOT_COMPUTED="$(sed -n 's/^bench-duckdb: note: \([A-Za-z0-9_]*\) .*NOT computed.*/\1/p' "$duck_log" | paste -sd, -)"
 
   # XGBoost on the first dataset's training view (features x labels).
@@ -195,16 +208,18 @@ done
 echo
 echo "Feature backfill, default pack (queries/features), $(basename "$BIN") $("$BIN" --version 2>/dev/null | awk '{print $NF}') vs DuckDB $("$PY" -c 'import duckdb; print(duckdb.__version__)') ($THREADS threads)"
 [ -z "$NOT_COMPUTED" ] || echo "(not computed by DuckDB, no equivalent of ewm_zscore: $NOT_COMPUTED)"
-printf '%-12s %12s %20s %15s %8s %26s %10s\n' dataset rows "stockanomaly rows/s" "duckdb rows/s" ratio \
-  "with context tables rows/s" ratio
+printf '%-12s %12s | %14s %14s %7s | %14s %14s %7s %12s\n' dataset rows "features rows/s" "duckdb rows/s" ratio \
+  "whole rows/s" "duckdb whole" ratio "peak memory"
 for r in "${RESULTS[@]}"; do
-  IFS='|' read -r name rows sa duck ratio full full_ratio <<<"$r"
-  printf '%-12s %12s %20s %15s %8s %26s %10s\n' "$name" "$(fmt_int "$rows")" "$(fmt_int "$sa")" "$(fmt_int "$duck")" \
-    "$ratio" "$(fmt_int "$full")" "$full_ratio"
+  IFS='|' read -r name rows sa duck ratio full duck_whole full_ratio peak <<<"$r"
+  printf '%-12s %12s | %14s %14s %7s | %14s %14s %7s %12s\n' "$name" "$(fmt_int "$rows")" "$(fmt_int "$sa")" \
+    "$(fmt_int "$duck")" "$ratio" "$(fmt_int "$full")" "$(fmt_int "$duck_whole")" "$full_ratio" "$peak"
 done
 echo "ratio = stockanomaly rows/s / duckdb rows/s (> 1: stockanomaly is faster); both write zstd Parquet."
-echo "Both run the feature files over the lake's stored context tables (profiles, market, betas); \"with context"
-echo "tables\" is stockanomaly's backfill --force, which also computes those (DuckDB is given them made)."
+echo "features: both run the feature files over the lake's stored context tables (profiles, market, betas)."
+echo "whole: the whole job: stockanomaly's backfill --force makes the context tables and the features; DuckDB"
+echo "makes the same tables from the same SQL (scripts/bench-duckdb.py --whole-job), then the features."
+echo "peak memory: the resident peak of stockanomaly's backfill --force."
 echo "stockanomaly computes runs of dates (up to --chunk-ticks ticks) with the lookback before each run; DuckDB the whole lake in one query."
 case "$BIN" in
 */debug/*) echo "(debug binary: these figures say nothing about performance; use make bench)" ;;

@@ -3,7 +3,7 @@
 use clap::Args;
 
 use super::open_lake;
-use super::output::{count, count_bar, rate};
+use super::output::{count, count_bar, human_bytes, peak_memory, rate};
 use crate::features::{backfill, BackfillOptions, CHUNK_TICKS};
 
 /// `stockanomaly backfill`.
@@ -78,5 +78,8 @@ pub(crate) async fn run(lake: &str, args: BackfillArgs) -> anyhow::Result<()> {
         s.elapsed.as_secs_f64(),
         rate(s.rows as f64, s.elapsed)
     );
+    if let Some(peak) = peak_memory() {
+        println!("  peak memory {} (resident)", human_bytes(peak));
+    }
     Ok(())
 }

@@ -29,6 +29,27 @@ pub(crate) fn rate(n: f64, elapsed: Duration) -> String {
     }
 }
 
+/// The process's peak resident memory so far (`VmHWM` of
+/// `/proc/self/status`), where the system tells it (Linux).
+pub(crate) fn peak_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Bytes as `1.23 GB` (powers of 1000, as `du --si`).
+pub(crate) fn human_bytes(n: u64) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.2} GB", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.1} MB", n / 1e6)
+    } else {
+        format!("{:.0} kB", n / 1e3)
+    }
+}
+
 /// A timestamp in µs as RFC 3339.
 pub(crate) fn ts(us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(us)

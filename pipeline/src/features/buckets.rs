@@ -32,6 +32,7 @@ use chrono::NaiveTime;
 use stockanomaly_udfs::aggregate::ExactTotal;
 
 use super::market::market_schema;
+use super::medians::median;
 use crate::lake::{with_partitions, TableSpec};
 use crate::tick::{col, DAY_US};
 
@@ -258,22 +259,6 @@ impl NativeBuckets {
         }
         Ok(())
     }
-}
-
-/// DataFusion's `median` of `values` (total order; the mean of the two
-/// middle values for an even count).
-fn median(values: &mut [f64]) -> Option<f64> {
-    let n = values.len();
-    if n == 0 {
-        return None;
-    }
-    let (low, mid, _) = values.select_nth_unstable_by(n / 2, f64::total_cmp);
-    let mid = *mid;
-    if n % 2 == 1 {
-        return Some(mid);
-    }
-    let left = low.iter().copied().max_by(f64::total_cmp)?;
-    Some((left + mid) / 2.0)
 }
 
 /// The rows: each group with its bucket's cross-section over its exchange.

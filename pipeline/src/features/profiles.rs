@@ -375,28 +375,13 @@ pub async fn compute_profiles_cached(
         };
         stats.push(day.clone());
     }
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-    let m = datafusion::datasource::MemTable::try_new(minute_stats_schema(), vec![stats]).map_err(
-        |source| ProfileError::Query {
-            table: "profiles",
-            date,
-            source,
-        },
-    )?;
-    ctx.register_table("m", Arc::new(m))
-        .map_err(|source| ProfileError::Query {
-            table: "profiles",
-            date,
-            source,
-        })?;
-    let sql = format!(
-        "SELECT to_timestamp_micros({}) AT TIME ZONE 'UTC' AS ts, symbol, minute,
-                count(*) AS days, median(volume) AS median_volume, median(ticks) AS median_ticks,
-                median(abs_return) AS median_abs_return
-         FROM m GROUP BY symbol, minute ORDER BY symbol, minute",
-        midnight_us(date)
-    );
-    collect_as(&ctx, &sql, &profile_schema(), "profiles", date).await
+    // Medians by selection over the sorted rows (the same bits as the
+    // `GROUP BY symbol, minute` with `median` it replaces; see `medians`).
+    super::medians::profile_rows(&stats, midnight_us(date)).map_err(|e| ProfileError::Query {
+        table: "profiles",
+        date,
+        source: e.into(),
+    })
 }
 
 /// As [`compute_profiles_with`], storing the minute statistics it makes.
