@@ -9,6 +9,9 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let kept = keep_freed_memory();
     let cli = Cli::parse();
+    if cli.command.works_offline() {
+        end_quietly_on_closed_stdout();
+    }
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
         eprintln!("stockanomaly: --log {:?}: {e}; using `warn`", cli.log);
         EnvFilter::new("warn")
@@ -39,6 +42,25 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Lets a closed stdout (`stockanomaly sql ... | head`) end the process the
+/// way it ends `cat`, by SIGPIPE, instead of a panic in the next `println!`
+/// (Rust ignores SIGPIPE, so every write to a closed pipe fails).
+///
+/// Only for batch commands over the lake: a service must outlive whatever
+/// it writes to going away, and sees that as a write error. (Sockets are
+/// not at stake: the standard library sends with `MSG_NOSIGNAL`.)
+#[cfg(unix)]
+fn end_quietly_on_closed_stdout() {
+    // SAFETY: signal only resets the disposition of SIGPIPE; it is called
+    // before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn end_quietly_on_closed_stdout() {}
 
 /// Largest allocation glibc serves from its heaps instead of a fresh
 /// mapping (default: 128 KiB, adapting up to 32 MiB).

@@ -295,3 +295,44 @@ fn demo_runs_on_embedded_defaults_and_beats_the_rule() {
     assert_eq!(with, model, "{line}");
     assert!(with > without + 0.01, "{line}");
 }
+
+/// `stockanomaly sql ... | head -1`: the reader goes away after one line;
+/// the command ends as `cat` would (SIGPIPE), not with a panic and a
+/// backtrace on stderr.
+#[test]
+fn sql_into_a_closed_pipe_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = common::bin()
+        .current_dir(dir.path())
+        .args([
+            "sql",
+            "--lake",
+            "lake",
+            "--format",
+            "json",
+            "SELECT value FROM range(5000000)",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("\"value\":0"), "{first}");
+    // The reader (and its end of the pipe) is gone now.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(13),
+        "ended by SIGPIPE: {:?}",
+        out.status
+    );
+}

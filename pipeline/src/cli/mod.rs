@@ -89,6 +89,26 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Command {
+    /// Whether the command is a batch job over the lake that prints what it
+    /// made (not a service, not a client of PostgreSQL or Kafka): piped into
+    /// `head`, it may simply end when its output is closed, as `cat` does,
+    /// instead of failing on its next line.
+    pub fn works_offline(&self) -> bool {
+        matches!(
+            self,
+            Command::Simulate(_)
+                | Command::Backfill(_)
+                | Command::Profiles(_)
+                | Command::Features(_)
+                | Command::Train(_)
+                | Command::Evaluate(_)
+                | Command::Score(_)
+                | Command::Sql(_)
+        )
+    }
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
