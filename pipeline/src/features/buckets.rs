@@ -31,7 +31,7 @@ use arrow::error::ArrowError;
 use chrono::NaiveTime;
 use stockanomaly_udfs::aggregate::ExactTotal;
 
-use super::market::market_schema;
+use super::market_table::market_schema;
 use super::medians::median;
 use crate::lake::{with_partitions, TableSpec};
 use crate::tick::{col, DAY_US};

@@ -18,6 +18,7 @@ mod header;
 pub mod incremental;
 mod lookback;
 pub mod market;
+mod market_table;
 mod medians;
 mod probe_order;
 pub mod profiles;
