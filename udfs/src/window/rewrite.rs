@@ -240,6 +240,15 @@ mod tests {
         ctx
     }
 
+    /// The optimized plan of `sql`, as text.
+    async fn plan(ctx: &SessionContext, sql: &str) -> String {
+        let df = ctx.sql(sql).await.unwrap();
+        df.into_optimized_plan()
+            .unwrap()
+            .display_indent()
+            .to_string()
+    }
+
     async fn column(ctx: &SessionContext, sql: &str) -> Vec<Option<u64>> {
         let batches: Vec<RecordBatch> = ctx.sql(sql).await.unwrap().collect().await.unwrap();
         let mut out = Vec::new();
@@ -282,14 +291,7 @@ mod tests {
             .await;
             assert_eq!(a.len(), 7);
             assert_eq!(a, b, "{std}");
-            let plan = ctx
-                .sql(&format!("SELECT {std} {frame} AS v FROM t"))
-                .await
-                .unwrap()
-                .into_optimized_plan()
-                .unwrap()
-                .display_indent()
-                .to_string();
+            let plan = plan(&ctx, &format!("SELECT {std} {frame} AS v FROM t")).await;
             assert!(plan.contains("rolling_"), "{std} not rewritten:\n{plan}");
         }
         // first_value breaks ties on seq: the tick with seq 0 comes first.
@@ -310,28 +312,15 @@ mod tests {
     async fn counts_any_type_like_stock_datafusion() {
         let ours = session().await;
         let stock = SessionContext::new();
-        for b in ours
-            .sql("SELECT * FROM t")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap()
-        {
-            let t = datafusion::datasource::MemTable::try_new(b.schema(), vec![vec![b]]).unwrap();
-            stock.register_table("t", std::sync::Arc::new(t)).unwrap();
-        }
+        let rows = ours.sql("SELECT * FROM t").await.unwrap();
+        let schema = std::sync::Arc::new(rows.schema().as_arrow().clone());
+        let rows = rows.collect().await.unwrap();
+        let t = datafusion::datasource::MemTable::try_new(schema, vec![rows]).unwrap();
+        stock.register_table("t", std::sync::Arc::new(t)).unwrap();
         let frame = "OVER (PARTITION BY symbol ORDER BY ts RANGE BETWEEN INTERVAL '2 minutes' PRECEDING AND CURRENT ROW)";
         for arg in ["n", "*", "1", "symbol", "x", "CAST(x AS INT)", "NULL"] {
             let sql = format!("SELECT count({arg}) {frame} AS v FROM t ORDER BY symbol, ts, seq");
-            let plan = ours
-                .sql(&sql)
-                .await
-                .unwrap()
-                .into_optimized_plan()
-                .unwrap()
-                .display_indent()
-                .to_string();
+            let plan = plan(&ours, &sql).await;
             assert!(
                 plan.contains("rolling_count"),
                 "count({arg}) not rewritten:\n{plan}"
@@ -353,7 +342,7 @@ mod tests {
             // DISTINCT changes the meaning.
             "SELECT count(DISTINCT x) OVER (PARTITION BY symbol ORDER BY ts RANGE BETWEEN INTERVAL '2 minutes' PRECEDING AND CURRENT ROW) FROM t",
         ] {
-            let plan = ctx.sql(sql).await.unwrap().into_optimized_plan().unwrap().display_indent().to_string();
+            let plan = plan(&ctx, sql).await;
             assert!(!plan.contains("rolling_"), "{sql} was rewritten:\n{plan}");
             ctx.sql(sql).await.unwrap().collect().await.unwrap();
         }
