@@ -23,10 +23,8 @@
 //! and reading 20 small tables instead of 20 days of ticks.
 
 use std::collections::btree_map::Entry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
-
-use std::collections::HashMap;
 
 use arrow::array::{
     Array, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
@@ -381,8 +379,8 @@ pub async fn compute_profiles_cached(
         };
         stats.push(day.clone());
     }
-    // Medians by selection over the sorted rows (the same bits as the
-    // `GROUP BY symbol, minute` with `median` it replaces; see `medians`).
+    // Medians by selection over the sorted rows: the same bits as the
+    // `GROUP BY symbol, minute` with `median` it replaces (`profile_rows`).
     profile_rows(&stats, midnight_us(date)).map_err(|e| ProfileError::Query {
         table: "profiles",
         date,
