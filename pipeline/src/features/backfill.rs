@@ -220,32 +220,27 @@ pub async fn backfill(
         }
         previous_pending = true;
     }
-    // Each date's minute statistics and market sums, for the profiles and
-    // betas of the dates after it.
-    let mut stats_cache = super::profiles::MinuteStatsCache::default();
+    // Each date's market sums, for the betas of the dates after it.
     let mut beta_cache = super::market::BetaCache::default();
+    // The features of a date join its intraday profiles, made from the
+    // dates before it (once; again with --force): made ahead, in stages of
+    // their own, while this task makes the market context.
+    let mut profiles = super::ahead::profiles(
+        root,
+        chunks.iter().flatten().copied().collect(),
+        options.force,
+    );
     let mut writing: Option<PendingWrite> = None;
     for chunk in chunks {
-        // The features of a date join its intraday profiles, made from the
-        // dates before it: store them first (once; again with --force).
         for &date in &chunk {
-            if options.force || !super::profiles::profiles_done(root, date).await {
-                let rows =
-                    super::profiles::write_profiles_cached(root, date, &mut stats_cache).await?;
-                tracing::debug!(%date, rows, "Intraday profiles written.");
-            }
-            // The date's own minute statistics, for the profiles of the
-            // dates after it (again with --force: its ticks may have grown).
-            if options.force {
-                super::profiles::write_minute_stats(root, date).await?;
-            }
+            let made = profiles.take(date).await?.flatten();
             // Market context: the date's buckets over every symbol (not just
             // `--symbols`: the cross-section is the point) and the betas
             // from the dates before it.
             if catalog.uses_market() {
                 let sql = catalog.market_sql();
                 if options.force || !super::market::market_done(root, date).await {
-                    let rows = super::market::write_market(root, date, sql).await?;
+                    let rows = super::market::write_market(root, date, sql, made).await?;
                     tracing::debug!(%date, rows, "Market buckets written.");
                 }
                 if options.force || !super::market::betas_done(root, date).await {
@@ -269,6 +264,7 @@ pub async fn backfill(
     if let Some(p) = writing.take() {
         finish_write(root, &spec, p, &mut summary, progress).await?;
     }
+    profiles.finish().await?;
     summary.elapsed = started.elapsed();
     Ok(summary)
 }

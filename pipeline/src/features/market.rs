@@ -113,11 +113,13 @@ pub async fn market_rows(
 }
 
 /// The `market` rows of `date` from the lake's ticks of that date (all
-/// symbols) and its intraday profiles (stored or made).
+/// symbols) and its intraday profiles: `profiles` when given (with the
+/// `date` column, as just made), else the stored ones or made now.
 pub async fn compute_market(
     root: &LakeRoot,
     date: NaiveDate,
     sql: &str,
+    profiles: Option<RecordBatch>,
 ) -> Result<RecordBatch, ProfileError> {
     let q = |source| ProfileError::Query {
         table: "market",
@@ -132,7 +134,10 @@ pub async fn compute_market(
         .into_view();
     ctx.deregister_table("ticks").map_err(q)?;
     ctx.register_table("ticks", day).map_err(q)?;
-    let (profiles, _) = profiles_for(root, date).await?;
+    let profiles = match profiles {
+        Some(p) => p,
+        None => profiles_for(root, date).await?.0,
+    };
     // The shipped query runs natively, as the streaming executor runs it
     // (`NativeBuckets`: the same bits, held to the SQL by its test).
     if sql == MARKET_SQL {
@@ -170,13 +175,15 @@ pub async fn compute_market(
 }
 
 /// Computes and stores the `market` rows of `date` (replacing what was
-/// there); returns the rows written.
+/// there) from `profiles` as [`compute_market`] takes them; returns the
+/// rows written.
 pub async fn write_market(
     root: &LakeRoot,
     date: NaiveDate,
     sql: &str,
+    profiles: Option<RecordBatch>,
 ) -> Result<u64, ProfileError> {
-    let batch = compute_market(root, date, sql).await?;
+    let batch = compute_market(root, date, sql, profiles).await?;
     store_day(root, &TableSpec::market(), date, &batch).await?;
     Ok(batch.num_rows() as u64)
 }
@@ -353,7 +360,7 @@ pub async fn compute_betas_cached(
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
                 let rows = stored_or_made(root, &spec, "market", d, store, || {
-                    compute_market(root, d, sql)
+                    compute_market(root, d, sql, None)
                 })
                 .await?;
                 e.insert(BetaSums::of_market(&rows, d)?)

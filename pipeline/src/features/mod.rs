@@ -9,6 +9,7 @@
 //! unbounded frames, position-dependent functions, and `RANGE` frames whose
 //! bare number DataFusion would silently read as months.
 
+mod ahead;
 mod backfill;
 pub mod buckets;
 mod catalog;
