@@ -30,7 +30,6 @@
 //! assert_eq!(sums.values().to_vec(), vec![1.0, 3.0, 6.0, 8.0]);
 //! ```
 
-use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -144,20 +143,34 @@ impl RollingOut {
 
 /// The rows a state still holds: those inside the window, with their `ts`
 /// and values, numbered by their position in the partition since it began.
+///
+/// Contiguous vectors rather than deques: the kernels read a value per push,
+/// pop and emit, and a slice index is cheaper than a deque's wrap-around.
+/// Rows that left the window stay in place (`front` moves past them) until
+/// they are half as many as the live ones: compaction then moves each row
+/// O(1) times, and the vectors hold at most 1.5 windows (a deque's
+/// power-of-two capacity holds up to 2).
 #[derive(Debug, Clone)]
 struct Ring {
-    /// Partition row number of the oldest row held.
+    /// Partition row number of index 0 of the vectors.
     base: usize,
-    ts: VecDeque<i64>,
+    /// Index of the oldest row still held; those before it left the window.
+    front: usize,
+    ts: Vec<i64>,
     /// Per value column, the values (0.0 for NULL) and whether each is valid.
-    values: Vec<(VecDeque<f64>, VecDeque<bool>)>,
+    values: Vec<(Vec<f64>, Vec<bool>)>,
 }
+
+/// Rows that left the window kept before a compaction, at least: small
+/// rings would otherwise move their few rows on every call.
+const MIN_COMPACT: usize = 64;
 
 impl Ring {
     fn new(columns: usize) -> Self {
         Self {
             base: 0,
-            ts: VecDeque::new(),
+            front: 0,
+            ts: Vec::new(),
             values: (0..columns).map(|_| Default::default()).collect(),
         }
     }
@@ -167,25 +180,35 @@ impl Ring {
         self.base + self.ts.len()
     }
 
-    #[inline]
-    fn ts(&self, j: usize) -> i64 {
-        self.ts[j - self.base]
+    /// Partition row number of the oldest row held.
+    fn oldest(&self) -> usize {
+        self.base + self.front
+    }
+
+    /// Rows held.
+    fn held(&self) -> usize {
+        self.ts.len() - self.front
     }
 
     /// Lets go of the rows before partition row `lo`.
     fn pop_until(&mut self, lo: usize) {
-        while self.base < lo {
-            self.pop_front();
-        }
+        self.front = self.front.max(lo - self.base);
     }
 
-    fn pop_front(&mut self) {
-        self.ts.pop_front();
-        for (v, ok) in &mut self.values {
-            v.pop_front();
-            ok.pop_front();
+    /// Drops the rows that left the window once they are half as many as
+    /// those held.
+    fn compact(&mut self) {
+        let dead = self.front;
+        if dead < MIN_COMPACT || 2 * dead < self.held() {
+            return;
         }
-        self.base += 1;
+        self.ts.drain(..dead);
+        for (v, ok) in &mut self.values {
+            v.drain(..dead);
+            ok.drain(..dead);
+        }
+        self.base += dead;
+        self.front = 0;
     }
 
     /// Appends the partition's next rows `rows` of `ts` and `values` (one
@@ -210,7 +233,7 @@ impl Ring {
         if new.windows(2).any(|w| w[0] > w[1]) {
             return exec_err!("{name}: rows reach the state out of `ts` order");
         }
-        if let (Some(&last), Some(&first)) = (self.ts.back(), new.first()) {
+        if let (Some(&last), Some(&first)) = (self.ts[self.front..].last(), new.first()) {
             if first <= last {
                 return exec_err!(
                     "{name}: a row at ts {first} reaches the state after one at ts {last}: \
@@ -218,17 +241,32 @@ impl Ring {
                 );
             }
         }
+        self.compact();
         let start = self.next();
-        self.ts.extend(new.iter().copied());
+        self.ts.extend_from_slice(new);
         for (col, (v, ok)) in values.iter().zip(&mut self.values) {
             let raw = &col.values()[rows.clone()];
-            v.extend(raw.iter().copied());
+            v.extend_from_slice(raw);
             match col.nulls() {
                 Some(n) => ok.extend(rows.clone().map(|i| n.is_valid(i))),
                 None => ok.extend(std::iter::repeat_n(true, raw.len())),
             }
         }
         Ok(start..self.next())
+    }
+
+    /// The view of ring columns `cols` (a function's value columns, in order).
+    fn view(&self, cols: &[usize]) -> Cols<'_> {
+        let column = |c: Option<&usize>| match c.and_then(|&c| self.values.get(c)) {
+            Some((v, ok)) => (v.as_slice(), ok.as_slice()),
+            None => (&[][..], &[][..]),
+        };
+        Cols {
+            base: self.base,
+            oldest: self.oldest(),
+            ts: &self.ts,
+            cols: [column(cols.first()), column(cols.get(1))],
+        }
     }
 
     fn heap_bytes(&self) -> usize {
@@ -238,15 +276,6 @@ impl Ring {
                 .iter()
                 .map(|(v, ok)| v.capacity() * 8 + ok.capacity())
                 .sum::<usize>()
-    }
-}
-
-impl Src for Ring {
-    #[inline]
-    fn get(&self, col: usize, j: usize) -> Option<f64> {
-        let (v, ok) = &self.values[col];
-        let i = j - self.base;
-        ok[i].then(|| v[i])
     }
 }
 
@@ -260,7 +289,7 @@ pub struct RollingState {
 impl std::fmt::Debug for RollingState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RollingState")
-            .field("held", &self.rows.ts.len())
+            .field("held", &self.rows.held())
             .finish()
     }
 }
@@ -286,10 +315,7 @@ impl RollingState {
             return Ok(());
         }
         let Range { start, end } = self.rows.append(name, ts, values, rows)?;
-        let view = Cols {
-            ring: &self.rows,
-            cols: &ALL_COLUMNS[..f.kind.values()],
-        };
+        let view = self.rows.view(&ALL_COLUMNS[..f.kind.values()]);
         let lo = walk_any(&mut self.kernel, &view, f, start, end, out)?;
         self.rows.pop_until(lo);
         Ok(())
@@ -297,7 +323,7 @@ impl RollingState {
 
     /// Rows held (the window of the newest row).
     pub fn held(&self) -> usize {
-        self.rows.ts.len()
+        self.rows.held()
     }
 
     /// Bytes on the heap (the rows held and the kernel's sums).
@@ -375,22 +401,34 @@ impl std::fmt::Debug for RollingGroupState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RollingGroupState")
             .field("kernels", &self.kernels.len())
-            .field("held", &self.rows.ts.len())
+            .field("held", &self.rows.held())
             .finish()
     }
 }
 
-/// A member's view of the shared ring: its value column `c` is ring column
-/// `cols[c]`.
+/// A function's view of a ring: its value column `c` is `cols[c]`, and
+/// partition row `j` is at index `j - base` of every slice.
 struct Cols<'a> {
-    ring: &'a Ring,
-    cols: &'a [usize],
+    base: usize,
+    /// Partition row number of the oldest row held (the first in a kernel).
+    oldest: usize,
+    ts: &'a [i64],
+    cols: [(&'a [f64], &'a [bool]); 2],
+}
+
+impl Cols<'_> {
+    #[inline]
+    fn ts(&self, j: usize) -> i64 {
+        self.ts[j - self.base]
+    }
 }
 
 impl Src for Cols<'_> {
     #[inline]
     fn get(&self, col: usize, j: usize) -> Option<f64> {
-        self.ring.get(self.cols[col], j)
+        let (v, ok) = self.cols[col];
+        let i = j - self.base;
+        ok[i].then(|| v[i])
     }
 }
 
@@ -417,12 +455,9 @@ impl RollingGroupState {
         }
         let name = g.members[0].0.name;
         let Range { start, end } = self.rows.append(name, ts, values, rows)?;
-        let mut lo = self.rows.base;
+        let mut lo = self.rows.oldest();
         for ((kernel, (f, cols)), out) in self.kernels.iter_mut().zip(&g.members).zip(outs) {
-            let view = Cols {
-                ring: &self.rows,
-                cols,
-            };
+            let view = self.rows.view(cols);
             lo = walk_any(kernel, &view, f, start, end, out)?;
         }
         // Every member has the same width, so all left the same rows.
@@ -432,7 +467,7 @@ impl RollingGroupState {
 
     /// Rows held (the window of the newest row).
     pub fn held(&self) -> usize {
-        self.rows.ts.len()
+        self.rows.held()
     }
 
     /// Bytes on the heap (the rows held once, and every kernel's sums).
@@ -477,14 +512,13 @@ fn walk_any(
 /// returns the first row still in the window.
 fn shared_walk<K: Kernel>(
     k: &mut K,
-    rows: &Cols<'_>,
+    ring: &Cols<'_>,
     width: i64,
     start: usize,
     end: usize,
     out: &mut PrimitiveBuilder<K::Out>,
 ) -> usize {
-    let ring = rows.ring;
-    let mut lo = ring.base;
+    let mut lo = ring.oldest;
     let (mut hi, mut i) = (start, start);
     while i < end {
         let now = ring.ts(i);
@@ -493,15 +527,15 @@ fn shared_walk<K: Kernel>(
             group_end += 1;
         }
         while hi < group_end {
-            k.push(rows, hi);
+            k.push(ring, hi);
             hi += 1;
         }
         let lower = now.saturating_sub(width);
         while ring.ts(lo) < lower {
-            k.pop(rows, lo);
+            k.pop(ring, lo);
             lo += 1;
         }
-        k.emit(rows, i..group_end, out);
+        k.emit(ring, i..group_end, out);
         i = group_end;
     }
     lo
