@@ -36,10 +36,22 @@ use sqllogictest::{parse_file, strict_column_validator, Normalizer, Record, Vali
 const DIGITS: &[(&str, u32)] = &[];
 
 /// Where the `datafusion-sqllogictest` crate's sources are (its
-/// `test_files/` hold the `.slt` files), from `cargo metadata`.
+/// `test_files/` hold the `.slt` files), from `cargo metadata` of this
+/// host's dependencies: offline, unfiltered metadata would need every
+/// platform's crates downloaded, and a fresh machine has only the host's.
 fn slt_crate_dir() -> PathBuf {
+    let version = Command::new(env!("CARGO"))
+        .arg("-vV")
+        .output()
+        .expect("cargo -vV runs");
+    let version = String::from_utf8_lossy(&version.stdout);
+    let host = version
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("cargo -vV names the host");
     let out = Command::new(env!("CARGO"))
         .args(["metadata", "--format-version", "1", "--offline"])
+        .args(["--filter-platform", host])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo metadata runs");
