@@ -5,7 +5,8 @@
 # DATABASE_URL also the PostgreSQL tick load, COPY against row-by-row INSERT).
 #
 #   scripts/bench.sh            release build; >= 1.56M minute bars and
-#                               >= 10M trade ticks; 1M ticks per feed
+#                               >= 10M trade ticks; a year of 500 symbols'
+#                               bars (peak memory); 1M ticks per feed
 #   scripts/bench.sh --quick    ~100k rows per dataset, no `stockanomaly bench`,
 #                               --feeds on 100k ticks (a smoke run; fine with
 #                               a debug build)
@@ -205,6 +206,18 @@ for ds in "${DATASETS[@]}"; do
   rm -rf "$lake"
 done
 
+# --- memory: a year of minute bars --------------------------------------------
+# Peak memory must be bounded by a run of dates (--chunk-ticks), not by the
+# lake: a year of 500 symbols' bars backfills in under 4 GB.
+if [ "$QUICK" = 1 ]; then YEAR=(--symbols 20 --days 30); else YEAR=(--symbols 500 --days 252); fi
+lake="$SCRATCH/year"
+say "== a year of minute bars: simulate ${YEAR[*]}, then backfill"
+"$BIN" simulate --lake "$lake" --kind bars "${YEAR[@]}" --seed 3 >&2 || die "year of bars: simulate failed"
+ticks="$("$BIN" sql --lake "$lake" --format csv "SELECT count(*) AS n FROM ticks" | tail -n 1)"
+backfill_rate "year of bars"
+YEAR_LINE="$(fmt_int "$sa_rows") rows (${YEAR[*]}): backfill $(fmt_int "$sa_rate") rows/s, peak memory $sa_peak (target: under 4 GB)"
+rm -rf "$lake"
+
 echo
 echo "Feature backfill, default pack (queries/features), $(basename "$BIN") $("$BIN" --version 2>/dev/null | awk '{print $NF}') vs DuckDB $("$PY" -c 'import duckdb; print(duckdb.__version__)') ($THREADS threads)"
 [ -z "$NOT_COMPUTED" ] || echo "(not computed by DuckDB, no equivalent of ewm_zscore: $NOT_COMPUTED)"
@@ -221,6 +234,7 @@ echo "whole: the whole job: stockanomaly's backfill --force makes the context ta
 echo "makes the same tables from the same SQL (scripts/bench-duckdb.py --whole-job), then the features."
 echo "peak memory: the resident peak of stockanomaly's backfill --force."
 echo "stockanomaly computes runs of dates (up to --chunk-ticks ticks) with the lookback before each run; DuckDB the whole lake in one query."
+echo "a year of minute bars: $YEAR_LINE"
 case "$BIN" in
 */debug/*) echo "(debug binary: these figures say nothing about performance; use make bench)" ;;
 esac

@@ -433,6 +433,28 @@ async fn compute_dates(
         sql_ts(read_end)
     );
     ctx.sql(&view).await.map_err(q_err)?;
+    // The context tables' rows of the dates these ticks span, as the
+    // streaming executor holds them (it loads a date's profiles, betas and
+    // market when its ticks arrive): a join on a whole lake table read,
+    // sorted or hashed every date of it for every run (a year of minute
+    // bars peaked at 17 GB).
+    for spec in [
+        TableSpec::profiles(),
+        TableSpec::betas(),
+        TableSpec::market(),
+    ] {
+        let name = spec.name.as_str();
+        let rows = ctx
+            .sql(&format!(
+                "SELECT * FROM {name} WHERE date >= '{}' AND date <= '{read_last}'",
+                first_date(history_start)
+            ))
+            .await
+            .map_err(q_err)?
+            .into_view();
+        ctx.deregister_table(name).map_err(q_err)?;
+        ctx.register_table(name, rows).map_err(q_err)?;
+    }
     // The window's ticks in key order, in memory (CHUNK_TICKS bounds them),
     // then only the rows of the dates asked for. Every file is sorted by the
     // key already, so the batches are sorted runs: merging them is much
