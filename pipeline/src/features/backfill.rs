@@ -434,10 +434,10 @@ async fn compute_dates(
     );
     ctx.sql(&view).await.map_err(q_err)?;
     // The context tables' rows of the dates these ticks span, as the
-    // streaming executor holds them (it loads a date's profiles, betas and
-    // market when its ticks arrive): a join on a whole lake table read,
-    // sorted or hashed every date of it for every run (a year of minute
-    // bars peaked at 17 GB).
+    // streaming executor holds those of the dates its held ticks span
+    // (feature files join a tick's own date's rows): joined whole, every
+    // run hashed every date of the lake's tables (a year of minute bars
+    // peaked at 17 GB).
     for spec in [
         TableSpec::profiles(),
         TableSpec::betas(),
