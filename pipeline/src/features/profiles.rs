@@ -654,7 +654,8 @@ const MINUTE_SLOTS: usize = 1441;
 /// day has 1,440 minutes, so (symbol, minute) takes few distinct values:
 /// the keys are placed by counting, in two linear passes, instead of
 /// compared (the rows were made in (day, row) order, so ties keep it). Keys
-/// outside that range, or more slots than rows to fill, take the sort.
+/// outside that range, or slots far outnumbering the keys (over 4 per key
+/// and 64k), take the sort.
 fn sort_keys(keys: &mut Vec<Key>, symbols: usize) {
     let slot = |k: &Key| -> Option<usize> {
         let minute = match k.1 {
