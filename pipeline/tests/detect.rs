@@ -461,9 +461,119 @@ async fn detectors_sharing_partitions_use_the_market_context_stage() {
     assert!(read(&stage_out) > 0, "{stage_out}");
     assert_eq!(read(&again), read(&stage_out), "{again}");
     assert!(again.contains(" 0 ticks in buckets"), "{again}");
+    // Every message read again is a tick of a published bucket (late) or
+    // one of the producer's watermark messages.
+    let watermarks = again
+        .split(" watermarks,")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{again}"));
+    assert!(watermarks > 0, "{again}");
     assert!(
-        again.contains(&format!(" {} late;", read(&stage_out))),
+        again.contains(&format!(" {} late;", read(&again) - watermarks)),
         "{again}"
     );
     assert!(again.contains(" 0 rows in 0 messages"), "{again}");
+}
+
+/// Watermark messages (`produce` sends them) let the detector close market
+/// buckets while partitions carry no tick: with an idle timeout far longer
+/// than the run, ticks are emitted as the topic is read. Without them
+/// (`--watermark-every-ms 0`) the partitions without ticks hold every
+/// bucket open, and nothing is emitted before the stream's end. Both ways,
+/// the alerts are the batch's.
+#[tokio::test]
+async fn watermark_messages_close_buckets_that_partitions_without_ticks_held_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake_path = dir.path().join("lake");
+    let lake = lake_path.to_str().unwrap();
+    let q = queries();
+    let q = q.to_str().unwrap();
+    let brokers = service_env("STOCKANOMALY_TEST_KAFKA");
+    // Three symbols on eight partitions: five or more carry no tick.
+    let (version, want, topic) =
+        scored_lake_on_a_topic(dir.path(), ["3", "3", "300", "4", "61"], "wm");
+    assert!(!want.is_empty());
+    let mut before_end = Vec::new();
+    for every in ["20", "0"] {
+        let topic = format!("{topic}-{every}");
+        let out = ok(
+            dir.path(),
+            &[
+                "produce",
+                &format!("kafka://{brokers}/{topic}"),
+                "--lake",
+                lake,
+                "--partitions",
+                "8",
+                "--watermark-every-ms",
+                every,
+            ],
+        );
+        assert_eq!(out.contains("watermark messages"), every != "0", "{out}");
+        let db = TestDb::new(&format!("wm{every}")).await;
+        ok(
+            dir.path(),
+            &[
+                "detect",
+                "--lake",
+                lake,
+                "--queries",
+                q,
+                "--model",
+                "m",
+                "--source",
+                &format!("kafka://{brokers}/{topic}"),
+                "--group",
+                &format!("{topic}-g"),
+                "--database-url",
+                &db.url,
+                "--batch-rows",
+                "200",
+                "--idle-timeout-ms",
+                "600000",
+                "--stats-every",
+                "0.2",
+                "--exit-when-idle",
+                "3",
+            ],
+        );
+        let client = db.client().await;
+        let got = common::pg_alerts(&client, &version).await;
+        common::assert_same(
+            &got,
+            &want,
+            &format!("--watermark-every-ms {every} vs batch"),
+        );
+        // Statistics rows carry running counts of messages read and alerts
+        // stored. Once every message is read the detector waits 3 s for
+        // more before it ends the stream and emits what it still holds:
+        // the alerts stored when the reading was done are those emitted
+        // while reading.
+        let rows: Vec<(i64, i64)> = client
+            .query("SELECT ticks, alerts FROM detector_stats ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let read = rows.iter().map(|r| r.0).max().unwrap_or(0);
+        let total = rows.iter().map(|r| r.1).max().unwrap_or(0);
+        let done_reading = rows.iter().find(|r| r.0 == read).map_or(0, |r| r.1);
+        assert!(read > 1000 && total > 0, "{rows:?}");
+        assert!(
+            rows.iter().filter(|r| r.0 == read).count() >= 5,
+            "rows while idle: {rows:?}"
+        );
+        before_end.push((done_reading, total));
+    }
+    let [(with_early, with_total), (without_early, _)] = before_end[..] else {
+        unreachable!()
+    };
+    assert_eq!(without_early, 0, "no watermarks: no alert before the end");
+    assert!(
+        with_early * 2 >= with_total,
+        "watermarks: {with_early} of {with_total} alerts stored before the end"
+    );
 }

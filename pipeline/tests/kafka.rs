@@ -15,10 +15,11 @@ use arrow::datatypes::{Float64Type, TimestampMicrosecondType, UInt32Type};
 use common::{fixture, ok, service_env};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use stockanomaly::lake::{session_context, LakeRoot};
 use stockanomaly::sources::csv::{CsvFormat, CsvSource};
-use stockanomaly::sources::kafka::JsonTickDecoder;
+use stockanomaly::sources::kafka::{watermark, JsonTickDecoder, WATERMARK_HEADER};
 use stockanomaly::sources::replay::{ReplayOptions, ReplaySource};
 use stockanomaly::sources::{Position, Source};
 use stockanomaly::tick::{tick_schema, TickBuilder, Validator};
@@ -32,8 +33,9 @@ fn unique_topic(what: &str) -> String {
     format!("test-{what}-{}-{nanos}", std::process::id())
 }
 
-/// One consumed message: partition, key, payload.
-type Consumed = (i32, Vec<u8>, Vec<u8>);
+/// One consumed message: partition, key, payload, and the time a
+/// watermark message announces (`None`: a tick).
+type Consumed = (i32, Vec<u8>, Vec<u8>, Option<i64>);
 
 /// Every message of `topic` (which has `partitions` partitions), in
 /// partition order then offset order, read until partition EOF on all of
@@ -65,10 +67,16 @@ fn consume_all(brokers: &str, topic: &str, partitions: i32) -> Vec<Consumed> {
             None => {}
             Some(Ok(m)) => {
                 at_eof.remove(&m.partition());
+                let mark = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == WATERMARK_HEADER)
+                        .map(|h| watermark::parse(h.value).unwrap())
+                });
                 by_partition.entry(m.partition()).or_default().push((
                     m.partition(),
                     m.key().unwrap_or_default().to_vec(),
                     m.payload().unwrap_or_default().to_vec(),
+                    mark,
                 ));
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
@@ -86,7 +94,10 @@ fn decode_all(messages: &[Consumed]) -> RecordBatch {
     let mut decoder = JsonTickDecoder::default();
     let mut builder = TickBuilder::with_validator("kafka", Validator::with_now(i64::MAX / 4));
     let mut partition_of: BTreeMap<String, i32> = BTreeMap::new();
-    for (partition, key, payload) in messages {
+    for (partition, key, payload, mark) in messages {
+        if mark.is_some() {
+            continue;
+        }
         let tick = decoder.decode(payload).unwrap_or_else(|e| {
             panic!("{e}: {}", String::from_utf8_lossy(payload));
         });
@@ -98,6 +109,48 @@ fn decode_all(messages: &[Consumed]) -> RecordBatch {
         builder.push(&tick).unwrap();
     }
     builder.finish()
+}
+
+/// Checks the watermark messages' promise on `messages` (as
+/// [`consume_all`] returns them): every partition of `partitions` has some,
+/// each partition's never go back, every tick after one is at least as
+/// new, and the last announces the newest tick of all. Returns how many.
+fn check_watermarks(messages: &[Consumed], partitions: i32) -> usize {
+    let mut decoder = JsonTickDecoder::default();
+    let mut mark: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut newest = i64::MIN;
+    let mut n = 0;
+    for (partition, _, payload, m) in messages {
+        let floor = mark.get(partition).copied().unwrap_or(i64::MIN);
+        match m {
+            Some(ts) => {
+                assert!(
+                    *ts >= floor,
+                    "partition {partition}: watermark {ts} after {floor}"
+                );
+                mark.insert(*partition, *ts);
+                n += 1;
+            }
+            None => {
+                let ts = decoder.decode(payload).unwrap().ts_us;
+                assert!(
+                    ts >= floor,
+                    "partition {partition}: tick at {ts} after watermark {floor}"
+                );
+                newest = newest.max(ts);
+            }
+        }
+    }
+    assert_eq!(
+        mark.len(),
+        partitions as usize,
+        "watermarks on every partition: {mark:?}"
+    );
+    assert!(
+        mark.values().all(|&m| m == newest),
+        "last watermarks {mark:?}, newest tick {newest}"
+    );
+    n
 }
 
 /// `batch` (tick columns) sorted by the tick key.
@@ -225,7 +278,16 @@ async fn produce_lake_round_trips_every_tick_exactly() {
     assert!(out.contains("(3 partitions, created)"), "{out}");
 
     let messages = consume_all(&brokers, &topic, 3);
-    let used: HashSet<i32> = messages.iter().map(|m| m.0).collect();
+    let marks = check_watermarks(&messages, 3);
+    assert!(
+        out.contains(&format!("and {marks} watermark messages")),
+        "{out}"
+    );
+    let used: HashSet<i32> = messages
+        .iter()
+        .filter(|m| m.3.is_none())
+        .map(|m| m.0)
+        .collect();
     assert!(used.len() > 1, "5 symbols spread over partitions: {used:?}");
     let got = by_key(&decode_all(&messages));
     assert_same_ticks(&got, &want);

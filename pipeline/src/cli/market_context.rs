@@ -128,10 +128,11 @@ pub(crate) async fn run(lake: &str, args: MarketContextArgs) -> anyhow::Result<(
     let started = std::time::Instant::now();
     let s = market_context(catalog.market_sql(), &symbols, Some(&root), &options).await?;
     println!(
-        "market-context: {} messages, {} ticks in buckets, {} not ticks, {} late; {} rows in {} messages, {:.1}s",
+        "market-context: {} messages, {} ticks in buckets, {} not ticks, {} watermarks, {} late; {} rows in {} messages, {:.1}s",
         s.messages,
         s.ticks,
         s.rejected,
+        s.watermarks,
         s.late,
         s.rows,
         s.published,

@@ -125,6 +125,19 @@ pub struct ProduceArgs {
     #[command(flatten)]
     pub realism: super::simulate::RealismArgs,
 
+    /// Every this many milliseconds (when time moved on), send each
+    /// partition a watermark message with the newest tick time published, so
+    /// that detectors close market buckets without waiting for partitions
+    /// that carry no ticks (an exchange closed, a replay faster than real
+    /// time) to go silent for their idle timeout. 0: none.
+    #[arg(
+        long,
+        env = "STOCKANOMALY_WATERMARK_EVERY_MS",
+        default_value_t = 20,
+        value_name = "MS"
+    )]
+    pub watermark_every_ms: u64,
+
     /// Publish at most this many messages per second (default: as fast as
     /// possible).
     #[arg(
@@ -196,7 +209,10 @@ pub(crate) async fn run(lake: &str, args: ProduceArgs) -> anyhow::Result<()> {
         );
     }
     let mut out = Output {
-        publisher: TickPublisher::new(&kafka, &url.topic)?,
+        // Every input below is published in event-time order: the
+        // watermarks' promise holds.
+        publisher: TickPublisher::new(&kafka, &url.topic)?
+            .with_watermarks(Duration::from_millis(args.watermark_every_ms)),
         pace: Pace::new(&args),
         bar: message_bar(),
         since_bar: 0,
@@ -215,11 +231,12 @@ pub(crate) async fn run(lake: &str, args: ProduceArgs) -> anyhow::Result<()> {
         root.to_string()
     };
     let Output {
-        publisher,
+        mut publisher,
         bar,
         rejects,
         ..
     } = out;
+    publisher.send_watermarks().await?;
     bar.set_message("waiting for acknowledgements");
     let stats = tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(120)))
         .await
@@ -236,6 +253,13 @@ pub(crate) async fn run(lake: &str, args: ProduceArgs) -> anyhow::Result<()> {
         elapsed.as_secs_f64(),
         rate(stats.messages as f64, elapsed),
     );
+    if stats.watermarks > 0 {
+        println!(
+            "  and {} watermark messages (--watermark-every-ms {})",
+            count(stats.watermarks),
+            args.watermark_every_ms
+        );
+    }
     if rejects > 0 {
         println!(
             "  {} input records rejected (not published)",

@@ -123,6 +123,9 @@ pub struct StreamBatch {
     pub payloads: BinaryArray,
     /// Messages that did not become ticks.
     pub refused: Vec<RefusedMessage>,
+    /// Watermark messages read (a producer's word that no later tick of
+    /// the partition is older), in order; neither ticks nor refused.
+    pub watermarks: Vec<PartitionWatermark>,
     /// Partitions whose end was reached during the fill, in order, with
     /// when (time into the fill).
     pub caught_up: Vec<(i32, Duration)>,
@@ -146,6 +149,22 @@ pub struct StreamBatch {
     pub generation: Option<i32>,
 }
 
+/// A watermark message of a partitioned stream: its producer has sent
+/// every tick older than `ts_us` to the partition, so the partition's event
+/// time is at least `ts_us`, as if a tick of that time had arrived
+/// (see [`kafka::WATERMARK_HEADER`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionWatermark {
+    /// The partition.
+    pub partition: i32,
+    /// The message's offset (positions move past it).
+    pub offset: i64,
+    /// The event time announced (µs since the epoch).
+    pub ts_us: i64,
+    /// Read while warming up (a replay of history).
+    pub warm: bool,
+}
+
 impl StreamBatch {
     /// An empty stream batch (nothing read, nothing happened).
     pub fn empty() -> Self {
@@ -157,6 +176,7 @@ impl StreamBatch {
             warm: Vec::new(),
             payloads: BinaryArray::from(Vec::<&[u8]>::new()),
             refused: Vec::new(),
+            watermarks: Vec::new(),
             caught_up: Vec::new(),
             assigned: Vec::new(),
             revoked: Vec::new(),

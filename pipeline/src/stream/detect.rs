@@ -287,6 +287,12 @@ impl Stage for ExecutorStage {
                 });
             }
         }
+        for w in &stream.watermarks {
+            // Before the step: its ticks are at or after their partition's
+            // watermark, so the buckets it lets close are whole.
+            self.executor
+                .partition_watermark(w.partition, w.offset, w.ts_us);
+        }
         if let Some(cases) = &mut self.cases {
             // Before any tick of a partition reaches a case: its open
             // cases as the last commit left them.

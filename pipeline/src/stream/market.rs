@@ -110,6 +110,20 @@ impl BucketCloser {
         mark.caught_up = true;
     }
 
+    /// A watermark message of `partition` (see
+    /// [`crate::sources::kafka::watermark`]) at `now`: its event time is at
+    /// least `ts_us`, as if a tick of that time had arrived.
+    pub fn advance(&mut self, partition: i32, ts_us: i64, now: Duration) {
+        let mark = self.marks.entry(partition).or_insert(PartitionMark {
+            newest: ts_us,
+            arrived: now,
+            caught_up: false,
+        });
+        mark.newest = mark.newest.max(ts_us);
+        mark.arrived = now;
+        mark.caught_up = false;
+    }
+
     /// Every bucket starting before this (µs) is closed (`i64::MIN`: none).
     pub fn closed_until(&self) -> i64 {
         self.closed_until
@@ -181,6 +195,25 @@ impl BucketCloser {
             (None, Some(n)) => bucket_of(n).saturating_add(BUCKET_US),
             (None, None) => return Ok(None),
         };
+        if tracing::enabled!(tracing::Level::TRACE) {
+            // Why buckets stay open: each partition's event time, how long
+            // it has been silent, and whether its end was reached (E).
+            let time = |us: i64| {
+                chrono::DateTime::from_timestamp_micros(us)
+                    .map(|t| t.format("%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
+            let marks: Vec<String> = self
+                .marks
+                .iter()
+                .map(|(p, m)| {
+                    let silent = now.saturating_sub(m.arrived).as_millis();
+                    let end = if m.caught_up { " E" } else { "" };
+                    format!("{p}: {} ({silent} ms){end}", time(m.newest))
+                })
+                .collect();
+            tracing::trace!(until = %time(until), marks = %marks.join(", "), "closer");
+        }
         if until <= self.closed_until {
             return Ok(None);
         }
@@ -477,6 +510,39 @@ mod tests {
             .unwrap();
         assert_eq!(late, vec![true]);
         assert_eq!(c.open_ticks(), 2);
+    }
+
+    #[test]
+    fn a_watermark_moves_a_partition_without_ticks_past_buckets() {
+        let mut c = closer(3600);
+        let now = Duration::ZERO;
+        c.expect(&[0, 1], now);
+        c.admit(
+            &ticks(&[T0, T0 + BUCKET_US + 1]),
+            &Int32Array::from(vec![0, 0]),
+            now,
+        )
+        .unwrap();
+        // Partition 1 never had a tick: it holds every bucket open.
+        assert_eq!(closed_count(c.close(now, false).unwrap()), 0);
+        // Its producer says it has passed the first bucket, not the second.
+        c.advance(1, T0 + BUCKET_US, now);
+        let closed = c.close(now, false).unwrap().unwrap();
+        assert_eq!(closed.ticks.num_rows(), 1);
+        assert_eq!(closed.closed_until, T0 + BUCKET_US);
+        // An older watermark does not move it back.
+        c.advance(1, T0, now);
+        assert_eq!(closed_count(c.close(now, false).unwrap()), 0);
+        // Partition 1 moves on: now partition 0 holds the second bucket.
+        c.advance(1, T0 + 2 * BUCKET_US, now);
+        assert_eq!(closed_count(c.close(now, false).unwrap()), 0);
+        c.admit(
+            &ticks(&[T0 + 2 * BUCKET_US]),
+            &Int32Array::from(vec![0]),
+            now,
+        )
+        .unwrap();
+        assert_eq!(closed_count(c.close(now, false).unwrap()), 1);
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub struct MarketContextSummary {
     pub ticks: u64,
     /// Messages that were not valid ticks.
     pub rejected: u64,
+    /// Watermark messages (neither ticks nor rejected).
+    pub watermarks: u64,
     /// Ticks refused as late (for their symbol or their bucket).
     pub late: u64,
     /// Market rows published.
@@ -272,6 +274,12 @@ impl Stage for MarketStage {
         for r in &stream.refused {
             let e = self.last.entry(r.partition).or_insert(r.offset);
             *e = (*e).max(r.offset);
+        }
+        self.summary.watermarks += stream.watermarks.len() as u64;
+        for w in &stream.watermarks {
+            let e = self.last.entry(w.partition).or_insert(w.offset);
+            *e = (*e).max(w.offset);
+            self.closer.advance(w.partition, w.ts_us, self.reading);
         }
         if let Some(first) = stream.refused.first() {
             self.summary.rejected += stream.refused.len() as u64;

@@ -42,9 +42,10 @@ use super::context::{GroupContext, GroupEvents};
 use super::{JsonTickDecoder, KafkaConfig};
 use crate::shutdown::Shutdown;
 use crate::sources::{
-    OffsetGap, Position, RefusedMessage, Source, SourceBatch, SourceError, StreamBatch,
+    OffsetGap, PartitionWatermark, Position, RefusedMessage, Source, SourceBatch, SourceError,
+    StreamBatch,
 };
-use crate::tick::{TickBuilder, Validator};
+use crate::tick::{RejectReason, TickBuilder, Validator};
 
 /// Where a consumer's stored positions live: partition → (next offset,
 /// warm-up offset), as the detector's sink commits them with its alerts.
@@ -375,6 +376,7 @@ struct Fill {
     warm: Vec<bool>,
     payloads: BinaryBuilder,
     refused: Vec<RefusedMessage>,
+    watermarks: Vec<PartitionWatermark>,
     caught_up: Vec<(i32, Duration)>,
     gaps: Vec<OffsetGap>,
     messages: u64,
@@ -399,6 +401,7 @@ impl Source for KafkaSource {
             warm: Vec::new(),
             payloads: BinaryBuilder::new(),
             refused: Vec::new(),
+            watermarks: Vec::new(),
             caught_up: Vec::new(),
             gaps: Vec::new(),
             messages: 0,
@@ -544,6 +547,25 @@ impl Source for KafkaSource {
                 };
             }
             let payload = msg.payload().unwrap_or_default();
+            if let Some(mark) = super::watermark::watermark_of(&msg) {
+                match mark {
+                    Ok(ts_us) => fill.watermarks.push(PartitionWatermark {
+                        partition: p,
+                        offset: o,
+                        ts_us,
+                        warm,
+                    }),
+                    Err(detail) => fill.refused.push(RefusedMessage {
+                        partition: p,
+                        offset: o,
+                        payload: payload.to_vec(),
+                        reason: RejectReason::Malformed,
+                        detail,
+                        warm,
+                    }),
+                }
+                continue;
+            }
             // Arrival is the message's timestamp (when the producer sent it
             // or the broker stored it), not when this member reads it: a
             // warm-up replay or a restart after an outage then refuses the
@@ -588,6 +610,7 @@ impl Source for KafkaSource {
             .zip(&fill.offsets)
             .map(|(&p, &o)| (p, o + 1))
             .chain(fill.refused.iter().map(|r| (r.partition, r.offset + 1)))
+            .chain(fill.watermarks.iter().map(|w| (w.partition, w.offset + 1)))
             .fold(BTreeMap::new(), |mut m: BTreeMap<i32, i64>, (p, o)| {
                 let e = m.entry(p).or_insert(o);
                 *e = (*e).max(o);
@@ -601,6 +624,7 @@ impl Source for KafkaSource {
             warm: fill.warm,
             payloads: fill.payloads.finish(),
             refused: fill.refused,
+            watermarks: fill.watermarks,
             caught_up: fill.caught_up,
             assigned,
             revoked,

@@ -11,7 +11,8 @@
 //! [`Source`](crate::sources::Source) (resume from stored offsets, warm-up,
 //! rebalances, dead letters); [`market`] is the market-context topic's codec
 //! and reader; [`KafkaConfig`] carries the brokers and the client options
-//! every client gets.
+//! every client gets; [`watermark`] messages carry a producer's event time
+//! to partitions without ticks.
 
 mod config;
 mod consumer;
@@ -19,6 +20,7 @@ mod context;
 mod json;
 pub mod market;
 mod publish;
+pub mod watermark;
 
 pub use config::{KafkaConfig, KafkaOption, KafkaUrl};
 pub use consumer::{KafkaSource, KafkaSourceOptions, OffsetStore, Resume};
@@ -28,3 +30,4 @@ pub use publish::{
     ensure_topic, ensure_topic_with, sort_event_time, DeliveryTracker, ProduceError, PublishStats,
     TickPublisher, TopicStatus,
 };
+pub use watermark::WATERMARK_HEADER;

@@ -3,15 +3,17 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Message};
 
+use super::watermark::{self, WATERMARK_HEADER};
 use crate::tick::schema;
 use crate::tick::{NotTickBatch, TickView};
 
@@ -53,6 +55,19 @@ pub enum ProduceError {
         symbol: String,
         /// The tick's event time.
         ts: String,
+        /// rdkafka's error (boxed: it is large, and errors are rare).
+        #[source]
+        source: Box<KafkaError>,
+    },
+    /// A watermark message could not be queued for sending.
+    #[error(
+        "kafka topic {topic}: cannot send a watermark message to partition {partition}: {source}"
+    )]
+    EnqueueWatermark {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
         /// rdkafka's error (boxed: it is large, and errors are rare).
         #[source]
         source: Box<KafkaError>,
@@ -187,8 +202,14 @@ impl ProducerContext for DeliveryTracker {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
-            Ok(_) => {
-                self.delivered.fetch_add(1, Ordering::Relaxed);
+            Ok(msg) => {
+                // Watermark messages are the only ones with headers.
+                let mark = msg
+                    .headers()
+                    .is_some_and(|h| h.iter().any(|h| h.key == WATERMARK_HEADER));
+                if !mark {
+                    self.delivered.fetch_add(1, Ordering::Relaxed);
+                }
             }
             Err((e, msg)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
@@ -212,7 +233,26 @@ pub struct PublishStats {
     pub bytes: u64,
     /// Messages the broker acknowledged so far.
     pub delivered: u64,
+    /// Watermark messages queued (not in `messages`; see
+    /// [`TickPublisher::with_watermarks`]).
+    pub watermarks: u64,
 }
+
+/// How often a publisher sends watermark messages, and what it knows for
+/// them.
+struct Watermarks {
+    every: Duration,
+    last_round: Instant,
+    /// Newest tick time published, and the newest announced.
+    newest: i64,
+    sent: i64,
+    /// The topic's partitions, and when they were last looked up.
+    partitions: i32,
+    looked_up: Option<Instant>,
+}
+
+/// How often a publisher looks up its topic's partitions again.
+const PARTITIONS_LOOKUP: Duration = Duration::from_secs(60);
 
 /// Publishes ticks as JSON ([`TickView::encode`]) keyed by symbol.
 ///
@@ -225,6 +265,7 @@ pub struct TickPublisher {
     topic: String,
     buf: Vec<u8>,
     stats: PublishStats,
+    watermarks: Option<Watermarks>,
 }
 
 impl TickPublisher {
@@ -252,7 +293,84 @@ impl TickPublisher {
             topic: topic.to_owned(),
             buf: Vec::with_capacity(512),
             stats: PublishStats::default(),
+            watermarks: None,
         })
+    }
+
+    /// Also sends, at most every `every` and only when time moved on, a
+    /// watermark message to every partition of the topic with the newest
+    /// tick time published (see [`super::watermark`]), so that consumers
+    /// close market buckets without waiting for partitions that carry no
+    /// ticks. Only for callers that publish in event-time order (the
+    /// promise the watermark makes); `Duration::ZERO`: none.
+    pub fn with_watermarks(mut self, every: Duration) -> Self {
+        self.watermarks = (!every.is_zero()).then(|| Watermarks {
+            every,
+            last_round: Instant::now(),
+            newest: i64::MIN,
+            sent: i64::MIN,
+            partitions: 0,
+            looked_up: None,
+        });
+        self
+    }
+
+    /// Sends the watermark messages now if time moved on since the last
+    /// ones (the end of a run: consumers need not wait for silence).
+    pub async fn send_watermarks(&mut self) -> Result<(), ProduceError> {
+        let Some(w) = &mut self.watermarks else {
+            return Ok(());
+        };
+        w.last_round = Instant::now();
+        if w.newest <= w.sent {
+            return Ok(());
+        }
+        if w.looked_up.is_none_or(|t| t.elapsed() >= PARTITIONS_LOOKUP) {
+            w.looked_up = Some(Instant::now());
+            // Blocks briefly (a metadata request), once a minute at most.
+            match self
+                .producer
+                .client()
+                .fetch_metadata(Some(&self.topic), Duration::from_secs(5))
+            {
+                Ok(md) => {
+                    let n = md.topics().first().map_or(0, |t| t.partitions().len());
+                    w.partitions = i32::try_from(n).unwrap_or(i32::MAX);
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "Cannot look up the topic's partitions for watermark messages; trying again in a minute.");
+                }
+            }
+        }
+        let value = watermark::encode(w.newest);
+        for partition in 0..w.partitions {
+            loop {
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: WATERMARK_HEADER,
+                    value: Some(value.as_bytes()),
+                });
+                let record = BaseRecord::<(), [u8]>::to(&self.topic)
+                    .partition(partition)
+                    .payload(&[])
+                    .headers(headers);
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err((source, _)) => {
+                        return Err(ProduceError::EnqueueWatermark {
+                            topic: self.topic.clone(),
+                            partition,
+                            source: Box::new(source),
+                        })
+                    }
+                }
+            }
+            self.stats.watermarks += 1;
+        }
+        w.sent = w.newest;
+        Ok(())
     }
 
     /// The topic published to.
@@ -289,6 +407,12 @@ impl TickPublisher {
         }
         self.stats.messages += 1;
         self.stats.bytes += self.buf.len() as u64;
+        if let Some(w) = &mut self.watermarks {
+            w.newest = w.newest.max(cols.ts_us(row));
+            if w.last_round.elapsed() >= w.every {
+                self.send_watermarks().await?;
+            }
+        }
         Ok(())
     }
 

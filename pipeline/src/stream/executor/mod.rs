@@ -594,6 +594,29 @@ impl Executor {
         }
     }
 
+    /// A watermark message (see [`crate::sources::kafka::watermark`]):
+    /// `partition`'s event time is at least `ts_us`, so it holds no market
+    /// bucket before that open, ticks or none; positions move past
+    /// `offset`.
+    pub fn partition_watermark(&mut self, partition: i32, offset: i64, ts_us: i64) {
+        self.observe(partition, offset);
+        let now = self.now();
+        let Some(m) = &mut self.market else {
+            return;
+        };
+        let mark = m.marks.entry(partition).or_insert(Mark {
+            newest: ts_us,
+            arrived: now,
+            caught_up: false,
+        });
+        mark.newest = mark.newest.max(ts_us);
+        mark.arrived = now;
+        mark.caught_up = false;
+        if let Some(c) = &mut m.closer {
+            c.advance(partition, ts_us, now);
+        }
+    }
+
     /// Counts a source partition as idle for market buckets only once
     /// [`Executor::partition_caught_up`] said its end was reached (Kafka,
     /// whose consumers do not interleave partitions fairly).
