@@ -513,7 +513,7 @@ async fn watermark_messages_close_buckets_that_partitions_without_ticks_held_ope
         );
         assert_eq!(out.contains("watermark messages"), every != "0", "{out}");
         let db = TestDb::new(&format!("wm{every}")).await;
-        ok(
+        let out = ok(
             dir.path(),
             &[
                 "detect",
@@ -538,6 +538,21 @@ async fn watermark_messages_close_buckets_that_partitions_without_ticks_held_ope
                 "--exit-when-idle",
                 "3",
             ],
+        );
+        // The run's latency quantiles, from a sample of every tick.
+        let latency: Vec<f64> = out
+            .lines()
+            .find_map(|l| l.strip_prefix("  latency over the run: final -> committed p50 "))
+            .unwrap_or_else(|| panic!("{out}"))
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        let [p50, p99, a50, a99] = latency[..] else {
+            panic!("{out}")
+        };
+        assert!(
+            0.0 <= p50 && p50 <= p99 && p50 <= a50 && a50 <= a99,
+            "{out}"
         );
         let client = db.client().await;
         let got = common::pg_alerts(&client, &version).await;

@@ -293,6 +293,12 @@ pub(crate) async fn run(lake: &str, args: DetectArgs) -> anyhow::Result<()> {
         s.batches,
         started.elapsed().as_secs_f64()
     );
+    if let (Some([p50, p99]), Some([a50, a99])) = (s.processing_ms, s.arrival_ms) {
+        println!(
+            "  latency over the run: final -> committed p50 {p50:.1} ms, p99 {p99:.1} ms; \
+             arrival -> committed p50 {a50:.1} ms, p99 {a99:.1} ms"
+        );
+    }
     Ok(())
 }
 

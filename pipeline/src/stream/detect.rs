@@ -99,6 +99,11 @@ pub struct DetectSummary {
     /// Offset gaps found on resuming a partition (records deleted by
     /// retention, or the topic recreated), each logged with its offsets.
     pub gaps: u64,
+    /// Over the run, final to committed: p50 and p99, milliseconds
+    /// ([`DriverSummary::processing_ms`](super::driver::DriverSummary)).
+    pub processing_ms: Option<[f64; 2]>,
+    /// Over the run, arrival to committed: p50 and p99, milliseconds.
+    pub arrival_ms: Option<[f64; 2]>,
 }
 
 /// Why `detect` stopped.
@@ -582,6 +587,8 @@ pub async fn detect(
         batches: s.batches,
         revoked: s.revoked,
         gaps: s.gaps,
+        processing_ms: s.processing_ms,
+        arrival_ms: s.arrival_ms,
     })
 }
 

@@ -177,6 +177,12 @@ pub struct DriverSummary {
     pub gaps: u64,
     /// Time of each executor step, seconds.
     pub step_seconds: Vec<f64>,
+    /// Over the whole run, from a tick being final to its output committed
+    /// (processing), milliseconds: p50 and p99 (of a uniform sample), when
+    /// latencies were measured (statistics rows or metrics on).
+    pub processing_ms: Option<[f64; 2]>,
+    /// The same from a tick's arrival to its output committed.
+    pub arrival_ms: Option<[f64; 2]>,
 }
 
 /// Longest the driver waits at the start before treating silence as the
@@ -203,6 +209,9 @@ pub async fn run<S: Source>(
     let started = Instant::now();
     let mut last_stats = Instant::now();
     let mut window = StatsWindow::default();
+    // The whole run's latencies (windows are emptied at each report).
+    let mut run_processing = Samples::default();
+    let mut run_arrival = Samples::default();
     // Statistics rows are written: every `stats_every`, and at the end to
     // each sink.
     let reports = options.stats_every.is_some() || !sinks.is_empty();
@@ -252,7 +261,16 @@ pub async fn run<S: Source>(
         let batch_started = Instant::now();
         let processed = stage.process(batch, end_of_stream).await?;
         let emitted = processed.emitted;
+        let delivering = Instant::now();
         let written = deliver(source, sinks, &processed, &mut summary).await?;
+        // Where a slow batch's time went (the statistics keep its total).
+        tracing::debug!(
+            messages,
+            emitted,
+            process_ms = (delivering - batch_started).as_secs_f64() * 1e3,
+            deliver_ms = delivering.elapsed().as_secs_f64() * 1e3,
+            "batch"
+        );
         let commit_us = crate::tick::now_us();
         // Per-tick latencies only for someone who reads them (statistics
         // rows, metrics): a benchmark or a replay would pay for them per tick.
@@ -266,6 +284,8 @@ pub async fn run<S: Source>(
         };
         let arrival_s = since(&processed.arrived_us);
         let processing_s = since(&processed.ready_us);
+        run_arrival.extend(arrival_s.iter().map(|s| s * 1e3));
+        run_processing.extend(processing_s.iter().map(|s| s * 1e3));
         if latencies && reports {
             window.e2e_ms.extend(arrival_s.iter().map(|s| s * 1e3));
             window
@@ -387,6 +407,9 @@ pub async fn run<S: Source>(
     for sink in sinks.iter_mut() {
         sink.close().await?;
     }
+    let both = |q: [Option<f64>; 2]| Some([q[0]?, q[1]?]);
+    summary.processing_ms = both(run_processing.take_quantiles([0.5, 0.99]));
+    summary.arrival_ms = both(run_arrival.take_quantiles([0.5, 0.99]));
     source.close().await?;
     Ok(summary)
 }
