@@ -48,12 +48,29 @@ pub struct CloserConfig {
     pub allowed_lateness: Duration,
 }
 
+/// What has been read of a source partition: its event time, when it
+/// last sent something (on the caller's clock), whether its end was reached.
 #[derive(Debug, Clone, Copy)]
-struct PartitionMark {
-    newest: i64,
-    arrived: Duration,
+pub(crate) struct PartitionMark {
+    pub(crate) newest: i64,
+    pub(crate) arrived: Duration,
     /// The consumer has read everything the partition holds.
-    caught_up: bool,
+    pub(crate) caught_up: bool,
+}
+
+impl PartitionMark {
+    /// `partition` of `marks` reached event time `ts` at `now` (a tick or a
+    /// watermark message): no longer at its end.
+    pub(crate) fn saw(marks: &mut BTreeMap<i32, Self>, partition: i32, ts: i64, now: Duration) {
+        let mark = marks.entry(partition).or_insert(PartitionMark {
+            newest: ts,
+            arrived: now,
+            caught_up: false,
+        });
+        mark.newest = mark.newest.max(ts);
+        mark.arrived = now;
+        mark.caught_up = false;
+    }
 }
 
 /// Ticks of closed buckets, ready for the bucket query.
@@ -114,14 +131,7 @@ impl BucketCloser {
     /// [`crate::sources::kafka::watermark`]) at `now`: its event time is at
     /// least `ts_us`, as if a tick of that time had arrived.
     pub fn advance(&mut self, partition: i32, ts_us: i64, now: Duration) {
-        let mark = self.marks.entry(partition).or_insert(PartitionMark {
-            newest: ts_us,
-            arrived: now,
-            caught_up: false,
-        });
-        mark.newest = mark.newest.max(ts_us);
-        mark.arrived = now;
-        mark.caught_up = false;
+        PartitionMark::saw(&mut self.marks, partition, ts_us, now);
     }
 
     /// Every bucket starting before this (µs) is closed (`i64::MIN`: none).
@@ -145,17 +155,7 @@ impl BucketCloser {
         let ts = event_times(ticks)?;
         let mut late = Vec::with_capacity(ticks.num_rows());
         for (i, t) in ts.values().iter().enumerate() {
-            let mark = self
-                .marks
-                .entry(partitions.value(i))
-                .or_insert(PartitionMark {
-                    newest: *t,
-                    arrived: now,
-                    caught_up: false,
-                });
-            mark.newest = mark.newest.max(*t);
-            mark.arrived = now;
-            mark.caught_up = false;
+            PartitionMark::saw(&mut self.marks, partitions.value(i), *t, now);
             late.push(bucket_of(*t) < self.closed_until);
         }
         let keep: BooleanArray = late.iter().map(|l| Some(!l)).collect();

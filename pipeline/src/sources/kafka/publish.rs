@@ -343,33 +343,28 @@ impl TickPublisher {
             }
         }
         let value = watermark::encode(w.newest);
-        for partition in 0..w.partitions {
-            loop {
-                let headers = OwnedHeaders::new().insert(Header {
-                    key: WATERMARK_HEADER,
-                    value: Some(value.as_bytes()),
-                });
-                let record = BaseRecord::<(), [u8]>::to(&self.topic)
-                    .partition(partition)
-                    .payload(&[])
-                    .headers(headers);
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    Err((source, _)) => {
-                        return Err(ProduceError::EnqueueWatermark {
-                            topic: self.topic.clone(),
-                            partition,
-                            source: Box::new(source),
-                        })
-                    }
-                }
-            }
+        let (newest, partitions) = (w.newest, w.partitions);
+        for partition in 0..partitions {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: WATERMARK_HEADER,
+                value: Some(value.as_bytes()),
+            });
+            let record = BaseRecord::<(), [u8]>::to(&self.topic)
+                .partition(partition)
+                .payload(&[])
+                .headers(headers);
+            send_when_room(&self.producer, record)
+                .await
+                .map_err(|source| ProduceError::EnqueueWatermark {
+                    topic: self.topic.clone(),
+                    partition,
+                    source: Box::new(source),
+                })?;
             self.stats.watermarks += 1;
         }
-        w.sent = w.newest;
+        if let Some(w) = &mut self.watermarks {
+            w.sent = newest;
+        }
         Ok(())
     }
 
@@ -386,25 +381,17 @@ impl TickPublisher {
         self.buf.clear();
         cols.encode(row, &mut self.buf);
         let symbol = cols.symbol(row);
-        loop {
-            let record = BaseRecord::to(&self.topic)
-                .key(symbol)
-                .payload(&self.buf[..]);
-            match self.producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                Err((source, _)) => {
-                    return Err(ProduceError::Enqueue {
-                        topic: self.topic.clone(),
-                        symbol: symbol.to_owned(),
-                        ts: fmt_ts(cols.ts_us(row)),
-                        source: Box::new(source),
-                    })
-                }
-            }
-        }
+        let record = BaseRecord::to(&self.topic)
+            .key(symbol)
+            .payload(&self.buf[..]);
+        send_when_room(&self.producer, record)
+            .await
+            .map_err(|source| ProduceError::Enqueue {
+                topic: self.topic.clone(),
+                symbol: symbol.to_owned(),
+                ts: fmt_ts(cols.ts_us(row)),
+                source: Box::new(source),
+            })?;
         self.stats.messages += 1;
         self.stats.bytes += self.buf.len() as u64;
         if let Some(w) = &mut self.watermarks {
@@ -464,6 +451,24 @@ impl TickPublisher {
             partition,
             first,
         })
+    }
+}
+
+/// Queues `record`, waiting (without blocking the runtime) while the
+/// producer's queue is full.
+async fn send_when_room<K: rdkafka::message::ToBytes + ?Sized>(
+    producer: &ThreadedProducer<DeliveryTracker>,
+    mut record: BaseRecord<'_, K, [u8]>,
+) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err((source, _)) => return Err(source),
+        }
     }
 }
 

@@ -4,7 +4,6 @@
 //! each symbol each was made from, and the betas of the held days.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::TimestampMicrosecondType;
@@ -15,13 +14,7 @@ use crate::stream::market::BucketCloser;
 
 /// What this executor has read of a source partition, for forgetting
 /// market rows no tick can need any more.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Mark {
-    pub newest: i64,
-    pub arrived: Duration,
-    /// Read to its end (nothing came since).
-    pub caught_up: bool,
-}
+pub(super) use crate::stream::market::PartitionMark as Mark;
 
 /// The market context of an executor whose catalog reads `market`.
 #[derive(Debug)]

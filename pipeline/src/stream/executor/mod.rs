@@ -604,14 +604,7 @@ impl Executor {
         let Some(m) = &mut self.market else {
             return;
         };
-        let mark = m.marks.entry(partition).or_insert(Mark {
-            newest: ts_us,
-            arrived: now,
-            caught_up: false,
-        });
-        mark.newest = mark.newest.max(ts_us);
-        mark.arrived = now;
-        mark.caught_up = false;
+        Mark::saw(&mut m.marks, partition, ts_us, now);
         if let Some(c) = &mut m.closer {
             c.advance(partition, ts_us, now);
         }
@@ -1191,14 +1184,7 @@ impl Executor {
                     }
                     if let Some(m) = &mut self.market {
                         *book.buckets.entry(bucket).or_insert(0) += 1;
-                        let mark = m.marks.entry(p).or_insert(Mark {
-                            newest: t,
-                            arrived: now,
-                            caught_up: false,
-                        });
-                        mark.newest = mark.newest.max(t);
-                        mark.arrived = now;
-                        mark.caught_up = false;
+                        Mark::saw(&mut m.marks, p, t, now);
                     }
                     keep.push(true);
                     ids.push((id as u32, t, seqs.value(i), i as u32));
