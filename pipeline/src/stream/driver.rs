@@ -267,6 +267,7 @@ pub async fn run<S: Source>(
         tracing::debug!(
             messages,
             emitted,
+            alerts = processed.output.alerts.len(),
             process_ms = (delivering - batch_started).as_secs_f64() * 1e3,
             deliver_ms = delivering.elapsed().as_secs_f64() * 1e3,
             "batch"
