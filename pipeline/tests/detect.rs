@@ -550,10 +550,8 @@ async fn watermark_messages_close_buckets_that_partitions_without_ticks_held_ope
         let [p50, p99, a50, a99] = latency[..] else {
             panic!("{out}")
         };
-        assert!(
-            0.0 <= p50 && p50 <= p99 && p50 <= a50 && a50 <= a99,
-            "{out}"
-        );
+        // A tick is committed after it is final, which is after it arrived.
+        assert!(0.0 < p50 && p50 <= p99 && p50 <= a50 && a50 <= a99, "{out}");
         let client = db.client().await;
         let got = common::pg_alerts(&client, &version).await;
         common::assert_same(

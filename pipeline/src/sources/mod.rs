@@ -159,10 +159,9 @@ pub struct PartitionWatermark {
     pub partition: i32,
     /// The message's offset (positions move past it).
     pub offset: i64,
-    /// The event time announced (µs since the epoch).
+    /// The event time announced (µs since the epoch). Warm-up replays
+    /// apply it too: it says the same thing it said when first read.
     pub ts_us: i64,
-    /// Read while warming up (a replay of history).
-    pub warm: bool,
 }
 
 impl StreamBatch {

@@ -560,7 +560,6 @@ impl Source for KafkaSource {
                         partition: p,
                         offset: o,
                         ts_us,
-                        warm,
                     }),
                     Err(detail) => fill.refused.push(RefusedMessage {
                         partition: p,
