@@ -10,6 +10,7 @@ use stockanomaly::sinks::postgres::{
     applied_migrations, commit_batch, connect, load_offsets, migrate, register_model, write_stats,
     AlertRow, DbError, DeadLetterRow, OffsetRow, StatsRow, MIGRATIONS,
 };
+use stockanomaly::sinks::JsonText;
 
 fn alert(symbol: &str, ts_us: i64, seq: u32) -> AlertRow {
     AlertRow {
@@ -21,8 +22,10 @@ fn alert(symbol: &str, ts_us: i64, seq: u32) -> AlertRow {
         score: 0.93,
         threshold: 0.5,
         reason: Some("spoofing pattern".into()),
-        top_features: Some(json!([{"name": "imbalance", "value": 3.5}])),
-        features: Some(json!({"imbalance": 3.5, "z": -1.25})),
+        top_features: Some(JsonText::from_value(
+            &json!([{"name": "imbalance", "value": 3.5}]),
+        )),
+        features: Some(JsonText::from_value(&json!({"imbalance": 3.5, "z": -1.25}))),
         evidence_start_us: Some(ts_us - 60_000_000),
         evidence_end_us: Some(ts_us),
         source: "ticks".into(),
@@ -291,8 +294,8 @@ async fn commit_batch_stores_everything_once() {
     // Columns round-trip: payload bytes, JSON, µs timestamps.
     let row = c
         .query_one(
-            "SELECT ts, evidence_start, seq, features, reason, detector, delay_ticks FROM alerts \
-             WHERE symbol = 'MSFT' AND seq = 1",
+            "SELECT ts, evidence_start, seq, features, reason, detector, delay_ticks, \
+             top_features FROM alerts WHERE symbol = 'MSFT' AND seq = 1",
             &[],
         )
         .await
@@ -309,6 +312,10 @@ async fn commit_batch_stores_everything_once() {
     assert_eq!(row.get::<_, &str>(4), "spoofing pattern");
     assert_eq!(row.get::<_, &str>(5), "model");
     assert_eq!(row.get::<_, i32>(6), 1, "the delay the alert waited for");
+    assert_eq!(
+        row.get::<_, serde_json::Value>(7),
+        json!([{"name": "imbalance", "value": 3.5}])
+    );
     let payload: Vec<u8> = c
         .query_one("SELECT payload FROM dead_letters", &[])
         .await
@@ -414,6 +421,66 @@ async fn failing_row_rolls_back_the_whole_batch() {
     assert_eq!(s.dead_letters_inserted, 1);
     let stored = load_offsets(&c, "detector", "ticks").await.unwrap();
     assert_eq!(stored.get(&0), Some(&(11, 0)));
+}
+
+/// Alerts go by COPY when none is stored yet; a batch with one stored
+/// already (or one key twice) falls back to the insert that skips them,
+/// inside the same transaction, and what it stores is the same.
+#[tokio::test]
+async fn alerts_partly_stored_are_inserted_once() {
+    let db = TestDb::new("alerts_partly").await;
+    let mut c = db.client().await;
+    migrate(&mut c).await.unwrap();
+    register_model(&c, "xgb-abc", "model", &json!({"features": 42}))
+        .await
+        .unwrap();
+    let base = 1_704_205_800_000_000;
+    let alerts: Vec<AlertRow> = (0..300)
+        .map(|i| alert("AAPL", base + i as i64, i))
+        .collect();
+    let s = commit_batch(&mut c, &alerts[..100], &[], &[offset(0, 100, 0)])
+        .await
+        .unwrap();
+    assert_eq!((s.alerts_inserted, s.alerts_existing), (100, 0));
+
+    // 50 stored and 250 new, one of them twice, and NULL optional columns.
+    let mut batch: Vec<AlertRow> = alerts[50..].to_vec();
+    batch.push(alerts[299].clone());
+    for a in batch.iter_mut().skip(100) {
+        a.reason = None;
+        a.top_features = None;
+        a.features = None;
+        a.evidence_start_us = None;
+        a.source_partition = None;
+    }
+    let s = commit_batch(&mut c, &batch, &[], &[offset(0, 301, 0)])
+        .await
+        .unwrap();
+    assert_eq!((s.alerts_inserted, s.alerts_existing), (200, 51));
+    assert_eq!(count(&c, "alerts").await, 300);
+    let stored = load_offsets(&c, "detector", "ticks").await.unwrap();
+    assert_eq!(stored.get(&0), Some(&(301, 0)), "offsets with the fallback");
+    let nulls: i64 = c
+        .query_one(
+            "SELECT count(*) FROM alerts WHERE reason IS NULL AND top_features IS NULL \
+             AND features IS NULL AND evidence_start IS NULL AND source_partition IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(nulls, 150);
+
+    // A batch of new alerts only goes in whole again (the fast path after
+    // a fallback in the same session).
+    let more: Vec<AlertRow> = (300..400)
+        .map(|i| alert("MSFT", base + i as i64, i))
+        .collect();
+    let s = commit_batch(&mut c, &more, &[], &[offset(0, 401, 0)])
+        .await
+        .unwrap();
+    assert_eq!((s.alerts_inserted, s.alerts_existing), (100, 0));
+    assert_eq!(count(&c, "alerts").await, 400);
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@
 //! commits the source only once they all returned Ok.
 
 pub mod alert_topic;
+pub mod json_text;
 pub mod lake;
 pub mod lake_units;
 pub mod postgres;
@@ -18,6 +19,7 @@ pub mod tick_sink;
 
 use arrow::array::RecordBatch;
 
+pub use json_text::JsonText;
 pub use postgres::{AlertRow, DeadLetterRow, OffsetRow};
 
 /// What one micro-batch produced, for the sinks.

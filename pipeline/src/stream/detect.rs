@@ -23,11 +23,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch};
+use arrow::array::{Array, BooleanArray, Int32Array, Int64Array, RecordBatch};
 use arrow::compute::{concat_batches, filter_record_batch};
-use arrow::datatypes::Float64Type;
 use arrow::error::ArrowError;
 
+use super::alert_rows::alert_rows;
 use super::cases::StreamCases;
 use super::driver::{self, DriverError, DriverOptions, Processed, Stage};
 use super::executor::{Executor, Input, Step};
@@ -41,9 +41,7 @@ use crate::sinks::postgres::{
     shared, PgCaseStore, PgOffsetStore, PostgresSink, Reconnecting, STATEMENT_TIMEOUT,
 };
 use crate::sinks::secondary::Secondary;
-use crate::sinks::{
-    AlertBatch, AlertRow, AlertSink, CaseStore, DeadLetterRow, OffsetRow, ScoredAlerts,
-};
+use crate::sinks::{AlertBatch, AlertSink, CaseStore, DeadLetterRow, OffsetRow, ScoredAlerts};
 use crate::sources::kafka::market::MarketReader;
 use crate::sources::kafka::{KafkaConfig, KafkaSource, KafkaSourceOptions, Resume};
 use crate::sources::{Position, Source, SourceBatch, StreamBatch};
@@ -590,74 +588,4 @@ pub async fn detect(
         processing_ms: s.processing_ms,
         arrival_ms: s.arrival_ms,
     })
-}
-
-/// The alerts of a step, one row per alerting tick and detector.
-fn alert_rows(executor: &Executor, step: &Step, topic: &str) -> Result<Vec<AlertRow>, DriverError> {
-    let Some(features) = &step.features else {
-        return Ok(Vec::new());
-    };
-    let names = executor.catalog().feature_names();
-    let span = i64::try_from(executor.catalog().lookback().time.as_micros()).unwrap_or(0);
-    let delay_ticks = u32::try_from(executor.catalog().delay()).unwrap_or(u32::MAX);
-    // The feature columns by name, once per step.
-    let columns = names
-        .iter()
-        .map(|n| {
-            features
-                .column_by_name(n)
-                .and_then(|c| c.as_primitive_opt::<Float64Type>())
-                .ok_or_else(|| {
-                    super::ExecutorError::from(arrow::error::ArrowError::SchemaError(format!(
-                        "feature rows without a DOUBLE `{n}`"
-                    )))
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut out = Vec::new();
-    for (detector, scores) in executor.detectors().iter().zip(&step.scores) {
-        let v = ScoresView::new(scores).map_err(super::ExecutorError::from)?;
-        let (alert, score, threshold, reason, shap) =
-            (v.alert, v.score, v.threshold, v.reason, v.top_shap);
-        let (ts, sym, seq) = (v.ts, v.symbol, v.seq);
-        for i in 0..scores.num_rows() {
-            if !alert.value(i) {
-                continue;
-            }
-            let values: serde_json::Map<String, serde_json::Value> = names
-                .iter()
-                .zip(&columns)
-                .map(|(n, c)| {
-                    let v = if c.is_null(i) || !c.value(i).is_finite() {
-                        serde_json::Value::Null
-                    } else {
-                        serde_json::json!(c.value(i))
-                    };
-                    ((*n).to_owned(), v)
-                })
-                .collect();
-            let (p, o) = step.sources.get(i).copied().unwrap_or((-1, -1));
-            out.push(AlertRow {
-                model_version: detector.version(),
-                detector: detector.kind(),
-                symbol: sym.value(i).to_owned(),
-                ts_us: ts.value(i),
-                seq: seq.value(i),
-                score: score.value(i),
-                threshold: threshold.value(i),
-                reason: (!reason.is_null(i)).then(|| reason.value(i).to_owned()),
-                top_features: (!shap.is_null(i))
-                    .then(|| serde_json::from_str(shap.value(i)).ok())
-                    .flatten(),
-                features: Some(serde_json::Value::Object(values)),
-                evidence_start_us: Some(ts.value(i) - span),
-                evidence_end_us: Some(ts.value(i)),
-                source: topic.to_owned(),
-                source_partition: (p >= 0).then_some(p),
-                source_offset: (o >= 0).then_some(o),
-                delay_ticks,
-            });
-        }
-    }
-    Ok(out)
 }

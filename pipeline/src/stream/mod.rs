@@ -7,6 +7,7 @@
 //! sink, commit); [`mod@detect`] and [`market_context`] are its two stages and
 //! their wiring.
 
+mod alert_rows;
 pub mod cases;
 pub mod context;
 pub mod detect;

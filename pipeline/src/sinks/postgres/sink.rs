@@ -4,11 +4,15 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::types::ToSql;
+use futures::pin_mut;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
 use super::cases::write_cases;
 use super::DbError;
+use crate::sinks::json_text::JsonText;
 use crate::sinks::CaseUpdate;
 
 /// An alert to store in `alerts`. Its key is (model_version, symbol, ts, seq):
@@ -32,9 +36,9 @@ pub struct AlertRow {
     /// Why, in words.
     pub reason: Option<String>,
     /// The features that weighed most, as JSON.
-    pub top_features: Option<serde_json::Value>,
+    pub top_features: Option<JsonText>,
     /// All the tick's features, as JSON.
-    pub features: Option<serde_json::Value>,
+    pub features: Option<JsonText>,
     /// First tick of the evidence window, µs UTC.
     pub evidence_start_us: Option<i64>,
     /// Last tick of the evidence window, µs UTC.
@@ -140,7 +144,8 @@ pub struct StatsRow {
 }
 
 // One statement per table whatever the batch size: the rows travel as one
-// array per column and UNNEST turns them back into rows.
+// array per column and UNNEST turns them back into rows. (Alerts go by COPY
+// first and come here only when some are stored already.)
 const INSERT_ALERTS: &str = "INSERT INTO alerts (model_version, detector, symbol, ts, seq, score, \
     threshold, reason, top_features, features, evidence_start, evidence_end, source, \
     source_partition, source_offset, delay_ticks) \
@@ -172,7 +177,8 @@ const UPSERT_OFFSETS: &str = "INSERT INTO detector_offsets (consumer_group, topi
 /// nothing), `offsets` are upserted (the last row wins when a partition
 /// repeats). Either everything is stored or nothing is: on error the
 /// transaction rolls back and the caller may retry the same batch when
-/// [`DbError::is_retryable`]. Three statements at most, however many rows.
+/// [`DbError::is_retryable`]. A handful of statements, however many rows
+/// (the alerts by COPY, see [`copy_alerts`]).
 pub async fn commit_batch(
     client: &mut Client,
     alerts: &[AlertRow],
@@ -267,13 +273,16 @@ pub async fn commit_output(
         stats.cases_upserted = write_cases(&tx, cases, &stats.fenced).await?;
     }
     if !alerts.is_empty() {
-        let inserted = tx
-            .execute(INSERT_ALERTS, &alert_cols.params())
-            .await
-            .map_err(DbError::query(format!(
-                "insert {} rows into alerts",
-                alerts.len()
-            )))?;
+        let inserted = match copy_alerts(&tx, &alert_cols).await? {
+            Some(n) => n,
+            None => tx
+                .execute(INSERT_ALERTS, &alert_cols.params())
+                .await
+                .map_err(DbError::query(format!(
+                    "insert {} rows into alerts",
+                    alerts.len()
+                )))?,
+        };
         stats.alerts_inserted = inserted;
         stats.alerts_existing = alerts.len() as u64 - inserted;
     }
@@ -281,6 +290,77 @@ pub async fn commit_output(
         .await
         .map_err(DbError::query("commit batch: commit"))?;
     Ok(stats)
+}
+
+/// The alerts' columns in `alerts`' order for COPY, with their types.
+const COPY_ALERTS: &str = "COPY alerts (model_version, detector, symbol, ts, seq, score, \
+    threshold, reason, top_features, features, evidence_start, evidence_end, source, \
+    source_partition, source_offset, delay_ticks) FROM STDIN BINARY";
+const COPY_ALERT_TYPES: [Type; 16] = [
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::INT4,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::TEXT,
+    Type::JSONB,
+    Type::JSONB,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::INT4,
+    Type::INT8,
+    Type::INT4,
+];
+
+/// The alerts by binary COPY straight into `alerts`, inside a savepoint:
+/// `Some(rows)` when they all went in, `None` when one's key was stored
+/// already (or repeated in the batch), with the savepoint rolled back so
+/// the caller inserts them skipping the stored ones.
+///
+/// Why: in a burst most ticks of a batch alert, and then the alert rows
+/// are most of the batch's time in PostgreSQL. The one-statement insert
+/// sends each column as an array that the server parses whole into memory
+/// and unnests, and `ON CONFLICT` probes the key before each row; COPY
+/// streams the rows into the table. A key stored already only happens when
+/// a batch is replayed (an evicted member's late commit, offsets moved
+/// back by hand), rarely enough to pay for a second try then.
+async fn copy_alerts(
+    tx: &tokio_postgres::Transaction<'_>,
+    cols: &AlertColumns<'_>,
+) -> Result<Option<u64>, DbError> {
+    let n = cols.ts.len();
+    let context = || format!("copy {n} rows into alerts");
+    tx.batch_execute("SAVEPOINT alerts_copy")
+        .await
+        .map_err(DbError::query("alerts: savepoint"))?;
+    let copied = async {
+        let sink = tx.copy_in(COPY_ALERTS).await?;
+        let writer = BinaryCopyInWriter::new(sink, &COPY_ALERT_TYPES);
+        pin_mut!(writer);
+        for i in 0..n {
+            writer.as_mut().write(&cols.row(i)).await?;
+        }
+        writer.finish().await
+    }
+    .await;
+    match copied {
+        Ok(rows) => {
+            tx.batch_execute("RELEASE SAVEPOINT alerts_copy")
+                .await
+                .map_err(DbError::query("alerts: release the savepoint"))?;
+            Ok(Some(rows))
+        }
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT alerts_copy")
+                .await
+                .map_err(DbError::query("alerts: roll back to the savepoint"))?;
+            Ok(None)
+        }
+        Err(e) => Err(DbError::query(context())(e)),
+    }
 }
 
 /// The stored positions of `group` on `topic`: partition → (next_offset,
@@ -411,8 +491,8 @@ struct AlertColumns<'a> {
     score: Vec<f64>,
     threshold: Vec<f64>,
     reason: Vec<Option<&'a str>>,
-    top_features: Vec<Option<&'a serde_json::Value>>,
-    features: Vec<Option<&'a serde_json::Value>>,
+    top_features: Vec<Option<&'a JsonText>>,
+    features: Vec<Option<&'a JsonText>>,
     evidence_start: Vec<Option<DateTime<Utc>>>,
     evidence_end: Vec<Option<DateTime<Utc>>>,
     source: Vec<&'a str>,
@@ -477,6 +557,28 @@ impl<'a> AlertColumns<'a> {
                 .push(i32::try_from(r.delay_ticks).unwrap_or(i32::MAX));
         }
         Ok(c)
+    }
+
+    /// Row `i`'s values, in [`COPY_ALERTS`] order.
+    fn row(&self, i: usize) -> [&(dyn ToSql + Sync); 16] {
+        [
+            &self.model_version[i],
+            &self.detector[i],
+            &self.symbol[i],
+            &self.ts[i],
+            &self.seq[i],
+            &self.score[i],
+            &self.threshold[i],
+            &self.reason[i],
+            &self.top_features[i],
+            &self.features[i],
+            &self.evidence_start[i],
+            &self.evidence_end[i],
+            &self.source[i],
+            &self.source_partition[i],
+            &self.source_offset[i],
+            &self.delay_ticks[i],
+        ]
     }
 
     fn params(&self) -> [&(dyn ToSql + Sync); 16] {
