@@ -2,7 +2,7 @@
 //! symbol, through an idempotent producer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -249,10 +249,17 @@ struct Watermarks {
     /// The topic's partitions, and when they were last looked up.
     partitions: i32,
     looked_up: Option<Instant>,
+    /// A lookup in flight. A metadata request blocks its thread (up to
+    /// [`LOOKUP_TIMEOUT`] when the broker does not answer), so it runs on
+    /// a blocking thread and the publisher goes on meanwhile.
+    lookup: Option<tokio::task::JoinHandle<Result<usize, KafkaError>>>,
 }
 
 /// How often a publisher looks up its topic's partitions again.
 const PARTITIONS_LOOKUP: Duration = Duration::from_secs(60);
+
+/// How long a partition lookup may wait for the broker.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Publishes ticks as JSON ([`TickView::encode`]) keyed by symbol.
 ///
@@ -261,7 +268,8 @@ const PARTITIONS_LOOKUP: Duration = Duration::from_secs(60);
 /// consumer's `seq` assignment relies on. Callers publish each symbol's ticks
 /// in `(ts, seq)` order; the key sends them all to one partition.
 pub struct TickPublisher {
-    producer: ThreadedProducer<DeliveryTracker>,
+    // Shared with a partition lookup on a blocking thread.
+    producer: Arc<ThreadedProducer<DeliveryTracker>>,
     topic: String,
     buf: Vec<u8>,
     stats: PublishStats,
@@ -289,7 +297,7 @@ impl TickPublisher {
                 source: Box::new(kafka.redact(source)),
             })?;
         Ok(Self {
-            producer,
+            producer: Arc::new(producer),
             topic: topic.to_owned(),
             buf: Vec::with_capacity(512),
             stats: PublishStats::default(),
@@ -311,13 +319,23 @@ impl TickPublisher {
             sent: i64::MIN,
             partitions: 0,
             looked_up: None,
+            lookup: None,
         });
         self
     }
 
     /// Sends the watermark messages now if time moved on since the last
-    /// ones (the end of a run: consumers need not wait for silence).
+    /// ones (the end of a run: consumers need not wait for silence),
+    /// waiting for the topic's partitions if they are being looked up.
     pub async fn send_watermarks(&mut self) -> Result<(), ProduceError> {
+        self.watermark_round(true).await
+    }
+
+    /// One round of watermark messages. The topic's partitions are looked
+    /// up in the background (once a minute); until the first answer there
+    /// is no round, and the time stays to announce in the next one.
+    /// `wait`: wait for a lookup in flight (the end of a run) instead.
+    async fn watermark_round(&mut self, wait: bool) -> Result<(), ProduceError> {
         let Some(w) = &mut self.watermarks else {
             return Ok(());
         };
@@ -325,22 +343,29 @@ impl TickPublisher {
         if w.newest <= w.sent {
             return Ok(());
         }
-        if w.looked_up.is_none_or(|t| t.elapsed() >= PARTITIONS_LOOKUP) {
+        if w.lookup.is_none() && w.looked_up.is_none_or(|t| t.elapsed() >= PARTITIONS_LOOKUP) {
             w.looked_up = Some(Instant::now());
-            // Blocks briefly (a metadata request), once a minute at most.
-            match self
-                .producer
-                .client()
-                .fetch_metadata(Some(&self.topic), Duration::from_secs(5))
-            {
-                Ok(md) => {
-                    let n = md.topics().first().map_or(0, |t| t.partitions().len());
-                    w.partitions = i32::try_from(n).unwrap_or(i32::MAX);
-                }
-                Err(e) => {
+            let (producer, topic) = (Arc::clone(&self.producer), self.topic.clone());
+            w.lookup = Some(tokio::task::spawn_blocking(move || {
+                let md = producer
+                    .client()
+                    .fetch_metadata(Some(&topic), LOOKUP_TIMEOUT)?;
+                Ok(md.topics().first().map_or(0, |t| t.partitions().len()))
+            }));
+        }
+        if let Some(lookup) = w.lookup.take_if(|h| wait || h.is_finished()) {
+            match lookup.await {
+                Ok(Ok(n)) => w.partitions = i32::try_from(n).unwrap_or(i32::MAX),
+                Ok(Err(e)) => {
                     tracing::warn!(topic = %self.topic, error = %e, "Cannot look up the topic's partitions for watermark messages; trying again in a minute.");
                 }
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "The lookup of the topic's partitions for watermark messages failed; trying again in a minute.");
+                }
             }
+        }
+        if w.partitions == 0 {
+            return Ok(());
         }
         let value = watermark::encode(w.newest);
         let (newest, partitions) = (w.newest, w.partitions);
@@ -397,7 +422,7 @@ impl TickPublisher {
         if let Some(w) = &mut self.watermarks {
             w.newest = w.newest.max(cols.ts_us(row));
             if w.last_round.elapsed() >= w.every {
-                self.send_watermarks().await?;
+                self.watermark_round(false).await?;
             }
         }
         Ok(())
@@ -497,4 +522,40 @@ fn fmt_ts(ts_us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(ts_us)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
         .unwrap_or_else(|| format!("{ts_us}µs"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A broker that does not answer holds a partition lookup for its
+    /// timeout: the publisher must not wait for it between ticks.
+    #[tokio::test]
+    async fn a_lookup_the_broker_does_not_answer_holds_no_round() {
+        let kafka = super::super::KafkaConfig::new("127.0.0.1:1");
+        let mut p = TickPublisher::new(&kafka, "ticks")
+            .unwrap()
+            .with_watermarks(Duration::from_millis(1));
+        if let Some(w) = &mut p.watermarks {
+            w.newest = 5;
+        }
+        let started = Instant::now();
+        p.watermark_round(false).await.unwrap();
+        p.watermark_round(false).await.unwrap();
+        assert!(
+            started.elapsed() < LOOKUP_TIMEOUT / 5,
+            "rounds waited {:?} for the lookup",
+            started.elapsed()
+        );
+        let w = p.watermarks.as_ref().unwrap();
+        assert!(w.lookup.is_some(), "the lookup runs in the background");
+        assert_eq!(p.stats.watermarks, 0, "no partitions known: none sent");
+        assert!(w.sent < 5, "the time stays to announce");
+
+        // The end of a run waits for it (and it fails: none sent).
+        p.send_watermarks().await.unwrap();
+        let w = p.watermarks.as_ref().unwrap();
+        assert!(w.lookup.is_none() && w.sent < 5);
+        assert!(started.elapsed() >= Duration::from_secs(1), "it did wait");
+    }
 }
