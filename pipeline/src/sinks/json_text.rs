@@ -18,7 +18,7 @@ use tokio_postgres::types::{accepts, to_sql_checked, IsNull, ToSql, Type};
 
 /// A JSON document as text. Made only from what is JSON already: a
 /// [`serde_json::Value`] ([`JsonText::from_value`]) or text this crate
-/// wrote with serde_json ([`JsonText::written`]).
+/// wrote with serde_json (`JsonText::written`, inside the crate).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JsonText(String);
 

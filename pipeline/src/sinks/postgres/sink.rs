@@ -178,7 +178,8 @@ const UPSERT_OFFSETS: &str = "INSERT INTO detector_offsets (consumer_group, topi
 /// repeats). Either everything is stored or nothing is: on error the
 /// transaction rolls back and the caller may retry the same batch when
 /// [`DbError::is_retryable`]. A handful of statements, however many rows
-/// (the alerts by COPY, see [`copy_alerts`]).
+/// (the alerts by binary COPY; when one is stored already, by the insert that
+/// skips it).
 pub async fn commit_batch(
     client: &mut Client,
     alerts: &[AlertRow],
