@@ -82,7 +82,10 @@ pub struct DetectArgs {
     #[command(flatten)]
     pub db: super::shared::DbUrlArgs,
 
-    /// Most ticks per micro-batch.
+    /// Most ticks per micro-batch. A tick's processing latency (final to
+    /// alerts committed) is its batch's step and transaction, so smaller
+    /// batches lower it and larger ones catch up with a backlog faster
+    /// (README: 1,000 against 10,000 at 100k ticks/s offered).
     #[arg(long, env = "STOCKANOMALY_BATCH_ROWS", default_value_t = 10_000)]
     pub batch_rows: usize,
 
