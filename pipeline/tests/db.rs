@@ -271,6 +271,7 @@ async fn commit_batch_stores_everything_once() {
         .unwrap();
     assert_eq!(s.alerts_inserted, 2000);
     assert_eq!(s.alerts_existing, 0);
+    assert!(s.alerts_copied);
     assert_eq!(s.dead_letters_inserted, 1);
 
     // A replay (the detector restarted before its Kafka commit) adds nothing
@@ -281,6 +282,10 @@ async fn commit_batch_stores_everything_once() {
         .unwrap();
     assert_eq!(s.alerts_inserted, 0);
     assert_eq!(s.alerts_existing, 2000);
+    assert!(
+        !s.alerts_copied,
+        "a replay takes the insert that skips stored keys"
+    );
     assert_eq!(s.dead_letters_inserted, 0);
     assert_eq!(count(&c, "alerts").await, 2000);
     assert_eq!(count(&c, "dead_letters").await, 1);
@@ -442,6 +447,7 @@ async fn alerts_partly_stored_are_inserted_once() {
         .await
         .unwrap();
     assert_eq!((s.alerts_inserted, s.alerts_existing), (100, 0));
+    assert!(s.alerts_copied, "new alerts only: by COPY");
 
     // 50 stored and 250 new, one of them twice, and NULL optional columns.
     let mut batch: Vec<AlertRow> = alerts[50..].to_vec();
@@ -457,6 +463,10 @@ async fn alerts_partly_stored_are_inserted_once() {
         .await
         .unwrap();
     assert_eq!((s.alerts_inserted, s.alerts_existing), (200, 51));
+    assert!(
+        !s.alerts_copied,
+        "some stored already: the insert skipping them"
+    );
     assert_eq!(count(&c, "alerts").await, 300);
     let stored = load_offsets(&c, "detector", "ticks").await.unwrap();
     assert_eq!(stored.get(&0), Some(&(301, 0)), "offsets with the fallback");
@@ -480,6 +490,7 @@ async fn alerts_partly_stored_are_inserted_once() {
         .await
         .unwrap();
     assert_eq!((s.alerts_inserted, s.alerts_existing), (100, 0));
+    assert!(s.alerts_copied);
     assert_eq!(count(&c, "alerts").await, 400);
 }
 

@@ -167,6 +167,13 @@ impl AlertSink for PostgresSink {
                 batch.generation,
             )
         );
+        if !batch.alerts.is_empty() && !stats.alerts_copied {
+            tracing::debug!(
+                alerts = batch.alerts.len(),
+                existing = stats.alerts_existing,
+                "Alerts stored already in the batch (a replay): inserted skipping them, not copied."
+            );
+        }
         if !stats.fenced.is_empty() {
             tracing::warn!(
                 partitions = ?stats.fenced,

@@ -102,6 +102,9 @@ pub struct CommitStats {
     /// Case rows upserted (cases that closed without opening are deleted
     /// instead).
     pub cases_upserted: u64,
+    /// The alerts went in by COPY; false when there were none, or some were
+    /// stored already and the insert that skips them ran instead.
+    pub alerts_copied: bool,
 }
 
 /// A row of `detector_stats`: one instance's counters at one moment (the
@@ -275,7 +278,10 @@ pub async fn commit_output(
     }
     if !alerts.is_empty() {
         let inserted = match copy_alerts(&tx, &alert_cols).await? {
-            Some(n) => n,
+            Some(n) => {
+                stats.alerts_copied = true;
+                n
+            }
             None => tx
                 .execute(INSERT_ALERTS, &alert_cols.params())
                 .await
