@@ -339,7 +339,6 @@ async fn copy_alerts(
     cols: &AlertColumns<'_>,
 ) -> Result<Option<u64>, DbError> {
     let n = cols.ts.len();
-    let context = || format!("copy {n} rows into alerts");
     tx.batch_execute("SAVEPOINT alerts_copy")
         .await
         .map_err(DbError::query("alerts: savepoint"))?;
@@ -366,7 +365,7 @@ async fn copy_alerts(
                 .map_err(DbError::query("alerts: roll back to the savepoint"))?;
             Ok(None)
         }
-        Err(e) => Err(DbError::query(context())(e)),
+        Err(e) => Err(DbError::query(format!("copy {n} rows into alerts"))(e)),
     }
 }
 
