@@ -6,6 +6,7 @@
 
 pub mod backoff;
 pub mod cli;
+pub mod cluster;
 pub mod features;
 pub mod ingest;
 pub mod labels;

@@ -12,8 +12,11 @@ fn main() -> ExitCode {
     if cli.command.works_offline() {
         end_quietly_on_closed_stdout();
     }
-    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
-        eprintln!("stockanomaly: --log {:?}: {e}; using `warn`", cli.log);
+    let filter = EnvFilter::try_new(cli.log_filter()).unwrap_or_else(|e| {
+        eprintln!(
+            "stockanomaly: --log {:?}: {e}; using `warn`",
+            cli.log_filter()
+        );
         EnvFilter::new("warn")
     });
     tracing_subscriber::fmt()

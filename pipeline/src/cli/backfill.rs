@@ -2,8 +2,14 @@
 
 use clap::Args;
 
-use super::open_lake;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
 use super::output::{count, count_bar, human_bytes, peak_memory, rate};
+use super::{open_lake, UsageError};
+use crate::cluster::{Cluster, Member, Token, DEFAULT_SCAN_BYTES, HEARTBEAT};
 use crate::features::{backfill, BackfillOptions, CHUNK_TICKS};
 
 /// `stockanomaly backfill`.
@@ -17,7 +23,8 @@ an interrupted backfill resumes where it stopped; --force recomputes them.
 
 Examples:
   stockanomaly backfill
-  stockanomaly backfill --from 2024-01-02 --to 2024-01-31 --symbols AAPL,MSFT")]
+  stockanomaly backfill --from 2024-01-02 --to 2024-01-31 --symbols AAPL,MSFT
+  stockanomaly backfill --lake s3://lake --cluster df://scheduler:7070")]
 pub struct BackfillArgs {
     /// The dates.
     #[command(flatten)]
@@ -46,18 +53,61 @@ pub struct BackfillArgs {
     /// The SQL files.
     #[command(flatten)]
     pub sql: super::shared::QueriesArgs,
+
+    /// Compute the features on a cluster: the scheduler of `stockanomaly
+    /// cluster` (df://HOST:PORT). The lake root must be one every executor
+    /// reads and writes (s3://, or a folder shared at the same path); the
+    /// market context tables are still made by this process.
+    #[arg(long, env = "STOCKANOMALY_CLUSTER", value_name = "df://HOST:PORT")]
+    pub cluster: Option<String>,
+
+    /// With --cluster: Parquet bytes one task scans; a run of dates with
+    /// less runs its scan as one task. Smaller spreads small runs over more
+    /// executors, at more overhead.
+    #[arg(long, env = "STOCKANOMALY_CLUSTER_SCAN_BYTES", default_value_t = DEFAULT_SCAN_BYTES, value_name = "BYTES")]
+    pub cluster_scan_bytes: usize,
+
+    /// The cluster's shared secret (sent with every task).
+    #[arg(
+        long,
+        env = "STOCKANOMALY_CLUSTER_TOKEN",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub cluster_token: Option<String>,
 }
 
 pub(crate) async fn run(lake: &str, args: BackfillArgs) -> anyhow::Result<()> {
     args.dates.check()?;
     let catalog = args.sql.catalog().await?;
     let root = open_lake(lake)?;
+    let cluster = match &args.cluster {
+        Some(target) => {
+            if root.local_path().is_none() && root.store_url().scheme() == "memory" {
+                return Err(UsageError(format!(
+                    "{root}: executors cannot reach an in-memory lake; use s3:// or a shared folder"
+                ))
+                .into());
+            }
+            let token = args.cluster_token.as_deref().and_then(Token::new);
+            let c = Cluster::connect(target, token)
+                .await
+                .with_context(|| format!("cannot use the cluster {target}"))?;
+            Some(Arc::new(c.with_scan_bytes(args.cluster_scan_bytes)))
+        }
+        None => None,
+    };
+    let before = match &cluster {
+        Some(c) => c.scheduler().members().await?,
+        None => Vec::new(),
+    };
     let options = BackfillOptions {
         from: args.dates.from,
         to: args.dates.to,
         symbols: args.symbols,
         force: args.force,
         chunk_ticks: args.chunk_ticks,
+        cluster: cluster.clone(),
     };
     let bar = count_bar(0, "backfill dates");
     let s = backfill(&root, &catalog, &options, &bar).await;
@@ -81,5 +131,46 @@ pub(crate) async fn run(lake: &str, args: BackfillArgs) -> anyhow::Result<()> {
     if let Some(peak) = peak_memory() {
         println!("  peak memory {} (resident)", human_bytes(peak));
     }
+    if let Some(c) = &cluster {
+        let tasks = tasks_per_executor(c, &before).await?;
+        for (url, n) in &tasks {
+            println!("  executor {url}: {n} tasks");
+        }
+        if !s.dates_done.is_empty() && tasks.iter().all(|(_, n)| *n == 0) {
+            tracing::warn!(
+                scan_bytes = args.cluster_scan_bytes,
+                "No executor ran a task: every plan was small enough to run here. \
+                 Lower --cluster-scan-bytes to spread small runs."
+            );
+        }
+    }
     Ok(())
+}
+
+/// Tasks each executor ran since `before` was listed, once every executor
+/// has announced itself after the run (counts ride on announcements).
+async fn tasks_per_executor(
+    cluster: &Cluster,
+    before: &[Member],
+) -> anyhow::Result<Vec<(String, u64)>> {
+    let ended = Instant::now();
+    let mut members = cluster.scheduler().members().await?;
+    while ended.elapsed() < HEARTBEAT * 3
+        && members
+            .iter()
+            .any(|m| Duration::from_millis(m.seen_ms_ago) >= ended.elapsed())
+    {
+        tokio::time::sleep(HEARTBEAT / 4).await;
+        members = cluster.scheduler().members().await?;
+    }
+    Ok(members
+        .into_iter()
+        .map(|m| {
+            let earlier = before
+                .iter()
+                .find(|b| b.url == m.url)
+                .map_or(0, |b| b.tasks);
+            (m.url.to_string(), m.tasks.saturating_sub(earlier))
+        })
+        .collect())
 }

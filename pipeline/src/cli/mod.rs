@@ -7,6 +7,7 @@
 
 mod backfill;
 mod bench;
+mod cluster;
 mod db;
 mod demo;
 mod detect;
@@ -74,19 +75,25 @@ pub struct Cli {
     pub lake: String,
 
     /// Log filter (error, warn, info, debug, trace, or a tracing filter such as
-    /// `stockanomaly=debug`). Logs go to stderr.
-    #[arg(
-        long,
-        global = true,
-        env = "STOCKANOMALY_LOG",
-        default_value = "warn",
-        value_name = "FILTER"
-    )]
-    pub log: String,
+    /// `stockanomaly=debug`). Logs go to stderr. Default: warn (info for
+    /// `cluster`, whose log of each task is part of its job).
+    #[arg(long, global = true, env = "STOCKANOMALY_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
 
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The log filter: `--log`, else the command's default.
+    pub fn log_filter(&self) -> &str {
+        match (&self.log, &self.command) {
+            (Some(f), _) => f,
+            (None, Command::Cluster(_)) => "info",
+            (None, _) => "warn",
+        }
+    }
 }
 
 impl Command {
@@ -148,6 +155,8 @@ pub enum Command {
     Labels(labels::LabelsArgs),
     /// Manage the review app's accounts (add, list, disable, enable, passwd).
     Users(users::UsersArgs),
+    /// Run a backfill cluster's scheduler or executors (backfill --cluster).
+    Cluster(cluster::ClusterArgs),
 }
 
 /// A mistake in flags, configuration or a query: exit status 2.
@@ -232,6 +241,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(&cli.lake, args).await,
         Command::Labels(args) => labels::run(&cli.lake, args).await,
         Command::Users(args) => users::run(args).await,
+        Command::Cluster(args) => cluster::run(&cli.lake, args).await,
     }
 }
 

@@ -44,7 +44,15 @@ pub struct BackfillOptions {
     /// Most ticks computed in one pass ([`CHUNK_TICKS`] when 0); a date is
     /// never split.
     pub chunk_ticks: u64,
+    /// Compute the features on this cluster's executors instead of in this
+    /// process (the context tables are still made here).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
+
+/// Tries of a run of dates on a cluster: a run fails whole when an
+/// executor dies under it (datafusion-distributed does not retry tasks),
+/// and is run again on the executors listed then.
+pub const CLUSTER_TRIES: u32 = 3;
 
 /// What a backfill did.
 #[derive(Debug, Clone, Default)]
@@ -85,6 +93,15 @@ pub enum BackfillError {
     /// The intraday profiles a date's features join could not be made.
     #[error(transparent)]
     Profiles(#[from] super::profiles::ProfileError),
+    /// The cluster could not be used.
+    #[error("backfill of {date} on the cluster: {source}")]
+    Cluster {
+        /// The date being computed.
+        date: NaiveDate,
+        /// Why.
+        #[source]
+        source: crate::cluster::ClusterError,
+    },
 }
 
 /// The lake table of a feature set: the tick key and one `Float64` column
@@ -251,7 +268,7 @@ pub async fn backfill(
             }
         }
         let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
-        let computed = compute_dates(root, catalog, first, last, options).await;
+        let computed = compute_run(root, catalog, first, last, options).await;
         // The previous run's write went on meanwhile; it ends before this
         // run's starts, so at most two runs' features are held.
         if let Some(p) = writing.take() {
@@ -368,6 +385,39 @@ fn sql_ts(us: i64) -> String {
     format!("to_timestamp_micros({us}) AT TIME ZONE 'UTC'")
 }
 
+/// [`compute_dates`], tried again on a cluster when it fails (see
+/// [`CLUSTER_TRIES`]): after a pause long enough for the scheduler to drop
+/// an executor that died.
+async fn compute_run(
+    root: &LakeRoot,
+    catalog: &Catalog,
+    date: NaiveDate,
+    last: NaiveDate,
+    o: &BackfillOptions,
+) -> Result<RecordBatch, BackfillError> {
+    let Some(cluster) = &o.cluster else {
+        return compute_dates(root, catalog, date, last, o).await;
+    };
+    let mut tried = 1;
+    loop {
+        match compute_dates(root, catalog, date, last, o).await {
+            Ok(b) => return Ok(b),
+            Err(e) if tried < CLUSTER_TRIES && !crate::cluster::is_refusal(&e.to_string()) => {
+                tracing::warn!(%date, %last, error = %e, tried,
+                    "A run of dates failed on the cluster; trying it again on the executors alive.");
+                tokio::time::sleep(crate::cluster::DEFAULT_TTL + crate::cluster::HEARTBEAT).await;
+                let listed = cluster
+                    .refresh()
+                    .await
+                    .map_err(|source| BackfillError::Cluster { date, source })?;
+                tracing::info!(executors = listed, "Executor list refreshed.");
+                tried += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Computes the features of the dates `date..=last` (history from the
 /// lookback before `date`): their rows only, sorted by the tick key.
 async fn compute_dates(
@@ -378,7 +428,13 @@ async fn compute_dates(
     o: &BackfillOptions,
 ) -> Result<RecordBatch, BackfillError> {
     let q_err = |source| BackfillError::Query { date, source };
-    let ctx = session_context(root).await?;
+    let ctx = match &o.cluster {
+        Some(c) => c
+            .session(root)
+            .await
+            .map_err(|source| BackfillError::Cluster { date, source })?,
+        None => session_context(root).await?,
+    };
     let start = day_start_us(date);
     let end = day_start_us(last) + DAY_US;
     let lookback = catalog.lookback();
@@ -455,6 +511,11 @@ async fn compute_dates(
         ctx.deregister_table(name).map_err(q_err)?;
         ctx.register_table(name, rows).map_err(q_err)?;
     }
+    if o.cluster.is_some() {
+        let features = on_cluster(&ctx, catalog, start, end).await.map_err(q_err)?;
+        let keep = in_range(&features, start, end).map_err(|e| q_err(e.into()))?;
+        return arrow::compute::filter_record_batch(&features, &keep).map_err(|e| q_err(e.into()));
+    }
     // The window's ticks in key order, in memory (CHUNK_TICKS bounds them),
     // then only the rows of the dates asked for. Every file is sorted by the
     // key already, so the batches are sorted runs: merging them is much
@@ -497,6 +558,43 @@ async fn compute_dates(
         "Features computed."
     );
     Ok(features)
+}
+
+/// The features of every tick of the session's `ticks_window` view, on the
+/// cluster the session plans for: the files joined on the tick key (what
+/// [`feature_query`] writes) over the lake's Parquet files, so the scans,
+/// window sorts and joins run on the executors (shuffled by symbol and key)
+/// and the rows come back here; sorted by the key.
+///
+/// Only the rows of `[start, end)` (µs) come back. The filter is on the
+/// joined result: DataFusion pushes a filter through a window only when it
+/// is on the window's partition columns, so the windows still see the whole
+/// lookback (a single-node run trims the history to what the lookback
+/// reaches first; the extra history changes no feature of the run's rows,
+/// since every window is bounded by the lookback).
+async fn on_cluster(
+    ctx: &SessionContext,
+    catalog: &Catalog,
+    start: i64,
+    end: i64,
+) -> Result<RecordBatch, datafusion::error::DataFusionError> {
+    let window = ctx.table("ticks_window").await?.into_view();
+    ctx.deregister_table("ticks")?;
+    ctx.register_table("ticks", window)?;
+    let sql = feature_query(ctx, catalog).await?;
+    let df = ctx
+        .sql(&format!(
+            "SELECT * FROM ({sql}) run WHERE run.ts >= {} AND run.ts < {}",
+            sql_ts(start),
+            sql_ts(end)
+        ))
+        .await?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await?;
+    let all = arrow::compute::concat_batches(&schema, &batches)?;
+    drop(batches);
+    let sorted = crate::lake::sort_by(&all, &[col::SYMBOL, col::TS, col::SEQ])?;
+    Ok(conform(&sorted, &features_table(catalog).schema)?)
 }
 
 /// Writes a run of dates' features (one batch) to the snapshot; returns

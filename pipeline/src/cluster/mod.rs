@@ -1,0 +1,401 @@
+//! Backfill across machines on datafusion-distributed: the scheduler, the
+//! executors and the coordinator's session.
+//!
+//! # Why datafusion-distributed, not Ballista
+//!
+//! Both run DataFusion 55 plans across processes over Arrow Flight. What
+//! decided it is where the plan is made. datafusion-distributed plans in the
+//! *coordinator's own* `SessionState` (analyzer, optimizer and physical
+//! rules included) and only then cuts the physical plan into stages, so our
+//! analyzer rule that puts standard window aggregates on the exact UDFs and
+//! our physical rules apply exactly as in a single-node backfill; the
+//! workers receive physical plans and need only our functions registered
+//! (by name) to decode them. Ballista's scheduler plans again on its side
+//! with its own fixed list of physical rules (its adaptive planner, on by
+//! default) and may swap join sides back; keeping our rules there means a
+//! custom scheduler build and fighting its planner.
+//!
+//! What datafusion-distributed does not have, we add here: it has no
+//! scheduler (the coordinator is the client's process and needs a list of
+//! workers), so [`run_scheduler`] keeps that list (executors announce
+//! themselves every [`HEARTBEAT`] and expire after a time to live); it does
+//! not retry a task whose worker died (the query fails), so `backfill
+//! --cluster` retries the run of dates on the executors then alive, and the
+//! runs already written stay done (markers, as in a resumed backfill); it
+//! logs nothing per task, so executors log each task they receive.
+//!
+//! # Security
+//!
+//! A worker runs any plan it is sent, and plans read and write the lake.
+//! With `STOCKANOMALY_CLUSTER_TOKEN` set on every process, the coordinator
+//! sends the token with every task (a gRPC header), executors refuse tasks
+//! without it, and the scheduler refuses announcements without it.
+
+mod executor;
+mod members;
+mod scheduler;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion_distributed::{DistributedExt, SessionStateBuilderExt, WorkerResolver};
+use url::Url;
+
+pub use executor::{run_executor, ExecutorOptions};
+pub use members::{Announcement, Member, Members, MembersError};
+pub use scheduler::{run_scheduler, SchedulerOptions};
+
+use crate::lake::{LakeError, LakeRoot};
+
+/// How often executors announce themselves, and the coordinator refreshes
+/// its list of them.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// How long the scheduler lists an executor it has not heard from.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
+
+/// What an executor answers a task without the token. It crosses the
+/// network as text, which is how a coordinator tells it from a failure
+/// worth retrying ([`is_refusal`]).
+pub const TOKEN_REFUSED: &str =
+    "this executor requires the cluster token (STOCKANOMALY_CLUSTER_TOKEN)";
+
+/// Whether an error (as text, which is all that crosses from a worker) is
+/// an executor refusing the token: trying again cannot help.
+pub fn is_refusal(error: &str) -> bool {
+    error.contains(TOKEN_REFUSED)
+}
+
+/// The header carrying the cluster token on tasks.
+const TOKEN_HEADER: &str = "x-stockanomaly-cluster-token";
+
+/// Why the cluster could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A `--cluster` or `--scheduler` value that is not `df://HOST:PORT`.
+    #[error("{0}: a cluster is named df://HOST:PORT (the scheduler's address)")]
+    BadTarget(String),
+    /// An address that does not make a URL.
+    #[error("not an address: {0}")]
+    BadAddress(String),
+    /// The scheduler did not answer, or answered an error.
+    #[error("the scheduler at {url}: {reason}")]
+    Scheduler {
+        /// The scheduler's address.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The scheduler lists no executor.
+    #[error("the scheduler at {0} lists no executor: start `stockanomaly cluster executor --scheduler {0}`")]
+    NoExecutors(String),
+    /// A port could not be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server stopped with an error.
+    #[error("serving failed: {0}")]
+    Serve(String),
+    /// The coordinator's session could not be made.
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    /// DataFusion refused the distributed settings.
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+}
+
+/// The shared secret of a cluster (see the module documentation).
+#[derive(Clone)]
+pub struct Token(Arc<str>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+impl Token {
+    /// A token; `None` for an empty one (no token).
+    pub fn new(secret: &str) -> Option<Token> {
+        (!secret.is_empty()).then(|| Token(Arc::from(secret)))
+    }
+
+    /// Whether `presented` is this token (in constant time).
+    fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(presented).into()
+    }
+
+    /// Whether the task's headers carry this token.
+    fn matches_header(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get(TOKEN_HEADER)
+            .is_some_and(|v| self.matches(v.as_bytes()))
+    }
+}
+
+/// The scheduler's address from `df://HOST:PORT`, as an HTTP base URL.
+pub fn scheduler_url(target: &str) -> Result<Url, ClusterError> {
+    let rest = target
+        .strip_prefix("df://")
+        .ok_or_else(|| ClusterError::BadTarget(target.to_owned()))?;
+    let url = Url::parse(&format!("http://{}", rest.trim_end_matches('/')))
+        .map_err(|_| ClusterError::BadTarget(target.to_owned()))?;
+    if url.host_str().is_none() || url.port().is_none() || url.path() != "/" {
+        return Err(ClusterError::BadTarget(target.to_owned()));
+    }
+    Ok(url)
+}
+
+/// Talks to the scheduler's HTTP API.
+#[derive(Debug, Clone)]
+pub struct SchedulerClient {
+    base: Url,
+    http: reqwest::Client,
+    token: Option<Token>,
+}
+
+impl SchedulerClient {
+    /// A client of the scheduler at `df://HOST:PORT`.
+    pub fn new(target: &str, token: Option<Token>) -> Result<Self, ClusterError> {
+        let base = scheduler_url(target)?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| ClusterError::Scheduler {
+                url: base.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(SchedulerClient { base, http, token })
+    }
+
+    /// The scheduler's base URL.
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    fn err(&self, reason: impl ToString) -> ClusterError {
+        ClusterError::Scheduler {
+            url: self.base.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn executors_url(&self) -> Result<Url, ClusterError> {
+        self.base.join("v1/executors").map_err(|e| self.err(e))
+    }
+
+    /// Announces the executor at `url` with its task count.
+    pub async fn announce(&self, url: &Url, tasks: u64) -> Result<(), ClusterError> {
+        let body = serde_json::to_vec(&Announcement {
+            url: url.clone(),
+            tasks,
+        })
+        .map_err(|e| self.err(e))?;
+        let mut req = self
+            .http
+            .post(self.executors_url()?)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(&*t.0);
+        }
+        let resp = req.send().await.map_err(|e| self.err(e))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            return Err(self.err(format!("{status}: {body}")));
+        }
+        Ok(())
+    }
+
+    /// The live executors.
+    pub async fn members(&self) -> Result<Vec<Member>, ClusterError> {
+        let resp = self
+            .http
+            .get(self.executors_url()?)
+            .send()
+            .await
+            .map_err(|e| self.err(e))?;
+        if !resp.status().is_success() {
+            return Err(self.err(resp.status()));
+        }
+        let body = resp.bytes().await.map_err(|e| self.err(e))?;
+        serde_json::from_slice(&body).map_err(|e| self.err(e))
+    }
+}
+
+/// The executors the coordinator plans on: refreshed from the scheduler in
+/// the background (datafusion-distributed asks for them synchronously).
+#[derive(Clone, Default)]
+struct ExecutorList(Arc<RwLock<Vec<Url>>>);
+
+impl WorkerResolver for ExecutorList {
+    fn get_urls(&self) -> Result<Vec<Url>, DataFusionError> {
+        let urls = self
+            .0
+            .read()
+            .map_err(|_| DataFusionError::Execution("executor list poisoned".to_owned()))?
+            .clone();
+        if urls.is_empty() {
+            return Err(DataFusionError::Execution(
+                "the scheduler lists no executor".to_owned(),
+            ));
+        }
+        Ok(urls)
+    }
+}
+
+/// A connection to a cluster, for `backfill --cluster`: sessions whose
+/// queries run on the executors the scheduler lists.
+pub struct Cluster {
+    client: SchedulerClient,
+    executors: ExecutorList,
+    token: Option<Token>,
+    scan_bytes: usize,
+    refresh: tokio::task::JoinHandle<()>,
+}
+
+/// Parquet bytes one task scans by default: a plan over less runs as one
+/// task. datafusion-distributed's own default, 16 MiB, is a whole run of
+/// dates of ours (2M trades are about 20 MB of Parquet), which then runs in
+/// the coordinator alone; 1 MiB (about 100k ticks) gives a run tens of
+/// tasks.
+pub const DEFAULT_SCAN_BYTES: usize = 1 << 20;
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("scheduler", &self.client.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.refresh.abort();
+    }
+}
+
+impl Cluster {
+    /// Connects to the scheduler at `df://HOST:PORT`; fails when it does not
+    /// answer or lists no executor.
+    pub async fn connect(target: &str, token: Option<Token>) -> Result<Cluster, ClusterError> {
+        let client = SchedulerClient::new(target, token.clone())?;
+        let executors = ExecutorList::default();
+        let first = client.members().await?;
+        if first.is_empty() {
+            return Err(ClusterError::NoExecutors(target.to_owned()));
+        }
+        set_urls(&executors, &first);
+        let refresh = tokio::spawn({
+            let (client, executors) = (client.clone(), executors.clone());
+            async move {
+                let mut beat = tokio::time::interval(HEARTBEAT);
+                beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    beat.tick().await;
+                    match client.members().await {
+                        Ok(m) => set_urls(&executors, &m),
+                        // The list known stays: the executors may well be
+                        // alive while the scheduler is not.
+                        Err(e) => tracing::debug!(error = %e, "Executor list not refreshed."),
+                    }
+                }
+            }
+        });
+        Ok(Cluster {
+            client,
+            executors,
+            token,
+            scan_bytes: DEFAULT_SCAN_BYTES,
+            refresh,
+        })
+    }
+
+    /// Cuts scans into tasks of about `bytes` of Parquet each (at least 1):
+    /// smaller makes more tasks (more executors busy on small runs, more
+    /// overhead).
+    pub fn with_scan_bytes(mut self, bytes: usize) -> Self {
+        self.scan_bytes = bytes.max(1);
+        self
+    }
+
+    /// The scheduler's client.
+    pub fn scheduler(&self) -> &SchedulerClient {
+        &self.client
+    }
+
+    /// Refreshes the executor list now; the number listed.
+    pub async fn refresh(&self) -> Result<usize, ClusterError> {
+        let m = self.client.members().await?;
+        set_urls(&self.executors, &m);
+        Ok(m.len())
+    }
+
+    /// A session over the lake at `root` (tables, UDFs and rules as in
+    /// [`crate::lake::session_context`]) whose queries are cut into stages
+    /// run by the executors; the head stage runs here.
+    pub async fn session(&self, root: &LakeRoot) -> Result<SessionContext, ClusterError> {
+        let config = SessionConfig::new().with_information_schema(true);
+        let mut builder = SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(config)
+            .with_distributed_worker_resolver(self.executors.clone())
+            .with_distributed_planner()
+            .with_distributed_file_scan_config_bytes_per_partition(self.scan_bytes)?;
+        if let Some(t) = &self.token {
+            let mut headers = HeaderMap::new();
+            let value = t.0.parse().map_err(|_| {
+                ClusterError::BadAddress("the cluster token is not a valid header value".into())
+            })?;
+            headers.insert(TOKEN_HEADER, value);
+            builder = builder.with_distributed_passthrough_headers(headers)?;
+        }
+        let ctx = SessionContext::new_with_state(builder.build());
+        Ok(crate::lake::register_lake(ctx, root).await?)
+    }
+}
+
+fn set_urls(list: &ExecutorList, members: &[Member]) {
+    if let Ok(mut urls) = list.0.write() {
+        *urls = members.iter().map(|m| m.url.clone()).collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_targets_are_df_host_port() {
+        assert_eq!(
+            scheduler_url("df://10.0.0.1:7070").unwrap().as_str(),
+            "http://10.0.0.1:7070/"
+        );
+        for bad in ["http://a:1", "df://a", "df://a:1/x", "df://"] {
+            assert!(
+                matches!(scheduler_url(bad), Err(ClusterError::BadTarget(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        let t = Token::new("s3cret").unwrap();
+        assert!(t.matches(b"s3cret"));
+        assert!(!t.matches(b"s3cre"));
+        assert!(!t.matches(b"s3cretx"));
+        assert!(Token::new("").is_none());
+    }
+}
