@@ -22,11 +22,13 @@ test:
 	scripts/test.sh
 
 # Backfill rows/s against DuckDB on the same SQL, then `stockanomaly bench`,
-# then the streaming detector (scripts/bench.sh --quick and
-# scripts/bench-detect.sh --quick for smoke runs).
+# then the streaming detector, then backfill on a local cluster against one
+# process (scripts/bench.sh --quick, scripts/bench-detect.sh --quick and
+# scripts/bench-cluster.sh --quick for smoke runs).
 bench:
 	scripts/bench.sh
 	scripts/bench-detect.sh
+	scripts/bench-cluster.sh
 
 # Every decoder of outside input under libFuzzer, 10^6 runs each (nightly and
 # cargo-fuzz; see README, "Fuzzing"). `scripts/fuzz.sh --runs 10000` is short.

@@ -17,6 +17,7 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use clap::Parser;
+use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 
 /// The repository's top folder.
@@ -671,7 +672,11 @@ fn problems(doc: &Value, helps: &mut Helps) -> Vec<String> {
             .volumes
             .iter()
             .any(|(_, target)| !target.is_empty() && lake.starts_with(target.as_str()));
-        if !mounted {
+        // The cluster profile's lake is a bucket (checked below), and its
+        // scheduler reads no lake.
+        let lakeless =
+            lake.starts_with("s3://") || s.command.starts_with(&cluster_role("scheduler"));
+        if !mounted && !lakeless {
             problems.push(format!(
                 "{}: STOCKANOMALY_LAKE `{lake}` is not on a mounted volume",
                 s.name
@@ -739,6 +744,8 @@ fn problems(doc: &Value, helps: &mut Helps) -> Vec<String> {
         problems.push("kafka: not a KRaft broker+controller (KAFKA_PROCESS_ROLES)".into());
     }
 
+    cluster_problems(&services, &mut problems);
+
     // Named volumes for the servers' data; Grafana's provisioning mounted.
     let named: BTreeSet<String> = match doc.get("volumes") {
         Some(Value::Mapping(m)) => m.keys().map(scalar).collect(),
@@ -785,6 +792,396 @@ fn problems(doc: &Value, helps: &mut Helps) -> Vec<String> {
         }
     }
     problems
+}
+
+/// `["cluster", role]`, a cluster command's first words.
+fn cluster_role(role: &str) -> [String; 2] {
+    ["cluster".to_owned(), role.to_owned()]
+}
+
+/// The backfill cluster (profile `cluster`): MinIO holds the lake, the
+/// executors find the scheduler, scale, and share its token and the bucket
+/// MinIO's init creates, with MinIO's credentials.
+fn cluster_problems(services: &BTreeMap<String, Service>, problems: &mut Vec<String>) {
+    for name in ["minio", "minio-init", "scheduler", "executor"] {
+        match services.get(name) {
+            None => problems.push(format!("no `{name}` service")),
+            Some(s) if s.profiles != ["cluster"] => {
+                problems.push(format!("{name}: must run in the cluster profile only"))
+            }
+            _ => {}
+        }
+    }
+    let (Some(sch), Some(ex), Some(minio), Some(init)) = (
+        services.get("scheduler"),
+        services.get("executor"),
+        services.get("minio"),
+        services.get("minio-init"),
+    ) else {
+        return;
+    };
+    if !sch.command.starts_with(&cluster_role("scheduler"))
+        || !ex.command.starts_with(&cluster_role("executor"))
+    {
+        problems.push("scheduler/executor: not `cluster scheduler` / `cluster executor`".into());
+    }
+    let port = flag_value(&sch.command, "--listen").and_then(|a| a.rsplit_once(':'));
+    let want = port.map(|(_, p)| format!("df://scheduler:{p}"));
+    let got = flag_value(&ex.command, "--scheduler").map(str::to_owned);
+    if want.is_none() || got != want {
+        problems.push(format!(
+            "executor: --scheduler {got:?}, but the scheduler listens as {want:?}"
+        ));
+    }
+    if ex.container_name || !ex.ports.is_empty() {
+        problems.push("executor: a container_name or host port stops `--scale executor=N`".into());
+    }
+    let env = |s: &Service, k: &str| s.env.get(k).cloned().unwrap_or_default();
+    let lake = env(ex, "STOCKANOMALY_LAKE");
+    let bucket = lake
+        .strip_prefix("s3://")
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_default();
+    if bucket.is_empty() || bucket != env(init, "LAKE_BUCKET") {
+        problems.push(format!(
+            "executor: lake {lake:?} is not in the bucket minio-init creates ({:?})",
+            env(init, "LAKE_BUCKET")
+        ));
+    }
+    if env(ex, "AWS_ENDPOINT_URL") != "http://minio:9000" {
+        problems.push("executor: AWS_ENDPOINT_URL is not the minio service".into());
+    }
+    if env(ex, "AWS_ACCESS_KEY_ID") != env(minio, "MINIO_ROOT_USER")
+        || env(ex, "AWS_SECRET_ACCESS_KEY") != env(minio, "MINIO_ROOT_PASSWORD")
+    {
+        problems.push("executor: its S3 credentials are not MinIO's".into());
+    }
+    let token = env(ex, "STOCKANOMALY_CLUSTER_TOKEN");
+    if token.is_empty() || token != env(sch, "STOCKANOMALY_CLUSTER_TOKEN") {
+        problems.push("executor and scheduler: not the same cluster token".into());
+    }
+    match ex.depends_on.get("minio-init").map(String::as_str) {
+        Some("service_completed_successfully") => {}
+        other => problems.push(format!(
+            "executor: must wait for minio-init to complete, has {other:?}"
+        )),
+    }
+}
+
+/// The Kubernetes manifests (`deploy/kubernetes/*.yaml`), each document.
+fn manifests() -> Vec<(String, Value)> {
+    let dir = repo().join("deploy/kubernetes");
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v = Value::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{}: not YAML: {e}", path.display()));
+            out.push((path.display().to_string(), v));
+        }
+    }
+    out
+}
+
+/// Every problem with the Kubernetes manifests: each container of ours as
+/// a compose service (its args against the binary, its variables against
+/// the subcommand's help, with the ConfigMap's values and the secret's keys
+/// its header documents), the executors and the backfill naming the
+/// scheduler's Service at its port, executors announcing their pod IP on
+/// the port they listen on, one lake for both, and no Secret values.
+fn manifest_problems(
+    docs: &[(String, Value)],
+    secret_keys: &[String],
+    helps: &mut Helps,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let kind = |v: &Value| v.get("kind").map(scalar).unwrap_or_default();
+    let name = |v: &Value| {
+        v.get("metadata")
+            .and_then(|m| m.get("name"))
+            .map(scalar)
+            .unwrap_or_default()
+    };
+    let mut config: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for (file, d) in docs {
+        match kind(d).as_str() {
+            "ConfigMap" => {
+                if let Some(Value::Mapping(m)) = d.get("data") {
+                    let data = m.iter().map(|(k, v)| (scalar(k), scalar(v))).collect();
+                    config.insert(name(d), data);
+                }
+            }
+            "Secret" if d.get("data").is_some() || d.get("stringData").is_some() => {
+                problems.push(format!("{file}: Secret {} carries values", name(d)))
+            }
+            _ => {}
+        }
+    }
+    // Containers of ours, by workload name.
+    let mut containers: BTreeMap<String, Service> = BTreeMap::new();
+    let mut pod_ip_vars: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (_, d) in docs {
+        let spec = match kind(d).as_str() {
+            "Deployment" | "Job" => d.get("spec"),
+            "CronJob" => d
+                .get("spec")
+                .and_then(|s| s.get("jobTemplate"))
+                .and_then(|j| j.get("spec")),
+            _ => continue,
+        };
+        let Some(Value::Sequence(cs)) = spec
+            .and_then(|s| s.get("template"))
+            .and_then(|t| t.get("spec"))
+            .and_then(|s| s.get("containers"))
+        else {
+            continue;
+        };
+        for c in cs {
+            let image = c.get("image").map(scalar).unwrap_or_default();
+            if !image.starts_with("stockanomaly") {
+                continue;
+            }
+            let mut env = BTreeMap::new();
+            let mut from_pod_ip = Vec::new();
+            if let Some(Value::Sequence(vars)) = c.get("env") {
+                for v in vars {
+                    let k = v.get("name").map(scalar).unwrap_or_default();
+                    let field = v
+                        .get("valueFrom")
+                        .and_then(|f| f.get("fieldRef"))
+                        .and_then(|f| f.get("fieldPath"))
+                        .map(scalar);
+                    if field.as_deref() == Some("status.podIP") {
+                        from_pod_ip.push(k.clone());
+                    }
+                    let value = v
+                        .get("value")
+                        .map(scalar)
+                        .unwrap_or_else(|| "from-k8s".into());
+                    env.insert(k, value);
+                }
+            }
+            if let Some(Value::Sequence(froms)) = c.get("envFrom") {
+                for f in froms {
+                    if let Some(cm) = f.get("configMapRef").and_then(|r| r.get("name")) {
+                        match config.get(&scalar(cm)) {
+                            Some(data) => env.extend(data.clone()),
+                            None => {
+                                problems.push(format!("{}: no ConfigMap {}", name(d), scalar(cm)))
+                            }
+                        }
+                    }
+                    if f.get("secretRef").is_some() {
+                        for k in secret_keys {
+                            env.insert(k.clone(), "from-secret".into());
+                        }
+                    }
+                }
+            }
+            // Kubernetes expands $(VAR) in args from the container's env.
+            let mut command = strings(c.get("args"));
+            for w in &mut command {
+                for var in &from_pod_ip {
+                    *w = w.replace(&format!("$({var})"), "10.0.0.7");
+                }
+            }
+            if c.get("command").is_some() {
+                problems.push(format!("{}: overrides the image's entrypoint", name(d)));
+            }
+            let s = Service {
+                name: name(d),
+                ours: true,
+                image,
+                command,
+                env,
+                ..Service::default()
+            };
+            pod_ip_vars.insert(name(d), from_pod_ip);
+            containers.insert(name(d), s);
+        }
+    }
+    for s in containers.values() {
+        check_command(s, helps, &mut problems);
+    }
+    let by_role = |role: &str| {
+        containers.values().find(|s| {
+            s.command.starts_with(&cluster_role(role))
+                || (role == "backfill" && s.command.first().is_some_and(|w| w == "backfill"))
+        })
+    };
+    let (Some(sch), Some(ex), Some(job)) = (
+        by_role("scheduler"),
+        by_role("executor"),
+        by_role("backfill"),
+    ) else {
+        problems.push("no scheduler, executor and backfill containers".into());
+        return problems;
+    };
+    // The scheduler's Service: selects its pods, forwards to its port.
+    let listen_port = flag_value(&sch.command, "--listen")
+        .and_then(|a| a.rsplit_once(':'))
+        .map(|(_, p)| p.to_owned())
+        .unwrap_or_default();
+    let scheduler_pods = docs
+        .iter()
+        .find(|(_, d)| name(d) == sch.name)
+        .and_then(|(_, d)| {
+            d.get("spec")?
+                .get("template")?
+                .get("metadata")?
+                .get("labels")
+                .cloned()
+        });
+    let service = docs.iter().find(|(_, d)| {
+        kind(d) == "Service"
+            && d.get("spec").and_then(|s| s.get("selector")).cloned() == scheduler_pods
+    });
+    let target = match service {
+        Some((_, svc)) => {
+            let port = match svc.get("spec").and_then(|s| s.get("ports")) {
+                Some(Value::Sequence(ps)) => ps.first().cloned(),
+                _ => None,
+            };
+            let (p, t) = port.map_or((String::new(), String::new()), |p| {
+                (
+                    p.get("port").map(scalar).unwrap_or_default(),
+                    p.get("targetPort").map(scalar).unwrap_or_default(),
+                )
+            });
+            if t != listen_port {
+                problems.push(format!(
+                    "the scheduler's Service forwards to {t}, it listens on {listen_port}"
+                ));
+            }
+            format!("df://{}:{p}", name(svc))
+        }
+        None => {
+            problems.push("no Service selects the scheduler's pods".into());
+            String::new()
+        }
+    };
+    for (who, flag, s) in [
+        ("executor", "--scheduler", ex),
+        ("backfill", "--cluster", job),
+    ] {
+        let got = flag_value(&s.command, flag).unwrap_or_default();
+        if got != target {
+            problems.push(format!(
+                "{who}: {flag} {got}, the scheduler's Service is {target}"
+            ));
+        }
+    }
+    let listen = flag_value(&ex.command, "--listen")
+        .and_then(|a| a.rsplit_once(':'))
+        .map(|(_, p)| p);
+    let advertised = flag_value(&ex.command, "--advertise")
+        .and_then(|a| a.rsplit_once(':'))
+        .map(|(_, p)| p);
+    if listen.is_none() || listen != advertised {
+        problems.push(format!(
+            "executor: announces port {advertised:?}, listens on {listen:?}"
+        ));
+    }
+    if pod_ip_vars.get(&ex.name).is_none_or(Vec::is_empty) {
+        problems.push("executor: does not announce its pod IP (status.podIP)".into());
+    }
+    for var in ["STOCKANOMALY_LAKE", "STOCKANOMALY_CLUSTER_TOKEN"] {
+        if !ex.env.contains_key(var)
+            || ex.env.get(var) != job.env.get(var)
+            || !sch.env.contains_key("STOCKANOMALY_CLUSTER_TOKEN")
+        {
+            problems.push(format!(
+                "{var}: not the same for the executors, the backfill and the scheduler"
+            ));
+        }
+    }
+    if !ex
+        .env
+        .get("STOCKANOMALY_LAKE")
+        .is_some_and(|l| l.starts_with("s3://"))
+    {
+        problems.push("executor: the lake is not an s3:// root every pod reaches".into());
+    }
+    problems
+}
+
+/// The keys of the secret the manifests' header says to create
+/// (`--from-literal=KEY=...`).
+fn secret_keys(docs_text: &str) -> Vec<String> {
+    docs_text
+        .split("--from-literal=")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('=').map(|(k, _)| k.to_owned()))
+        .collect()
+}
+
+#[test]
+fn kubernetes_manifests_are_wired_to_the_binary() {
+    let docs = manifests();
+    let keys = secret_keys(&read("deploy/kubernetes/cluster.yaml"));
+    assert!(
+        keys.contains(&"STOCKANOMALY_CLUSTER_TOKEN".to_owned()),
+        "{keys:?}"
+    );
+    let mut helps = Helps::new();
+    let problems = manifest_problems(&docs, &keys, &mut helps);
+    assert!(
+        problems.is_empty(),
+        "deploy/kubernetes is miswired:\n  {}",
+        problems.join("\n  ")
+    );
+    // The checks catch what they are for.
+    let mut mutated = |from: &str, to: &str| -> Vec<String> {
+        let text = read("deploy/kubernetes/cluster.yaml").replace(from, to);
+        assert_ne!(
+            text,
+            read("deploy/kubernetes/cluster.yaml"),
+            "{from} not found"
+        );
+        let docs: Vec<(String, Value)> = serde_yaml::Deserializer::from_str(&text)
+            .map(|d| ("mutated".to_owned(), Value::deserialize(d).unwrap()))
+            .collect();
+        manifest_problems(&docs, &keys, &mut helps)
+    };
+    for (from, to, expect) in [
+        (
+            "df://stockanomaly-scheduler:7070\n",
+            "df://stockanomaly-scheduler:7071\n",
+            "--scheduler",
+        ),
+        (
+            "http://$(POD_IP):7071",
+            "http://$(POD_IP):7072",
+            "announces port",
+        ),
+        (
+            "--listen\", \"0.0.0.0:7070",
+            "--lisen\", \"0.0.0.0:7070",
+            "has no --lisen",
+        ),
+        (
+            "fieldPath: status.podIP",
+            "fieldPath: status.hostIP",
+            "pod IP",
+        ),
+        (
+            "STOCKANOMALY_LAKE: s3://lake/lake",
+            "STOCKANOMALY_LAKE: /var/lib/lake",
+            "s3://",
+        ),
+    ] {
+        let found = mutated(from, to);
+        assert!(
+            found.iter().any(|p| p.contains(expect)),
+            "{from} -> {to}: expected a problem with {expect:?}, got {found:?}"
+        );
+    }
 }
 
 #[test]
@@ -937,6 +1334,37 @@ fn wiring_checks_catch_miswiring() {
                 m.insert("detector".into(), Value::Mapping(s));
             }),
         ),
+        (
+            "but the scheduler listens as",
+            mutate(&|m| {
+                set(
+                    m,
+                    "executor",
+                    "command",
+                    cmd(&["cluster", "executor", "--scheduler", "df://scheduler:7071"]),
+                )
+            }),
+        ),
+        (
+            "not in the bucket minio-init creates",
+            mutate(&|m| {
+                let mut s = svc(m, "executor");
+                if let Some(Value::Mapping(env)) = s.get_mut("environment") {
+                    env.insert("STOCKANOMALY_LAKE".into(), "s3://other/lake".into());
+                }
+                m.insert("executor".into(), Value::Mapping(s));
+            }),
+        ),
+        (
+            "not the same cluster token",
+            mutate(&|m| {
+                let mut s = svc(m, "scheduler");
+                if let Some(Value::Mapping(env)) = s.get_mut("environment") {
+                    env.insert("STOCKANOMALY_CLUSTER_TOKEN".into(), "other".into());
+                }
+                m.insert("scheduler".into(), Value::Mapping(s));
+            }),
+        ),
     ];
     for (expect, d) in cases {
         let found = problems(&d, &mut helps);
@@ -957,6 +1385,8 @@ fn compose_refuses_to_run_without_its_env() {
         "GRAFANA_ADMIN_PASSWORD",
         "GRAFANA_PG_PASSWORD",
         "REVIEW_PG_PASSWORD",
+        "MINIO_ROOT_PASSWORD",
+        "CLUSTER_TOKEN",
     ] {
         assert!(
             env.contains_key(secret),
