@@ -9,17 +9,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, files_under, ok, queries, service_env};
+use common::{bin, files_under, free_port, ok, queries, service_env};
 
 const TOKEN: &str = "test-cluster-secret";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A scheduler and executors, killed on drop.
 struct LocalCluster {

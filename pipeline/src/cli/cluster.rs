@@ -41,7 +41,7 @@ pub struct ClusterArgs {
         hide_env_values = true,
         value_name = "SECRET"
     )]
-    pub token: Option<String>,
+    pub cluster_token: Option<String>,
 }
 
 /// The parts of a cluster.
@@ -115,7 +115,7 @@ pub struct ExecutorArgs {
 /// `lake` when it is not a local folder (an `s3://` root: credentials from
 /// the `AWS_*` variables).
 pub(crate) async fn run(lake: &str, args: ClusterArgs) -> anyhow::Result<()> {
-    let token = args.token.as_deref().and_then(Token::new);
+    let token = args.cluster_token.as_deref().and_then(Token::new);
     match args.role {
         Role::Scheduler(a) => {
             if a.executor_ttl == 0 || a.max_executors == 0 {

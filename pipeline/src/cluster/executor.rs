@@ -67,11 +67,11 @@ impl datafusion_distributed::WorkerSessionBuilder for TaskSessions {
         let (index, count) = config
             .get_extension::<DistributedTaskContext>()
             .map_or((0, 1), |t| (t.task_index, t.task_count));
-        let n = self.tasks.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::info!(task = index + 1, of = count, run = n, "Task received.");
-        let ctx_ = SessionContext::new_with_state(ctx.builder.build());
-        stockanomaly_udfs::register_all(&ctx_);
-        Ok(ctx_.state())
+        let since_start = self.tasks.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::info!(task = index + 1, of = count, since_start, "Task received.");
+        let session = SessionContext::new_with_state(ctx.builder.build());
+        stockanomaly_udfs::register_all(&session);
+        Ok(session.state())
     }
 }
 

@@ -69,6 +69,15 @@ pub fn service_env(name: &str) -> String {
     })
 }
 
+/// A loopback port free now (the usual race: free until someone binds it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Creates a bucket on the S3-compatible test server (a path-style PUT).
 pub fn create_bucket(endpoint: &str, bucket: &str) {
     use std::io::{Read, Write};
