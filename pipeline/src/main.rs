@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use stockanomaly::cli::{exit_code, run, Cli};
+use stockanomaly::cli::{error_report, exit_code, run, Cli};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         Err(err) => {
             let code = exit_code(&err);
             if code != 0 {
-                eprintln!("stockanomaly: {err:#}");
+                eprintln!("stockanomaly: {}", error_report(&err));
             }
             ExitCode::from(code)
         }

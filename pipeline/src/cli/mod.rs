@@ -171,6 +171,25 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// An error and its causes on one line, as `{:#}` prints them, without the
+/// causes a message already quotes: most of our errors put their source in
+/// their message *and* expose it as `source()`, so `{:#}` said everything
+/// twice ("backfill of D: E: E").
+pub fn error_report(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// The exit status an error deserves: 2 for usage, configuration or query
 /// mistakes, 0 for a closed output pipe, 1 for everything else.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
@@ -262,6 +281,25 @@ pub(crate) fn existing_file(p: &std::path::Path) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn error_reports_say_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("backfill of 2024-01-02: {source}")]
+        struct Quoting {
+            #[source]
+            source: std::io::Error,
+        }
+        let io = std::io::Error::other("disk full");
+        let err = anyhow::Error::new(Quoting { source: io }).context("cannot backfill");
+        assert_eq!(
+            error_report(&err),
+            "cannot backfill: backfill of 2024-01-02: disk full"
+        );
+        // A cause the message does not quote is still said.
+        let err = anyhow::Error::new(std::io::Error::other("refused")).context("the scheduler");
+        assert_eq!(error_report(&err), "the scheduler: refused");
+    }
 
     #[test]
     fn flags_are_consistent() {
