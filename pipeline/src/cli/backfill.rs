@@ -67,6 +67,11 @@ pub struct BackfillArgs {
     #[arg(long, env = "STOCKANOMALY_CLUSTER_SCAN_BYTES", default_value_t = DEFAULT_SCAN_BYTES, value_name = "BYTES")]
     pub cluster_scan_bytes: usize,
 
+    /// With --cluster: how executors compress the rows they send each
+    /// other and this process (none saves their CPU on a fast network).
+    #[arg(long, env = "STOCKANOMALY_CLUSTER_COMPRESSION", value_enum, default_value_t = Compression::Lz4, value_name = "CODEC")]
+    pub cluster_compression: Compression,
+
     /// The cluster's shared secret (sent with every task).
     #[arg(
         long,
@@ -75,6 +80,27 @@ pub struct BackfillArgs {
         value_name = "SECRET"
     )]
     pub cluster_token: Option<String>,
+}
+
+/// What a cluster's shuffles are compressed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compression {
+    /// LZ4 frames (the engine's default).
+    Lz4,
+    /// Zstandard: fewer bytes, more CPU.
+    Zstd,
+    /// None: the least CPU.
+    None,
+}
+
+impl Compression {
+    fn codec(self) -> Option<datafusion_distributed::CompressionType> {
+        match self {
+            Compression::Lz4 => Some(datafusion_distributed::CompressionType::LZ4_FRAME),
+            Compression::Zstd => Some(datafusion_distributed::CompressionType::ZSTD),
+            Compression::None => None,
+        }
+    }
 }
 
 pub(crate) async fn run(lake: &str, args: BackfillArgs) -> anyhow::Result<()> {
@@ -93,7 +119,10 @@ pub(crate) async fn run(lake: &str, args: BackfillArgs) -> anyhow::Result<()> {
             let c = Cluster::connect(target, token)
                 .await
                 .with_context(|| format!("cannot use the cluster {target}"))?;
-            Some(Arc::new(c.with_scan_bytes(args.cluster_scan_bytes)))
+            let c = c
+                .with_scan_bytes(args.cluster_scan_bytes)
+                .with_compression(args.cluster_compression.codec());
+            Some(Arc::new(c))
         }
         None => None,
     };

@@ -262,6 +262,7 @@ pub struct Cluster {
     executors: ExecutorList,
     token: Option<Token>,
     scan_bytes: usize,
+    compression: Option<datafusion_distributed::CompressionType>,
     refresh: tokio::task::JoinHandle<()>,
 }
 
@@ -318,6 +319,7 @@ impl Cluster {
             executors,
             token,
             scan_bytes: DEFAULT_SCAN_BYTES,
+            compression: Some(datafusion_distributed::CompressionType::LZ4_FRAME),
             refresh,
         })
     }
@@ -342,6 +344,17 @@ impl Cluster {
         Ok(m.len())
     }
 
+    /// Compresses the data executors send each other and the coordinator
+    /// with `compression` (`None`: not at all; the default is LZ4). On a
+    /// fast network, compressing costs more CPU than the bytes it saves.
+    pub fn with_compression(
+        mut self,
+        compression: Option<datafusion_distributed::CompressionType>,
+    ) -> Self {
+        self.compression = compression;
+        self
+    }
+
     /// A session over the lake at `root` (tables, UDFs and rules as in
     /// [`crate::lake::session_context`]) whose queries are cut into stages
     /// run by the executors; the head stage runs here.
@@ -352,7 +365,8 @@ impl Cluster {
             .with_config(config)
             .with_distributed_worker_resolver(self.executors.clone())
             .with_distributed_planner()
-            .with_distributed_file_scan_config_bytes_per_partition(self.scan_bytes)?;
+            .with_distributed_file_scan_config_bytes_per_partition(self.scan_bytes)?
+            .with_distributed_compression(self.compression)?;
         if let Some(t) = &self.token {
             let mut headers = HeaderMap::new();
             let value = t.0.parse().map_err(|_| {
