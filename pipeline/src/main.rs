@@ -22,6 +22,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a service's log goes to a file or a
+        // collector, where escape codes are noise inside every field.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     tracing::debug!(kept, "Allocator tuned to keep freed memory for reuse.");
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -212,15 +212,38 @@ fn two_executors_make_the_local_backfills_lake_byte_for_byte() {
         tasks.iter().all(|&n| n > 0),
         "an executor ran no task: {stdout}"
     );
-    // Each executor logged every task it ran at its default level.
+    // Each executor logged every task it ran at its default level, and
+    // made some of the context tables' dates: together each table's 3
+    // dates once (profiles, market, betas; the minute statistics are made
+    // by the profiles, as in one process).
     let mut logged = 0;
+    let mut made = std::collections::BTreeMap::<&str, usize>::new();
     for i in 0..2 {
         let log = std::fs::read_to_string(dir.path().join(format!("executor-{i}.log"))).unwrap();
         let n = log.matches("Task received").count();
         assert!(n > 0, "executor {i} logged no task:\n{log}");
         logged += n as u64;
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("Context table made"))
+            .collect();
+        assert!(
+            !lines.is_empty(),
+            "executor {i} made no context table:\n{log}"
+        );
+        for table in ["profiles", "market", "betas"] {
+            *made.entry(table).or_default() += lines
+                .iter()
+                .filter(|l| l.contains(&format!("table=\"{table}\"")))
+                .count();
+        }
     }
     assert_eq!(logged, tasks.iter().sum::<u64>());
+    assert_eq!(
+        made.into_iter().collect::<Vec<_>>(),
+        [("betas", 3), ("market", 3), ("profiles", 3)],
+        "context dates made on the executors"
+    );
 
     let want = files_under(Path::new(&local));
     let got = files_under(Path::new(&remote));
@@ -376,4 +399,18 @@ fn the_cluster_backfills_an_s3_lake() {
     let want = run(&local, &["sql", "--format", "csv", query]);
     assert!(want.lines().count() > 1000, "{}", want.lines().count());
     assert_eq!(run(&s3, &["sql", "--format", "csv", query]), want);
+    // The context tables, made on the executors, too.
+    for query in [
+        "SELECT * FROM market ORDER BY ts, symbol",
+        "SELECT * FROM betas ORDER BY ts, symbol",
+        "SELECT * FROM profiles ORDER BY ts, symbol, minute",
+    ] {
+        let want = run(&local, &["sql", "--format", "csv", query]);
+        assert!(want.lines().count() > 1, "{query}: {want}");
+        assert_eq!(
+            run(&s3, &["sql", "--format", "csv", query]),
+            want,
+            "{query}"
+        );
+    }
 }

@@ -16,7 +16,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::SessionState;
 use datafusion::prelude::SessionContext;
-use datafusion_distributed::{DistributedTaskContext, Worker, WorkerQueryContext};
+use datafusion_distributed::{DistributedExt, DistributedTaskContext, Worker, WorkerQueryContext};
 use url::Url;
 
 use super::{ClusterError, SchedulerClient, Token, HEARTBEAT};
@@ -69,7 +69,9 @@ impl datafusion_distributed::WorkerSessionBuilder for TaskSessions {
             .map_or((0, 1), |t| (t.task_index, t.task_count));
         let since_start = self.tasks.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::info!(task = index + 1, of = count, since_start, "Task received.");
-        let session = SessionContext::new_with_state(ctx.builder.build());
+        // Our own plan leaves (the context tables) decode with our codec.
+        let builder = ctx.builder.with_distributed_user_codec(super::ContextCodec);
+        let session = SessionContext::new_with_state(builder.build());
         stockanomaly_udfs::register_all(&session);
         Ok(session.state())
     }

@@ -31,6 +31,7 @@
 //! sends the token with every task (a gRPC header), executors refuse tasks
 //! without it, and the scheduler refuses announcements without it.
 
+mod context;
 mod executor;
 mod members;
 mod scheduler;
@@ -45,6 +46,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_distributed::{DistributedExt, SessionStateBuilderExt, WorkerResolver};
 use url::Url;
 
+pub use context::{make_context, ContextCodec, ContextExec, ContextTable};
 pub use executor::{run_executor, ExecutorOptions};
 pub use members::{Announcement, Member, Members, MembersError};
 pub use scheduler::{run_scheduler, SchedulerOptions};
@@ -366,7 +368,10 @@ impl Cluster {
             .with_distributed_worker_resolver(self.executors.clone())
             .with_distributed_planner()
             .with_distributed_file_scan_config_bytes_per_partition(self.scan_bytes)?
-            .with_distributed_compression(self.compression)?;
+            .with_distributed_compression(self.compression)?
+            .with_distributed_user_codec(ContextCodec)
+            .with_distributed_desired_task_count_handler(context::desired_tasks)
+            .with_distributed_scale_up_leaf_node_handler(context::scale_up);
         if let Some(t) = &self.token {
             let mut headers = HeaderMap::new();
             let value = t.0.parse().map_err(|_| {

@@ -44,8 +44,9 @@ pub struct BackfillOptions {
     /// Most ticks computed in one pass ([`CHUNK_TICKS`] when 0); a date is
     /// never split.
     pub chunk_ticks: u64,
-    /// Compute the features on this cluster's executors instead of in this
-    /// process (the context tables are still made here).
+    /// Make the context tables and compute the features on this cluster's
+    /// executors instead of in this process (the features' rows come back
+    /// here to be written).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
@@ -237,20 +238,25 @@ pub async fn backfill(
         }
         previous_pending = true;
     }
+    let pending: Vec<NaiveDate> = chunks.iter().flatten().copied().collect();
+    if let Some(cluster) = &options.cluster {
+        context_on_cluster(root, catalog, cluster, &pending, options.force).await?;
+    }
+    let local_context = options.cluster.is_none();
     // Each date's market sums, for the betas of the dates after it.
     let mut beta_cache = super::market::BetaCache::default();
     // The features of a date join its intraday profiles, made from the
     // dates before it (once; again with --force): made ahead, in stages of
     // their own, while this task makes the market context.
-    let mut profiles = super::ahead::profiles(
-        root,
-        chunks.iter().flatten().copied().collect(),
-        options.force,
-    );
+    let mut profiles =
+        local_context.then(|| super::ahead::profiles(root, pending.clone(), options.force));
     let mut writing: Option<PendingWrite> = None;
     for chunk in chunks {
-        for &date in &chunk {
-            let made = profiles.take(date).await?.flatten();
+        for &date in chunk.iter().filter(|_| local_context) {
+            let made = match &mut profiles {
+                Some(p) => p.take(date).await?.flatten(),
+                None => None,
+            };
             // Market context: the date's buckets over every symbol (not just
             // `--symbols`: the cross-section is the point) and the betas
             // from the dates before it.
@@ -281,7 +287,9 @@ pub async fn backfill(
     if let Some(p) = writing.take() {
         finish_write(root, &spec, p, &mut summary, progress).await?;
     }
-    profiles.finish().await?;
+    if let Some(p) = profiles {
+        p.finish().await?;
+    }
     summary.elapsed = started.elapsed();
     Ok(summary)
 }
@@ -398,13 +406,33 @@ async fn compute_run(
     let Some(cluster) = &o.cluster else {
         return compute_dates(root, catalog, date, last, o).await;
     };
+    retry_on_cluster(cluster, date, last, || {
+        compute_dates(root, catalog, date, last, o)
+    })
+    .await
+}
+
+/// Runs `attempt` (work for the dates `date..=last` on `cluster`) until it
+/// succeeds, up to [`CLUSTER_TRIES`] times: after a failure (an executor
+/// died under it), once the dead executor has left the scheduler's list,
+/// on the executors then alive. A refused token is not tried again.
+async fn retry_on_cluster<T, F, Fut>(
+    cluster: &crate::cluster::Cluster,
+    date: NaiveDate,
+    last: NaiveDate,
+    mut attempt: F,
+) -> Result<T, BackfillError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BackfillError>>,
+{
     let mut tried = 1;
     loop {
-        match compute_dates(root, catalog, date, last, o).await {
+        match attempt().await {
             Ok(b) => return Ok(b),
             Err(e) if tried < CLUSTER_TRIES && !crate::cluster::is_refusal(&e.to_string()) => {
                 tracing::warn!(%date, %last, error = %e, tried,
-                    "A run of dates failed on the cluster; trying it again on the executors alive.");
+                    "Work for a run of dates failed on the cluster; trying it again on the executors alive.");
                 tokio::time::sleep(crate::cluster::DEFAULT_TTL + crate::cluster::HEARTBEAT).await;
                 let listed = cluster
                     .refresh()
@@ -416,6 +444,67 @@ async fn compute_run(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Makes the context tables of `dates` (sorted) on the cluster's executors,
+/// one table at a time (each reads what the tables before it made), each
+/// date's rows by the single-node code and into the same files. As in a
+/// single-node backfill, the minute statistics are made again only with
+/// `force` (else profiles make those missing), and a table's dates already
+/// stored are skipped unless `force`d.
+async fn context_on_cluster(
+    root: &LakeRoot,
+    catalog: &Catalog,
+    cluster: &crate::cluster::Cluster,
+    dates: &[NaiveDate],
+    force: bool,
+) -> Result<(), BackfillError> {
+    use crate::cluster::ContextTable;
+
+    let (Some(&first), Some(&last)) = (dates.first(), dates.last()) else {
+        return Ok(());
+    };
+    let mut tables = Vec::new();
+    if force {
+        tables.push(ContextTable::MinuteStats);
+    }
+    tables.push(ContextTable::Profiles);
+    if catalog.uses_market() {
+        tables.extend([ContextTable::Market, ContextTable::Betas]);
+    }
+    for table in tables {
+        let clock = Instant::now();
+        let made = retry_on_cluster(cluster, first, last, || async move {
+            // Again at every try: a failed try leaves the dates it made stored.
+            let mut todo = Vec::with_capacity(dates.len());
+            for &d in dates {
+                if force || !table.done(root, d).await {
+                    todo.push(d);
+                }
+            }
+            let ctx = cluster
+                .session(root)
+                .await
+                .map_err(|source| BackfillError::Cluster {
+                    date: first,
+                    source,
+                })?;
+            crate::cluster::make_context(&ctx, root, table, catalog.market_sql(), &todo)
+                .await
+                .map_err(|source| BackfillError::Query {
+                    date: first,
+                    source,
+                })
+        })
+        .await?;
+        tracing::info!(
+            table = table.name(),
+            dates = made.len(),
+            secs = clock.elapsed().as_secs_f64(),
+            "Context table made on the cluster."
+        );
+    }
+    Ok(())
 }
 
 /// Computes the features of the dates `date..=last` (history from the

@@ -429,6 +429,11 @@ pub async fn write_profiles_cached(
     with_date_column(&batch, &spec, "profiles", date)
 }
 
+/// Whether the minute statistics of `date` were stored (its marker exists).
+pub async fn minute_stats_done(root: &LakeRoot, date: NaiveDate) -> bool {
+    done(root, &TableSpec::minute_stats(), date).await
+}
+
 /// Whether the profiles of `date` were stored (its marker exists).
 pub async fn profiles_done(root: &LakeRoot, date: NaiveDate) -> bool {
     done(root, &TableSpec::profiles(), date).await

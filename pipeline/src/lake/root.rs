@@ -145,6 +145,22 @@ impl LakeRoot {
         })
     }
 
+    /// The root as a URL that names the same lake from any process and
+    /// folder (`file:///abs/path`, `s3://bucket/prefix`): what crosses to
+    /// the executors of a cluster.
+    ///
+    /// ```
+    /// let root = stockanomaly::lake::LakeRoot::parse("memory://doc/url").unwrap();
+    /// assert_eq!(root.url(), "memory://doc/url");
+    /// ```
+    pub fn url(&self) -> String {
+        if self.prefix.as_ref().is_empty() {
+            self.store_url.to_string()
+        } else {
+            format!("{}{}", self.store_url, self.prefix)
+        }
+    }
+
     /// The object store holding the lake.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
