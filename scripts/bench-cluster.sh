@@ -12,8 +12,9 @@
 #   TMPDIR             where the scratch lakes go (removed at exit)
 #
 # Both backfills run with --force on copies of one simulated lake (context
-# tables and features); the feature files they write are compared byte for
-# byte, and the run fails if they differ.
+# tables and features); the context tables they write are compared byte for
+# byte and the features row for row (executors write a file per block of
+# symbols), and the run fails if they differ.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -93,7 +94,7 @@ PIDS+=($!)
 EXECUTORS=()
 for i in 1 2; do
   "$BIN" cluster executor --scheduler "df://127.0.0.1:$port" --listen "127.0.0.1:$(free_port)" \
-    2>"$SCRATCH/executor-$i.log" &
+    --lake "$SCRATCH/cluster" 2>"$SCRATCH/executor-$i.log" &
   PIDS+=($!)
   EXECUTORS+=($!)
 done
@@ -133,9 +134,18 @@ for ds in "${DATASETS[@]}"; do
   for p in "${EXECUTORS[@]}"; do after="$(LC_ALL=C awk -v a="$after" -v b="$(cpu_of "$p")" 'BEGIN { print a + b }')"; done
   exec_cpu="$(LC_ALL=C awk -v a="$after" -v b="$before" 'BEGIN { printf "%.2f", a - b }')"
   [ "$crows" = "$rows" ] || die "$name: the cluster wrote $crows rows, one process $rows"
-  diff -r "$SCRATCH/local/features" "$SCRATCH/cluster/features" >/dev/null ||
-    die "$name: the cluster's feature files differ from the local backfill's"
-  say "$name: feature files identical, byte for byte"
+  for t in minute_stats profiles market betas; do
+    diff -r "$SCRATCH/local/$t" "$SCRATCH/cluster/$t" >/dev/null ||
+      die "$name: the cluster's $t files differ from the local backfill's"
+  done
+  for lake in local cluster; do
+    "$BIN" sql --lake "$SCRATCH/$lake" --queries "$ROOT/queries" --format csv \
+      "SELECT * FROM features ORDER BY symbol, ts, seq" >"$SCRATCH/$lake.csv"
+  done
+  cmp -s "$SCRATCH/local.csv" "$SCRATCH/cluster.csv" ||
+    die "$name: the cluster's features differ from the local backfill's"
+  rm -f "$SCRATCH/local.csv" "$SCRATCH/cluster.csv"
+  say "$name: context tables identical byte for byte, features row for row"
   TABLE+="$name|$rows|$local_secs|$local_cpu|$cluster_secs|$coord_cpu|$exec_cpu"$'\n'
 done
 
@@ -151,11 +161,11 @@ BEGIN {
 }
 END {
   # A year of consolidated US trades: ~30M trades a day, 252 days. The
-  # executors scale with machines; the coordinator (rows back, sort, write)
-  # does not.
+  # executors scale with machines; the coordinator (planning, the symbols
+  # of each run, markers) does not.
   year = 30e6 * 252
   printf "\na year of consolidated US trades (%.1fG rows), at the trades row above:\n", year / 1e9
-  printf "  coordinator alone (one core, receive, sort, write): %.1f hours\n", year / last_coord / 3600
+  printf "  coordinator alone (one core: planning, symbols, markers): %.1f hours\n", year / last_coord / 3600
   n = split("4 16 64", machines, " ")
   for (i = 1; i <= n; i++) {
     m = machines[i]

@@ -1,7 +1,9 @@
 //! `backfill --cluster`: a scheduler and two executors on loopback (real
 //! processes of our binary, datafusion-distributed between them) make the
-//! same lake, byte for byte, as a local backfill of a copy of it; an
-//! executor killed mid-backfill costs a retry, not the run.
+//! same lake as a local backfill of a copy of it: the context tables byte
+//! for byte, the features row for row and bit for bit (each executor writes
+//! its block of symbols' files); an executor killed mid-backfill costs a
+//! retry, not the run.
 
 mod common;
 
@@ -177,9 +179,66 @@ fn backfill_args<'a>(lake: &'a str, q: &'a str) -> Vec<&'a str> {
     ]
 }
 
-/// Scans cut small: the test lakes are far under a task's default share,
-/// which would run every stage as one task.
-const SMALL_TASKS: [&str; 2] = ["--cluster-scan-bytes", "4096"];
+/// Every file under `lake` but the features' (which executors write per
+/// block of symbols), and the features' rows as `sql` prints them (floats
+/// so that they read back to the same bits), in key order.
+fn lake_contents(dir: &Path, lake: &str) -> (Vec<(String, Vec<u8>)>, String) {
+    let files = files_under(Path::new(lake))
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("features/"))
+        .collect();
+    let rows = ok(
+        dir,
+        &[
+            "sql",
+            "--lake",
+            lake,
+            "--queries",
+            queries().to_str().unwrap(),
+            "--format",
+            "csv",
+            "SELECT * FROM features ORDER BY symbol, ts, seq",
+        ],
+    );
+    (files, rows)
+}
+
+/// Asserts that the cluster's lake holds what the local one does.
+fn assert_same_lake(dir: &Path, local: &str, remote: &str) {
+    let (want_files, want_rows) = lake_contents(dir, local);
+    let (got_files, got_rows) = lake_contents(dir, remote);
+    assert!(want_files.iter().any(|(k, _)| k.starts_with("market/")));
+    assert!(
+        want_rows.lines().count() > 1000,
+        "{}",
+        want_rows.lines().count()
+    );
+    let names = |f: &[(String, Vec<u8>)]| f.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&got_files),
+        names(&want_files),
+        "the cluster's lake has other files"
+    );
+    for ((path, got), (_, want)) in got_files.iter().zip(&want_files) {
+        assert!(got == want, "{path} differs");
+    }
+    assert!(got_rows == want_rows, "the features differ");
+}
+
+/// Lines of an executor's log saying `what`, counted per value of `field`.
+fn logged(log: &str, what: &str, field: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for line in log.lines().filter(|l| l.contains(what)) {
+        let value = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{field}=")))
+            .unwrap_or("")
+            .trim_matches('"')
+            .to_owned();
+        *counts.entry(value).or_default() += 1;
+    }
+    counts
+}
 
 #[test]
 fn two_executors_make_the_local_backfills_lake_byte_for_byte() {
@@ -193,7 +252,6 @@ fn two_executors_make_the_local_backfills_lake_byte_for_byte() {
     let target = cluster.target();
     let mut args = backfill_args(&remote, q);
     args.extend(["--cluster", &target]);
-    args.extend(SMALL_TASKS);
     let out = bin()
         .current_dir(dir.path())
         .env("STOCKANOMALY_CLUSTER_TOKEN", TOKEN)
@@ -212,50 +270,42 @@ fn two_executors_make_the_local_backfills_lake_byte_for_byte() {
         tasks.iter().all(|&n| n > 0),
         "an executor ran no task: {stdout}"
     );
-    // Each executor logged every task it ran at its default level, and
-    // made some of the context tables' dates: together each table's 3
-    // dates once (profiles, market, betas; the minute statistics are made
-    // by the profiles, as in one process).
-    let mut logged = 0;
-    let mut made = std::collections::BTreeMap::<&str, usize>::new();
+    // Each executor logged every task it ran at its default level, made
+    // some of the context tables' dates (together each table's 3 dates
+    // once: profiles, market, betas; the minute statistics are made by the
+    // profiles, as in one process) and wrote features for each run of
+    // dates (--chunk-ticks 1: a run per date).
+    let mut tasks_logged = 0;
+    let mut made = std::collections::BTreeMap::<String, usize>::new();
     for i in 0..2 {
         let log = std::fs::read_to_string(dir.path().join(format!("executor-{i}.log"))).unwrap();
         let n = log.matches("Task received").count();
         assert!(n > 0, "executor {i} logged no task:\n{log}");
-        logged += n as u64;
-        let lines: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("Context table made"))
-            .collect();
+        tasks_logged += n as u64;
+        let tables = logged(&log, "Context table made", "table");
         assert!(
-            !lines.is_empty(),
+            !tables.is_empty(),
             "executor {i} made no context table:\n{log}"
         );
-        for table in ["profiles", "market", "betas"] {
-            *made.entry(table).or_default() += lines
-                .iter()
-                .filter(|l| l.contains(&format!("table=\"{table}\"")))
-                .count();
+        for (table, n) in tables {
+            *made.entry(table).or_default() += n;
         }
+        let runs = logged(&log, "Features written", "first");
+        assert_eq!(
+            runs.len(),
+            3,
+            "executor {i} wrote features of each date:\n{log}"
+        );
     }
-    assert_eq!(logged, tasks.iter().sum::<u64>());
+    assert_eq!(tasks_logged, tasks.iter().sum::<u64>());
     assert_eq!(
-        made.into_iter().collect::<Vec<_>>(),
+        made.iter()
+            .map(|(t, n)| (t.as_str(), *n))
+            .collect::<Vec<_>>(),
         [("betas", 3), ("market", 3), ("profiles", 3)],
         "context dates made on the executors"
     );
-
-    let want = files_under(Path::new(&local));
-    let got = files_under(Path::new(&remote));
-    assert!(want.keys().any(|k| k.starts_with("features/")));
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>(),
-        "the cluster's lake has other files"
-    );
-    for (path, bytes) in &want {
-        assert!(got[path] == *bytes, "{path} differs");
-    }
+    assert_same_lake(dir.path(), &local, &remote);
 
     // Without the token the executors refuse the tasks.
     let out = bin()
@@ -284,7 +334,6 @@ fn an_executor_killed_mid_backfill_costs_a_retry_not_the_run() {
     let target = cluster.target();
     let mut args = backfill_args(&remote, q);
     args.extend(["--cluster", &target]);
-    args.extend(SMALL_TASKS);
     let mut run = bin()
         .current_dir(dir.path())
         .env("STOCKANOMALY_CLUSTER_TOKEN", TOKEN)
@@ -310,16 +359,7 @@ fn an_executor_killed_mid_backfill_costs_a_retry_not_the_run() {
     assert!(out.status.success(), "{stderr}");
     // A run was planned on the dead executor, failed, and ran again.
     assert!(stderr.contains("trying it again"), "no retry: {stderr}");
-
-    let want = files_under(Path::new(&local));
-    let got = files_under(Path::new(&remote));
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>()
-    );
-    for (path, bytes) in &want {
-        assert!(got[path] == *bytes, "{path} differs");
-    }
+    assert_same_lake(dir.path(), &local, &remote);
 }
 
 fn files_under_or_none(dir: &Path) -> impl Iterator<Item = String> {
@@ -381,16 +421,7 @@ fn the_cluster_backfills_an_s3_lake() {
 
     let cluster = LocalCluster::start(2, &s3, &env, dir.path());
     let target = cluster.target();
-    // Uncompressed shuffles here (LZ4 in the other tests): same bits.
-    let mut args = vec![
-        "backfill",
-        "--cluster",
-        &target,
-        "--cluster-compression",
-        "none",
-    ];
-    args.extend(SMALL_TASKS);
-    let out = run(&s3, &args);
+    let out = run(&s3, &["backfill", "--cluster", &target]);
     let tasks = tasks_per_executor(&out);
     assert!(tasks.len() == 2 && tasks.iter().all(|&n| n > 0), "{out}");
     // Every feature row equals the local backfill's, bit for bit (the CSV

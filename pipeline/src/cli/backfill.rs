@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use super::output::{count, count_bar, human_bytes, peak_memory, rate};
 use super::{open_lake, UsageError};
-use crate::cluster::{Cluster, Member, Token, DEFAULT_SCAN_BYTES, HEARTBEAT};
+use crate::cluster::{Cluster, Member, Token, HEARTBEAT};
 use crate::features::{backfill, BackfillOptions, CHUNK_TICKS};
 
 /// `stockanomaly backfill`.
@@ -54,23 +54,12 @@ pub struct BackfillArgs {
     #[command(flatten)]
     pub sql: super::shared::QueriesArgs,
 
-    /// Compute the features on a cluster: the scheduler of `stockanomaly
-    /// cluster` (df://HOST:PORT). The lake root must be one every executor
-    /// reads and writes (s3://, or a folder shared at the same path); the
-    /// market context tables are still made by this process.
+    /// Make the context tables and the features on a cluster: the
+    /// scheduler of `stockanomaly cluster` (df://HOST:PORT). The lake root
+    /// must be one every executor reads and writes (s3://, or a folder
+    /// shared at the same path), named by each executor's --lake.
     #[arg(long, env = "STOCKANOMALY_CLUSTER", value_name = "df://HOST:PORT")]
     pub cluster: Option<String>,
-
-    /// With --cluster: Parquet bytes one task scans; a run of dates with
-    /// less runs its scan as one task. Smaller spreads small runs over more
-    /// executors, at more overhead.
-    #[arg(long, env = "STOCKANOMALY_CLUSTER_SCAN_BYTES", default_value_t = DEFAULT_SCAN_BYTES, value_name = "BYTES")]
-    pub cluster_scan_bytes: usize,
-
-    /// With --cluster: how executors compress the rows they send each
-    /// other and this process (none saves their CPU on a fast network).
-    #[arg(long, env = "STOCKANOMALY_CLUSTER_COMPRESSION", value_enum, default_value_t = Compression::Lz4, value_name = "CODEC")]
-    pub cluster_compression: Compression,
 
     /// The cluster's shared secret (sent with every task).
     #[arg(
@@ -80,27 +69,6 @@ pub struct BackfillArgs {
         value_name = "SECRET"
     )]
     pub cluster_token: Option<String>,
-}
-
-/// What a cluster's shuffles are compressed with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Compression {
-    /// LZ4 frames (the engine's default).
-    Lz4,
-    /// Zstandard: fewer bytes, more CPU.
-    Zstd,
-    /// None: the least CPU.
-    None,
-}
-
-impl Compression {
-    fn codec(self) -> Option<datafusion_distributed::CompressionType> {
-        match self {
-            Compression::Lz4 => Some(datafusion_distributed::CompressionType::LZ4_FRAME),
-            Compression::Zstd => Some(datafusion_distributed::CompressionType::ZSTD),
-            Compression::None => None,
-        }
-    }
 }
 
 pub(crate) async fn run(lake: &str, args: BackfillArgs) -> anyhow::Result<()> {
@@ -119,9 +87,6 @@ pub(crate) async fn run(lake: &str, args: BackfillArgs) -> anyhow::Result<()> {
             let c = Cluster::connect(target, token)
                 .await
                 .with_context(|| format!("cannot use the cluster {target}"))?;
-            let c = c
-                .with_scan_bytes(args.cluster_scan_bytes)
-                .with_compression(args.cluster_compression.codec());
             Some(Arc::new(c))
         }
         None => None,
@@ -175,9 +140,8 @@ pub(crate) async fn run(lake: &str, args: BackfillArgs) -> anyhow::Result<()> {
         }
         if !s.dates_done.is_empty() && !tasks.is_empty() && tasks.iter().all(|(_, n)| *n == 0) {
             tracing::warn!(
-                scan_bytes = args.cluster_scan_bytes,
-                "No executor ran a task: every plan was small enough to run here. \
-                 Lower --cluster-scan-bytes to spread small runs."
+                "No executor ran a task: work of a single date or symbol runs as one task, \
+                 here. Backfill more dates or symbols at once to use the cluster."
             );
         }
     }

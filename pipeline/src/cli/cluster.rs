@@ -18,14 +18,15 @@ use crate::shutdown::shutdown_signal;
 #[command(after_long_help = "\
 A cluster is one scheduler (the list of live executors) and any number of
 executors (datafusion-distributed workers with StockAnomaly's functions).
-`backfill --cluster df://SCHEDULER:PORT` plans each run of dates in its own
-process and runs the plan's stages on the executors, over a lake root every
-executor reads and writes (s3://, or a folder shared at the same path).
+`backfill --cluster df://SCHEDULER:PORT` has the executors make the context
+tables and each run of dates' features, a block of dates or symbols per
+executor, in a lake root every executor reads and writes (s3://, or a folder
+shared at the same path; each executor's --lake must name it).
 
 Examples:
   stockanomaly cluster scheduler --listen 0.0.0.0:7070
   stockanomaly cluster executor --scheduler df://10.0.0.1:7070 \\
-      --listen 0.0.0.0:7071 --advertise http://10.0.0.2:7071
+      --listen 0.0.0.0:7071 --advertise http://10.0.0.2:7071 --lake s3://lake
   stockanomaly backfill --lake s3://lake --cluster df://10.0.0.1:7070")]
 pub struct ClusterArgs {
     /// The part of the cluster to run.
@@ -106,14 +107,13 @@ pub struct ExecutorArgs {
     )]
     pub advertise: Option<Url>,
 
-    /// Partitions each task runs side by side (default: the cores).
+    /// Work partitions run at once (default: the cores).
     #[arg(long, env = "STOCKANOMALY_EXECUTOR_CONCURRENCY", value_name = "N")]
     pub concurrency: Option<usize>,
 }
 
-/// Runs a part of the cluster; an executor serves the object store of
-/// `lake` when it is not a local folder (an `s3://` root: credentials from
-/// the `AWS_*` variables).
+/// Runs a part of the cluster; an executor works on `lake` only (an
+/// `s3://` root takes its credentials from the `AWS_*` variables).
 pub(crate) async fn run(lake: &str, args: ClusterArgs) -> anyhow::Result<()> {
     let token = args.cluster_token.as_deref().and_then(Token::new);
     match args.role {
@@ -133,8 +133,7 @@ pub(crate) async fn run(lake: &str, args: ClusterArgs) -> anyhow::Result<()> {
             Ok(run_scheduler(options, shutdown_signal()).await?)
         }
         Role::Executor(a) => {
-            let root = open_lake(lake)?;
-            let lake = (root.local_path().is_none()).then_some(root);
+            let lake = open_lake(lake)?;
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let options = ExecutorOptions {
                 listen: a.listen,

@@ -13,13 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::error::DataFusionError;
-use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::SessionState;
 use datafusion::prelude::SessionContext;
 use datafusion_distributed::{DistributedExt, DistributedTaskContext, Worker, WorkerQueryContext};
 use url::Url;
 
-use super::{ClusterError, SchedulerClient, Token, HEARTBEAT};
+use super::{ClusterError, SchedulerClient, Token, WorkCodec, HEARTBEAT};
 use crate::lake::LakeRoot;
 
 /// How an executor runs.
@@ -33,11 +32,10 @@ pub struct ExecutorOptions {
     pub advertise: Option<Url>,
     /// The scheduler's address (`df://HOST:PORT`).
     pub scheduler: String,
-    /// Partitions each task runs side by side (cores used per task).
+    /// Work partitions run at once (each uses the cores as it can).
     pub concurrency: usize,
-    /// A lake root whose object store tasks may read and write (an `s3://`
-    /// root); `file://` paths need none.
-    pub lake: Option<LakeRoot>,
+    /// The lake this executor works on: work naming another is refused.
+    pub lake: LakeRoot,
     /// The shared secret tasks must carry (and the announcements).
     pub token: Option<Token>,
 }
@@ -45,7 +43,7 @@ pub struct ExecutorOptions {
 /// Builds each task's session: ours, plus the token check and a log line.
 #[derive(Clone)]
 struct TaskSessions {
-    concurrency: usize,
+    codec: WorkCodec,
     token: Option<Token>,
     tasks: Arc<AtomicU64>,
 }
@@ -63,14 +61,13 @@ impl datafusion_distributed::WorkerSessionBuilder for TaskSessions {
             }
         }
         let config = ctx.builder.config().get_or_insert_default();
-        config.options_mut().execution.target_partitions = self.concurrency.max(1);
         let (index, count) = config
             .get_extension::<DistributedTaskContext>()
             .map_or((0, 1), |t| (t.task_index, t.task_count));
         let since_start = self.tasks.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::info!(task = index + 1, of = count, since_start, "Task received.");
         // Our own plan leaves (the context tables) decode with our codec.
-        let builder = ctx.builder.with_distributed_user_codec(super::ContextCodec);
+        let builder = ctx.builder.with_distributed_user_codec(self.codec.clone());
         let session = SessionContext::new_with_state(builder.build());
         stockanomaly_udfs::register_all(&session);
         Ok(session.state())
@@ -98,17 +95,11 @@ pub async fn run_executor(
     }
     let tasks = Arc::new(AtomicU64::new(0));
     let sessions = TaskSessions {
-        concurrency: options.concurrency,
+        codec: WorkCodec::for_executor(options.lake.clone(), options.concurrency),
         token: options.token.clone(),
         tasks: Arc::clone(&tasks),
     };
-    let runtime = Arc::new(RuntimeEnv::default());
-    if let Some(root) = &options.lake {
-        if root.store_url().scheme() != "file" {
-            runtime.register_object_store(root.store_url(), Arc::clone(root.store()));
-        }
-    }
-    let worker = Worker::from_session_builder(sessions).with_runtime_env(runtime);
+    let worker = Worker::from_session_builder(sessions);
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| ClusterError::Listen {

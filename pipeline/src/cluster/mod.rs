@@ -31,10 +31,10 @@
 //! sends the token with every task (a gRPC header), executors refuse tasks
 //! without it, and the scheduler refuses announcements without it.
 
-mod context;
 mod executor;
 mod members;
 mod scheduler;
+mod work;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -46,12 +46,14 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_distributed::{DistributedExt, SessionStateBuilderExt, WorkerResolver};
 use url::Url;
 
-pub use context::{make_context, ContextCodec, ContextExec, ContextTable};
 pub use executor::{run_executor, ExecutorOptions};
 pub use members::{Announcement, Member, Members, MembersError};
 pub use scheduler::{run_scheduler, SchedulerOptions};
+pub use work::context::{make_context, ContextTable};
+pub use work::features::features_on_cluster;
+pub use work::{WorkCodec, WorkExec};
 
-use crate::lake::{LakeError, LakeRoot};
+use crate::lake::LakeError;
 
 /// How often executors announce themselves, and the coordinator refreshes
 /// its list of them.
@@ -263,17 +265,8 @@ pub struct Cluster {
     client: SchedulerClient,
     executors: ExecutorList,
     token: Option<Token>,
-    scan_bytes: usize,
-    compression: Option<datafusion_distributed::CompressionType>,
     refresh: tokio::task::JoinHandle<()>,
 }
-
-/// Parquet bytes one task scans by default: a plan over less runs as one
-/// task. datafusion-distributed's own default, 16 MiB, is a whole run of
-/// dates of ours (2M trades are about 20 MB of Parquet), which then runs in
-/// the coordinator alone; 1 MiB (about 100k ticks) gives a run tens of
-/// tasks.
-pub const DEFAULT_SCAN_BYTES: usize = 1 << 20;
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -320,18 +313,8 @@ impl Cluster {
             client,
             executors,
             token,
-            scan_bytes: DEFAULT_SCAN_BYTES,
-            compression: Some(datafusion_distributed::CompressionType::LZ4_FRAME),
             refresh,
         })
-    }
-
-    /// Cuts scans into tasks of about `bytes` of Parquet each (at least 1):
-    /// smaller makes more tasks (more executors busy on small runs, more
-    /// overhead).
-    pub fn with_scan_bytes(mut self, bytes: usize) -> Self {
-        self.scan_bytes = bytes.max(1);
-        self
     }
 
     /// The scheduler's client.
@@ -346,32 +329,19 @@ impl Cluster {
         Ok(m.len())
     }
 
-    /// Compresses the data executors send each other and the coordinator
-    /// with `compression` (`None`: not at all; the default is LZ4). On a
-    /// fast network, compressing costs more CPU than the bytes it saves.
-    pub fn with_compression(
-        mut self,
-        compression: Option<datafusion_distributed::CompressionType>,
-    ) -> Self {
-        self.compression = compression;
-        self
-    }
-
-    /// A session over the lake at `root` (tables, UDFs and rules as in
-    /// [`crate::lake::session_context`]) whose queries are cut into stages
-    /// run by the executors; the head stage runs here.
-    pub async fn session(&self, root: &LakeRoot) -> Result<SessionContext, ClusterError> {
+    /// A session whose work of ours ([`make_context`],
+    /// [`features_on_cluster`]) runs on the executors listed, a task per
+    /// executor at most; the head stage runs here.
+    pub fn session(&self) -> Result<SessionContext, ClusterError> {
         let config = SessionConfig::new().with_information_schema(true);
         let mut builder = SessionStateBuilder::new()
             .with_default_features()
             .with_config(config)
             .with_distributed_worker_resolver(self.executors.clone())
             .with_distributed_planner()
-            .with_distributed_file_scan_config_bytes_per_partition(self.scan_bytes)?
-            .with_distributed_compression(self.compression)?
-            .with_distributed_user_codec(ContextCodec)
-            .with_distributed_desired_task_count_handler(context::desired_tasks)
-            .with_distributed_scale_up_leaf_node_handler(context::scale_up);
+            .with_distributed_user_codec(WorkCodec::default())
+            .with_distributed_desired_task_count_handler(work::desired_tasks)
+            .with_distributed_scale_up_leaf_node_handler(work::scale_up);
         if let Some(t) = &self.token {
             let mut headers = HeaderMap::new();
             let value = t.0.parse().map_err(|_| {
@@ -380,8 +350,7 @@ impl Cluster {
             headers.insert(TOKEN_HEADER, value);
             builder = builder.with_distributed_passthrough_headers(headers)?;
         }
-        let ctx = SessionContext::new_with_state(builder.build());
-        Ok(crate::lake::register_lake(ctx, root).await?)
+        Ok(SessionContext::new_with_state(builder.build()))
     }
 }
 

@@ -274,7 +274,13 @@ pub async fn backfill(
             }
         }
         let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
-        let computed = compute_run(root, catalog, first, last, options).await;
+        if let Some(cluster) = &options.cluster {
+            let (rows, written) =
+                run_on_cluster(root, catalog, cluster, first, last, options).await?;
+            mark_written(root, &spec, &chunk, rows, written, &mut summary, progress).await?;
+            continue;
+        }
+        let computed = compute_dates(root, catalog, first, last, options).await;
         // The previous run's write went on meanwhile; it ends before this
         // run's starts, so at most two runs' features are held.
         if let Some(p) = writing.take() {
@@ -311,17 +317,32 @@ async fn finish_write(
     summary: &mut BackfillSummary,
     progress: &ProgressBar,
 ) -> Result<(), BackfillError> {
-    let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
     let (rows, written) = task.await.map_err(|e| BackfillError::Write {
-        date: first,
+        date: chunk[0],
         reason: e.to_string(),
     })??;
+    mark_written(root, spec, &chunk, rows, written, summary, progress).await
+}
+
+/// Removes the other files of a run's dates (what an earlier run wrote
+/// there: the run replaces them) and marks its dates done, once the run's
+/// `rows` are in the files `written`.
+async fn mark_written(
+    root: &LakeRoot,
+    spec: &TableSpec,
+    chunk: &[NaiveDate],
+    rows: u64,
+    written: Vec<Path>,
+    summary: &mut BackfillSummary,
+    progress: &ProgressBar,
+) -> Result<(), BackfillError> {
+    let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
     let kept: std::collections::HashSet<Path> = written.into_iter().collect();
-    for &date in &chunk {
+    for &date in chunk {
         remove_other_files(root, spec, date, &kept).await?;
     }
     // Markers only once every date of the run is written.
-    for date in &chunk {
+    for date in chunk {
         let marker = root.path(&format!("{}/date={date}/_SUCCESS", spec.name));
         root.store()
             .put(&marker, PutPayload::from_static(b""))
@@ -333,7 +354,7 @@ async fn finish_write(
     }
     tracing::info!(%first, %last, rows, "Features backfilled.");
     summary.rows += rows;
-    summary.dates_done.extend(&chunk);
+    summary.dates_done.extend(chunk);
     progress.inc(chunk.len() as u64);
     Ok(())
 }
@@ -393,23 +414,88 @@ fn sql_ts(us: i64) -> String {
     format!("to_timestamp_micros({us}) AT TIME ZONE 'UTC'")
 }
 
-/// [`compute_dates`], tried again on a cluster when it fails (see
-/// [`CLUSTER_TRIES`]): after a pause long enough for the scheduler to drop
-/// an executor that died.
-async fn compute_run(
+/// The features of the dates `first..=last` computed and written on the
+/// cluster's executors, each taking a block of the run's symbols (see
+/// [`crate::cluster::features_on_cluster`]), tried again when it fails (see
+/// [`CLUSTER_TRIES`]); the rows and the files written.
+async fn run_on_cluster(
     root: &LakeRoot,
     catalog: &Catalog,
-    date: NaiveDate,
+    cluster: &crate::cluster::Cluster,
+    first: NaiveDate,
     last: NaiveDate,
     o: &BackfillOptions,
-) -> Result<RecordBatch, BackfillError> {
-    let Some(cluster) = &o.cluster else {
-        return compute_dates(root, catalog, date, last, o).await;
+) -> Result<(u64, Vec<Path>), BackfillError> {
+    let q_err = |source| BackfillError::Query {
+        date: first,
+        source,
     };
-    retry_on_cluster(cluster, date, last, || {
-        compute_dates(root, catalog, date, last, o)
+    let ctx = session_context(root).await?;
+    let mut sql =
+        format!("SELECT DISTINCT symbol FROM ticks WHERE date >= '{first}' AND date <= '{last}'");
+    sql.push_str(&symbol_filter(&o.symbols));
+    let mut symbols = Vec::new();
+    for batch in ctx
+        .sql(&sql)
+        .await
+        .map_err(q_err)?
+        .collect()
+        .await
+        .map_err(q_err)?
+    {
+        let column =
+            arrow::compute::cast(batch.column(0), &DataType::Utf8).map_err(|e| q_err(e.into()))?;
+        symbols.extend(
+            column
+                .as_string::<i32>()
+                .iter()
+                .flatten()
+                .map(str::to_owned),
+        );
+    }
+    symbols.sort_unstable();
+    retry_on_cluster(cluster, first, last, || async {
+        let ctx = cluster.session().map_err(|source| BackfillError::Cluster {
+            date: first,
+            source,
+        })?;
+        crate::cluster::features_on_cluster(&ctx, root, catalog, first, last, &symbols)
+            .await
+            .map_err(q_err)
     })
     .await
+}
+
+/// ` AND symbol IN (...)` for a `--symbols` list; empty for all symbols.
+fn symbol_filter(symbols: &[String]) -> String {
+    if symbols.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = symbols
+        .iter()
+        .map(|s| format!("'{}'", s.replace('\'', "''")))
+        .collect();
+    format!(" AND symbol IN ({})", list.join(", "))
+}
+
+/// Computes and writes the features of the dates `first..=last` for
+/// `symbols` only, as a local backfill computes a run of dates (history
+/// from the lookback before `first`): what an executor does with its
+/// block of a run's symbols. Returns the rows and the files written; marks
+/// nothing done (the coordinator does, once every block is written).
+pub async fn backfill_symbols(
+    root: &LakeRoot,
+    catalog: &Catalog,
+    first: NaiveDate,
+    last: NaiveDate,
+    symbols: &[String],
+) -> Result<(u64, Vec<Path>), BackfillError> {
+    let o = BackfillOptions {
+        symbols: symbols.to_vec(),
+        ..BackfillOptions::default()
+    };
+    let features = compute_dates(root, catalog, first, last, &o).await?;
+    write_features(root.clone(), features_table(catalog), features).await
 }
 
 /// Runs `attempt` (work for the dates `date..=last` on `cluster`) until it
@@ -482,13 +568,10 @@ async fn context_on_cluster(
                     todo.push(d);
                 }
             }
-            let ctx = cluster
-                .session(root)
-                .await
-                .map_err(|source| BackfillError::Cluster {
-                    date: first,
-                    source,
-                })?;
+            let ctx = cluster.session().map_err(|source| BackfillError::Cluster {
+                date: first,
+                source,
+            })?;
             crate::cluster::make_context(&ctx, root, table, catalog.market_sql(), &todo)
                 .await
                 .map_err(|source| BackfillError::Query {
@@ -517,27 +600,12 @@ async fn compute_dates(
     o: &BackfillOptions,
 ) -> Result<RecordBatch, BackfillError> {
     let q_err = |source| BackfillError::Query { date, source };
-    let ctx = match &o.cluster {
-        Some(c) => c
-            .session(root)
-            .await
-            .map_err(|source| BackfillError::Cluster { date, source })?,
-        None => session_context(root).await?,
-    };
+    let ctx = session_context(root).await?;
     let start = day_start_us(date);
     let end = day_start_us(last) + DAY_US;
     let lookback = catalog.lookback();
     let time_start = start - i64::try_from(lookback.time.as_micros()).unwrap_or(i64::MAX / 2);
-    let symbol_filter = if o.symbols.is_empty() {
-        String::new()
-    } else {
-        let list: Vec<String> = o
-            .symbols
-            .iter()
-            .map(|s| format!("'{}'", s.replace('\'', "''")))
-            .collect();
-        format!(" AND symbol IN ({})", list.join(", "))
-    };
+    let symbol_filter = symbol_filter(&o.symbols);
     let first_date =
         |us: i64| chrono::DateTime::from_timestamp_micros(us).map_or(date, |t| t.date_naive());
     let history_start = if lookback.rows == 0 {
@@ -600,11 +668,6 @@ async fn compute_dates(
         ctx.deregister_table(name).map_err(q_err)?;
         ctx.register_table(name, rows).map_err(q_err)?;
     }
-    if o.cluster.is_some() {
-        let features = on_cluster(&ctx, catalog, start, end).await.map_err(q_err)?;
-        let keep = in_range(&features, start, end).map_err(|e| q_err(e.into()))?;
-        return arrow::compute::filter_record_batch(&features, &keep).map_err(|e| q_err(e.into()));
-    }
     // The window's ticks in key order, in memory (CHUNK_TICKS bounds them),
     // then only the rows of the dates asked for. Every file is sorted by the
     // key already, so the batches are sorted runs: merging them is much
@@ -647,43 +710,6 @@ async fn compute_dates(
         "Features computed."
     );
     Ok(features)
-}
-
-/// The features of every tick of the session's `ticks_window` view, on the
-/// cluster the session plans for: the files joined on the tick key (what
-/// [`feature_query`] writes) over the lake's Parquet files, so the scans,
-/// window sorts and joins run on the executors (shuffled by symbol and key)
-/// and the rows come back here; sorted by the key.
-///
-/// Only the rows of `[start, end)` (µs) come back. The filter is on the
-/// joined result: DataFusion pushes a filter through a window only when it
-/// is on the window's partition columns, so the windows still see the whole
-/// lookback (a single-node run trims the history to what the lookback
-/// reaches first; the extra history changes no feature of the run's rows,
-/// since every window is bounded by the lookback).
-async fn on_cluster(
-    ctx: &SessionContext,
-    catalog: &Catalog,
-    start: i64,
-    end: i64,
-) -> Result<RecordBatch, datafusion::error::DataFusionError> {
-    let window = ctx.table("ticks_window").await?.into_view();
-    ctx.deregister_table("ticks")?;
-    ctx.register_table("ticks", window)?;
-    let sql = feature_query(ctx, catalog).await?;
-    let df = ctx
-        .sql(&format!(
-            "SELECT * FROM ({sql}) run WHERE run.ts >= {} AND run.ts < {}",
-            sql_ts(start),
-            sql_ts(end)
-        ))
-        .await?;
-    let schema = Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await?;
-    let all = arrow::compute::concat_batches(&schema, &batches)?;
-    drop(batches);
-    let sorted = crate::lake::sort_by(&all, &[col::SYMBOL, col::TS, col::SEQ])?;
-    Ok(conform(&sorted, &features_table(catalog).schema)?)
 }
 
 /// Writes a run of dates' features (one batch) to the snapshot; returns

@@ -26,8 +26,8 @@ pub mod profiles;
 
 pub(crate) use backfill::conform;
 pub use backfill::{
-    backfill, feature_query, features_table, snapshot_session, training_session, BackfillError,
-    BackfillOptions, BackfillSummary, CHUNK_TICKS, ROWS_SEARCH_DAYS,
+    backfill, backfill_symbols, feature_query, features_table, snapshot_session, training_session,
+    BackfillError, BackfillOptions, BackfillSummary, CHUNK_TICKS, ROWS_SEARCH_DAYS,
 };
 pub(crate) use catalog::read_sql_folder;
 pub use catalog::{Catalog, FeatureFile, DEFAULT_QUERIES, MARKET_FILE, QUERIES_ENV};
