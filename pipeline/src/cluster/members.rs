@@ -80,6 +80,11 @@ impl Members {
         }
     }
 
+    /// How long an executor stays listed without announcing itself.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// Records `a` as heard at `now`. Expired executors are dropped first,
     /// so a full list makes room as executors die.
     pub fn announce(&mut self, a: Announcement, now: Instant) -> Result<(), MembersError> {

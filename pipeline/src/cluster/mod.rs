@@ -77,6 +77,9 @@ pub fn is_refusal(error: &str) -> bool {
 /// The header carrying the cluster token on tasks.
 const TOKEN_HEADER: &str = "x-stockanomaly-cluster-token";
 
+/// The header of the scheduler's listing carrying its time to live (ms).
+const TTL_HEADER: &str = "x-stockanomaly-executor-ttl-ms";
+
 /// Why the cluster could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -224,6 +227,12 @@ impl SchedulerClient {
 
     /// The live executors.
     pub async fn members(&self) -> Result<Vec<Member>, ClusterError> {
+        Ok(self.listing().await?.0)
+    }
+
+    /// The live executors, and how long the scheduler lists an executor it
+    /// no longer hears from (when it says).
+    pub async fn listing(&self) -> Result<(Vec<Member>, Option<Duration>), ClusterError> {
         let resp = self
             .http
             .get(self.executors_url()?)
@@ -233,8 +242,15 @@ impl SchedulerClient {
         if !resp.status().is_success() {
             return Err(self.err(resp.status()));
         }
+        let ttl = resp
+            .headers()
+            .get(TTL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis);
         let body = resp.bytes().await.map_err(|e| self.err(e))?;
-        serde_json::from_slice(&body).map_err(|e| self.err(e))
+        let members = serde_json::from_slice(&body).map_err(|e| self.err(e))?;
+        Ok((members, ttl))
     }
 }
 
@@ -265,6 +281,8 @@ pub struct Cluster {
     client: SchedulerClient,
     executors: ExecutorList,
     token: Option<Token>,
+    /// The scheduler's time to live (ms), as it last said.
+    ttl_ms: Arc<std::sync::atomic::AtomicU64>,
     refresh: tokio::task::JoinHandle<()>,
 }
 
@@ -288,20 +306,21 @@ impl Cluster {
     pub async fn connect(target: &str, token: Option<Token>) -> Result<Cluster, ClusterError> {
         let client = SchedulerClient::new(target, token.clone())?;
         let executors = ExecutorList::default();
-        let first = client.members().await?;
-        if first.is_empty() {
+        let ttl_ms = Arc::new(std::sync::atomic::AtomicU64::new(millis(DEFAULT_TTL)));
+        let first = client.listing().await?;
+        if first.0.is_empty() {
             return Err(ClusterError::NoExecutors(target.to_owned()));
         }
-        set_urls(&executors, &first);
+        set_urls(&executors, &ttl_ms, &first);
         let refresh = tokio::spawn({
-            let (client, executors) = (client.clone(), executors.clone());
+            let (client, executors, ttl_ms) = (client.clone(), executors.clone(), ttl_ms.clone());
             async move {
                 let mut beat = tokio::time::interval(HEARTBEAT);
                 beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     beat.tick().await;
-                    match client.members().await {
-                        Ok(m) => set_urls(&executors, &m),
+                    match client.listing().await {
+                        Ok(m) => set_urls(&executors, &ttl_ms, &m),
                         // The list known stays: the executors may well be
                         // alive while the scheduler is not.
                         Err(e) => tracing::debug!(error = %e, "Executor list not refreshed."),
@@ -313,6 +332,7 @@ impl Cluster {
             client,
             executors,
             token,
+            ttl_ms,
             refresh,
         })
     }
@@ -324,9 +344,17 @@ impl Cluster {
 
     /// Refreshes the executor list now; the number listed.
     pub async fn refresh(&self) -> Result<usize, ClusterError> {
-        let m = self.client.members().await?;
-        set_urls(&self.executors, &m);
-        Ok(m.len())
+        let m = self.client.listing().await?;
+        set_urls(&self.executors, &self.ttl_ms, &m);
+        Ok(m.0.len())
+    }
+
+    /// How long to wait after work failed before trying it again: until
+    /// the scheduler has dropped an executor that died (its time to live,
+    /// as it says, and one announcement more).
+    pub fn retry_pause(&self) -> Duration {
+        let ttl = self.ttl_ms.load(std::sync::atomic::Ordering::Relaxed);
+        Duration::from_millis(ttl) + HEARTBEAT
     }
 
     /// A session whose work of ours ([`make_context`],
@@ -354,10 +382,21 @@ impl Cluster {
     }
 }
 
-fn set_urls(list: &ExecutorList, members: &[Member]) {
+fn set_urls(
+    list: &ExecutorList,
+    ttl_ms: &std::sync::atomic::AtomicU64,
+    (members, ttl): &(Vec<Member>, Option<Duration>),
+) {
     if let Ok(mut urls) = list.0.write() {
         *urls = members.iter().map(|m| m.url.clone()).collect();
     }
+    if let Some(ttl) = ttl {
+        ttl_ms.store(millis(*ttl), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -376,6 +415,47 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// A coordinator waits out the scheduler's own time to live before it
+    /// retries work: the scheduler says it with its listing.
+    #[tokio::test]
+    async fn the_retry_pause_follows_the_schedulers_ttl() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listen = listener.local_addr().unwrap();
+        drop(listener);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let options = SchedulerOptions {
+            listen,
+            ttl: Duration::from_millis(7_500),
+            max_executors: 4,
+            token: None,
+        };
+        let server = tokio::spawn(run_scheduler(options, async {
+            let _ = stopped.await;
+        }));
+        let target = format!("df://{listen}");
+        let client = SchedulerClient::new(&target, None).unwrap();
+        let url = Url::parse("http://127.0.0.1:9/").unwrap();
+        let mut announced = false;
+        for _ in 0..100 {
+            if client.announce(&url, 0).await.is_ok() {
+                announced = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(announced, "the scheduler never answered");
+        let (members, ttl) = client.listing().await.unwrap();
+        assert_eq!(members.len(), 1);
+        assert_eq!(ttl, Some(Duration::from_millis(7_500)));
+        let cluster = Cluster::connect(&target, None).await.unwrap();
+        assert_eq!(
+            cluster.retry_pause(),
+            Duration::from_millis(7_500) + HEARTBEAT
+        );
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
     }
 
     #[test]

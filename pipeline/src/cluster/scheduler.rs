@@ -3,7 +3,8 @@
 //! `POST /v1/executors` (an [`Announcement`], with `Authorization: Bearer
 //! <token>` when the cluster has one) records an executor as alive;
 //! `GET /v1/executors` lists those heard from within the time to live, with
-//! their task counts. The coordinator plans each query on that list.
+//! their task counts (and the time to live, in milliseconds, in the header
+//! `x-stockanomaly-executor-ttl-ms`). The coordinator plans each query on that list.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -51,7 +52,12 @@ fn router(members: Members, token: Option<Token>) -> Router {
 
 async fn list(State(s): State<Shared>) -> Response {
     match s.members.lock() {
-        Ok(mut m) => Json(m.live(Instant::now())).into_response(),
+        Ok(mut m) => {
+            // How long a dead executor stays listed: how long a coordinator
+            // waits before it retries work on the executors then listed.
+            let ttl = m.ttl().as_millis().to_string();
+            ([(super::TTL_HEADER, ttl)], Json(m.live(Instant::now()))).into_response()
+        }
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }

@@ -519,7 +519,7 @@ where
             Err(e) if tried < CLUSTER_TRIES && !crate::cluster::is_refusal(&e.to_string()) => {
                 tracing::warn!(%date, %last, error = %e, tried,
                     "Work for a run of dates failed on the cluster; trying it again on the executors alive.");
-                tokio::time::sleep(crate::cluster::DEFAULT_TTL + crate::cluster::HEARTBEAT).await;
+                tokio::time::sleep(cluster.retry_pause()).await;
                 let listed = cluster
                     .refresh()
                     .await
