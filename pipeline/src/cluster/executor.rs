@@ -3,9 +3,9 @@
 //!
 //! The coordinator (the `backfill --cluster` process) plans in its own
 //! session and sends each task a physical plan; the worker decodes it in a
-//! session built here, so the plan's UDFs, UDAFs and window UDFs are found
-//! by name (they are registered as in every other session of ours), and the
-//! lake's object store is the one the coordinator's plan names.
+//! session built here, with our functions registered and our codec, which
+//! turns our work leaves (the `work` module) back into plans that run in
+//! this executor's lake (`--lake`) and no other.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

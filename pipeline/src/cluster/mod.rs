@@ -15,6 +15,19 @@
 //! default) and may swap join sides back; keeping our rules there means a
 //! custom scheduler build and fighting its planner.
 //!
+//! # What runs on the executors
+//!
+//! Not the engine's stages over our SQL: the first version ran the feature
+//! files joined on the tick key as stages (scans, shuffles by symbol and by
+//! key, joins), with the rows coming back to the coordinator to be sorted
+//! and written; the executors spent 2.4x the CPU of one process and the
+//! coordinator's write bounded the scale-out. Now the work is ours, as plan
+//! leaves the engine schedules (the `work` module): the context tables by
+//! block of dates, each run of dates' features by block of symbols, each
+//! block done by the single-node code and written by the executor. The
+//! engine's part is the one it does well here: plans, a task per executor,
+//! our codec and leaves, the token on every task.
+//!
 //! What datafusion-distributed does not have, we add here: it has no
 //! scheduler (the coordinator is the client's process and needs a list of
 //! workers), so [`run_scheduler`] keeps that list (executors announce

@@ -44,9 +44,9 @@ pub struct BackfillOptions {
     /// Most ticks computed in one pass ([`CHUNK_TICKS`] when 0); a date is
     /// never split.
     pub chunk_ticks: u64,
-    /// Make the context tables and compute the features on this cluster's
-    /// executors instead of in this process (the features' rows come back
-    /// here to be written).
+    /// Make the context tables and compute and write the features on this
+    /// cluster's executors instead of in this process (which marks the
+    /// dates done once every block of a run is written).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
