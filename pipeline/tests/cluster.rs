@@ -223,6 +223,10 @@ fn assert_same_lake(dir: &Path, local: &str, remote: &str) {
         assert!(got == want, "{path} differs");
     }
     assert!(got_rows == want_rows, "the features differ");
+    // Executors write into a staging folder, moved in once a run is whole
+    // and then removed, failed tries included.
+    let staging = Path::new(remote).join("_staging");
+    assert!(!staging.exists(), "{} is left", staging.display());
 }
 
 /// Lines of an executor's log saying `what`, counted per value of `field`.

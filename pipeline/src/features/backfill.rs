@@ -455,16 +455,38 @@ async fn run_on_cluster(
     }
     symbols.sort_unstable();
     retry_on_cluster(cluster, first, last, || async {
+        // Each try's blocks in a folder of their own, outside the table, so
+        // that readers never see a run half written over the files it
+        // replaces (the blocks' files are not the earlier run's).
+        let staging = format!(
+            "{STAGING}/{first}-{}-{}",
+            std::process::id(),
+            crate::tick::now_us()
+        );
         let ctx = cluster.session().map_err(|source| BackfillError::Cluster {
             date: first,
             source,
         })?;
-        crate::cluster::features_on_cluster(&ctx, root, catalog, first, last, &symbols)
-            .await
-            .map_err(q_err)
+        let ran = crate::cluster::features_on_cluster(
+            &ctx, root, catalog, first, last, &symbols, &staging,
+        )
+        .await
+        .map_err(q_err);
+        let moved = match ran {
+            Ok((rows, staged)) => move_in(root, &staging, &staged)
+                .await
+                .map(|files| (rows, files))
+                .map_err(BackfillError::from),
+            Err(e) => Err(e),
+        };
+        remove_staging(root, &staging).await;
+        moved
     })
     .await
 }
+
+/// The lake folder holding cluster runs' files until they are moved in.
+const STAGING: &str = "_staging";
 
 /// ` AND symbol IN (...)` for a `--symbols` list; empty for all symbols.
 fn symbol_filter(symbols: &[String]) -> String {
@@ -481,21 +503,81 @@ fn symbol_filter(symbols: &[String]) -> String {
 /// Computes and writes the features of the dates `first..=last` for
 /// `symbols` only, as a local backfill computes a run of dates (history
 /// from the lookback before `first`): what an executor does with its
-/// block of a run's symbols. Returns the rows and the files written; marks
-/// nothing done (the coordinator does, once every block is written).
+/// block of a run's symbols. The files go under the folder `staging` of
+/// the lake (`<staging>/features/<hash>/date=D/`), outside the table, until
+/// the coordinator moves them in once every block is written. Returns the
+/// rows and the files written; marks nothing done.
 pub async fn backfill_symbols(
     root: &LakeRoot,
     catalog: &Catalog,
     first: NaiveDate,
     last: NaiveDate,
     symbols: &[String],
+    staging: &str,
 ) -> Result<(u64, Vec<Path>), BackfillError> {
     let o = BackfillOptions {
         symbols: symbols.to_vec(),
         ..BackfillOptions::default()
     };
     let features = compute_dates(root, catalog, first, last, &o).await?;
-    write_features(root.clone(), features_table(catalog), features).await
+    let mut spec = features_table(catalog);
+    spec.name = format!("{staging}/{}", spec.name);
+    write_features(root.clone(), spec, features).await
+}
+
+/// Moves the files a cluster run wrote under `staging` into the table (the
+/// same path without the staging folder); the paths moved to.
+async fn move_in(root: &LakeRoot, staging: &str, staged: &[Path]) -> Result<Vec<Path>, LakeError> {
+    let prefix = format!("{}/", root.path(staging));
+    let mut moved = Vec::with_capacity(staged.len());
+    for from in staged {
+        let rest = from
+            .as_ref()
+            .strip_prefix(&prefix)
+            .ok_or_else(|| LakeError::Store {
+                path: from.to_string(),
+                source: object_store::Error::Generic {
+                    store: "lake",
+                    source: format!("an executor wrote outside {prefix}").into(),
+                },
+            })?;
+        let to = root.path(rest);
+        root.store()
+            .rename(from, &to)
+            .await
+            .map_err(|source| LakeError::Store {
+                path: from.to_string(),
+                source,
+            })?;
+        moved.push(to);
+    }
+    Ok(moved)
+}
+
+/// Deletes what is left under `staging` (a failed try's blocks); a
+/// failure to is logged, not raised: the staging folder is outside every
+/// table.
+async fn remove_staging(root: &LakeRoot, staging: &str) {
+    use futures::TryStreamExt;
+    let prefix = root.path(staging);
+    let listed: Result<Vec<_>, _> = root.store().list(Some(&prefix)).try_collect().await;
+    let files = match listed {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(path = %prefix, error = %e, "Cannot list a staging folder to remove it.");
+            return;
+        }
+    };
+    for f in files {
+        if let Err(e) = root.store().delete(&f.location).await {
+            tracing::warn!(path = %f.location, error = %e, "Cannot remove a staged file.");
+        }
+    }
+    // A folder's store leaves the emptied folders behind.
+    if let Some(base) = root.local_path() {
+        let _ = std::fs::remove_dir_all(base.join(staging));
+        let _ = std::fs::remove_dir(base.join(STAGING));
+    }
 }
 
 /// Runs `attempt` (work for the dates `date..=last` on `cluster`) until it

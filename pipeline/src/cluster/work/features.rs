@@ -42,6 +42,8 @@ pub(super) struct FeatureWork {
     pub(super) symbols: Vec<String>,
     /// Partitions: blocks of the symbols, run side by side.
     pub(super) partitions: usize,
+    /// The lake folder the files go to, until the coordinator moves them in.
+    pub(super) staging: String,
 }
 
 /// The schema of what feature work answers: the rows written and the
@@ -97,9 +99,10 @@ impl FeatureWork {
             let clock = std::time::Instant::now();
             let catalog = self.catalog().await?;
             let (first, last) = (date(&self.first)?, date(&self.last)?);
-            let (rows, files) = backfill_symbols(root, &catalog, first, last, symbols)
-                .await
-                .map_err(failed)?;
+            let (rows, files) =
+                backfill_symbols(root, &catalog, first, last, symbols, &self.staging)
+                    .await
+                    .map_err(failed)?;
             tracing::info!(%first, %last, symbols = symbols.len(), rows,
                 secs = clock.elapsed().as_secs_f64(), "Features written.");
             (rows, files)
@@ -113,7 +116,8 @@ impl FeatureWork {
 
 /// Computes the features of the dates `first..=last` for `symbols`
 /// (sorted) on the session's cluster, each task writing its block's files
-/// into the lake at `root`; returns the rows written and the files (lake
+/// into the lake at `root`, under the folder `staging` (see
+/// [`backfill_symbols`]); returns the rows written and the files (lake
 /// paths) holding them.
 pub async fn features_on_cluster(
     ctx: &SessionContext,
@@ -122,6 +126,7 @@ pub async fn features_on_cluster(
     first: NaiveDate,
     last: NaiveDate,
     symbols: &[String],
+    staging: &str,
 ) -> Result<(u64, Vec<object_store::path::Path>)> {
     let work = Work::Features(FeatureWork {
         root: root.url(),
@@ -140,6 +145,7 @@ pub async fn features_on_cluster(
             .config()
             .target_partitions()
             .clamp(1, symbols.len().max(1)),
+        staging: staging.to_owned(),
     });
     let mut rows = 0;
     let mut files = Vec::new();

@@ -476,6 +476,7 @@ mod tests {
             last: "2024-01-05".into(),
             symbols: vec!["A".into(), "B'C".into()],
             partitions: 2,
+            staging: "_staging/x".into(),
         }));
         let ctx = SessionContext::new();
         let converter = datafusion_proto::physical_plan::DefaultPhysicalProtoConverter {};
