@@ -64,9 +64,7 @@ pub use members::{Announcement, Member, Members, MembersError};
 pub use scheduler::{run_scheduler, SchedulerOptions};
 pub use work::context::{make_context, ContextTable};
 pub use work::features::features_on_cluster;
-pub use work::{WorkCodec, WorkExec};
-
-use crate::lake::LakeError;
+use work::WorkCodec;
 
 /// How often executors announce themselves, and the coordinator refreshes
 /// its list of them.
@@ -125,9 +123,6 @@ pub enum ClusterError {
     /// The server stopped with an error.
     #[error("serving failed: {0}")]
     Serve(String),
-    /// The coordinator's session could not be made.
-    #[error(transparent)]
-    Lake(#[from] LakeError),
     /// DataFusion refused the distributed settings.
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),

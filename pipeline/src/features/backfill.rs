@@ -276,7 +276,7 @@ pub async fn backfill(
         let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
         if let Some(cluster) = &options.cluster {
             let (rows, written) =
-                run_on_cluster(root, catalog, cluster, first, last, options).await?;
+                run_on_cluster(&lake, root, catalog, cluster, first, last, options).await?;
             mark_written(root, &spec, &chunk, rows, written, &mut summary, progress).await?;
             continue;
         }
@@ -417,8 +417,10 @@ fn sql_ts(us: i64) -> String {
 /// The features of the dates `first..=last` computed and written on the
 /// cluster's executors, each taking a block of the run's symbols (see
 /// [`crate::cluster::features_on_cluster`]), tried again when it fails (see
-/// [`CLUSTER_TRIES`]); the rows and the files written.
+/// [`CLUSTER_TRIES`]); the rows and the files written. The run's symbols
+/// are read in `lake`, the backfill's session.
 async fn run_on_cluster(
+    lake: &SessionContext,
     root: &LakeRoot,
     catalog: &Catalog,
     cluster: &crate::cluster::Cluster,
@@ -430,12 +432,11 @@ async fn run_on_cluster(
         date: first,
         source,
     };
-    let ctx = session_context(root).await?;
     let mut sql =
         format!("SELECT DISTINCT symbol FROM ticks WHERE date >= '{first}' AND date <= '{last}'");
     sql.push_str(&symbol_filter(&o.symbols));
     let mut symbols = Vec::new();
-    for batch in ctx
+    for batch in lake
         .sql(&sql)
         .await
         .map_err(q_err)?

@@ -37,16 +37,7 @@ use super::{LakeError, LakeRoot, TableSpec};
 /// ```
 pub async fn session_context(root: &LakeRoot) -> Result<SessionContext, LakeError> {
     let config = SessionConfig::new().with_information_schema(true);
-    register_lake(SessionContext::new_with_config(config), root).await
-}
-
-/// `ctx` with what [`session_context`] adds: the lake's object store, every
-/// UDF and rule, the standard tables. For sessions made otherwise (the
-/// cluster's coordinator plans in one with a distributed planner).
-pub async fn register_lake(
-    ctx: SessionContext,
-    root: &LakeRoot,
-) -> Result<SessionContext, LakeError> {
+    let ctx = SessionContext::new_with_config(config);
     if root.store_url().scheme() != "file" {
         ctx.register_object_store(root.store_url(), Arc::clone(root.store()));
     }

@@ -18,9 +18,7 @@ mod table;
 pub use appender::{
     date_string, replace_date, replace_named, AppendStats, Appender, AppenderOptions, ReplaceStats,
 };
-pub use context::{
-    register_lake, register_table, schema_session, session_context, with_date, with_partitions,
-};
+pub use context::{register_table, schema_session, session_context, with_date, with_partitions};
 pub use error::LakeError;
 pub use root::LakeRoot;
 pub use sort::sort_by;

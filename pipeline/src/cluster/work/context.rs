@@ -19,7 +19,7 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 
-use super::{column, run_work, Work};
+use super::{column, date, run_work, Work};
 use crate::features::market::{
     betas_done, market_done, write_betas_cached, write_market, BetaCache,
 };
@@ -96,9 +96,7 @@ impl ContextWork {
         let mut betas = BetaCache::default();
         let mut rows = Vec::with_capacity(dates.len());
         for text in dates {
-            let date = NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|e| {
-                DataFusionError::Internal(format!("context work names no date: {text:?}: {e}"))
-            })?;
+            let date = date(text)?;
             let clock = std::time::Instant::now();
             let made = match self.table {
                 ContextTable::MinuteStats => write_minute_stats(root, date).await.map(|()| 0),
@@ -160,9 +158,7 @@ pub async fn make_context(
         let date = column::<StringArray>(&batch, 1)?;
         let rows = column::<UInt64Array>(&batch, 2)?;
         for i in 0..batch.num_rows() {
-            let d = NaiveDate::parse_from_str(date.value(i), "%Y-%m-%d")
-                .map_err(|e| DataFusionError::Internal(format!("an executor answered {e}")))?;
-            made.push((d, rows.value(i)));
+            made.push((super::date(date.value(i))?, rows.value(i)));
         }
     }
     made.sort_unstable();

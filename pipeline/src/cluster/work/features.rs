@@ -19,7 +19,7 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 
-use super::{column, run_work, Work};
+use super::{column, date, run_work, Work};
 use crate::features::{backfill_symbols, Catalog, MARKET_FILE};
 use crate::lake::LakeRoot;
 
@@ -53,12 +53,6 @@ pub(super) fn answer_schema() -> SchemaRef {
         Field::new("rows", DataType::UInt64, false),
         Field::new("files", DataType::Utf8, false),
     ]))
-}
-
-fn date(text: &str) -> Result<NaiveDate> {
-    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|e| {
-        DataFusionError::Internal(format!("feature work names no date: {text:?}: {e}"))
-    })
 }
 
 fn failed(e: impl std::fmt::Display) -> DataFusionError {

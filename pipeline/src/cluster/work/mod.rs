@@ -312,6 +312,12 @@ async fn run_work(ctx: &SessionContext, name: &str, work: Work) -> Result<Vec<Re
     answered
 }
 
+/// A date as work names it (`YYYY-MM-DD`).
+fn date(text: &str) -> Result<chrono::NaiveDate> {
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|e| DataFusionError::Internal(format!("work names no date: {text:?}: {e}")))
+}
+
 /// Column `i` of an answer, as `T`.
 fn column<T: 'static>(batch: &RecordBatch, i: usize) -> Result<&T> {
     batch
