@@ -69,7 +69,8 @@ async fn migrate_applies_once_and_creates_the_schema() {
             "0005_offset_generation".to_owned(),
             "0006_latency_split".to_owned(),
             "0007_cases".to_owned(),
-            "0008_case_review".to_owned()
+            "0008_case_review".to_owned(),
+            "0009_alert_json_text".to_owned()
         ]
     );
     let second = migrate(&mut c).await.unwrap();
@@ -183,7 +184,8 @@ async fn concurrent_migrations_both_succeed() {
             "0005_offset_generation".to_owned(),
             "0006_latency_split".to_owned(),
             "0007_cases".to_owned(),
-            "0008_case_review".to_owned()
+            "0008_case_review".to_owned(),
+            "0009_alert_json_text".to_owned()
         ],
         "{ra:?} {rb:?}"
     );

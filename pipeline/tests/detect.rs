@@ -109,8 +109,8 @@ async fn streamed_alerts_equal_batch_scores_and_poison_is_dead_lettered() {
     // Alerts carry their evidence.
     let with_shap: i64 = client
         .query_one(
-            "SELECT count(*) FROM alerts WHERE detector = 'model' AND jsonb_array_length(top_features) = 3 \
-             AND features ? 'price_z_30m' AND source_offset IS NOT NULL",
+            "SELECT count(*) FROM alerts WHERE detector = 'model' AND json_array_length(top_features) = 3 \
+             AND features ->> 'price_z_30m' IS NOT NULL AND source_offset IS NOT NULL",
             &[],
         )
         .await

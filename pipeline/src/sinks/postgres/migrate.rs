@@ -71,6 +71,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "case_review",
         sql: include_str!("../../../migrations/0008_case_review.sql"),
     },
+    Migration {
+        version: 9,
+        name: "alert_json_text",
+        sql: include_str!("../../../migrations/0009_alert_json_text.sql"),
+    },
 ];
 
 /// A migration recorded in `schema_migrations`.

@@ -153,7 +153,7 @@ const INSERT_ALERTS: &str = "INSERT INTO alerts (model_version, detector, symbol
     threshold, reason, top_features, features, evidence_start, evidence_end, source, \
     source_partition, source_offset, delay_ticks) \
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int4[], \
-    $6::float8[], $7::float8[], $8::text[], $9::jsonb[], $10::jsonb[], $11::timestamptz[], \
+    $6::float8[], $7::float8[], $8::text[], $9::json[], $10::json[], $11::timestamptz[], \
     $12::timestamptz[], $13::text[], $14::int4[], $15::int8[], $16::int4[]) \
     ON CONFLICT (model_version, symbol, ts, seq) DO NOTHING";
 
@@ -312,8 +312,8 @@ const COPY_ALERT_TYPES: [Type; 16] = [
     Type::FLOAT8,
     Type::FLOAT8,
     Type::TEXT,
-    Type::JSONB,
-    Type::JSONB,
+    Type::JSON,
+    Type::JSON,
     Type::TIMESTAMPTZ,
     Type::TIMESTAMPTZ,
     Type::TEXT,
