@@ -281,6 +281,7 @@ async fn stream_test_day(
             stats_every: None,
             shutdown: crate::shutdown::Shutdown::never(),
             metrics: None,
+            overlap_writes: false,
         },
     )
     .await?;

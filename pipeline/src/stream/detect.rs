@@ -574,6 +574,9 @@ pub async fn detect(
             stats_every: Some(options.stats_every),
             shutdown,
             metrics: Some(metrics.clone()),
+            // The positions live in PostgreSQL, written with the alerts:
+            // the consumer's own commits only show lag.
+            overlap_writes: true,
         },
     )
     .await?;

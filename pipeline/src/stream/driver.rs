@@ -11,6 +11,18 @@
 //! committed at the source. Partitions the source lost are dropped after
 //! the batch that still carried their ticks.
 //!
+//! **Overlapped writes** ([`DriverOptions::overlap_writes`]). A write is
+//! mostly waiting (PostgreSQL's round trips and its commit: ~2 ms for a
+//! batch with few alerts, on a 1,000-tick batch's ~0.5 ms step), so with
+//! small micro-batches a detector spent as long waiting as working and fell
+//! behind its input. With the option on, batch k's output goes to the
+//! sinks in a task of its own while batch k+1 is read and processed; batch
+//! k+1's output waits for it (one write at a time, in order, so the system
+//! of record sees the same transactions in the same order). A batch that
+//! brings partitions assigned or revoked waits for the write in flight
+//! before it is processed, and so do statistics reports, a stop and the
+//! end. A tick's latency is taken when its batch's write returns.
+//!
 //! **Idleness.** The input clock is the time the source spent *waiting*
 //! for input, never processing or an outage, so a slow batch never makes a
 //! symbol look idle. With an idle exit (replays, tests), a run that has
@@ -154,6 +166,11 @@ pub struct DriverOptions {
     pub shutdown: Shutdown,
     /// Metrics to update per batch.
     pub metrics: Option<Metrics>,
+    /// Write a batch's output while the next batch is read and processed
+    /// (see [`run`]). Only for a source whose positions live in the system
+    /// of record (its own commits are advisory): its commit then trails the
+    /// write by a batch.
+    pub overlap_writes: bool,
 }
 
 /// What a run did.
@@ -194,10 +211,10 @@ const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(60);
 pub async fn run<S: Source>(
     source: &mut S,
     stage: &mut dyn Stage,
-    sinks: &mut [Box<dyn AlertSink>],
+    sinks: &mut Vec<Box<dyn AlertSink>>,
     options: &DriverOptions,
 ) -> Result<DriverSummary, DriverError> {
-    let mut summary = DriverSummary::default();
+    let mut books = Books::default();
     // Total time spent waiting for input: the stage's idle clock.
     let mut reading = Duration::ZERO;
     // Time spent waiting with nothing arriving, since the last input.
@@ -208,14 +225,12 @@ pub async fn run<S: Source>(
     let mut end_waits = 0;
     let started = Instant::now();
     let mut last_stats = Instant::now();
-    let mut window = StatsWindow::default();
-    // The whole run's latencies (windows are emptied at each report).
-    let mut run_processing = Samples::default();
-    let mut run_arrival = Samples::default();
     // Statistics rows are written: every `stats_every`, and at the end to
     // each sink.
     let reports = options.stats_every.is_some() || !sinks.is_empty();
     let mut finished = false;
+    // The write of the last batch, when it runs beside the next one.
+    let mut in_flight: Option<InFlight> = None;
 
     loop {
         let before = reading;
@@ -238,7 +253,7 @@ pub async fn run<S: Source>(
         };
         reading += waited;
         let news = stage.prepare(&batch, before, reading, &*source)?;
-        summary.messages += messages;
+        books.summary.messages += messages;
         if messages == 0 && !news {
             quiet += waited;
         } else {
@@ -249,8 +264,12 @@ pub async fn run<S: Source>(
             .as_ref()
             .map(|s| s.revoked.clone())
             .unwrap_or_default();
+        let rebalanced = batch
+            .stream
+            .as_ref()
+            .is_some_and(|s| !s.assigned.is_empty() || !s.revoked.is_empty());
         if let Some(stream) = &batch.stream {
-            summary.gaps += stream.gaps.len() as u64;
+            books.summary.gaps += stream.gaps.len() as u64;
             if let Some(m) = &options.metrics {
                 m.record_gaps(stream.gaps.len() as u64);
             }
@@ -258,96 +277,74 @@ pub async fn run<S: Source>(
                 m.set_lag(lag);
             }
         }
+        if rebalanced {
+            // Partitions changed hands: the stage may read what the last
+            // write stores (open cases), so it lands first.
+            land(&mut in_flight, source, sinks, &mut books, &*stage, options).await?;
+        }
         let batch_started = Instant::now();
-        let processed = stage.process(batch, end_of_stream).await?;
+        let mut processed = stage.process(batch, end_of_stream).await?;
         let emitted = processed.emitted;
-        let delivering = Instant::now();
-        let written = deliver(source, sinks, &processed, &mut summary).await?;
-        // Where a slow batch's time went (the statistics keep its total).
-        tracing::debug!(
-            messages,
-            emitted,
-            alerts = processed.output.alerts.len(),
-            process_ms = (delivering - batch_started).as_secs_f64() * 1e3,
-            deliver_ms = delivering.elapsed().as_secs_f64() * 1e3,
-            "batch"
-        );
-        let commit_us = crate::tick::now_us();
-        // Per-tick latencies only for someone who reads them (statistics
-        // rows, metrics): a benchmark or a replay would pay for them per tick.
-        let latencies = written.is_some() && (reports || options.metrics.is_some());
-        let since = |at: &[i64]| -> Vec<f64> {
-            if latencies {
-                at.iter().map(|&t| (commit_us - t) as f64 / 1e6).collect()
-            } else {
-                Vec::new()
-            }
-        };
-        let arrival_s = since(&processed.arrived_us);
-        let processing_s = since(&processed.ready_us);
-        run_arrival.extend(arrival_s.iter().map(|s| s * 1e3));
-        run_processing.extend(processing_s.iter().map(|s| s * 1e3));
-        if latencies && reports {
-            window.e2e_ms.extend(arrival_s.iter().map(|s| s * 1e3));
-            window
-                .processing_ms
-                .extend(processing_s.iter().map(|s| s * 1e3));
-            window.wait_ms.extend(
-                processed
-                    .ready_us
-                    .iter()
-                    .zip(&processed.arrived_us)
-                    .map(|(&r, &a)| (r - a) as f64 / 1e3),
-            );
-        }
-        let batch_s = processed
-            .had_ticks
-            .then(|| batch_started.elapsed().as_secs_f64());
-        if let Some(s) = batch_s {
-            window.batch_ms.push(s * 1e3);
-        }
-        if let Some(m) = &options.metrics {
-            let event_s = since(&processed.event_us);
-            let reasons: Vec<&str> = match written {
-                Some(_) => processed
-                    .output
-                    .dead
-                    .iter()
-                    .map(|d| d.reason.as_str())
-                    .collect(),
-                None => Vec::new(),
-            };
-            m.record(&BatchMetrics {
-                messages,
-                emitted,
-                alerts: match written {
-                    Some(_) => processed.output.alerts.len() as u64,
-                    None => 0,
-                },
-                dead_letters: &reasons,
-                batch_seconds: batch_s,
-                arrival_to_commit: &arrival_s,
-                ready_to_commit: &processing_s,
-                event_to_commit: &event_s,
-                held: stage.held() as u64,
+        let process_time = batch_started.elapsed();
+        books.count(&processed);
+        // One write at a time, in order: the previous batch's lands first.
+        land(&mut in_flight, source, sinks, &mut books, &*stage, options).await?;
+        let overlap = options.overlap_writes && processed.write;
+        if overlap {
+            let output = std::mem::take(&mut processed.output);
+            let mut taken = std::mem::take(sinks);
+            let task = tokio::spawn(async move {
+                let began = Instant::now();
+                let written = write_all(&mut taken, &output).await;
+                let committed_us = crate::tick::now_us();
+                (taken, output, written, committed_us, began.elapsed())
             });
+            in_flight = Some(InFlight {
+                task,
+                done: Done {
+                    processed,
+                    messages,
+                    process_time,
+                },
+            });
+        } else {
+            let written = deliver(source, sinks, &processed, &mut books.summary).await?;
+            let delivered = batch_started.elapsed() - process_time;
+            let done = Done {
+                processed,
+                messages,
+                process_time,
+            };
+            books.settle(
+                &done,
+                written,
+                crate::tick::now_us(),
+                delivered,
+                stage.held(),
+                options,
+                reports,
+            );
         }
         if !revoked.is_empty() {
             stage.forget(&revoked)?;
-            summary.revoked += revoked.len() as u64;
+            books.summary.revoked += revoked.len() as u64;
             tracing::info!(partitions = ?revoked, "Partitions revoked: state dropped.");
         }
         if options
             .stats_every
             .is_some_and(|every| last_stats.elapsed() >= every)
         {
-            let stats = window.take(&summary, started, options.metrics.as_ref());
+            land(&mut in_flight, source, sinks, &mut books, &*stage, options).await?;
+            let stats = books
+                .window
+                .take(&books.summary, started, options.metrics.as_ref());
             for sink in sinks.iter_mut() {
                 sink.report(&stats).await;
             }
             last_stats = Instant::now();
         }
         if options.shutdown.requested() {
+            land(&mut in_flight, source, sinks, &mut books, &*stage, options).await?;
             tracing::info!("Signal received: batch committed, leaving the group.");
             break;
         }
@@ -361,7 +358,7 @@ pub async fn run<S: Source>(
             continue;
         }
         if let Some(idle) = options.exit_when_idle {
-            let limit = if summary.messages == 0 {
+            let limit = if books.summary.messages == 0 {
                 idle.max(FIRST_MESSAGE_WAIT)
             } else {
                 idle
@@ -396,12 +393,16 @@ pub async fn run<S: Source>(
             }
         }
     }
+    land(&mut in_flight, source, sinks, &mut books, &*stage, options).await?;
     if finished {
         if let Some(last) = stage.finish().await? {
-            deliver(source, sinks, &last, &mut summary).await?;
+            books.count(&last);
+            deliver(source, sinks, &last, &mut books.summary).await?;
         }
     }
-    let stats = window.take(&summary, started, options.metrics.as_ref());
+    let stats = books
+        .window
+        .take(&books.summary, started, options.metrics.as_ref());
     for sink in sinks.iter_mut() {
         sink.report(&stats).await;
     }
@@ -409,10 +410,189 @@ pub async fn run<S: Source>(
         sink.close().await?;
     }
     let both = |q: [Option<f64>; 2]| Some([q[0]?, q[1]?]);
-    summary.processing_ms = both(run_processing.take_quantiles([0.5, 0.99]));
-    summary.arrival_ms = both(run_arrival.take_quantiles([0.5, 0.99]));
+    let mut summary = books.summary;
+    summary.processing_ms = both(books.run_processing.take_quantiles([0.5, 0.99]));
+    summary.arrival_ms = both(books.run_arrival.take_quantiles([0.5, 0.99]));
     source.close().await?;
     Ok(summary)
+}
+
+/// A batch processed, its output on its way to the sinks.
+struct Done {
+    processed: Processed,
+    /// Messages the batch read.
+    messages: u64,
+    /// Time the stage took over it.
+    process_time: Duration,
+}
+
+/// What a write task gives back: the sinks, the output, what the last
+/// sink stored, when it returned (µs since the epoch) and how long it took.
+type WriteResult = (
+    Vec<Box<dyn AlertSink>>,
+    AlertBatch,
+    Result<Written, SinkError>,
+    i64,
+    Duration,
+);
+
+/// A batch whose output is being written in a task of its own.
+struct InFlight {
+    task: tokio::task::JoinHandle<WriteResult>,
+    /// The batch, its output inside the task.
+    done: Done,
+}
+
+/// Waits for the write in flight, if any: gives the sinks back, commits
+/// its position at the source and accounts for the batch.
+async fn land<S: Source>(
+    in_flight: &mut Option<InFlight>,
+    source: &mut S,
+    sinks: &mut Vec<Box<dyn AlertSink>>,
+    books: &mut Books,
+    stage: &dyn Stage,
+    options: &DriverOptions,
+) -> Result<(), DriverError> {
+    let Some(InFlight { task, mut done }) = in_flight.take() else {
+        return Ok(());
+    };
+    let (taken, output, written, committed_us, wrote) = match patiently(source, task).await {
+        Ok(r) => r,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => return Err(DriverError::Stage(Box::new(e))),
+        },
+    };
+    *sinks = taken;
+    done.processed.output = output;
+    let last = written?;
+    books.summary.alerts += last.alerts;
+    books.summary.dead_letters += last.dead_letters;
+    books.summary.batches += 1;
+    if let Some(position) = &done.processed.commit {
+        source.commit(position).await?;
+    }
+    let reports = options.stats_every.is_some() || !sinks.is_empty();
+    books.settle(
+        &done,
+        Some(last),
+        committed_us,
+        wrote,
+        stage.held(),
+        options,
+        reports,
+    );
+    Ok(())
+}
+
+/// The run's counters and latency samples, kept as batches' writes return.
+#[derive(Debug, Default)]
+struct Books {
+    summary: DriverSummary,
+    /// Since the last statistics report.
+    window: StatsWindow,
+    /// The whole run's latencies (windows are emptied at each report).
+    run_processing: Samples,
+    run_arrival: Samples,
+}
+
+impl Books {
+    /// Counts a processed batch's ticks and alerts and its step time.
+    fn count(&mut self, processed: &Processed) {
+        self.summary.emitted += processed.emitted;
+        self.summary.raised += processed.raised;
+        if let Some(t) = processed.step_time {
+            self.summary.step_seconds.push(t.as_secs_f64());
+        }
+    }
+
+    /// Accounts for a batch whose output the sinks took (`written`, at
+    /// `commit_us`, in `delivered`) or that had nothing to write: its
+    /// latencies, batch time (its processing and its write) and metrics.
+    /// `reports`: someone reads latencies (statistics rows), so they are
+    /// measured per tick.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &mut self,
+        done: &Done,
+        written: Option<Written>,
+        commit_us: i64,
+        delivered: Duration,
+        held: usize,
+        options: &DriverOptions,
+        reports: bool,
+    ) {
+        let processed = &done.processed;
+        // Where a slow batch's time went (the statistics keep its total).
+        tracing::debug!(
+            messages = done.messages,
+            emitted = processed.emitted,
+            alerts = processed.output.alerts.len(),
+            process_ms = done.process_time.as_secs_f64() * 1e3,
+            deliver_ms = delivered.as_secs_f64() * 1e3,
+            "batch"
+        );
+        // Per-tick latencies only for someone who reads them (statistics
+        // rows, metrics): a benchmark or a replay would pay for them per tick.
+        let latencies = written.is_some() && (reports || options.metrics.is_some());
+        let since = |at: &[i64]| -> Vec<f64> {
+            if latencies {
+                at.iter().map(|&t| (commit_us - t) as f64 / 1e6).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        let arrival_s = since(&processed.arrived_us);
+        let processing_s = since(&processed.ready_us);
+        self.run_arrival.extend(arrival_s.iter().map(|s| s * 1e3));
+        self.run_processing
+            .extend(processing_s.iter().map(|s| s * 1e3));
+        if latencies && reports {
+            self.window.e2e_ms.extend(arrival_s.iter().map(|s| s * 1e3));
+            self.window
+                .processing_ms
+                .extend(processing_s.iter().map(|s| s * 1e3));
+            self.window.wait_ms.extend(
+                processed
+                    .ready_us
+                    .iter()
+                    .zip(&processed.arrived_us)
+                    .map(|(&r, &a)| (r - a) as f64 / 1e3),
+            );
+        }
+        let batch_s = processed
+            .had_ticks
+            .then(|| (done.process_time + delivered).as_secs_f64());
+        if let Some(s) = batch_s {
+            self.window.batch_ms.push(s * 1e3);
+        }
+        if let Some(m) = &options.metrics {
+            let event_s = since(&processed.event_us);
+            let reasons: Vec<&str> = match written {
+                Some(_) => processed
+                    .output
+                    .dead
+                    .iter()
+                    .map(|d| d.reason.as_str())
+                    .collect(),
+                None => Vec::new(),
+            };
+            m.record(&BatchMetrics {
+                messages: done.messages,
+                emitted: processed.emitted,
+                alerts: match written {
+                    Some(_) => processed.output.alerts.len() as u64,
+                    None => 0,
+                },
+                dead_letters: &reasons,
+                batch_seconds: batch_s,
+                arrival_to_commit: &arrival_s,
+                ready_to_commit: &processing_s,
+                event_to_commit: &event_s,
+                held: held as u64,
+            });
+        }
+    }
 }
 
 /// Hands `processed` to the sinks (in order; the last one's counts are the
@@ -424,28 +604,9 @@ async fn deliver<S: Source>(
     processed: &Processed,
     summary: &mut DriverSummary,
 ) -> Result<Option<Written>, DriverError> {
-    summary.emitted += processed.emitted;
-    summary.raised += processed.raised;
-    if let Some(t) = processed.step_time {
-        summary.step_seconds.push(t.as_secs_f64());
-    }
     let mut written = None;
     if processed.write {
-        let write = write_all(sinks, &processed.output);
-        tokio::pin!(write);
-        // A slow write (an outage being retried) must not cost the source
-        // its place: after a moment, keep it alive while waiting.
-        let patience = tokio::time::sleep(IDLE_AFTER);
-        tokio::pin!(patience);
-        let mut idling = false;
-        let last = loop {
-            tokio::select! {
-                biased;
-                r = &mut write => break r?,
-                () = &mut patience, if !idling => idling = true,
-                () = source.idle(), if idling => {}
-            }
-        };
+        let last = patiently(source, write_all(sinks, &processed.output)).await?;
         summary.alerts += last.alerts;
         summary.dead_letters += last.dead_letters;
         summary.batches += 1;
@@ -455,6 +616,23 @@ async fn deliver<S: Source>(
         source.commit(position).await?;
     }
     Ok(written)
+}
+
+/// Waits for `write`; a slow write (an outage being retried) must not cost
+/// the source its place: after a moment, keeps it alive meanwhile.
+async fn patiently<S: Source, T>(source: &mut S, write: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(write);
+    let patience = tokio::time::sleep(IDLE_AFTER);
+    tokio::pin!(patience);
+    let mut idling = false;
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut write => break r,
+            () = &mut patience, if !idling => idling = true,
+            () = source.idle(), if idling => {}
+        }
+    }
 }
 
 /// How long a write may take before the driver keeps the source alive
@@ -610,6 +788,216 @@ mod tests {
         assert_eq!(s.wait_p50_ms, None);
         assert!(w.processing_ms.is_empty());
         assert!(w.batch_ms.is_empty());
+    }
+
+    /// Every step of a run, in the order it happened.
+    type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+    fn note(log: &Log, what: String) {
+        log.lock().unwrap().push(what);
+    }
+
+    /// `batches` empty batches, then the end.
+    struct Batches {
+        left: u32,
+        log: Log,
+    }
+
+    #[async_trait::async_trait]
+    impl Source for Batches {
+        async fn next_batch(&mut self) -> Result<Option<SourceBatch>, SourceError> {
+            if self.left == 0 {
+                return Ok(None);
+            }
+            self.left -= 1;
+            Ok(Some(empty_batch()))
+        }
+
+        async fn commit(&mut self, upto: &Position) -> Result<(), SourceError> {
+            if let Position::Partitions { next, .. } = upto {
+                note(&self.log, format!("commit {}", next[&0]));
+            }
+            Ok(())
+        }
+    }
+
+    /// Numbers its batches; each has output to write, carrying its number
+    /// as an offset. Says which batch it began on `began`.
+    struct Numbering {
+        n: i64,
+        last: i64,
+        log: Log,
+        began: tokio::sync::watch::Sender<i64>,
+    }
+
+    #[async_trait::async_trait(?Send)]
+    impl Stage for Numbering {
+        fn prepare(
+            &mut self,
+            _: &SourceBatch,
+            _: Duration,
+            _: Duration,
+            _: &dyn Source,
+        ) -> Result<bool, DriverError> {
+            Ok(false)
+        }
+
+        async fn process(&mut self, _: SourceBatch, _: bool) -> Result<Processed, DriverError> {
+            if self.n == self.last {
+                // The end of the stream: nothing more.
+                return Ok(Processed::default());
+            }
+            self.n += 1;
+            let n = self.n;
+            note(&self.log, format!("process {n}"));
+            self.began.send_replace(n);
+            let mut output = AlertBatch::default();
+            output.offsets.push(crate::sinks::postgres::OffsetRow {
+                consumer_group: "g".into(),
+                topic: "t".into(),
+                partition: 0,
+                next_offset: n,
+                warmup_offset: n,
+            });
+            Ok(Processed {
+                output,
+                write: true,
+                commit: Some(Position::Partitions {
+                    topic: "t".into(),
+                    next: [(0, n)].into(),
+                }),
+                emitted: 1,
+                ..Processed::default()
+            })
+        }
+
+        fn forget(&mut self, _: &[i32]) -> Result<(), DriverError> {
+            Ok(())
+        }
+
+        fn pending(&self) -> usize {
+            0
+        }
+
+        fn held(&self) -> usize {
+            0
+        }
+    }
+
+    /// Writes a batch; with `wait_for_next`, a batch's write returns only
+    /// once the stage began the next batch (or fails after 10 s).
+    struct Gate {
+        log: Log,
+        began: tokio::sync::watch::Receiver<i64>,
+        wait_for_next: bool,
+        last: i64,
+    }
+
+    #[async_trait::async_trait]
+    impl AlertSink for Gate {
+        fn name(&self) -> String {
+            "gate".into()
+        }
+
+        async fn write(&mut self, batch: &AlertBatch) -> Result<Written, SinkError> {
+            let n = batch.offsets[0].next_offset;
+            note(&self.log, format!("write {n}"));
+            if self.wait_for_next && n < self.last {
+                let next = self.began.wait_for(|&b| b > n);
+                if tokio::time::timeout(Duration::from_secs(10), next)
+                    .await
+                    .is_err()
+                {
+                    return Err(SinkError::ShutdownDuringOutage);
+                }
+            }
+            note(&self.log, format!("wrote {n}"));
+            Ok(Written {
+                alerts: 1,
+                dead_letters: 0,
+            })
+        }
+    }
+
+    async fn run_three(overlap: bool) -> (Result<DriverSummary, DriverError>, Vec<String>) {
+        let log = Log::default();
+        let (tx, rx) = tokio::sync::watch::channel(0);
+        let mut source = Batches {
+            left: 3,
+            log: log.clone(),
+        };
+        let mut stage = Numbering {
+            n: 0,
+            last: 3,
+            log: log.clone(),
+            began: tx,
+        };
+        let mut sinks: Vec<Box<dyn AlertSink>> = vec![Box::new(Gate {
+            log: log.clone(),
+            began: rx,
+            wait_for_next: overlap,
+            last: 3,
+        })];
+        let options = DriverOptions {
+            exit_when_idle: None,
+            stats_every: None,
+            shutdown: Shutdown::never(),
+            metrics: None,
+            overlap_writes: overlap,
+        };
+        let r = run(&mut source, &mut stage, &mut sinks, &options).await;
+        let log = log.lock().unwrap().clone();
+        (r, log)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overlapped_writes_run_beside_the_next_batch_in_order() {
+        let (r, log) = run_three(true).await;
+        let summary = r.expect("each write returned once the next batch began");
+        assert_eq!(
+            (summary.batches, summary.alerts, summary.emitted),
+            (3, 3, 3)
+        );
+        // A batch's write runs while the next one is processed (it waited
+        // for that); writes, and the source's commits after them, stay in
+        // order. (When a write task starts against the next batch's
+        // processing is up to the scheduler.)
+        let at = |what: &str| log.iter().position(|l| l == what).expect(what);
+        let before = |a: String, b: String| assert!(at(&a) < at(&b), "{a} before {b}: {log:?}");
+        for n in 1..=3 {
+            before(format!("process {n}"), format!("write {n}"));
+            before(format!("write {n}"), format!("wrote {n}"));
+            before(format!("wrote {n}"), format!("commit {n}"));
+            if n < 3 {
+                let next = n + 1;
+                before(format!("process {next}"), format!("wrote {n}"));
+                before(format!("commit {n}"), format!("write {next}"));
+            }
+        }
+        assert_eq!(log.len(), 12, "{log:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_overlap_a_batch_is_written_before_the_next() {
+        let (r, log) = run_three(false).await;
+        assert_eq!(r.unwrap().batches, 3);
+        assert_eq!(
+            log,
+            [
+                "process 1",
+                "write 1",
+                "wrote 1",
+                "commit 1",
+                "process 2",
+                "write 2",
+                "wrote 2",
+                "commit 2",
+                "process 3",
+                "write 3",
+                "wrote 3",
+                "commit 3",
+            ]
+        );
     }
 
     #[test]

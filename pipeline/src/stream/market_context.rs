@@ -440,12 +440,13 @@ pub async fn market_context(
     driver::run(
         &mut source,
         &mut stage,
-        &mut [],
+        &mut Vec::new(),
         &DriverOptions {
             exit_when_idle: options.exit_when_idle,
             stats_every: None,
             shutdown,
             metrics: None,
+            overlap_writes: false,
         },
     )
     .await?;

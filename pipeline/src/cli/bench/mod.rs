@@ -325,12 +325,13 @@ async fn run_stream(
     let run = driver::run(
         &mut source,
         &mut stage,
-        &mut [],
+        &mut Vec::new(),
         &DriverOptions {
             exit_when_idle: None,
             stats_every: None,
             shutdown: crate::shutdown::Shutdown::never(),
             metrics: None,
+            overlap_writes: false,
         },
     )
     .await?;
