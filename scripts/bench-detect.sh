@@ -112,6 +112,14 @@ for lake in "$LAKE" "$WIDE_LAKE"; do
   done
 done
 
+# The same with each alert's row built as detect builds it for PostgreSQL
+# (features and explanation as JSON): the per-alert work before the
+# database, which the latency tail is made of.
+say "in process: $(basename "$LAKE"), micro-batches of 10000, alert rows built"
+out="$("$BIN" bench --stream "$LAKE" --model "$SCRATCH/model" --batch-rows 10000 --alert-rows)"
+printf '%s\n' "$out" >&2
+INPROC_LINES+=("$(basename "$LAKE") x 10000, alert rows built: $(printf '%s\n' "$out" | sed -n 's/^streaming executor: //p')")
+
 psql_url="$STOCKANOMALY_TEST_DATABASE_URL"
 db="bench_detect_$$"
 psql "$psql_url" -qc "CREATE DATABASE $db" >/dev/null

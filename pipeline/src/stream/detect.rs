@@ -177,6 +177,13 @@ impl ExecutorStage {
         }
     }
 
+    /// Builds the alert rows (`detect`'s, for PostgreSQL) or not (a
+    /// replay's default): benchmarks measure them without a database.
+    pub fn with_alert_rows(mut self, on: bool) -> Self {
+        self.alert_rows = on;
+        self
+    }
+
     /// The executor.
     pub fn executor(&self) -> &Executor {
         &self.executor

@@ -89,6 +89,12 @@ pub struct BenchArgs {
     #[arg(long, env = "STOCKANOMALY_BENCH_BATCH_ROWS", default_value_t = 10_000)]
     pub batch_rows: usize,
 
+    /// With --stream: also build each alert's row as `detect` hands it to
+    /// PostgreSQL (the tick's features and the explanation as JSON), so the
+    /// figure holds the per-alert work a detector does before its database.
+    #[arg(long, env = "STOCKANOMALY_BENCH_ALERT_ROWS")]
+    pub alert_rows: bool,
+
     /// Write the XGBoost benchmark's matrix (feature columns and `label`)
     /// to this Parquet file, with the parameters beside it as FILE.params.json.
     #[arg(long, env = "STOCKANOMALY_BENCH_EXPORT", value_name = "FILE")]
@@ -134,7 +140,13 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return consume::run(url, args.batch_rows.max(1)).await;
     }
     if let Some(lake) = &args.stream {
-        return run_stream(lake, args.model.as_deref(), args.batch_rows.max(1)).await;
+        return run_stream(
+            lake,
+            args.model.as_deref(),
+            args.batch_rows.max(1),
+            args.alert_rows,
+        )
+        .await;
     }
     let tmp;
     let dir = match &args.dir {
@@ -272,11 +284,13 @@ fn for_csv(ticks: &RecordBatch) -> anyhow::Result<RecordBatch> {
 
 /// The streaming executor's own throughput, no broker or database: the
 /// lake's ticks in arrival order through [`Executor`](crate::stream::Executor)
-/// in micro-batches, then a final flush.
+/// in micro-batches, then a final flush; with `alert_rows`, each alert's
+/// row built as `detect` builds it.
 async fn run_stream(
     lake: &str,
     model: Option<&std::path::Path>,
     batch_rows: usize,
+    alert_rows: bool,
 ) -> anyhow::Result<()> {
     use crate::sources::replay::BatchReplay;
     use crate::stream::{
@@ -311,17 +325,18 @@ async fn run_stream(
     let ticks = ticks_in_arrival_order(&root, parse(&first)?, parse(&last)?).await?;
     let total = ticks.num_rows();
     println!(
-        "streaming benchmark: {} ticks of {first}..{last}, micro-batches of {}, {}",
+        "streaming benchmark: {} ticks of {first}..{last}, micro-batches of {}, {}{}",
         count(total as u64),
         count(batch_rows as u64),
-        labels.join(", ")
+        labels.join(", "),
+        if alert_rows { ", alert rows built" } else { "" }
     );
     let bar = super::output::count_bar(total as u64, "stream ticks");
     let started = Instant::now();
     // The streaming driver over an in-process replay: a replay has no idle
     // time, so groups close by later ticks and at the end (see the demo).
     let mut source = BatchReplay::new(ticks, batch_rows).with_progress(bar.clone());
-    let mut stage = ExecutorStage::replay(ex);
+    let mut stage = ExecutorStage::replay(ex).with_alert_rows(alert_rows);
     let run = driver::run(
         &mut source,
         &mut stage,
