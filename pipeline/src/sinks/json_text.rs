@@ -30,8 +30,9 @@ impl JsonText {
 
     /// Text serde_json wrote (serialising a value, or numbers and escaped
     /// strings through its writer): the caller vouches it is one JSON
-    /// document, so it is not parsed again here. PostgreSQL still parses it
-    /// (`jsonb`), so a broken one fails its transaction, never stores.
+    /// document, so it is not parsed again here. PostgreSQL still checks it
+    /// (`json` and `jsonb` input both parse the text), so a broken one fails
+    /// its transaction, never stores.
     pub(crate) fn written(text: String) -> Self {
         JsonText(text)
     }
