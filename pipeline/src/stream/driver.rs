@@ -20,8 +20,10 @@
 //! k+1's output waits for it (one write at a time, in order, so the system
 //! of record sees the same transactions in the same order). A batch that
 //! brings partitions assigned or revoked waits for the write in flight
-//! before it is processed, and so do statistics reports, a stop and the
-//! end. A tick's latency is taken when its batch's write returns.
+//! before it is processed, and so do statistics reports, a stop, the end
+//! and an error (the run returns it once the write in flight has landed,
+//! with the sinks back from its task). A tick's latency is taken when its
+//! batch's write returns.
 //!
 //! **Idleness.** The input clock is the time the source spent *waiting*
 //! for input, never processing or an outage, so a slow batch never makes a
@@ -215,6 +217,69 @@ pub async fn run<S: Source>(
     options: &DriverOptions,
 ) -> Result<DriverSummary, DriverError> {
     let mut books = Books::default();
+    let started = Instant::now();
+    // The write of the last batch, when it runs beside the next one.
+    let mut in_flight: Option<InFlight> = None;
+    let finished = match drive(
+        source,
+        stage,
+        sinks,
+        options,
+        &mut books,
+        &mut in_flight,
+        started,
+    )
+    .await
+    {
+        Ok(finished) => finished,
+        Err(e) => {
+            // A write still in flight is awaited before the error goes up:
+            // left running, the task would outlive the run with the sinks
+            // (and their connections) inside it, and its own outcome would
+            // go unseen.
+            if let Err(w) = land(&mut in_flight, source, sinks, &mut books, &*stage, options).await
+            {
+                tracing::warn!(error = %w, "The write in flight failed as well.");
+            }
+            return Err(e);
+        }
+    };
+    land(&mut in_flight, source, sinks, &mut books, &*stage, options).await?;
+    if finished {
+        if let Some(last) = stage.finish().await? {
+            books.count(&last);
+            deliver(source, sinks, &last, &mut books.summary).await?;
+        }
+    }
+    let stats = books
+        .window
+        .take(&books.summary, started, options.metrics.as_ref());
+    for sink in sinks.iter_mut() {
+        sink.report(&stats).await;
+    }
+    for sink in sinks.iter_mut() {
+        sink.close().await?;
+    }
+    let both = |q: [Option<f64>; 2]| Some([q[0]?, q[1]?]);
+    let mut summary = books.summary;
+    summary.processing_ms = both(books.run_processing.take_quantiles([0.5, 0.99]));
+    summary.arrival_ms = both(books.run_arrival.take_quantiles([0.5, 0.99]));
+    source.close().await?;
+    Ok(summary)
+}
+
+/// The loop of [`run`]: batches until a signal, the idle exit or the end;
+/// returns whether the stage finished (rather than stopped). The write of
+/// the last batch may still be in flight (`in_flight`) when it returns.
+async fn drive<S: Source>(
+    source: &mut S,
+    stage: &mut dyn Stage,
+    sinks: &mut Vec<Box<dyn AlertSink>>,
+    options: &DriverOptions,
+    books: &mut Books,
+    in_flight: &mut Option<InFlight>,
+    started: Instant,
+) -> Result<bool, DriverError> {
     // Total time spent waiting for input: the stage's idle clock.
     let mut reading = Duration::ZERO;
     // Time spent waiting with nothing arriving, since the last input.
@@ -223,14 +288,11 @@ pub async fn run<S: Source>(
     let mut input_ended = false;
     // Extra quiet periods waited at the end for input from elsewhere.
     let mut end_waits = 0;
-    let started = Instant::now();
     let mut last_stats = Instant::now();
     // Statistics rows are written: every `stats_every`, and at the end to
     // each sink.
     let reports = options.stats_every.is_some() || !sinks.is_empty();
     let mut finished = false;
-    // The write of the last batch, when it runs beside the next one.
-    let mut in_flight: Option<InFlight> = None;
 
     loop {
         let before = reading;
@@ -280,7 +342,7 @@ pub async fn run<S: Source>(
         if rebalanced {
             // Partitions changed hands: the stage may read what the last
             // write stores (open cases), so it lands first.
-            land(&mut in_flight, source, sinks, &mut books, &*stage, options).await?;
+            land(in_flight, source, sinks, books, &*stage, options).await?;
         }
         let batch_started = Instant::now();
         let mut processed = stage.process(batch, end_of_stream).await?;
@@ -288,7 +350,7 @@ pub async fn run<S: Source>(
         let process_time = batch_started.elapsed();
         books.count(&processed);
         // One write at a time, in order: the previous batch's lands first.
-        land(&mut in_flight, source, sinks, &mut books, &*stage, options).await?;
+        land(in_flight, source, sinks, books, &*stage, options).await?;
         let overlap = options.overlap_writes && processed.write;
         if overlap {
             let output = std::mem::take(&mut processed.output);
@@ -299,7 +361,7 @@ pub async fn run<S: Source>(
                 let committed_us = crate::tick::now_us();
                 (taken, output, written, committed_us, began.elapsed())
             });
-            in_flight = Some(InFlight {
+            *in_flight = Some(InFlight {
                 task,
                 done: Done {
                     processed,
@@ -334,7 +396,7 @@ pub async fn run<S: Source>(
             .stats_every
             .is_some_and(|every| last_stats.elapsed() >= every)
         {
-            land(&mut in_flight, source, sinks, &mut books, &*stage, options).await?;
+            land(in_flight, source, sinks, books, &*stage, options).await?;
             let stats = books
                 .window
                 .take(&books.summary, started, options.metrics.as_ref());
@@ -344,7 +406,7 @@ pub async fn run<S: Source>(
             last_stats = Instant::now();
         }
         if options.shutdown.requested() {
-            land(&mut in_flight, source, sinks, &mut books, &*stage, options).await?;
+            land(in_flight, source, sinks, books, &*stage, options).await?;
             tracing::info!("Signal received: batch committed, leaving the group.");
             break;
         }
@@ -393,28 +455,7 @@ pub async fn run<S: Source>(
             }
         }
     }
-    land(&mut in_flight, source, sinks, &mut books, &*stage, options).await?;
-    if finished {
-        if let Some(last) = stage.finish().await? {
-            books.count(&last);
-            deliver(source, sinks, &last, &mut books.summary).await?;
-        }
-    }
-    let stats = books
-        .window
-        .take(&books.summary, started, options.metrics.as_ref());
-    for sink in sinks.iter_mut() {
-        sink.report(&stats).await;
-    }
-    for sink in sinks.iter_mut() {
-        sink.close().await?;
-    }
-    let both = |q: [Option<f64>; 2]| Some([q[0]?, q[1]?]);
-    let mut summary = books.summary;
-    summary.processing_ms = both(books.run_processing.take_quantiles([0.5, 0.99]));
-    summary.arrival_ms = both(books.run_arrival.take_quantiles([0.5, 0.99]));
-    source.close().await?;
-    Ok(summary)
+    Ok(finished)
 }
 
 /// A batch processed, its output on its way to the sinks.
@@ -828,6 +869,8 @@ mod tests {
         last: i64,
         log: Log,
         began: tokio::sync::watch::Sender<i64>,
+        /// The batch whose processing fails (0: none).
+        fail_at: i64,
     }
 
     #[async_trait::async_trait(?Send)]
@@ -849,6 +892,10 @@ mod tests {
             }
             self.n += 1;
             let n = self.n;
+            if n == self.fail_at {
+                note(&self.log, format!("fail {n}"));
+                return Err(DriverError::Stage(format!("batch {n} failed").into()));
+            }
             note(&self.log, format!("process {n}"));
             self.began.send_replace(n);
             let mut output = AlertBatch::default();
@@ -931,6 +978,7 @@ mod tests {
             last: 3,
             log: log.clone(),
             began: tx,
+            fail_at: 0,
         };
         let mut sinks: Vec<Box<dyn AlertSink>> = vec![Box::new(Gate {
             log: log.clone(),
@@ -998,6 +1046,61 @@ mod tests {
                 "commit 3",
             ]
         );
+    }
+
+    /// Writes a batch slowly.
+    struct Slow {
+        log: Log,
+    }
+
+    #[async_trait::async_trait]
+    impl AlertSink for Slow {
+        fn name(&self) -> String {
+            "slow".into()
+        }
+
+        async fn write(&mut self, batch: &AlertBatch) -> Result<Written, SinkError> {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            note(&self.log, format!("wrote {}", batch.offsets[0].next_offset));
+            Ok(Written {
+                alerts: 1,
+                dead_letters: 0,
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_batch_waits_for_the_write_in_flight() {
+        let log = Log::default();
+        let (tx, _rx) = tokio::sync::watch::channel(0);
+        let mut source = Batches {
+            left: 3,
+            log: log.clone(),
+        };
+        let mut stage = Numbering {
+            n: 0,
+            last: 3,
+            log: log.clone(),
+            began: tx,
+            fail_at: 2,
+        };
+        let mut sinks: Vec<Box<dyn AlertSink>> = vec![Box::new(Slow { log: log.clone() })];
+        let options = DriverOptions {
+            exit_when_idle: None,
+            stats_every: None,
+            shutdown: Shutdown::never(),
+            metrics: None,
+            overlap_writes: true,
+        };
+        let r = run(&mut source, &mut stage, &mut sinks, &options).await;
+        let err = r.expect_err("batch 2 fails");
+        assert_eq!(err.to_string(), "batch 2 failed");
+        // Batch 1's write (300 ms) ran beside batch 2; the run returned the
+        // error only once it had landed and its position was committed, with
+        // the sinks back in the caller's hands.
+        let log = log.lock().unwrap().clone();
+        assert_eq!(log, ["process 1", "fail 2", "wrote 1", "commit 1"]);
+        assert_eq!(sinks.len(), 1, "the sinks came back from the write task");
     }
 
     #[test]
