@@ -50,9 +50,12 @@ pub struct NativeBuckets {
     profiles: Option<(BatchIds, Option<Profiles>)>,
 }
 
-/// Which batches an index was made of (their buffers' addresses and
-/// lengths): the same batches again need no new index.
-type BatchIds = Vec<(usize, usize)>;
+/// The batches an index was made of, kept: the same batches again need no
+/// new index. Kept alive so that their buffers are not freed meanwhile: an
+/// address alone was the identity before, and a new day's profiles, as
+/// long as the last day's and allocated where they had been, were taken for
+/// them (stale `rel_volume` for a whole day; a random test caught it).
+type BatchIds = Vec<RecordBatch>;
 
 /// A symbol's exchange and the zone of its clock (`Err`: the name the
 /// `symbols` table gives, which is no zone).
@@ -61,21 +64,19 @@ type Zone = (String, Result<chrono_tz::Tz, String>);
 /// Median volume per symbol, then per (day, minute).
 type Profiles = HashMap<String, HashMap<(i64, i32), Option<f64>>>;
 
-/// What identifies a set of batches cheaply between calls: rows and the
-/// address of each first column's data.
-fn identity(batches: &[RecordBatch]) -> Vec<(usize, usize)> {
-    batches
-        .iter()
-        .map(|b| {
-            let addr = b.columns().first().map_or(0, |c| {
-                c.to_data()
-                    .buffers()
-                    .first()
-                    .map_or(0, |x| x.as_ptr() as usize)
-            });
-            (b.num_rows(), addr)
+/// Whether `batches` are the `kept` ones: the same buffers (compared by
+/// address, which a kept batch's buffers keep for themselves) holding the
+/// same rows.
+fn same_batches(kept: &[RecordBatch], batches: &[RecordBatch]) -> bool {
+    kept.len() == batches.len()
+        && kept.iter().zip(batches).all(|(k, b)| {
+            k.num_rows() == b.num_rows()
+                && k.num_columns() == b.num_columns()
+                && k.columns()
+                    .iter()
+                    .zip(b.columns())
+                    .all(|(x, y)| x.to_data().ptr_eq(&y.to_data()))
         })
-        .collect()
 }
 
 /// One bucket of one symbol (the query's `r`).
@@ -183,8 +184,12 @@ impl NativeBuckets {
     }
 
     fn index_symbols(&mut self, symbols: &RecordBatch) -> Result<(), ArrowError> {
-        let id = identity(std::slice::from_ref(symbols));
-        if self.symbols.as_ref().is_none_or(|(i, _)| *i != id) {
+        let given = std::slice::from_ref(symbols);
+        if self
+            .symbols
+            .as_ref()
+            .is_none_or(|(kept, _)| !same_batches(kept, given))
+        {
             let batch = crate::features::conform(symbols, &with_partitions(&TableSpec::symbols()))?;
             let sym = batch.column_by_name("symbol").map(|c| c.as_string::<i32>());
             let exch = batch
@@ -216,14 +221,17 @@ impl NativeBuckets {
                 let tz = z.parse::<chrono_tz::Tz>().map_err(|_| z.to_owned());
                 index.insert(s.to_owned(), (e.unwrap_or(DEFAULT_EXCHANGE).to_owned(), tz));
             }
-            self.symbols = Some((id, index));
+            self.symbols = Some((given.to_vec(), index));
         }
         Ok(())
     }
 
     fn index_profiles(&mut self, profiles: &[RecordBatch]) -> Result<(), ArrowError> {
-        let id = identity(profiles);
-        if self.profiles.as_ref().is_none_or(|(i, _)| *i != id) {
+        if self
+            .profiles
+            .as_ref()
+            .is_none_or(|(kept, _)| !same_batches(kept, profiles))
+        {
             let schema = with_partitions(&TableSpec::profiles());
             let mut index: Profiles = HashMap::new();
             let mut repeated = false;
@@ -255,7 +263,7 @@ impl NativeBuckets {
                     repeated |= prior.is_some();
                 }
             }
-            self.profiles = Some((id, (!repeated).then_some(index)));
+            self.profiles = Some((profiles.to_vec(), (!repeated).then_some(index)));
         }
         Ok(())
     }
@@ -541,5 +549,61 @@ mod tests {
         .unwrap();
         let twice = crate::lake::with_date(&twice).unwrap();
         assert!(native.rows(&ticks, &symbols, &[twice]).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn new_profiles_are_indexed_even_where_they_share_buffers_with_old_ones() {
+        // Two days' profiles of the same length sharing their first column
+        // (what a new batch allocated where a freed one was looked like to
+        // an identity made of row counts and one buffer's address).
+        let symbols = symbols();
+        let mut b = TickBuilder::new("test");
+        for k in 0..4 {
+            let r = TickRecord::trade(T0 + k * 10_000_000, "S2", 100.0 + k as f64, 10.0);
+            b.push(&r).unwrap();
+        }
+        let ticks = b.finish();
+        let day = T0 - T0.rem_euclid(DAY_US);
+        let m = stockanomaly_udfs::session_minute(
+            T0 - T0.rem_euclid(MINUTE_US),
+            &zone_of("S2"),
+            NaiveTime::MIN,
+        )
+        .unwrap()
+        .floor() as i32;
+        let ts: ArrayRef =
+            Arc::new(TimestampMicrosecondArray::from(vec![day]).with_timezone("UTC"));
+        let profiles_with = |median: f64| {
+            let b = RecordBatch::try_new(
+                crate::features::profiles::profile_schema(),
+                vec![
+                    Arc::clone(&ts),
+                    Arc::new(S::from(vec!["S2"])),
+                    Arc::new(Int32Array::from(vec![m])),
+                    Arc::new(I64::from(vec![20])),
+                    Arc::new(Float64Array::from(vec![median])),
+                    Arc::new(Float64Array::from(vec![1.0])),
+                    Arc::new(Float64Array::from(vec![1.0])),
+                ],
+            )
+            .unwrap();
+            crate::lake::with_date(&b).unwrap()
+        };
+        let mut native = NativeBuckets::default();
+        let mut seen = Vec::new();
+        for median in [5.0, 50.0] {
+            let profiles = profiles_with(median);
+            let got = native
+                .rows(&ticks, &symbols, std::slice::from_ref(&profiles))
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                got,
+                sql(&ticks, &symbols, &profiles).await,
+                "median {median}"
+            );
+            seen.push(got);
+        }
+        assert_ne!(seen[0], seen[1], "the median moves rel_volume");
     }
 }
