@@ -445,6 +445,19 @@ mod tests {
             .unwrap()
     }
 
+    /// The day of `T0` and its session minute for `S2` (the profiles' key).
+    fn s2_day_and_minute() -> (i64, i32) {
+        let day = T0 - T0.rem_euclid(DAY_US);
+        let m = stockanomaly_udfs::session_minute(
+            T0 - T0.rem_euclid(MINUTE_US),
+            &zone_of("S2"),
+            NaiveTime::MIN,
+        )
+        .unwrap()
+        .floor() as i32;
+        (day, m)
+    }
+
     #[tokio::test]
     async fn native_rows_are_the_query_bits_on_random_closings() {
         let symbols = symbols();
@@ -526,14 +539,7 @@ mod tests {
         let mut b = TickBuilder::new("test");
         b.push(&TickRecord::trade(T0, "S2", 10.0, 1.0)).unwrap();
         let ticks = b.finish();
-        let day = T0 - T0.rem_euclid(DAY_US);
-        let m = stockanomaly_udfs::session_minute(
-            T0 - T0.rem_euclid(MINUTE_US),
-            &zone_of("S2"),
-            NaiveTime::MIN,
-        )
-        .unwrap()
-        .floor() as i32;
+        let (day, m) = s2_day_and_minute();
         let twice = RecordBatch::try_new(
             crate::features::profiles::profile_schema(),
             vec![
@@ -563,14 +569,7 @@ mod tests {
             b.push(&r).unwrap();
         }
         let ticks = b.finish();
-        let day = T0 - T0.rem_euclid(DAY_US);
-        let m = stockanomaly_udfs::session_minute(
-            T0 - T0.rem_euclid(MINUTE_US),
-            &zone_of("S2"),
-            NaiveTime::MIN,
-        )
-        .unwrap()
-        .floor() as i32;
+        let (day, m) = s2_day_and_minute();
         let ts: ArrayRef =
             Arc::new(TimestampMicrosecondArray::from(vec![day]).with_timezone("UTC"));
         let profiles_with = |median: f64| {

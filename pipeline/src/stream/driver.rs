@@ -239,7 +239,7 @@ pub async fn run<S: Source>(
             // go unseen.
             if let Err(w) = land(&mut in_flight, source, sinks, &mut books, &*stage, options).await
             {
-                tracing::warn!(error = %w, "The write in flight failed as well.");
+                tracing::warn!(error = %w, "Landing the write in flight failed as well.");
             }
             return Err(e);
         }
@@ -966,7 +966,13 @@ mod tests {
         }
     }
 
-    async fn run_three(overlap: bool) -> (Result<DriverSummary, DriverError>, Vec<String>) {
+    /// Three batches (the `fail_at`-th failing) through the sink `sink`
+    /// makes: the outcome, the log and how many sinks the caller got back.
+    async fn run_three_with(
+        overlap: bool,
+        fail_at: i64,
+        sink: impl FnOnce(Log, tokio::sync::watch::Receiver<i64>) -> Box<dyn AlertSink>,
+    ) -> (Result<DriverSummary, DriverError>, Vec<String>, usize) {
         let log = Log::default();
         let (tx, rx) = tokio::sync::watch::channel(0);
         let mut source = Batches {
@@ -978,14 +984,9 @@ mod tests {
             last: 3,
             log: log.clone(),
             began: tx,
-            fail_at: 0,
+            fail_at,
         };
-        let mut sinks: Vec<Box<dyn AlertSink>> = vec![Box::new(Gate {
-            log: log.clone(),
-            began: rx,
-            wait_for_next: overlap,
-            last: 3,
-        })];
+        let mut sinks = vec![sink(log.clone(), rx)];
         let options = DriverOptions {
             exit_when_idle: None,
             stats_every: None,
@@ -995,6 +996,19 @@ mod tests {
         };
         let r = run(&mut source, &mut stage, &mut sinks, &options).await;
         let log = log.lock().unwrap().clone();
+        (r, log, sinks.len())
+    }
+
+    async fn run_three(overlap: bool) -> (Result<DriverSummary, DriverError>, Vec<String>) {
+        let (r, log, _) = run_three_with(overlap, 0, |log, began| {
+            Box::new(Gate {
+                log,
+                began,
+                wait_for_next: overlap,
+                last: 3,
+            })
+        })
+        .await;
         (r, log)
     }
 
@@ -1071,36 +1085,14 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_batch_waits_for_the_write_in_flight() {
-        let log = Log::default();
-        let (tx, _rx) = tokio::sync::watch::channel(0);
-        let mut source = Batches {
-            left: 3,
-            log: log.clone(),
-        };
-        let mut stage = Numbering {
-            n: 0,
-            last: 3,
-            log: log.clone(),
-            began: tx,
-            fail_at: 2,
-        };
-        let mut sinks: Vec<Box<dyn AlertSink>> = vec![Box::new(Slow { log: log.clone() })];
-        let options = DriverOptions {
-            exit_when_idle: None,
-            stats_every: None,
-            shutdown: Shutdown::never(),
-            metrics: None,
-            overlap_writes: true,
-        };
-        let r = run(&mut source, &mut stage, &mut sinks, &options).await;
+        let (r, log, sinks) = run_three_with(true, 2, |log, _| Box::new(Slow { log })).await;
         let err = r.expect_err("batch 2 fails");
         assert_eq!(err.to_string(), "batch 2 failed");
         // Batch 1's write (300 ms) ran beside batch 2; the run returned the
         // error only once it had landed and its position was committed, with
         // the sinks back in the caller's hands.
-        let log = log.lock().unwrap().clone();
         assert_eq!(log, ["process 1", "fail 2", "wrote 1", "commit 1"]);
-        assert_eq!(sinks.len(), 1, "the sinks came back from the write task");
+        assert_eq!(sinks, 1, "the sinks came back from the write task");
     }
 
     #[test]
