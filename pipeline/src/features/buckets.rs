@@ -53,8 +53,9 @@ pub struct NativeBuckets {
 /// The batches an index was made of, kept: the same batches again need no
 /// new index. Kept alive so that their buffers are not freed meanwhile: an
 /// address alone was the identity before, and a new day's profiles, as
-/// long as the last day's and allocated where they had been, were taken for
-/// them (stale `rel_volume` for a whole day; a random test caught it).
+/// long as the last day's and allocated where they had been, could pass
+/// for them (a streaming day on the last day's `rel_volume` profile; a
+/// random test caught it).
 type BatchIds = Vec<RecordBatch>;
 
 /// A symbol's exchange and the zone of its clock (`Err`: the name the
