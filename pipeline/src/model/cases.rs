@@ -273,6 +273,11 @@ pub struct CaseTracker {
     gap_us: i64,
     max_span_us: i64,
     open: HashMap<String, Case>,
+    /// Per symbol whose open case was restored: its last alert then. A
+    /// restart resumes at the first tick not yet emitted *in its partition*,
+    /// so ticks of a symbol emitted before the crash may come again; their
+    /// alerts are in the restored case already.
+    restored_until: HashMap<String, i64>,
 }
 
 impl CaseTracker {
@@ -284,6 +289,7 @@ impl CaseTracker {
             gap_us,
             max_span_us: gap_us.saturating_mul(EPISODE_SPAN_GAPS),
             open: HashMap::new(),
+            restored_until: HashMap::new(),
         }
     }
 
@@ -310,6 +316,14 @@ impl CaseTracker {
     /// An alert of `symbol`: joins its case or starts one; returns the case
     /// it closes, if any.
     pub fn alert(&mut self, symbol: &str, a: AlertIn<'_>) -> Option<Case> {
+        if let Some(&until) = self.restored_until.get(symbol) {
+            // A (symbol, ts) group is emitted, and stored, whole: an alert
+            // at or before the restored case's last one was stored with it.
+            if a.ts_us <= until {
+                return None;
+            }
+            self.restored_until.remove(symbol);
+        }
         let joins = self.open.get(symbol).is_some_and(|c| {
             a.ts_us.saturating_sub(c.end_us) <= self.gap_us
                 && a.ts_us.saturating_sub(c.start_us) <= self.max_span_us
@@ -381,6 +395,7 @@ impl CaseTracker {
     /// Takes back a case still open (stored by an earlier run): its
     /// symbol's next alerts join it.
     pub fn restore(&mut self, case: Case) {
+        self.restored_until.insert(case.symbol.clone(), case.end_us);
         self.open.insert(case.symbol.clone(), case);
     }
 
@@ -389,6 +404,8 @@ impl CaseTracker {
     pub fn forget_partitions(&mut self, partitions: &[i32]) {
         self.open
             .retain(|_, c| !c.partition.is_some_and(|p| partitions.contains(&p)));
+        let open = &self.open;
+        self.restored_until.retain(|s, _| open.contains_key(s));
     }
 
     /// The open case of `symbol`.
@@ -940,6 +957,50 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!((left[0].start_us, left[0].closed), (1400 * S, false));
         assert_eq!(left[0].status(), "open");
+    }
+
+    #[test]
+    fn alerts_replayed_after_a_restart_are_not_counted_twice() {
+        let mut first = CaseTracker::new(CaseRule::open_all(60 * S));
+        for ts in [0, 10, 20] {
+            first.alert("A", alert(ts, 0.8));
+        }
+        // Two peers of one timestamp both join, in a run as in batch.
+        first.alert("A", alert(30, 0.8));
+        first.alert(
+            "A",
+            AlertIn {
+                seq: 1,
+                ..alert(30, 0.8)
+            },
+        );
+        let stored = first.finish().remove(0);
+        assert_eq!(stored.alerts, 5);
+        // A restart takes the case back, and the ticks from 20 s on come
+        // again (an earlier tick of another symbol held the partition's
+        // position back): only the alerts after 30 s join.
+        let mut again = CaseTracker::new(CaseRule::open_all(60 * S));
+        again.restore(stored);
+        for a in [
+            alert(20, 0.8),
+            alert(30, 0.8),
+            AlertIn {
+                seq: 1,
+                ..alert(30, 0.8)
+            },
+        ] {
+            assert!(again.alert("A", a).is_none());
+        }
+        again.alert("A", alert(40, 0.9));
+        again.alert(
+            "A",
+            AlertIn {
+                seq: 1,
+                ..alert(40, 0.9)
+            },
+        );
+        let c = again.finish().remove(0);
+        assert_eq!((c.alerts, c.stats.model_alerts, c.end_us), (7, 7, 40 * S));
     }
 
     #[test]
