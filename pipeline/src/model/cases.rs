@@ -961,19 +961,22 @@ mod tests {
 
     #[test]
     fn alerts_replayed_after_a_restart_are_not_counted_twice() {
+        // The second tick of a timestamp (a peer).
+        let peer = |ts, score| AlertIn {
+            seq: 1,
+            ..alert(ts, score)
+        };
         let mut first = CaseTracker::new(CaseRule::open_all(60 * S));
-        for ts in [0, 10, 20] {
-            first.alert("A", alert(ts, 0.8));
+        // Peers both join, in a run as in batch.
+        for a in [
+            alert(0, 0.8),
+            alert(10, 0.8),
+            alert(20, 0.8),
+            alert(30, 0.8),
+            peer(30, 0.8),
+        ] {
+            first.alert("A", a);
         }
-        // Two peers of one timestamp both join, in a run as in batch.
-        first.alert("A", alert(30, 0.8));
-        first.alert(
-            "A",
-            AlertIn {
-                seq: 1,
-                ..alert(30, 0.8)
-            },
-        );
         let stored = first.finish().remove(0);
         assert_eq!(stored.alerts, 5);
         // A restart takes the case back, and the ticks from 20 s on come
@@ -981,24 +984,12 @@ mod tests {
         // position back): only the alerts after 30 s join.
         let mut again = CaseTracker::new(CaseRule::open_all(60 * S));
         again.restore(stored);
-        for a in [
-            alert(20, 0.8),
-            alert(30, 0.8),
-            AlertIn {
-                seq: 1,
-                ..alert(30, 0.8)
-            },
-        ] {
+        for a in [alert(20, 0.8), alert(30, 0.8), peer(30, 0.8)] {
             assert!(again.alert("A", a).is_none());
         }
-        again.alert("A", alert(40, 0.9));
-        again.alert(
-            "A",
-            AlertIn {
-                seq: 1,
-                ..alert(40, 0.9)
-            },
-        );
+        for a in [alert(40, 0.9), peer(40, 0.9)] {
+            again.alert("A", a);
+        }
         let c = again.finish().remove(0);
         assert_eq!((c.alerts, c.stats.model_alerts, c.end_us), (7, 7, 40 * S));
     }
