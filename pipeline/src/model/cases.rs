@@ -393,7 +393,8 @@ impl CaseTracker {
     }
 
     /// Takes back a case still open (stored by an earlier run): its
-    /// symbol's next alerts join it.
+    /// symbol's next alerts join it, and alerts at or before its last one
+    /// (emitted again after a restart) are skipped.
     pub fn restore(&mut self, case: Case) {
         self.restored_until.insert(case.symbol.clone(), case.end_us);
         self.open.insert(case.symbol.clone(), case);

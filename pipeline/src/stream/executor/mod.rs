@@ -25,8 +25,13 @@
 //! from (the first tick not yet emitted) and the warm-up offset (the first
 //! tick still held as history): replaying the partition from the warm-up
 //! offset to the next offset without emitting ([`Executor::warm_up`])
-//! restores exactly this state. A symbol's ticks are taken to come from one
-//! partition (topics are keyed by symbol).
+//! restores the state of every symbol whose ticks from the next offset on
+//! were not emitted yet. A symbol emitted further (another symbol of the
+//! partition still held a tick back) emits those ticks again after a
+//! restart, with the same features: alert rows are keyed, so they are
+//! stored once, and a restored case skips them
+//! ([`crate::model::cases::CaseTracker::restore`]). A symbol's ticks are
+//! taken to come from one partition (topics are keyed by symbol).
 //!
 //! **Cost.** A step costs in proportion to the ticks it admits and emits:
 //! admitted batches are kept whole and referenced by row (the `held` module), each
